@@ -870,7 +870,12 @@ def derive_spec(
     """
     program = trace(model, example_inputs)
     sig = program.graph_signature
-    param_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    keys = set(model.state_dict(keep_vars=True))
+    param_of = {
+        name: key
+        for name, key in {**sig.inputs_to_parameters, **sig.inputs_to_buffers}.items()
+        if key in keys
+    }
     vs = _Vars()
     ctx = _Ctx(vs, {})
     param_dims: dict[str, Dims] = {}
@@ -892,7 +897,11 @@ def derive_spec(
                 for arg in _flatten_args(list(node.args)):
                     for v in _dims(ctx, arg) or []:
                         vs.freeze(v, "model output")
-    return _resolve(vs, param_dims, _aliases(model))
+    aliases = _aliases(model)
+    for key, source in aliases.items():  # tied weights: the graph may use either name
+        for u, v in zip(param_dims.get(key, []), param_dims.get(source, [])):
+            vs.union(u, v, "tied weights")
+    return _resolve(vs, param_dims, aliases)
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:

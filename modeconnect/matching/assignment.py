@@ -18,12 +18,15 @@ def _scipy(similarity: np.ndarray) -> np.ndarray:
     return cols
 
 
-def _lapjv(similarity: np.ndarray) -> np.ndarray:
+def _lapjvh(similarity: np.ndarray) -> np.ndarray:
     import lap
 
-    # Jonker-Volgenant minimises; shifting by the max keeps costs non-negative.
-    _, cols, _ = lap.lapjv(similarity.max() - similarity, extend_cost=False, return_cost=True)
-    return np.asarray(cols)
+    # Jonker-Volgenant minimises, so negate. lapjvh (lapx) was the fastest of
+    # lapx's solvers on real similarity matrices (benchmarks/bench_weight_matching.py).
+    _, rows, cols = lap.lapjvh(-similarity)
+    out = np.empty(len(rows), dtype=np.int64)
+    out[np.asarray(rows)] = np.asarray(cols)
+    return out
 
 
 def _available() -> dict[str, Solver]:
@@ -31,14 +34,14 @@ def _available() -> dict[str, Solver]:
     try:
         import lap  # noqa: F401
 
-        solvers["lapjv"] = _lapjv
+        solvers["lapjvh"] = _lapjvh
     except ImportError:  # lapx is a dependency, but the reference solver always works
         pass
     return solvers
 
 
 SOLVERS = _available()
-DEFAULT_SOLVER = "lapjv" if "lapjv" in SOLVERS else "scipy"
+DEFAULT_SOLVER = "lapjvh" if "lapjvh" in SOLVERS else "scipy"
 
 
 def solve_assignment(similarity: torch.Tensor, solver: str = DEFAULT_SOLVER) -> torch.Tensor:

@@ -149,12 +149,15 @@ def match_weights(
     tol: float = 1e-12,
     solver: str = DEFAULT_SOLVER,
     dtype: torch.dtype = torch.float32,
+    model: object = None,
+    data: object = None,
 ) -> Alignment:
     """Permute B's units to best match A's weights (Git Re-Basin weight matching).
 
     Runs ``restarts`` descents from seeds ``seed, seed+1, ...`` (each visits the
     groups in its own random order) and keeps the highest objective
-    ``Σ_W ⟨W_A, π(W_B)⟩``. Deterministic for a given seed.
+    ``Σ_W ⟨W_A, π(W_B)⟩``. Deterministic for a given seed. ``model`` and
+    ``data`` are accepted for a uniform method signature and not used.
     """
     start = time.perf_counter()
     prob = _Problem(spec, a, b, dtype)

@@ -1,0 +1,1 @@
+"""The modeconnect command line (installed as the ``modeconnect_cli`` package)."""

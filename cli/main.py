@@ -1,0 +1,172 @@
+"""``modeconnect``: a thin click front end. Each command parses, calls one library
+function, and formats the result. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+import torch
+
+from modeconnect.errors import ModeconnectError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "long": torch.long, "int": torch.long}
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ModeconnectError into one line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ModeconnectError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _json_kwargs(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"must be a JSON object like '{{\"hidden\": [64]}}', got {value!r}")
+    return parsed
+
+
+def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 2,3,32,32, got {value!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise click.BadParameter(f"expected positive sizes like 2,3,32,32, got {value!r}")
+    return shape
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that choose the architecture and its example input, shared by every command."""
+    options = [
+        click.option("--model", "model", metavar="MODULE:CALLABLE",
+                     help="Architecture: 'pkg.module:fn' or 'path/file.py:fn'. Overrides the checkpoint's."),
+        click.option("--model-kwargs", callback=_json_kwargs, metavar="JSON",
+                     help="Keyword arguments for --model, as a JSON object."),
+        click.option("--input-shape", callback=_shape, metavar="N,C,H,W",
+                     help="Shape of a probe input when the model's input cannot be inferred."),
+        click.option("--input-dtype", type=click.Choice(sorted(DTYPES)), default=None,
+                     help="Dtype of the probe input (e.g. long for token ids)."),
+        click.option("--permute-output", is_flag=True,
+                     help="The model returns hidden states that may come back permuted."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modeconnect")
+def main() -> None:
+    """Mode connectivity and model merging: align permutations, measure barriers, merge."""
+
+
+@main.command()
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@model_options
+@click.option("--data", metavar="FILE|MODULE:CALLABLE", help="Evaluation data: .pt/.npz with x and y, or a callable.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write B permuted into A's basis (.pt or .safetensors).")
+@click.option("--merged", type=click.Path(dir_okay=False), help="Write (1-alpha)*A + alpha*aligned B.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Interpolation weight of B in --merged.")
+@click.option("--steps", type=click.IntRange(min=2), default=25, show_default=True, help="Points on the interpolation curve.")
+@click.option("--method", default="weight", show_default=True, help="Alignment method.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the group order in weight matching.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Weight-matching runs; the best objective is kept.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@_user_errors
+def align(a: str, b: str, **opts: Any) -> None:  # fmt: skip
+    """Align checkpoint B's units to A's, verify, evaluate and write the results."""
+    from modeconnect.pipeline import align_files
+
+    dtype = DTYPES[opts.pop("input_dtype")] if opts.get("input_dtype") else None
+    opts.pop("input_dtype", None)
+    report = align_files(a, b, input_dtype=dtype, **opts)
+    click.echo(_format_align(report))
+
+
+def _format_align(report: Any) -> str:
+    res = report.result
+    al = res.alignment
+    groups = res.spec.groups
+    lines = [
+        f"model      {report.model_ref}",
+        f"spec       {len(groups)} permutation groups, "
+        f"{sum(g.size for g in groups.values())} units, {len(res.spec.fixed)} fixed axes",
+        f"alignment  {al.method}: objective {al.objective:.6g}, {al.iterations} sweeps, {al.seconds:.2f} s",
+        f"guard      aligned B == B (max abs diff {res.equivalence.max_abs_diff:.2e}, "
+        f"rel {res.equivalence.max_rel_diff:.2e})",
+    ]
+    if report.curves is not None:
+        c = report.curves
+        mid_n = c.naive.points[len(c.naive.points) // 2]
+        mid_a = c.aligned.points[len(c.aligned.points) // 2]
+        lines += [
+            "",
+            f"{'':10} {'loss barrier':>13} {'error barrier':>14} {'acc at a=' + format(mid_n.alpha, '.2f'):>14}",
+            f"{'naive':10} {c.naive_barrier.loss:13.4f} {c.naive_barrier.error:14.2%} {mid_n.accuracy:14.2%}",
+            f"{'aligned':10} {c.aligned_barrier.loss:13.4f} {c.aligned_barrier.error:14.2%} {mid_a.accuracy:14.2%}",
+            f"endpoints  A: loss {c.naive.points[0].loss:.4f} acc {c.naive.points[0].accuracy:.2%}   "
+            f"B: loss {c.naive.points[-1].loss:.4f} acc {c.naive.points[-1].accuracy:.2%}",
+        ]  # fmt: skip
+    for name, path in report.written.items():
+        lines.append(f"wrote      {name}: {path}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@model_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the groups as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+@_user_errors
+def spec(checkpoint: str | None, **opts: Any) -> None:
+    """Print the permutation groups derived from the model's graph."""
+    from modeconnect.pipeline import spec_for
+
+    dtype = DTYPES[opts["input_dtype"]] if opts.get("input_dtype") else None
+    result = spec_for(
+        checkpoint, model=opts["model"], model_kwargs=opts["model_kwargs"],
+        input_shape=opts["input_shape"], input_dtype=dtype,
+        permute_output=opts["permute_output"], json_path=opts["json_path"], force=opts["force"],
+    )  # fmt: skip
+    click.echo(_format_spec(result))
+
+
+def _format_spec(spec: Any) -> str:
+    lines = [f"{len(spec.groups)} permutation groups"]
+    for g in spec.groups.values():
+        inner = f" (one per block of {g.batch_over})" if g.batch_over else ""
+        lines.append(f"  {g.name}  size {g.size}{inner}")
+        for m in g.members:
+            lines.append(f"      {m.key}  axis {m.axis}")
+    if spec.fixed:
+        lines.append(f"{len(spec.fixed)} fixed axes")
+        for f in spec.fixed:
+            lines.append(f"  {f.key}  axis {f.axis}  size {f.size}: {f.reason}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

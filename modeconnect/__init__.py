@@ -1,0 +1,62 @@
+"""modeconnect: mode connectivity and model merging for PyTorch.
+
+Align the hidden units of two networks (Git Re-Basin weight matching on a
+permutation spec derived from the model's graph), verify that the aligned
+network computes the same function, and measure interpolation barriers::
+
+    import modeconnect as mc
+
+    a, b = mc.load("a.pt"), mc.load("b.pt")
+    model, _, _ = mc.resolve_model([a, b])
+    result = mc.align(model, a.state_dict, b.state_dict)
+    data = mc.load_data("test.pt")
+    curve = mc.interpolation_curve(model, a.state_dict, result.aligned, data)
+    print(mc.barrier(curve))
+"""
+
+from __future__ import annotations
+
+from .data import load_data
+from .errors import ModeconnectError
+from .evaluate import Barrier, Curve, CurvePoint, Metrics, barrier, evaluate, interpolate, interpolation_curve
+from .graph import derive_spec
+from .guard import Equivalence, check_equivalence
+from .io import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
+from .matching import METHODS, Alignment, match_weights
+from .pipeline import AlignReport, AlignResult, align, align_files
+from .spec import PermutationSpec, apply_permutation, random_permutation
+
+load = load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AlignReport",
+    "AlignResult",
+    "Alignment",
+    "Barrier",
+    "Checkpoint",
+    "Curve",
+    "CurvePoint",
+    "Equivalence",
+    "Metrics",
+    "ModeconnectError",
+    "PermutationSpec",
+    "align",
+    "align_files",
+    "apply_permutation",
+    "barrier",
+    "check_equivalence",
+    "derive_spec",
+    "evaluate",
+    "interpolate",
+    "interpolation_curve",
+    "load",
+    "load_checkpoint",
+    "load_data",
+    "match_weights",
+    "random_permutation",
+    "resolve_model",
+    "save_checkpoint",
+]

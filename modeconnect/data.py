@@ -1,0 +1,222 @@
+"""Evaluation and probe data: tensors from a file, or batches from a user callable.
+
+Sources accepted by :func:`load_data`:
+
+* ``.pt``: ``torch.save({"x": Tensor, "y": Tensor})`` (read with ``weights_only=True``);
+  dtypes are kept as saved.
+* ``.npz``: arrays ``x`` and ``y``; floating arrays become float32 tensors, integer
+  arrays int64, booleans stay boolean.
+* ``"package.module:callable"`` or ``"path/to/file.py:callable"``: called without
+  arguments, it returns a ``torch.utils.data.Dataset`` (batched in order, no shuffle), a
+  ``DataLoader`` (used as is; a shuffling loader yields a new order on each pass), or
+  any iterable of ``(x, y)`` batches (read once into a list).
+
+Whatever the source, the result can be iterated more than once.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.io import import_callable
+
+__all__ = ["DATA_EXTENSIONS", "Batch", "first_batch", "load_data"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+DATA_EXTENSIONS = (".pt", ".npz")
+
+
+def load_data(source: str | Path, *, batch_size: int = 500) -> Sequence[Batch] | Iterable[Batch]:
+    """Load ``(x, y)`` batches of at most ``batch_size`` examples from a file or a callable.
+
+    File sources give a list of ``(x[i:i+b], y[i:i+b])`` views; callables give a
+    ``DataLoader`` or a list. Every result is re-iterable with the same batches
+    (except a shuffling ``DataLoader`` supplied by the user).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ModeconnectError(
+            f"{source}: batch size must be a positive integer, got {batch_size!r}"
+        )
+    if _is_callable_ref(source):
+        return _load_callable(str(source), batch_size)
+    path = Path(source)
+    raw_x, raw_y = _read_arrays(path)
+    x, y = _tensor(path, "x", raw_x), _tensor(path, "y", raw_y)
+    _check_pair(path, x, y)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def first_batch(data: Iterable[Batch]) -> Batch:
+    """The first ``(x, y)`` batch of ``data``, e.g. the probe batch of the equivalence check."""
+    for batch in data:
+        return _as_batch(batch, "data", 0)
+    raise ModeconnectError("data: the data source yielded no batches; pass non-empty data")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _is_callable_ref(source: str | Path) -> bool:
+    """``module:callable`` or ``file.py:callable``, as opposed to a path.
+
+    A colon also occurs in paths (``C:\\data\\x.pt``, ``run:final.npz``): an existing file,
+    or a text after the last colon that is not a dotted name or ends in a data extension,
+    makes it a path.
+    """
+    if isinstance(source, Path) or ":" not in source or Path(source).exists():
+        return False
+    target, _, attr = source.rpartition(":")
+    if not target or attr.lower().endswith(DATA_EXTENSIONS):
+        return False
+    return all(part.isidentifier() for part in attr.split("."))
+
+
+def _read_arrays(path: Path) -> tuple[object, object]:
+    if not path.exists():
+        raise ModeconnectError(f"{path}: data file not found; check the path")
+    if not path.is_file():
+        raise ModeconnectError(f"{path}: is not a file; pass a .pt or .npz data file")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        return _xy(path, _torch_load(path))
+    if suffix == ".npz":
+        return _read_npz(path)
+    raise ModeconnectError(
+        f"{path}: unknown data extension {suffix or '(none)'!r}; supported: "
+        f"{', '.join(DATA_EXTENSIONS)}, or 'module:callable' / 'file.py:callable'"
+    )
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ModeconnectError(
+            f"{path}: cannot read the data file ({type(exc).__name__}: "
+            f"{_one_line(exc)}); save it with torch.save({{'x': x, 'y': y}}, path)"
+        ) from exc
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except MemoryError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModeconnectError(
+            f"{path}: cannot read the .npz file ({type(exc).__name__}: "
+            f"{_one_line(exc)}); save it with numpy.savez(path, x=x, y=y)"
+        ) from exc
+    x, y = _xy(path, arrays)
+    return _npz_tensor(path, "x", np.asarray(x)), _npz_tensor(path, "y", np.asarray(y))
+
+
+def _npz_tensor(path: Path, name: str, array: np.ndarray) -> torch.Tensor:
+    if np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    if array.dtype == np.bool_:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    raise ModeconnectError(
+        f"{path}: array {name!r} has dtype {array.dtype}; use floating, integer or boolean arrays"
+    )
+
+
+def _xy(path: Path, content: object) -> tuple[object, object]:
+    """The ``x`` and ``y`` entries of a loaded mapping, or an error listing what was found."""
+    if not isinstance(content, Mapping):
+        raise ModeconnectError(
+            f"{path}: expected a dict with keys 'x' and 'y', found {type(content).__name__}"
+        )
+    if "x" not in content or "y" not in content:
+        found = ", ".join(repr(str(k)) for k in sorted(content, key=str)) or "none"
+        raise ModeconnectError(
+            f"{path}: expected keys 'x' and 'y', found keys [{found}]; "
+            "save inputs as 'x' and labels as 'y'"
+        )
+    return content["x"], content["y"]
+
+
+def _tensor(path: Path, name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ModeconnectError(f"{path}: {name!r} has type {type(value).__name__}, not Tensor")
+    if value.dim() == 0:
+        raise ModeconnectError(f"{path}: {name!r} is a scalar; it needs a batch dimension")
+    return value
+
+
+def _check_pair(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    if len(x) != len(y):
+        raise ModeconnectError(
+            f"{path}: 'x' and 'y' have different lengths: x {tuple(x.shape)}, y {tuple(y.shape)}"
+        )
+    if len(x) == 0:
+        raise ModeconnectError(f"{path}: the data is empty (x {tuple(x.shape)}); pass examples")
+
+
+# --------------------------------------------------------------------------- callables
+
+
+def _load_callable(ref: str, batch_size: int) -> Sequence[Batch] | Iterable[Batch]:
+    """Call ``ref`` and turn its result into re-iterable batches."""
+    result = import_callable(ref)()
+    if isinstance(result, DataLoader):
+        _check_sized(ref, result)
+        return result
+    if isinstance(result, Dataset):
+        _check_sized(ref, result)
+        return DataLoader(result, batch_size=batch_size, shuffle=False)
+    if isinstance(result, Iterable) and not isinstance(result, (torch.Tensor, str, bytes, Mapping)):
+        batches = [_as_batch(batch, ref, i) for i, batch in enumerate(result)]
+        if not batches:
+            raise ModeconnectError(f"{ref}: the callable returned no batches; return data")
+        return batches
+    raise ModeconnectError(
+        f"{ref}: the callable returned an object of type {type(result).__name__}; "
+        "return a torch Dataset, a DataLoader or an iterable of (x, y) batches"
+    )
+
+
+def _check_sized(ref: str, data: Dataset | DataLoader) -> None:
+    """Refuse an empty map-style dataset early; iterable datasets have no length to check."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) == 0:
+        raise ModeconnectError(f"{ref}: the callable returned an empty dataset; return data")
+
+
+def _as_batch(batch: object, source: object, index: int) -> Batch:
+    """Check that one batch is an ``(x, y)`` pair of tensors."""
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) for t in batch)
+    ):
+        return batch[0], batch[1]
+    raise ModeconnectError(
+        f"{source}: batch {index} is {_describe_batch(batch)}; each batch must be an (x, y) "
+        "pair of tensors"
+    )
+
+
+def _describe_batch(batch: object) -> str:
+    if isinstance(batch, (tuple, list)):
+        kinds = ", ".join(type(t).__name__ for t in batch[:4])
+        return f"a {type(batch).__name__} of {len(batch)} items ({kinds})"
+    return f"a {type(batch).__name__}"

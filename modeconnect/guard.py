@@ -1,0 +1,113 @@
+"""The permanent guard: aligned B must compute exactly what B computes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModeconnectError
+
+DEFAULT_TOLERANCE = 1e-4
+"""Relative tolerance: float32 sums in another order differ by ~1e-6; a wrong permutation by ~1."""
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """How far aligned B's outputs are from B's on the probe batch.
+
+    ``max_rel_diff`` is ``max|f_B(x) - f_B'(x)| / max|f_B(x)|`` over all outputs.
+    """
+
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel_diff <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+        }
+
+
+def _outputs(model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Sequence[Any]):
+    out = torch.func.functional_call(model, dict(state), tuple(inputs), tie_weights=False)
+    leaves = torch.utils._pytree.tree_leaves(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def check_equivalence(
+    model: nn.Module,
+    original: Mapping[str, torch.Tensor],
+    permuted: Mapping[str, torch.Tensor],
+    inputs: Sequence[Any],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Equivalence:
+    """Compare the model's outputs with two state dicts on the same probe inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ys = _outputs(model, original, inputs)
+            zs = _outputs(model, permuted, inputs)
+    finally:
+        model.train(was_training)
+    abs_diff, scale = 0.0, 0.0
+    for y, z in zip(ys, zs):
+        abs_diff = max(abs_diff, float((y.double() - z.double()).abs().max()))
+        scale = max(scale, float(y.double().abs().max()))
+    rel = abs_diff / scale if scale > 0 else abs_diff
+    return Equivalence(abs_diff, rel, tolerance)
+
+
+def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
+    """Fail loudly when the permuted model is not the same function."""
+    if not eq.passed:
+        raise ModeconnectError(
+            f"{what} does not compute the same function as B (max relative difference "
+            f"{eq.max_rel_diff:.3g} > tolerance {eq.tolerance:g}): the permutation spec is wrong "
+            "for this model; nothing was written. Please report the model, or pass "
+            "--no-permute-output if the model returns hidden states"
+        )
+
+
+def example_inputs(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """A random input batch for tracing and probing, from ``input_shape`` or the first layer.
+
+    Infers ``(2, in_features)`` for a first ``Linear``, ``(2, C, 32, 32)`` for a first
+    convolution and token ids for a first ``Embedding``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if dtype is not None and not dtype.is_floating_point:
+            return (torch.randint(0, 2, shape, generator=gen, dtype=dtype),)
+        return (torch.randn(shape, generator=gen, dtype=dtype or torch.float32),)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return (torch.randn(2, module.in_features, generator=gen),)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            spatial = (32,) * (module.weight.dim() - 2)
+            return (torch.randn(2, module.in_channels, *spatial, generator=gen),)
+        if isinstance(module, nn.Embedding):
+            return (torch.randint(0, module.num_embeddings, (2, 8), generator=gen),)
+    raise ModeconnectError(
+        f"cannot infer an input shape for {type(model).__name__}: pass --input-shape "
+        "(e.g. --input-shape 1,3,32,32) or --data"
+    )

@@ -1,0 +1,628 @@
+"""Checkpoint files and model references: every file format modeconnect reads or writes.
+
+Formats, chosen by extension:
+
+* ``.pt`` / ``.pth`` / ``.bin``: a ``torch.save`` of either a plain state dict (every
+  value a tensor) or the dict form ``{"state_dict": {...}, "model": "module:callable",
+  "model_kwargs": {...}, "metadata": {...}}``. Files are always read with
+  ``torch.load(..., weights_only=True)``: modeconnect never executes code from a
+  checkpoint. Other top-level keys of the dict form (``optimizer``, ``epoch``) are ignored.
+* ``.safetensors``: tensors plus string metadata; the architecture may be named by the
+  metadata keys ``modeconnect.model`` and ``modeconnect.model_kwargs`` (a JSON object).
+
+A model reference is ``"package.module:callable"`` or ``"path/to/file.py:callable"``;
+the callable, called with the keyword arguments, returns the ``torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import math
+import os
+import pickle
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+from modeconnect.errors import ModeconnectError
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Checkpoint",
+    "build_model",
+    "check_same_architecture",
+    "check_state_dict",
+    "import_callable",
+    "load_checkpoint",
+    "resolve_model",
+    "save_checkpoint",
+]
+
+TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
+SUPPORTED_EXTENSIONS = (*TORCH_EXTENSIONS, ".safetensors")
+MODEL_KEY = "modeconnect.model"
+MODEL_KWARGS_KEY = "modeconnect.model_kwargs"
+_MAX_LISTED = 5
+_REF_HELP = "use 'package.module:callable' or 'path/to/file.py:callable'"
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A loaded checkpoint: its tensors and the architecture it names, if any.
+
+    Compared by identity (``eq=False``): tensors have no single truth value.
+    """
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    model_ref: str | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _one_line(text: object) -> str:
+    """Collapse whitespace so that a message from another library fits on one line."""
+    return " ".join(str(text).split())
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _list_keys(keys: Iterable[str]) -> str:
+    """Sorted keys, at most ``_MAX_LISTED`` of them, then ``and N more``."""
+    ordered = sorted(keys)
+    shown = ", ".join(repr(k) for k in ordered[:_MAX_LISTED])
+    rest = len(ordered) - _MAX_LISTED
+    return f"[{shown}]" + (f" and {rest} more" if rest > 0 else "")
+
+
+def _key_sets(*labelled: tuple[str, Iterable[str]]) -> str:
+    """``"2 missing keys ['a', 'b'], 1 unexpected keys ['c']"``, leaving out empty sets."""
+    parts = [(label, sorted(keys)) for label, keys in labelled]
+    return ", ".join(f"{len(keys)} {label} {_list_keys(keys)}" for label, keys in parts if keys)
+
+
+def _describe(obj: object) -> str:
+    """A short description of an unexpected object, for error messages."""
+    if isinstance(obj, dict):
+        return f"a dict with keys {_list_keys(str(k) for k in obj)}"
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {_shape(obj)}"
+    return f"an object of type {type(obj).__name__}"
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _suffix(path: Path) -> str:
+    """The lower-case extension of ``path``, or an error listing the supported ones."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise ModeconnectError(
+            f"{path}: unknown checkpoint extension {suffix or '(none)'!r}; "
+            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    return suffix
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModeconnectError(f"{path}: {what} not found; check the path")
+    if not path.is_file():
+        raise ModeconnectError(f"{path}: is not a file; pass the path of a {what}")
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file into plain CPU tensors (no memory-mapped storage).
+
+    Raises ``ModeconnectError`` for a missing, corrupt or truncated file, an unknown
+    extension, or content that is neither a state dict nor the modeconnect dict form.
+    """
+    path = _existing_file(path, "checkpoint file")
+    if _suffix(path) == ".safetensors":
+        return _load_safetensors(path)
+    return _unpack_torch_object(path, _torch_load(path))
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load`` restricted to weights; pickled code is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise ModeconnectError(
+                f"{path}: the file contains pickled Python objects (e.g. a whole model); "
+                "modeconnect never executes code from a checkpoint; re-save it as a state "
+                "dict (torch.save(model.state_dict(), path)) or as .safetensors"
+            ) from exc
+        raise _corrupt(path, exc) from exc
+    except Exception as exc:
+        raise _corrupt(path, exc) from exc
+
+
+def _corrupt(path: Path, exc: BaseException) -> ModeconnectError:
+    reason = _one_line(exc)[:200] or type(exc).__name__
+    return ModeconnectError(
+        f"{path}: cannot read the checkpoint, the file is corrupt or truncated "
+        f"({type(exc).__name__}: {reason}); re-create or re-download it"
+    )
+
+
+def _unpack_torch_object(path: Path, obj: object) -> Checkpoint:
+    """Accept a plain state dict or the dict form ``{"state_dict": ..., "model": ...}``."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), Mapping):
+        return Checkpoint(
+            path=path,
+            state_dict=_tensor_dict(path, obj["state_dict"]),
+            model_ref=_optional_str(path, obj.get("model"), "model"),
+            model_kwargs=_kwargs_dict(path, obj.get("model_kwargs")),
+            metadata=_str_dict(path, obj.get("metadata"), "metadata"),
+        )
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return Checkpoint(path=path, state_dict=_tensor_dict(path, obj))
+    if isinstance(obj, dict) and not obj:
+        raise ModeconnectError(f"{path}: the checkpoint is an empty dict; it holds no tensors")
+    raise ModeconnectError(
+        f"{path}: expected a state dict (str -> Tensor) or a dict with a 'state_dict' entry, "
+        f"found {_describe(obj)}; re-save it with torch.save(model.state_dict(), path)"
+    )
+
+
+def _tensor_dict(path: Path, raw: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
+    """Check that every key is a string and every value a tensor; detach parameters."""
+    if not raw:
+        raise ModeconnectError(f"{path}: the state dict is empty; it holds no tensors")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ModeconnectError(
+                f"{path}: state dict key {key!r} has type {type(key).__name__}, not str; "
+                "use the names from model.state_dict()"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise ModeconnectError(
+                f"{path}: state dict entry {key!r} has type {type(value).__name__}, not Tensor; "
+                "keep only tensors in the state dict"
+            )
+        out[key] = value.detach()
+    return out
+
+
+def _optional_str(path: Path, value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ModeconnectError(f"{path}: entry {name!r} must be a string, found {type(value).__name__}")
+
+
+def _kwargs_dict(path: Path, value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    raise ModeconnectError(
+        f"{path}: 'model_kwargs' must be a dict with string keys, found {_describe(value)}"
+    )
+
+
+def _str_dict(path: Path, value: object, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return dict(value)
+    raise ModeconnectError(
+        f"{path}: {name!r} must map strings to strings, found {_describe(value)}"
+    )
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    """Copy each tensor out of the memory map (so none keeps it alive) and split the metadata."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = dict(handle.metadata() or {})
+            names = handle.keys()  # safe_open is not iterable
+            tensors = {key: handle.get_tensor(key).clone() for key in names}
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _corrupt(path, exc) from exc
+    model_ref = header.pop(MODEL_KEY, None)
+    kwargs = _parse_kwargs_json(path, header.pop(MODEL_KWARGS_KEY, None))
+    return Checkpoint(path, _tensor_dict(path, tensors), model_ref, kwargs, header)
+
+
+def _parse_kwargs_json(path: Path, text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModeconnectError(
+            f"{path}: metadata {MODEL_KWARGS_KEY!r} is not valid JSON ({_one_line(exc)}); "
+            "re-save the checkpoint or pass --model-kwargs"
+        ) from exc
+    return _kwargs_dict(path, value)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    path: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    model_ref: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a checkpoint atomically; the format follows the extension.
+
+    The parent directory must exist (it is never created silently, so that a typo in
+    an output path fails instead of scattering files). An existing file is replaced
+    only with ``force=True``. The data go to a temporary file in the same directory,
+    which is then renamed over ``path``; on failure the temporary file is removed and
+    any previous file is left untouched. ``model_kwargs`` must be JSON-serialisable
+    (tuples come back as lists). Tensors are written contiguous, on the CPU, and each
+    once: tied or overlapping tensors are cloned so every key owns its data.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    _check_target(path, force)
+    tensors = _tensors_for_saving(path, state_dict)
+    kwargs = _kwargs_for_saving(path, model_kwargs)
+    meta = _metadata_for_saving(path, metadata)
+    if model_ref is not None:
+        _split_ref(model_ref)
+    if suffix == ".safetensors":
+        header = _safetensors_header(model_ref, kwargs, meta)
+        _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, header))
+    else:
+        payload = {"state_dict": tensors, "model": model_ref, "model_kwargs": kwargs}
+        _atomic_write(path, lambda tmp: torch.save({**payload, "metadata": meta}, tmp))
+    return path
+
+
+def _safetensors_header(
+    model_ref: str | None, kwargs: dict[str, Any], meta: dict[str, str]
+) -> dict[str, str]:
+    """The user's string metadata plus ``modeconnect.model`` and ``.model_kwargs``."""
+    header = dict(meta)
+    if model_ref is not None:
+        header[MODEL_KEY] = model_ref
+    if kwargs:
+        header[MODEL_KWARGS_KEY] = json.dumps(kwargs)
+    return header
+
+
+def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
+    """Write ``obj`` as indented JSON, atomically; an existing file needs ``force``."""
+    path = Path(path)
+    _check_target(path, force)
+    text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def _check_target(path: Path, force: bool) -> None:
+    if not path.parent.is_dir():
+        raise ModeconnectError(
+            f"{path}: the directory {path.parent} does not exist; create it first"
+        )
+    if path.is_dir():
+        raise ModeconnectError(f"{path}: is a directory; pass a file name for the checkpoint")
+    if path.exists() and not force:
+        raise ModeconnectError(f"{path}: exists; pass --force to overwrite")
+
+
+def _tensors_for_saving(
+    path: Path, state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each owning its storage (safetensors refuses shared memory)."""
+    if not isinstance(state_dict, Mapping):
+        raise ModeconnectError(
+            f"{path}: cannot save {_describe(state_dict)}; pass a state dict (str -> Tensor)"
+        )
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in _tensor_dict(path, state_dict).items():
+        tensor = tensor.cpu().contiguous()
+        storage = tensor.untyped_storage()
+        owns_all = storage.nbytes() == tensor.numel() * tensor.element_size()
+        if storage.data_ptr() in seen or not owns_all:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
+
+
+def _kwargs_for_saving(path: Path, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The kwargs after a JSON round trip, so both formats give back the same values."""
+    checked = _kwargs_dict(path, kwargs)
+    try:
+        return dict(json.loads(json.dumps(checked, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise ModeconnectError(
+            f"{path}: model_kwargs must be JSON-serialisable ({_one_line(exc)}); "
+            "use numbers, strings, booleans, lists and dicts"
+        ) from exc
+
+
+def _metadata_for_saving(path: Path, metadata: Mapping[str, str] | None) -> dict[str, str]:
+    meta = _str_dict(path, metadata, "metadata")
+    reserved = sorted(k for k in meta if k in (MODEL_KEY, MODEL_KWARGS_KEY))
+    if reserved:
+        raise ModeconnectError(
+            f"{path}: metadata key {reserved[0]!r} is reserved; "
+            "pass model_ref / model_kwargs instead"
+        )
+    return meta
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Run ``write`` on a fresh temporary file next to ``path``, then rename it over ``path``."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # honours umask
+        write(str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModeconnectError(
+                f"{path}: cannot write the checkpoint ({_one_line(exc)}); "
+                "check the disk space and permissions"
+            ) from exc
+        raise
+
+
+def _fsync(file: Path) -> None:
+    with open(file, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+# --------------------------------------------------------------------------- model references
+
+
+def import_callable(ref: str) -> Callable[..., Any]:
+    """Import ``"package.module:callable"`` or ``"path/to/file.py:callable"``.
+
+    The attribute may be dotted (``"pkg.mod:Class.create"``). A file is imported under a
+    module name unique to its resolved path and modification time, with its directory
+    on ``sys.path`` while it runs, so it may import modules next to it.
+    """
+    target, attr = _split_ref(ref)
+    module = _import_target(target, ref)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModeconnectError(
+                f"model reference {ref!r}: {target!r} has no attribute {attr!r}; "
+                f"public callables there: {_list_keys(_public_callables(module))}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModeconnectError(
+            f"model reference {ref!r}: {attr!r} has type {type(obj).__name__}, not callable; "
+            "name a class or function"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def _split_ref(ref: object) -> tuple[str, str]:
+    """Split at the last colon so that Windows drive letters stay in the path."""
+    if not isinstance(ref, str) or ":" not in ref:
+        raise ModeconnectError(f"model reference {ref!r} has no ':callable' part; {_REF_HELP}")
+    target, _, attr = ref.rpartition(":")
+    if not target or not all(part.isidentifier() for part in attr.split(".")):
+        raise ModeconnectError(f"model reference {ref!r} is malformed; {_REF_HELP}")
+    return target, attr
+
+
+def _public_callables(module: ModuleType) -> list[str]:
+    return [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _import_target(target: str, ref: str) -> ModuleType:
+    if _is_file_target(target):
+        return _import_file(Path(target), ref)
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise ModeconnectError(
+                f"model reference {ref!r}: module {target!r} not found ({_one_line(exc)}); "
+                "check the spelling and PYTHONPATH, or use 'path/to/file.py:callable'"
+            ) from exc
+        raise _import_failed(ref, target, exc) from exc
+    except Exception as exc:
+        raise _import_failed(ref, target, exc) from exc
+
+
+def _import_failed(ref: str, target: str, exc: BaseException) -> ModeconnectError:
+    return ModeconnectError(
+        f"model reference {ref!r}: importing {target!r} failed with "
+        f"{type(exc).__name__}: {_one_line(exc)}; fix that module or install what it needs"
+    )
+
+
+def _import_file(path: Path, ref: str) -> ModuleType:
+    """Load a Python file as a module under a unique name (cached while the file is unchanged)."""
+    if path.suffix != ".py" or not path.is_file():
+        what = "file not found" if not path.exists() else "not a .py file"
+        raise ModeconnectError(f"{path}: {what}, in model reference {ref!r}; {_REF_HELP}")
+    name = _file_module_name(path)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModeconnectError(f"{path}: cannot be imported as a module, in {ref!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        _exec_with_dir_on_path(spec.loader, module, path.resolve().parent)
+    except Exception as exc:
+        del sys.modules[name]
+        raise _import_failed(ref, str(path), exc) from exc
+    return module
+
+
+def _file_module_name(path: Path) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"_modeconnect_user_{stem}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _exec_with_dir_on_path(loader: Any, module: ModuleType, directory: Path) -> None:
+    sys.path.insert(0, str(directory))
+    try:
+        loader.exec_module(module)
+    finally:
+        sys.path.remove(str(directory))
+
+
+def build_model(ref: str, kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Call the callable named by ``ref`` with ``kwargs``; the result must be an ``nn.Module``."""
+    factory = import_callable(ref)
+    arguments = dict(kwargs or {})
+    try:
+        model = factory(**arguments)
+    except Exception as exc:
+        raise ModeconnectError(
+            f"model reference {ref!r}: calling it with kwargs {json.dumps(arguments, default=str)} "
+            f"failed with {type(exc).__name__}: {_one_line(exc)}; check --model-kwargs"
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModeconnectError(
+            f"model reference {ref!r} returned {_describe(model)}, not a torch.nn.Module; "
+            "name a model class or a function that builds one"
+        )
+    return model
+
+
+def resolve_model(
+    checkpoints: Sequence[Checkpoint],
+    model_ref: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """Choose the architecture and build it: returns ``(model, ref, kwargs)``.
+
+    Precedence: the explicit ``model_ref`` (the CLI's ``--model``) with ``model_kwargs``;
+    otherwise the reference the checkpoints name, with ``model_kwargs`` replacing their
+    kwargs when given. Checkpoints that name no architecture are ignored; two that name
+    different ones are an error unless ``model_ref`` is given.
+    """
+    if model_ref is not None:
+        kwargs = dict(model_kwargs or {})
+        return build_model(model_ref, kwargs), model_ref, kwargs
+    named = [c for c in checkpoints if c.model_ref is not None]
+    if not named:
+        files = ", ".join(str(c.path) for c in checkpoints) or "(no checkpoints)"
+        raise ModeconnectError(
+            f"{files}: no checkpoint names its model architecture; "
+            "pass --model module:callable (and --model-kwargs if needed)"
+        )
+    first = named[0]
+    for other in named[1:]:
+        _check_same_ref(first, other, ignore_kwargs=model_kwargs is not None)
+    ref = str(first.model_ref)
+    kwargs = dict(model_kwargs if model_kwargs is not None else first.model_kwargs)
+    return build_model(ref, kwargs), ref, kwargs
+
+
+def _check_same_ref(a: Checkpoint, b: Checkpoint, *, ignore_kwargs: bool) -> None:
+    if a.model_ref == b.model_ref and (
+        ignore_kwargs or dict(a.model_kwargs) == dict(b.model_kwargs)
+    ):
+        return
+    raise ModeconnectError(
+        f"{a.path} names model {a.model_ref!r} with kwargs {dict(a.model_kwargs)} but "
+        f"{b.path} names {b.model_ref!r} with kwargs {dict(b.model_kwargs)}; "
+        "pass --model module:callable to choose one"
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Require the checkpoint to fit ``model`` exactly: same keys, same shapes, finite values."""
+    expected = model.state_dict()
+    missing = expected.keys() - ckpt.state_dict.keys()
+    unexpected = ckpt.state_dict.keys() - expected.keys()
+    if missing or unexpected:
+        raise ModeconnectError(
+            f"{ckpt.path}: the checkpoint does not fit the model: "
+            f"{_key_sets(('missing keys', missing), ('unexpected keys', unexpected))}; "
+            "check --model and --model-kwargs"
+        )
+    for key, reference in expected.items():
+        tensor = ckpt.state_dict[key]
+        if tensor.shape != reference.shape:
+            raise ModeconnectError(
+                f"{ckpt.path}: tensor {key!r} has shape {_shape(tensor)} in the checkpoint "
+                f"but {_shape(reference)} in the model; check --model-kwargs"
+            )
+    _check_finite(ckpt)
+
+
+def _check_finite(ckpt: Checkpoint) -> None:
+    for key, tensor in ckpt.state_dict.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ModeconnectError(
+                f"{ckpt.path}: tensor {key!r} {_shape(tensor)} has {bad} non-finite values "
+                f"(NaN or inf) out of {math.prod(_shape(tensor))}; "
+                "the weights are unusable, use an earlier checkpoint"
+            )
+
+
+def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:
+    """Require two checkpoints to have the same keys and the same shape for each key."""
+    only_a = a.state_dict.keys() - b.state_dict.keys()
+    only_b = b.state_dict.keys() - a.state_dict.keys()
+    if only_a or only_b:
+        raise ModeconnectError(
+            f"{a.path} and {b.path} have different tensors: "
+            f"{_key_sets((f'only in {a.path.name}', only_a), (f'only in {b.path.name}', only_b))}; "
+            "both checkpoints must come from the same architecture"
+        )
+    for key in sorted(a.state_dict):
+        shape_a, shape_b = _shape(a.state_dict[key]), _shape(b.state_dict[key])
+        if shape_a != shape_b:
+            raise ModeconnectError(
+                f"tensor {key!r} has shape {shape_a} in {a.path} but {shape_b} in {b.path}; "
+                "both checkpoints must come from the same architecture"
+            )

@@ -1,0 +1,255 @@
+"""End-to-end alignment of two models: spec, match, guard, curves, outputs.
+
+:func:`align` works on state dicts and an ``nn.Module``; :func:`align_files`
+adds loading, checking and writing, and is what ``modeconnect align`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Batch, first_batch, load_data
+from .errors import ModeconnectError
+from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
+from .graph import derive_spec
+from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
+from .io import (
+    check_same_architecture,
+    check_state_dict,
+    load_checkpoint,
+    resolve_model,
+    save_checkpoint,
+    save_json,
+)
+from .matching import Alignment, get_method
+from .spec import PermutationSpec, apply_permutation
+
+StateDict = Mapping[str, torch.Tensor]
+PROBE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """B carried into A's basis: the spec, the permutations, the permuted weights, the guard."""
+
+    spec: PermutationSpec
+    alignment: Alignment
+    aligned: dict[str, torch.Tensor]
+    equivalence: Equivalence
+
+
+def align(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    *,
+    method: str = "weight",
+    inputs: Sequence[Any] | None = None,
+    data: Iterable[Batch] | None = None,
+    spec: PermutationSpec | None = None,
+    permute_output: bool = False,
+    tolerance: float | None = None,
+    **options: Any,
+) -> AlignResult:
+    """Permute B's units into A's basis and verify that B's function is unchanged.
+
+    ``inputs`` is a probe batch (positional model inputs) used to trace the
+    model and to check equivalence; by default the first batch of ``data``, or
+    a random batch shaped after the model's first layer. ``options`` go to the
+    alignment method (``seed``, ``restarts``, ...). Raises
+    :class:`~modeconnect.ModeconnectError` if aligned B differs from B.
+    """
+    probe = _probe(model, inputs, data)
+    if spec is None:
+        spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
+    match = get_method(method)
+    alignment = match(spec, a, b, model=model, data=data, **options)
+    aligned = apply_permutation(b, spec, alignment.perm)
+    kw = {} if tolerance is None else {"tolerance": tolerance}
+    eq = check_equivalence(model, b, aligned, probe, **kw)
+    require_equivalence(eq)
+    return AlignResult(spec, alignment, aligned, eq)
+
+
+def _probe(
+    model: nn.Module, inputs: Sequence[Any] | None, data: Iterable[Batch] | None
+) -> tuple[torch.Tensor, ...]:
+    if inputs is not None:
+        return tuple(inputs)
+    if data is not None:
+        return (first_batch(data)[0][:PROBE_SIZE],)
+    return example_inputs(model)
+
+
+@dataclass(frozen=True)
+class CurvePair:
+    """Interpolation curves and barriers for naive B and aligned B."""
+
+    naive: Curve
+    aligned: Curve
+    naive_barrier: Barrier
+    aligned_barrier: Barrier
+
+
+def compare_interpolations(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    aligned: StateDict,
+    data: Iterable[Batch],
+    *,
+    steps: int = 25,
+    definition: str = "lerp",
+) -> CurvePair:
+    """Curves from A to naive B and from A to aligned B, with their barriers."""
+    naive = interpolation_curve(model, a, b, data, steps=steps)
+    after = interpolation_curve(model, a, aligned, data, steps=steps)
+    return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))
+
+
+@dataclass(frozen=True)
+class AlignReport:
+    """Everything ``modeconnect align`` computed and wrote."""
+
+    a_path: Path
+    b_path: Path
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    result: AlignResult
+    curves: CurvePair | None
+    alpha: float
+    written: Mapping[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        res = self.result
+        out: dict[str, Any] = {
+            "a": str(self.a_path),
+            "b": str(self.b_path),
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "alignment": res.alignment.to_dict(),
+            "equivalence": res.equivalence.to_dict(),
+            "spec": {
+                "groups": len(res.spec.groups),
+                "units": sum(g.size for g in res.spec.groups.values()),
+                "fixed_axes": len(res.spec.fixed),
+            },
+            "alpha": self.alpha,
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+        if self.curves is not None:
+            c = self.curves
+            out["naive"] = {"barrier": c.naive_barrier.to_dict(), "curve": c.naive.to_dict()}
+            out["aligned"] = {"barrier": c.aligned_barrier.to_dict(), "curve": c.aligned.to_dict()}
+        return out
+
+
+def align_files(
+    a_path: str | Path,
+    b_path: str | Path,
+    *,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    out: str | Path | None = None,
+    merged: str | Path | None = None,
+    json_path: str | Path | None = None,
+    alpha: float = 0.5,
+    steps: int = 25,
+    method: str = "weight",
+    input_shape: Sequence[int] | None = None,
+    input_dtype: torch.dtype | None = None,
+    permute_output: bool = False,
+    batch_size: int = 500,
+    force: bool = False,
+    **options: Any,
+) -> AlignReport:
+    """Load two checkpoints, align B to A, evaluate, and write the requested outputs.
+
+    Outputs are checked before any work (an existing file without ``force`` is
+    an error) and written only after the equivalence guard has passed.
+    """
+    targets = {k: Path(p) for k, p in (("out", out), ("merged", merged), ("json", json_path)) if p}
+    _check_targets(targets, force, inputs=(Path(a_path), Path(b_path)))
+    if not 0.0 <= alpha <= 1.0:
+        raise ModeconnectError(f"--alpha must lie in [0, 1], got {alpha}")
+    ca, cb = load_checkpoint(a_path), load_checkpoint(b_path)
+    net, ref, kwargs = resolve_model([ca, cb], model, model_kwargs)
+    check_same_architecture(ca, cb)
+    check_state_dict(net, ca)
+    check_state_dict(net, cb)
+    batches = load_data(data, batch_size=batch_size) if data is not None else None
+    inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
+    result = align(
+        net, ca.state_dict, cb.state_dict, method=method, inputs=inputs, data=batches,
+        permute_output=permute_output, **options,
+    )  # fmt: skip
+    curves = None
+    if batches is not None:
+        curves = compare_interpolations(
+            net, ca.state_dict, cb.state_dict, result.aligned, batches, steps=steps
+        )
+    meta = {
+        "modeconnect.source_a": str(a_path),
+        "modeconnect.source_b": str(b_path),
+        "modeconnect.method": method,
+    }
+    written: dict[str, Path] = {}
+    if "out" in targets:
+        written["out"] = save_checkpoint(
+            targets["out"], result.aligned, model_ref=ref, model_kwargs=kwargs,
+            metadata={**meta, "modeconnect.role": "b aligned to a"}, force=force,
+        )  # fmt: skip
+    if "merged" in targets:
+        mixed = interpolate(ca.state_dict, result.aligned, alpha)
+        written["merged"] = save_checkpoint(
+            targets["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
+            metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": "merged"},
+            force=force,
+        )  # fmt: skip
+    report = AlignReport(Path(a_path), Path(b_path), ref, kwargs, result, curves, alpha, written)
+    if "json" in targets:
+        written["json"] = save_json(targets["json"], report.to_dict(), force=force)
+    return report
+
+
+def _check_targets(targets: Mapping[str, Path], force: bool, inputs: Sequence[Path]) -> None:
+    for name, path in targets.items():
+        if any(path.resolve() == p.resolve() for p in inputs):
+            raise ModeconnectError(f"{path}: --{name} would overwrite an input; choose another path")
+        if path.exists() and not force:
+            raise ModeconnectError(f"{path} exists; pass --force to overwrite")
+        if not path.parent.exists():
+            raise ModeconnectError(f"{path}: directory {path.parent} does not exist; create it first")
+
+
+def spec_for(
+    checkpoint: str | Path | None,
+    *,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: torch.dtype | None = None,
+    permute_output: bool = False,
+    json_path: str | Path | None = None,
+    force: bool = False,
+) -> PermutationSpec:
+    """The spec of a checkpoint's (or ``model``'s) architecture; optionally written as JSON."""
+    if json_path is not None:
+        _check_targets({"json": Path(json_path)}, force, inputs=())
+    ckpts = [load_checkpoint(checkpoint)] if checkpoint is not None else []
+    if checkpoint is None and model is None:
+        raise ModeconnectError("pass a checkpoint or --model module:callable")
+    net, _, _ = resolve_model(ckpts, model, model_kwargs)
+    for c in ckpts:
+        check_state_dict(net, c)
+    inputs = example_inputs(net, input_shape, input_dtype)
+    spec = derive_spec(net, tuple(x[:2] for x in inputs), permute_output=permute_output)
+    if json_path is not None:
+        save_json(json_path, spec.summary(), force=force)
+    return spec
