@@ -20,15 +20,27 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ModeconnectError
-from .spec import Concat, Fixed, FixedAxis, Layout, Leaf, Member, PermGroup, PermutationSpec, Product
+from .spec import (
+    ActivationSite,
+    Concat,
+    Fixed,
+    FixedAxis,
+    Layout,
+    Leaf,
+    Member,
+    PermGroup,
+    PermutationSpec,
+    Product,
+    leaves,
+)
 
 aten = torch.ops.aten
 
@@ -188,6 +200,15 @@ Dims = list[int]
 class _Ctx:
     vars: _Vars
     env: dict[str, Any]  # node name -> Dims, or a tuple/list of Dims
+    sites: list[tuple[str, int]] = field(default_factory=list)  # (node, dim) read by a layer
+    params: dict[str, Dims] = field(default_factory=dict)  # state-dict key -> axis variables
+
+
+def _site(ctx: _Ctx, arg: Any, dim: int) -> None:
+    """Record that a layer reads ``arg`` along ``dim``: a place to observe unit activations."""
+    d = _dims(ctx, arg)
+    if isinstance(arg, torch.fx.Node) and d is not None and d:
+        ctx.sites.append((arg.name, _norm_dim(dim, len(d))))
 
 
 def _bind(node: torch.fx.Node) -> dict[str, Any]:
@@ -257,6 +278,7 @@ def _rule_linear(ctx: _Ctx, node: torch.fx.Node) -> Dims:
         ctx.vars.union(out[i], x[i], "linear")
     ctx.vars.union(x[-1], w[1], "linear")
     _mix(ctx, x[-1])
+    _site(ctx, b["input"], -1)
     ctx.vars.union(out[-1], w[0], "linear")
     bias = _dims(ctx, b.get("bias"))
     if bias is not None:
@@ -273,6 +295,7 @@ def _rule_addmm(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     ctx.vars.union(out[0], x[0], "addmm")
     ctx.vars.union(x[1], w[0], "addmm")
     _mix(ctx, x[1])
+    _site(ctx, b["mat1"], 1)
     ctx.vars.union(out[1], w[1], "addmm")
     if bias is not None:
         ctx.vars.union(out[-1], bias[-1], "addmm")
@@ -315,6 +338,7 @@ def _rule_conv(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     if bias is not None:
         vs.union(cout, bias[0], "conv bias")
     _mix(ctx, cin)
+    _site(ctx, b["input"], 1)
     if groups == 1:
         vs.union(cin, w_in, "conv")
         if not transposed:
@@ -428,6 +452,8 @@ def _rule_sdpa(ctx: _Ctx, node: torch.fx.Node) -> Any:
     vs = ctx.vars
     vs.union(q[-1], k[-1], "attention: query and key dims")
     _mix(ctx, q[-1])
+    for name in ("query", "key", "value"):
+        _site(ctx, b[name], -1)
     vs.union(k[-2], v[-2], "attention: key and value positions")
     _mix(ctx, k[-2])
     for i in range(len(q) - 2):
@@ -886,6 +912,7 @@ def derive_spec(
             if key is not None:
                 ctx.env[node.name] = [vs.new(s, active=False) for s in shape]
                 param_dims[key] = ctx.env[node.name]
+                ctx.params[key] = ctx.env[node.name]
             else:
                 ctx.env[node.name] = [vs.new(s, frozen="model input") for s in shape]
         elif node.op == "call_function":
@@ -901,7 +928,32 @@ def derive_spec(
     for key, source in aliases.items():  # tied weights: the graph may use either name
         for u, v in zip(param_dims.get(key, []), param_dims.get(source, [])):
             vs.union(u, v, "tied weights")
-    return _resolve(vs, param_dims, aliases)
+    spec = _resolve(vs, param_dims, aliases)
+    return replace(spec, sites=_sites(vs, ctx, spec))
+
+
+def _sites(vs: _Vars, ctx: _Ctx, spec: PermutationSpec) -> dict[str, tuple[ActivationSite, ...]]:
+    """For each group, the activations that layers read along an axis carrying the group."""
+    leaf_names: dict[int, str] = {}
+    for g in spec.groups.values():
+        for m in g.members:
+            v = ctx.params[m.key][m.axis]
+            leaf_names.update(_leaf_name_map(vs, v, spec.layouts[m.key][m.axis]))
+    by_group: dict[str, list[ActivationSite]] = {}
+    for node, dim in dict.fromkeys(ctx.sites):
+        dims = ctx.env.get(node)
+        if not isinstance(dims, list) or dim >= len(dims):
+            continue
+        layout = _layout(vs, dims[dim], leaf_names, create=False)
+        for group in dict.fromkeys(lf.group for lf in leaves(layout)):
+            by_group.setdefault(group, []).append(ActivationSite(node, dim, layout))
+    return {g: tuple(v) for g, v in by_group.items()}
+
+
+def _leaf_name_map(vs: _Vars, v: int, layout: Layout) -> dict[int, str]:
+    """Pair each leaf root under variable ``v`` with the group name its layout gave it."""
+    roots = [vs.find(r) for r in _leaf_roots(vs, v)]
+    return dict(zip(roots, [lf.group for lf in leaves(layout)]))
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:
@@ -950,15 +1002,19 @@ def _resolve(vs: _Vars, param_dims: dict[str, Dims], aliases: dict[str, str]) ->
     return PermutationSpec(groups, layouts, tuple(fixed), aliases)
 
 
-def _layout(vs: _Vars, v: int, names: dict[int, str]) -> Layout:
+def _layout(vs: _Vars, v: int, names: dict[int, str], create: bool = True) -> Layout:
+    """The layout of variable ``v``; new leaves get the next group name (or, with
+    ``create=False``, count as fixed: they reach no parameter)."""
     r = vs.find(v)
     if vs.frozen[r] is not None:
         return Fixed(vs.size[r])
     d = vs.defs.get(r)
     if d is None:
+        if r not in names and not create:
+            return Fixed(vs.size[r])
         name = names.setdefault(r, f"P{len(names)}")
         return Leaf(name, vs.size[r])
-    children = tuple(_layout(vs, c, names) for c in d[1])
+    children = tuple(_layout(vs, c, names, create) for c in d[1])
     if all(isinstance(c, Fixed) for c in children):
         return Fixed(vs.size[r])
     return Concat(children) if d[0] == _CAT else Product(children)
@@ -1013,3 +1069,65 @@ def _batched(vs: _Vars, param_dims: dict[str, Dims], names: dict[int, str]) -> d
         for c, o in outer_of.items()
         if o is not None and not vs.mixed[o] and c in names
     }
+
+
+class GraphRunner:
+    """Runs a model's exported graph with any state dict and returns chosen intermediate values.
+
+    Exports once per input shape (``torch.export`` specialises on shapes) and
+    feeds parameters and buffers from the given state dict, so activations of
+    A and B come from the same graph whose node names the spec's sites use.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._programs: dict[tuple[Any, ...], torch.export.ExportedProgram] = {}
+
+    def program(self, inputs: Sequence[Any]) -> torch.export.ExportedProgram:
+        key = tuple(
+            (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x) for x in inputs
+        )
+        if key not in self._programs:
+            self._programs[key] = trace(self.model, tuple(inputs))
+        return self._programs[key]
+
+    def run(
+        self, state_dict: Mapping[str, torch.Tensor], inputs: Sequence[Any], nodes: Collection[str]
+    ) -> dict[str, torch.Tensor]:
+        """The outputs of graph ``nodes`` when the model runs on ``inputs`` with ``state_dict``."""
+        program = self.program(inputs)
+        args = _program_args(program, state_dict, inputs)
+        wanted = set(nodes)
+        captured: dict[str, torch.Tensor] = {}
+
+        class _Capture(torch.fx.Interpreter):
+            def run_node(self, n: torch.fx.Node) -> Any:
+                out = super().run_node(n)
+                if n.name in wanted:
+                    captured[n.name] = out
+                return out
+
+        with torch.no_grad():
+            _Capture(program.graph_module).run(*args)
+        return captured
+
+
+def _program_args(
+    program: torch.export.ExportedProgram,
+    state_dict: Mapping[str, torch.Tensor],
+    inputs: Sequence[Any],
+) -> list[Any]:
+    from torch.export.graph_signature import InputKind
+
+    user = iter(inputs)
+    args: list[Any] = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            args.append(next(user))
+        elif spec.target in state_dict:
+            args.append(state_dict[spec.target])
+        elif spec.target in program.constants:
+            args.append(program.constants[spec.target])
+        else:
+            args.append(program.state_dict[spec.target])
+    return args

@@ -106,6 +106,19 @@ class FixedAxis:
 
 
 @dataclass(frozen=True)
+class ActivationSite:
+    """An activation a layer reads: graph node ``node``'s output along ``dim``, laid out as ``layout``.
+
+    Activation-based methods observe a group's units here (Git Re-Basin
+    activation matching, OT fusion with activation costs, REPAIR).
+    """
+
+    node: str
+    dim: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
 class PermutationSpec:
     """Groups, and the layout of every axis of every state-dict tensor.
 
@@ -117,6 +130,7 @@ class PermutationSpec:
     layouts: Mapping[str, tuple[Layout, ...]]
     fixed: tuple[FixedAxis, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
+    sites: Mapping[str, tuple[ActivationSite, ...]] = field(default_factory=dict)
 
     def group_sizes(self) -> dict[str, int]:
         return {name: g.size for name, g in self.groups.items()}
