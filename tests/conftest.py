@@ -1,0 +1,28 @@
+"""Shared fixtures: one torch thread (faster for tiny models on a busy 2-core box), paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ROOT / "checkpoints"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/zoo.py importable as `zoo`
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def checkpoints() -> Path:
+    return CHECKPOINTS
