@@ -39,7 +39,17 @@ class _Term:
 
 
 def _rows(tensor: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
-    """``tensor`` gathered along ``axis`` by ``index`` and flattened to ``(*index.shape[:-1], -1)``."""
+    """``tensor`` gathered along ``axis`` by ``index`` and flattened to ``(*index.shape[:-1], -1)``.
+
+    A plain leaf axis needs no gather: the result is then a view (for 2-D weights,
+    ``W`` or ``Wᵀ``), which the matrix product reads without copying.
+    """
+    if (
+        index.shape[-1] == 1
+        and index.numel() == tensor.shape[axis]
+        and torch.equal(index.reshape(-1), torch.arange(index.numel()))
+    ):
+        return tensor.movedim(axis, 0).reshape(*index.shape[:-1], -1)
     g = tensor.index_select(axis, index.reshape(-1))
     g = g.movedim(axis, 0).reshape(*index.shape, -1)
     return g.reshape(*index.shape[:-1], -1)
@@ -88,11 +98,14 @@ class _Problem:
         return self.a_rows[term.key, term.axis, id(term)]
 
 
-def _similarity(prob: _Problem, terms: list[_Term], perm: Mapping[str, torch.Tensor], n: int):
-    s = torch.zeros(n, n, dtype=torch.float64)
+def _similarity(
+    prob: _Problem, terms: list[_Term], perm: Mapping[str, torch.Tensor], n: int
+) -> torch.Tensor:
+    """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum returned in float64."""
+    s = torch.zeros(n, n, dtype=prob.dtype)
     for t in terms:
-        s += (prob.a_of(t) @ prob.b_rows(t, perm).T).to(torch.float64)
-    return s
+        s.addmm_(prob.a_of(t), prob.b_rows(t, perm).T)
+    return s.double()
 
 
 def _step_plain(prob: _Problem, name: str, perm: dict[str, torch.Tensor], solver: str) -> float:
