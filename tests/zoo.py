@@ -578,3 +578,14 @@ ZOO: dict[str, Builder] = {
 
 #: Builders that need ``transformers`` (raise ImportError without it).
 HF_MODELS: frozenset[str] = frozenset({"hf_gpt2", "hf_bert"})
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """A zoo model by name with every parameter randomised, for ``--model tests/zoo.py:build``."""
+    model, _ = ZOO[name]()
+    return randomize_(model, seed).eval()
+
+
+def example_input(name: str) -> tuple[Tensor, ...]:
+    """The example input of a zoo model."""
+    return ZOO[name]()[1]
