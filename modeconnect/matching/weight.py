@@ -88,6 +88,26 @@ class _Problem:
             for terms in [*self.direct.values(), *self.joint.values()]
             for t in terms
         }
+        # A term's product only changes when a permutation of *another* group on
+        # the same tensor changes; cache it keyed by those permutation tensors.
+        self.deps = {
+            id(t): sorted(
+                {lf.group for lay in spec.layouts[t.key] for lf in leaves(lay)} - {name}
+            )
+            for name, terms in self.direct.items()
+            for t in terms
+        }
+        self.cache: dict[int, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
+
+    def product(self, term: _Term, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``A_rows · B_rowsᵀ`` for one term, reused while its neighbours' permutations stand."""
+        deps = tuple(perm[g] for g in self.deps.get(id(term), ()) if g in perm)
+        hit = self.cache.get(id(term))
+        if hit is not None and len(hit[0]) == len(deps) and all(x is y for x, y in zip(hit[0], deps)):
+            return hit[1]
+        value = self.a_of(term) @ self.b_rows(term, perm).T
+        self.cache[id(term)] = (deps, value)
+        return value
 
     def b_rows(self, term: _Term, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         key = self.spec.aliases.get(term.key, term.key)
@@ -102,10 +122,10 @@ def _similarity(
     prob: _Problem, terms: list[_Term], perm: Mapping[str, torch.Tensor], n: int
 ) -> torch.Tensor:
     """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum returned in float64."""
-    s = torch.zeros(n, n, dtype=prob.dtype)
+    s = torch.zeros(n, n, dtype=torch.float64)
     for t in terms:
-        s.addmm_(prob.a_of(t), prob.b_rows(t, perm).T)
-    return s.double()
+        s += prob.product(t, perm)
+    return s
 
 
 def _step_plain(prob: _Problem, name: str, perm: dict[str, torch.Tensor], solver: str) -> float:
