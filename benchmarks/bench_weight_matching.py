@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -96,15 +97,17 @@ def main() -> None:
     for width in args.sizes:
         model, spec, a, b = make_pair(width)
         repeats = args.repeats if width <= 1024 else 1
-        t_ref, perms = best_of(lambda: reference_weight_matching(a, b, 3), repeats)
-        t_mc, result = best_of(lambda: match_weights(spec, a, b), repeats)
+        t_ref, perms = best_of(partial(reference_weight_matching, a, b, 3), repeats)
+        t_mc, result = best_of(partial(match_weights, spec, a, b), repeats)
         ours = [result.perm[g].numpy() for g in spec.groups]
         same = all(np.array_equal(p, q) for p, q in zip(perms, ours))
         rows.append((f"784-{width}x3-10", t_ref, t_mc, t_ref / t_mc, result.iterations, same))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':18} {'reference s':>12} {'modeconnect s':>14} {'speed-up':>9} {'sweeps':>7} {'same perm':>10}")
+    head = ("model", "reference s", "modeconnect s", "speed-up", "sweeps", "same perm")
+    print(f"{head[0]:18} {head[1]:>12} {head[2]:>14} {head[3]:>9} {head[4]:>7} {head[5]:>10}")
     for name, t_ref, t_mc, ratio, sweeps, same in rows:
-        print(f"{name:18} {t_ref:12.3f} {t_mc:14.3f} {ratio:8.2f}x {sweeps:7d} {str(same):>10}")
+        line = f"{name:18} {t_ref:12.3f} {t_mc:14.3f} {ratio:8.2f}x {sweeps:7d} {str(same):>10}"
+        print(line)
 
 
 if __name__ == "__main__":

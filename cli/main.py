@@ -39,7 +39,9 @@ def _json_kwargs(ctx: click.Context, param: click.Parameter, value: str | None) 
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc.msg}): {value!r}") from None
     if not isinstance(parsed, dict):
-        raise click.BadParameter(f"must be a JSON object like '{{\"hidden\": [64]}}', got {value!r}")
+        raise click.BadParameter(
+            f"must be a JSON object like '{{\"hidden\": [64]}}', got {value!r}"
+        )
     return parsed
 
 
@@ -49,7 +51,9 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
     try:
         shape = tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 2,3,32,32, got {value!r}") from None
+        raise click.BadParameter(
+            f"expected comma-separated integers like 2,3,32,32, got {value!r}"
+        ) from None
     if not shape or any(s < 1 for s in shape):
         raise click.BadParameter(f"expected positive sizes like 2,3,32,32, got {value!r}")
     return shape
@@ -59,7 +63,8 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options that choose the architecture and its example input, shared by every command."""
     options = [
         click.option("--model", "model", metavar="MODULE:CALLABLE",
-                     help="Architecture: 'pkg.module:fn' or 'path/file.py:fn'. Overrides the checkpoint's."),
+                     help="Architecture: 'pkg.module:fn' or 'path/file.py:fn' "
+                          "(overrides the checkpoint's)."),
         click.option("--model-kwargs", callback=_json_kwargs, metavar="JSON",
                      help="Keyword arguments for --model, as a JSON object."),
         click.option("--input-shape", callback=_shape, metavar="N,C,H,W",
@@ -84,16 +89,52 @@ def main() -> None:
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
 @model_options
-@click.option("--data", metavar="FILE|MODULE:CALLABLE", help="Evaluation data: .pt/.npz with x and y, or a callable.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write B permuted into A's basis (.pt or .safetensors).")
-@click.option("--merged", type=click.Path(dir_okay=False), help="Write (1-alpha)*A + alpha*aligned B.")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Interpolation weight of B in --merged.")
-@click.option("--steps", type=click.IntRange(min=2), default=25, show_default=True, help="Points on the interpolation curve.")
+@click.option(
+    "--data",
+    metavar="FILE|MODULE:CALLABLE",
+    help="Evaluation data: .pt/.npz with x and y, or a callable.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write B permuted into A's basis (.pt or .safetensors).",
+)
+@click.option(
+    "--merged", type=click.Path(dir_okay=False), help="Write (1-alpha)*A + alpha*aligned B."
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Interpolation weight of B in --merged.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=2),
+    default=25,
+    show_default=True,
+    help="Points on the interpolation curve.",
+)
 @click.option("--method", default="weight", show_default=True, help="Alignment method.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the group order in weight matching.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Weight-matching runs; the best objective is kept.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the group order in weight matching.",
+)
+@click.option(
+    "--restarts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Weight-matching runs; the best objective is kept.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON."
+)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @_user_errors
 def align(a: str, b: str, **opts: Any) -> None:  # fmt: skip
@@ -108,37 +149,50 @@ def align(a: str, b: str, **opts: Any) -> None:  # fmt: skip
 
 def _format_align(report: Any) -> str:
     res = report.result
-    al = res.alignment
-    groups = res.spec.groups
+    al, eq, groups = res.alignment, res.equivalence, res.spec.groups
+    units = sum(g.size for g in groups.values())
     lines = [
         f"model      {report.model_ref}",
-        f"spec       {len(groups)} permutation groups, "
-        f"{sum(g.size for g in groups.values())} units, {len(res.spec.fixed)} fixed axes",
-        f"alignment  {al.method}: objective {al.objective:.6g}, {al.iterations} sweeps, {al.seconds:.2f} s",
-        f"guard      aligned B == B (max abs diff {res.equivalence.max_abs_diff:.2e}, "
-        f"rel {res.equivalence.max_rel_diff:.2e})",
+        f"spec       {len(groups)} permutation groups, {units} units, "
+        f"{len(res.spec.fixed)} fixed axes",
+        f"alignment  {al.method}: objective {al.objective:.6g}, {al.iterations} sweeps, "
+        f"{al.seconds:.2f} s",
+        f"guard      aligned B == B (max abs diff {eq.max_abs_diff:.2e}, "
+        f"rel {eq.max_rel_diff:.2e})",
     ]
     if report.curves is not None:
-        c = report.curves
-        mid_n = c.naive.points[len(c.naive.points) // 2]
-        mid_a = c.aligned.points[len(c.aligned.points) // 2]
-        lines += [
-            "",
-            f"{'':10} {'loss barrier':>13} {'error barrier':>14} {'acc at a=' + format(mid_n.alpha, '.2f'):>14}",
-            f"{'naive':10} {c.naive_barrier.loss:13.4f} {c.naive_barrier.error:14.2%} {mid_n.accuracy:14.2%}",
-            f"{'aligned':10} {c.aligned_barrier.loss:13.4f} {c.aligned_barrier.error:14.2%} {mid_a.accuracy:14.2%}",
-            f"endpoints  A: loss {c.naive.points[0].loss:.4f} acc {c.naive.points[0].accuracy:.2%}   "
-            f"B: loss {c.naive.points[-1].loss:.4f} acc {c.naive.points[-1].accuracy:.2%}",
-        ]  # fmt: skip
-    for name, path in report.written.items():
-        lines.append(f"wrote      {name}: {path}")
+        lines += ["", *_barrier_table(report.curves)]
+    lines += [f"wrote      {name}: {path}" for name, path in report.written.items()]
     return "\n".join(lines)
+
+
+def _barrier_table(curves: Any) -> list[str]:
+    """Naive vs aligned barriers, and the accuracy at the point nearest the midpoint."""
+    mid = min(
+        range(len(curves.naive.points)), key=lambda i: abs(curves.naive.points[i].alpha - 0.5)
+    )
+    head = f"acc at a={curves.naive.points[mid].alpha:.2f}"
+    a, b = curves.naive.points[0], curves.naive.points[-1]
+    rows = [f"{'':10} {'loss barrier':>13} {'error barrier':>14} {head:>14}"]
+    for label, bar, curve in (
+        ("naive", curves.naive_barrier, curves.naive),
+        ("aligned", curves.aligned_barrier, curves.aligned),
+    ):
+        acc = curve.points[mid].accuracy
+        rows.append(f"{label:10} {bar.loss:13.4f} {bar.error:14.2%} {acc:14.2%}")
+    rows.append(
+        f"endpoints  A: loss {a.loss:.4f} acc {a.accuracy:.2%}   "
+        f"B: loss {b.loss:.4f} acc {b.accuracy:.2%}"
+    )
+    return rows
 
 
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
 @model_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the groups as JSON.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the groups as JSON."
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @_user_errors
 def spec(checkpoint: str | None, **opts: Any) -> None:

@@ -18,7 +18,16 @@ from __future__ import annotations
 
 from .data import load_data
 from .errors import ModeconnectError
-from .evaluate import Barrier, Curve, CurvePoint, Metrics, barrier, evaluate, interpolate, interpolation_curve
+from .evaluate import (
+    Barrier,
+    Curve,
+    CurvePoint,
+    Metrics,
+    barrier,
+    evaluate,
+    interpolate,
+    interpolation_curve,
+)
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence
 from .io import Checkpoint, load_checkpoint, resolve_model, save_checkpoint

@@ -217,7 +217,7 @@ def _bind(node: torch.fx.Node) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     for i, arg in enumerate(schema.arguments):
         if i < len(node.args):
-            bound[arg.name] = node.args[i]
+            bound[arg.name] = _a(node)[i]
         elif arg.name in node.kwargs:
             bound[arg.name] = node.kwargs[arg.name]
         elif arg.has_default_value():
@@ -225,6 +225,11 @@ def _bind(node: torch.fx.Node) -> dict[str, Any]:
         else:
             bound[arg.name] = None
     return bound
+
+
+def _a(node: torch.fx.Node) -> tuple[Any, ...]:
+    """The node's positional arguments, untyped (fx types them as a wide union)."""
+    return tuple(node.args)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -471,7 +476,7 @@ def _rule_sdpa(ctx: _Ctx, node: torch.fx.Node) -> Any:
 
 
 def _rule_identity(ctx: _Ctx, node: torch.fx.Node) -> Any:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
     return list(x)
@@ -486,16 +491,16 @@ def _rule_where(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_softmax(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    _mix(ctx, x[_norm_dim(int(node.args[1]), len(x))])
+    _mix(ctx, x[_norm_dim(int(_a(node)[1]), len(x))])
     return list(x)
 
 
 def _rule_reduce(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     """sum / mean / amax over some dims: the other dims pass through."""
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
     b = _bind(node)
@@ -519,7 +524,7 @@ def _rule_reduce(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 def _rule_pool(ctx: _Ctx, node: torch.fx.Node) -> Any:
     """Pooling keeps batch and channel dims and fixes the spatial ones."""
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
     val = node.meta.get("val")
@@ -540,22 +545,26 @@ def _pool_spatial(node: torch.fx.Node) -> int:
 
 
 def _rule_view(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     out = _fresh(ctx, node)
     if x is None:
         return _rule_unknown(ctx, node)
-    ctx.vars.unify_sequences(_PROD, x, out, f"{_op_name(node)} {list(_shape(node.args[0]) or ())}"
-                             f" -> {list(_shape(node) or ())}")
+    ctx.vars.unify_sequences(
+        _PROD,
+        x,
+        out,
+        f"{_op_name(node)} {list(_shape(_a(node)[0]) or ())} -> {list(_shape(node) or ())}",
+    )
     return out
 
 
 def _rule_transpose(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
     out = list(x)
     if len(node.args) >= 3:
-        i, j = _norm_dim(int(node.args[1]), len(x)), _norm_dim(int(node.args[2]), len(x))
+        i, j = _norm_dim(int(_a(node)[1]), len(x)), _norm_dim(int(_a(node)[2]), len(x))
         out[i], out[j] = out[j], out[i]
     else:  # aten.t
         out.reverse()
@@ -563,27 +572,27 @@ def _rule_transpose(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_permute(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    return [x[_norm_dim(int(d), len(x))] for d in node.args[1]]  # type: ignore[union-attr]
+    return [x[_norm_dim(int(d), len(x))] for d in _a(node)[1]]
 
 
 def _rule_unsqueeze(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    d = _norm_dim(int(node.args[1]), len(x) + 1)
+    d = _norm_dim(int(_a(node)[1]), len(x) + 1)
     return x[:d] + [ctx.vars.new(1)] + x[d:]
 
 
 def _rule_squeeze(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    shape = _shape(node.args[0]) or ()
+    shape = _shape(_a(node)[0]) or ()
     if len(node.args) > 1:
-        dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+        dims = _a(node)[1] if isinstance(_a(node)[1], (list, tuple)) else [_a(node)[1]]
         drop = {_norm_dim(int(d), len(x)) for d in dims if shape[_norm_dim(int(d), len(x))] == 1}
     else:
         drop = {i for i, s in enumerate(shape) if s == 1}
@@ -591,7 +600,7 @@ def _rule_squeeze(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_expand(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     out = _fresh(ctx, node)
     if x is None:
         return _rule_unknown(ctx, node)
@@ -602,12 +611,12 @@ def _rule_expand(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_cat(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    tensors = [t for t in node.args[0] if _shape(t) != (0,)]  # type: ignore[union-attr]
+    tensors = [t for t in _a(node)[0] if _shape(t) != (0,)]
     parts = [_dims(ctx, t) for t in tensors]
     out = _fresh(ctx, node)
     if any(p is None for p in parts):
         return _rule_unknown(ctx, node)
-    dim = _norm_dim(int(node.args[1]) if len(node.args) > 1 else 0, len(out))
+    dim = _norm_dim(int(_a(node)[1]) if len(node.args) > 1 else 0, len(out))
     for p in parts:
         assert p is not None
         for i, v in enumerate(p):
@@ -618,11 +627,11 @@ def _rule_cat(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_stack(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    parts = [_dims(ctx, t) for t in node.args[0]]  # type: ignore[union-attr]
+    parts = [_dims(ctx, t) for t in _a(node)[0]]
     out = _fresh(ctx, node)
     if any(p is None for p in parts):
         return _rule_unknown(ctx, node)
-    dim = _norm_dim(int(node.args[1]) if len(node.args) > 1 else 0, len(out))
+    dim = _norm_dim(int(_a(node)[1]) if len(node.args) > 1 else 0, len(out))
     rest = out[:dim] + out[dim + 1 :]
     for p in parts:
         assert p is not None
@@ -633,7 +642,7 @@ def _rule_stack(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_split(ctx: _Ctx, node: torch.fx.Node) -> Any:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     vals = node.meta.get("val")
     if x is None or not isinstance(vals, (list, tuple)):
         return _rule_unknown(ctx, node)
@@ -651,7 +660,7 @@ def _rule_split(ctx: _Ctx, node: torch.fx.Node) -> Any:
 
 
 def _rule_slice(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
     b = _bind(node)
@@ -665,7 +674,9 @@ def _rule_slice(ctx: _Ctx, node: torch.fx.Node) -> Dims:
         return out
     if step != 1:
         ctx.vars.freeze(x[dim], f"strided slice along dim {dim}")
-        out[dim] = ctx.vars.new(len(range(start, end, step)), frozen=f"strided slice along dim {dim}")
+        out[dim] = ctx.vars.new(
+            len(range(start, end, step)), frozen=f"strided slice along dim {dim}"
+        )
         return out
     cuts = [c for c in (start, end) if 0 < c < n]
     bounds = [0, *cuts, n]
@@ -676,12 +687,12 @@ def _rule_slice(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_select(ctx: _Ctx, node: torch.fx.Node) -> Dims:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    dim = _norm_dim(int(node.args[1]), len(x))
+    dim = _norm_dim(int(_a(node)[1]), len(x))
     n = ctx.vars.size[x[dim]]
-    i = _norm_dim(int(node.args[2]), n)
+    i = _norm_dim(int(_a(node)[2]), n)
     bounds = sorted({0, i, i + 1, n})
     parts = [ctx.vars.new(hi - lo) for lo, hi in zip(bounds, bounds[1:])]
     ctx.vars.define(x[dim], _CAT, parts, "select")
@@ -689,10 +700,10 @@ def _rule_select(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_unbind(ctx: _Ctx, node: torch.fx.Node) -> Any:
-    x = _dims(ctx, node.args[0])
+    x = _dims(ctx, _a(node)[0])
     if x is None:
         return _rule_unknown(ctx, node)
-    dim = _norm_dim(int(node.args[1]) if len(node.args) > 1 else 0, len(x))
+    dim = _norm_dim(int(_a(node)[1]) if len(node.args) > 1 else 0, len(x))
     n = ctx.vars.size[x[dim]]
     ctx.vars.define(x[dim], _CAT, [ctx.vars.new(1) for _ in range(n)], "unbind")
     rest = x[:dim] + x[dim + 1 :]
@@ -704,10 +715,10 @@ def _rule_flatten(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 
 
 def _rule_getitem(ctx: _Ctx, node: torch.fx.Node) -> Any:
-    src = node.args[0]
+    src = _a(node)[0]
     val = ctx.env.get(src.name) if isinstance(src, torch.fx.Node) else None
     if isinstance(val, (list, tuple)) and val and isinstance(val[0], list):
-        return val[int(node.args[1])]  # type: ignore[arg-type]
+        return val[int(_a(node)[1])]  # type: ignore[arg-type]
     return _rule_unknown(ctx, node)
 
 
@@ -755,8 +766,9 @@ def _flatten_args(args: Sequence[Any]) -> list[Any]:
 
 
 _UNARY = [
-    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardtanh", "hardswish",
-    "hardsigmoid", "mish", "softplus", "neg", "exp", "log", "abs", "sqrt", "rsqrt", "square",
+    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "elu", "leaky_relu", "hardtanh",
+    "hardswish", "hardsigmoid", "mish", "softplus", "neg", "exp", "log", "abs", "sqrt", "rsqrt",
+    "square",
     "dropout", "feature_dropout", "alpha_dropout", "clone", "contiguous", "_to_copy", "to",
     "detach", "alias", "lift_fresh_copy", "type_as", "relu6", "erf", "sin", "cos", "reciprocal",
     "clamp", "clamp_min", "clamp_max", "pow", "native_dropout", "celu", "selu", "logit",
@@ -919,11 +931,10 @@ def derive_spec(
             rule = _rule_for(node)
             if rule is not None:
                 ctx.env[node.name] = rule(ctx, node)
-        elif node.op == "output":
-            if not permute_output:
-                for arg in _flatten_args(list(node.args)):
-                    for v in _dims(ctx, arg) or []:
-                        vs.freeze(v, "model output")
+        elif node.op == "output" and not permute_output:
+            for arg in _flatten_args(list(node.args)):
+                for v in _dims(ctx, arg) or []:
+                    vs.freeze(v, "model output")
     aliases = _aliases(model)
     for key, source in aliases.items():  # tied weights: the graph may use either name
         for u, v in zip(param_dims.get(key, []), param_dims.get(source, [])):
@@ -971,7 +982,7 @@ def _aliases(model: nn.Module) -> dict[str, str]:
 
 
 def _resolve(vs: _Vars, param_dims: dict[str, Dims], aliases: dict[str, str]) -> PermutationSpec:
-    for key, dims in param_dims.items():
+    for dims in param_dims.values():
         for v in dims:
             r = vs.find(v)
             if not vs.active[r] and r not in vs.defs:
@@ -1065,9 +1076,7 @@ def _batched(vs: _Vars, param_dims: dict[str, Dims], names: dict[int, str]) -> d
         for v in dims:
             outer_of[vs.find(v)] = None
     return {
-        c: names[o]
-        for c, o in outer_of.items()
-        if o is not None and not vs.mixed[o] and c in names
+        c: names[o] for c, o in outer_of.items() if o is not None and not vs.mixed[o] and c in names
     }
 
 

@@ -324,7 +324,10 @@ def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     path = Path(path)
     _check_target(path, force)
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    _atomic_write(path, write)
     return path
 
 

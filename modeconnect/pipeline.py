@@ -221,11 +221,15 @@ def align_files(
 def _check_targets(targets: Mapping[str, Path], force: bool, inputs: Sequence[Path]) -> None:
     for name, path in targets.items():
         if any(path.resolve() == p.resolve() for p in inputs):
-            raise ModeconnectError(f"{path}: --{name} would overwrite an input; choose another path")
+            raise ModeconnectError(
+                f"{path}: --{name} would overwrite an input; choose another path"
+            )
         if path.exists() and not force:
             raise ModeconnectError(f"{path} exists; pass --force to overwrite")
         if not path.parent.exists():
-            raise ModeconnectError(f"{path}: directory {path.parent} does not exist; create it first")
+            raise ModeconnectError(
+                f"{path}: directory {path.parent} does not exist; create it first"
+            )
 
 
 def spec_for(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -70,7 +70,7 @@ class Product:
         return n
 
 
-Layout = Union[Fixed, Leaf, Concat, Product]
+Layout = Fixed | Leaf | Concat | Product
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class FixedAxis:
 
 @dataclass(frozen=True)
 class ActivationSite:
-    """An activation a layer reads: graph node ``node``'s output along ``dim``, laid out as ``layout``.
+    """An activation a layer reads: node ``node``'s output along ``dim``, laid out as ``layout``.
 
     Activation-based methods observe a group's units here (Git Re-Basin
     activation matching, OT fusion with activation costs, REPAIR).
@@ -199,7 +199,7 @@ def _product_index(layout: Product, perm: Mapping[str, torch.Tensor]) -> torch.T
     for factor in layout.factors:
         n = factor.size
         p = perm.get(factor.group) if isinstance(factor, Leaf) else None
-        if p is not None and p.dim() == 2:
+        if p is not None and p.dim() == 2 and isinstance(factor, Leaf):
             if not isinstance(prev, Leaf):
                 raise ValueError(f"batched group {factor.group} must follow its outer group")
             outer_pos = torch.arange(idx.numel()) % prev.size
@@ -271,7 +271,7 @@ def invert_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) 
     for name, p in perm.items():
         if p.dim() == 2:
             outer = spec.groups[name].batch_over
-            o = perm[outer] if outer in perm else torch.arange(p.shape[0])
+            o = perm[outer] if outer is not None and outer in perm else torch.arange(p.shape[0])
             rows = torch.empty_like(p)
             rows[o] = torch.argsort(p, dim=1)
             inv[name] = rows

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from modeconnect_cli.main import main
 from safetensors.torch import save_file
 
 from modeconnect.io import load_checkpoint
-from modeconnect_cli.main import main
 
 MLP_REF = "modeconnect.models:mlp"
 SMALL = {"in_features": 6, "hidden": [10, 12], "out_features": 3}
@@ -93,7 +93,9 @@ def test_align_recovers_permuted_copy_with_zero_barrier(tmp_path):
     save_file(permuted, b, metadata={"modeconnect.model": MLP_REF,
                                      "modeconnect.model_kwargs": json.dumps(SMALL)})  # fmt: skip
     out, js = tmp_path / "o.pt", tmp_path / "r.json"
-    result = _run("align", str(a), str(b), "--data", str(data), "--out", str(out), "--json", str(js))
+    result = _run(
+        "align", str(a), str(b), "--data", str(data), "--out", str(out), "--json", str(js)
+    )
     assert result.exit_code == 0, result.output
     aligned = load_checkpoint(out).state_dict
     for k in sd:
@@ -264,7 +266,8 @@ def test_align_as_subprocess(tmp_path, checkpoints):
     js = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "modeconnect_cli.main", "align",
            str(checkpoints / "mlp_a.pt"), str(checkpoints / "mlp_b.safetensors"),
-           "--data", str(checkpoints / "digits_test.pt"), "--steps", "5", "--json", str(js)]  # fmt: skip
+           "--data", str(checkpoints / "digits_test.pt"), "--steps", "5",
+           "--json", str(js)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(js.read_text())

@@ -111,9 +111,10 @@ def test_vocabulary_and_io_stay_fixed(specs):
     assert "vocabulary axis of an embedding" in reasons
     tok = spec.layouts["tok.weight"]
     assert isinstance(tok[0], Fixed) and isinstance(tok[1], Leaf)
-    assert spec.aliases.get("head.weight") == "tok.weight" or spec.aliases.get(
-        "tok.weight"
-    ) == "head.weight"
+    assert (
+        spec.aliases.get("head.weight") == "tok.weight"
+        or spec.aliases.get("tok.weight") == "head.weight"
+    )
 
 
 def test_feature_extractor_output_fixed_unless_permitted():

@@ -42,7 +42,9 @@ def test_unknown_method_lists_valid_ones():
 def _mlp_pair(seed_a: int = 0, seed_b: int = 1):
     def make(seed):
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        return nn.Sequential(
+            nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+        )
 
     a, b = make(seed_a), make(seed_b)
     spec = derive_spec(a, (torch.randn(2, 8),))

@@ -91,9 +91,7 @@ class _Problem:
         # A term's product only changes when a permutation of *another* group on
         # the same tensor changes; cache it keyed by those permutation tensors.
         self.deps = {
-            id(t): sorted(
-                {lf.group for lay in spec.layouts[t.key] for lf in leaves(lay)} - {name}
-            )
+            id(t): sorted({lf.group for lay in spec.layouts[t.key] for lf in leaves(lay)} - {name})
             for name, terms in self.direct.items()
             for t in terms
         }
@@ -103,7 +101,11 @@ class _Problem:
         """``A_rows · B_rowsᵀ`` for one term, reused while its neighbours' permutations stand."""
         deps = tuple(perm[g] for g in self.deps.get(id(term), ()) if g in perm)
         hit = self.cache.get(id(term))
-        if hit is not None and len(hit[0]) == len(deps) and all(x is y for x, y in zip(hit[0], deps)):
+        if (
+            hit is not None
+            and len(hit[0]) == len(deps)
+            and all(x is y for x, y in zip(hit[0], deps))
+        ):
             return hit[1]
         value = self.a_of(term) @ self.b_rows(term, perm).T
         self.cache[id(term)] = (deps, value)
@@ -155,7 +157,10 @@ def _step_blocks(prob: _Problem, name: str, perm: dict[str, torch.Tensor], solve
         for t in prob.joint[name, kid]:
             cross += torch.einsum("aum,bvm->abuv", prob.a_of(t), prob.b_rows(t, free)).double()
         inner = torch.stack(
-            [torch.stack([solve_assignment(cross[i, j], solver) for j in range(n)]) for i in range(n)]
+            [
+                torch.stack([solve_assignment(cross[i, j], solver) for j in range(n)])
+                for i in range(n)
+            ]
         )  # (n, n, size)
         pair = torch.gather(cross, 3, inner[..., None]).squeeze(-1).sum(-1)
         score += pair
@@ -217,7 +222,8 @@ def _descend(prob: _Problem, seed: int, max_iter: int, tol: float, solver: str):
     perm = identity_permutation(prob.spec)
     gen = torch.Generator().manual_seed(seed)
     sweeps = 0
-    for sweeps in range(1, max_iter + 1):
+    while sweeps < max_iter:
+        sweeps += 1
         improved = False
         for i in torch.randperm(len(prob.order), generator=gen).tolist():
             name = prob.order[i]
