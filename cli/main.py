@@ -222,5 +222,14 @@ def _format_spec(spec: Any) -> str:
     return "\n".join(lines)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (each defines ``register(main)``)."""
+    from modeconnect_cli import merge
+
+    merge.register(main)
+
+
+_register_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

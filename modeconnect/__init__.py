@@ -31,7 +31,9 @@ from .evaluate import (
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence
 from .io import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
+from .federated import aligned_fedavg, fedavg
 from .matching import METHODS, Alignment, match_weights
+from .merge import MergeResult, merge
 from .pipeline import AlignReport, AlignResult, align, align_files
 from .spec import PermutationSpec, apply_permutation, random_permutation
 
@@ -49,22 +51,26 @@ __all__ = [
     "Curve",
     "CurvePoint",
     "Equivalence",
+    "MergeResult",
     "Metrics",
     "ModeconnectError",
     "PermutationSpec",
     "align",
+    "aligned_fedavg",
     "align_files",
     "apply_permutation",
     "barrier",
     "check_equivalence",
     "derive_spec",
     "evaluate",
+    "fedavg",
     "interpolate",
     "interpolation_curve",
     "load",
     "load_checkpoint",
     "load_data",
     "match_weights",
+    "merge",
     "random_permutation",
     "resolve_model",
     "save_checkpoint",

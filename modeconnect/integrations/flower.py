@@ -1,0 +1,217 @@
+"""A Flower strategy that aligns client models before federated averaging.
+
+``AlignedFedAvg`` is :class:`flwr.serverapp.strategy.FedAvg` (Message API,
+flwr >= 1.21) with one change in :meth:`aggregate_train`: every client's
+``ArrayRecord`` is permuted into the basis of the round's reference, the global
+model sent out in :meth:`configure_train`, before the example-count weighted
+average (:func:`modeconnect.federated.aligned_fedavg`)::
+
+    θ_{t+1} = Σ_k (n_k / n) · π_k(θ_k),   π_k = argmax_π ⟨θ_t, π(θ_k)⟩
+
+Use it like FedAvg in a ``ServerApp``::
+
+    from modeconnect.integrations.flower import AlignedFedAvg
+
+    strategy = AlignedFedAvg(Net(), fraction_train=1.0)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()))
+
+Replies that carry an error are skipped, as FedAvg skips them. A reply whose
+arrays do not fit the model (missing or extra keys, other shapes, non-finite
+values) is logged with one line naming the node, the key and the shapes, and
+left out; the round goes on with the others. With ``reference="clients"`` the
+clients are aligned to each other (MergeMany) instead of to the global model,
+for one-shot merges of clients trained from different initialisations.
+
+flwr is imported on first use of :data:`AlignedFedAvg`, never by ``import modeconnect``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModeconnectError
+from ..federated import aligned_fedavg
+
+__all__ = ["AlignedFedAvg", "REFERENCES"]
+
+REFERENCES = ("global", "clients")
+"""``"global"``: align to the round's global model; ``"clients"``: MergeMany among the clients."""
+
+_LOG = logging.getLogger("flwr")  # Flower's own logger, so lines appear with its output
+_CLASS: type | None = None
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flwr.serverapp.strategy import FedAvg as AlignedFedAvg  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AlignedFedAvg":
+        return _aligned_fedavg_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _aligned_fedavg_class() -> type:
+    """Import flwr and build the strategy class (once)."""
+    global _CLASS
+    if _CLASS is None:
+        try:
+            from flwr.serverapp.strategy import FedAvg
+        except ImportError as exc:
+            raise ModeconnectError(
+                f"AlignedFedAvg needs flwr >= 1.21 ({exc}); "
+                "install it with pip install 'modeconnect[flower]'"
+            ) from exc
+        _CLASS = _build(FedAvg)
+    return _CLASS
+
+
+def _build(fedavg: type) -> type:
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+    class AlignedFedAvg(fedavg):  # type: ignore[misc, valid-type]
+        """FedAvg that aligns each client's model to the round's reference first.
+
+        ``model`` is the ``nn.Module`` whose state dict the arrays hold: it gives
+        the permutation spec and runs the equivalence guard. ``method`` names an
+        alignment method (``"weight"``, ...; ``"none"`` is plain FedAvg);
+        ``reference`` is ``"global"`` or ``"clients"`` (see the module doc);
+        ``align_options`` go to :func:`modeconnect.federated.aligned_fedavg`
+        (``data``, ``inputs``, ``seed``, ``restarts``, ...). Every other keyword
+        argument is FedAvg's.
+        """
+
+        def __init__(
+            self,
+            model: nn.Module,
+            *,
+            method: str = "weight",
+            reference: str = "global",
+            align_options: Mapping[str, Any] | None = None,
+            **fedavg_kwargs: Any,
+        ) -> None:
+            super().__init__(**fedavg_kwargs)
+            if reference not in REFERENCES:
+                raise ModeconnectError(
+                    f"reference={reference!r} is not one of {', '.join(REFERENCES)}"
+                )
+            self.model = model
+            self.method = method
+            self.reference = reference
+            self.align_options = dict(align_options or {})
+            self.expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            self.global_arrays: Any = None  # the round's reference, set by configure_train
+
+        def summary(self) -> None:
+            super().summary()
+            _LOG.info("\t└──> Alignment: %s, reference %s", self.method, self.reference)
+
+        def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any):
+            """FedAvg's, remembering ``arrays`` as this round's reference."""
+            self.global_arrays = arrays
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Any]):
+            """Align the fitting replies to the reference, then FedAvg them.
+
+            Returns ``(ArrayRecord | None, MetricRecord | None)`` as FedAvg does.
+            """
+            replies = list(replies)
+            ok = [m for m in replies if not m.has_error()]
+            _LOG.info("aggregate_train: Received %s results and %s failures",
+                      len(ok), len(replies) - len(ok))  # fmt: skip
+            for m in replies:
+                if m.has_error():
+                    _LOG.info("\t> Received error in reply from node %d: %s",
+                              m.metadata.src_node_id, m.error.reason)  # fmt: skip
+            kept, state_dicts = [], []
+            for m in ok:
+                sd = self._fitting_arrays(server_round, m)
+                if sd is not False:
+                    kept.append(m.content)
+                    state_dicts.append(sd)
+            if not kept:
+                return None, None
+            validate_message_reply_consistency(
+                replies=kept, weighted_by_key=self.weighted_by_key, check_arrayrecord=True
+            )
+            merged = self.aggregate_state_dicts(
+                state_dicts, [_weight(c, self.weighted_by_key) for c in kept]
+            )
+            metrics = self.train_metrics_aggr_fn(kept, self.weighted_by_key)
+            return ArrayRecord(merged), metrics
+
+        def aggregate_state_dicts(
+            self, state_dicts: list[dict[str, Tensor]], num_examples: list[float]
+        ) -> dict[str, Tensor]:
+            """:func:`~modeconnect.federated.aligned_fedavg` with this round's reference."""
+            return aligned_fedavg(self.model, state_dicts, num_examples,
+                                  reference=self._reference(), method=self.method,
+                                  **self.align_options)  # fmt: skip
+
+        def _reference(self) -> dict[str, Tensor] | None:
+            if self.reference == "clients":
+                return None
+            if self.global_arrays is None:
+                _LOG.warning(
+                    "AlignedFedAvg: no global model seen yet (set .global_arrays or "
+                    "call configure_train first); aligning the clients to each other"
+                )
+                return None
+            ref = _to_torch(self.global_arrays)
+            problem = self._mismatch(ref)
+            if problem is not None:
+                raise ModeconnectError(
+                    f"AlignedFedAvg: the global model does not fit the "
+                    f"model given to the strategy: {problem}"
+                )
+            return ref
+
+        def _fitting_arrays(self, server_round: int, message: Any) -> Any:
+            """The reply's arrays as a state dict; ``False`` (after one log line) if they
+            do not fit the model; ``None`` if the reply has no single ArrayRecord, which
+            FedAvg's consistency check then reports."""
+            records = list(message.content.array_records.values())
+            if len(records) != 1:
+                return None
+            sd = _to_torch(records[0])
+            problem = self._mismatch(sd)
+            if problem is None:
+                return sd
+            _LOG.warning(
+                "AlignedFedAvg round %s: leaving out the reply from node %s: %s",
+                server_round, message.metadata.src_node_id, problem,
+            )  # fmt: skip
+            return False
+
+        def _mismatch(self, sd: Mapping[str, Tensor]) -> str | None:
+            missing = sorted(self.expected.keys() - sd.keys())
+            extra = sorted(sd.keys() - self.expected.keys())
+            if missing or extra:
+                return (f"its arrays do not match the model's keys (missing {missing[:5]}, "
+                        f"unexpected {extra[:5]})")  # fmt: skip
+            for key, shape in self.expected.items():
+                got = tuple(sd[key].shape)
+                if got != shape:
+                    return f"array {key!r} has shape {got} but the model expects {shape}"
+                t = sd[key]
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"array {key!r} {got} has non-finite values (NaN or inf)"
+            return None
+
+    AlignedFedAvg.__module__ = __name__
+    AlignedFedAvg.__qualname__ = "AlignedFedAvg"
+    return AlignedFedAvg
+
+
+def _to_torch(record: Any) -> dict[str, Tensor]:
+    return dict(record.to_torch_state_dict())
+
+
+def _weight(content: Any, key: str) -> float:
+    return float(next(iter(content.metric_records.values()))[key])

@@ -1,0 +1,287 @@
+"""The Flower strategy: aggregation on replies built here, and an in-process round trip.
+
+No Ray, no network: the round trip runs Flower's own ``Strategy.start`` against a
+grid that delivers each message to a real ``ClientApp`` in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import (  # noqa: E402
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+
+from modeconnect.federated import aligned_fedavg, fedavg  # noqa: E402
+from modeconnect.graph import derive_spec  # noqa: E402
+from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
+from modeconnect.models import mlp  # noqa: E402
+from modeconnect.spec import apply_permutation, random_permutation  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """flwr >= 1.2x stamps new messages with the running task's identity, which the
+    ServerApp runtime sets; set it here as the runtime would (older flwr has none)."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity
+    except ImportError:  # pragma: no cover - depends on the flwr version
+        yield
+        return
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def flwr_log(caplog):
+    """Flower's logger does not propagate to the root logger: listen to it directly."""
+    logger = logging.getLogger("flwr")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="flwr")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def _net():
+    return mlp(6, [10, 12], 3)
+
+
+def _sd(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() for k, v in _net().state_dict().items()}
+
+
+SPEC = derive_spec(_net(), (torch.randn(2, 6),))
+
+
+def _client_model(global_sd: dict[str, torch.Tensor], node: int) -> dict[str, torch.Tensor]:
+    """What client ``node`` "trains": the global model, permuted, plus a little noise."""
+    gen = torch.Generator().manual_seed(node)
+    moved = {k: v + 0.002 * torch.randn(v.shape, generator=gen) for k, v in global_sd.items()}
+    return apply_permutation(moved, SPEC, random_permutation(SPEC, node))
+
+
+def _instruction(node: int, global_sd) -> Message:
+    content = RecordDict({"arrays": ArrayRecord(global_sd), "config": ConfigRecord()})
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def _reply(node: int, sd, n: int, global_sd) -> Message:
+    content = RecordDict({
+        "arrays": ArrayRecord(sd),
+        "metrics": MetricRecord({"num-examples": n, "train_loss": float(node)}),
+    })  # fmt: skip
+    return Message(content, reply_to=_instruction(node, global_sd))
+
+
+def _error_reply(node: int, global_sd) -> Message:
+    return Message(Error(code=1, reason="client crashed"), reply_to=_instruction(node, global_sd))
+
+
+def _strategy(global_sd, **kwargs) -> AlignedFedAvg:
+    strategy = AlignedFedAvg(_net(), align_options={"spec": SPEC}, **kwargs)
+    strategy.global_arrays = ArrayRecord(global_sd)
+    return strategy
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_import_modeconnect_does_not_import_flwr():
+    code = (
+        "import sys, modeconnect, modeconnect.merge, modeconnect.federated, "
+        "modeconnect.integrations.flower; sys.exit('flwr' in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_strategy_output_matches_the_library_function():
+    global_sd = _sd(0)
+    clients = {node: _client_model(global_sd, node) for node in (1, 2, 3)}
+    counts = {1: 30, 2: 10, 3: 60}
+    replies = [_reply(n, clients[n], counts[n], global_sd) for n in clients]
+    arrays, metrics = _strategy(global_sd).aggregate_train(1, replies)
+    expected = aligned_fedavg(_net(), list(clients.values()), list(counts.values()),
+                              reference=global_sd, spec=SPEC)  # fmt: skip
+    assert_close(arrays.to_torch_state_dict(), expected)
+    assert_close(arrays.to_torch_state_dict(), global_sd, atol=0.02, rtol=0)  # aligned back
+    _, fedavg_metrics = FedAvg().aggregate_train(1, replies)
+    assert dict(metrics) == pytest.approx(dict(fedavg_metrics))
+
+
+def test_method_none_matches_flowers_fedavg():
+    global_sd = _sd(0)
+    replies = [_reply(n, _client_model(global_sd, n), 10 * n, global_sd) for n in (1, 2)]
+    ours, _ = _strategy(global_sd, method="none").aggregate_train(1, replies)
+    theirs, _ = FedAvg().aggregate_train(1, replies)
+    assert_close(ours.to_torch_state_dict(), theirs.to_torch_state_dict())
+
+
+def test_failed_clients_are_skipped(flwr_log):
+    global_sd = _sd(0)
+    good = {1: _client_model(global_sd, 1), 3: _client_model(global_sd, 3)}
+    replies = [_reply(1, good[1], 5, global_sd), _error_reply(2, global_sd),
+               _reply(3, good[3], 15, global_sd)]  # fmt: skip
+    arrays, _ = _strategy(global_sd).aggregate_train(1, replies)
+    expected = aligned_fedavg(_net(), list(good.values()), [5, 15], reference=global_sd, spec=SPEC)
+    assert_close(arrays.to_torch_state_dict(), expected)
+    assert "Received error in reply from node 2: client crashed" in flwr_log.text
+
+
+def test_mismatched_client_is_logged_and_left_out(flwr_log):
+    global_sd = _sd(0)
+    good = {1: _client_model(global_sd, 1), 2: _client_model(global_sd, 2)}
+    wrong = dict(_client_model(global_sd, 3))
+    wrong["3.weight"] = torch.zeros(12, 7)
+    nan = dict(_client_model(global_sd, 4))
+    nan["1.bias"] = torch.full((10,), float("nan"))
+    replies = [_reply(1, good[1], 5, global_sd), _reply(3, wrong, 50, global_sd),
+               _reply(2, good[2], 5, global_sd), _reply(4, nan, 50, global_sd)]  # fmt: skip
+    arrays, _ = _strategy(global_sd).aggregate_train(7, replies)
+    expected = aligned_fedavg(_net(), list(good.values()), [5, 5], reference=global_sd, spec=SPEC)
+    assert_close(arrays.to_torch_state_dict(), expected)
+    lines = [r.getMessage() for r in flwr_log.records if r.levelno == logging.WARNING]
+    assert (
+        "AlignedFedAvg round 7: leaving out the reply from node 3: array '3.weight' has shape "
+        "(12, 7) but the model expects (12, 10)"
+    ) in lines
+    assert any("node 4: array '1.bias' (10,) has non-finite values" in line for line in lines)
+
+
+def test_no_usable_replies_give_nothing():
+    global_sd = _sd(0)
+    assert _strategy(global_sd).aggregate_train(1, [_error_reply(1, global_sd)]) == (None, None)
+    assert _strategy(global_sd).aggregate_train(1, []) == (None, None)
+
+
+def test_bad_reference_name():
+    from modeconnect.errors import ModeconnectError
+
+    with pytest.raises(ModeconnectError, match="reference='best' is not one of global, clients"):
+        AlignedFedAvg(_net(), reference="best")
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+class InProcessGrid(Grid):
+    """Delivers each message to a ClientApp in this process; a raised exception becomes
+    an error reply, as Flower's runtime turns a failing ClientApp into one."""
+
+    def __init__(self, app: ClientApp, nodes: Iterable[int]) -> None:
+        self.app, self.nodes, self._replies, self._run = app, list(nodes), {}, None
+
+    def set_run(self, run):  # pragma: no cover - not used in-process
+        self._run = run
+
+    @property
+    def run(self):  # pragma: no cover - not used in-process
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id, ttl=ttl)  # fmt: skip
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for i, msg in enumerate(messages):
+            context = Context(run_id=1, node_id=msg.metadata.dst_node_id, node_config={},
+                              state=RecordDict(), run_config={})  # fmt: skip
+            try:
+                reply = self.app(msg, context)
+            except Exception as exc:  # noqa: BLE001 - the runtime reports any failure
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=msg)
+            ids.append(f"m{len(self._replies)}-{i}")
+            self._replies[ids[-1]] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids]
+
+    def send_and_receive(self, messages, *, timeout=None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def _client_app(fail_node: int) -> tuple[ClientApp, Callable[[int], int]]:
+    app = ClientApp()
+
+    def examples(node: int) -> int:
+        return 10 * node
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        node = context.node_id
+        if node == fail_node:
+            raise RuntimeError("out of memory")
+        sd = msg.content["arrays"].to_torch_state_dict()
+        content = RecordDict({
+            "arrays": ArrayRecord(_client_model(dict(sd), node)),
+            "metrics": MetricRecord({"num-examples": examples(node)}),
+        })  # fmt: skip
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        metrics = MetricRecord({"num-examples": examples(context.node_id), "accuracy": 1.0})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app, examples
+
+
+def test_in_process_round_trip(flwr_log):
+    nodes, failing = [1, 2, 3, 4], 3
+    app, examples = _client_app(failing)
+    strategy = AlignedFedAvg(
+        _net(), align_options={"spec": SPEC}, min_available_nodes=4, min_train_nodes=4
+    )
+    start = _sd(0)
+    result = strategy.start(grid=InProcessGrid(app, nodes), initial_arrays=ArrayRecord(start),
+                            num_rounds=2)  # fmt: skip
+    # The same two rounds by the library function alone.
+    expected = start
+    for _ in range(2):
+        clients = [_client_model(expected, n) for n in nodes if n != failing]
+        counts = [examples(n) for n in nodes if n != failing]
+        expected = aligned_fedavg(_net(), clients, counts, reference=expected, spec=SPEC)
+    assert_close(result.arrays.to_torch_state_dict(), expected)
+    assert_close(result.arrays.to_torch_state_dict(), start, atol=0.05, rtol=0)
+    # Plain FedAvg of the same permuted clients would have scrambled the model.
+    plain = fedavg([_client_model(start, n) for n in (1, 2, 4)], [10, 20, 40])
+    assert (plain["1.weight"] - start["1.weight"]).abs().max() > 0.1
+    assert "Received error in reply from node 3: out of memory" in flwr_log.text
+    assert result.evaluate_metrics_clientapp[2]["accuracy"] == pytest.approx(1.0)
