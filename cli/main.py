@@ -81,8 +81,17 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="modeconnect")
-def main() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (default: torch's choice). On a busy machine, 1 is often "
+    "fastest for small models.",
+)
+def main(threads: int | None) -> None:
     """Mode connectivity and model merging: align permutations, measure barriers, merge."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @main.command()
