@@ -131,7 +131,12 @@ def main(threads: int | None) -> None:
     type=int,
     default=0,
     show_default=True,
-    help="Seed of the group order in weight matching.",
+    help="Seed of the group order (all methods).",
+)
+@click.option(
+    "--train",
+    metavar="FILE|MODULE:CALLABLE",
+    help="Data for activation statistics (default: --data).",
 )
 @click.option(
     "--restarts",
@@ -140,6 +145,23 @@ def main(threads: int | None) -> None:
     show_default=True,
     help="Weight-matching runs; the best objective is kept.",
 )
+@click.option(
+    "--statistic",
+    type=click.Choice(["correlation", "moment"]),
+    help="Activation statistic (activation, ot with --cost activations).",
+)
+@click.option(
+    "--max-batches", type=click.IntRange(min=1), help="Bound on batches for activation statistics."
+)
+@click.option(
+    "--ot-solver", type=click.Choice(["emd", "sinkhorn"]), help="OT solver: exact or entropic."
+)
+@click.option(
+    "--reg",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Sinkhorn regularisation (relative to the normalised cost).",
+)
+@click.option("--cost", type=click.Choice(["weights", "activations"]), help="OT ground cost.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON."
@@ -233,9 +255,10 @@ def _format_spec(spec: Any) -> str:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each defines ``register(main)``)."""
-    from modeconnect_cli import merge
+    from modeconnect_cli import compare, merge
 
     merge.register(main)
+    compare.register(main)
 
 
 _register_commands()

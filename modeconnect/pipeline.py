@@ -27,7 +27,7 @@ from .io import (
     save_checkpoint,
     save_json,
 )
-from .matching import Alignment, get_method
+from .matching import Alignment, get_method, method_options
 from .spec import PermutationSpec, apply_permutation
 
 StateDict = Mapping[str, torch.Tensor]
@@ -156,6 +156,7 @@ def align_files(
     model: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     data: str | None = None,
+    train: str | None = None,
     out: str | Path | None = None,
     merged: str | Path | None = None,
     json_path: str | Path | None = None,
@@ -184,10 +185,12 @@ def align_files(
     check_state_dict(net, ca)
     check_state_dict(net, cb)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
+    stats = load_data(train, batch_size=batch_size) if train is not None else batches
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
+    opts = method_options(method, options)
     result = align(
-        net, ca.state_dict, cb.state_dict, method=method, inputs=inputs, data=batches,
-        permute_output=permute_output, **options,
+        net, ca.state_dict, cb.state_dict, method=method, inputs=inputs, data=stats,
+        permute_output=permute_output, **opts,
     )  # fmt: skip
     curves = None
     if batches is not None:
@@ -206,16 +209,38 @@ def align_files(
             metadata={**meta, "modeconnect.role": "b aligned to a"}, force=force,
         )  # fmt: skip
     if "merged" in targets:
-        mixed = interpolate(ca.state_dict, result.aligned, alpha)
+        mixed, role = _merged(net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts)
         written["merged"] = save_checkpoint(
             targets["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
-            metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": "merged"},
+            metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role},
             force=force,
         )  # fmt: skip
     report = AlignReport(Path(a_path), Path(b_path), ref, kwargs, result, curves, alpha, written)
     if "json" in targets:
         written["json"] = save_json(targets["json"], report.to_dict(), force=force)
     return report
+
+
+def _merged(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    result: AlignResult,
+    alpha: float,
+    method: str,
+    data: Iterable[Batch] | None,
+    options: Mapping[str, Any],
+) -> tuple[dict[str, torch.Tensor], str]:
+    """``(1-α)·A + α·aligned B``; OT fuses A and B with its transport plans instead."""
+    if method == "ot":
+        from .matching.ot import fuse_ot
+
+        fused = fuse_ot(
+            result.spec, a, b, weights=(1 - alpha, alpha), alignment=result.alignment,
+            model=model, data=data, **options,
+        )  # fmt: skip
+        return fused, "merged (OT fusion)"
+    return interpolate(a, result.aligned, alpha), "merged"
 
 
 def _check_targets(targets: Mapping[str, Path], force: bool, inputs: Sequence[Path]) -> None:

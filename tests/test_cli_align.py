@@ -282,3 +282,35 @@ def test_user_error_as_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "x.pt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--method", "activation", "--statistic", "moment", "--max-batches", "1"],
+        ["--method", "ot", "--ot-solver", "emd"],
+        ["--method", "ot", "--ot-solver", "sinkhorn", "--reg", "0.05", "--cost", "activations"],
+    ],
+)
+def test_align_other_methods_record_their_parameters(tmp_path, extra):
+    a, b, data = _small_pair(tmp_path)
+    train = tmp_path / "train.pt"
+    torch.save({"x": torch.randn(64, 6), "y": torch.randint(0, 3, (64,))}, train)
+    js, merged = tmp_path / "r.json", tmp_path / "m.pt"
+    result = _run("align", str(a), str(b), "--data", str(data), "--train", str(train),
+                  "--merged", str(merged), "--json", str(js), "--steps", "3", *extra)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(js.read_text())
+    assert report["alignment"]["method"] == extra[1]
+    params = report["alignment"]["params"]
+    if "--reg" in extra:
+        assert params["reg"] == 0.05 and params["cost"] == "activations"
+    if "--statistic" in extra:
+        assert params["statistic"] == "moment" and params["max_batches"] == 1
+    assert report["equivalence"]["passed"]
+    assert load_checkpoint(merged).model_ref == MLP_REF
+
+
+def test_unknown_method_through_cli(tmp_path):
+    a, b, _ = _small_pair(tmp_path)
+    _assert_user_error(_run("align", str(a), str(b), "--method", "magic"), "weight", "ot")
