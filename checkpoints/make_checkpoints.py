@@ -42,6 +42,9 @@ MODEL_KWARGS: dict[str, Any] = {"in_features": 64, "hidden": [512, 512, 512], "o
 SPLIT_SEED = 0
 TEST_SIZE = 500
 SEEDS = {"a": 1, "b": 2}
+# Four smaller, independently trained MLPs for the `modeconnect merge` example.
+SMALL_KWARGS: dict[str, Any] = {"in_features": 64, "hidden": [128, 128, 128], "out_features": 10}
+SMALL_SEEDS = [11, 12, 13, 14]
 # A large step and no weight decay push A and B far from their inits into
 # different basins: a clear naive barrier, which weight matching removes.
 EPOCHS = 20
@@ -69,10 +72,10 @@ def make_data() -> tuple[Data, Data]:
     return {"x": x[idx_train], "y": y[idx_train]}, {"x": x[idx_test], "y": y[idx_test]}
 
 
-def train(seed: int, data: Data) -> nn.Sequential:
+def train(seed: int, data: Data, kwargs: dict[str, Any] = MODEL_KWARGS) -> nn.Sequential:
     """Train one MLP from ``seed`` (both its initialisation and its batch order)."""
     torch.manual_seed(seed)
-    model = mlp(**MODEL_KWARGS)
+    model = mlp(**kwargs)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(seed)
     n = len(data["y"])
@@ -115,10 +118,12 @@ def lerp_barrier(rows: list[tuple[float, float, float]]) -> float:
     return max(loss - ((1 - a) * l0 + a * l1) for a, loss, _ in rows)
 
 
-def save_checkpoint(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+def save_checkpoint(
+    model: nn.Module, name: str, kwargs: dict[str, Any] = MODEL_KWARGS
+) -> dict[str, torch.Tensor]:
     """Write ``{name}.pt`` in the documented format and return its state dict."""
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    payload = {"state_dict": sd, "model": MODEL, "model_kwargs": MODEL_KWARGS}
+    payload = {"state_dict": sd, "model": MODEL, "model_kwargs": kwargs}
     torch.save(payload, HERE / f"{name}.pt")
     return sd
 
@@ -159,6 +164,13 @@ def main() -> None:
     for alpha, loss, acc in rows:
         print(f"  {alpha:.1f}  {loss:7.4f}  {acc:.4f}")
     print(f"\nnaive lerp barrier (test loss): {lerp_barrier(rows):.4f} nats")
+
+    print("\nfour 3x128 MLPs for the merge example:")
+    for i, seed in enumerate(SMALL_SEEDS, start=1):
+        model = train(seed, train_data, SMALL_KWARGS)
+        save_checkpoint(model, f"mlp128_{i}", SMALL_KWARGS)
+        loss, acc = evaluate(model, dict(model.named_parameters()), test_data)
+        print(f"mlp128_{i}: seed {seed}, test loss {loss:.4f}, acc {acc:.4f}")
 
     print("\nfiles:")
     for path in sorted(HERE.glob("*.pt")) + sorted(HERE.glob("*.safetensors")):
