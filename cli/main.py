@@ -136,7 +136,14 @@ def main(threads: int | None) -> None:
 @click.option(
     "--train",
     metavar="FILE|MODULE:CALLABLE",
-    help="Data for activation statistics (default: --data).",
+    help="Training data: activation statistics (default: --data) and --bn.",
+)
+@click.option(
+    "--bn",
+    type=click.Choice(["none", "reset", "repair"]),
+    default="none",
+    show_default=True,
+    help="Correct --merged on --train: reset BatchNorm statistics, or REPAIR (no-BN nets).",
 )
 @click.option(
     "--restarts",
@@ -255,10 +262,11 @@ def _format_spec(spec: Any) -> str:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (each defines ``register(main)``)."""
-    from modeconnect_cli import compare, merge
+    from modeconnect_cli import barrier, compare, merge
 
     merge.register(main)
     compare.register(main)
+    barrier.register(main)
 
 
 _register_commands()

@@ -16,6 +16,7 @@ network computes the same function, and measure interpolation barriers::
 
 from __future__ import annotations
 
+from .bn import repair, reset_batchnorm
 from .data import load_data
 from .errors import ModeconnectError
 from .evaluate import (
@@ -28,14 +29,16 @@ from .evaluate import (
     interpolate,
     interpolation_curve,
 )
+from .federated import aligned_fedavg, fedavg
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence
 from .io import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
-from .federated import aligned_fedavg, fedavg
+from .layerwise import layerwise_barriers
 from .matching import METHODS, Alignment, match_weights
 from .merge import MergeResult, merge
 from .pipeline import AlignReport, AlignResult, align, align_files
 from .spec import PermutationSpec, apply_permutation, random_permutation
+from .study import Study, barrier_study
 
 load = load_checkpoint
 
@@ -55,23 +58,28 @@ __all__ = [
     "Metrics",
     "ModeconnectError",
     "PermutationSpec",
+    "Study",
     "align",
     "aligned_fedavg",
     "align_files",
     "apply_permutation",
     "barrier",
+    "barrier_study",
     "check_equivalence",
     "derive_spec",
     "evaluate",
     "fedavg",
     "interpolate",
     "interpolation_curve",
+    "layerwise_barriers",
     "load",
     "load_checkpoint",
     "load_data",
     "match_weights",
     "merge",
     "random_permutation",
+    "repair",
+    "reset_batchnorm",
     "resolve_model",
     "save_checkpoint",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bn import check_mode, renormalize
 from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
@@ -157,6 +158,7 @@ def align_files(
     model_kwargs: Mapping[str, Any] | None = None,
     data: str | None = None,
     train: str | None = None,
+    bn: str = "none",
     out: str | Path | None = None,
     merged: str | Path | None = None,
     json_path: str | Path | None = None,
@@ -185,7 +187,9 @@ def align_files(
     check_state_dict(net, ca)
     check_state_dict(net, cb)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
-    stats = load_data(train, batch_size=batch_size) if train is not None else batches
+    train_batches = load_data(train, batch_size=batch_size) if train is not None else None
+    stats = train_batches if train_batches is not None else batches
+    check_mode(net, bn, train_batches)
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
     opts = method_options(method, options)
     result = align(
@@ -210,9 +214,13 @@ def align_files(
         )  # fmt: skip
     if "merged" in targets:
         mixed, role = _merged(net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts)
+        mixed = renormalize(
+            net, ca.state_dict, result.aligned, mixed, train_batches, mode=bn, alpha=alpha
+        )
         written["merged"] = save_checkpoint(
             targets["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
-            metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role},
+            metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role,
+                      "modeconnect.bn": bn},
             force=force,
         )  # fmt: skip
     report = AlignReport(Path(a_path), Path(b_path), ref, kwargs, result, curves, alpha, written)

@@ -314,3 +314,34 @@ def test_align_other_methods_record_their_parameters(tmp_path, extra):
 def test_unknown_method_through_cli(tmp_path):
     a, b, _ = _small_pair(tmp_path)
     _assert_user_error(_run("align", str(a), str(b), "--method", "magic"), "weight", "ot")
+
+
+def test_align_bn_reset_writes_recomputed_statistics(tmp_path):
+    from modeconnect.bn import reset_batchnorm
+    from modeconnect.models import conv_net
+
+    kwargs = {"in_channels": 1, "channels": [4, 6], "num_classes": 3, "image_size": 8}
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        p = tmp_path / f"c{seed}.pt"
+        torch.save(
+            {"state_dict": conv_net(**kwargs).state_dict(), "model": "modeconnect.models:conv_net",
+             "model_kwargs": kwargs}, p,
+        )  # fmt: skip
+        paths.append(p)
+    train = tmp_path / "train.pt"
+    torch.save({"x": torch.randn(48, 64), "y": torch.randint(0, 3, (48,))}, train)
+    merged = tmp_path / "m.pt"
+    args = ["align", str(paths[0]), str(paths[1]), "--merged", str(merged)]
+    _assert_user_error(_run(*args, "--bn", "reset"), "--train")
+    assert not merged.exists()
+    result = _run(*args, "--bn", "reset", "--train", str(train))
+    assert result.exit_code == 0, result.output
+    out = load_checkpoint(merged)
+    assert out.metadata["modeconnect.bn"] == "reset"
+    data = torch.load(train)
+    expected = reset_batchnorm(conv_net(**kwargs), out.state_dict, [(data["x"], data["y"])])
+    for key in out.state_dict:
+        if "running" in key:
+            torch.testing.assert_close(out.state_dict[key], expected[key])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,8 @@ from modeconnect.evaluate import (
     Batch,
     Curve,
     CurvePoint,
+    ExampleCurve,
+    ExampleResults,
     Metrics,
     barrier,
     evaluate,
@@ -344,3 +347,281 @@ def test_barrier_is_never_negative(values: list[tuple[float, float]], definition
     )
     result = barrier(curve, definition)
     assert result.loss >= 0.0 and result.error >= 0.0
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_get_loss_registry_callables_and_references() -> None:
+    from modeconnect.evaluate import LOSSES, cross_entropy, get_loss, loss_name, squared_error
+
+    assert get_loss(None) is cross_entropy and get_loss("ce") is cross_entropy
+    assert get_loss("mse") is squared_error and set(LOSSES) == {"ce", "mse"}
+    assert get_loss("modeconnect.evaluate:squared_error") is squared_error
+    assert get_loss(squared_error) is squared_error
+    assert loss_name("mse") == "mse" and loss_name(squared_error).endswith(":squared_error")
+    with pytest.raises(ModeconnectError, match="Unknown loss 'nll'; valid names: ce, mse"):
+        get_loss("nll")
+
+
+def test_cross_entropy_matches_torch_per_entry() -> None:
+    from modeconnect.evaluate import cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(7, 5, generator=g), torch.randint(5, (7,), generator=g)
+    torch.testing.assert_close(
+        cross_entropy(logits, y), F.cross_entropy(logits, y, reduction="none")
+    )
+    seq, ys = torch.randn(3, 5, 4, generator=g), torch.randint(5, (3, 4), generator=g)
+    torch.testing.assert_close(cross_entropy(seq, ys), F.cross_entropy(seq, ys, reduction="none"))
+
+
+def test_squared_error_one_hot_and_regression() -> None:
+    from modeconnect.evaluate import squared_error
+
+    logits = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 0.5]])
+    # one-hot targets: (1-0)^2 + 0 + 4 = 5 ; 0.25 + 0.25 + 0.25 = 0.75 -> with y = [1, 0]
+    torch.testing.assert_close(
+        squared_error(logits, torch.tensor([1, 0])), torch.tensor([1.0 + 1.0 + 4.0, 0.75])
+    )
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(squared_error(logits, target), (logits - target) ** 2)
+
+
+# --------------------------------------------------------------------------- per-example
+
+
+def test_evaluate_examples_matches_evaluate_and_per_example_reference() -> None:
+    from modeconnect.evaluate import evaluate_examples
+
+    model, batches = _bn_net(0), _batches()
+    sd = model.state_dict()
+    got = evaluate_examples(model, sd, batches)
+    assert got.loss.shape == got.hits.shape == got.count.shape == (30,)
+    assert got.loss.dtype == torch.float64 and torch.equal(
+        got.count, torch.ones(30, dtype=torch.float64)
+    )
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        want = torch.cat([F.cross_entropy(net(x), y, reduction="none") for x, y in batches])
+        hits = torch.cat([net(x).argmax(1) == y for x, y in batches])
+    torch.testing.assert_close(got.loss, want.double())
+    assert torch.equal(got.hits, hits.double())
+    plain = evaluate(model, sd, batches)
+    torch.testing.assert_close(got.metrics().loss, plain.loss, rtol=1e-6, atol=0.0)
+    assert got.metrics().accuracy == plain.accuracy
+
+
+def test_evaluate_examples_counts_entries_and_gives_nan_accuracy_for_regression() -> None:
+    from modeconnect.evaluate import evaluate_examples
+
+    model = nn.Linear(4, 2)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 2, generator=g)
+    got = evaluate_examples(model, model.state_dict(), [(x, y)], loss="mse")
+    assert torch.equal(got.count, torch.full((6,), 2.0, dtype=torch.float64))
+    with torch.no_grad():
+        want = F.mse_loss(model(x), y).item()
+    torch.testing.assert_close(got.metrics().loss, want, rtol=1e-6, atol=0.0)
+    assert math.isnan(got.metrics().accuracy)
+
+
+def test_evaluate_examples_rejects_summed_loss() -> None:
+    from modeconnect.evaluate import evaluate_examples
+
+    model = _mlp(0)
+    with pytest.raises(ModeconnectError, match=r"loss returned \(\) for a batch of 10 examples"):
+        evaluate_examples(model, model.state_dict(), _batches(), loss=_summed_ce)
+    with pytest.raises(ModeconnectError, match="batches` is empty"):
+        evaluate_examples(model, model.state_dict(), [])
+
+
+def _summed_ce(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+# --------------------------------------------------------------------------- example curves
+
+
+@pytest.mark.parametrize("alpha_batch", [None, 1, 3, 16])
+def test_example_curve_endpoints_exact_and_points_match_plain_loop(alpha_batch: int | None) -> None:
+    from modeconnect.evaluate import evaluate_examples, example_curve
+
+    model, a, b = _bn_net(0), _bn_net(0).state_dict(), _bn_net(1).state_dict()
+    batches = _batches()
+    curve = example_curve(model, a, b, batches, steps=9, alpha_batch=alpha_batch)
+    assert curve.alphas == tuple(i / 8 for i in range(9))
+    for end, sd in ((0, a), (-1, b)):
+        want = evaluate_examples(model, sd, batches)
+        assert torch.equal(curve.results[end].loss, want.loss)
+    for alpha, result in zip(curve.alphas[1:-1], curve.results[1:-1]):
+        sd = {
+            k: (1 - alpha) * v + alpha * b[k] if v.is_floating_point() else v for k, v in a.items()
+        }
+        want = _reference(model, sd, batches)
+        torch.testing.assert_close(result.metrics().loss, want.loss, rtol=1e-5, atol=0.0)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: ``vmap`` cannot batch it, evaluation must fall back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.fc(x)
+        return z if float(z.sum()) > -1e9 else -z
+
+
+def test_vectorised_evaluation_falls_back_when_vmap_fails() -> None:
+    from modeconnect.evaluate import example_curve
+
+    torch.manual_seed(0)
+    model, other = _Branchy(), _Branchy()
+    a, b = model.state_dict(), other.state_dict()
+    batches = _batches()
+    stacked = example_curve(model, a, b, batches, steps=6, alpha_batch=4)
+    single = example_curve(model, a, b, batches, steps=6, alpha_batch=1)
+    for s, t in zip(stacked.results, single.results):
+        assert torch.equal(s.loss, t.loss)
+
+
+def test_identical_points_are_evaluated_once_and_exactly_equal() -> None:
+    from modeconnect.evaluate import example_curve
+
+    model = _mlp(0)
+    a = model.state_dict()
+    b = {k: v.clone() for k, v in a.items()}
+    curve = example_curve(model, a, b, batches := _batches(), steps=7, alpha_batch=4)
+    assert all(torch.equal(r.loss, curve.results[0].loss) for r in curve.results)
+    assert barrier(curve.curve()) == Barrier(0.0, 0.0, "lerp")
+    assert len(batches) == 3
+
+
+def test_example_curves_reports_progress_and_checks_splits() -> None:
+    from modeconnect.evaluate import example_curves, linear_path
+
+    model, a, b = _mlp(0), _mlp(0).state_dict(), _mlp(1).state_dict()
+    calls: list[tuple[str, int, int]] = []
+    curves = example_curves(
+        model, linear_path(a, b), [0.0, 0.5, 1.0], {"test": _batches(), "train": _batches(1)},
+        progress=lambda *args: calls.append(args), task="curve",
+    )  # fmt: skip
+    assert set(curves) == {"test", "train"} and calls[-1] == ("curve", 3, 3)
+    with pytest.raises(ModeconnectError, match="at least one split"):
+        example_curves(model, linear_path(a, b), [0.0], {})
+    with pytest.raises(ModeconnectError, match="alpha_batch=0 must be a positive int"):
+        example_curves(model, linear_path(a, b), [0.0, 1.0], {"t": _batches()}, alpha_batch=0)
+
+
+def test_interpolation_curve_vectorised_matches_unvectorised() -> None:
+    model, a, b = _mlp(0), _mlp(0).state_dict(), _mlp(1).state_dict()
+    batches = _batches()
+    one = interpolation_curve(model, a, b, batches, steps=7, alpha_batch=1)
+    many = interpolation_curve(model, a, b, batches, steps=7, alpha_batch=5)
+    torch.testing.assert_close(many.losses, one.losses, rtol=1e-6, atol=0.0)
+    assert many.points[0] == one.points[0] and many.points[-1] == one.points[-1]
+
+
+def test_midpoint() -> None:
+    from modeconnect.evaluate import midpoint
+
+    assert midpoint(_fixed_curve()) == CurvePoint(0.5, 1.1, 0.50)
+    with pytest.raises(ModeconnectError, match="no point at alpha=0.5.*odd number of steps"):
+        midpoint(Curve((CurvePoint(0.0, 1.0, 0.5), CurvePoint(1.0, 1.0, 0.5))))
+
+
+# --------------------------------------------------------------------------- barriers (more)
+
+
+def test_barrier_against_a_baseline_matches_hand_computation() -> None:
+    curve = _fixed_curve()  # losses 0.2 0.9 1.1 0.8 0.6, errors 0.1 0.4 0.5 0.3 0.2
+    base = (Metrics(loss=0.0, accuracy=1.0), Metrics(loss=1.0, accuracy=0.5))
+    # lerp baseline: loss line α -> gaps 0.2, 0.65, 0.6, 0.05, -0.4
+    #                error line 0.5α -> gaps 0.1, 0.275, 0.25, -0.075, -0.3
+    got = barrier(curve, "lerp", baseline=base)
+    torch.testing.assert_close(got.loss, 0.65)
+    torch.testing.assert_close(got.error, 0.275)
+    # mean baseline: max V - (0 + 1)/2 = 0.6 ; errors 0.5 - 0.25 = 0.25
+    got = barrier(curve, "mean", baseline=base)
+    torch.testing.assert_close(got.loss, 0.6)
+    torch.testing.assert_close(got.error, 0.25)
+
+
+def test_barrier_is_nan_when_a_value_is_nan() -> None:
+    rows = [(0.0, 0.1, math.nan), (0.5, 0.5, math.nan), (1.0, 0.1, math.nan)]
+    got = barrier(Curve(tuple(CurvePoint(*row) for row in rows)))
+    torch.testing.assert_close(got.loss, 0.4)
+    assert math.isnan(got.error)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(_values, _values), min_size=2, max_size=9), st.sampled_from(["lerp", "mean"])
+)
+def test_barrier_values_equals_barrier(values: list[tuple[float, float]], definition: str) -> None:
+    from modeconnect.evaluate import barrier_values
+
+    n = len(values)
+    curve = Curve(
+        tuple(CurvePoint(i / (n - 1), loss, acc / 10) for i, (loss, acc) in enumerate(values))
+    )
+    want = barrier(curve, definition)
+    table = torch.tensor([curve.losses, curve.errors], dtype=torch.float64)
+    got = barrier_values(curve.alphas, table, definition)
+    assert got.tolist() == [want.loss, want.error]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _example_curve_with_barrier() -> ExampleCurve:
+    """200 examples, 5 alphas: noisy per-example losses with a bump of 0.5 at α = 0.5."""
+    g = torch.Generator().manual_seed(0)
+    alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+    bump = torch.tensor([0.0, 0.25, 0.5, 0.25, 0.0], dtype=torch.float64)
+    loss = torch.rand(5, 200, generator=g, dtype=torch.float64) + bump[:, None]
+    hits = (torch.rand(5, 200, generator=g) > 0.1 + bump[:, None]).double()
+    count = torch.ones(200, dtype=torch.float64)
+    results = tuple(ExampleResults(loss[s], hits[s], count) for s in range(5))
+    return ExampleCurve(alphas, results)
+
+
+def test_bootstrap_matches_a_plain_resampling_loop() -> None:
+    from modeconnect.evaluate import bootstrap_barrier
+
+    curve = _example_curve_with_barrier()
+    got = bootstrap_barrier(curve, "lerp", samples=50, confidence=0.9, seed=3)
+    loss, hits, count = curve.matrices()
+    gen = torch.Generator().manual_seed(3)
+    draws = torch.randint(len(count), (50, len(count)), generator=gen)
+    heights = []
+    for idx in draws:
+        points = [
+            CurvePoint(t, float(loss[s, idx].sum() / count[idx].sum()),
+                       float(hits[s, idx].sum() / count[idx].sum()))
+            for s, t in enumerate(curve.alphas)
+        ]  # fmt: skip
+        heights.append(barrier(Curve(tuple(points)), "lerp").loss)
+    want = torch.quantile(
+        torch.tensor(heights, dtype=torch.float64), torch.tensor([0.05, 0.95]).double()
+    )
+    torch.testing.assert_close(torch.tensor([got.loss.low, got.loss.high]).double(), want)
+    assert got.samples == 50 and got.confidence == 0.9 and got.to_dict()["method"] == "percentile"
+
+
+def test_bootstrap_interval_contains_the_point_estimate() -> None:
+    from modeconnect.evaluate import bootstrap_barrier
+
+    curve = _example_curve_with_barrier()
+    point = barrier(curve.curve(), "mean")
+    got = bootstrap_barrier(curve, "mean", samples=200)
+    assert point.loss > 0.3 and point.error > 0.3
+    assert got.loss.low <= point.loss <= got.loss.high
+    assert got.error.low <= point.error <= got.error.high
+    assert got == bootstrap_barrier(curve, "mean", samples=200)  # seeded
+    with pytest.raises(ModeconnectError, match="samples=0 must be a positive int"):
+        bootstrap_barrier(curve, samples=0)
+    with pytest.raises(ModeconnectError, match="confidence=1.5"):
+        bootstrap_barrier(curve, confidence=1.5)

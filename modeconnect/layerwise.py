@@ -1,0 +1,380 @@
+"""Layer-wise barriers (Adilova et al. 2024, "Layer-wise linear mode connectivity", ICLR).
+
+For a group ``G`` of tensors (by default one parametrised module), three paths
+each move only some tensors along ``θ(α) = (1-α)·θ_A + α·θ_B``:
+
+* ``from_a``: ``G`` interpolated, every other tensor from A;
+* ``from_b``: ``G`` interpolated, every other tensor from B;
+* ``cumulative``: groups ``1..k`` interpolated (``k`` = this group's position),
+  the rest from A.
+
+The barrier of a path is measured against the **full models' endpoint values**
+``V(A)``, ``V(B)``, not the path's own endpoints (a path's end ``α = 1`` is a
+hybrid model, not B):
+
+* ``lerp``: ``max_α [V(path(α)) − ((1−α)·V(A) + α·V(B))]``,
+* ``mean``: ``max_α V(path(α)) − ½(V(A) + V(B))``,
+
+for V = loss and V = error, on one split (the test data). A value near 0 says
+that moving this layer alone costs nothing; it can be negative when the path
+stays below the line between the full models.
+
+Reuse: every state on these paths is "some tensors from B, some interpolated at
+α, the rest from A"; results are cached under that description, so the points
+that coincide (``α = 0`` of ``from_a`` is A itself, ``α = 1`` of ``from_b`` is B,
+``cumulative`` for ``k = 1`` is ``from_a`` of the first group, the last
+``cumulative`` and a single all-covering group are the full curve) are evaluated
+once, and the full curve passed in by the caller is not evaluated again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate import (
+    BARRIER_DEFINITIONS,
+    Barrier,
+    Batch,
+    Curve,
+    CurvePoint,
+    ExampleCurve,
+    ExampleLossFn,
+    ExampleResults,
+    Metrics,
+    _alpha_grid,
+    _check_pair,
+    _definition,
+    _is_interpolable,
+    barrier,
+    example_curves,
+    get_loss,
+    linear_path,
+    midpoint,
+)
+from modeconnect.progress import ProgressFn
+
+__all__ = [
+    "VARIANTS",
+    "LayerBarrier",
+    "LayerGroup",
+    "LayerPath",
+    "LayerwiseResult",
+    "layer_groups",
+    "layerwise_barriers",
+]
+
+StateDict = Mapping[str, Tensor]
+CorrectionFactory = Callable[
+    [StateDict, StateDict], Callable[[StateDict, float], dict[str, Tensor]]
+]
+"""``factory(x0, x1) -> correct(state, α)``: the BatchNorm/REPAIR correction of one path."""
+
+VARIANTS = ("from_a", "from_b", "cumulative")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A named set of state-dict keys that move together."""
+
+    name: str
+    keys: tuple[str, ...]
+
+
+def layer_groups(state_dict: StateDict, prefixes: Sequence[str] | None = None) -> list[LayerGroup]:
+    """Groups of tensors for layer-wise barriers, in state-dict order.
+
+    By default one group per module: keys split at their last dot (``"3.weight"``
+    and ``"3.bias"`` form group ``"3"``; a BatchNorm's running statistics join its
+    weight). With ``prefixes``, one group per entry; an entry is a module prefix
+    (``"layer1"`` takes ``"layer1.0.conv1.weight"``, ...) or several joined by
+    ``+`` (``"fc1+fc2"``). Only floating tensors move; groups without one are
+    dropped (BatchNorm's ``num_batches_tracked`` always comes from A).
+    """
+    movable = [k for k, v in state_dict.items() if _is_interpolable(v)]
+    if prefixes is None:
+        by_module: dict[str, list[str]] = {}
+        for key in movable:
+            by_module.setdefault(key.rpartition(".")[0] or key, []).append(key)
+        return [LayerGroup(name, tuple(keys)) for name, keys in by_module.items()]
+    groups = [_prefix_group(entry, movable) for entry in prefixes]
+    _check_disjoint(groups)
+    return groups
+
+
+def _prefix_group(entry: str, keys: Sequence[str]) -> LayerGroup:
+    parts = [p.strip() for p in entry.split("+") if p.strip()]
+    if not parts:
+        raise ModeconnectError(f"Empty layer group {entry!r}; give module prefixes like 'fc1+fc2'.")
+    chosen: list[str] = []
+    for prefix in parts:
+        hits = [k for k in keys if k == prefix or k.startswith(f"{prefix}.")]
+        if not hits:
+            modules = sorted({k.rpartition(".")[0] for k in keys if "." in k})
+            shown = ", ".join(modules[:8]) + (", ..." if len(modules) > 8 else "")
+            raise ModeconnectError(
+                f"Layer group prefix {prefix!r} matches no floating tensor of the state dict; "
+                f"module prefixes include: {shown}."
+            )
+        chosen += [k for k in hits if k not in chosen]
+    return LayerGroup("+".join(parts), tuple(k for k in keys if k in chosen))
+
+
+def _check_disjoint(groups: Sequence[LayerGroup]) -> None:
+    owner: dict[str, str] = {}
+    for g in groups:
+        for key in g.keys:
+            if key in owner:
+                raise ModeconnectError(
+                    f"Tensor {key!r} is in two layer groups, {owner[key]!r} and {g.name!r}; "
+                    "give disjoint prefixes."
+                )
+            owner[key] = g.name
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class LayerPath:
+    """One layer-wise path: its curve and its barriers against the full endpoints."""
+
+    curve: Curve
+    barriers: Mapping[str, Barrier]
+    definition: str
+
+    @property
+    def barrier(self) -> Barrier:
+        """The barrier under the study's definition."""
+        return self.barriers[self.definition]
+
+    @property
+    def midpoint(self) -> CurvePoint:
+        return midpoint(self.curve)
+
+    def to_dict(self) -> dict[str, Any]:
+        mid = self.midpoint
+        return {
+            "barrier": self.barrier.to_dict(),
+            **{name: b.to_dict() for name, b in self.barriers.items()},
+            "midpoint": {"alpha": mid.alpha, "loss": mid.loss, "accuracy": mid.accuracy},
+            "curve": self.curve.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class LayerBarrier:
+    """The three layer-wise paths of one group (position ``index``)."""
+
+    group: LayerGroup
+    index: int
+    from_a: LayerPath
+    from_b: LayerPath
+    cumulative: LayerPath
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group.name,
+            "index": self.index,
+            "keys": list(self.group.keys),
+            **{v: getattr(self, v).to_dict() for v in VARIANTS},
+        }
+
+
+@dataclass(frozen=True)
+class LayerwiseResult:
+    """Layer-wise barriers of every group, measured against ``baseline = (V(A), V(B))``.
+
+    ``evaluated`` counts the states actually evaluated; ``points`` the points
+    reported (``3 × groups × alphas``): the difference is what reuse saved.
+    """
+
+    layers: tuple[LayerBarrier, ...]
+    definition: str
+    baseline: tuple[Metrics, Metrics]
+    evaluated: int
+    points: int
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """One record per group: the JSON list under ``layerwise``."""
+        return [layer.to_dict() for layer in self.layers]
+
+
+# --------------------------------------------------------------------------- computation
+
+
+_Key = tuple[frozenset[str], frozenset[str], float]
+
+
+def layerwise_barriers(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    batches: Iterable[Batch],
+    *,
+    groups: Sequence[str] | Sequence[LayerGroup] | None = None,
+    steps: int = 25,
+    alphas: Sequence[float] | None = None,
+    definition: str = "lerp",
+    loss: str | ExampleLossFn | None = None,
+    correction: CorrectionFactory | None = None,
+    full: ExampleCurve | None = None,
+    alpha_batch: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LayerwiseResult:
+    """Layer-wise barriers of ``a`` → ``b`` on ``batches`` (see the module docstring).
+
+    ``groups``: prefixes (see :func:`layer_groups`) or :class:`LayerGroup`\\ s;
+    default one per module. ``alphas`` defaults to ``steps`` points; it must hold
+    0 and 1, and 0.5 is added. ``correction(x0, x1)`` returns the function applied to each
+    point of the path from ``x0`` to ``x1`` (BatchNorm reset, REPAIR; see
+    :func:`modeconnect.bn.make_correction`). ``full`` is the full curve on the
+    same grid and data, if already computed (e.g. by
+    :func:`modeconnect.study.barrier_study`), so it is not evaluated again.
+    """
+    _check_pair(a, b)
+    _definition(definition)
+    grid = _alpha_grid(steps, alphas)
+    if 0.0 not in grid or 1.0 not in grid:
+        raise ModeconnectError(
+            f"alphas {list(grid)} must include 0 and 1: layer-wise barriers are measured "
+            "against the full models A and B."
+        )
+    if 0.5 not in grid:
+        grid = tuple(sorted({*grid, 0.5}))
+    chosen = _resolve_groups(a, groups)
+    cache = _Cache(model, a, b, batches, grid, get_loss(loss), correction, alpha_batch)
+    universe = frozenset(k for k, v in a.items() if _is_interpolable(v))
+    if full is not None:
+        cache.seed(frozenset(), universe, full)
+    total = 3 * len(chosen)
+    whole = cache.curve(frozenset(), universe)
+    baseline = (whole.results[_at(grid, 0.0)].metrics(), whole.results[_at(grid, 1.0)].metrics())
+    layers: list[LayerBarrier] = []
+    moved: frozenset[str] = frozenset()
+    for i, group in enumerate(chosen):
+        keys = frozenset(group.keys)
+        moved |= keys
+        paths = {
+            "from_a": cache.curve(frozenset(), keys),
+            "from_b": cache.curve(universe - keys, keys),
+            "cumulative": cache.curve(frozenset(), moved),
+        }
+        layers.append(
+            LayerBarrier(
+                group, i, **{v: _layer_path(c, baseline, definition) for v, c in paths.items()}
+            )
+        )
+        if progress is not None:
+            progress("layer-wise", 3 * (i + 1), total)
+    return LayerwiseResult(
+        tuple(layers), definition, baseline, cache.evaluated, 3 * len(chosen) * len(grid)
+    )
+
+
+def _resolve_groups(
+    a: StateDict, groups: Sequence[str] | Sequence[LayerGroup] | None
+) -> list[LayerGroup]:
+    if groups is not None and all(isinstance(g, LayerGroup) for g in groups):
+        chosen = [g for g in groups if isinstance(g, LayerGroup)]
+        _check_disjoint(chosen)
+        movable = {k for k, v in a.items() if _is_interpolable(v)}
+        for g in chosen:
+            unknown = sorted(set(g.keys) - movable)
+            if unknown:
+                raise ModeconnectError(
+                    f"Layer group {g.name!r} names {unknown[:5]}, which are not floating "
+                    "tensors of the state dict; use keys of the checkpoint."
+                )
+    else:
+        chosen = layer_groups(a, [str(g) for g in groups] if groups is not None else None)
+    if not chosen:
+        raise ModeconnectError("No layer groups: the state dict has no floating tensors to move.")
+    return chosen
+
+
+def _at(grid: Sequence[float], alpha: float) -> int:
+    return list(grid).index(alpha)
+
+
+def _layer_path(
+    curve: ExampleCurve, baseline: tuple[Metrics, Metrics], definition: str
+) -> LayerPath:
+    plain = curve.curve()
+    barriers = {d: barrier(plain, d, baseline=baseline) for d in BARRIER_DEFINITIONS}
+    return LayerPath(plain, barriers, definition)
+
+
+class _Cache:
+    """Evaluated states, keyed by (tensors from B, tensors interpolated, α).
+
+    A state's key is canonical: at ``α = 0`` the interpolated tensors are A's, at
+    ``α = 1`` B's, so paths that share a model share its result.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        a: StateDict,
+        b: StateDict,
+        batches: Iterable[Batch],
+        grid: tuple[float, ...],
+        loss: ExampleLossFn,
+        correction: CorrectionFactory | None,
+        alpha_batch: int | None,
+    ) -> None:
+        self.model, self.a, self.b, self.batches = model, a, b, batches
+        self.grid, self.loss, self.correction = grid, loss, correction
+        self.alpha_batch = alpha_batch
+        self.results: dict[_Key, ExampleResults] = {}
+        self.evaluated = 0
+
+    @staticmethod
+    def key(from_b: frozenset[str], moving: frozenset[str], alpha: float) -> _Key:
+        if not moving or alpha == 0.0:
+            return (from_b, frozenset(), 0.0)
+        if alpha == 1.0:
+            return (from_b | moving, frozenset(), 0.0)
+        return (from_b, moving, alpha)
+
+    def seed(self, from_b: frozenset[str], moving: frozenset[str], curve: ExampleCurve) -> None:
+        if curve.alphas != self.grid:
+            raise ModeconnectError(
+                f"The full curve's alphas {list(curve.alphas)} differ from the layer-wise "
+                f"grid {list(self.grid)}; compute both on one grid."
+            )
+        for alpha, result in zip(curve.alphas, curve.results, strict=True):
+            self.results.setdefault(self.key(from_b, moving, alpha), result)
+
+    def curve(self, from_b: frozenset[str], moving: frozenset[str]) -> ExampleCurve:
+        keys = [self.key(from_b, moving, t) for t in self.grid]
+        wanted: dict[_Key, float] = {}
+        for t, k in zip(self.grid, keys, strict=True):
+            if k not in self.results:
+                wanted.setdefault(k, t)
+        missing = list(wanted.values())
+        if missing:
+            x0 = {**self.a, **{k: self.b[k] for k in from_b}}
+            x1 = {**x0, **{k: self.b[k] for k in moving}}
+            path = linear_path(x0, x1)
+            correct = self.correction(x0, x1) if self.correction is not None else None
+
+            def point(alpha: float) -> Mapping[str, Tensor]:
+                state = path(alpha)
+                return state if correct is None else correct(state, alpha)
+
+            found = example_curves(
+                self.model, point, missing, {"data": self.batches},
+                loss=self.loss, alpha_batch=self.alpha_batch,
+            )["data"]  # fmt: skip
+            for alpha, result in zip(found.alphas, found.results, strict=True):
+                self.results.setdefault(self.key(from_b, moving, alpha), result)
+            self.evaluated += len(missing)
+        return ExampleCurve(self.grid, tuple(self.results[k] for k in keys))

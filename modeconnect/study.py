@@ -1,0 +1,434 @@
+"""Barrier studies: everything ``modeconnect barrier`` measures between two models.
+
+:func:`barrier_study` evaluates the linear path from A to B (naive) and, after
+alignment, from A to aligned B, on every split given (test, and train), with an
+optional statistics correction at every α (BatchNorm reset or REPAIR, see
+:mod:`modeconnect.bn`). It reports, for each path and split, the curve, the
+barrier under both definitions (``lerp``: Entezari et al. 2022 / Git Re-Basin;
+``mean``: Frankle et al. 2020; each on loss and error), the α = 0.5 values, and
+on the test split bootstrap intervals (resampled examples) and layer-wise
+barriers (Adilova et al. 2024, :mod:`modeconnect.layerwise`).
+
+:func:`barrier_files` adds loading, checking and writing (JSON, HTML report);
+it is what the CLI calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.bn import check_mode, make_correction
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate import (
+    BARRIER_DEFINITIONS,
+    Barrier,
+    Batch,
+    BootstrapBarrier,
+    Curve,
+    CurvePoint,
+    ExampleCurve,
+    ExampleLossFn,
+    Metrics,
+    _alpha_grid,
+    _check_pair,
+    _definition,
+    barrier,
+    bootstrap_barrier,
+    example_curves,
+    get_loss,
+    linear_path,
+    loss_name,
+    midpoint,
+)
+from modeconnect.layerwise import LayerwiseResult, layerwise_barriers
+from modeconnect.progress import ProgressFn, prefixed
+
+if TYPE_CHECKING:  # pipeline imports the graph machinery; only barrier_study needs it
+    from modeconnect.pipeline import AlignResult
+
+__all__ = [
+    "PairResult",
+    "SplitResult",
+    "Study",
+    "StudyReport",
+    "barrier_files",
+    "barrier_study",
+]
+
+StateDict = Mapping[str, Tensor]
+PAIRS = ("naive", "aligned")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """One path on one split: the curve, both barriers, the midpoint."""
+
+    curve: Curve
+    barriers: Mapping[str, Barrier]
+
+    @property
+    def midpoint(self) -> CurvePoint:
+        """The point at α = 0.5."""
+        return midpoint(self.curve)
+
+    @property
+    def endpoints(self) -> tuple[Metrics, Metrics]:
+        """Metrics of the path's models at α = 0 and α = 1."""
+        first = next(p for p in self.curve.points if p.alpha == 0.0)
+        last = next(p for p in self.curve.points if p.alpha == 1.0)
+        return Metrics(first.loss, first.accuracy), Metrics(last.loss, last.accuracy)
+
+    def to_dict(self, definition: str) -> dict[str, Any]:
+        mid = self.midpoint
+        return {
+            "barrier": self.barriers[definition].to_dict(),
+            **{name: b.to_dict() for name, b in self.barriers.items()},
+            "midpoint": {
+                "alpha": mid.alpha,
+                "loss": mid.loss,
+                "accuracy": mid.accuracy,
+                "error": mid.error,
+            },
+            "curve": self.curve.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """The path from A to one B (naive or aligned) on every split.
+
+    ``bootstrap`` (by definition) and ``layerwise`` are computed on the test split.
+    """
+
+    name: str
+    splits: Mapping[str, SplitResult]
+    bootstrap: Mapping[str, BootstrapBarrier] = field(default_factory=dict)
+    layerwise: LayerwiseResult | None = None
+
+    @property
+    def test(self) -> SplitResult:
+        return self.splits["test"]
+
+    def to_dict(self, definition: str) -> dict[str, Any]:
+        """``barrier``/``curve`` keys as in ``modeconnect align --json`` (test split), then more."""
+        out = self.test.to_dict(definition)
+        out["bootstrap"] = {d: b.to_dict() for d, b in self.bootstrap.items()} or None
+        out["splits"] = {name: s.to_dict(definition) for name, s in self.splits.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything :func:`barrier_study` measured; ``to_dict()`` is the JSON report."""
+
+    definition: str
+    alphas: tuple[float, ...]
+    bn: str
+    loss: str
+    naive: PairResult
+    aligned: PairResult | None
+    alignment: AlignResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def pairs(self) -> dict[str, PairResult]:
+        """``{"naive": ..., "aligned": ...}`` (aligned only when aligned)."""
+        return {p.name: p for p in (self.naive, self.aligned) if p is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "definition": self.definition,
+            "bn": self.bn,
+            "loss": self.loss,
+            "alphas": list(self.alphas),
+            "splits": list(self.naive.splits),
+        }
+        if self.alignment is not None:
+            out["alignment"] = self.alignment.alignment.to_dict()
+            out["equivalence"] = self.alignment.equivalence.to_dict()
+        for name, pair in self.pairs.items():
+            out[name] = pair.to_dict(self.definition)
+        out["layerwise"] = [
+            {"pair": name, **record}
+            for name, pair in self.pairs.items()
+            if pair.layerwise is not None
+            for record in pair.layerwise.to_dict()
+        ]
+        out["seconds"] = self.seconds
+        return out
+
+
+# --------------------------------------------------------------------------- study
+
+
+def barrier_study(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    *,
+    test: Iterable[Batch],
+    train: Iterable[Batch] | None = None,
+    align: str | None = "weight",
+    bn: str = "none",
+    steps: int = 25,
+    definition: str = "lerp",
+    layerwise: bool = False,
+    layer_groups: Sequence[str] | None = None,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    loss: str | ExampleLossFn = "ce",
+    seed: int = 0,
+    align_options: Mapping[str, Any] | None = None,
+    alpha_batch: int | None = None,
+    max_bn_batches: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Study:
+    """Barriers between ``a`` and ``b`` (and aligned ``b``) on ``test`` (and ``train``).
+
+    - Paths: ``θ(α) = (1-α)·θ_A + α·θ_B`` on ``steps`` evenly spaced α (both ends
+      included) plus α = 0.5; for naive B and, unless ``align`` is ``None`` or
+      ``"none"``, for B aligned to A with :func:`modeconnect.pipeline.align`
+      (method ``align``, seed ``seed``, ``align_options``; verified by the guard).
+    - ``bn``: ``"reset"`` recomputes BatchNorm statistics on ``train`` at every α
+      (endpoints included), ``"repair"`` applies REPAIR at every α, ``"none"``
+      nothing (see :mod:`modeconnect.bn`).
+    - Barriers under both definitions (``lerp``, ``mean``) on loss and error for
+      every path and split; ``definition`` names the one reported first (the
+      ``barrier`` key). ``loss``: ``"ce"``, ``"mse"``, ``"module:callable"`` or a
+      callable returning per-example losses.
+    - ``bootstrap > 0``: that many resamples of the test examples give a
+      ``confidence`` percentile interval for every barrier (no extra forward pass).
+    - ``layerwise``: layer-wise barriers on the test split for each path, by
+      module or by ``layer_groups`` prefixes (see :mod:`modeconnect.layerwise`).
+
+    ``progress(task, done, total)`` is called as work completes.
+    """
+    start = time.perf_counter()
+    _check_pair(a, b)
+    _definition(definition)
+    grid = tuple(sorted({*_alpha_grid(steps, None), 0.5}))
+    loss_fn = get_loss(loss)
+    check_mode(model, bn, train)
+    _check_bootstrap(bootstrap, confidence)
+    method = None if align in (None, "none") else align
+    splits: dict[str, Iterable[Batch]] = {"test": test}
+    if train is not None:
+        splits["train"] = train
+    targets: dict[str, StateDict] = {"naive": b}
+    alignment = None
+    if method is not None:
+        from modeconnect.pipeline import align as align_models
+
+        options = {"seed": seed, **(align_options or {})}
+        alignment = align_models(model, a, b, method=method, data=train or test, **options)
+        targets["aligned"] = alignment.aligned
+    pairs = {}
+    for name, target in targets.items():
+        pairs[name] = _study_pair(
+            model, a, target, name, grid, splits, train,
+            bn=bn, definition=definition, loss=loss_fn, layerwise=layerwise,
+            layer_groups=layer_groups, bootstrap=bootstrap, confidence=confidence,
+            seed=seed, alpha_batch=alpha_batch, max_bn_batches=max_bn_batches,
+            progress=prefixed(progress, f"{name} "),
+        )  # fmt: skip
+    return Study(
+        definition=definition,
+        alphas=grid,
+        bn=bn,
+        loss=loss_name(loss),
+        naive=pairs["naive"],
+        aligned=pairs.get("aligned"),
+        alignment=alignment,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_bootstrap(bootstrap: int, confidence: float) -> None:
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ModeconnectError(f"bootstrap={bootstrap!r} must be an int >= 0 (0: no intervals).")
+    if not 0.0 < confidence < 1.0:
+        raise ModeconnectError(f"confidence={confidence!r} must lie strictly between 0 and 1.")
+
+
+def _study_pair(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    name: str,
+    grid: tuple[float, ...],
+    splits: Mapping[str, Iterable[Batch]],
+    train: Iterable[Batch] | None,
+    *,
+    bn: str,
+    definition: str,
+    loss: ExampleLossFn,
+    layerwise: bool,
+    layer_groups: Sequence[str] | None,
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+    alpha_batch: int | None,
+    max_bn_batches: int | None,
+    progress: ProgressFn | None,
+) -> PairResult:
+    def factory(x0: StateDict, x1: StateDict) -> Any:
+        return make_correction(model, x0, x1, train, mode=bn, max_batches=max_bn_batches)
+
+    path = linear_path(a, b)
+    correct = factory(a, b) if bn != "none" else None
+
+    def point(alpha: float) -> Mapping[str, Tensor]:
+        state = path(alpha)
+        return state if correct is None else correct(state, alpha)
+
+    curves = example_curves(
+        model, point, grid, splits, loss=loss, alpha_batch=alpha_batch,
+        progress=progress, task="curve",
+    )  # fmt: skip
+    results = {split: _split_result(c) for split, c in curves.items()}
+    intervals: dict[str, BootstrapBarrier] = {}
+    if bootstrap > 0:
+        for d in BARRIER_DEFINITIONS:
+            intervals[d] = bootstrap_barrier(
+                curves["test"], d, samples=bootstrap, confidence=confidence, seed=seed
+            )
+    layers = None
+    if layerwise:
+        layers = layerwise_barriers(
+            model, a, b, splits["test"], groups=layer_groups, alphas=grid,
+            definition=definition, loss=loss, correction=factory if bn != "none" else None,
+            full=curves["test"], alpha_batch=alpha_batch, progress=progress,
+        )  # fmt: skip
+    return PairResult(name, results, intervals, layers)
+
+
+def _split_result(curve: ExampleCurve) -> SplitResult:
+    plain = curve.curve()
+    return SplitResult(plain, {d: barrier(plain, d) for d in BARRIER_DEFINITIONS})
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What ``modeconnect barrier`` computed and wrote."""
+
+    a_path: Path
+    b_path: Path
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    study: Study
+    examples: Mapping[str, int]
+    command: str | None = None
+    written: Mapping[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": str(self.a_path),
+            "b": str(self.b_path),
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "examples": dict(self.examples),
+            "command": self.command,
+            **self.study.to_dict(),
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+
+
+def barrier_files(
+    a_path: str | Path,
+    b_path: str | Path,
+    *,
+    data: str,
+    train: str | None = None,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: torch.dtype | None = None,
+    permute_output: bool = False,
+    batch_size: int = 500,
+    json_path: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    command: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> StudyReport:
+    """Load two checkpoints and the data, run :func:`barrier_study`, write JSON and a report.
+
+    ``options`` go to :func:`barrier_study` (``align``, ``bn``, ``steps``,
+    ``definition``, ``layerwise``, ``layer_groups``, ``bootstrap``, ``loss``,
+    ``seed``). Outputs are checked before any work: an existing file needs ``force``.
+    """
+    from modeconnect.data import load_data
+    from modeconnect.guard import example_inputs
+    from modeconnect.io import (
+        check_same_architecture,
+        check_state_dict,
+        load_checkpoint,
+        resolve_model,
+        save_json,
+    )
+    from modeconnect.report import check_report_dir, write_report
+
+    if report_dir is not None:
+        check_report_dir(report_dir, force)
+    made = Path(report_dir) if report_dir is not None else None
+    _check_json_target(json_path, force, (Path(a_path), Path(b_path)), made)
+    ca, cb = load_checkpoint(a_path), load_checkpoint(b_path)
+    net, ref, kwargs = resolve_model([ca, cb], model, model_kwargs)
+    check_same_architecture(ca, cb)
+    check_state_dict(net, ca)
+    check_state_dict(net, cb)
+    test_batches = load_data(data, batch_size=batch_size)
+    train_batches = load_data(train, batch_size=batch_size) if train is not None else None
+    align_options: dict[str, Any] = {"permute_output": permute_output}
+    if input_shape is not None:
+        align_options["inputs"] = example_inputs(net, input_shape, input_dtype)
+    study = barrier_study(
+        net, ca.state_dict, cb.state_dict, test=test_batches, train=train_batches,
+        align_options=align_options, progress=progress, **options,
+    )  # fmt: skip
+    examples = {"test": _count(test_batches)}
+    if train_batches is not None:
+        examples["train"] = _count(train_batches)
+    report = StudyReport(Path(a_path), Path(b_path), ref, kwargs, study, examples, command)
+    written: dict[str, Path] = {}
+    if report_dir is not None:  # first: it creates the directory, which may hold the JSON
+        files = write_report(study, report_dir, command=command, force=force, meta=report.to_dict())
+        written.update({"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}})
+    report = StudyReport(Path(a_path), Path(b_path), ref, kwargs, study, examples, command, written)
+    if json_path is not None:
+        written["json"] = save_json(json_path, report.to_dict(), force=force)
+    return report
+
+
+def _check_json_target(
+    path: str | Path | None, force: bool, inputs: Sequence[Path], report_dir: Path | None
+) -> None:
+    """Refuse to overwrite inputs or existing files; the parent must exist or be the report's."""
+    if path is None:
+        return
+    target = Path(path)
+    if any(target.resolve() == p.resolve() for p in inputs):
+        raise ModeconnectError(f"{target}: --json would overwrite an input; choose another path")
+    if target.exists() and not force:
+        raise ModeconnectError(f"{target} exists; pass --force to overwrite")
+    if not target.parent.exists() and target.parent != report_dir:
+        raise ModeconnectError(
+            f"{target}: directory {target.parent} does not exist; create it first"
+        )
+
+
+def _count(batches: Iterable[Batch]) -> int:
+    return sum(len(y) for _, y in batches)
