@@ -70,3 +70,23 @@ def test_library_example_runs():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_layerwise_barrier_command_produces_the_plot(tmp_path):
+    bash = "\n".join(_blocks("bash"))
+    line = next(ln for ln in bash.splitlines() if ln.startswith("modeconnect barrier checkpoints"))
+    args = shlex.split(line)[1:]
+    args = [a.replace("runs/", f"{tmp_path}/runs/") for a in args]
+    args = [a if a != "1000" else "50" for a in args]  # fewer resamples: same code path
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeconnect_cli.main", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "runs" / "mlp" / "layerwise.png").stat().st_size > 1000
+    shown = next(b for b in _blocks("") if "95% interval" in b)
+    for row in ("naive    test", "aligned  test"):
+        want = next(ln for ln in shown.splitlines() if ln.startswith(row))
+        got = next(ln for ln in proc.stdout.splitlines() if ln.startswith(row))
+        assert want.split() == got.split()
