@@ -15,10 +15,12 @@ Two levels:
   Their losses come from :data:`LOSSES` (``"ce"``, ``"mse"``) or any callable
   returning per-example losses.
 
-Speed: several α are evaluated in one pass with :func:`torch.func.vmap` over
-stacked weights where that is faster (models without convolutions), states that
-are identical (the same tensors) are evaluated once, and endpoints are always
-evaluated on their own, so they equal :func:`evaluate` exactly.
+Speed: states that are identical (the same tensors) are evaluated once, and
+endpoints are always evaluated on their own, so they equal :func:`evaluate`
+exactly. ``alpha_batch=k`` evaluates ``k`` α in one pass with
+:func:`torch.func.vmap` over stacked weights (faster for small models without
+convolutions); ``alpha_batch=None`` lets a timed probe decide. The default is one
+α per pass, so that results never depend on timing.
 """
 
 from __future__ import annotations
@@ -643,7 +645,7 @@ def example_curves(
     splits: Mapping[str, Iterable[Batch]],
     *,
     loss: str | ExampleLossFn | None = None,
-    alpha_batch: int | None = None,
+    alpha_batch: int | None = 1,
     progress: ProgressFn | None = None,
     task: str = "curve",
 ) -> dict[str, ExampleCurve]:
@@ -654,8 +656,8 @@ def example_curves(
     layer-wise path (:mod:`modeconnect.layerwise`). Each state is built once and
     evaluated on every split. Points at ``α = 0`` and ``α = 1`` are evaluated on
     their own, so they equal :func:`evaluate_examples` exactly; the others
-    ``alpha_batch`` at a time in one vectorised pass (``None``: chosen from the
-    model, see :func:`auto_alpha_batch`; ``1``: one ``α`` per pass).
+    ``alpha_batch`` at a time in one vectorised pass (``1``, the default: one
+    ``α`` per pass; ``None``: chosen by a timed probe, see :func:`auto_alpha_batch`).
     ``progress(task, done, len(alphas))`` is called as points complete.
     """
     grid = tuple(float(t) for t in alphas)
@@ -680,7 +682,7 @@ def example_curve(
     steps: int = 25,
     alphas: Sequence[float] | None = None,
     loss: str | ExampleLossFn | None = None,
-    alpha_batch: int | None = None,
+    alpha_batch: int | None = 1,
 ) -> ExampleCurve:
     """:func:`example_curves` on ``θ(α) = (1-α)·θ_A + α·θ_B`` and one split."""
     grid = _alpha_grid(steps, alphas)
@@ -850,7 +852,7 @@ def interpolation_curve(
     steps: int = 25,
     alphas: Sequence[float] | None = None,
     loss_fn: LossFn | None = None,
-    alpha_batch: int | None = None,
+    alpha_batch: int | None = 1,
 ) -> Curve:
     """Evaluate ``θ(α) = (1-α)·θ_A + α·θ_B`` at each ``α`` (Frankle et al. 2020).
 

@@ -226,7 +226,7 @@ def layerwise_barriers(
     loss: str | ExampleLossFn | None = None,
     correction: CorrectionFactory | None = None,
     full: ExampleCurve | None = None,
-    alpha_batch: int | None = None,
+    alpha_batch: int | None = 1,
     progress: ProgressFn | None = None,
 ) -> LayerwiseResult:
     """Layer-wise barriers of ``a`` → ``b`` on ``batches`` (see the module docstring).

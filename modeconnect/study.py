@@ -189,7 +189,7 @@ def barrier_study(
     loss: str | ExampleLossFn = "ce",
     seed: int = 0,
     align_options: Mapping[str, Any] | None = None,
-    alpha_batch: int | None = None,
+    alpha_batch: int | None = 1,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Study:
