@@ -24,24 +24,24 @@ after ``Flatten``) counts its fixed factors as extra samples of each unit. When 
 site carries several groups (heads × head dim, or two groups in a product), the
 units of one group are compared at equal coordinates of the others *after* the
 others' current permutation is applied to B, so groups are solved by
-coordinate descent, exactly as in weight matching (a sweep without gain
-ends it; sites with one group converge in one sweep). Per-block inner groups
-(``batch_over``: attention head dims, GroupNorm channels) are solved jointly with
-their outer group: for every pair of blocks the best inner assignment is found,
-and its score feeds the outer assignment. When a site shows an inner group on
-one axis and its outer group on another (queries ``(batch, head, token,
-head dim)``), the outer axis is found by permuting B's blocks once and seeing
-which axis moves.
+coordinate descent (:mod:`modeconnect.matching.descent`), exactly as in weight
+matching (a sweep without gain ends it; sites with one group converge in one
+sweep). Per-block inner groups (``batch_over``: attention head dims, GroupNorm
+channels) are solved jointly with their outer group: for every pair of blocks
+the best inner assignment is found, and its score feeds the outer assignment.
+When a site shows an inner group on one axis and its outer group on another
+(queries ``(batch, head, token, head dim)``), the outer axis is found by
+permuting B's blocks once and seeing which axis moves.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,10 +59,11 @@ from ..spec import (
     axis_index,
     coordinates,
     exposure,
-    identity_permutation,
     leaves,
 )
 from .assignment import DEFAULT_SOLVER, solve_assignment
+from .descent import SimilaritySource, children_of, coordinate_descent
+from .descent import Solve as Solve  # re-exported: the engine lived here before descent.py
 from .result import Alignment
 
 StateDict = Mapping[str, Tensor]
@@ -375,122 +376,6 @@ def _check_data(
 
 
 # ----------------------------------------------------------------------------
-# Coordinate descent over groups (shared with optimal transport)
-# ----------------------------------------------------------------------------
-
-
-class SimilaritySource(Protocol):
-    """What the descent needs: per-group similarity of A's units to B's, others held fixed."""
-
-    def similarity(self, group: str, perm: Mapping[str, Tensor]) -> Tensor:
-        """``(n, n)`` float64: row ``i`` A's unit ``i``, column ``j`` B's unit ``j``."""
-        ...
-
-    def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
-        """``(n_outer, n_outer, n_inner, n_inner)`` block-pair similarity, or None if unseen."""
-        ...
-
-    def objective(self, perm: Mapping[str, Tensor]) -> float: ...
-
-
-Solve = Callable[[str, Tensor], Tensor]
-"""``solve(group, similarity) -> permutation`` maximising ``Σ_i similarity[i, p[i]]``."""
-
-
-def children_of(spec: PermutationSpec) -> dict[str, list[str]]:
-    """Outer group -> the inner groups batched over it."""
-    kids: dict[str, list[str]] = {}
-    for name, g in spec.groups.items():
-        if g.batch_over is not None:
-            kids.setdefault(g.batch_over, []).append(name)
-    return kids
-
-
-def coordinate_descent(
-    spec: PermutationSpec,
-    source: SimilaritySource,
-    solve: Solve,
-    *,
-    seed: int = 0,
-    max_iter: int = 100,
-    tol: float = 1e-12,
-) -> tuple[dict[str, Tensor], int]:
-    """Re-solve one group at a time, in a seeded random order, until a sweep gains ``≤ tol``.
-
-    Each step maximises ``Σ_i S_g[i, P(i)]`` with the other groups fixed; a
-    step is kept only when it raises the objective. Returns the permutation
-    and the number of sweeps.
-    """
-    kids = children_of(spec)
-    order = [n for n, g in spec.groups.items() if g.batch_over is None]
-    perm = identity_permutation(spec)
-    gen = torch.Generator().manual_seed(seed)
-    sweeps = 0
-    while sweeps < max(1, max_iter):
-        sweeps += 1
-        improved = False
-        for i in torch.randperm(len(order), generator=gen).tolist():
-            name = order[i]
-            if name in kids:
-                gain = _step_blocks(spec, source, solve, name, kids[name], perm)
-            else:
-                gain = _step_plain(spec, source, solve, name, perm)
-            improved |= gain > tol
-        if not improved:
-            break
-    return perm, sweeps
-
-
-def _step_plain(
-    spec: PermutationSpec, source: SimilaritySource, solve: Solve, name: str, perm: dict
-) -> float:
-    rows = torch.arange(spec.groups[name].size)
-    s = source.similarity(name, {k: v for k, v in perm.items() if k != name})
-    new = solve(name, s)
-    gain = float(s[rows, new].sum() - s[rows, perm[name]].sum())
-    if gain > 0:
-        perm[name] = new
-    return gain
-
-
-def _step_blocks(
-    spec: PermutationSpec,
-    source: SimilaritySource,
-    solve: Solve,
-    name: str,
-    kids: list[str],
-    perm: dict,
-) -> float:
-    """Re-solve an outer group jointly with its per-block inner groups."""
-    n = spec.groups[name].size
-    rows = torch.arange(n)
-    free = {k: v for k, v in perm.items() if k != name and k not in kids}
-    score = source.similarity(name, free)
-    old = float(score[rows, perm[name]].sum())
-    best: dict[str, Tensor] = {}
-    for kid in kids:
-        size = spec.groups[kid].size
-        cross = source.cross(name, kid, free)
-        if cross is None:  # never observed: keep every block's inner order
-            best[kid] = torch.arange(size).expand(n, n, size)
-            continue
-        inner = torch.stack(
-            [torch.stack([solve_assignment(cross[i, j]) for j in range(n)]) for i in range(n)]
-        )  # (n, n, size): best inner assignment for A's block i against B's block j
-        score = score + torch.gather(cross, 3, inner[..., None]).squeeze(-1).sum(-1)
-        current = cross[rows, perm[name]]
-        old += float(torch.gather(current, 2, perm[kid][..., None]).sum())
-        best[kid] = inner
-    new = solve(name, score)
-    gain = float(score[rows, new].sum()) - old
-    if gain > 0:
-        perm[name] = new
-        for kid in kids:
-            perm[kid] = best[kid][rows, new].clone()
-    return gain
-
-
-# ----------------------------------------------------------------------------
 # Similarity from activation statistics
 # ----------------------------------------------------------------------------
 
@@ -665,10 +550,10 @@ __all__ = [
     "CrossMoments",
     "MatrixSource",
     "Observation",
-    "SimilaritySource",
+    "SimilaritySource",  # re-exported from .descent
     "activation_statistics",
-    "children_of",
-    "coordinate_descent",
+    "children_of",  # re-exported from .descent
+    "coordinate_descent",  # re-exported from .descent
     "match_activations",
     "observations",
     "statistics_source",

@@ -15,13 +15,13 @@ column is added to the cost (the constants move into the dual potentials, for
 ``S_g`` of weight or activation matching, shifted and scaled to ``[0, 1]`` so
 that ``reg`` means the same at every scale and depth.
 
-Groups are solved by coordinate descent (a step per group with the others held
-at their current hardened permutations; a sweep without gain ends it), not in
-one pass over layers as in the paper: the spec's groups span residual streams
-and attention blocks, which have no single layer order, and one sweep in graph
-order is the special case. Per-block inner groups (attention head dims,
-GroupNorm channels) are matched exactly within each pair of blocks, and OT
-decides which blocks pair up.
+Groups are solved by coordinate descent (:mod:`modeconnect.matching.descent`: a
+step per group with the others held at their current hardened permutations; a
+sweep without gain ends it), not in one pass over layers as in the paper: the
+spec's groups span residual streams and attention blocks, which have no single
+layer order, and one sweep in graph order is the special case. Per-block inner
+groups (attention head dims, GroupNorm channels) are matched exactly within each
+pair of blocks, and OT decides which blocks pair up.
 
 Two outputs, as in OTFusion:
 
@@ -50,15 +50,9 @@ from torch import Tensor, nn
 
 from ..errors import ModeconnectError
 from ..spec import PermutationSpec, apply_permutation, exposure, leaves, permute_tensor
-from .activation import (
-    SimilaritySource,
-    activation_statistics,
-    children_of,
-    coordinate_descent,
-    statistics_source,
-    warn_unobserved,
-)
+from .activation import activation_statistics, statistics_source, warn_unobserved
 from .assignment import solve_assignment
+from .descent import SimilaritySource, children_of, coordinate_descent
 from .result import Alignment
 from .weight import objective as weight_objective
 

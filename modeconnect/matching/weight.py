@@ -12,6 +12,10 @@ improves no group by more than ``tol`` ends the descent.
 Groups with per-block inner permutations (attention heads, GroupNorm groups)
 are solved jointly with their outer group: for every pair of blocks the best
 inner assignment is found first, and its score feeds the outer assignment.
+
+The descent is the shared one (:mod:`modeconnect.matching.descent`); this module
+supplies the similarity, caching each tensor's product ``W_A · W_B'ᵀ`` until a
+permutation it depends on changes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from ..spec import Member, PermutationSpec, exposure, identity_permutation, leaves, permute_tensor
 from .assignment import DEFAULT_SOLVER, solve_assignment
+from .descent import children_of, coordinate_descent
 from .result import Alignment
 
 StateDict = Mapping[str, torch.Tensor]
@@ -67,20 +72,22 @@ def _terms(spec: PermutationSpec, group: str, outer: str | None, skip: set[str])
 
 
 class _Problem:
-    """The fixed parts of one weight-matching run: A's exposed rows and the index sets."""
+    """The fixed parts of one weight-matching run, as a :class:`~.descent.SimilaritySource`.
+
+    Holds A's exposed rows and the index sets; the products ``A_rows · B_rowsᵀ``
+    of plain terms are cached between steps (:meth:`product`).
+    """
 
     def __init__(self, spec: PermutationSpec, a: StateDict, b: StateDict, dtype: torch.dtype):
-        self.spec, self.b, self.dtype = spec, b, dtype
-        self.children: dict[str, list[str]] = {}
-        for name, g in spec.groups.items():
-            if g.batch_over is not None:
-                self.children.setdefault(g.batch_over, []).append(name)
-        self.order = [n for n, g in spec.groups.items() if g.batch_over is None]
+        self.spec, self.a, self.b, self.dtype = spec, a, b, dtype
+        children = children_of(spec)
         self.direct: dict[str, list[_Term]] = {}
         self.joint: dict[tuple[str, str], list[_Term]] = {}
-        for name in self.order:
-            kids = set(self.children.get(name, ()))
-            self.direct[name] = _terms(spec, name, None, kids)
+        for name, g in spec.groups.items():
+            if g.batch_over is not None:
+                continue
+            kids = children.get(name, [])
+            self.direct[name] = _terms(spec, name, None, set(kids))
             for kid in kids:
                 self.joint[name, kid] = _terms(spec, kid, name, set())
         self.a_rows = {
@@ -96,6 +103,25 @@ class _Problem:
             for t in terms
         }
         self.cache: dict[int, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
+
+    def similarity(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum in float64."""
+        n = self.spec.groups[group].size
+        s = torch.zeros(n, n, dtype=torch.float64)
+        for t in self.direct[group]:
+            s += self.product(t, perm)
+        return s
+
+    def cross(self, outer: str, inner: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(n, n, k, k)`` block-pair similarity; zeros (never None) if no tensor shows it."""
+        n, k = self.spec.groups[outer].size, self.spec.groups[inner].size
+        cross = torch.zeros(n, n, k, k, dtype=torch.float64)
+        for t in self.joint[outer, inner]:
+            cross += torch.einsum("aum,bvm->abuv", self.a_of(t), self.b_rows(t, perm)).double()
+        return cross
+
+    def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
+        return objective(self.spec, self.a, self.b, perm)
 
     def product(self, term: _Term, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``A_rows · B_rowsᵀ`` for one term, reused while its neighbours' permutations stand."""
@@ -118,62 +144,6 @@ class _Problem:
 
     def a_of(self, term: _Term) -> torch.Tensor:
         return self.a_rows[term.key, term.axis, id(term)]
-
-
-def _similarity(
-    prob: _Problem, terms: list[_Term], perm: Mapping[str, torch.Tensor], n: int
-) -> torch.Tensor:
-    """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum returned in float64."""
-    s = torch.zeros(n, n, dtype=torch.float64)
-    for t in terms:
-        s += prob.product(t, perm)
-    return s
-
-
-def _step_plain(prob: _Problem, name: str, perm: dict[str, torch.Tensor], solver: str) -> float:
-    """Re-solve one group without block structure; returns the gain in objective."""
-    n = prob.spec.groups[name].size
-    others = {k: v for k, v in perm.items() if k != name}
-    s = _similarity(prob, prob.direct[name], others, n)
-    new = solve_assignment(s, solver)
-    rows = torch.arange(n)
-    gain = float(s[rows, new].sum() - s[rows, perm[name]].sum())
-    if gain > 0:
-        perm[name] = new
-    return gain
-
-
-def _step_blocks(prob: _Problem, name: str, perm: dict[str, torch.Tensor], solver: str) -> float:
-    """Re-solve an outer group jointly with its per-block inner groups."""
-    n = prob.spec.groups[name].size
-    kids = prob.children[name]
-    free = {k: v for k, v in perm.items() if k != name and k not in kids}
-    score = _similarity(prob, prob.direct[name], free, n)
-    old = float(score[torch.arange(n), perm[name]].sum())
-    best: dict[str, torch.Tensor] = {}
-    for kid in kids:
-        size = prob.spec.groups[kid].size
-        cross = torch.zeros(n, n, size, size, dtype=torch.float64)
-        for t in prob.joint[name, kid]:
-            cross += torch.einsum("aum,bvm->abuv", prob.a_of(t), prob.b_rows(t, free)).double()
-        inner = torch.stack(
-            [
-                torch.stack([solve_assignment(cross[i, j], solver) for j in range(n)])
-                for i in range(n)
-            ]
-        )  # (n, n, size)
-        pair = torch.gather(cross, 3, inner[..., None]).squeeze(-1).sum(-1)
-        score += pair
-        cur = cross[torch.arange(n), perm[name]]  # (n, size, size)
-        old += float(torch.gather(cur, 2, perm[kid][..., None]).sum())
-        best[kid] = inner
-    new = solve_assignment(score, solver)
-    gain = float(score[torch.arange(n), new].sum()) - old
-    if gain > 0:
-        perm[name] = new
-        for kid in kids:
-            perm[kid] = best[kid][torch.arange(n), new]
-    return gain
 
 
 def match_weights(
@@ -202,7 +172,7 @@ def match_weights(
     best: tuple[float, dict[str, torch.Tensor], int, int] | None = None
     for r in range(max(1, restarts)):
         perm, sweeps = _descend(prob, seed + r, max_iter, tol, solver)
-        value = objective(spec, a, b, perm)
+        value = prob.objective(perm)
         if best is None or value > best[0]:
             best = (value, perm, sweeps, seed + r)
     assert best is not None
@@ -218,20 +188,20 @@ def match_weights(
     )
 
 
-def _descend(prob: _Problem, seed: int, max_iter: int, tol: float, solver: str):
-    perm = identity_permutation(prob.spec)
-    gen = torch.Generator().manual_seed(seed)
-    sweeps = 0
-    while sweeps < max_iter:
-        sweeps += 1
-        improved = False
-        for i in torch.randperm(len(prob.order), generator=gen).tolist():
-            name = prob.order[i]
-            step = _step_blocks if name in prob.children else _step_plain
-            improved |= step(prob, name, perm, solver) > tol
-        if not improved:
-            break
-    return perm, sweeps
+def _descend(
+    prob: _Problem, seed: int, max_iter: int, tol: float, solver: str
+) -> tuple[dict[str, torch.Tensor], int]:
+    if max_iter < 1:  # weight matching honours max_iter=0; the shared descent always sweeps once
+        return identity_permutation(prob.spec), 0
+    return coordinate_descent(
+        prob.spec,
+        prob,
+        lambda _g, s: solve_assignment(s, solver),
+        seed=seed,
+        max_iter=max_iter,
+        tol=tol,
+        inner_solver=solver,
+    )
 
 
 def objective(
