@@ -82,7 +82,8 @@ def test_barrier_json_has_the_keys_and_numbers_of_align_json(tmp_path: Path) -> 
     assert _run("barrier", str(a), str(b), "--data", str(test), "--json", str(bj)).exit_code == 0
     aligned, barrier = json.loads(aj.read_text()), json.loads(bj.read_text())
     for pair in ("naive", "aligned"):
-        for key in ("loss", "error", "definition"):
+        assert barrier[pair]["barrier"]["definition"] == aligned[pair]["barrier"]["definition"]
+        for key in ("loss", "error"):
             want, got = aligned[pair]["barrier"][key], barrier[pair]["barrier"][key]
             assert got == pytest.approx(want, rel=1e-5, abs=1e-7), (pair, key)
         assert len(barrier[pair]["curve"]) == len(aligned[pair]["curve"]) == 25
