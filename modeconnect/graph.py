@@ -278,7 +278,8 @@ def _rule_linear(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     b = _bind(node)
     x, w = _dims(ctx, b["input"]), _dims(ctx, b["weight"])
     out = _fresh(ctx, node)
-    assert x is not None and w is not None
+    if x is None or w is None:
+        return _rule_unknown(ctx, node)
     for i in range(len(x) - 1):
         ctx.vars.union(out[i], x[i], "linear")
     ctx.vars.union(x[-1], w[1], "linear")
@@ -296,7 +297,8 @@ def _rule_addmm(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     b = _bind(node)
     bias, x, w = _dims(ctx, b["self"]), _dims(ctx, b["mat1"]), _dims(ctx, b["mat2"])
     out = _fresh(ctx, node)
-    assert x is not None and w is not None
+    if x is None or w is None:
+        return _rule_unknown(ctx, node)
     ctx.vars.union(out[0], x[0], "addmm")
     ctx.vars.union(x[1], w[0], "addmm")
     _mix(ctx, x[1])
@@ -331,7 +333,8 @@ def _rule_conv(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     groups = int(b.get("groups") or 1)
     transposed = bool(b.get("transposed", False))
     out = _fresh(ctx, node)
-    assert x is not None and w is not None
+    if x is None or w is None:
+        return _rule_unknown(ctx, node)
     vs = ctx.vars
     vs.union(out[0], x[0], "conv")
     for v in out[2:]:
@@ -370,7 +373,8 @@ def _rule_conv(ctx: _Ctx, node: torch.fx.Node) -> Dims:
 def _rule_batch_norm(ctx: _Ctx, node: torch.fx.Node) -> Any:
     b = _bind(node)
     x = _dims(ctx, b["input"])
-    assert x is not None
+    if x is None:
+        return _rule_unknown(ctx, node)
     for name in ("weight", "bias", "running_mean", "running_var"):
         d = _dims(ctx, b.get(name))
         if d is not None:
@@ -395,7 +399,8 @@ def _fresh_from_val(ctx: _Ctx, val: Any) -> Dims:
 def _rule_layer_norm(ctx: _Ctx, node: torch.fx.Node) -> Any:
     b = _bind(node)
     x = _dims(ctx, b["input"])
-    assert x is not None
+    if x is None:
+        return _rule_unknown(ctx, node)
     k = len(b["normalized_shape"])
     for name in ("weight", "bias"):
         d = _dims(ctx, b.get(name))
@@ -414,7 +419,8 @@ def _rule_rms_norm(ctx: _Ctx, node: torch.fx.Node) -> Any:
 def _rule_group_norm(ctx: _Ctx, node: torch.fx.Node) -> Any:
     b = _bind(node)
     x = _dims(ctx, b["input"])
-    assert x is not None
+    if x is None:
+        return _rule_unknown(ctx, node)
     groups = int(b["num_groups"])
     vs = ctx.vars
     c = x[1]
@@ -440,7 +446,8 @@ def _rule_embedding(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     b = _bind(node)
     w, idx = _dims(ctx, b["weight"]), _dims(ctx, b["indices"])
     out = _fresh(ctx, node)
-    assert w is not None
+    if w is None:
+        return _rule_unknown(ctx, node)
     ctx.vars.freeze(w[0], "vocabulary axis of an embedding")
     if idx is not None:
         for i, v in enumerate(idx):
@@ -453,7 +460,8 @@ def _rule_sdpa(ctx: _Ctx, node: torch.fx.Node) -> Any:
     b = _bind(node)
     q, k, v = (_dims(ctx, b[n]) for n in ("query", "key", "value"))
     out = _fresh(ctx, node)
-    assert q is not None and k is not None and v is not None
+    if q is None or k is None or v is None:
+        return _rule_unknown(ctx, node)
     vs = ctx.vars
     vs.union(q[-1], k[-1], "attention: query and key dims")
     _mix(ctx, q[-1])
@@ -618,7 +626,8 @@ def _rule_cat(ctx: _Ctx, node: torch.fx.Node) -> Dims:
         return _rule_unknown(ctx, node)
     dim = _norm_dim(int(_a(node)[1]) if len(node.args) > 1 else 0, len(out))
     for p in parts:
-        assert p is not None
+        if p is None:
+            return _rule_unknown(ctx, node)
         for i, v in enumerate(p):
             if i != dim:
                 ctx.vars.union(out[i], v, "cat")
@@ -634,7 +643,8 @@ def _rule_stack(ctx: _Ctx, node: torch.fx.Node) -> Dims:
     dim = _norm_dim(int(_a(node)[1]) if len(node.args) > 1 else 0, len(out))
     rest = out[:dim] + out[dim + 1 :]
     for p in parts:
-        assert p is not None
+        if p is None:
+            return _rule_unknown(ctx, node)
         for a, b in zip(rest, p):
             ctx.vars.union(a, b, "stack")
     ctx.vars.freeze(out[dim], "stacked axis")

@@ -169,14 +169,12 @@ def match_weights(
     """
     start = time.perf_counter()
     prob = _Problem(spec, a, b, dtype)
-    best: tuple[float, dict[str, torch.Tensor], int, int] | None = None
+    runs = []
     for r in range(max(1, restarts)):
         perm, sweeps = _descend(prob, seed + r, max_iter, tol, solver)
-        value = prob.objective(perm)
-        if best is None or value > best[0]:
-            best = (value, perm, sweeps, seed + r)
-    assert best is not None
-    value, perm, sweeps, used_seed = best
+        runs.append((prob.objective(perm), -r, perm, sweeps))
+    value, neg_r, perm, sweeps = max(runs, key=lambda run: run[:2])  # ties: the first seed
+    used_seed = seed - neg_r
     return Alignment(
         method="weight",
         perm=perm,
