@@ -27,14 +27,6 @@ MODEL = "modeconnect.models:mlp"
 KWARGS = {"in_features": 64, "hidden": [16, 12], "out_features": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cli() -> click.Group:
     group = click.Group("modeconnect")

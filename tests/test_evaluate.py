@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,15 +26,6 @@ from modeconnect.evaluate import (
     interpolate,
     interpolation_curve,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny ops on a loaded 2-core machine take milliseconds each with 2 threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _mlp(seed: int) -> nn.Sequential:

@@ -15,14 +15,6 @@ from modeconnect.pipeline import align
 from modeconnect.spec import apply_permutation, random_permutation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net():
     return mlp(6, [10, 12], 3)
 

@@ -41,14 +41,6 @@ from modeconnect.models import mlp  # noqa: E402
 from modeconnect.spec import apply_permutation, random_permutation  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _task_identity():
     """flwr >= 1.2x stamps new messages with the running task's identity, which the

@@ -34,15 +34,6 @@ CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 HIDDEN = [10, 12]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices on a busy 2-core machine: one BLAS thread is several times faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net():
     return mlp(6, HIDDEN, 3)
 

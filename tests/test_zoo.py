@@ -28,16 +28,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These graphs are tiny: on a busy 2-core machine two intra-op threads make a
-    # 16x16 ResNet forward ~50x slower than one thread.  Restore afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _build(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
