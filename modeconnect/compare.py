@@ -22,10 +22,7 @@ from .evaluate import Barrier
 from .graph import derive_spec
 from .guard import example_inputs
 from .io import (
-    check_same_architecture,
-    check_state_dict,
-    load_checkpoint,
-    resolve_model,
+    load_models,
     save_json,
 )
 from .matching import METHODS, get_method, method_options
@@ -187,11 +184,7 @@ def compare_files(
     if json_path is not None:
         _check_target(Path(json_path), force)
     names = _methods(methods)
-    ca, cb = load_checkpoint(a_path), load_checkpoint(b_path)
-    net, ref, _ = resolve_model([ca, cb], model, model_kwargs)
-    check_same_architecture(ca, cb)
-    check_state_dict(net, ca)
-    check_state_dict(net, cb)
+    (ca, cb), net, ref, _ = load_models([a_path, b_path], model, model_kwargs)
     evaluation = load_data(data, batch_size=batch_size)
     statistics = load_data(train, batch_size=batch_size) if train is not None else None
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None

@@ -324,6 +324,7 @@ def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     path = Path(path)
     _check_target(path, force)
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
+
     def write(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
@@ -576,6 +577,25 @@ def _check_same_ref(a: Checkpoint, b: Checkpoint, *, ignore_kwargs: bool) -> Non
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def load_models(
+    paths: Sequence[str | Path],
+    model_ref: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[Checkpoint], torch.nn.Module, str, dict[str, Any]]:
+    """Load checkpoints of one architecture and build it: ``(checkpoints, model, ref, kwargs)``.
+
+    Each file, in order, must fit the model exactly (keys, shapes, finite values)
+    and match the first file; see :func:`resolve_model` for which architecture
+    is built.
+    """
+    ckpts = [load_checkpoint(p) for p in paths]
+    model, ref, kwargs = resolve_model(ckpts, model_ref, model_kwargs)
+    for ckpt in ckpts:
+        check_state_dict(model, ckpt)
+        check_same_architecture(ckpts[0], ckpt)
+    return ckpts, model, ref, kwargs
 
 
 def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:

@@ -60,7 +60,7 @@ from .io import (
     check_same_architecture,
     check_state_dict,
     load_checkpoint,
-    resolve_model,
+    load_models,
     save_checkpoint,
     save_json,
 )
@@ -638,12 +638,11 @@ def merge_files(
     w = normalize_weights(weights, len(sources))
     _check_method(method)
     _check_options(bn, data is not None, options.get("max_rounds", DEFAULT_MAX_ROUNDS))
-    ckpts = [load_checkpoint(p) for p in sources]
+    ckpts, net, ref_name, kwargs = load_models(sources, model, model_kwargs)
     ref_ckpt, ref = _load_reference(reference, ckpts)
-    net, ref_name, kwargs = resolve_model(ckpts, model, model_kwargs)
-    for c in [*ckpts, *([ref_ckpt] if ref_ckpt is not None else [])]:
-        check_state_dict(net, c)
-        check_same_architecture(ckpts[0], c)
+    if ref_ckpt is not None:
+        check_state_dict(net, ref_ckpt)
+        check_same_architecture(ckpts[0], ref_ckpt)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
     sds = [c.state_dict for c in ckpts]

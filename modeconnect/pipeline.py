@@ -21,10 +21,7 @@ from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .io import (
-    check_same_architecture,
-    check_state_dict,
-    load_checkpoint,
-    resolve_model,
+    load_models,
     save_checkpoint,
     save_json,
 )
@@ -181,11 +178,7 @@ def align_files(
     _check_targets(targets, force, inputs=(Path(a_path), Path(b_path)))
     if not 0.0 <= alpha <= 1.0:
         raise ModeconnectError(f"--alpha must lie in [0, 1], got {alpha}")
-    ca, cb = load_checkpoint(a_path), load_checkpoint(b_path)
-    net, ref, kwargs = resolve_model([ca, cb], model, model_kwargs)
-    check_same_architecture(ca, cb)
-    check_state_dict(net, ca)
-    check_state_dict(net, cb)
+    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
     stats = train_batches if train_batches is not None else batches
@@ -279,12 +272,10 @@ def spec_for(
     """The spec of a checkpoint's (or ``model``'s) architecture; optionally written as JSON."""
     if json_path is not None:
         _check_targets({"json": Path(json_path)}, force, inputs=())
-    ckpts = [load_checkpoint(checkpoint)] if checkpoint is not None else []
     if checkpoint is None and model is None:
         raise ModeconnectError("pass a checkpoint or --model module:callable")
-    net, _, _ = resolve_model(ckpts, model, model_kwargs)
-    for c in ckpts:
-        check_state_dict(net, c)
+    paths = [checkpoint] if checkpoint is not None else []
+    _, net, _, _ = load_models(paths, model, model_kwargs)
     inputs = example_inputs(net, input_shape, input_dtype)
     spec = derive_spec(net, tuple(x[:2] for x in inputs), permute_output=permute_output)
     if json_path is not None:

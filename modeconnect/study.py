@@ -372,24 +372,14 @@ def barrier_files(
     """
     from modeconnect.data import load_data
     from modeconnect.guard import example_inputs
-    from modeconnect.io import (
-        check_same_architecture,
-        check_state_dict,
-        load_checkpoint,
-        resolve_model,
-        save_json,
-    )
+    from modeconnect.io import load_models, save_json
     from modeconnect.report import check_report_dir, write_report
 
     if report_dir is not None:
         check_report_dir(report_dir, force)
     made = Path(report_dir) if report_dir is not None else None
     _check_json_target(json_path, force, (Path(a_path), Path(b_path)), made)
-    ca, cb = load_checkpoint(a_path), load_checkpoint(b_path)
-    net, ref, kwargs = resolve_model([ca, cb], model, model_kwargs)
-    check_same_architecture(ca, cb)
-    check_state_dict(net, ca)
-    check_state_dict(net, cb)
+    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs)
     test_batches = load_data(data, batch_size=batch_size)
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
     align_options: dict[str, Any] = {"permute_output": permute_output}
