@@ -27,7 +27,7 @@ def _groups(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 def register(main: click.Group) -> None:
     """Add the ``barrier`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options
+    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
 
     @main.command()
     @click.argument("a", type=click.Path(dir_okay=False))
@@ -129,8 +129,11 @@ def register(main: click.Group) -> None:
         dtype = DTYPES[opts.pop("input_dtype")] if opts.get("input_dtype") else None
         opts.pop("input_dtype", None)
         quiet = opts.pop("quiet")
+        trust = pop_trust(opts)
         with ProgressBar(quiet=quiet) as bar:
-            report = barrier_files(a, b, input_dtype=dtype, command=command, progress=bar, **opts)
+            report = barrier_files(
+                a, b, input_dtype=dtype, command=command, progress=bar, trust=trust, **opts
+            )
         click.echo(format_barrier(report))
 
 

@@ -23,7 +23,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 def register(main: click.Group) -> None:
     """Add the ``compare`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options
+    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
 
     @main.command("compare")
     @click.argument("a", type=click.Path(dir_okay=False))
@@ -101,7 +101,9 @@ def register(main: click.Group) -> None:
         from modeconnect.compare import compare_files, format_comparison
 
         name = opts.pop("input_dtype", None)
-        report = compare_files(a, b, input_dtype=DTYPES[name] if name else None, **opts)
+        report = compare_files(
+            a, b, input_dtype=DTYPES[name] if name else None, trust=pop_trust(opts), **opts
+        )
         click.echo(f"model      {report.model_ref}")
         click.echo(format_comparison(report.comparison))
         for what, path in report.written.items():

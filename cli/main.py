@@ -31,6 +31,13 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def pop_trust(opts: dict[str, Any]) -> Any:
+    """The ``Trust`` that ``--trust-model-ref`` and ``--trust-module`` ask for."""
+    from modeconnect.files.references import Trust
+
+    return Trust(tuple(opts.pop("trust_module", ())), bool(opts.pop("trust_model_ref", False)))
+
+
 def _json_kwargs(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
@@ -73,6 +80,12 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Dtype of the probe input (e.g. long for token ids)."),
         click.option("--permute-output", is_flag=True,
                      help="The model returns hidden states that may come back permuted."),
+        click.option("--trust-model-ref", is_flag=True,
+                     help="Run the model reference a checkpoint names even if it is not a known "
+                          "architecture constructor (it runs that file's code; see SECURITY.md)."),
+        click.option("--trust-module", multiple=True, metavar="MODULE",
+                     help="Let checkpoints name constructors from this module (e.g. timm); "
+                          "repeatable."),
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
@@ -181,7 +194,7 @@ def align(a: str, b: str, **opts: Any) -> None:  # fmt: skip
 
     dtype = DTYPES[opts.pop("input_dtype")] if opts.get("input_dtype") else None
     opts.pop("input_dtype", None)
-    report = align_files(a, b, input_dtype=dtype, **opts)
+    report = align_files(a, b, input_dtype=dtype, trust=pop_trust(opts), **opts)
     click.echo(_format_align(report))
 
 
@@ -242,6 +255,7 @@ def spec(checkpoint: str | None, **opts: Any) -> None:
         checkpoint, model=opts["model"], model_kwargs=opts["model_kwargs"],
         input_shape=opts["input_shape"], input_dtype=dtype,
         permute_output=opts["permute_output"], json_path=opts["json_path"], force=opts["force"],
+        trust=pop_trust(opts),
     )  # fmt: skip
     click.echo(_format_spec(result))
 

@@ -28,7 +28,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 def register(main: click.Group) -> None:
     """Add the ``merge`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options
+    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
 
     @main.command()
     @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -94,7 +94,7 @@ def register(main: click.Group) -> None:
 
         dtype = DTYPES[opts.pop("input_dtype")] if opts.get("input_dtype") else None
         opts.pop("input_dtype", None)
-        report = merge_files(checkpoints, input_dtype=dtype, **opts)
+        report = merge_files(checkpoints, input_dtype=dtype, trust=pop_trust(opts), **opts)
         click.echo(format_merge(report))
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier
+from .files.references import NO_TRUST, Trust
 from .graph import derive_spec
 from .guard import example_inputs
 from .io import (
@@ -178,13 +179,14 @@ def compare_files(
     permute_output: bool = False,
     json_path: str | Path | None = None,
     force: bool = False,
+    trust: Trust = NO_TRUST,
     **options: Any,
 ) -> CompareReport:
     """Load two checkpoints and the data, run :func:`compare_methods`, optionally write JSON."""
     if json_path is not None:
         _check_target(Path(json_path), force)
     names = _methods(methods)
-    (ca, cb), net, ref, _ = load_models([a_path, b_path], model, model_kwargs)
+    (ca, cb), net, ref, _ = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     evaluation = load_data(data, batch_size=batch_size)
     statistics = load_data(train, batch_size=batch_size) if train is not None else None
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None

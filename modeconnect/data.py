@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.io import import_callable
+from modeconnect.files.references import import_callable
 
 __all__ = ["DATA_EXTENSIONS", "Batch", "first_batch", "load_data"]
 

@@ -276,7 +276,7 @@ def get_loss(loss: str | ExampleLossFn | None = None) -> ExampleLossFn:
     if isinstance(loss, str) and loss in LOSSES:
         return LOSSES[loss]
     if isinstance(loss, str) and ":" in loss:
-        from modeconnect.io import import_callable
+        from modeconnect.files.references import import_callable
 
         return import_callable(loss)
     raise ModeconnectError(

@@ -16,20 +16,14 @@ the callable, called with the keyword arguments, returns the ``torch.nn.Module``
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import os
 import pickle
-import re
 import secrets
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import safetensors.torch
@@ -37,6 +31,14 @@ import torch
 from safetensors import safe_open
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.references import (
+    NO_TRUST,
+    Trust,
+    build_model,
+    check_file_reference,
+    import_callable,
+    split_ref,
+)
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -46,6 +48,7 @@ __all__ = [
     "check_state_dict",
     "import_callable",
     "load_checkpoint",
+    "load_models",
     "resolve_model",
     "save_checkpoint",
 ]
@@ -55,7 +58,6 @@ SUPPORTED_EXTENSIONS = (*TORCH_EXTENSIONS, ".safetensors")
 MODEL_KEY = "modeconnect.model"
 MODEL_KWARGS_KEY = "modeconnect.model_kwargs"
 _MAX_LISTED = 5
-_REF_HELP = "use 'package.module:callable' or 'path/to/file.py:callable'"
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,7 +299,7 @@ def save_checkpoint(
     kwargs = _kwargs_for_saving(path, model_kwargs)
     meta = _metadata_for_saving(path, metadata)
     if model_ref is not None:
-        _split_ref(model_ref)
+        split_ref(model_ref)
     if suffix == ".safetensors":
         header = _safetensors_header(model_ref, kwargs, meta)
         _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, header))
@@ -413,138 +415,21 @@ def _fsync(file: Path) -> None:
 # --------------------------------------------------------------------------- model references
 
 
-def import_callable(ref: str) -> Callable[..., Any]:
-    """Import ``"package.module:callable"`` or ``"path/to/file.py:callable"``.
-
-    The attribute may be dotted (``"pkg.mod:Class.create"``). A file is imported under a
-    module name unique to its resolved path and modification time, with its directory
-    on ``sys.path`` while it runs, so it may import modules next to it.
-    """
-    target, attr = _split_ref(ref)
-    module = _import_target(target, ref)
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModeconnectError(
-                f"model reference {ref!r}: {target!r} has no attribute {attr!r}; "
-                f"public callables there: {_list_keys(_public_callables(module))}"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModeconnectError(
-            f"model reference {ref!r}: {attr!r} has type {type(obj).__name__}, not callable; "
-            "name a class or function"
-        )
-    return obj  # type: ignore[no-any-return]
-
-
-def _split_ref(ref: object) -> tuple[str, str]:
-    """Split at the last colon so that Windows drive letters stay in the path."""
-    if not isinstance(ref, str) or ":" not in ref:
-        raise ModeconnectError(f"model reference {ref!r} has no ':callable' part; {_REF_HELP}")
-    target, _, attr = ref.rpartition(":")
-    if not target or not all(part.isidentifier() for part in attr.split(".")):
-        raise ModeconnectError(f"model reference {ref!r} is malformed; {_REF_HELP}")
-    return target, attr
-
-
-def _public_callables(module: ModuleType) -> list[str]:
-    return [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-
-
-def _is_file_target(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def _import_target(target: str, ref: str) -> ModuleType:
-    if _is_file_target(target):
-        return _import_file(Path(target), ref)
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise ModeconnectError(
-                f"model reference {ref!r}: module {target!r} not found ({_one_line(exc)}); "
-                "check the spelling and PYTHONPATH, or use 'path/to/file.py:callable'"
-            ) from exc
-        raise _import_failed(ref, target, exc) from exc
-    except Exception as exc:
-        raise _import_failed(ref, target, exc) from exc
-
-
-def _import_failed(ref: str, target: str, exc: BaseException) -> ModeconnectError:
-    return ModeconnectError(
-        f"model reference {ref!r}: importing {target!r} failed with "
-        f"{type(exc).__name__}: {_one_line(exc)}; fix that module or install what it needs"
-    )
-
-
-def _import_file(path: Path, ref: str) -> ModuleType:
-    """Load a Python file as a module under a unique name (cached while the file is unchanged)."""
-    if path.suffix != ".py" or not path.is_file():
-        what = "file not found" if not path.exists() else "not a .py file"
-        raise ModeconnectError(f"{path}: {what}, in model reference {ref!r}; {_REF_HELP}")
-    name = _file_module_name(path)
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModeconnectError(f"{path}: cannot be imported as a module, in {ref!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
-    try:
-        _exec_with_dir_on_path(spec.loader, module, path.resolve().parent)
-    except Exception as exc:
-        del sys.modules[name]
-        raise _import_failed(ref, str(path), exc) from exc
-    return module
-
-
-def _file_module_name(path: Path) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
-    stem = re.sub(r"\W", "_", path.stem)
-    return f"_modeconnect_user_{stem}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _exec_with_dir_on_path(loader: Any, module: ModuleType, directory: Path) -> None:
-    sys.path.insert(0, str(directory))
-    try:
-        loader.exec_module(module)
-    finally:
-        sys.path.remove(str(directory))
-
-
-def build_model(ref: str, kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """Call the callable named by ``ref`` with ``kwargs``; the result must be an ``nn.Module``."""
-    factory = import_callable(ref)
-    arguments = dict(kwargs or {})
-    try:
-        model = factory(**arguments)
-    except Exception as exc:
-        raise ModeconnectError(
-            f"model reference {ref!r}: calling it with kwargs {json.dumps(arguments, default=str)} "
-            f"failed with {type(exc).__name__}: {_one_line(exc)}; check --model-kwargs"
-        ) from exc
-    if not isinstance(model, torch.nn.Module):
-        raise ModeconnectError(
-            f"model reference {ref!r} returned {_describe(model)}, not a torch.nn.Module; "
-            "name a model class or a function that builds one"
-        )
-    return model
-
-
 def resolve_model(
     checkpoints: Sequence[Checkpoint],
     model_ref: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    trust: Trust = NO_TRUST,
 ) -> tuple[torch.nn.Module, str, dict[str, Any]]:
     """Choose the architecture and build it: returns ``(model, ref, kwargs)``.
 
     Precedence: the explicit ``model_ref`` (the CLI's ``--model``) with ``model_kwargs``;
     otherwise the reference the checkpoints name, with ``model_kwargs`` replacing their
     kwargs when given. Checkpoints that name no architecture are ignored; two that name
-    different ones are an error unless ``model_ref`` is given.
+    different ones are an error unless ``model_ref`` is given. A reference read from a
+    checkpoint runs only if it is known or ``trust`` allows it
+    (:func:`~modeconnect.files.references.check_file_reference`).
     """
     if model_ref is not None:
         kwargs = dict(model_kwargs or {})
@@ -560,8 +445,9 @@ def resolve_model(
     for other in named[1:]:
         _check_same_ref(first, other, ignore_kwargs=model_kwargs is not None)
     ref = str(first.model_ref)
+    restrict = check_file_reference(ref, first.model_kwargs, first.path, trust)
     kwargs = dict(model_kwargs if model_kwargs is not None else first.model_kwargs)
-    return build_model(ref, kwargs), ref, kwargs
+    return build_model(ref, kwargs, modules=restrict), ref, kwargs
 
 
 def _check_same_ref(a: Checkpoint, b: Checkpoint, *, ignore_kwargs: bool) -> None:
@@ -583,6 +469,8 @@ def load_models(
     paths: Sequence[str | Path],
     model_ref: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    trust: Trust = NO_TRUST,
 ) -> tuple[list[Checkpoint], torch.nn.Module, str, dict[str, Any]]:
     """Load checkpoints of one architecture and build it: ``(checkpoints, model, ref, kwargs)``.
 
@@ -591,7 +479,7 @@ def load_models(
     is built.
     """
     ckpts = [load_checkpoint(p) for p in paths]
-    model, ref, kwargs = resolve_model(ckpts, model_ref, model_kwargs)
+    model, ref, kwargs = resolve_model(ckpts, model_ref, model_kwargs, trust=trust)
     for ckpt in ckpts:
         check_state_dict(model, ckpt)
         check_same_architecture(ckpts[0], ckpt)

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Metrics, evaluate
+from .files.references import NO_TRUST, Trust
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .io import (
@@ -618,6 +619,7 @@ def merge_files(
     permute_output: bool = False,
     batch_size: int = 500,
     force: bool = False,
+    trust: Trust = NO_TRUST,
     **options: Any,
 ) -> MergeReport:
     """Load N checkpoints, merge them, evaluate on ``data``, and write the merged checkpoint.
@@ -638,7 +640,7 @@ def merge_files(
     w = normalize_weights(weights, len(sources))
     _check_method(method)
     _check_options(bn, data is not None, options.get("max_rounds", DEFAULT_MAX_ROUNDS))
-    ckpts, net, ref_name, kwargs = load_models(sources, model, model_kwargs)
+    ckpts, net, ref_name, kwargs = load_models(sources, model, model_kwargs, trust=trust)
     ref_ckpt, ref = _load_reference(reference, ckpts)
     if ref_ckpt is not None:
         check_state_dict(net, ref_ckpt)

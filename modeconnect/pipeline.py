@@ -18,6 +18,7 @@ from .bn import check_mode, renormalize
 from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
+from .files.references import NO_TRUST, Trust
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .io import (
@@ -167,6 +168,7 @@ def align_files(
     permute_output: bool = False,
     batch_size: int = 500,
     force: bool = False,
+    trust: Trust = NO_TRUST,
     **options: Any,
 ) -> AlignReport:
     """Load two checkpoints, align B to A, evaluate, and write the requested outputs.
@@ -178,7 +180,7 @@ def align_files(
     _check_targets(targets, force, inputs=(Path(a_path), Path(b_path)))
     if not 0.0 <= alpha <= 1.0:
         raise ModeconnectError(f"--alpha must lie in [0, 1], got {alpha}")
-    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs)
+    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
     stats = train_batches if train_batches is not None else batches
@@ -268,6 +270,7 @@ def spec_for(
     permute_output: bool = False,
     json_path: str | Path | None = None,
     force: bool = False,
+    trust: Trust = NO_TRUST,
 ) -> PermutationSpec:
     """The spec of a checkpoint's (or ``model``'s) architecture; optionally written as JSON."""
     if json_path is not None:
@@ -275,7 +278,7 @@ def spec_for(
     if checkpoint is None and model is None:
         raise ModeconnectError("pass a checkpoint or --model module:callable")
     paths = [checkpoint] if checkpoint is not None else []
-    _, net, _, _ = load_models(paths, model, model_kwargs)
+    _, net, _, _ = load_models(paths, model, model_kwargs, trust=trust)
     inputs = example_inputs(net, input_shape, input_dtype)
     spec = derive_spec(net, tuple(x[:2] for x in inputs), permute_output=permute_output)
     if json_path is not None:

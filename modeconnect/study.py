@@ -47,6 +47,7 @@ from modeconnect.evaluate import (
     loss_name,
     midpoint,
 )
+from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.layerwise import LayerwiseResult, layerwise_barriers
 from modeconnect.progress import ProgressFn, prefixed
 
@@ -362,6 +363,7 @@ def barrier_files(
     command: str | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    trust: Trust = NO_TRUST,
     **options: Any,
 ) -> StudyReport:
     """Load two checkpoints and the data, run :func:`barrier_study`, write JSON and a report.
@@ -379,7 +381,7 @@ def barrier_files(
         check_report_dir(report_dir, force)
     made = Path(report_dir) if report_dir is not None else None
     _check_json_target(json_path, force, (Path(a_path), Path(b_path)), made)
-    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs)
+    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     test_batches = load_data(data, batch_size=batch_size)
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
     align_options: dict[str, Any] = {"permute_output": permute_output}

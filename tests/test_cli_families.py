@@ -38,7 +38,7 @@ def test_align_recovers_permuted_copy_through_cli(tmp_path, name):
     save_checkpoint(pa, a, model_ref=ZOO_REF, model_kwargs=kwargs)
     save_checkpoint(pb, b, model_ref=ZOO_REF, model_kwargs=kwargs)
     x = inputs[0]
-    args = ["align", str(pa), str(pb), "--out", str(tmp_path / "o.pt"),
+    args = ["align", str(pa), str(pb), "--trust-model-ref", "--out", str(tmp_path / "o.pt"),
             "--json", str(tmp_path / "r.json"), "--steps", "3"]  # fmt: skip
     if name in CLASSIFIERS:
         with torch.no_grad():

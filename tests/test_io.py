@@ -15,6 +15,7 @@ from torch import nn
 
 from modeconnect import io as mio
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.references import Trust
 from modeconnect.io import (
     Checkpoint,
     build_model,
@@ -515,11 +516,14 @@ def test_build_model_errors(model_file: Path) -> None:
         build_model(f"{model_file}:not_a_model")
 
 
+TRUST_ALL = Trust(any_reference=True)
+
+
 def test_resolve_model_from_checkpoint(tmp_path: Path, model_file: Path) -> None:
     ref = f"{model_file}:MLP"
     a = Checkpoint(tmp_path / "a.pt", {}, ref, {"width": 5})
     b = Checkpoint(tmp_path / "b.pt", {})  # names nothing: ignored
-    model, got_ref, kwargs = resolve_model([b, a])
+    model, got_ref, kwargs = resolve_model([b, a], trust=TRUST_ALL)
     assert (got_ref, kwargs) == (ref, {"width": 5})
     assert _head_width(model) == 5
 
@@ -539,7 +543,7 @@ def test_resolve_model_explicit_kwargs_replace_checkpoint_kwargs(
     ref = f"{model_file}:MLP"
     a = Checkpoint(tmp_path / "a.pt", {}, ref, {"width": 5})
     b = Checkpoint(tmp_path / "b.pt", {}, ref, {"width": 6})
-    _, _, kwargs = resolve_model([a, b], model_kwargs={"width": 7})
+    _, _, kwargs = resolve_model([a, b], model_kwargs={"width": 7}, trust=TRUST_ALL)
     assert kwargs == {"width": 7}
 
 
@@ -571,7 +575,7 @@ def test_resolve_from_saved_checkpoint(tmp_path: Path, model_file: Path) -> None
         model_kwargs={"width": 5, "depth": 2},
     )
     ckpt = load_checkpoint(path)
-    rebuilt, _, _ = resolve_model([ckpt])
+    rebuilt, _, _ = resolve_model([ckpt], trust=TRUST_ALL)
     check_state_dict(rebuilt, ckpt)
     rebuilt.load_state_dict(ckpt.state_dict)
     x = torch.randn(4, 3)
