@@ -1,0 +1,487 @@
+"""Loss landscapes: the plane through three models, and filter-normalised slices.
+
+* **Planes** (Garipov et al. 2018, Fig. 1): the affine plane through three models
+  ``θ_A, θ_B, θ_C`` (e.g. two endpoints and a curve's bend), in the orthonormal
+  basis that Gram-Schmidt gives, ``u = (θ_B − θ_A)/‖θ_B − θ_A‖`` and ``v ∝ (θ_C − θ_A)
+  − ⟨θ_C − θ_A, u⟩u``, origin ``θ_A``: :func:`plane_basis`, :func:`plane_grid`.
+  A quadratic Bezier curve lies entirely in the plane of its endpoints and bend.
+* **Filter-normalised directions** (Li et al. 2018, "Visualizing the Loss Landscape
+  of Neural Nets", Sec. 4): a Gaussian direction ``d`` with each filter ``d_i``
+  (an output unit of a linear layer, an output channel of a convolution: a slice
+  along axis 0) rescaled to the norm of the model's filter, ``d_i ← d_i ‖θ_i‖/‖d_i‖``,
+  and the directions of biases and BatchNorm parameters (every tensor of at most
+  one dimension) set to zero, as in the paper: :func:`filter_normalized_direction`,
+  :func:`slice_1d` (``L(θ + x d)``), :func:`surface_2d` (``L(θ + x d_1 + y d_2)``).
+
+Each point is evaluated as :func:`modeconnect.evaluate` does (mean loss, top-1
+accuracy), with BatchNorm statistics recomputed at each point when asked
+(``bn="auto"`` does so for planes of models with BatchNorm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate import Batch, ExampleLossFn, PathFn, evaluate_examples, loss_name
+from modeconnect.objective import StateDict, bn_correction, check_positive, weights_of
+from modeconnect.progress import ProgressFn
+
+__all__ = [
+    "LossSlice",
+    "LossSurface",
+    "PlaneBasis",
+    "filter_normalized_direction",
+    "plane_basis",
+    "plane_grid",
+    "slice_1d",
+    "surface_2d",
+]
+
+_DEGENERATE = 1e-9
+"""Relative length below which two of the three models count as the same point or line."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class LossSurface:
+    """Loss and accuracy on a grid: ``loss[j][i]`` at ``origin + xs[i]·u + ys[j]·v``.
+
+    ``kind`` is ``"plane"`` (through three models) or ``"filter_normalized"``
+    (around one); ``points`` gives the models' coordinates by name, ``paths``
+    projected paths (a line, a curve) as lists of ``(x, y)``.
+    """
+
+    kind: str
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+    loss: tuple[tuple[float, ...], ...]
+    accuracy: tuple[tuple[float, ...], ...]
+    points: Mapping[str, tuple[float, float]]
+    paths: Mapping[str, tuple[tuple[float, float], ...]]
+    params: Mapping[str, Any]
+
+    @property
+    def error(self) -> tuple[tuple[float, ...], ...]:
+        """Top-1 error ``1 - accuracy`` on the grid."""
+        return tuple(tuple(1.0 - a for a in row) for row in self.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "xs": list(self.xs),
+            "ys": list(self.ys),
+            "loss": [list(row) for row in self.loss],
+            "accuracy": [list(row) for row in self.accuracy],
+            "points": {name: list(xy) for name, xy in self.points.items()},
+            "paths": {name: [list(xy) for xy in p] for name, p in self.paths.items()},
+            "params": dict(self.params),
+        }
+
+
+@dataclass(frozen=True)
+class LossSlice:
+    """Loss and accuracy along one direction: ``loss[i]`` at ``θ + xs[i]·d``."""
+
+    xs: tuple[float, ...]
+    loss: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    params: Mapping[str, Any]
+
+    @property
+    def error(self) -> tuple[float, ...]:
+        return tuple(1.0 - a for a in self.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "filter_normalized",
+            "xs": list(self.xs),
+            "loss": list(self.loss),
+            "accuracy": list(self.accuracy),
+            "params": dict(self.params),
+        }
+
+
+# --------------------------------------------------------------------------- plane
+
+
+@dataclass(frozen=True, eq=False)
+class PlaneBasis:
+    """The plane through three models: origin ``θ_A``, orthonormal ``u``, ``v`` (float64).
+
+    Only ``keys`` span the plane; every other tensor of a point is the origin's.
+    ``coordinates`` are those of A, B and C: ``(0, 0)``, ``(‖θ_B − θ_A‖, 0)``,
+    ``(⟨θ_C − θ_A, u⟩, ⟨θ_C − θ_A, v⟩)``.
+    """
+
+    origin: StateDict
+    u: Mapping[str, Tensor]
+    v: Mapping[str, Tensor]
+    coordinates: tuple[tuple[float, float], ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.u)
+
+    def point(self, x: float, y: float) -> dict[str, Tensor]:
+        """``θ_A + x·u + y·v`` in each tensor's dtype (summed in float64); ``(0, 0)`` is ``θ_A``."""
+        return _shifted(self.origin, [(self.u, x), (self.v, y)])
+
+    def project(self, state: StateDict) -> tuple[float, float]:
+        """Coordinates ``(⟨θ − θ_A, u⟩, ⟨θ − θ_A, v⟩)`` of ``state``'s orthogonal projection."""
+        diff = _difference(state, self.origin, self.keys)
+        return _dot(diff, self.u), _dot(diff, self.v)
+
+    def distance(self, state: StateDict) -> float:
+        """Euclidean distance from ``state`` to the plane (over ``keys``)."""
+        diff = _difference(state, self.origin, self.keys)
+        x, y = _dot(diff, self.u), _dot(diff, self.v)
+        rest = _axpy(_axpy(diff, self.u, -x), self.v, -y)
+        return math.sqrt(_dot(rest, rest))
+
+
+def plane_basis(
+    a: StateDict, b: StateDict, c: StateDict, *, keys: Sequence[str] | None = None
+) -> PlaneBasis:
+    """Gram-Schmidt basis of the plane through ``a``, ``b``, ``c`` (see :class:`PlaneBasis`).
+
+    ``keys`` (default: every floating tensor of ``a``) are the coordinates of the
+    weight vector; :func:`plane_grid` passes the model's parameters, so buffers
+    (BatchNorm statistics) stay out of the geometry. Raises when B equals A or
+    C lies on the line through A and B.
+    """
+    keys = _floating_keys(a, keys, "plane_basis")
+    for name, other in (("B", b), ("C", c)):
+        _check_like(a, other, keys, f"plane_basis: model {name}")
+    e1 = _difference(b, a, keys)
+    length = math.sqrt(_dot(e1, e1))
+    scale = math.sqrt(_dot(_as64(a, keys), _as64(a, keys))) or 1.0
+    if length <= _DEGENERATE * scale:
+        raise ModeconnectError(
+            "plane_basis: A and B are the same point; pass three distinct models."
+        )
+    u = {k: t / length for k, t in e1.items()}
+    ec = _difference(c, a, keys)
+    xc = _dot(ec, u)
+    e2 = _axpy(ec, u, -xc)
+    height = math.sqrt(_dot(e2, e2))
+    if height <= _DEGENERATE * max(math.sqrt(_dot(ec, ec)), length):
+        raise ModeconnectError(
+            "plane_basis: C lies on the line through A and B, so the three models span no "
+            "plane; pass another third model (e.g. a curve's bend)."
+        )
+    v = {k: t / height for k, t in e2.items()}
+    return PlaneBasis(a, u, v, ((0.0, 0.0), (length, 0.0), (xc, height)))
+
+
+def plane_grid(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    c: StateDict,
+    batches: Iterable[Batch],
+    *,
+    resolution: int = 21,
+    margin: float = 0.2,
+    names: tuple[str, str, str] = ("A", "B", "C"),
+    paths: Mapping[str, PathFn] | None = None,
+    path_steps: int = 25,
+    train: Iterable[Batch] | None = None,
+    bn: str = "auto",
+    loss: str | ExampleLossFn | None = None,
+    max_bn_batches: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LossSurface:
+    """Loss and accuracy on a ``resolution × resolution`` grid over the plane through three models.
+
+    The grid spans the three models' coordinates (:func:`plane_basis` over the
+    model's parameters) widened by ``margin`` times their extent on each side,
+    as in Garipov et al. 2018. Buffers of every grid point are A's; with
+    BatchNorm (``bn="auto"``) they are recomputed on ``train`` at every point.
+    ``paths`` (name → ``t -> state``, e.g. ``linear_path(a, b)`` and
+    ``CurveFit.path()``) are projected onto the plane at ``path_steps`` points.
+    """
+    check_positive("resolution", resolution)
+    if resolution < 2 or not (math.isfinite(margin) and margin >= 0):
+        raise ModeconnectError(
+            f"plane_grid: resolution={resolution!r} must be >= 2 and margin={margin!r} >= 0."
+        )
+    weights = weights_of(model, a, "plane_grid")
+    basis = plane_basis(a, b, c, keys=weights.parameters)
+    reset = bn_correction(model, bn, train, where="plane_grid", max_batches=max_bn_batches)
+    px = [xy[0] for xy in basis.coordinates]
+    py = [xy[1] for xy in basis.coordinates]
+    xs = _span(min(px), max(px), margin, resolution)
+    ys = _span(min(py), max(py), margin, resolution)
+    loss_grid, acc_grid = _evaluate_grid(
+        model, basis.point, xs, ys, batches, loss, reset, progress, "plane"
+    )
+    steps = tuple(i / (path_steps - 1) for i in range(path_steps))
+    projected = {
+        name: tuple(basis.project(path(t)) for t in steps) for name, path in (paths or {}).items()
+    }
+    return LossSurface(
+        kind="plane",
+        xs=xs,
+        ys=ys,
+        loss=loss_grid,
+        accuracy=acc_grid,
+        points=dict(zip(names, basis.coordinates, strict=True)),
+        paths=projected,
+        params={"resolution": resolution, "margin": margin, "bn": bn, "loss": loss_name(loss)},
+    )
+
+
+def _span(low: float, high: float, margin: float, n: int) -> tuple[float, ...]:
+    pad = margin * (high - low)
+    lo, hi = low - pad, high + pad
+    return tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
+
+
+# --------------------------------------------------------------------------- filter-normalised
+
+
+def filter_normalized_direction(
+    state: StateDict,
+    *,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    keys: Sequence[str] | None = None,
+) -> dict[str, Tensor]:
+    """A random direction normalised per filter (Li et al. 2018), one tensor per floating key.
+
+    For each tensor ``θ`` of ``keys`` (default: every floating tensor) with at
+    least two dimensions, ``d ~ N(0, I)`` and each filter ``d_i = d[i]`` is scaled
+    to ``‖d_i‖ = ‖θ_i‖`` (a zero filter stays zero). Tensors of one dimension or
+    none (biases, BatchNorm and LayerNorm parameters and statistics) and floating
+    tensors outside ``keys`` get a zero direction. ``generator`` (default: a new
+    one seeded with ``seed``) draws the Gaussians in state-dict order.
+    """
+    chosen = set(_floating_keys(state, keys, "filter_normalized_direction"))
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        if key not in chosen or value.dim() <= 1:
+            out[key] = torch.zeros_like(value)
+            continue
+        d = torch.randn(value.shape, generator=gen, dtype=torch.float64)
+        theta = value.detach().to(torch.float64)
+        dims = tuple(range(1, value.dim()))
+        d_norm = d.norm(dim=dims, keepdim=True)
+        scale = theta.norm(dim=dims, keepdim=True) / torch.where(d_norm > 0, d_norm, 1.0)
+        out[key] = (d * scale).to(value.dtype)
+    return out
+
+
+def slice_1d(
+    model: nn.Module,
+    state: StateDict,
+    batches: Iterable[Batch],
+    *,
+    direction: StateDict | None = None,
+    seed: int = 0,
+    span: tuple[float, float] = (-1.0, 1.0),
+    steps: int = 51,
+    train: Iterable[Batch] | None = None,
+    bn: str = "none",
+    loss: str | ExampleLossFn | None = None,
+    max_bn_batches: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LossSlice:
+    """``L(θ + x·d)`` and accuracy at ``steps`` evenly spaced ``x`` over ``span``.
+
+    ``d`` defaults to :func:`filter_normalized_direction` of the model's
+    parameters, seeded by ``seed``; ``bn="none"`` keeps the model's BatchNorm
+    statistics, as Li et al. do (the BatchNorm parameters do not move).
+    """
+    check_positive("steps", steps)
+    weights = weights_of(model, state, "slice_1d")
+    if direction is None:
+        direction = filter_normalized_direction(state, seed=seed, keys=weights.parameters)
+    _check_like(state, direction, list(direction), "slice_1d: direction")
+    reset = bn_correction(model, bn, train, where="slice_1d", max_batches=max_bn_batches)
+    xs = _grid(span, steps)
+
+    def point(x: float, y: float) -> dict[str, Tensor]:
+        return _shifted(state, [(direction, x)])
+
+    loss_grid, acc_grid = _evaluate_grid(
+        model, point, xs, (0.0,), batches, loss, reset, progress, "slice"
+    )
+    params = {"seed": seed, "span": list(span), "steps": steps, "bn": bn, "loss": loss_name(loss)}
+    return LossSlice(xs, loss_grid[0], acc_grid[0], params)
+
+
+def surface_2d(
+    model: nn.Module,
+    state: StateDict,
+    batches: Iterable[Batch],
+    *,
+    directions: tuple[StateDict, StateDict] | None = None,
+    seed: int = 0,
+    span: tuple[float, float] = (-1.0, 1.0),
+    resolution: int = 21,
+    train: Iterable[Batch] | None = None,
+    bn: str = "none",
+    loss: str | ExampleLossFn | None = None,
+    max_bn_batches: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LossSurface:
+    """``L(θ + x·d_1 + y·d_2)`` on a ``resolution × resolution`` grid over ``span × span``.
+
+    ``d_1``, ``d_2`` default to two :func:`filter_normalized_direction`\\ s of the
+    model's parameters drawn one after the other from a generator seeded with
+    ``seed`` (Li et al. 2018, Fig. 1 and Sec. 4-6).
+    """
+    check_positive("resolution", resolution)
+    weights = weights_of(model, state, "surface_2d")
+    if directions is None:
+        gen = torch.Generator().manual_seed(seed)
+        directions = (
+            filter_normalized_direction(state, generator=gen, keys=weights.parameters),
+            filter_normalized_direction(state, generator=gen, keys=weights.parameters),
+        )
+    d1, d2 = directions
+    for d in directions:
+        _check_like(state, d, list(d), "surface_2d: direction")
+    reset = bn_correction(model, bn, train, where="surface_2d", max_batches=max_bn_batches)
+    axis = _grid(span, resolution)
+
+    def point(x: float, y: float) -> dict[str, Tensor]:
+        return _shifted(state, [(d1, x), (d2, y)])
+
+    loss_grid, acc_grid = _evaluate_grid(
+        model, point, axis, axis, batches, loss, reset, progress, "surface"
+    )
+    return LossSurface(
+        kind="filter_normalized",
+        xs=axis,
+        ys=axis,
+        loss=loss_grid,
+        accuracy=acc_grid,
+        points={"model": (0.0, 0.0)},
+        paths={},
+        params={
+            "seed": seed, "span": list(span), "resolution": resolution, "bn": bn,
+            "loss": loss_name(loss),
+        },
+    )  # fmt: skip
+
+
+def _grid(span: tuple[float, float], n: int) -> tuple[float, ...]:
+    lo, hi = (float(s) for s in span)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ModeconnectError(f"span={span!r} must be two finite numbers, low < high.")
+    if n == 1:
+        return (0.0,)
+    return tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate_grid(
+    model: nn.Module,
+    point: Callable[[float, float], dict[str, Tensor]],
+    xs: Sequence[float],
+    ys: Sequence[float],
+    batches: Iterable[Batch],
+    loss: str | ExampleLossFn | None,
+    reset: Callable[[StateDict], dict[str, Tensor]] | None,
+    progress: ProgressFn | None,
+    task: str,
+) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    """Mean loss and accuracy at every ``point(x, y)``, rows over ``ys``, columns over ``xs``."""
+    if iter(batches) is batches:
+        raise ModeconnectError(
+            f"{task}: batches is a one-shot iterator but every grid point needs a pass; "
+            "pass a list of (x, y) batches or a DataLoader."
+        )
+    losses, accs = [], []
+    total, done = len(xs) * len(ys), 0
+    for y in ys:
+        row_loss, row_acc = [], []
+        for x in xs:
+            state = point(x, y)
+            metrics = evaluate_examples(
+                model, state if reset is None else reset(state), batches, loss
+            ).metrics()
+            row_loss.append(metrics.loss)
+            row_acc.append(metrics.accuracy)
+            done += 1
+            if progress is not None:
+                progress(task, done, total)
+        losses.append(tuple(row_loss))
+        accs.append(tuple(row_acc))
+    return tuple(losses), tuple(accs)
+
+
+# --------------------------------------------------------------------------- vector helpers
+
+
+Vector = dict[str, Tensor]
+
+
+def _floating_keys(state: StateDict, keys: Sequence[str] | None, where: str) -> tuple[str, ...]:
+    if keys is None:
+        return tuple(k for k, v in state.items() if v.is_floating_point())
+    unknown = sorted(k for k in keys if k not in state or not state[k].is_floating_point())
+    if unknown:
+        raise ModeconnectError(
+            f"{where}: keys {unknown[:5]} are not floating tensors of the state dict."
+        )
+    return tuple(keys)
+
+
+def _check_like(ref: StateDict, other: StateDict, keys: Iterable[str], what: str) -> None:
+    for key in keys:
+        if key not in other or key not in ref or other[key].shape != ref[key].shape:
+            got = tuple(other[key].shape) if key in other else "nothing"
+            want = tuple(ref[key].shape) if key in ref else "nothing"
+            raise ModeconnectError(
+                f"{what} has {got} for tensor {key!r} where the model has {want}; "
+                "all models must come from the same architecture."
+            )
+
+
+def _as64(state: StateDict, keys: Iterable[str]) -> Vector:
+    return {k: state[k].detach().to(torch.float64) for k in keys}
+
+
+def _difference(state: StateDict, origin: StateDict, keys: Iterable[str]) -> Vector:
+    return {k: state[k].detach().to(torch.float64) - origin[k].to(torch.float64) for k in keys}
+
+
+def _dot(x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> float:
+    return float(sum(torch.dot(x[k].flatten(), y[k].flatten()) for k in x))
+
+
+def _axpy(x: Mapping[str, Tensor], y: Mapping[str, Tensor], alpha: float) -> Vector:
+    """``x + alpha·y``."""
+    return {k: x[k] + alpha * y[k] for k in x}
+
+
+def _shifted(origin: StateDict, moves: Sequence[tuple[Mapping[str, Tensor], float]]) -> Vector:
+    """``origin + Σ c·d`` over ``moves = [(d, c), ...]``, summed in float64; no move: ``origin``."""
+    active = [(d, float(c)) for d, c in moves if c != 0.0]
+    if not active:
+        return dict(origin)
+    out = dict(origin)
+    for key in dict.fromkeys(k for d, _ in active for k in d):
+        value = origin[key]
+        total = value.detach().to(torch.float64)
+        for d, c in active:
+            if key in d:
+                total = total + c * d[key].to(torch.float64)
+        out[key] = total.to(value.dtype)
+    return out
