@@ -44,8 +44,9 @@ __all__ = [
     "surface_2d",
 ]
 
-_DEGENERATE = 1e-9
-"""Relative length below which two of the three models count as the same point or line."""
+_DEGENERATE = 64
+"""Relative lengths below this many float epsilons (of the tensors' dtype) are rounding:
+two of the three models are then the same point, or the three lie on one line."""
 
 
 # --------------------------------------------------------------------------- results
@@ -161,10 +162,11 @@ def plane_basis(
     keys = _floating_keys(a, keys, "plane_basis")
     for name, other in (("B", b), ("C", c)):
         _check_like(a, other, keys, f"plane_basis: model {name}")
+    tiny = _DEGENERATE * max(torch.finfo(a[k].dtype).eps for k in keys)
     e1 = _difference(b, a, keys)
     length = math.sqrt(_dot(e1, e1))
     scale = math.sqrt(_dot(_as64(a, keys), _as64(a, keys))) or 1.0
-    if length <= _DEGENERATE * scale:
+    if length <= tiny * scale:
         raise ModeconnectError(
             "plane_basis: A and B are the same point; pass three distinct models."
         )
@@ -173,7 +175,7 @@ def plane_basis(
     xc = _dot(ec, u)
     e2 = _axpy(ec, u, -xc)
     height = math.sqrt(_dot(e2, e2))
-    if height <= _DEGENERATE * max(math.sqrt(_dot(ec, ec)), length):
+    if height <= tiny * max(math.sqrt(_dot(ec, ec)), length):
         raise ModeconnectError(
             "plane_basis: C lies on the line through A and B, so the three models span no "
             "plane; pass another third model (e.g. a curve's bend)."
@@ -276,9 +278,9 @@ def filter_normalized_direction(
             continue
         d = torch.randn(value.shape, generator=gen, dtype=torch.float64)
         theta = value.detach().to(torch.float64)
-        dims = tuple(range(1, value.dim()))
-        d_norm = d.norm(dim=dims, keepdim=True)
-        scale = theta.norm(dim=dims, keepdim=True) / torch.where(d_norm > 0, d_norm, 1.0)
+        view = (-1,) + (1,) * (value.dim() - 1)
+        d_norm = d.flatten(1).norm(dim=1).view(view)
+        scale = theta.flatten(1).norm(dim=1).view(view) / torch.where(d_norm > 0, d_norm, 1.0)
         out[key] = (d * scale).to(value.dtype)
     return out
 
