@@ -28,6 +28,7 @@ flwr is imported on first use of :data:`AlignedFedAvg`, never by ``import modeco
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,9 @@ def _build(fedavg: type) -> type:
         ``align_options`` go to :func:`modeconnect.federated.aligned_fedavg`
         (``data``, ``inputs``, ``seed``, ``restarts``, ...). Every other keyword
         argument is FedAvg's.
+
+        ``aggregation_seconds[round]`` records the server's wall time for aligning
+        and averaging each round's models (with ``method="none"``, averaging alone).
         """
 
         def __init__(
@@ -106,6 +110,7 @@ def _build(fedavg: type) -> type:
             self.align_options = dict(align_options or {})
             self.expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             self.global_arrays: Any = None  # the round's reference, set by configure_train
+            self.aggregation_seconds: dict[int, float] = {}
 
         def summary(self) -> None:
             super().summary()
@@ -140,9 +145,14 @@ def _build(fedavg: type) -> type:
             validate_message_reply_consistency(
                 replies=kept, weighted_by_key=self.weighted_by_key, check_arrayrecord=True
             )
+            start = time.perf_counter()
             merged = self.aggregate_state_dicts(
                 state_dicts, [_weight(c, self.weighted_by_key) for c in kept]
             )
+            seconds = time.perf_counter() - start
+            self.aggregation_seconds[server_round] = seconds
+            _LOG.info("\t└──> %s: aggregated %d models in %.3f s",
+                      self.method, len(kept), seconds)  # fmt: skip
             metrics = self.train_metrics_aggr_fn(kept, self.weighted_by_key)
             return ArrayRecord(merged), metrics
 

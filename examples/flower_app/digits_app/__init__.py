@@ -1,0 +1,1 @@
+"""AlignedFedAvg on Flower: four SuperNodes, each with a non-IID share of the digits."""
