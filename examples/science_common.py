@@ -1,0 +1,118 @@
+"""Shared pieces of the ``science_*.py`` studies: data, training, output.
+
+Data: scikit-learn's 8x8 digits as shipped in ``checkpoints/digits_{train,test}.pt``
+(1297 / 500 images, pixels / 16, stratified split), nothing downloaded. Models:
+MLPs with optional LayerNorm or BatchNorm after each hidden Linear, trained with
+SGD (momentum 0.9), a cosine schedule and seeded initialisation and batch order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+StateDict = dict[str, torch.Tensor]
+
+
+def digits(split: str, batch_size: int = 500) -> Batches:
+    """The shipped digits split (``"train"`` or ``"test"``) as a list of batches."""
+    data = torch.load(ROOT / f"checkpoints/digits_{split}.pt", weights_only=True)
+    x, y = data["x"], data["y"]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+def norm_mlp(hidden: Sequence[int], norm: str = "none", in_features: int = 64) -> nn.Sequential:
+    """``Linear -> [LayerNorm|BatchNorm1d] -> ReLU`` per hidden width, then a ``Linear`` head."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if norm == "layer":
+            layers.append(nn.LayerNorm(h))
+        elif norm == "batch":
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(nn.ReLU())
+        width = h
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def train(
+    make: Callable[[], nn.Module],
+    seed: int,
+    data: Batches,
+    *,
+    epochs: int = 20,
+    lr: float = 0.1,
+    batch_size: int = 32,
+    order_seed: int | None = None,
+) -> StateDict:
+    """Build ``make()`` under ``torch.manual_seed(seed)`` and train it; returns its state dict.
+
+    SGD with momentum 0.9, ``lr`` with a cosine decay to 0, batches drawn in an
+    order seeded by ``order_seed`` (default ``seed``), no weight decay (as
+    ``checkpoints/make_checkpoints.py``).
+    """
+    torch.manual_seed(seed)
+    model = make()
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+    steps = epochs * -(-len(y) // batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """``--out DIR`` and ``--quick`` (reduced size, for the test suite)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="write JSON and PNG here")
+    p.add_argument("--quick", action="store_true", help="reduced size (for the tests)")
+    return p
+
+
+def write(out: Path, name: str, record: dict[str, Any], figures: dict[str, Any]) -> None:
+    """``out/name.json`` and ``out/<figure>.png`` for each figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    for fig_name, fig in figures.items():
+        fig.savefig(out / f"{fig_name}.png", dpi=110)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A Markdown table (the form docs/science.md uses)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Clock:
+    """Seconds since creation, for the printed summary."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __str__(self) -> str:
+        return f"{time.perf_counter() - self.start:.1f} s"
