@@ -21,14 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import Clock, digits, norm_mlp, parser, table, train, write
+from science_common import digits, main, norm_mlp, table, train, write
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
 NORMS = {"none": "repair", "layer": "repair", "batch": "reset"}  # norm -> its correction
-FULL = {"widths": [32, 128], "pairs": [(1, 2), (3, 4)], "epochs": 20, "depth": 4, "lr": 0.05}
-QUICK = {"widths": [32], "pairs": [(1, 2)], "epochs": 12, "depth": 4, "lr": 0.05}
+FULL: dict[str, Any] = {
+    "widths": [32, 128],
+    "pairs": [(1, 2), (3, 4)],
+    "epochs": 20,
+    "depth": 4,
+    "lr": 0.05,
+}
+QUICK: dict[str, Any] = {"widths": [32], "pairs": [(1, 2)], "epochs": 12, "depth": 4, "lr": 0.05}
 
 
 def measure(
@@ -96,12 +102,8 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     return record
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    torch.set_num_threads(1)
-    clock = Clock()
-    record = run(args.out, args.quick)
-    print(table(
+def report(record: dict[str, Any]) -> str:
+    return table(
         [[r["norm"], r["width"], r["correction"], f"{r['endpoint_acc']:.1%}",
           f"{r['naive_plain']:.3f} → {r['naive_corrected']:.3f}",
           f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}", f"{r['recovered']:.0%}",
@@ -109,9 +111,8 @@ def main() -> None:
          for r in record["summary"]],
         ["norm", "width", "correction", "endpoint acc", "naive barrier", "aligned barrier",
          "aligned barrier removed", "aligned acc at α=0.5"],
-    ))  # fmt: skip
-    print(f"wrote {args.out / 'bn_repair.json'}, {args.out / 'bn_repair.png'} ({clock})")
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, report)

@@ -85,12 +85,23 @@ def train(
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """``--out DIR`` and ``--quick`` (reduced size, for the test suite)."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="write JSON and PNG here")
-    p.add_argument("--quick", action="store_true", help="reduced size (for the tests)")
-    return p
+def main(
+    doc: str,
+    run: Callable[[Path, bool], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line of every study: ``--out DIR`` and ``--quick`` (reduced size, for the
+    tests); one torch thread; ``run(out, quick)`` writes the JSON and plots and returns the
+    record, ``report(record)`` is the Markdown table printed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="write JSON and PNG here")
+    parser.add_argument("--quick", action="store_true", help="reduced size (for the tests)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    record = run(args.out, args.quick)
+    print(report(record))
+    print(f"wrote {args.out}/ ({time.perf_counter() - start:.1f} s)")
 
 
 def write(out: Path, name: str, record: dict[str, Any], figures: dict[str, Any]) -> None:
@@ -106,13 +117,3 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-class Clock:
-    """Seconds since creation, for the printed summary."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __str__(self) -> str:
-        return f"{time.perf_counter() - self.start:.1f} s"

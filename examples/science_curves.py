@@ -20,8 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from science_common import ROOT, Clock, digits, parser, table, write
+from science_common import ROOT, digits, main, table, write
 
 import modeconnect as mc
 from modeconnect.curves import CurveStudy, curve_study
@@ -29,9 +28,15 @@ from modeconnect.evaluate import linear_path
 from modeconnect.figures import curve_figure, surface_figure
 from modeconnect.landscape import plane_grid
 
-FULL = {"epochs": 50, "lr": 0.05, "batch_size": 64, "resolution": 21,
+FULL: dict[str, Any] = {"epochs": 50, "lr": 0.05, "batch_size": 64, "resolution": 21,
         "runs": [("bezier", None), ("polychain", None), ("bezier", "weight")]}  # fmt: skip
-QUICK = {"epochs": 5, "lr": 0.05, "batch_size": 64, "resolution": 7, "runs": [("bezier", None)]}
+QUICK: dict[str, Any] = {
+    "epochs": 5,
+    "lr": 0.05,
+    "batch_size": 64,
+    "resolution": 7,
+    "runs": [("bezier", None)],
+}
 
 
 def row(name: str, study: CurveStudy, path: str) -> dict[str, Any]:
@@ -84,20 +89,15 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     return record
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    torch.set_num_threads(1)
-    clock = Clock()
-    record = run(args.out, args.quick)
-    print(table(
+def report(record: dict[str, Any]) -> str:
+    return table(
         [[r["run"], r["path"], f"{r['test_loss_barrier']:.4f}", f"{r['test_error_barrier']:.2%}",
           f"{r['train_loss_barrier']:.4f}", f"{r['max_test_error']:.2%}",
           f"{r['mid_test_accuracy']:.2%}"] for r in record["rows"]],
         ["run", "path", "test loss barrier", "test error barrier", "train loss barrier",
          "max test error", "test acc at t=0.5"],
-    ))  # fmt: skip
-    print(f"wrote {args.out / 'curves.json'} and the plots ({clock})")
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, report)

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import Clock, digits, norm_mlp, parser, table, train, write
+from science_common import digits, main, norm_mlp, table, train, write
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
-FULL = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05}
-QUICK = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05}
+FULL: dict[str, Any] = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05}
+QUICK: dict[str, Any] = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05}
 PAIRS = {"naive": ((1, 1), (2, 2)), "same init": ((1, 1), (1, 2))}  # (init seed, order seed)
 
 
@@ -99,22 +99,19 @@ def figure(record: dict[str, Any]) -> Any:
     return fig
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    torch.set_num_threads(1)
-    clock = Clock()
-    record = run(args.out, args.quick)
+def report(record: dict[str, Any]) -> str:
+    parts = []
     for label, data in record["settings"].items():
-        print(f"\n{label}: whole-model barrier {data['full_barrier']:.3f}")
-        print(table(
+        parts.append(f"{label}: whole-model barrier {data['full_barrier']:.3f}")
+        parts.append(table(
             [[r["layer"], f"{r['from_a_own']:.3f} / {r['from_b_own']:.3f}",
               f"{r['from_a_full']:.3f} / {r['from_b_full']:.3f}", f"{r['cumulative_full']:.3f}"]
              for r in data["layers"]],
             ["layer", "single, own ends (rest A / rest B)", "single, vs A and B",
              "cumulative 1..k, vs A and B"],
         ))  # fmt: skip
-    print(f"\nwrote {args.out / 'layerwise.json'}, {args.out / 'layerwise_science.png'} ({clock})")
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, report)

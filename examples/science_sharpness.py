@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import ROOT, Clock, digits, parser, table, write
+from science_common import ROOT, digits, main, table, write
 
 import modeconnect as mc
 from modeconnect.figures import sharpness_figure
 from modeconnect.sharpness import sharpness_study
 
-FULL = {"k": 3, "trace_samples": 50, "ascent_steps": 10, "max_batches": None}
-QUICK = {"k": 1, "trace_samples": 5, "ascent_steps": 3, "max_batches": 1}
+FULL: dict[str, Any] = {"k": 3, "trace_samples": 50, "ascent_steps": 10, "max_batches": None}
+QUICK: dict[str, Any] = {"k": 1, "trace_samples": 5, "ascent_steps": 3, "max_batches": 1}
 
 
 def rescaled(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -56,20 +56,15 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     return record
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    torch.set_num_threads(1)
-    clock = Clock()
-    record = run(args.out, args.quick)
+def report(record: dict[str, Any]) -> str:
     models = record["result"]["models"]
-    print(table(
+    return table(
         [[name, f"{m['loss']:.5f}", ", ".join(f"{v:.4f}" for v in m["spectrum"]["eigenvalues"]),
           f"{m['trace']:.3f} ± {m['hutchinson']['std_error']:.3f}", f"{m['plain_sharpness']:.5f}",
           f"{m['adaptive_sharpness']:.5f}"] for name, m in models.items()],
         ["model", "train loss", "top eigenvalues", "trace", "plain (ρ=0.05)", "adaptive (ρ=0.5)"],
-    ))  # fmt: skip
-    print(f"wrote {args.out / 'sharpness.json'}, {args.out / 'sharpness.png'} ({clock})")
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, report)

@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import Clock, digits, norm_mlp, parser, table, train, write
+from science_common import digits, main, norm_mlp, table, train, write
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
 BASE = 16
-FULL = {"multipliers": [1, 2, 4, 8, 16], "pairs": [(1, 2), (3, 4), (5, 6), (7, 8)], "epochs": 20}
-QUICK = {"multipliers": [1, 4, 16], "pairs": [(1, 2)], "epochs": 10}
+FULL: dict[str, Any] = {
+    "multipliers": [1, 2, 4, 8, 16],
+    "pairs": [(1, 2), (3, 4), (5, 6), (7, 8)],
+    "epochs": 20,
+}
+QUICK: dict[str, Any] = {"multipliers": [1, 4, 16], "pairs": [(1, 2)], "epochs": 10}
 
 
 def measure(width: int, seeds: tuple[int, int], epochs: int) -> dict[str, Any]:
@@ -96,12 +100,8 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     return record
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    torch.set_num_threads(1)
-    clock = Clock()
-    record = run(args.out, args.quick)
-    print(table(
+def report(record: dict[str, Any]) -> str:
+    return table(
         [[r["width"], r["pairs"], f"{r['naive_test_loss']:.3f} ± {r['naive_test_loss_std']:.3f}",
           f"{r['aligned_test_loss']:.4f} ± {r['aligned_test_loss_std']:.4f}",
           f"{r['aligned_train_loss']:.4f}", f"{r['naive_test_error']:.1%}",
@@ -109,9 +109,8 @@ def main() -> None:
          for r in record["summary"]],
         ["width", "pairs", "naive loss barrier", "aligned loss barrier", "aligned (train)",
          "naive error barrier", "aligned error barrier", "endpoint acc"],
-    ))  # fmt: skip
-    print(f"wrote {args.out / 'width.json'}, {args.out / 'width.png'} ({clock})")
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, report)
