@@ -20,12 +20,10 @@ from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier
 from .files.references import NO_TRUST, Trust
+from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import example_inputs
-from .io import (
-    load_models,
-    save_json,
-)
+from .io import json_writer, load_models
 from .matching import METHODS, get_method, method_options
 from .pipeline import PROBE_SIZE, align, compare_interpolations
 
@@ -183,8 +181,11 @@ def compare_files(
     **options: Any,
 ) -> CompareReport:
     """Load two checkpoints and the data, run :func:`compare_methods`, optionally write JSON."""
-    if json_path is not None:
-        _check_target(Path(json_path), force)
+    outputs = Outputs.plan(
+        [("--json", json_path, "json")],
+        inputs=input_files([a_path, b_path], data=[data, train], model=model),
+        force=force,
+    )
     names = _methods(methods)
     (ca, cb), net, ref, _ = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     evaluation = load_data(data, batch_size=batch_size)
@@ -195,17 +196,12 @@ def compare_files(
         train=statistics, options=options, inputs=inputs, permute_output=permute_output,
     )  # fmt: skip
     report = CompareReport(Path(a_path), Path(b_path), ref, comparison)
-    if json_path is not None:
-        written = {"json": save_json(json_path, report.to_dict(), force=force)}
+    if "--json" in outputs:
+        written = {"json": outputs.path("--json")}
         report = CompareReport(report.a_path, report.b_path, ref, comparison, written)
+        with outputs.writing() as staging:
+            staging.write(written["json"], json_writer(report.to_dict()))
     return report
-
-
-def _check_target(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise ModeconnectError(f"{path} exists; pass --force to overwrite")
-    if not path.parent.exists():
-        raise ModeconnectError(f"{path}: directory {path.parent} does not exist; create it first")
 
 
 def format_comparison(comparison: Comparison) -> str:

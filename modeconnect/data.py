@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.references import import_callable
 
-__all__ = ["DATA_EXTENSIONS", "Batch", "first_batch", "load_data"]
+__all__ = ["DATA_EXTENSIONS", "Batch", "first_batch", "is_data_reference", "load_data"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 DATA_EXTENSIONS = (".pt", ".npz")
@@ -44,7 +44,7 @@ def load_data(source: str | Path, *, batch_size: int = 500) -> Sequence[Batch] |
         raise ModeconnectError(
             f"{source}: batch size must be a positive integer, got {batch_size!r}"
         )
-    if _is_callable_ref(source):
+    if is_data_reference(source):
         return _load_callable(str(source), batch_size)
     path = Path(source)
     raw_x, raw_y = _read_arrays(path)
@@ -67,7 +67,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
-def _is_callable_ref(source: str | Path) -> bool:
+def is_data_reference(source: str | Path) -> bool:
     """``module:callable`` or ``file.py:callable``, as opposed to a path.
 
     A colon also occurs in paths (``C:\\data\\x.pt``, ``run:final.npz``): an existing file,
@@ -167,6 +167,13 @@ def _check_pair(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
         )
     if len(x) == 0:
         raise ModeconnectError(f"{path}: the data is empty (x {tuple(x.shape)}); pass examples")
+    for name, t in (("x", x), ("y", y)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ModeconnectError(
+                f"{path}: {name!r} {tuple(t.shape)} holds {bad} non-finite values (NaN or inf); "
+                "clean the data (e.g. torch.nan_to_num) before using it"
+            )
 
 
 # --------------------------------------------------------------------------- callables

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,8 @@ class Equivalence:
 
     @property
     def passed(self) -> bool:
-        return self.max_rel_diff <= self.tolerance
+        """Within tolerance; NaN or inf never passes."""
+        return math.isfinite(self.max_rel_diff) and self.max_rel_diff <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,7 +41,9 @@ class Equivalence:
         }
 
 
-def _outputs(model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Sequence[Any]):
+def _outputs(
+    model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Sequence[Any]
+) -> list[torch.Tensor]:
     out = torch.func.functional_call(model, dict(state), tuple(inputs), tie_weights=False)
     leaves = torch.utils._pytree.tree_leaves(out)
     return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
@@ -53,7 +57,12 @@ def check_equivalence(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> Equivalence:
-    """Compare the model's outputs with two state dicts on the same probe inputs."""
+    """Compare the model's outputs with two state dicts on the same probe inputs.
+
+    The probe inputs and B's outputs must be finite (a NaN would hide any
+    difference); a NaN or inf in the difference makes the check fail.
+    """
+    _require_finite(inputs, "the probe inputs")
     was_training = model.training
     model.eval()
     try:
@@ -62,22 +71,45 @@ def check_equivalence(
             zs = _outputs(model, permuted, inputs)
     finally:
         model.train(was_training)
-    abs_diff, scale = 0.0, 0.0
-    for y, z in zip(ys, zs):
-        abs_diff = max(abs_diff, float((y.double() - z.double()).abs().max()))
-        scale = max(scale, float(y.double().abs().max()))
+    _require_finite(ys, "B's outputs on the probe inputs")
+    if [y.shape for y in ys] != [z.shape for z in zs]:
+        return Equivalence(math.inf, math.inf, tolerance)
+    if not ys:
+        return Equivalence(0.0, 0.0, tolerance)
+    # torch reductions propagate NaN; Python's max() would silently drop it.
+    abs_diff = max_abs([(y.double() - z.double()) for y, z in zip(ys, zs)])
+    scale = max_abs([y.double() for y in ys])
     rel = abs_diff / scale if scale > 0 else abs_diff
     return Equivalence(abs_diff, rel, tolerance)
+
+
+def max_abs(tensors: Sequence[torch.Tensor]) -> float:
+    """``max |t|`` over all tensors, NaN if any entry is NaN (0.0 for no entries)."""
+    peaks = [t.abs().amax() for t in tensors if t.numel()]
+    return float(torch.stack(peaks).amax()) if peaks else 0.0
+
+
+def _require_finite(tensors: Sequence[Any], what: str) -> None:
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ModeconnectError(
+                    f"equivalence check: {what} hold {bad} non-finite values (NaN or inf) in a "
+                    f"tensor of shape {tuple(t.shape)}; the check needs finite values, so pass "
+                    "probe data without NaN or inf"
+                )
 
 
 def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
     """Fail loudly when the permuted model is not the same function."""
     if not eq.passed:
         raise ModeconnectError(
-            f"{what} does not compute the same function as B (max relative difference "
-            f"{eq.max_rel_diff:.3g} > tolerance {eq.tolerance:g}): the permutation spec is wrong "
-            "for this model; nothing was written. Please report the model, or pass "
-            "--no-permute-output if the model returns hidden states"
+            f"equivalence check: {what} does not compute the same function as before the "
+            f"permutation (max relative difference {eq.max_rel_diff:.3g} > tolerance "
+            f"{eq.tolerance:g}), so the permutation "
+            "spec is wrong for this model and nothing was written; please report the model "
+            "with the output of `modeconnect spec`"
         )
 
 

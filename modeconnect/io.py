@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from modeconnect.files.references import (
     import_callable,
     split_ref,
 )
+from modeconnect.files.targets import Outputs, staged_write
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -48,9 +47,12 @@ __all__ = [
     "check_state_dict",
     "import_callable",
     "load_checkpoint",
+    "checkpoint_writer",
+    "json_writer",
     "load_models",
     "resolve_model",
     "save_checkpoint",
+    "save_json",
 ]
 
 TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
@@ -290,11 +292,28 @@ def save_checkpoint(
     which is then renamed over ``path``; on failure the temporary file is removed and
     any previous file is left untouched. ``model_kwargs`` must be JSON-serialisable
     (tuples come back as lists). Tensors are written contiguous, on the CPU, and each
-    once: tied or overlapping tensors are cloned so every key owns its data.
+    once: tied or overlapping tensors are cloned so every key owns its data. The same
+    inputs give the same bytes.
     """
     path = Path(path)
+    Outputs.plan([("the output", path, "checkpoint")], inputs=(), force=force)
+    fill = checkpoint_writer(
+        path, state_dict, model_ref=model_ref, model_kwargs=model_kwargs, metadata=metadata
+    )
+    return staged_write(path, fill)
+
+
+def checkpoint_writer(
+    path: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    model_ref: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Callable[[Path], None]:
+    """Check what :func:`save_checkpoint` would write to ``path``; return the function that
+    writes it to a (temporary) file, for :class:`~modeconnect.files.targets.Staging`."""
     suffix = _suffix(path)
-    _check_target(path, force)
     tensors = _tensors_for_saving(path, state_dict)
     kwargs = _kwargs_for_saving(path, model_kwargs)
     meta = _metadata_for_saving(path, metadata)
@@ -302,11 +321,41 @@ def save_checkpoint(
         split_ref(model_ref)
     if suffix == ".safetensors":
         header = _safetensors_header(model_ref, kwargs, meta)
-        _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, header))
-    else:
-        payload = {"state_dict": tensors, "model": model_ref, "model_kwargs": kwargs}
-        _atomic_write(path, lambda tmp: torch.save({**payload, "metadata": meta}, tmp))
-    return path
+
+        def fill(tmp: Path) -> None:
+            safetensors.torch.save_file(tensors, str(tmp), header)
+            sort_safetensors_metadata(tmp)
+
+        return fill
+    payload = {"state_dict": tensors, "model": model_ref, "model_kwargs": kwargs, "metadata": meta}
+
+    def save(tmp: Path) -> None:
+        # A file object, not a path: torch.save names the archive after a path's file
+        # name, which would put the temporary name into the bytes.
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+
+    return save
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place.
+
+    The Rust writer keeps metadata in a hash map, so its order changes from run to
+    run; sorted, the same inputs give the same bytes. The header keeps its length
+    (same entries, same JSON; padded with spaces, which the format allows).
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+        text = json.dumps({**ordered, **header}, separators=(",", ":"), ensure_ascii=False)
+        data = text.encode("utf-8")
+        if len(data) > size:  # cannot happen for the same entries; leave the file as written
+            return
+        handle.seek(8)
+        handle.write(data + b" " * (size - len(data)))
 
 
 def _safetensors_header(
@@ -317,32 +366,21 @@ def _safetensors_header(
     if model_ref is not None:
         header[MODEL_KEY] = model_ref
     if kwargs:
-        header[MODEL_KWARGS_KEY] = json.dumps(kwargs)
+        header[MODEL_KWARGS_KEY] = json.dumps(kwargs, sort_keys=True)
     return header
 
 
 def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     """Write ``obj`` as indented JSON, atomically; an existing file needs ``force``."""
     path = Path(path)
-    _check_target(path, force)
+    Outputs.plan([("the output", path, "json")], inputs=(), force=force)
+    return staged_write(path, json_writer(obj))
+
+
+def json_writer(obj: Any) -> Callable[[Path], None]:
+    """The function that writes ``obj`` as indented JSON to a (temporary) file."""
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    _atomic_write(path, write)
-    return path
-
-
-def _check_target(path: Path, force: bool) -> None:
-    if not path.parent.is_dir():
-        raise ModeconnectError(
-            f"{path}: the directory {path.parent} does not exist; create it first"
-        )
-    if path.is_dir():
-        raise ModeconnectError(f"{path}: is a directory; pass a file name for the checkpoint")
-    if path.exists() and not force:
-        raise ModeconnectError(f"{path}: exists; pass --force to overwrite")
+    return lambda tmp: tmp.write_text(text, encoding="utf-8")
 
 
 def _tensors_for_saving(
@@ -387,29 +425,6 @@ def _metadata_for_saving(path: Path, metadata: Mapping[str, str] | None) -> dict
             "pass model_ref / model_kwargs instead"
         )
     return meta
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Run ``write`` on a fresh temporary file next to ``path``, then rename it over ``path``."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # honours umask
-        write(str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ModeconnectError(
-                f"{path}: cannot write the checkpoint ({_one_line(exc)}); "
-                "check the disk space and permissions"
-            ) from exc
-        raise
-
-
-def _fsync(file: Path) -> None:
-    with open(file, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------- model references

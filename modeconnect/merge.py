@@ -54,16 +54,17 @@ from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Metrics, evaluate
 from .files.references import NO_TRUST, Trust
+from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .io import (
     Checkpoint,
     check_same_architecture,
     check_state_dict,
+    checkpoint_writer,
+    json_writer,
     load_checkpoint,
     load_models,
-    save_checkpoint,
-    save_json,
 )
 from .matching import METHODS, Alignment, get_method
 from .spec import (
@@ -630,13 +631,16 @@ def merge_files(
     The output's metadata lists the sources, weights, method, reference and
     MergeMany rounds, and names the model so it loads back without ``--model``.
     """
-    from .pipeline import _check_targets
-
     sources = tuple(Path(p) for p in paths)
     if len(sources) < 2:
-        raise ModeconnectError(f"merge needs at least two checkpoints, got {len(sources)}")
-    targets = {k: Path(p) for k, p in (("out", out), ("json", json_path)) if p}
-    _check_targets(targets, force, inputs=sources)
+        raise ModeconnectError(
+            f"merge: needs at least two checkpoints, got {len(sources)}; pass more checkpoints"
+        )
+    outputs = Outputs.plan(
+        [("--out", out, "checkpoint"), ("--json", json_path, "json")],
+        inputs=input_files([*sources, reference], data=[data], model=model),
+        force=force,
+    )
     w = normalize_weights(weights, len(sources))
     _check_method(method)
     _check_options(bn, data is not None, options.get("max_rounds", DEFAULT_MAX_ROUNDS))
@@ -655,13 +659,17 @@ def merge_files(
     report = MergeReport(sources, ref_name, kwargs, result)
     if batches is not None:
         report = _with_metrics(report, net, sds, batches)
-    written = {"out": save_checkpoint(
-        targets["out"], result.state_dict, model_ref=ref_name, model_kwargs=kwargs,
-        metadata=_metadata(sources, result, reference), force=force,
-    )}  # fmt: skip
-    if "json" in targets:
-        body = replace(report, written=written).to_dict()
-        written["json"] = save_json(targets["json"], body, force=force)
+    written = {"out": outputs.path("--out")}
+    if "--json" in outputs:
+        written["json"] = outputs.path("--json")
+    with outputs.writing() as staging:
+        staging.write(written["out"], checkpoint_writer(
+            written["out"], result.state_dict, model_ref=ref_name, model_kwargs=kwargs,
+            metadata=_metadata(sources, result, reference),
+        ))  # fmt: skip
+        if "--json" in outputs:
+            body = replace(report, written=written).to_dict()
+            staging.write(written["json"], json_writer(body))
     return replace(report, written=written)
 
 

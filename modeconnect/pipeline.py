@@ -19,13 +19,10 @@ from .data import Batch, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .files.references import NO_TRUST, Trust
+from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
-from .io import (
-    load_models,
-    save_checkpoint,
-    save_json,
-)
+from .io import checkpoint_writer, json_writer, load_models
 from .matching import Alignment, get_method, method_options
 from .spec import PermutationSpec, apply_permutation
 
@@ -176,10 +173,17 @@ def align_files(
     Outputs are checked before any work (an existing file without ``force`` is
     an error) and written only after the equivalence guard has passed.
     """
-    targets = {k: Path(p) for k, p in (("out", out), ("merged", merged), ("json", json_path)) if p}
-    _check_targets(targets, force, inputs=(Path(a_path), Path(b_path)))
+    outputs = Outputs.plan(
+        [
+            ("--out", out, "checkpoint"),
+            ("--merged", merged, "checkpoint"),
+            ("--json", json_path, "json"),
+        ],
+        inputs=input_files([a_path, b_path], data=[data, train], model=model),
+        force=force,
+    )
     if not 0.0 <= alpha <= 1.0:
-        raise ModeconnectError(f"--alpha must lie in [0, 1], got {alpha}")
+        raise ModeconnectError(f"--alpha: must lie in [0, 1], got {alpha}; pass a weight of B")
     (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
@@ -202,25 +206,32 @@ def align_files(
         "modeconnect.method": method,
     }
     written: dict[str, Path] = {}
-    if "out" in targets:
-        written["out"] = save_checkpoint(
-            targets["out"], result.aligned, model_ref=ref, model_kwargs=kwargs,
-            metadata={**meta, "modeconnect.role": "b aligned to a"}, force=force,
+    writes: dict[str, Any] = {}
+    if "--out" in outputs:
+        written["out"] = outputs.path("--out")
+        writes["out"] = checkpoint_writer(
+            written["out"], result.aligned, model_ref=ref, model_kwargs=kwargs,
+            metadata={**meta, "modeconnect.role": "b aligned to a"},
         )  # fmt: skip
-    if "merged" in targets:
+    if "--merged" in outputs:
         mixed, role = _merged(net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts)
         mixed = renormalize(
             net, ca.state_dict, result.aligned, mixed, train_batches, mode=bn, alpha=alpha
         )
-        written["merged"] = save_checkpoint(
-            targets["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
+        written["merged"] = outputs.path("--merged")
+        writes["merged"] = checkpoint_writer(
+            written["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
             metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role,
                       "modeconnect.bn": bn},
-            force=force,
         )  # fmt: skip
+    if "--json" in outputs:
+        written["json"] = outputs.path("--json")
     report = AlignReport(Path(a_path), Path(b_path), ref, kwargs, result, curves, alpha, written)
-    if "json" in targets:
-        written["json"] = save_json(targets["json"], report.to_dict(), force=force)
+    if "--json" in outputs:
+        writes["json"] = json_writer(report.to_dict())
+    with outputs.writing() as staging:
+        for name, fill in writes.items():
+            staging.write(written[name], fill)
     return report
 
 
@@ -246,20 +257,6 @@ def _merged(
     return interpolate(a, result.aligned, alpha), "merged"
 
 
-def _check_targets(targets: Mapping[str, Path], force: bool, inputs: Sequence[Path]) -> None:
-    for name, path in targets.items():
-        if any(path.resolve() == p.resolve() for p in inputs):
-            raise ModeconnectError(
-                f"{path}: --{name} would overwrite an input; choose another path"
-            )
-        if path.exists() and not force:
-            raise ModeconnectError(f"{path} exists; pass --force to overwrite")
-        if not path.parent.exists():
-            raise ModeconnectError(
-                f"{path}: directory {path.parent} does not exist; create it first"
-            )
-
-
 def spec_for(
     checkpoint: str | Path | None,
     *,
@@ -273,14 +270,18 @@ def spec_for(
     trust: Trust = NO_TRUST,
 ) -> PermutationSpec:
     """The spec of a checkpoint's (or ``model``'s) architecture; optionally written as JSON."""
-    if json_path is not None:
-        _check_targets({"json": Path(json_path)}, force, inputs=())
+    outputs = Outputs.plan(
+        [("--json", json_path, "json")],
+        inputs=input_files([checkpoint], model=model),
+        force=force,
+    )
     if checkpoint is None and model is None:
         raise ModeconnectError("pass a checkpoint or --model module:callable")
     paths = [checkpoint] if checkpoint is not None else []
     _, net, _, _ = load_models(paths, model, model_kwargs, trust=trust)
     inputs = example_inputs(net, input_shape, input_dtype)
     spec = derive_spec(net, tuple(x[:2] for x in inputs), permute_output=permute_output)
-    if json_path is not None:
-        save_json(json_path, spec.summary(), force=force)
+    if "--json" in outputs:
+        with outputs.writing() as staging:
+            staging.write(outputs.path("--json"), json_writer(spec.summary()))
     return spec

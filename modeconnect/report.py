@@ -17,26 +17,28 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.targets import REPORT_FILES, Outputs, Staging
 from modeconnect.study import Study
 
 __all__ = [
     "REPORT_FILES",
     "ReportFiles",
-    "check_report_dir",
     "plot_curves",
     "plot_layerwise",
+    "png",
     "render_html",
+    "stage_report",
     "write_report",
 ]
 
-REPORT_FILES = ("report.html", "curves.png", "layerwise.png")
 _COLORS = {"naive": "#d62728", "aligned": "#1f77b4"}
 _STYLES = {"test": "-", "train": "--"}
 
@@ -47,19 +49,6 @@ class ReportFiles:
 
     html: Path
     plots: Mapping[str, Path] = field(default_factory=dict)
-
-
-def check_report_dir(directory: str | Path, force: bool) -> Path:
-    """Raise if ``directory`` is a file, or holds report files and ``force`` is false."""
-    path = Path(directory)
-    if path.exists() and not path.is_dir():
-        raise ModeconnectError(f"{path}: --report must name a directory, not a file")
-    existing = [name for name in REPORT_FILES if (path / name).exists()]
-    if existing and not force:
-        raise ModeconnectError(
-            f"{path} already holds {', '.join(existing)}; pass --force to overwrite"
-        )
-    return path
 
 
 def write_report(
@@ -74,16 +63,33 @@ def write_report(
 
     ``command`` is shown as the command that produced the report; ``meta`` (e.g.
     the CLI's JSON report) is embedded in the page as JSON, after the tables.
+    Existing report files are replaced only with ``force``; all files appear together.
     """
-    path = check_report_dir(directory, force)
-    path.mkdir(parents=True, exist_ok=True)
-    plots = {"curves": plot_curves(study, path / "curves.png")}
+    path = Path(directory)
+    outputs = Outputs.plan([("the report", path, "report")], inputs=(), force=force)
+    with outputs.writing() as staging:
+        return stage_report(staging, study, path, command=command, meta=meta)
+
+
+def stage_report(
+    staging: Staging,
+    study: Study,
+    directory: Path,
+    *,
+    command: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> ReportFiles:
+    """Stage the report's files in ``directory`` (see :func:`write_report`) on ``staging``."""
+    staging.folder(directory)
+    images = {"curves": png(plot_curves, study)}
     if any(p.layerwise is not None for p in study.pairs.values()):
-        plots["layerwise"] = plot_layerwise(study, path / "layerwise.png")
-    page = render_html(study, plots, command=command, meta=meta)
-    target = path / "report.html"
-    target.write_text(page, encoding="utf-8")
-    return ReportFiles(target, plots)
+        images["layerwise"] = png(plot_layerwise, study)
+    plots = {
+        name: staging.write_bytes(directory / f"{name}.png", data) for name, data in images.items()
+    }
+    page = render_html(study, images, command=command, meta=meta)
+    html_path = staging.write_text(directory / "report.html", page)
+    return ReportFiles(html_path, plots)
 
 
 # --------------------------------------------------------------------------- plots
@@ -102,7 +108,7 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def plot_curves(study: Study, path: str | Path) -> Path:
+def plot_curves(study: Study, path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """Loss (left) and accuracy (right) along α for every path and split; returns ``path``."""
     fig, (ax_loss, ax_acc) = _figure(10.0, 4.0, ncols=2)
     for name, pair in study.pairs.items():
@@ -118,11 +124,11 @@ def plot_curves(study: Study, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"Linear interpolation, BatchNorm/REPAIR: {study.bn}")
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    fig.savefig(path, dpi=110, format="png")
+    return path
 
 
-def plot_layerwise(study: Study, path: str | Path) -> Path:
+def plot_layerwise(study: Study, path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """Grouped bars of the layer-wise loss barrier per group, one panel per path pair."""
     pairs = {n: p.layerwise for n, p in study.pairs.items() if p.layerwise is not None}
     if not pairs:
@@ -145,16 +151,23 @@ def plot_layerwise(study: Study, path: str | Path) -> Path:
         )
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    fig.savefig(path, dpi=110, format="png")
+    return path
 
 
 # --------------------------------------------------------------------------- HTML
 
 
+def png(plot: Callable[[Study, Any], Any], study: Study) -> bytes:
+    """The PNG bytes a plot function draws (it is given a file object instead of a path)."""
+    buffer = io.BytesIO()
+    plot(study, buffer)
+    return buffer.getvalue()
+
+
 def render_html(
     study: Study,
-    plots: Mapping[str, Path],
+    images: Mapping[str, bytes],
     *,
     command: str | None = None,
     meta: Mapping[str, Any] | None = None,
@@ -171,9 +184,9 @@ def render_html(
         parts.append(f"<h2>Command</h2><pre>{html.escape(command)}</pre>")
     parts.append(_settings_table(study))
     parts.append(_barrier_table(study))
-    for name, png in plots.items():
-        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-        file = html.escape(Path(png).name)
+    for name, image in images.items():
+        data = base64.b64encode(image).decode("ascii")
+        file = html.escape(f"{name}.png")
         parts.append(
             f'<h2>{html.escape(name)}</h2><figure><img alt="{file}" '
             f'src="data:image/png;base64,{data}"><figcaption><a href="{file}">{file}</a>'

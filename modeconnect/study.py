@@ -373,14 +373,16 @@ def barrier_files(
     ``seed``). Outputs are checked before any work: an existing file needs ``force``.
     """
     from modeconnect.data import load_data
+    from modeconnect.files.targets import Outputs, input_files
     from modeconnect.guard import example_inputs
-    from modeconnect.io import load_models, save_json
-    from modeconnect.report import check_report_dir, write_report
+    from modeconnect.io import json_writer, load_models
+    from modeconnect.report import stage_report
 
-    if report_dir is not None:
-        check_report_dir(report_dir, force)
-    made = Path(report_dir) if report_dir is not None else None
-    _check_json_target(json_path, force, (Path(a_path), Path(b_path)), made)
+    outputs = Outputs.plan(
+        [("--report", report_dir, "report"), ("--json", json_path, "json")],
+        inputs=input_files([a_path, b_path], data=[data, train], model=model),
+        force=force,
+    )
     (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     test_batches = load_data(data, batch_size=batch_size)
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
@@ -396,30 +398,22 @@ def barrier_files(
         examples["train"] = _count(train_batches)
     report = StudyReport(Path(a_path), Path(b_path), ref, kwargs, study, examples, command)
     written: dict[str, Path] = {}
-    if report_dir is not None:  # first: it creates the directory, which may hold the JSON
-        files = write_report(study, report_dir, command=command, force=force, meta=report.to_dict())
-        written.update({"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}})
-    report = StudyReport(Path(a_path), Path(b_path), ref, kwargs, study, examples, command, written)
-    if json_path is not None:
-        written["json"] = save_json(json_path, report.to_dict(), force=force)
-    return report
-
-
-def _check_json_target(
-    path: str | Path | None, force: bool, inputs: Sequence[Path], report_dir: Path | None
-) -> None:
-    """Refuse to overwrite inputs or existing files; the parent must exist or be the report's."""
-    if path is None:
-        return
-    target = Path(path)
-    if any(target.resolve() == p.resolve() for p in inputs):
-        raise ModeconnectError(f"{target}: --json would overwrite an input; choose another path")
-    if target.exists() and not force:
-        raise ModeconnectError(f"{target} exists; pass --force to overwrite")
-    if not target.parent.exists() and target.parent != report_dir:
-        raise ModeconnectError(
-            f"{target}: directory {target.parent} does not exist; create it first"
+    with outputs.writing() as staging:
+        if "--report" in outputs:
+            files = stage_report(
+                staging, study, outputs.path("--report"), command=command, meta=report.to_dict()
+            )
+            written.update(
+                {"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}}
+            )
+        if "--json" in outputs:
+            written["json"] = outputs.path("--json")
+        report = StudyReport(
+            Path(a_path), Path(b_path), ref, kwargs, study, examples, command, written
         )
+        if "--json" in outputs:
+            staging.write(written["json"], json_writer(report.to_dict()))
+    return report
 
 
 def _count(batches: Iterable[Batch]) -> int:

@@ -128,7 +128,7 @@ def test_barrier_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     (report / "report.html").write_text("old")
     _assert_user_error(
         _run("barrier", str(a), str(b), "--data", str(test), "--report", str(report)),
-        "already holds report.html",
+        "report.html: already exists (--report)",
     )
     ok = _run("barrier", str(a), str(b), "--data", str(test), "--steps", "3", "--json", str(js),
               "--report", str(report), "--force")  # fmt: skip

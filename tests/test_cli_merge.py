@@ -185,7 +185,7 @@ def test_existing_output_needs_force(cli, copies, tmp_path):
 def test_output_may_not_overwrite_an_input(cli, copies):
     before = _digest(copies)
     res = _run(cli, *copies, "--out", copies[1], "--force")
-    assert res.exit_code == 2 and "would overwrite an input" in res.output
+    assert res.exit_code == 2 and "would overwrite the input" in res.output
     assert _digest(copies) == before
 
 

@@ -112,7 +112,7 @@ def test_cli_compare_prints_one_table_and_writes_json(tmp_path):
     params = rows[1]["params"]
     assert (params["statistic"], params["max_batches"], params["batches"]) == ("moment", 1, 1)
     again = CliRunner().invoke(_cli(), args)
-    assert again.exit_code == 2 and "exists; pass --force" in again.output
+    assert again.exit_code == 2 and "already exists (--json); pass --force" in again.output
 
 
 def test_cli_compare_unknown_method_exits_2():

@@ -312,7 +312,10 @@ def test_load_safetensors_kwargs_not_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ext", EXTENSIONS)
 def test_save_refuses_existing_file_unless_forced(tmp_path: Path, ext: str) -> None:
     path = save_checkpoint(tmp_path / f"a{ext}", {"w": torch.zeros(2)})
-    with pytest.raises(ModeconnectError, match=f"{_esc(path)}: exists; pass --force to overwrite"):
+    with pytest.raises(
+        ModeconnectError,
+        match=rf"{_esc(path)}: already exists \(the output\); pass --force to overwrite",
+    ):
         save_checkpoint(path, {"w": torch.ones(2)})
     torch.testing.assert_close(load_checkpoint(path).state_dict["w"], torch.zeros(2))
     save_checkpoint(path, {"w": torch.ones(2)}, force=True)
@@ -344,8 +347,11 @@ def test_failure_while_writing_removes_temp_and_keeps_old_file(
     path = save_checkpoint(tmp_path / f"a{ext}", {"w": torch.zeros(2)})
     before = path.read_bytes()
 
-    def broken_writer(obj: object, target: str, *args: object) -> None:
-        Path(target).write_bytes(b"partial")
+    def broken_writer(obj: object, target: object, *args: object) -> None:
+        if hasattr(target, "write"):  # torch.save gets an open file
+            target.write(b"partial")
+        else:
+            Path(str(target)).write_bytes(b"partial")
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(mio.torch, "save", broken_writer)
@@ -371,20 +377,23 @@ def test_os_error_while_writing_is_reported(
 
 def test_save_missing_parent_directory(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "a.pt"
-    with pytest.raises(ModeconnectError, match=f"{_esc(path)}: the directory .* does not exist"):
+    with pytest.raises(ModeconnectError, match=f"{_esc(path)}: the folder .* does not exist"):
         save_checkpoint(path, {"w": torch.ones(1)})
     assert not path.parent.exists()
 
 
 def test_save_onto_directory(tmp_path: Path) -> None:
     (tmp_path / "d.pt").mkdir()
-    with pytest.raises(ModeconnectError, match="d.pt: is a directory"):
+    with pytest.raises(ModeconnectError, match="d.pt: the output names a directory"):
         save_checkpoint(tmp_path / "d.pt", {"w": torch.ones(1)}, force=True)
 
 
 def test_save_unknown_extension(tmp_path: Path) -> None:
     path = tmp_path / "a.ckpt"
-    with pytest.raises(ModeconnectError, match=rf"{_esc(path)}: unknown .*\.pt, \.pth, \.bin"):
+    with pytest.raises(
+        ModeconnectError,
+        match=rf"{_esc(path)}: the output needs a checkpoint extension, got '.ckpt'; use one of \.pt, \.pth, \.bin",
+    ):
         save_checkpoint(path, {"w": torch.ones(1)})
     assert _files(tmp_path) == []
 

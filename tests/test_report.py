@@ -13,7 +13,7 @@ import torch
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import Batch
 from modeconnect.models import mlp
-from modeconnect.report import check_report_dir, write_report
+from modeconnect.report import write_report
 from modeconnect.study import Study, barrier_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -52,13 +52,13 @@ def test_report_files_exist_and_the_page_references_them(study: Study, tmp_path:
 
 def test_report_needs_force_to_overwrite(study: Study, tmp_path: Path) -> None:
     write_report(study, tmp_path)
-    with pytest.raises(ModeconnectError, match="already holds report.html, curves.png"):
+    with pytest.raises(ModeconnectError, match=r"report.html: already exists \(the report\); pass --force"):
         write_report(study, tmp_path)
     write_report(study, tmp_path, force=True)
     file = tmp_path / "file.txt"
     file.write_text("x")
-    with pytest.raises(ModeconnectError, match="must name a directory"):
-        check_report_dir(file, force=True)
+    with pytest.raises(ModeconnectError, match="must name a folder, not a file"):
+        write_report(study, file, force=True)
 
 
 def test_report_without_layerwise_has_only_the_curves(tmp_path: Path) -> None:
