@@ -209,3 +209,21 @@ def test_bad_options():
         match_activations(spec, a, b, model=model, data=data, statistic="cosine")
     with pytest.raises(ModeconnectError, match="max_batches must be a positive integer"):
         match_activations(spec, a, b, model=model, data=data, max_batches=0)
+
+
+def test_unknown_option_is_an_error_that_lists_the_accepted_ones():
+    model, spec, a, b, data = permuted_copy("mlp_seq")
+    with pytest.raises(
+        ModeconnectError,
+        match=r"^activation: unknown option 'restarts'; accepted options: model, data, seed, "
+        r"statistic, max_batches, solver, max_iter, tol, rtol$",
+    ):
+        match_activations(spec, a, b, model=model, data=data, restarts=3)
+
+
+def test_profile_counts_the_solves_and_skips():
+    model, spec, a, b, data = permuted_copy("cnn_bn")
+    al = match_activations(spec, a, b, model=model, data=data)
+    outer = sum(g.batch_over is None for g in spec.groups.values())
+    assert al.profile["solves"] + al.profile["skipped"] == outer * al.iterations
+    assert al.profile["solves"] >= outer and al.profile["assignment_seconds"] >= 0

@@ -214,3 +214,27 @@ def test_registered_and_usable_from_align():
         result = mc.align(model, a, b, method="ot", data=data, **options)
         assert result.equivalence.passed
         assert_same_weights(result.aligned, a)
+
+
+def test_unknown_option_is_an_error_that_lists_the_accepted_ones():
+    _, spec, a, b, _ = permuted_copy("mlp_seq")
+    with pytest.raises(
+        ModeconnectError, match=r"^ot: unknown option 'regg'; accepted options: .*reg"
+    ):
+        match_ot(spec, a, b, regg=0.1)
+    with pytest.raises(ModeconnectError, match=r"^fuse_ot: unknown option 'regg'; .*weights"):
+        fuse_ot(spec, a, b, regg=0.1)
+    with pytest.raises(ModeconnectError, match=r"ot: rtol must be a number >= 0"):
+        match_ot(spec, a, b, rtol=-1.0)
+
+
+def test_weight_cost_is_weight_matchings_similarity():
+    """One cached similarity serves both: emd on weight costs reaches weight matching's optimum."""
+    from modeconnect.matching import match_weights
+    from modeconnect.matching.weight import WeightSource as Shared
+
+    assert WeightSource is Shared
+    _, spec, a, b, _ = _pair("mlp_seq")
+    for seed in range(3):
+        ot_al, wm_al = match_ot(spec, a, b, seed=seed), match_weights(spec, a, b, seed=seed)
+        assert ot_al.objective == pytest.approx(wm_al.objective, rel=1e-9)

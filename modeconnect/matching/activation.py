@@ -61,9 +61,10 @@ from ..spec import (
     exposure,
     leaves,
 )
-from .assignment import DEFAULT_SOLVER, solve_assignment
-from .descent import SimilaritySource, children_of, coordinate_descent
+from .assignment import DEFAULT_SOLVER, WarmStart
+from .descent import SimilaritySource, children_of, coordinate_descent, descend
 from .descent import Solve as Solve  # re-exported: the engine lived here before descent.py
+from .options import check_descent, strict
 from .result import Alignment
 
 StateDict = Mapping[str, Tensor]
@@ -424,6 +425,12 @@ class MatrixSource:
                 elif outer is None and not set(kids.get(g, ())) & set(present):
                     self.direct.setdefault(g, []).append(_Term(mat, layout, exposure(layout, g)))
 
+    def depends_on(self, group: str) -> frozenset[str]:
+        """The groups whose permutations the similarity of ``group`` reads."""
+        terms = [*self.direct.get(group, ())]
+        terms += [t for pair, ts in self.joint.items() if group in pair for t in ts]
+        return frozenset(g for t in terms for g in _groups_in(t.layout)) - {group}
+
     def similarity(self, group: str, perm: Mapping[str, Tensor]) -> Tensor:
         n = self.spec.groups[group].size
         s = torch.zeros(n, n, dtype=torch.float64)
@@ -491,6 +498,7 @@ def warn_unobserved(unobserved: Sequence[str], method: str) -> None:
 # ----------------------------------------------------------------------------
 
 
+@strict("activation")
 def match_activations(
     spec: PermutationSpec,
     a: StateDict,
@@ -504,7 +512,7 @@ def match_activations(
     solver: str = DEFAULT_SOLVER,
     max_iter: int = 100,
     tol: float = 1e-12,
-    **_: Any,
+    rtol: float = 0.0,
 ) -> Alignment:
     """Permute B's units to best match A's activations on ``data`` (Git Re-Basin, §3.1).
 
@@ -516,22 +524,19 @@ def match_activations(
     """
     start = time.perf_counter()
     _check_statistic(statistic)
+    check_descent("activation", solver=solver, tol=tol, rtol=rtol, max_iter=max_iter)
     stats = activation_statistics(spec, a, b, model=model, data=data, max_batches=max_batches)
     warn_unobserved(stats.unobserved, "activation matching")
     source = statistics_source(stats, spec, statistic)
-    perm, sweeps = coordinate_descent(
-        spec,
-        source,
-        lambda _g, s: solve_assignment(s, solver),
-        seed=seed,
-        max_iter=max_iter,
-        tol=tol,
-    )
+    run = descend(
+        spec, source, WarmStart(solver), seed=seed, max_iter=max_iter, tol=tol, rtol=rtol,
+        inner_solver=solver,
+    )  # fmt: skip
     return Alignment(
         method="activation",
-        perm=perm,
-        objective=source.objective(perm),
-        iterations=sweeps,
+        perm=run.perm,
+        objective=source.objective(run.perm),
+        iterations=run.sweeps,
         seconds=time.perf_counter() - start,
         seed=seed,
         params={
@@ -541,6 +546,7 @@ def match_activations(
             "solver": solver,
             "unobserved": list(stats.unobserved),
         },
+        profile=run.profile(),
     )
 
 

@@ -49,12 +49,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModeconnectError
-from ..spec import PermutationSpec, apply_permutation, exposure, leaves, permute_tensor
+from ..spec import PermutationSpec, apply_permutation, exposure, leaves
 from .activation import activation_statistics, statistics_source, warn_unobserved
 from .assignment import solve_assignment
-from .descent import SimilaritySource, children_of, coordinate_descent
+from .descent import Descent, SimilaritySource, children_of, descend
+from .options import check_descent, strict
 from .result import Alignment
-from .weight import objective as weight_objective
+from .weight import WeightSource
 
 StateDict = Mapping[str, Tensor]
 OT_SOLVERS = ("emd", "sinkhorn")
@@ -155,69 +156,6 @@ def harden(plan: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------
-# Ground cost from weights
-# ----------------------------------------------------------------------------
-
-
-class WeightSource:
-    """``S_g[u, v] = Σ_(W, axis) ∋ g ⟨W_A[u], π_others(W_B)[v]⟩`` over the exposed rows.
-
-    The similarity weight matching maximises (Ainsworth et al. 2023); the OT cost
-    is ``−S_g`` up to per-row and per-column constants (see the module docstring).
-    """
-
-    def __init__(
-        self, spec: PermutationSpec, a: StateDict, b: StateDict, dtype: torch.dtype = torch.float32
-    ) -> None:
-        self.spec, self.a, self.b, self.dtype = spec, a, b, dtype
-        kids = children_of(spec)
-        self.direct: dict[str, list[tuple[str, int, Tensor, Tensor]]] = {}
-        self.joint: dict[tuple[str, str], list[tuple[str, int, Tensor, Tensor]]] = {}
-        for name, g in spec.groups.items():
-            for m in g.members:
-                layout = spec.layouts[m.key][m.axis]
-                present = {leaf.group for leaf in leaves(layout)}
-                if g.batch_over is not None:
-                    self._add(self.joint, (g.batch_over, name), m.key, m.axis, layout, name)
-                elif not present & set(kids.get(name, ())):
-                    self._add(self.direct, name, m.key, m.axis, layout, name)
-
-    def _add(self, table: dict, slot: Any, key: str, axis: int, layout: Any, group: str) -> None:
-        outer = slot[0] if isinstance(slot, tuple) else None
-        index = exposure(layout, group, outer)
-        table.setdefault(slot, []).append((key, axis, index, self._rows(self.a[key], axis, index)))
-
-    def _rows(self, tensor: Tensor, axis: int, index: Tensor) -> Tensor:
-        g = tensor.to(self.dtype).index_select(axis, index.reshape(-1)).movedim(axis, 0)
-        return g.reshape(*index.shape[:-1], -1)
-
-    def _b_rows(self, key: str, axis: int, index: Tensor, perm: Mapping[str, Tensor]) -> Tensor:
-        layouts = self.spec.layouts[self.spec.aliases.get(key, key)]
-        return self._rows(permute_tensor(self.b[key], layouts, perm), axis, index)
-
-    def similarity(self, group: str, perm: Mapping[str, Tensor]) -> Tensor:
-        n = self.spec.groups[group].size
-        s = torch.zeros(n, n, dtype=torch.float64)
-        for key, axis, index, rows_a in self.direct.get(group, ()):
-            s += (rows_a @ self._b_rows(key, axis, index, perm).T).double()
-        return s
-
-    def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
-        terms = self.joint.get((outer, inner))
-        if not terms:
-            return None
-        n, size = self.spec.groups[outer].size, self.spec.groups[inner].size
-        total = torch.zeros(n, n, size, size, dtype=torch.float64)
-        for key, axis, index, rows_a in terms:
-            rows_b = self._b_rows(key, axis, index, perm)
-            total += torch.einsum("aum,bvm->abuv", rows_a, rows_b).double()
-        return total
-
-    def objective(self, perm: Mapping[str, Tensor]) -> float:
-        return weight_objective(self.spec, self.a, self.b, perm)
-
-
-# ----------------------------------------------------------------------------
 # Hardened alignment
 # ----------------------------------------------------------------------------
 
@@ -256,6 +194,7 @@ def cost_source(
     return statistics_source(stats, spec, statistic)
 
 
+@strict("ot")
 def match_ot(
     spec: PermutationSpec,
     a: StateDict,
@@ -271,8 +210,8 @@ def match_ot(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-12,
+    rtol: float = 0.0,
     num_itermax: int | None = None,
-    **_: Any,
 ) -> Alignment:
     """Permutations from hardened optimal-transport plans (OTFusion, Singh & Jaggi 2020).
 
@@ -286,10 +225,11 @@ def match_ot(
 
     start = time.perf_counter()
     _check_options(solver, reg, cost)
+    check_descent("ot", tol=tol, rtol=rtol, max_iter=max_iter)
     source = cost_source(
         spec, a, b, cost=cost, model=model, data=data, statistic=statistic, max_batches=max_batches
     )
-    perm, sweeps = _descend(source, spec, solver, reg, num_itermax, seed, max_iter, tol)
+    run = _descend(source, spec, solver, reg, num_itermax, seed, max_iter, tol, rtol)
     params: dict[str, Any] = {
         "solver": solver,
         "reg": reg,
@@ -300,12 +240,13 @@ def match_ot(
         params.update(statistic=statistic, max_batches=max_batches)
     return Alignment(
         method="ot",
-        perm=perm,
-        objective=source.objective(perm),
-        iterations=sweeps,
+        perm=run.perm,
+        objective=source.objective(run.perm),
+        iterations=run.sweeps,
         seconds=time.perf_counter() - start,
         seed=seed,
         params=params,
+        profile=run.profile(),
     )
 
 
@@ -318,14 +259,15 @@ def _descend(
     seed: int,
     max_iter: int,
     tol: float,
-) -> tuple[dict[str, Tensor], int]:
+    rtol: float,
+) -> Descent:
     def solve(group: str, similarity: Tensor) -> Tensor:
         plan = transport_plan(
             similarity, solver=solver, reg=reg, num_itermax=num_itermax, group=group
         )
         return harden(plan)
 
-    return coordinate_descent(spec, source, solve, seed=seed, max_iter=max_iter, tol=tol)
+    return descend(spec, source, solve, seed=seed, max_iter=max_iter, tol=tol, rtol=rtol)
 
 
 # ----------------------------------------------------------------------------
@@ -403,6 +345,7 @@ def _transport_axis(tensor: Tensor, axis: int, index: Tensor, plan: Tensor) -> T
     return out.to(tensor.dtype).movedim(0, axis)
 
 
+@strict("fuse_ot")
 def fuse_ot(
     spec: PermutationSpec,
     a: StateDict,
@@ -420,8 +363,8 @@ def fuse_ot(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-12,
+    rtol: float = 0.0,
     num_itermax: int | None = None,
-    **_: Any,
 ) -> dict[str, Tensor]:
     """OT fusion: ``θ = w_A·θ_A + w_B·T(θ_B)`` with ``T`` the soft transport into A's basis.
 
@@ -433,11 +376,12 @@ def fuse_ot(
     """
     w_a, w_b = _fusion_weights(weights)
     _check_options(solver, reg, cost)
+    check_descent("fuse_ot", tol=tol, rtol=rtol, max_iter=max_iter)
     source = cost_source(
         spec, a, b, cost=cost, model=model, data=data, statistic=statistic, max_batches=max_batches
     )
     if alignment is None:
-        perm, _sweeps = _descend(source, spec, solver, reg, num_itermax, seed, max_iter, tol)
+        perm = _descend(source, spec, solver, reg, num_itermax, seed, max_iter, tol, rtol).perm
     else:
         perm = dict(alignment.perm)
     plans = transport_plans(spec, source, perm, solver=solver, reg=reg, num_itermax=num_itermax)

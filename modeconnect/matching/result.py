@@ -15,7 +15,9 @@ class Alignment:
 
     ``perm`` holds one index tensor per group (see :data:`modeconnect.spec.Permutation`).
     ``objective`` is the method's own objective at the solution; ``iterations``
-    counts sweeps (or solver iterations); ``params`` records the method's settings.
+    counts sweeps (or solver iterations); ``params`` records the method's settings;
+    ``profile`` says where the time went (for the descent methods: ``sweeps``,
+    ``solves``, ``skipped``, ``similarity_seconds``, ``assignment_seconds``).
     """
 
     method: str
@@ -25,6 +27,7 @@ class Alignment:
     seconds: float
     seed: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
+    profile: Mapping[str, float | int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,4 +37,5 @@ class Alignment:
             "seconds": self.seconds,
             "seed": self.seed,
             "params": dict(self.params),
+            "profile": dict(self.profile),
         }

@@ -7,15 +7,19 @@ assignment
     P_g = argmax_P  Σ_{(W, axis) ∋ g}  ⟨ W_A[axis→0],  P · W_B'[axis→0] ⟩
 
 where ``W_B'`` is B with all other current permutations applied. A sweep that
-improves no group by more than ``tol`` ends the descent.
+improves no group by more than ``tol`` (or, with ``rtol``, the objective by no
+more than ``rtol · |objective|``) ends the descent.
 
 Groups with per-block inner permutations (attention heads, GroupNorm groups)
 are solved jointly with their outer group: for every pair of blocks the best
 inner assignment is found first, and its score feeds the outer assignment.
 
-The descent is the shared one (:mod:`modeconnect.matching.descent`); this module
-supplies the similarity, caching each tensor's product ``W_A · W_B'ᵀ`` until a
-permutation it depends on changes.
+The descent is the shared one (:mod:`modeconnect.matching.descent`), with
+warm-started assignments (:class:`~.assignment.WarmStart`); this module supplies
+the similarity (:class:`WeightSource`, also the ground cost of OT alignment),
+which keeps each tensor's product ``W_A · W_B'ᵀ`` and, when a neighbouring
+permutation changes, updates it by the columns of ``W_B'`` that moved instead of
+recomputing it.
 """
 
 from __future__ import annotations
@@ -25,29 +29,65 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from ..spec import Member, PermutationSpec, exposure, identity_permutation, leaves, permute_tensor
-from .assignment import DEFAULT_SOLVER, solve_assignment
-from .descent import children_of, coordinate_descent
+from ..spec import (
+    Layout,
+    Member,
+    PermutationSpec,
+    axis_index,
+    exposure,
+    identity_permutation,
+    leaves,
+    permute_tensor,
+)
+from .assignment import DEFAULT_SOLVER, WarmStart
+from .descent import Descent, children_of, descend
+from .options import check_descent, strict
 from .result import Alignment
 
-StateDict = Mapping[str, torch.Tensor]
+StateDict = Mapping[str, Tensor]
+
+FULL_PRODUCT_ABOVE = 0.5
+"""Recompute a product when more than this fraction of its columns moved; else update it.
+
+An update costs ``n · n · k`` for ``k`` moved columns against ``n · n · F`` for the
+whole product, plus gathers of ``n · k``."""
+
+DEFAULT_RTOL = 0.0
+"""Weight matching stops only after a sweep without gain (exact mode) unless ``rtol`` is set."""
 
 
 @dataclass(frozen=True)
 class _Term:
-    """One tensor axis of a group: its key, axis, and the exposure index."""
+    """One tensor axis of a group: its key, axis, exposure index, and the groups it reads."""
 
     key: str
     axis: int
-    index: torch.Tensor  # (n, m) or (n_outer, n, m)
+    index: Tensor  # (n, m) or (n_outer, n, m)
+    reads: tuple[str, ...]  # groups on the tensor other than the term's own
 
 
-def _rows(tensor: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Product:
+    """A cached ``A_rows · B_rowsᵀ`` (float64) and what it was made from.
+
+    ``perms``: the permutations the term reads, as given (compared by identity);
+    ``index``: the gather index of every axis of B under them.
+    """
+
+    perms: tuple[Tensor | None, ...]
+    index: tuple[Tensor, ...]
+    value: Tensor
+
+
+def _rows(tensor: Tensor, axis: int, index: Tensor) -> Tensor:
     """``tensor`` gathered along ``axis`` by ``index`` and flattened to ``(*index.shape[:-1], -1)``.
 
-    A plain leaf axis needs no gather: the result is then a view (for 2-D weights,
-    ``W`` or ``Wᵀ``), which the matrix product reads without copying.
+    Columns are ordered ``(c, rest)``: the ``m = index.shape[-1]`` positions of a unit
+    along ``axis``, then the other axes in order. A plain leaf axis needs no gather:
+    the result is then a view (for 2-D weights, ``W`` or ``Wᵀ``), which the matrix
+    product reads without copying.
     """
     if (
         index.shape[-1] == 1
@@ -60,92 +100,168 @@ def _rows(tensor: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
     return g.reshape(*index.shape[:-1], -1)
 
 
-def _terms(spec: PermutationSpec, group: str, outer: str | None, skip: set[str]) -> list[_Term]:
-    terms = []
-    for m in spec.groups[group].members:
-        layout = spec.layouts[m.key][m.axis]
-        names = {leaf.group for leaf in leaves(layout)}
-        if names & skip:
-            continue
-        terms.append(_Term(m.key, m.axis, exposure(layout, group, outer)))
-    return terms
+def _moved_columns(
+    axis: int, m: int, shape: tuple[int, ...], old: tuple[Tensor, ...], new: tuple[Tensor, ...]
+) -> Tensor | None:
+    """Columns of :func:`_rows` whose source changed from gather indices ``old`` to ``new``.
+
+    A column moves when its coordinate on some other axis is gathered from another
+    place. ``None`` when the term's own axis is gathered differently (another group
+    shares it): then rows move too, and the product must be recomputed.
+    """
+    if not torch.equal(old[axis], new[axis]):
+        return None
+    rest = [d for d in range(len(shape)) if d != axis]
+    mask = torch.zeros([shape[d] for d in rest], dtype=torch.bool)
+    for k, d in enumerate(rest):
+        changed = old[d] != new[d]
+        if bool(changed.any()):
+            mask |= changed.view([-1 if j == k else 1 for j in range(len(rest))])
+    return mask.reshape(-1).repeat(m).nonzero().squeeze(1)
 
 
-class _Problem:
-    """The fixed parts of one weight-matching run, as a :class:`~.descent.SimilaritySource`.
+def _columns(
+    b: Tensor, axis: int, units: Tensor, index: tuple[Tensor, ...], cols: Tensor
+) -> Tensor:
+    """``_rows(permuted b, axis, units)[:, cols]``, gathered from ``b`` alone.
 
-    Holds A's exposed rows and the index sets; the products ``A_rows · B_rowsᵀ``
-    of plain terms are cached between steps (:meth:`product`).
+    ``index`` holds the gather index of every axis of ``b`` (:func:`axis_index`);
+    column ``c = slot · R + r`` of the rows is position ``units[:, slot]`` on ``axis``
+    and the row-major position ``r`` of the other axes (``R`` of them). ``(n, len(cols))``.
+    """
+    rest = [d for d in range(b.dim()) if d != axis]
+    sizes = [b.shape[d] for d in rest]
+    mat = b.movedim(axis, 0).reshape(b.shape[axis], -1)
+    span = mat.shape[1]
+    slots, flat = cols // span, cols % span
+    source = torch.zeros_like(flat)
+    stride = span
+    for d, size in zip(rest, sizes):
+        stride //= size
+        source += index[d][(flat // stride) % size] * stride
+    rows = index[axis][units]  # (n, m)
+    if rows.shape[1] == 1 and torch.equal(rows[:, 0], torch.arange(len(rows))):
+        return mat.index_select(1, source)
+    return mat[rows[:, slots], source]
+
+
+def _updated(value: Tensor, a_rows: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``value + a_rows · (new − old)ᵀ`` in place: ``A_rows · B_rowsᵀ`` after columns moved.
+
+    ``old`` and ``new`` are the moved columns of ``B_rows`` before and after
+    ``(n, k)``, ``a_rows`` A's matching columns. Exact in exact arithmetic; the
+    update is a product in the working dtype added to the float64 ``value``, so
+    rounding does not pile up over many updates.
+    """
+    return value.add_(a_rows @ (new - old).T)
+
+
+class WeightSource:
+    """``S_g[u, v] = Σ_(W, axis) ∋ g ⟨W_A[u], π_others(W_B)[v]⟩`` over the exposed rows.
+
+    The similarity weight matching maximises (Ainsworth et al. 2023), and the
+    ground cost of OT alignment with weight costs (``−S_g`` up to per-row and
+    per-column constants). A :class:`~.descent.SimilaritySource`: holds A's exposed
+    rows; each plain term's product ``A_rows · B_rowsᵀ`` (in ``dtype``, summed in
+    float64) is cached, and when a permutation it reads changes it is updated by
+    the columns of ``B_rows`` that moved (:func:`_updated`).
     """
 
-    def __init__(self, spec: PermutationSpec, a: StateDict, b: StateDict, dtype: torch.dtype):
+    def __init__(
+        self, spec: PermutationSpec, a: StateDict, b: StateDict, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.spec, self.a, self.b, self.dtype = spec, a, b, dtype
-        children = children_of(spec)
+        kids = children_of(spec)
         self.direct: dict[str, list[_Term]] = {}
         self.joint: dict[tuple[str, str], list[_Term]] = {}
         for name, g in spec.groups.items():
             if g.batch_over is not None:
                 continue
-            kids = children.get(name, [])
-            self.direct[name] = _terms(spec, name, None, set(kids))
-            for kid in kids:
-                self.joint[name, kid] = _terms(spec, kid, name, set())
-        self.a_rows = {
-            (t.key, t.axis, id(t)): _rows(a[t.key].to(dtype), t.axis, t.index)
-            for terms in [*self.direct.values(), *self.joint.values()]
-            for t in terms
-        }
-        # A term's product only changes when a permutation of *another* group on
-        # the same tensor changes; cache it keyed by those permutation tensors.
-        self.deps = {
-            id(t): sorted({lf.group for lay in spec.layouts[t.key] for lf in leaves(lay)} - {name})
-            for name, terms in self.direct.items()
-            for t in terms
-        }
-        self.cache: dict[int, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
+            self.direct[name] = self._terms(name, None, set(kids.get(name, ())))
+            for kid in kids.get(name, ()):
+                self.joint[name, kid] = self._terms(kid, name, set())
+        terms = [t for ts in (*self.direct.values(), *self.joint.values()) for t in ts]
+        self.a_rows = {id(t): _rows(a[t.key].to(dtype), t.axis, t.index) for t in terms}
+        self.cache: dict[int, _Product] = {}
 
-    def similarity(self, group: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _terms(self, group: str, outer: str | None, skip: set[str]) -> list[_Term]:
+        terms = []
+        for m in self.spec.groups[group].members:
+            layouts = self.spec.layouts[m.key]
+            if {leaf.group for leaf in leaves(layouts[m.axis])} & skip:
+                continue
+            reads = {leaf.group for lay in layouts for leaf in leaves(lay)} - {group}
+            index = exposure(layouts[m.axis], group, outer)
+            terms.append(_Term(m.key, m.axis, index, tuple(sorted(reads))))
+        return terms
+
+    def depends_on(self, group: str) -> frozenset[str]:
+        """The groups whose permutations the similarity of ``group`` reads."""
+        terms = [*self.direct.get(group, ())]
+        terms += [t for (outer, _), ts in self.joint.items() if outer == group for t in ts]
+        terms += [t for (_, inner), ts in self.joint.items() if inner == group for t in ts]
+        return frozenset(g for t in terms for g in t.reads)
+
+    def similarity(self, group: str, perm: Mapping[str, Tensor]) -> Tensor:
         """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum in float64."""
         n = self.spec.groups[group].size
         s = torch.zeros(n, n, dtype=torch.float64)
-        for t in self.direct[group]:
+        for t in self.direct.get(group, ()):
             s += self.product(t, perm)
         return s
 
-    def cross(self, outer: str, inner: str, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``(n, n, k, k)`` block-pair similarity; zeros (never None) if no tensor shows it."""
+    def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
+        """``(n, n, k, k)`` block-pair similarity, or None if no tensor shows the pair."""
+        terms = self.joint.get((outer, inner))
+        if not terms:
+            return None
         n, k = self.spec.groups[outer].size, self.spec.groups[inner].size
-        cross = torch.zeros(n, n, k, k, dtype=torch.float64)
-        for t in self.joint[outer, inner]:
-            cross += torch.einsum("aum,bvm->abuv", self.a_of(t), self.b_rows(t, perm)).double()
-        return cross
+        total = torch.zeros(n, n, k, k, dtype=torch.float64)
+        for t in terms:
+            rows_b = self.b_rows(t, perm)
+            total += torch.einsum("aum,bvm->abuv", self.a_rows[id(t)], rows_b).double()
+        return total
 
-    def objective(self, perm: Mapping[str, torch.Tensor]) -> float:
+    def objective(self, perm: Mapping[str, Tensor]) -> float:
         return objective(self.spec, self.a, self.b, perm)
 
-    def product(self, term: _Term, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``A_rows · B_rowsᵀ`` for one term, reused while its neighbours' permutations stand."""
-        deps = tuple(perm[g] for g in self.deps.get(id(term), ()) if g in perm)
+    def product(self, term: _Term, perm: Mapping[str, Tensor]) -> Tensor:
+        """``A_rows · B_rowsᵀ`` (float64) for one term, updated when a permutation it reads changes.
+
+        Only the columns of ``B_rows`` that moved are gathered and multiplied, unless
+        more than :data:`FULL_PRODUCT_ABOVE` of them moved (or rows moved): then the
+        product is recomputed.
+        """
+        perms = tuple(perm.get(g) for g in term.reads)
         hit = self.cache.get(id(term))
-        if (
-            hit is not None
-            and len(hit[0]) == len(deps)
-            and all(x is y for x, y in zip(hit[0], deps))
-        ):
-            return hit[1]
-        value = self.a_of(term) @ self.b_rows(term, perm).T
-        self.cache[id(term)] = (deps, value)
+        if hit is not None and all(x is y for x, y in zip(hit.perms, perms)):
+            return hit.value
+        index = tuple(axis_index(layout, perm) for layout in self._layouts(term.key))
+        a_rows = self.a_rows[id(term)]
+        b = self.b[term.key].to(self.dtype)
+        moved = None
+        if hit is not None:
+            moved = _moved_columns(term.axis, term.index.shape[-1], b.shape, hit.index, index)
+        if hit is None or moved is None or moved.numel() > FULL_PRODUCT_ABOVE * a_rows.shape[1]:
+            value = (a_rows @ self.b_rows(term, perm).T).to(torch.float64)
+        elif moved.numel() == 0:
+            value = hit.value
+        else:
+            old = _columns(b, term.axis, term.index, hit.index, moved)
+            new = _columns(b, term.axis, term.index, index, moved)
+            value = _updated(hit.value, a_rows.index_select(1, moved), old, new)
+        self.cache[id(term)] = _Product(perms, index, value)
         return value
 
-    def b_rows(self, term: _Term, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        key = self.spec.aliases.get(term.key, term.key)
-        w = permute_tensor(self.b[term.key].to(self.dtype), self.spec.layouts[key], perm)
+    def b_rows(self, term: _Term, perm: Mapping[str, Tensor]) -> Tensor:
+        w = permute_tensor(self.b[term.key].to(self.dtype), self._layouts(term.key), perm)
         return _rows(w, term.axis, term.index)
 
-    def a_of(self, term: _Term) -> torch.Tensor:
-        return self.a_rows[term.key, term.axis, id(term)]
+    def _layouts(self, key: str) -> tuple[Layout, ...]:
+        return self.spec.layouts[self.spec.aliases.get(key, key)]
 
 
+@strict("weight")
 def match_weights(
     spec: PermutationSpec,
     a: StateDict,
@@ -155,6 +271,7 @@ def match_weights(
     restarts: int = 1,
     max_iter: int = 100,
     tol: float = 1e-12,
+    rtol: float = DEFAULT_RTOL,
     solver: str = DEFAULT_SOLVER,
     dtype: torch.dtype = torch.float32,
     model: object = None,
@@ -166,44 +283,64 @@ def match_weights(
     groups in its own random order) and keeps the highest objective
     ``Σ_W ⟨W_A, π(W_B)⟩``. Deterministic for a given seed. ``model`` and
     ``data`` are accepted for a uniform method signature and not used.
+    ``Alignment.profile`` holds the sweeps, assignments solved and skipped, and
+    the seconds spent in similarity products and in assignments (summed over
+    restarts).
     """
     start = time.perf_counter()
-    prob = _Problem(spec, a, b, dtype)
+    check_descent("weight", solver=solver, tol=tol, rtol=rtol, max_iter=max_iter)
+    source = WeightSource(spec, a, b, dtype)
     runs = []
     for r in range(max(1, restarts)):
-        perm, sweeps = _descend(prob, seed + r, max_iter, tol, solver)
-        runs.append((prob.objective(perm), -r, perm, sweeps))
-    value, neg_r, perm, sweeps = max(runs, key=lambda run: run[:2])  # ties: the first seed
-    used_seed = seed - neg_r
+        run = _descend(source, seed + r, max_iter, tol, rtol, solver)
+        runs.append((source.objective(run.perm), -r, run))
+    value, neg_r, best = max(runs, key=lambda run: run[:2])  # ties: the first seed
     return Alignment(
         method="weight",
-        perm=perm,
+        perm=best.perm,
         objective=value,
-        iterations=sweeps,
+        iterations=best.sweeps,
         seconds=time.perf_counter() - start,
-        seed=used_seed,
-        params={"restarts": restarts, "max_iter": max_iter, "solver": solver, "seed": seed},
+        seed=seed - neg_r,
+        params={
+            "restarts": restarts,
+            "max_iter": max_iter,
+            "solver": solver,
+            "seed": seed,
+            "tol": tol,
+            "rtol": rtol,
+        },  # fmt: skip
+        profile=_total_profile([run for _, _, run in runs]),
     )
 
 
 def _descend(
-    prob: _Problem, seed: int, max_iter: int, tol: float, solver: str
-) -> tuple[dict[str, torch.Tensor], int]:
+    source: WeightSource, seed: int, max_iter: int, tol: float, rtol: float, solver: str
+) -> Descent:
     if max_iter < 1:  # weight matching honours max_iter=0; the shared descent always sweeps once
-        return identity_permutation(prob.spec), 0
-    return coordinate_descent(
-        prob.spec,
-        prob,
-        lambda _g, s: solve_assignment(s, solver),
+        return Descent(identity_permutation(source.spec), 0, 0, 0, 0.0, 0.0)
+    return descend(
+        source.spec,
+        source,
+        WarmStart(solver),
         seed=seed,
         max_iter=max_iter,
         tol=tol,
+        rtol=rtol,
         inner_solver=solver,
     )
 
 
+def _total_profile(runs: list[Descent]) -> dict[str, float | int]:
+    total: dict[str, float | int] = {}
+    for run in runs:
+        for key, value in run.profile().items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def objective(
-    spec: PermutationSpec, a: StateDict, b: StateDict, perm: Mapping[str, torch.Tensor]
+    spec: PermutationSpec, a: StateDict, b: StateDict, perm: Mapping[str, Tensor]
 ) -> float:
     """``Σ_W ⟨W_A, π(W_B)⟩`` over every floating tensor the spec permutes, in float64."""
     total = 0.0
@@ -215,4 +352,4 @@ def objective(
     return total
 
 
-__all__ = ["match_weights", "objective", "Member"]
+__all__ = ["DEFAULT_RTOL", "WeightSource", "match_weights", "objective", "Member"]
