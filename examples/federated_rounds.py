@@ -239,6 +239,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             if moved:
                 row[name]["moved_units"] = statistics.fmean(moved)
+                row[name]["rounds_with_moves"] = [sum(v > 0 for v in moved), len(moved)]
         a, f = row["AlignedFedAvg"], row["FedAvg"]
         row["final_difference"] = [x - y for x, y in zip(a["final"], f["final"])]
         row["best_difference"] = [x - y for x, y in zip(a["best"], f["best"])]
@@ -246,11 +247,19 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _moved(row: dict[str, Any]) -> str:
+    if "moved_units" not in row:
+        return "-"
+    with_moves, rounds = row["rounds_with_moves"]
+    return f"{100 * row['moved_units']:.2f} % ({with_moves} of {rounds})"
+
+
 def markdown_tables(rows: list[dict[str, Any]], shots: list[dict[str, Any]]) -> str:
     """The summary as Markdown: test accuracy in %, mean ± std over seeds."""
     lines = [
         "| α | E | FedAvg final | AlignedFedAvg final | Δ final | FedAvg best | "
-        "AlignedFedAvg best | Δ best | units moved | aggregation ms/round (plain / aligned) |",
+        "AlignedFedAvg best | Δ best | units moved (rounds with any) | "
+        "aggregation ms/round (plain / aligned) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -258,7 +267,7 @@ def markdown_tables(rows: list[dict[str, Any]], shots: list[dict[str, Any]]) -> 
         lines.append(
             f"| {r['alpha']} | {r['epochs']} | {_pm(f['final'])} | {_pm(a['final'])} | "
             f"{_pm(r['final_difference'])} | {_pm(f['best'])} | {_pm(a['best'])} | "
-            f"{_pm(r['best_difference'])} | {100 * a.get('moved_units', 0.0):.1f} % | "
+            f"{_pm(r['best_difference'])} | {_moved(a)} | "
             f"{f['aggregation_ms']:.1f} / {a['aggregation_ms']:.1f} |"
         )
     lines += [
@@ -278,7 +287,7 @@ def markdown_tables(rows: list[dict[str, Any]], shots: list[dict[str, Any]]) -> 
     return "\n".join(lines)
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy per round, mean ± std over seeds, one panel per (α, E)."""
     import matplotlib
 
@@ -298,15 +307,19 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     for i, alpha in enumerate(alphas):
         for j, e in enumerate(epochs):
             ax = axes[i][j]
-            for name, color in zip(METHODS, ("tab:gray", "tab:blue")):
+            styles = (
+                {"color": "tab:gray", "lw": 2.5},
+                {"color": "tab:blue", "lw": 1.2, "ls": "--"},
+            )
+            for name, style in zip(METHODS, styles):
                 rs = [
                     r for r in runs if (r["alpha"], r["epochs"], r["strategy"]) == (alpha, e, name)
                 ]
                 acc = torch.tensor([[x["accuracy"] for x in r["rounds"]] for r in rs]) * 100
                 mean, std = acc.mean(0), acc.std(0) if len(rs) > 1 else torch.zeros(acc.shape[1])
                 x = torch.arange(acc.shape[1])
-                ax.plot(x, mean, color=color, label=name, lw=1.5)
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+                ax.plot(x, mean, label=name, **style)
+                ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, lw=0)
             ax.set_title(f"α = {alpha}, E = {e}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(alphas) - 1:
@@ -314,9 +327,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(
-        "4 clients, non-IID digits: FedAvg vs AlignedFedAvg (mean ± std, 3 seeds)", fontsize=10
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -405,7 +416,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds": time.perf_counter() - start,
     }
     (args.out / "federated_rounds.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(runs, args.out / "federated_rounds.png")
+    hidden = "×".join(map(str, base.hidden))
+    title = (
+        f"{CLIENTS} clients, non-IID digits, MLP {hidden}, lr {args.lr}: FedAvg vs "
+        f"AlignedFedAvg (mean ± std over {len(args.seeds)} seeds)"
+    )
+    plot(runs, args.out / "federated_rounds.png", title)
     print(
         f"\nwrote {args.out / 'federated_rounds.json'} and federated_rounds.png "
         f"in {result['seconds']:.0f} s"

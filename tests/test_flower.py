@@ -124,7 +124,9 @@ def test_strategy_output_matches_the_library_function():
     clients = {node: _client_model(global_sd, node) for node in (1, 2, 3)}
     counts = {1: 30, 2: 10, 3: 60}
     replies = [_reply(n, clients[n], counts[n], global_sd) for n in clients]
-    arrays, metrics = _strategy(global_sd).aggregate_train(1, replies)
+    strategy = _strategy(global_sd)
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert list(strategy.aggregation_seconds) == [1] and strategy.aggregation_seconds[1] > 0
     expected = aligned_fedavg(_net(), list(clients.values()), list(counts.values()),
                               reference=global_sd, spec=SPEC)  # fmt: skip
     assert_close(arrays.to_torch_state_dict(), expected)
@@ -164,6 +166,8 @@ def test_mismatched_client_is_logged_and_left_out(flwr_log):
     arrays, _ = _strategy(global_sd).aggregate_train(7, replies)
     expected = aligned_fedavg(_net(), list(good.values()), [5, 5], reference=global_sd, spec=SPEC)
     assert_close(arrays.to_torch_state_dict(), expected)
+    assert any(r.getMessage().startswith("\t└──> weight: aggregated 2 models in ")
+               for r in flwr_log.records)  # fmt: skip
     lines = [r.getMessage() for r in flwr_log.records if r.levelno == logging.WARNING]
     assert (
         "AlignedFedAvg round 7: leaving out the reply from node 3: array '3.weight' has shape "

@@ -216,21 +216,24 @@ def test_in_process_rounds_match_the_library_function():
 # --------------------------------------------------------------------------- deployment
 
 
-@pytest.fixture(scope="module")
-def deployment_run(tmp_path_factory):
-    _skip_without_flower_executables()
-    out = tmp_path_factory.mktemp("flower-run")
-    proc = _launch(out)
-    return proc, out
+def _check_stopped(launch: dict) -> None:
+    """Every process the launcher started, and every one they spawned, is gone."""
+    assert {p["name"] for p in launch["processes"]["started"]} == NODES | {"flwr-run"}
+    assert launch["left_running"] == []
+    still = [p for p in _all_processes(launch) if _running(p["pid"], p["start_time"])]
+    assert still == [], f"processes left running: {still}"
 
 
 @pytest.mark.slow
-def test_deployment_run_trains_the_global_model(deployment_run):
-    proc, out = deployment_run
+def test_deployment_run_trains_the_global_model_and_stops_every_process(tmp_path):
+    # One test, not a shared fixture: under pytest-xdist a module fixture would
+    # start one federation per worker.
+    _skip_without_flower_executables()
+    proc = _launch(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    launch = json.loads((out / "launch.json").read_text())
+    launch = json.loads((tmp_path / "launch.json").read_text())
     assert launch["status"] == "finished:completed" and launch["engine"] == "deployment"
-    result = json.loads((out / "result.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
     assert result["rounds"][0]["accuracy"] < 0.2
     assert result["final_accuracy"] > MIN_FINAL_ACCURACY
@@ -241,26 +244,15 @@ def test_deployment_run_trains_the_global_model(deployment_run):
     reference = federated_rounds.simulate(SETTINGS)
     assert result["final_accuracy"] == pytest.approx(reference[-1].accuracy, abs=0.01)
     # The final model is a modeconnect checkpoint that evaluates to the reported accuracy.
-    ckpt = mc.load(out / "final.pt")
+    ckpt = mc.load(tmp_path / "final.pt")
     _, test = load_digits_split()
     acc = mc.evaluate(build_model((32,)), ckpt.state_dict, [(test.x, test.y)]).accuracy
     assert acc == pytest.approx(result["final_accuracy"])
-    assert "final test accuracy" in proc.stdout
-
-
-@pytest.mark.slow
-def test_deployment_run_stops_every_process(deployment_run):
-    proc, out = deployment_run
-    launch = json.loads((out / "launch.json").read_text())
-    started = launch["processes"]["started"]
-    assert {p["name"] for p in started} == NODES | {"flwr-run"}
-    # SuperExecs, the ServerApp and the ClientApps were seen (Linux /proc).
+    assert "final test accuracy" in proc.stdout and "0 left running" in proc.stdout
+    # SuperExecs, the ServerApp and the ClientApps were seen (Linux /proc), and are gone.
     if Path("/proc").is_dir():
         assert len(launch["processes"]["spawned"]) >= 5
-    assert launch["left_running"] == []
-    still = [p for p in _all_processes(launch) if _running(p["pid"], p["start_time"])]
-    assert still == [], f"processes left running: {still}"
-    assert "0 left running" in proc.stdout
+    _check_stopped(launch)
 
 
 @pytest.mark.slow
@@ -299,10 +291,8 @@ def test_sigterm_to_the_launcher_stops_the_federation(tmp_path):
         log.close()
     assert code == 128 + signal.SIGTERM
     launch = json.loads((tmp_path / "launch.json").read_text())
-    assert launch["error"] == "terminated" and launch["left_running"] == []
-    assert {p["name"] for p in launch["processes"]["started"]} == NODES | {"flwr-run"}
-    still = [p for p in _all_processes(launch) if _running(p["pid"], p["start_time"])]
-    assert still == [], f"processes left running: {still}"
+    assert launch["error"] == "terminated"
+    _check_stopped(launch)
 
 
 @pytest.mark.slow
@@ -315,4 +305,5 @@ def test_simulation_engine_runs_the_same_app(tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["final_accuracy"] > MIN_FINAL_ACCURACY
     launch = json.loads((tmp_path / "launch.json").read_text())
+    assert launch["left_running"] == []
     assert [p for p in _all_processes(launch) if _running(p["pid"], p["start_time"])] == []

@@ -427,8 +427,10 @@ class Launch:
 
     def _stop_run(self, log: Path) -> None:
         self.run_id = _run_id(log)
+        self.status = "timed out"
         if self.run_id is not None:
             self._flwr("stop", str(self.run_id))
+            self.status = "timed out, stopped with flwr stop"
 
 
 def _run_id(log: Path) -> int | None:
