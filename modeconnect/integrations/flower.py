@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,7 +47,32 @@ _LOG = logging.getLogger("flwr")  # Flower's own logger, so lines appear with it
 _CLASS: type | None = None
 
 if TYPE_CHECKING:  # pragma: no cover
-    from flwr.serverapp.strategy import FedAvg as AlignedFedAvg  # noqa: F401
+    from flwr.serverapp.strategy import FedAvg
+
+    class AlignedFedAvg(FedAvg):
+        """What type checkers see: the class built by :func:`_build`, with its signature
+        (naming FedAvg itself would reject ``model``, ``method`` and the rest)."""
+
+        model: nn.Module
+        method: str
+        reference: str
+        align_options: dict[str, Any]
+        global_arrays: Any
+        aggregation_seconds: dict[int, float]
+
+        def __init__(
+            self,
+            model: nn.Module,
+            *,
+            method: str = "weight",
+            reference: str = "global",
+            align_options: Mapping[str, Any] | None = None,
+            **fedavg_kwargs: Any,
+        ) -> None: ...
+
+        def aggregate_state_dicts(
+            self, state_dicts: Sequence[Mapping[str, Tensor]], num_examples: Sequence[float]
+        ) -> dict[str, Tensor]: ...
 
 
 def __getattr__(name: str) -> Any:
@@ -157,7 +182,7 @@ def _build(fedavg: type) -> type:
             return ArrayRecord(merged), metrics
 
         def aggregate_state_dicts(
-            self, state_dicts: list[dict[str, Tensor]], num_examples: list[float]
+            self, state_dicts: Sequence[Mapping[str, Tensor]], num_examples: Sequence[float]
         ) -> dict[str, Tensor]:
             """:func:`~modeconnect.federated.aligned_fedavg` with this round's reference."""
             return aligned_fedavg(self.model, state_dicts, num_examples,

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import modeconnect as mc
-from digits_app.task import Settings, build_model, client_data, client_seed, train
+from digits_app.task import Settings, as_int, build_model, client_data, client_seed, train
 
 app = ClientApp()
 
@@ -20,18 +20,19 @@ app = ClientApp()
 def _setup(msg: Message, context: Context):
     torch.set_num_threads(1)  # tiny model; several ClientApps share two cores
     settings = Settings.from_run_config(context.run_config)
-    partition = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+    node = context.node_config
+    partition = as_int(node.get("partition-id"), "node config partition-id")
+    num_partitions = as_int(node.get("num-partitions"), "node config num-partitions")
     data = client_data(partition, num_partitions, settings.alpha, settings.seed)
     model = build_model(settings.hidden)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return settings, partition, data, model
 
 
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     settings, partition, (train_share, _), model = _setup(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = as_int(msg.content.config_records["config"]["server-round"], "server-round")
     seed = client_seed(settings.seed, server_round, partition)
     loss = train(model, train_share, settings.local_epochs, settings.lr, seed)
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(train_share)})

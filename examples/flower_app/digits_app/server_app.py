@@ -89,5 +89,5 @@ def _write(out: Path, settings: Settings, strategy: Any, result: Any, seconds: f
 
 
 def _get(history: dict[int, MetricRecord], server_round: int, key: str) -> float | None:
-    record = history.get(server_round)
-    return None if record is None or key not in record else float(record[key])
+    value = history[server_round].get(key) if server_round in history else None
+    return float(value) if isinstance(value, int | float) else None

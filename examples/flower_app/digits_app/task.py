@@ -100,6 +100,16 @@ class Settings:
         }
 
 
+def as_int(value: object, what: str) -> int:
+    """``value`` as an int, or a ValueError that names ``what`` (a config entry)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{what}={value!r} must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{what}={value!r} must be an integer") from None
+
+
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``"128,128"`` -> ``(128, 128)``; the run config holds no lists."""
     try:
