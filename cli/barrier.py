@@ -27,7 +27,7 @@ def _groups(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 def register(main: click.Group) -> None:
     """Add the ``barrier`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
+    from modeconnect_cli.main import DTYPES, SEED, _user_errors, model_options, pop_trust
 
     @main.command()
     @click.argument("a", type=click.Path(dir_okay=False))
@@ -102,7 +102,7 @@ def register(main: click.Group) -> None:
     )
     @click.option(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         show_default=True,
         help="Seed of the alignment and of the bootstrap.",

@@ -23,7 +23,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 def register(main: click.Group) -> None:
     """Add the ``compare`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
+    from modeconnect_cli.main import DTYPES, SEED, _user_errors, model_options, pop_trust
 
     @main.command("compare")
     @click.argument("a", type=click.Path(dir_okay=False))
@@ -53,7 +53,7 @@ def register(main: click.Group) -> None:
         show_default=True,
         help="Points on each interpolation curve.",
     )
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every method.")
+    @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of every method.")
     @click.option(
         "--restarts",
         type=click.IntRange(min=1),

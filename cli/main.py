@@ -4,6 +4,7 @@ function, and formats the result. User errors print one line and exit with code 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -13,6 +14,9 @@ import click
 import torch
 
 from modeconnect.errors import ModeconnectError
+
+SEED = click.IntRange(0, 2**63 - 1)
+"""Seeds fit torch.Generator.manual_seed and NumPy."""
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "long": torch.long, "int": torch.long}
 
@@ -103,8 +107,20 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 def main(threads: int | None) -> None:
     """Mode connectivity and model merging: align permutations, measure barriers, merge."""
+    _exit_cleanly_on_signals()
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def _exit_cleanly_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into ``SystemExit``, so that staged outputs are removed."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
 
 
 @main.command()
@@ -141,7 +157,7 @@ def main(threads: int | None) -> None:
 @click.option("--method", default="weight", show_default=True, help="Alignment method.")
 @click.option(
     "--seed",
-    type=int,
+    type=SEED,
     default=0,
     show_default=True,
     help="Seed of the group order (all methods).",

@@ -28,7 +28,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 def register(main: click.Group) -> None:
     """Add the ``merge`` command to ``main``."""
     # Imported here, not at the top: cli/main.py imports this module at its end.
-    from modeconnect_cli.main import DTYPES, _user_errors, model_options, pop_trust
+    from modeconnect_cli.main import DTYPES, SEED, _user_errors, model_options, pop_trust
 
     @main.command()
     @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -71,7 +71,7 @@ def register(main: click.Group) -> None:
     )
     @click.option(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         show_default=True,
         help="Seed of the visiting order and of weight matching.",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Batch, first_batch, load_data
+from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier
 from .files.references import NO_TRUST, Trust
@@ -190,6 +190,9 @@ def compare_files(
     (ca, cb), net, ref, _ = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     evaluation = load_data(data, batch_size=batch_size)
     statistics = load_data(train, batch_size=batch_size) if train is not None else None
+    check_fits(net, evaluation, str(data))
+    if statistics is not None:
+        check_fits(net, statistics, str(train), class_labels=False)
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
     comparison = compare_methods(
         net, ca.state_dict, cb.state_dict, evaluation, methods=names, steps=steps, seed=seed,

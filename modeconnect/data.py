@@ -26,8 +26,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.references import import_callable
+from modeconnect.io import torch_load
 
-__all__ = ["DATA_EXTENSIONS", "Batch", "first_batch", "is_data_reference", "load_data"]
+__all__ = [
+    "DATA_EXTENSIONS",
+    "Batch",
+    "check_fits",
+    "first_batch",
+    "is_data_reference",
+    "load_data",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 DATA_EXTENSIONS = (".pt", ".npz")
@@ -50,7 +58,80 @@ def load_data(source: str | Path, *, batch_size: int = 500) -> Sequence[Batch] |
     raw_x, raw_y = _read_arrays(path)
     x, y = _tensor(path, "x", raw_x), _tensor(path, "y", raw_y)
     _check_pair(path, x, y)
+    if not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool:
+        y = y.long()  # class indices: cross-entropy gathers with int64
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def check_fits(
+    model: torch.nn.Module,
+    data: Iterable[Batch],
+    source: str | Path,
+    *,
+    class_labels: bool = True,
+    probe: int = 64,
+) -> None:
+    """Run ``model`` on the first batch of ``data``: one clear error if the data do not fit.
+
+    The inputs must run through the model (right shape and dtype). With
+    ``class_labels`` (a cross-entropy loss), ``y`` must hold class indices: integers
+    (not one-hot rows, not floats) of the logits' shape without the class axis, each in
+    ``[0, C)``; every batch of a file is checked, a callable's first batch only.
+    """
+    x, y = first_batch(data)
+    logits = _logits(model, x[:probe], source)
+    if not class_labels or logits is None:
+        return
+    _check_label_kind(y, logits, source)
+    classes = int(logits.shape[1])
+    batches = data if isinstance(data, list) else [(x, y)]
+    low = min(int(b[1].min()) for b in batches)
+    high = max(int(b[1].max()) for b in batches)
+    if low < 0 or high >= classes:
+        raise ModeconnectError(
+            f"{source}: labels y range over [{low}, {high}] but the model has {classes} "
+            f"classes; store class indices in [0, {classes - 1}]"
+        )
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, source: str | Path) -> torch.Tensor | None:
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise ModeconnectError(
+            f"{source}: the model cannot run on x of shape {tuple(x.shape)} and dtype "
+            f"{str(x.dtype).removeprefix('torch.')} ({type(exc).__name__}: {_one_line(exc)}); "
+            "store x in the shape and dtype the model takes"
+        ) from exc
+    finally:
+        for module, training in flags:
+            module.training = training
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return leaves[0] if leaves and leaves[0].dim() >= 2 else None
+
+
+def _check_label_kind(y: torch.Tensor, logits: torch.Tensor, source: str | Path) -> None:
+    expected = (logits.shape[0], *logits.shape[2:])
+    if y.is_floating_point() and tuple(y.shape) == tuple(logits.shape):
+        raise ModeconnectError(
+            f"{source}: labels y {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} look "
+            "one-hot (a row per example); store class indices instead: y.argmax(1)"
+        )
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise ModeconnectError(
+            f"{source}: labels y have dtype {str(y.dtype).removeprefix('torch.')}; store class "
+            "indices as integers (torch.long), or pass --loss mse for regression targets"
+        )
+    if tuple(y.shape[1:]) != tuple(expected[1:]):
+        want = "(N" + "".join(f", {d}" for d in expected[1:]) + ")"
+        raise ModeconnectError(
+            f"{source}: labels y have shape {tuple(y.shape)} but the model's outputs "
+            f"{tuple(logits.shape)} need labels of shape {want}; store one class index per "
+            "output position"
+        )
 
 
 def first_batch(data: Iterable[Batch]) -> Batch:
@@ -99,15 +180,7 @@ def _read_arrays(path: Path) -> tuple[object, object]:
 
 
 def _torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ModeconnectError(
-            f"{path}: cannot read the data file ({type(exc).__name__}: "
-            f"{_one_line(exc)}); save it with torch.save({{'x': x, 'y': y}}, path)"
-        ) from exc
+    return torch_load(path, "data file", "torch.save({'x': x, 'y': y}, path)")
 
 
 def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

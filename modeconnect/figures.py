@@ -120,12 +120,13 @@ def sharpness_figure(study: SharpnessStudy) -> Any:
         ("plain_sharpness", "plain worst case (raw)"),
         ("adaptive_sharpness", "adaptive (scale-invariant)"),
     )
-    fig, axes = new_figure(13.0, 3.5, ncols=len(measures))
+    fig, axes = new_figure(13.0, 4.0, ncols=len(measures))
     records = {name: s.to_dict() for name, s in study.models.items()}
     for ax, (key, label) in zip(axes, measures, strict=True):
         heights = [records[name][key] for name in records]
         ax.bar(list(records), heights, color="#1f77b4")
         ax.set(title=label)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.grid(axis="y", alpha=0.3)
         if all(h > 0 and math.isfinite(h) for h in heights) and max(heights) > 50 * min(heights):
             ax.set_yscale("log")

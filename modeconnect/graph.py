@@ -18,9 +18,11 @@ node).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import operator
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -885,11 +887,19 @@ def _rule_for(node: torch.fx.Node) -> Callable[[_Ctx, torch.fx.Node], Any] | Non
 
 
 def trace(model: nn.Module, example_inputs: tuple[Any, ...]) -> torch.export.ExportedProgram:
-    """Export ``model`` for analysis; a model that cannot be traced gets a clear error."""
+    """Export ``model`` for analysis; a model that cannot be traced gets a clear error.
+
+    The model first runs eagerly on the inputs, so that inputs it cannot take are
+    reported in one line (not through the tracer's logs); the export runs with
+    torch's own error logging silenced, since its failure is reported here.
+    """
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, example_inputs, strict=False)
+        with torch.no_grad():
+            model(*example_inputs)
+        with _quiet_torch_logs():
+            return torch.export.export(model, example_inputs, strict=False)
     except Exception as exc:  # torch raises many types here; report them uniformly
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapes = ", ".join(
@@ -903,6 +913,18 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...]) -> torch.export.Exp
         ) from exc
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Silence torch's loggers below CRITICAL while exporting (a failure is re-raised anyway)."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def derive_spec(

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ __all__ = [
     "checkpoint_writer",
     "json_writer",
     "load_models",
+    "in_model_dtypes",
     "resolve_model",
+    "restore_dtypes",
     "save_checkpoint",
     "save_json",
 ]
@@ -74,6 +77,8 @@ class Checkpoint:
     model_ref: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
+    """Dtypes the file stored, for the tensors :func:`in_model_dtypes` cast (empty: none)."""
 
 
 # --------------------------------------------------------------------------- formatting
@@ -150,27 +155,35 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _torch_load(path: Path) -> object:
-    """``torch.load`` restricted to weights; pickled code is refused, never run."""
+    return torch_load(path, "checkpoint", "torch.save(model.state_dict(), path) or .safetensors")
+
+
+def torch_load(path: Path, what: str, resave: str) -> object:
+    """``torch.load`` restricted to weights: pickled code is refused, never run.
+
+    ``what`` names the file in errors (``"checkpoint"``), ``resave`` how to write a good one.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found or "reduce" in str(exc):
+            name = f" ({found.group(1)})" if found else ""
             raise ModeconnectError(
-                f"{path}: the file contains pickled Python objects (e.g. a whole model); "
-                "modeconnect never executes code from a checkpoint; re-save it as a state "
-                "dict (torch.save(model.state_dict(), path)) or as .safetensors"
+                f"{path}: contains pickled code{name}: refused; modeconnect never runs code "
+                f"from a {what}; if the file is yours, re-save it as {resave}"
             ) from exc
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, what, exc) from exc
     except Exception as exc:
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, what, exc) from exc
 
 
-def _corrupt(path: Path, exc: BaseException) -> ModeconnectError:
+def _corrupt(path: Path, what: str, exc: BaseException) -> ModeconnectError:
     reason = _one_line(exc)[:200] or type(exc).__name__
     return ModeconnectError(
-        f"{path}: cannot read the checkpoint, the file is corrupt or truncated "
+        f"{path}: cannot read the {what}, the file is corrupt or truncated "
         f"({type(exc).__name__}: {reason}); re-create or re-download it"
     )
 
@@ -253,7 +266,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except MemoryError:
         raise
     except Exception as exc:
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, "checkpoint", exc) from exc
     model_ref = header.pop(MODEL_KEY, None)
     kwargs = _parse_kwargs_json(path, header.pop(MODEL_KWARGS_KEY, None))
     return Checkpoint(path, _tensor_dict(path, tensors), model_ref, kwargs, header)
@@ -498,7 +511,37 @@ def load_models(
     for ckpt in ckpts:
         check_state_dict(model, ckpt)
         check_same_architecture(ckpts[0], ckpt)
-    return ckpts, model, ref, kwargs
+    return [in_model_dtypes(model, c) for c in ckpts], model, ref, kwargs
+
+
+def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
+    """The checkpoint with each floating tensor in the model's dtype; the stored ones in ``dtypes``.
+
+    Half-precision and float64 checkpoints are computed with in the model's precision
+    (float32 for most models); :func:`restore_dtypes` writes results back as stored.
+    """
+    expected = model.state_dict()
+    cast = {
+        k: t.to(expected[k].dtype)
+        for k, t in ckpt.state_dict.items()
+        if t.is_floating_point() and t.dtype != expected[k].dtype
+    }
+    if not cast:
+        return ckpt
+    casted = replace(
+        ckpt,
+        state_dict={**ckpt.state_dict, **cast},
+        dtypes={k: ckpt.state_dict[k].dtype for k in cast},
+    )
+    _check_finite(casted, "after conversion to the model's dtype ")
+    return casted
+
+
+def restore_dtypes(
+    state_dict: Mapping[str, torch.Tensor], dtypes: Mapping[str, torch.dtype]
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the tensors named in ``dtypes`` cast back to those dtypes."""
+    return {k: t.to(dtypes[k]) if k in dtypes else t for k, t in state_dict.items()}
 
 
 def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
@@ -519,10 +562,16 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
                 f"{ckpt.path}: tensor {key!r} has shape {_shape(tensor)} in the checkpoint "
                 f"but {_shape(reference)} in the model; check --model-kwargs"
             )
+        if tensor.is_floating_point() != reference.is_floating_point():
+            raise ModeconnectError(
+                f"{ckpt.path}: tensor {key!r} {_shape(tensor)} has dtype {tensor.dtype} in the "
+                f"checkpoint but {reference.dtype} in the model; quantized or integer weights "
+                "cannot be aligned, use a floating-point checkpoint"
+            )
     _check_finite(ckpt)
 
 
-def _check_finite(ckpt: Checkpoint) -> None:
+def _check_finite(ckpt: Checkpoint, when: str = "") -> None:
     for key, tensor in ckpt.state_dict.items():
         if not (tensor.is_floating_point() or tensor.is_complex()):
             continue
@@ -530,7 +579,7 @@ def _check_finite(ckpt: Checkpoint) -> None:
         if bad:
             raise ModeconnectError(
                 f"{ckpt.path}: tensor {key!r} {_shape(tensor)} has {bad} non-finite values "
-                f"(NaN or inf) out of {math.prod(_shape(tensor))}; "
+                f"(NaN or inf) {when}out of {math.prod(_shape(tensor))}; "
                 "the weights are unusable, use an earlier checkpoint"
             )
 

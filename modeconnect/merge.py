@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import Batch, first_batch, load_data
+from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Metrics, evaluate
 from .files.references import NO_TRUST, Trust
@@ -65,6 +65,7 @@ from .io import (
     json_writer,
     load_checkpoint,
     load_models,
+    restore_dtypes,
 )
 from .matching import METHODS, Alignment, get_method
 from .spec import (
@@ -160,10 +161,12 @@ def normalize_weights(
     bad = [w for w in values if not math.isfinite(w) or w < 0]
     if bad:
         raise ModeconnectError(f"{what} {values} contain {bad[0]}; they must be finite and >= 0")
-    total = math.fsum(values)
-    if total <= 0:
+    peak = max(values)
+    if peak <= 0:
         raise ModeconnectError(f"{what} {values} sum to 0; give at least one model a weight > 0")
-    return tuple(w / total for w in values)
+    scaled = [w / peak for w in values]  # in [0, 1]: the sum cannot overflow (1e308 + 1e308)
+    total = math.fsum(scaled)
+    return tuple(w / total for w in scaled)
 
 
 def check_state_dicts(
@@ -650,6 +653,8 @@ def merge_files(
         check_state_dict(net, ref_ckpt)
         check_same_architecture(ckpts[0], ref_ckpt)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
+    if batches is not None:
+        check_fits(net, batches, str(data))
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
     sds = [c.state_dict for c in ckpts]
     result = merge(
@@ -664,7 +669,8 @@ def merge_files(
         written["json"] = outputs.path("--json")
     with outputs.writing() as staging:
         staging.write(written["out"], checkpoint_writer(
-            written["out"], result.state_dict, model_ref=ref_name, model_kwargs=kwargs,
+            written["out"], restore_dtypes(result.state_dict, ckpts[0].dtypes),
+            model_ref=ref_name, model_kwargs=kwargs,
             metadata=_metadata(sources, result, reference),
         ))  # fmt: skip
         if "--json" in outputs:

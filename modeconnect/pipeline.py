@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from .bn import check_mode, renormalize
-from .data import Batch, first_batch, load_data
+from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .files.references import NO_TRUST, Trust
 from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
-from .io import checkpoint_writer, json_writer, load_models
+from .io import checkpoint_writer, json_writer, load_models, restore_dtypes
 from .matching import Alignment, get_method, method_options
 from .spec import PermutationSpec, apply_permutation
 
@@ -187,6 +187,10 @@ def align_files(
     (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     batches = load_data(data, batch_size=batch_size) if data is not None else None
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
+    if batches is not None:
+        check_fits(net, batches, str(data))
+    if train_batches is not None:
+        check_fits(net, train_batches, str(train), class_labels=False)
     stats = train_batches if train_batches is not None else batches
     check_mode(net, bn, train_batches)
     inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
@@ -210,7 +214,8 @@ def align_files(
     if "--out" in outputs:
         written["out"] = outputs.path("--out")
         writes["out"] = checkpoint_writer(
-            written["out"], result.aligned, model_ref=ref, model_kwargs=kwargs,
+            written["out"], restore_dtypes(result.aligned, cb.dtypes), model_ref=ref,
+            model_kwargs=kwargs,
             metadata={**meta, "modeconnect.role": "b aligned to a"},
         )  # fmt: skip
     if "--merged" in outputs:
@@ -220,7 +225,8 @@ def align_files(
         )
         written["merged"] = outputs.path("--merged")
         writes["merged"] = checkpoint_writer(
-            written["merged"], mixed, model_ref=ref, model_kwargs=kwargs,
+            written["merged"], restore_dtypes(mixed, ca.dtypes), model_ref=ref,
+            model_kwargs=kwargs,
             metadata={**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role,
                       "modeconnect.bn": bn},
         )  # fmt: skip

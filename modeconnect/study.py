@@ -372,7 +372,7 @@ def barrier_files(
     ``definition``, ``layerwise``, ``layer_groups``, ``bootstrap``, ``loss``,
     ``seed``). Outputs are checked before any work: an existing file needs ``force``.
     """
-    from modeconnect.data import load_data
+    from modeconnect.data import check_fits, load_data
     from modeconnect.files.targets import Outputs, input_files
     from modeconnect.guard import example_inputs
     from modeconnect.io import json_writer, load_models
@@ -386,6 +386,10 @@ def barrier_files(
     (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
     test_batches = load_data(data, batch_size=batch_size)
     train_batches = load_data(train, batch_size=batch_size) if train is not None else None
+    class_labels = options.get("loss") in (None, "ce")
+    check_fits(net, test_batches, str(data), class_labels=class_labels)
+    if train_batches is not None:
+        check_fits(net, train_batches, str(train), class_labels=class_labels)
     align_options: dict[str, Any] = {"permute_output": permute_output}
     if input_shape is not None:
         align_options["inputs"] = example_inputs(net, input_shape, input_dtype)
