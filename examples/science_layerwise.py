@@ -14,7 +14,10 @@ Two barrier references are reported (:func:`modeconnect.layerwise_barriers`):
   endpoints (one end is a hybrid: layer l from B, the rest from A): the
   convexity of the loss along the layer's path, as Adilova et al. define it;
 * ``full``: against the full models' losses ``(1−α)L(A) + αL(B)`` (what
-  ``modeconnect barrier --layerwise`` reports).
+  ``modeconnect barrier --layerwise`` reports);
+
+and the test accuracy of the models at α = 0.5: layer k averaged (the rest from A),
+and layers 1..k averaged.
 
 Run from the repository root (about 30 s on one core)::
 
@@ -52,6 +55,10 @@ def layer_rows(result: mc.Study, pair: str) -> list[dict[str, Any]]:
             "from_b_full": layer.from_b.barrier.loss,
             "cumulative_full": layer.cumulative.barrier.loss,
             "cumulative_own": mc.barrier(layer.cumulative.curve).loss,
+            "single_mid_accuracy": layer.from_a.midpoint.accuracy,
+            "single_mid_loss": layer.from_a.midpoint.loss,
+            "cumulative_mid_accuracy": layer.cumulative.midpoint.accuracy,
+            "cumulative_mid_loss": layer.cumulative.midpoint.loss,
         })  # fmt: skip
     return rows
 
@@ -74,41 +81,70 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
                                  align=align)  # fmt: skip
         for pair in ("naive", "aligned") if align else ("naive",):
             label = name if pair == "naive" else "aligned"
+            result = getattr(study, pair).test
             record["settings"][label] = {
-                "full_barrier": getattr(study, pair).test.barriers["lerp"].loss,
+                "full_barrier": result.barriers["lerp"].loss,
+                "a_accuracy": result.endpoints[0].accuracy,
+                "mid_accuracy": result.midpoint.accuracy,
                 "layers": layer_rows(study, pair),
             }
-    write(out, "layerwise", record, {"layerwise_science": figure(record)})
+    figures = {
+        "layerwise_barriers": barrier_figure(record),
+        "layerwise_midpoints": mid_figure(record),
+    }
+    write(out, "layerwise", record, figures)
     return record
 
 
-def figure(record: dict[str, Any]) -> Any:
+def barrier_figure(record: dict[str, Any]) -> Any:
     settings = record["settings"]
     fig, axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
     for ax, (label, data) in zip(axes, settings.items(), strict=True):
         rows = data["layers"]
         ks = [r["layer"] for r in rows]
-        ax.plot(ks, [r["from_a_own"] for r in rows], "o-", label="single layer, own ends")
-        ax.plot(ks, [r["from_a_full"] for r in rows], "s--", label="single layer, vs A and B")
+        ax.plot(ks, [r["from_a_own"] for r in rows], "o-", label="layer k alone, own ends")
+        ax.plot(ks, [r["from_a_full"] for r in rows], "s--", label="layer k alone, vs A and B")
         ax.plot(ks, [r["cumulative_full"] for r in rows], "^-", label="layers 1..k, vs A and B")
         ax.axhline(data["full_barrier"], color="black", linewidth=0.8, label="whole model")
         ax.set(xlabel="layer k", ylabel="lerp loss barrier (nats)", title=label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
-    fig.suptitle("Layer-wise barriers (rest from A), digits MLP")
+    fig.suptitle("Layer-wise barriers (rest from A), digits MLP, test split")
+    return fig
+
+
+def mid_figure(record: dict[str, Any]) -> Any:
+    settings = record["settings"]
+    fig, axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
+    for ax, (label, data) in zip(axes, settings.items(), strict=True):
+        rows = data["layers"]
+        ks = [r["layer"] for r in rows]
+        ax.plot(ks, [r["single_mid_accuracy"] for r in rows], "o-", label="layer k averaged")
+        ax.plot(ks, [r["cumulative_mid_accuracy"] for r in rows], "^-",
+                label="layers 1..k averaged")  # fmt: skip
+        ax.axhline(data["a_accuracy"], color="black", linewidth=0.8, label="A")
+        ax.set(xlabel="layer k", ylabel="test accuracy at α = 0.5", title=label, ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle("Averaging some layers of A and B (rest from A), digits MLP")
     return fig
 
 
 def report(record: dict[str, Any]) -> str:
     parts = []
     for label, data in record["settings"].items():
-        parts.append(f"{label}: whole-model barrier {data['full_barrier']:.3f}")
+        parts.append(
+            f"{label}: whole-model barrier {data['full_barrier']:.3f}, test accuracy of A "
+            f"{data['a_accuracy']:.1%}, of the average {data['mid_accuracy']:.1%}"
+        )
         parts.append(table(
             [[r["layer"], f"{r['from_a_own']:.3f} / {r['from_b_own']:.3f}",
-              f"{r['from_a_full']:.3f} / {r['from_b_full']:.3f}", f"{r['cumulative_full']:.3f}"]
+              f"{r['from_a_full']:.3f} / {r['from_b_full']:.3f}",
+              f"{r['single_mid_accuracy']:.1%}", f"{r['cumulative_full']:.3f}",
+              f"{r['cumulative_mid_accuracy']:.1%}"]
              for r in data["layers"]],
-            ["layer", "single, own ends (rest A / rest B)", "single, vs A and B",
-             "cumulative 1..k, vs A and B"],
+            ["layer k", "k alone: own ends (rest A / B)", "k alone: vs A and B",
+             "acc, k averaged", "1..k: vs A and B", "acc, 1..k averaged"],
         ))  # fmt: skip
     return "\n\n".join(parts)
 
