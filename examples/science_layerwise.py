@@ -89,44 +89,44 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
                 "layers": layer_rows(study, pair),
             }
     figures = {
-        "layerwise_barriers": barrier_figure(record),
-        "layerwise_midpoints": mid_figure(record),
-    }
+        "layerwise_barriers": panels(
+            record, BARRIER_LINES, ("full_barrier", "whole model"),
+            ylabel="lerp loss barrier (nats), rest from A",
+        ),
+        "layerwise_midpoints": panels(
+            record, MID_LINES, ("a_accuracy", "A"),
+            ylabel="test accuracy at α = 0.5, rest from A", ylim=(0, 1.02),
+        ),
+    }  # fmt: skip
     write(out, "layerwise", record, figures)
     return record
 
 
-def barrier_figure(record: dict[str, Any]) -> Any:
-    settings = record["settings"]
-    fig, axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
-    for ax, (label, data) in zip(axes, settings.items(), strict=True):
-        rows = data["layers"]
-        ks = [r["layer"] for r in rows]
-        ax.plot(ks, [r["from_a_own"] for r in rows], "o-", label="layer k alone, own ends")
-        ax.plot(ks, [r["from_a_full"] for r in rows], "s--", label="layer k alone, vs A and B")
-        ax.plot(ks, [r["cumulative_full"] for r in rows], "^-", label="layers 1..k, vs A and B")
-        ax.axhline(data["full_barrier"], color="black", linewidth=0.8, label="whole model")
-        ax.set(xlabel="layer k", ylabel="lerp loss barrier (nats)", title=label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle("Layer-wise barriers (rest from A), digits MLP, test split")
-    return fig
+BARRIER_LINES = [
+    ("from_a_own", "o-", "layer k alone, own ends"),
+    ("from_a_full", "s--", "layer k alone, vs A and B"),
+    ("cumulative_full", "^-", "layers 1..k, vs A and B"),
+]
+MID_LINES = [
+    ("single_mid_accuracy", "o-", "layer k averaged"),
+    ("cumulative_mid_accuracy", "^-", "layers 1..k averaged"),
+]
 
 
-def mid_figure(record: dict[str, Any]) -> Any:
+def panels(
+    record: dict[str, Any], lines: list[tuple[str, str, str]], reference: tuple[str, str], **axes
+) -> Any:
+    """One panel per pair: the ``lines`` over the layers, a horizontal ``reference`` line."""
     settings = record["settings"]
-    fig, axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
-    for ax, (label, data) in zip(axes, settings.items(), strict=True):
-        rows = data["layers"]
-        ks = [r["layer"] for r in rows]
-        ax.plot(ks, [r["single_mid_accuracy"] for r in rows], "o-", label="layer k averaged")
-        ax.plot(ks, [r["cumulative_mid_accuracy"] for r in rows], "^-",
-                label="layers 1..k averaged")  # fmt: skip
-        ax.axhline(data["a_accuracy"], color="black", linewidth=0.8, label="A")
-        ax.set(xlabel="layer k", ylabel="test accuracy at α = 0.5", title=label, ylim=(0, 1.02))
+    fig, all_axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
+    for ax, (label, data) in zip(all_axes, settings.items(), strict=True):
+        ks = [r["layer"] for r in data["layers"]]
+        for key, style, text in lines:
+            ax.plot(ks, [r[key] for r in data["layers"]], style, label=text)
+        ax.axhline(data[reference[0]], color="black", linewidth=0.8, label=reference[1])
+        ax.set(xlabel="layer k", title=label, **axes)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle("Averaging some layers of A and B (rest from A), digits MLP")
+    all_axes[0].legend(fontsize="x-small")
     return fig
 
 
