@@ -125,9 +125,9 @@ def get_curve(kind: str, bends: int = 1) -> Parametrisation:
     """The curve family ``kind`` with ``bends`` trainable control points."""
     if kind not in CURVE_KINDS:
         raise ModeconnectError(
-            f"Unknown curve kind {kind!r}; valid names: {', '.join(sorted(CURVE_KINDS))}."
+            f"curve: unknown curve kind {kind!r}; valid names: {', '.join(sorted(CURVE_KINDS))}."
         )
-    check_positive("bends", bends)
+    check_positive("curve", "bends", bends)
     return CURVE_KINDS[kind](bends)
 
 
@@ -175,7 +175,8 @@ def _check_bends(
             )
     if len(bends) != curve.bends:
         raise ModeconnectError(
-            f"curve: {curve.name} with {curve.bends} bends got {len(bends)} bend state dicts."
+            f"curve: {curve.name} with {curve.bends} bends got {len(bends)} bend state dicts; "
+            "pass one per bend."
         )
     for i, bend in enumerate(bends):
         for key, ta in a.items():
@@ -254,14 +255,16 @@ def fit_curve(
     one seed, one result. ``progress("curve", step, steps)`` reports the steps.
     """
     curve = get_curve(kind, bends)
-    check_positive("epochs", epochs)
-    check_positive("lr", lr, integer=False)
+    check_positive("fit_curve", "epochs", epochs)
+    check_positive("fit_curve", "lr", lr, integer=False)
     if batch_size is not None:
-        check_positive("batch_size", batch_size)
+        check_positive("fit_curve", "batch_size", batch_size)
     _check_bends(curve, a, b, [a] * curve.bends)
     weights = weights_of(model, a, "fit_curve")
     if not weights.parameters:
-        raise ModeconnectError("fit_curve: the model has no floating parameters to train.")
+        raise ModeconnectError(
+            "fit_curve: the model has no floating parameters to train; pass a model with weights."
+        )
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     data = _Epochs(train, batch_size, gen)
@@ -300,7 +303,7 @@ def fit_curve(
                 done += 1
                 if progress is not None:
                     progress("curve", done, steps)
-            check_entries(count)
+            check_entries(count, "fit_curve")
             history.append(total / count)
     trained = tuple(
         {**bend, **{n: p.detach() for k, p in leaf.items() for n in weights.aliases(k) if n in a}}
@@ -397,7 +400,8 @@ def evaluate_path(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3 or steps % 2 == 0:
         raise ModeconnectError(
-            f"steps={steps!r} must be an odd int >= 3, so that the grid holds t = 0, 0.5 and 1."
+            f"evaluate_path: steps={steps!r} is not an odd int >= 3; pass one, so that the grid "
+            "holds t = 0, 0.5 and 1."
         )
     reset = bn_correction(model, bn, train, where="curve", max_batches=max_bn_batches)
     grid = tuple(i / (steps - 1) for i in range(steps))
@@ -489,7 +493,7 @@ def curve_study(
     """
     if definition not in BARRIER_DEFINITIONS:
         raise ModeconnectError(
-            f"Unknown barrier definition {definition!r}; "
+            f"curve_study: unknown barrier definition {definition!r}; "
             f"valid names: {', '.join(sorted(BARRIER_DEFINITIONS))}."
         )
     start = time.perf_counter()

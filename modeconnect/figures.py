@@ -72,7 +72,9 @@ def surface_figure(surface: LossSurface, *, metric: str = "loss", title: str | N
     paths (``surface.paths``) drawn over the contours.
     """
     if metric not in ("loss", "error"):
-        raise ModeconnectError(f"metric={metric!r} must be 'loss' or 'error'.")
+        raise ModeconnectError(
+            f"surface_figure: metric={metric!r} is not 'loss' or 'error'; pass one."
+        )
     import numpy as np
     from matplotlib.colors import LogNorm
 

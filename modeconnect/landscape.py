@@ -211,10 +211,11 @@ def plane_grid(
     ``paths`` (name → ``t -> state``, e.g. ``linear_path(a, b)`` and
     ``CurveFit.path()``) are projected onto the plane at ``path_steps`` points.
     """
-    check_positive("resolution", resolution)
+    check_positive("plane_grid", "resolution", resolution)
     if resolution < 2 or not (math.isfinite(margin) and margin >= 0):
         raise ModeconnectError(
-            f"plane_grid: resolution={resolution!r} must be >= 2 and margin={margin!r} >= 0."
+            f"plane_grid: resolution={resolution!r} must be >= 2 and margin={margin!r} >= 0; "
+            "pass such values."
         )
     weights = weights_of(model, a, "plane_grid")
     basis = plane_basis(a, b, c, keys=weights.parameters)
@@ -306,13 +307,13 @@ def slice_1d(
     parameters, seeded by ``seed``; ``bn="none"`` keeps the model's BatchNorm
     statistics, as Li et al. do (the BatchNorm parameters do not move).
     """
-    check_positive("steps", steps)
+    check_positive("slice_1d", "steps", steps)
     weights = weights_of(model, state, "slice_1d")
     if direction is None:
         direction = filter_normalized_direction(state, seed=seed, keys=weights.parameters)
     _check_like(state, direction, list(direction), "slice_1d: direction")
     reset = bn_correction(model, bn, train, where="slice_1d", max_batches=max_bn_batches)
-    xs = _grid(span, steps)
+    xs = _grid(span, steps, "slice_1d")
 
     def point(x: float, y: float) -> dict[str, Tensor]:
         return _shifted(state, [(direction, x)])
@@ -345,7 +346,7 @@ def surface_2d(
     model's parameters drawn one after the other from a generator seeded with
     ``seed`` (Li et al. 2018, Fig. 1 and Sec. 4-6).
     """
-    check_positive("resolution", resolution)
+    check_positive("surface_2d", "resolution", resolution)
     weights = weights_of(model, state, "surface_2d")
     if directions is None:
         gen = torch.Generator().manual_seed(seed)
@@ -357,7 +358,7 @@ def surface_2d(
     for d in directions:
         _check_like(state, d, list(d), "surface_2d: direction")
     reset = bn_correction(model, bn, train, where="surface_2d", max_batches=max_bn_batches)
-    axis = _grid(span, resolution)
+    axis = _grid(span, resolution, "surface_2d")
 
     def point(x: float, y: float) -> dict[str, Tensor]:
         return _shifted(state, [(d1, x), (d2, y)])
@@ -380,10 +381,12 @@ def surface_2d(
     )  # fmt: skip
 
 
-def _grid(span: tuple[float, float], n: int) -> tuple[float, ...]:
+def _grid(span: tuple[float, float], n: int, where: str) -> tuple[float, ...]:
     lo, hi = (float(s) for s in span)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ModeconnectError(f"span={span!r} must be two finite numbers, low < high.")
+        raise ModeconnectError(
+            f"{where}: span={span!r} is not two finite numbers low < high; pass e.g. (-1, 1)."
+        )
     if n == 1:
         return (0.0,)
     return tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
@@ -440,7 +443,8 @@ def _floating_keys(state: StateDict, keys: Sequence[str] | None, where: str) -> 
     unknown = sorted(k for k in keys if k not in state or not state[k].is_floating_point())
     if unknown:
         raise ModeconnectError(
-            f"{where}: keys {unknown[:5]} are not floating tensors of the state dict."
+            f"{where}: keys {unknown[:5]} are not floating tensors of the state dict; "
+            "pass names of weight tensors."
         )
     return tuple(keys)
 

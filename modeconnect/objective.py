@@ -135,7 +135,7 @@ def batch_loss(
     if not isinstance(values, Tensor) or values.ndim == 0 or values.shape[0] != len(y):
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ModeconnectError(
-            f"loss returned {shape} for a batch of {len(y)} examples; it must return "
+            f"loss: returned {shape} for a batch of {len(y)} examples; it must return "
             f'per-example losses of shape ({len(y)}, ...), e.g. reduction="none".'
         )
     return values.sum(), y.numel()
@@ -171,7 +171,7 @@ def loss_and_gradient(
                     g += part
             total += value.detach().to(torch.float64)
             entries += n
-    check_entries(entries)
+    check_entries(entries, "loss_and_gradient")
     return float(total) / entries, {k: g / entries for k, g in zip(keys, grads, strict=True)}
 
 
@@ -183,19 +183,22 @@ def limited(batches: Iterable[Batch], max_batches: int | None) -> Iterator[Batch
         yield x, y
 
 
-def check_entries(entries: int) -> None:
+def check_entries(entries: int, where: str) -> None:
     """Raise when a pass over the data saw no example."""
     if entries == 0:
-        raise ModeconnectError("No examples: `batches` is empty; pass some (x, y) batches.")
+        raise ModeconnectError(f"{where}: the data has no examples; pass some (x, y) batches.")
 
 
-def check_positive(name: str, value: object, *, integer: bool = True) -> None:
-    """Raise unless ``value`` is a positive int (or, with ``integer=False``, a positive number)."""
+def check_positive(where: str, name: str, value: object, *, integer: bool = True) -> None:
+    """Raise unless ``value`` is a positive int (or, with ``integer=False``, a positive number).
+
+    ``where`` names the calling function in the error message.
+    """
     kinds = (int,) if integer else (int, float)
     ok = isinstance(value, kinds) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
         kind = "int" if integer else "number"
-        raise ModeconnectError(f"{name}={value!r} must be a positive {kind}.")
+        raise ModeconnectError(f"{where}: {name}={value!r} is not a positive {kind}; pass one.")
 
 
 def bn_correction(

@@ -221,7 +221,7 @@ class HessianOperator:
                 for acc, h in zip(out, hv):
                     if h is not None:
                         acc += h.detach()
-        check_entries(entries)
+        check_entries(entries, "hessian_operator")
         return torch.cat([t.flatten() for t in out]).to(v.dtype) / entries
 
 
@@ -285,8 +285,8 @@ def lanczos(
     found (exact eigenvalues) or when every wanted Ritz pair has residual
     ``|β_m s_{m,i}| ≤ tol · max(|θ_i|, 1)``. The start vector is Gaussian, seeded.
     """
-    check_positive("k", k)
-    check_positive("iterations", iterations)
+    check_positive("lanczos", "k", k)
+    check_positive("lanczos", "iterations", iterations)
     m = min(iterations, dimension)
     gen = torch.Generator().manual_seed(seed)
     basis = torch.zeros(m, dimension, dtype=dtype)
@@ -352,8 +352,8 @@ def power_iteration(
     eigenvectors found before, until the Rayleigh quotient ``λ = vᵀAv`` changes by
     less than ``tol · |λ|`` (at most ``iterations`` products each).
     """
-    check_positive("k", k)
-    check_positive("iterations", iterations)
+    check_positive("power_iteration", "k", k)
+    check_positive("power_iteration", "iterations", iterations)
     gen = torch.Generator().manual_seed(seed)
     found: list[Tensor] = []
     values: list[float] = []
@@ -396,7 +396,7 @@ def hutchinson(
     gives its exact trace from one probe. The standard error is the sample
     standard deviation over ``√S`` (0 for one probe).
     """
-    check_positive("samples", samples)
+    check_positive("hutchinson", "samples", samples)
     gen = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(samples):
@@ -429,7 +429,8 @@ def hessian_spectrum(
     """
     if method not in SPECTRUM_METHODS:
         raise ModeconnectError(
-            f"Unknown spectrum method {method!r}; valid names: {', '.join(SPECTRUM_METHODS)}."
+            f"hessian_spectrum: unknown method {method!r}; "
+            f"valid names: {', '.join(SPECTRUM_METHODS)}."
         )
     op = hessian_operator(model, state, batches, keys=keys, loss=loss, max_batches=max_batches)
     if method == "lanczos":
@@ -483,9 +484,11 @@ def adaptive_sharpness(
     the gradient; only where the gradient vanishes is a direction drawn (``seed``).
     """
     if norm not in NORMS:
-        raise ModeconnectError(f"Unknown norm {norm!r}; valid names: {', '.join(NORMS)}.")
-    check_positive("rho", rho, integer=False)
-    check_positive("steps", steps)
+        raise ModeconnectError(
+            f"adaptive_sharpness: unknown norm {norm!r}; valid names: {', '.join(NORMS)}."
+        )
+    check_positive("adaptive_sharpness", "rho", rho, integer=False)
+    check_positive("adaptive_sharpness", "steps", steps)
     weights = weights_of(model, state, "adaptive_sharpness")
     chosen = tuple(keys) if keys is not None else weights.parameters
     scale = {k: state[k].detach().abs() if adaptive else torch.ones_like(state[k]) for k in chosen}

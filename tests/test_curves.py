@@ -191,18 +191,18 @@ def test_aligned_curve_study_records_the_alignment(pair):
 
 def test_errors_name_the_bad_argument(pair):
     model, a, b, train, test = pair
-    with pytest.raises(ModeconnectError, match="Unknown curve kind 'spline'; valid names"):
+    with pytest.raises(ModeconnectError, match="curve: unknown curve kind 'spline'; valid names"):
         fit_curve(model, a, b, train, kind="spline")
-    with pytest.raises(ModeconnectError, match="bends=0 must be a positive int"):
+    with pytest.raises(ModeconnectError, match="curve: bends=0 is not a positive int"):
         fit_curve(model, a, b, train, bends=0)
     small = {k: v[:1] if v.ndim else v for k, v in b.items()}
     with pytest.raises(ModeconnectError, match="tensor '1.weight' of B is"):
         fit_curve(model, a, small, train)
     with pytest.raises(ModeconnectError, match="one-shot iterator"):
         fit_curve(model, a, b, iter(train), batch_size=None, epochs=2)
-    with pytest.raises(ModeconnectError, match="odd int >= 3"):
+    with pytest.raises(ModeconnectError, match="evaluate_path: steps=4 is not an odd int >= 3"):
         evaluate_path(model, curve_path(Bezier(1), a, [a], b), {"test": test}, steps=4)
     with pytest.raises(ModeconnectError, match="got 2 bend state dicts"):
         curve_path(Bezier(1), a, [a, a], b)
-    with pytest.raises(ModeconnectError, match="Unknown barrier definition"):
+    with pytest.raises(ModeconnectError, match="curve_study: unknown barrier definition 'max'"):
         curve_study(model, a, b, train=train, test=test, definition="max")

@@ -249,11 +249,15 @@ def test_sharpness_study_reports_every_model_and_the_merge():
 def test_errors_name_the_bad_argument():
     model, batches = _mlp(), _data()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ModeconnectError, match="Unknown spectrum method 'qr'; valid names"):
+    with pytest.raises(
+        ModeconnectError, match="hessian_spectrum: unknown method 'qr'; valid names"
+    ):
         hessian_spectrum(model, state, batches, method="qr")
-    with pytest.raises(ModeconnectError, match="Unknown norm 'l1'"):
+    with pytest.raises(ModeconnectError, match="adaptive_sharpness: unknown norm 'l1'"):
         adaptive_sharpness(model, state, batches, norm="l1")
-    with pytest.raises(ModeconnectError, match="rho=-1.0 must be a positive number"):
+    with pytest.raises(
+        ModeconnectError, match="adaptive_sharpness: rho=-1.0 is not a positive number"
+    ):
         adaptive_sharpness(model, state, batches, rho=-1.0)
     with pytest.raises(ModeconnectError, match="one-shot iterator"):
         hessian_operator(model, state, iter(batches))
