@@ -287,7 +287,10 @@ def fit_curve(
     fn = get_loss(loss)
     history: list[float] = []
     done = 0
-    with module_mode(model, True):
+    # Dropout draws from the global generator: seed a forked one, so that one seed
+    # gives one curve and the caller's random state is left as it was.
+    with torch.random.fork_rng(), module_mode(model, True):
+        torch.manual_seed(seed)
         for _ in range(epochs):
             total, count = 0.0, 0
             for x, y in data.epoch():

@@ -278,11 +278,11 @@ def filter_normalized_direction(
             out[key] = torch.zeros_like(value)
             continue
         d = torch.randn(value.shape, generator=gen, dtype=torch.float64)
-        theta = value.detach().to(torch.float64)
+        theta = value.detach().to("cpu", torch.float64)
         view = (-1,) + (1,) * (value.dim() - 1)
         d_norm = d.flatten(1).norm(dim=1).view(view)
         scale = theta.flatten(1).norm(dim=1).view(view) / torch.where(d_norm > 0, d_norm, 1.0)
-        out[key] = (d * scale).to(value.dtype)
+        out[key] = (d * scale).to(value.device, value.dtype)
     return out
 
 

@@ -204,7 +204,8 @@ class HessianOperator:
     dtype: torch.dtype
 
     def __call__(self, v: Tensor) -> Tensor:
-        parts = _unflatten(v.to(self.dtype), self.state, self.keys)
+        device = self.state[self.keys[0]].device
+        parts = _unflatten(v.to(device=device, dtype=self.dtype), self.state, self.keys)
         out = [torch.zeros_like(self.state[k]) for k in self.keys]
         entries = 0
         with module_mode(self.model, False):
@@ -222,7 +223,7 @@ class HessianOperator:
                     if h is not None:
                         acc += h.detach()
         check_entries(entries, "hessian_operator")
-        return torch.cat([t.flatten() for t in out]).to(v.dtype) / entries
+        return torch.cat([t.flatten() for t in out]).to(v.device, v.dtype) / entries
 
 
 def hessian_operator(
@@ -524,7 +525,9 @@ def _ascent_direction(
     """
     length = math.sqrt(sum(float((v.double() ** 2).sum()) for v in g.values()))
     if length == 0.0:
-        g = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in g.items()}
+        g = {
+            k: torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device) for k, v in g.items()
+        }
         length = math.sqrt(sum(float((v.double() ** 2).sum()) for v in g.values()))
     if norm == "linf":
         return {k: v.sign() for k, v in g.items()}

@@ -126,6 +126,17 @@ def test_same_seed_same_curve_other_seed_other_curve(pair):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_dropout_curves_follow_the_seed_and_leave_the_global_generator_alone(pair):
+    _, a, b, train, _ = pair
+    model = nn.Sequential(*mlp(64, [32, 32], 10)[:4], nn.Dropout(0.5), *mlp(64, [32, 32], 10)[4:])
+    keys = dict(zip(mlp(64, [32, 32], 10).state_dict(), model.state_dict(), strict=True))
+    a, b = ({keys[k]: v for k, v in s.items()} for s in (a, b))
+    state = torch.random.get_rng_state()
+    runs = [fit_curve(model, a, b, train, epochs=1, batch_size=100, seed=3) for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(runs[0].bends[0][k], runs[1].bends[0][k]) for k in a)
+
+
 def test_a_curve_from_a_model_to_itself_stays_at_it():
     # A regression model that fits its data exactly sits at a minimum of the loss
     # (every gradient is 0), so the bends never leave it and every point is A.
