@@ -44,6 +44,7 @@ from modeconnect.evaluate import (
 )
 from modeconnect.objective import (
     StateDict,
+    Weights,
     batch_loss,
     bn_correction,
     check_entries,
@@ -251,8 +252,8 @@ def fit_curve(
     curve *is* the line (:meth:`Bezier.line_positions`). With ``batch_size`` the
     examples of ``train`` are pooled once and drawn in a new order every epoch;
     with ``None`` the batches are used as given (a shuffling DataLoader shuffles
-    itself). ``t``, the order and the bends' start are all seeded by ``seed``:
-    one seed, one result. ``progress("curve", step, steps)`` reports the steps.
+    itself). ``t``, the order and dropout are seeded by ``seed``: one seed, one
+    result. ``progress("curve", step, steps)`` reports the steps.
     """
     curve = get_curve(kind, bends)
     check_positive("fit_curve", "epochs", epochs)
@@ -268,62 +269,95 @@ def fit_curve(
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     data = _Epochs(train, batch_size, gen)
-    line = [interpolate(a, b, s) for s in curve.line_positions()]
-    leaves = [
-        {k: bend[k].detach().clone().requires_grad_(True) for k in weights.parameters}
-        for bend in line
-    ]
-    opt = torch.optim.SGD(
-        [p for bend in leaves for p in bend.values()],
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
     steps = epochs * data.batches_per_epoch()
+    run = _Training(model, weights, curve, a, b, get_loss(loss), gen)
+    opt = torch.optim.SGD(run.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    # BatchNorm in training mode updates the running statistics it is given in
-    # place: hand it scratch copies, never A's or B's tensors.
-    scratch = {k: v.clone() for k, v in a.items() if not v.is_floating_point()}
-    fn = get_loss(loss)
     history: list[float] = []
-    done = 0
     # Dropout draws from the global generator: seed a forked one, so that one seed
     # gives one curve and the caller's random state is left as it was.
     with torch.random.fork_rng(), module_mode(model, True):
         torch.manual_seed(seed)
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for x, y in data.epoch():
-                t = float(torch.rand((), generator=gen, dtype=torch.float64))
-                bends_t = [{**bend, **leaf} for bend, leaf in zip(line, leaves, strict=True)]
-                state = {**_curve_sum(curve, a, bends_t, b, t), **scratch}
-                value, n = batch_loss(model, weights.bind(state), x, y, fn)
-                opt.zero_grad()
-                (value / n).backward()
-                opt.step()
-                sched.step()
-                total, count = total + float(value.detach()), count + n
-                done += 1
-                if progress is not None:
-                    progress("curve", done, steps)
-            check_entries(count, "fit_curve")
-            history.append(total / count)
-    trained = tuple(
-        {**bend, **{n: p.detach() for k, p in leaf.items() for n in weights.aliases(k) if n in a}}
-        for bend, leaf in zip(line, leaves, strict=True)
-    )
+        for epoch in range(epochs):
+            done = epoch * data.batches_per_epoch()
+            history.append(run.epoch(data.epoch(), opt, sched, progress, done, steps))
     params = {
-        "epochs": epochs,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "seed": seed,
-        "steps": steps,
-        "loss": loss_name(loss),
+        "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+        "batch_size": batch_size, "seed": seed, "steps": steps, "loss": loss_name(loss),
         "schedule": "cosine",
-    }
-    return CurveFit(curve, a, b, trained, tuple(history), params, time.perf_counter() - start)
+    }  # fmt: skip
+    return CurveFit(curve, a, b, run.bends(), tuple(history), params, time.perf_counter() - start)
+
+
+class _Training:
+    """The trainable bends of one curve and one SGD pass over the data.
+
+    ``line`` holds full state dicts on the segment A→B (buffers stay there);
+    ``leaves`` their parameters as leaf tensors that the optimiser moves.
+    BatchNorm in training mode updates the running statistics it is given in
+    place, so counters are scratch copies and floating buffers fresh sums, never
+    A's or B's tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: Weights,
+        curve: Parametrisation,
+        a: StateDict,
+        b: StateDict,
+        loss: ExampleLossFn,
+        gen: torch.Generator,
+    ) -> None:
+        self.model, self.weights, self.curve, self.a, self.b = model, weights, curve, a, b
+        self.loss, self.gen = loss, gen
+        self.line = [interpolate(a, b, s) for s in curve.line_positions()]
+        self.leaves = [
+            {k: bend[k].detach().clone().requires_grad_(True) for k in weights.parameters}
+            for bend in self.line
+        ]
+        self.scratch = {k: v.clone() for k, v in a.items() if not v.is_floating_point()}
+
+    def parameters(self) -> list[Tensor]:
+        return [p for leaf in self.leaves for p in leaf.values()]
+
+    def epoch(
+        self,
+        batches: Iterable[Batch],
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        progress: ProgressFn | None,
+        done: int,
+        steps: int,
+    ) -> float:
+        """One pass: a fresh ``t`` per batch; returns the mean training loss of the pass."""
+        total, count = 0.0, 0
+        for x, y in batches:
+            t = float(torch.rand((), generator=self.gen, dtype=torch.float64))
+            bends = [{**bend, **leaf} for bend, leaf in zip(self.line, self.leaves, strict=True)]
+            state = {**_curve_sum(self.curve, self.a, bends, self.b, t), **self.scratch}
+            value, n = batch_loss(self.model, self.weights.bind(state), x, y, self.loss)
+            opt.zero_grad()
+            (value / n).backward()
+            opt.step()
+            sched.step()
+            total, count = total + float(value.detach()), count + n
+            done += 1
+            if progress is not None:
+                progress("curve", done, steps)
+        check_entries(count, "fit_curve")
+        return total / count
+
+    def bends(self) -> tuple[dict[str, Tensor], ...]:
+        """The trained bends as full state dicts (every alias of a tied weight set)."""
+        return tuple(
+            {
+                **bend,
+                **{alias: p.detach() for k, p in leaf.items()
+                   for alias in self.weights.aliases(k) if alias in self.a},
+            }
+            for bend, leaf in zip(self.line, self.leaves, strict=True)
+        )  # fmt: skip
 
 
 def _curve_sum(
