@@ -109,7 +109,7 @@ def register(main: click.Group) -> None:
     )
     @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
     @click.option(
-        "--json", "json_path", type=click.Path(dir_okay=False), help="Write every number as JSON."
+        "--json", "json_path", type=click.Path(), help="Write every number as JSON."
     )
     @click.option(
         "--report",

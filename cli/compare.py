@@ -92,7 +92,7 @@ def register(main: click.Group) -> None:
     )
     @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
     @click.option(
-        "--json", "json_path", type=click.Path(dir_okay=False), help="Write the table as JSON."
+        "--json", "json_path", type=click.Path(), help="Write the table as JSON."
     )
     @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
     @_user_errors

@@ -134,11 +134,11 @@ def _exit_cleanly_on_signals() -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Write B permuted into A's basis (.pt or .safetensors).",
 )
 @click.option(
-    "--merged", type=click.Path(dir_okay=False), help="Write (1-alpha)*A + alpha*aligned B."
+    "--merged", type=click.Path(), help="Write (1-alpha)*A + alpha*aligned B."
 )
 @click.option(
     "--alpha",
@@ -200,7 +200,7 @@ def _exit_cleanly_on_signals() -> None:
 @click.option("--cost", type=click.Choice(["weights", "activations"]), help="OT ground cost.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON."
+    "--json", "json_path", type=click.Path(), help="Write the full result as JSON."
 )
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @_user_errors
@@ -258,7 +258,7 @@ def _barrier_table(curves: Any) -> list[str]:
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
 @model_options
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the groups as JSON."
+    "--json", "json_path", type=click.Path(), help="Write the groups as JSON."
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @_user_errors

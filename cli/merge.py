@@ -80,11 +80,11 @@ def register(main: click.Group) -> None:
     @click.option(
         "--out",
         required=True,
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         help="Merged checkpoint (.pt or .safetensors).",
     )
     @click.option(
-        "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
+        "--json", "json_path", type=click.Path(), help="Write the report as JSON."
     )
     @click.option("--force", is_flag=True, help="Overwrite existing output files.")
     @_user_errors

@@ -340,7 +340,8 @@ def checkpoint_writer(
             sort_safetensors_metadata(tmp)
 
         return fill
-    payload = {"state_dict": tensors, "model": model_ref, "model_kwargs": kwargs, "metadata": meta}
+    payload = {"state_dict": tensors, "model": model_ref, "model_kwargs": kwargs,
+               "metadata": dict(sorted(meta.items()))}  # fmt: skip
 
     def save(tmp: Path) -> None:
         # A file object, not a path: torch.save names the archive after a path's file
@@ -390,7 +391,7 @@ def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     return staged_write(path, json_writer(obj))
 
 
-def json_writer(obj: Any) -> Callable[[Path], None]:
+def json_writer(obj: Any) -> Callable[[Path], object]:
     """The function that writes ``obj`` as indented JSON to a (temporary) file."""
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
     return lambda tmp: tmp.write_text(text, encoding="utf-8")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from modeconnect_cli.main import main
 from safetensors.torch import save_file
 
 from modeconnect.io import load_checkpoint
+from modeconnect_cli.main import main
 
 MLP_REF = "modeconnect.models:mlp"
 SMALL = {"in_features": 6, "hidden": [10, 12], "out_features": 3}

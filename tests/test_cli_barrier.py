@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+
 from modeconnect_cli.barrier import register
 from modeconnect_cli.main import main
 

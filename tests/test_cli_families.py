@@ -13,12 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import ROOT
-from modeconnect_cli.main import main
 from zoo import HF_MODELS, ZOO, build, example_input
 
 from modeconnect.graph import derive_spec
 from modeconnect.io import load_checkpoint, save_checkpoint
 from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect_cli.main import main
 
 ZOO_REF = str(ROOT / "tests" / "zoo.py") + ":build"
 CLASSIFIERS = {"mlp_seq", "cnn_bn", "resnet20", "vgg11_bn", "densenet_block", "vit"}

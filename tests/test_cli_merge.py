@@ -13,13 +13,13 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from modeconnect_cli.merge import register
 from torch.testing import assert_close
 
 from modeconnect.graph import derive_spec
 from modeconnect.io import load_checkpoint, save_checkpoint
 from modeconnect.models import conv_net, mlp
 from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect_cli.merge import register
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DATA = str(CHECKPOINTS / "digits_test.pt")

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from modeconnect_cli.compare import register
 
 import modeconnect as mc
 from modeconnect.compare import compare_methods, format_comparison, method_options
 from modeconnect.errors import ModeconnectError
 from modeconnect.matching import METHODS, get_method
+from modeconnect_cli.compare import register
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 

@@ -392,7 +392,8 @@ def test_save_unknown_extension(tmp_path: Path) -> None:
     path = tmp_path / "a.ckpt"
     with pytest.raises(
         ModeconnectError,
-        match=rf"{_esc(path)}: the output needs a checkpoint extension, got '.ckpt'; use one of \.pt, \.pth, \.bin",
+        match=rf"{_esc(path)}: the output needs a checkpoint extension, got '.ckpt'; "
+        r"use one of \.pt, \.pth, \.bin",
     ):
         save_checkpoint(path, {"w": torch.ones(1)})
     assert _files(tmp_path) == []

@@ -52,7 +52,7 @@ def test_report_files_exist_and_the_page_references_them(study: Study, tmp_path:
 
 def test_report_needs_force_to_overwrite(study: Study, tmp_path: Path) -> None:
     write_report(study, tmp_path)
-    with pytest.raises(ModeconnectError, match=r"report.html: already exists \(the report\); pass --force"):
+    with pytest.raises(ModeconnectError, match=r"report.html: already exists \(the report\)"):
         write_report(study, tmp_path)
     write_report(study, tmp_path, force=True)
     file = tmp_path / "file.txt"

@@ -127,8 +127,6 @@ def _check_target(
     report_dirs: Sequence[Path],
     force: bool,
 ) -> None:
-    _check_extension(option, path, kind)
-    _check_folder(option, path, report_dirs)
     for source in inputs:
         if _same_file(path, source):
             raise ModeconnectError(
@@ -137,6 +135,8 @@ def _check_target(
             )
     if path.is_dir():
         raise ModeconnectError(f"{path}: {option} names a directory; pass a file name")
+    _check_extension(option, path, kind)
+    _check_folder(option, path, report_dirs)
     if path.exists() and not force:
         raise ModeconnectError(f"{path}: already exists ({option}); pass --force to overwrite it")
 
@@ -233,7 +233,7 @@ class Staging:
             self._folders.append(folder)
         return path
 
-    def write(self, path: Path, fill: Callable[[Path], None]) -> Path:
+    def write(self, path: Path, fill: Callable[[Path], object]) -> Path:
         """Have ``fill`` write a new temporary file beside ``path``; staged until :meth:`commit`."""
         tmp = path.parent / f".{path.name}.incomplete-{os.getpid()}.tmp"
         try:
@@ -274,7 +274,7 @@ class Staging:
         self._files, self._folders = [], []
 
 
-def staged_write(path: Path, fill: Callable[[Path], None]) -> Path:
+def staged_write(path: Path, fill: Callable[[Path], object]) -> Path:
     """Write one file atomically: :meth:`Staging.write`, then rename."""
     with Staging() as staging:
         return staging.write(path, fill)

@@ -1,0 +1,407 @@
+"""Hostile inputs: files from strangers never run code, never get overwritten, never crash.
+
+Every case builds its files in a fresh folder and runs one command on them. Each must:
+exit with code 2, print exactly one line on stderr and no traceback, create no marker
+file (the payloads try to), write no output (nor leave a temporary file), and leave
+every input byte-identical. Most cases run in-process through click's ``CliRunner``;
+a few run the installed command as a subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from click.testing import CliRunner
+
+from modeconnect.io import load_checkpoint
+from modeconnect_cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ROOT / "checkpoints"
+MARKER = "pwned"
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> sha256), directories as markers."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        out[rel] = "<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+class Bench:
+    """A folder with a clean pair, data, and helpers to plant hostile files in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.marker = root / MARKER
+        self.a = self._copy("mlp_a.pt")
+        self.b = self._copy("mlp_b.pt")
+        self.data = self._copy("digits_test.pt")
+        self.victim = root / "victim"
+        self.victim.mkdir()
+        (self.victim / "keep.txt").write_text("precious")
+
+    def _copy(self, name: str) -> Path:
+        target = self.root / name
+        target.write_bytes((CHECKPOINTS / name).read_bytes())
+        return target
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return load_checkpoint(self.a).state_dict
+
+    def pt_naming(self, name: str, ref: str, kwargs: dict) -> Path:
+        path = self.root / name
+        torch.save({"state_dict": self.state_dict(), "model": ref, "model_kwargs": kwargs}, path)
+        return path
+
+    def safetensors_naming(self, name: str, ref: str, kwargs: dict) -> Path:
+        path = self.root / name
+        meta = {"modeconnect.model": ref, "modeconnect.model_kwargs": json.dumps(kwargs)}
+        safetensors.torch.save_file(self.state_dict(), str(path), meta)
+        return path
+
+    def evil_module(self) -> Path:
+        path = self.root / "evil_models.py"
+        path.write_text(
+            "from pathlib import Path\n"
+            f"Path({str(self.marker)!r}).write_text('imported')\n"
+            "from modeconnect.models import mlp as build\n"
+        )
+        return path
+
+    def data_file(self, name: str, x: torch.Tensor, y: torch.Tensor) -> Path:
+        path = self.root / name
+        torch.save({"x": x, "y": y}, path)
+        return path
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Bench:
+    return Bench(tmp_path)
+
+
+def _assert_refused(bench: Bench, run: Callable[[], tuple[int, str]], *expect: str) -> str:
+    before = _snapshot(bench.root)
+    code, stderr = run()
+    after = _snapshot(bench.root)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for text in expect:
+        assert text in stderr, (text, stderr)
+    assert not bench.marker.exists(), "a payload ran"
+    assert after == before, "files changed: " + str(set(after.items()) ^ set(before.items()))
+    return lines[0]
+
+
+def _cli(*args: object) -> Callable[[], tuple[int, str]]:
+    def run() -> tuple[int, str]:
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        return result.exit_code, result.stderr
+
+    return run
+
+
+def _subprocess(*args: object) -> Callable[[], tuple[int, str]]:
+    def run() -> tuple[int, str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "modeconnect_cli.main", *map(str, args)],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        return proc.returncode, proc.stderr
+
+    return run
+
+
+# --------------------------------------------------------------------------- code in references
+
+SHELL = "subprocess:run"
+
+
+def _shell_kwargs(bench: Bench) -> dict:
+    return {"args": f"touch {bench.marker}", "shell": True}
+
+
+COMMANDS: dict[str, Callable[[Bench, Path, Path], list[object]]] = {
+    "spec": lambda b, x, y: ["spec", x],
+    "align": lambda b, x, y: ["align", x, y, "--data", b.data, "--out", b.root / "o.pt"],
+    "barrier": lambda b, x, y: ["barrier", x, y, "--data", b.data, "--json", b.root / "r.json"],
+    "compare": lambda b, x, y: ["compare", x, y, "--data", b.data, "--methods", "weight"],
+    "merge": lambda b, x, y: ["merge", x, y, "--out", b.root / "m.pt"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_a_shell_command_named_by_a_checkpoint_never_runs(bench: Bench, command, fmt) -> None:
+    plant = bench.pt_naming if fmt == "pt" else bench.safetensors_naming
+    x = plant(f"evil_a.{fmt}", SHELL, _shell_kwargs(bench))
+    y = plant(f"evil_b.{fmt}", SHELL, _shell_kwargs(bench))
+    line = _assert_refused(bench, _cli(*COMMANDS[command](bench, x, y)), "'subprocess:run'")
+    assert "refused" in line and "--model subprocess:run" in line and "--trust-model-ref" in line
+
+
+def test_only_one_file_naming_the_reference_is_enough_to_be_refused(bench: Bench) -> None:
+    plain = bench.root / "plain.pt"
+    torch.save(bench.state_dict(), plain)  # names no architecture
+    x = bench.pt_naming("evil.pt", SHELL, _shell_kwargs(bench))
+    _assert_refused(bench, _cli("align", plain, x, "--data", bench.data), "refused")
+
+
+def test_rmtree_named_by_a_checkpoint_deletes_nothing(bench: Bench) -> None:
+    x = bench.pt_naming("evil.pt", "shutil:rmtree", {"path": str(bench.victim)})
+    _assert_refused(bench, _cli("spec", x), "'shutil:rmtree'")
+    assert (bench.victim / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_a_python_file_named_by_a_checkpoint_is_never_imported(bench: Bench, absolute) -> None:
+    module = bench.evil_module()
+    ref = f"{module if absolute else module.name}:build"
+    kwargs = {"in_features": 64, "hidden": [512, 512, 512], "out_features": 10}
+    x = bench.pt_naming("evil.pt", ref, kwargs)
+    y = bench.safetensors_naming("evil.safetensors", ref, kwargs)
+    _assert_refused(bench, _cli("align", x, y, "--data", bench.data, "--out", bench.root / "o.pt"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"config": {"model_type": "gpt2", "trust_remote_code": True}},
+        {"config": {"model_type": "gpt2", "auto_map": {"AutoModel": "evil.Net"}}},
+    ],
+)
+def test_kwargs_from_a_file_cannot_switch_on_code_loading(bench: Bench, kwargs) -> None:
+    x = bench.pt_naming("evil.pt", "transformers:GPT2Model", kwargs)
+    _assert_refused(bench, _cli("spec", x), "would let the model constructor load code")
+
+
+def test_kwargs_holding_tensors_are_refused(bench: Bench) -> None:
+    path = bench.root / "evil.pt"
+    torch.save(
+        {"state_dict": bench.state_dict(), "model": "modeconnect.models:mlp",
+         "model_kwargs": {"hidden": torch.tensor([512])}},
+        path,
+    )  # fmt: skip
+    _assert_refused(bench, _cli("spec", path), "plain JSON")
+
+
+def test_shell_reference_refused_by_the_installed_command(bench: Bench) -> None:
+    x = bench.pt_naming("evil.pt", SHELL, _shell_kwargs(bench))
+    _assert_refused(bench, _subprocess("spec", x), "'subprocess:run'", "refused")
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what a hostile pickle does: call a function on load
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_as_such(bench: Bench) -> None:
+    path = bench.root / "evil.pt"
+    torch.save({"state_dict": bench.state_dict(), "extra": _Payload(bench.marker)}, path)
+    _assert_refused(bench, _cli("spec", path), "contains pickled code", "refused")
+
+
+def test_a_data_file_with_pickled_code_is_refused_as_such(bench: Bench) -> None:
+    path = bench.root / "evil_data.pt"
+    torch.save({"x": torch.zeros(2, 64), "y": _Payload(bench.marker)}, path)
+    _assert_refused(bench, _cli("align", bench.a, bench.b, "--data", path), "contains pickled code")
+
+
+# --------------------------------------------------------------------------- the guard's probe
+
+
+def test_nan_in_the_probe_batch_is_refused(bench: Bench) -> None:
+    clean = torch.load(bench.data, weights_only=True)
+    x = clean["x"].clone()
+    x[0, 0] = float("nan")
+    path = bench.data_file("nan.pt", x, clean["y"])
+    out = bench.root / "o.pt"
+    _assert_refused(bench, _cli("align", bench.a, bench.b, "--data", path, "--out", out), "NaN")
+    x[0, 0] = float("inf")
+    path = bench.data_file("inf.pt", x, clean["y"])
+    _assert_refused(bench, _subprocess("align", bench.a, bench.b, "--data", path), "non-finite")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _align(bench: Bench, *extra: object) -> Callable[[], tuple[int, str]]:
+    return _cli("align", bench.a, bench.b, "--data", bench.data, *extra)
+
+
+@pytest.mark.parametrize("option", ["--out", "--merged"])
+def test_an_input_checkpoint_is_never_overwritten_even_with_force(bench: Bench, option) -> None:
+    for target in (bench.a, bench.b):
+        _assert_refused(
+            bench, _align(bench, option, target, "--force"), "would overwrite the input"
+        )
+
+
+def test_the_data_file_is_never_overwritten(bench: Bench) -> None:
+    _assert_refused(
+        bench, _align(bench, "--out", bench.data, "--force"), "would overwrite the input"
+    )
+
+
+def test_a_hard_link_to_an_input_is_an_input(bench: Bench) -> None:
+    link = bench.root / "link.pt"
+    os.link(bench.a, link)
+    _assert_refused(bench, _align(bench, "--out", link, "--force"), "would overwrite the input")
+
+
+def test_the_model_file_of_a_trusted_reference_is_an_input(bench: Bench) -> None:
+    ref_file = bench.root / "models.py"
+    ref_file.write_text("from modeconnect.models import mlp\n")
+    run = _align(bench, "--model", f"{ref_file}:mlp", "--out", ref_file, "--force")
+    _assert_refused(bench, run, "would overwrite the input")
+
+
+def test_two_outputs_on_one_path_are_refused_before_anything_runs(bench: Bench) -> None:
+    same = bench.root / "same.pt"
+    _assert_refused(
+        bench, _align(bench, "--out", same, "--merged", same), "both --out and --merged"
+    )
+    same.write_bytes(b"old")
+    _assert_refused(
+        bench, _align(bench, "--out", same, "--merged", same, "--force"), "both --out and --merged"
+    )
+    assert same.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--out", "missing/o.pt"], "does not exist"),
+        (["--out", "o.txt"], "checkpoint extension"),
+        (["--json", "r.txt"], "must end in .json"),
+        (["--json", "victim"], "names a directory"),
+    ],
+)
+def test_bad_targets_are_refused_before_any_work(bench: Bench, extra, expect) -> None:
+    extra = [bench.root / e if not str(e).startswith("--") else e for e in extra]
+    _assert_refused(bench, _align(bench, *extra), expect)
+
+
+def test_an_existing_output_needs_force(bench: Bench) -> None:
+    out = bench.root / "o.pt"
+    out.write_bytes(b"old")
+    _assert_refused(bench, _align(bench, "--out", out), "already exists", "--force")
+
+
+def test_a_failure_while_writing_leaves_nothing_behind(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modeconnect.pipeline
+
+    def full_disk(obj: object) -> Callable[[Path], None]:
+        def fill(tmp: Path) -> None:
+            tmp.write_text("{")
+            raise OSError(28, "No space left on device")
+
+        return fill
+
+    # --out and --merged are staged before --json fails: all three must vanish.
+    monkeypatch.setattr(modeconnect.pipeline, "json_writer", full_disk)
+    run = _align(bench, "--out", bench.root / "o.pt", "--merged", bench.root / "m.pt",
+                 "--json", bench.root / "r.json", "--steps", "3")  # fmt: skip
+    _assert_refused(bench, run, "r.json: cannot write the output", "No space left")
+
+
+def test_merge_never_overwrites_its_reference(bench: Bench) -> None:
+    ref = bench.root / "ref.pt"
+    ref.write_bytes(bench.a.read_bytes())
+    run = _cli("merge", bench.a, bench.b, "--reference", ref, "--out", ref, "--force")
+    _assert_refused(bench, run, "would overwrite the input")
+
+
+# --------------------------------------------------------------------------- dtypes and data
+
+
+def test_integer_weights_are_refused(bench: Bench) -> None:
+    path = bench.root / "int.pt"
+    state = {k: v.to(torch.int64) for k, v in bench.state_dict().items()}
+    torch.save({"state_dict": state, "model": "modeconnect.models:mlp",
+                "model_kwargs": {"in_features": 64, "hidden": [512, 512, 512],
+                                 "out_features": 10}}, path)  # fmt: skip
+    _assert_refused(bench, _cli("align", bench.a, path, "--data", bench.data), "dtype torch.int64")
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda x, y: (x, y + 10), "labels y range over"),
+        (lambda x, y: (x, y.float()), "dtype float32"),
+        (lambda x, y: (x, torch.nn.functional.one_hot(y, 10).float()), "look one-hot"),
+        (lambda x, y: (x, y[:, None]), "need labels of shape (N)"),
+        (lambda x, y: ((x * 16).long(), y), "cannot run on x"),
+        (lambda x, y: (x[:, :32], y), "cannot run on x of shape (64, 32)"),
+    ],
+)
+def test_data_that_do_not_fit_get_one_line(bench: Bench, make, expect) -> None:
+    clean = torch.load(bench.data, weights_only=True)
+    path = bench.data_file("bad.pt", *make(clean["x"], clean["y"]))
+    out = bench.root / "o.pt"
+    line = _assert_refused(
+        bench, _cli("align", bench.a, bench.b, "--data", path, "--out", out), expect
+    )
+    assert line.startswith(f"Error: {path}:")
+
+
+def test_a_seed_beyond_64_bits_is_a_usage_error_whose_last_line_says_so(bench: Bench) -> None:
+    result = CliRunner().invoke(main, ["align", str(bench.a), str(bench.b), "--seed", str(2**64)])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for '--seed'")
+
+
+# --------------------------------------------------------------------------- what is accepted
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_and_double_checkpoints_align_and_keep_their_dtype(bench: Bench, dtype) -> None:
+    path = bench.root / "b16.safetensors"
+    state = {k: v.to(dtype) for k, v in load_checkpoint(bench.b).state_dict.items()}
+    meta = {"modeconnect.model": "modeconnect.models:mlp",
+            "modeconnect.model_kwargs": json.dumps({"in_features": 64, "hidden": [512, 512, 512],
+                                                    "out_features": 10})}  # fmt: skip
+    safetensors.torch.save_file(state, str(path), meta)
+    out = bench.root / "o.safetensors"
+    args = ["align", bench.a, path, "--data", bench.data, "--out", out, "--steps", "3"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    aligned = load_checkpoint(out).state_dict
+    assert {t.dtype for t in aligned.values()} == {dtype}
+    # The permutation is indexing: every value of B survives exactly, only reordered.
+    for key, tensor in state.items():
+        assert torch.equal(aligned[key].flatten().sort().values, tensor.flatten().sort().values)
+
+
+def test_huge_weights_are_normalised_without_overflow(bench: Bench) -> None:
+    out = bench.root / "m.pt"
+    result = CliRunner().invoke(
+        main, ["merge", str(bench.a), str(bench.b), "--weights", "1e308,1e308", "--out", str(out),
+               "--json", str(bench.root / "m.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((bench.root / "m.json").read_text())["merge"]["weights"] == [0.5, 0.5]
