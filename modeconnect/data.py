@@ -115,7 +115,7 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, source: str | Path) -> torc
 
 def _check_label_kind(y: torch.Tensor, logits: torch.Tensor, source: str | Path) -> None:
     expected = (logits.shape[0], *logits.shape[2:])
-    if y.is_floating_point() and tuple(y.shape) == tuple(logits.shape):
+    if y.is_floating_point() and tuple(y.shape[1:]) == tuple(logits.shape[1:]):
         raise ModeconnectError(
             f"{source}: labels y {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} look "
             "one-hot (a row per example); store class indices instead: y.argmax(1)"
