@@ -17,7 +17,6 @@ network computes the same function, and measure interpolation barriers::
 from __future__ import annotations
 
 from .bn import repair, reset_batchnorm
-from .data import load_data
 from .errors import ModeconnectError
 from .evaluate import (
     Barrier,
@@ -30,9 +29,10 @@ from .evaluate import (
     interpolation_curve,
 )
 from .federated import aligned_fedavg, fedavg
+from .files.checkpoints import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
+from .files.data import load_data
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence
-from .io import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
 from .layerwise import layerwise_barriers
 from .matching import METHODS, Alignment, match_weights
 from .merge import MergeResult, merge

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier
+from .files.checkpoints import json_writer, load_models
+from .files.data import Batch, check_fits, first_batch, load_data
 from .files.references import NO_TRUST, Trust
 from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import example_inputs
-from .io import json_writer, load_models
 from .matching import METHODS, get_method, method_options
 from .pipeline import PROBE_SIZE, align, compare_interpolations
 

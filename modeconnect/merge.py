@@ -50,14 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Metrics, evaluate
-from .files.references import NO_TRUST, Trust
-from .files.targets import Outputs, input_files
-from .graph import derive_spec
-from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
-from .io import (
+from .files.checkpoints import (
     Checkpoint,
     check_same_architecture,
     check_state_dict,
@@ -67,6 +62,11 @@ from .io import (
     load_models,
     restore_dtypes,
 )
+from .files.data import Batch, check_fits, first_batch, load_data
+from .files.references import NO_TRUST, Trust
+from .files.targets import Outputs, input_files
+from .graph import derive_spec
+from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .matching import METHODS, Alignment, get_method
 from .spec import (
     Permutation,

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from .bn import check_mode, renormalize
-from .data import Batch, check_fits, first_batch, load_data
 from .errors import ModeconnectError
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
+from .files.checkpoints import checkpoint_writer, json_writer, load_models, restore_dtypes
+from .files.data import Batch, check_fits, first_batch, load_data
 from .files.references import NO_TRUST, Trust
 from .files.targets import Outputs, input_files
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
-from .io import checkpoint_writer, json_writer, load_models, restore_dtypes
 from .matching import Alignment, get_method, method_options
 from .spec import PermutationSpec, apply_permutation
 

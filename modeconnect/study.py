@@ -372,11 +372,11 @@ def barrier_files(
     ``definition``, ``layerwise``, ``layer_groups``, ``bootstrap``, ``loss``,
     ``seed``). Outputs are checked before any work: an existing file needs ``force``.
     """
-    from modeconnect.data import check_fits, load_data
+    from modeconnect.files.checkpoints import json_writer, load_models
+    from modeconnect.files.data import check_fits, load_data
+    from modeconnect.files.report import stage_report
     from modeconnect.files.targets import Outputs, input_files
     from modeconnect.guard import example_inputs
-    from modeconnect.io import json_writer, load_models
-    from modeconnect.report import stage_report
 
     outputs = Outputs.plan(
         [("--report", report_dir, "report"), ("--json", json_path, "json")],

@@ -21,9 +21,9 @@ from modeconnect.bn import (
     repair_layers,
     reset_batchnorm,
 )
-from modeconnect.data import load_data
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import Batch, evaluate, interpolate
+from modeconnect.files.data import load_data
 from modeconnect.models import conv_net, mlp
 
 ROOT = Path(__file__).resolve().parents[1]

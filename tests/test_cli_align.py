@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from modeconnect.io import load_checkpoint
+from modeconnect.files.checkpoints import load_checkpoint
 from modeconnect_cli.main import main
 
 MLP_REF = "modeconnect.models:mlp"

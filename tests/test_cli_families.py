@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from zoo import HF_MODELS, ZOO, build, example_input
 
+from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
 from modeconnect.graph import derive_spec
-from modeconnect.io import load_checkpoint, save_checkpoint
 from modeconnect.spec import apply_permutation, random_permutation
 from modeconnect_cli.main import main
 

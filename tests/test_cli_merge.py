@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 from torch.testing import assert_close
 
+from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
 from modeconnect.graph import derive_spec
-from modeconnect.io import load_checkpoint, save_checkpoint
 from modeconnect.models import conv_net, mlp
 from modeconnect.spec import apply_permutation, random_permutation
 from modeconnect_cli.merge import register

@@ -1,4 +1,4 @@
-"""Tests for modeconnect.data: every source kind loads re-iterable (x, y) batches."""
+"""Tests for modeconnect.files.data: every source kind loads re-iterable (x, y) batches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from modeconnect.data import Batch, first_batch, load_data
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.data import Batch, first_batch, load_data
 
 SOURCE = """
 import torch

@@ -13,8 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from modeconnect.files.checkpoints import save_checkpoint
 from modeconnect.files.targets import Staging
-from modeconnect.io import save_checkpoint
 from modeconnect_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]

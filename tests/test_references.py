@@ -41,7 +41,7 @@ def test_transformers_architectures_are_followed() -> None:
         "os:system",
         "builtins:exec",
         "modeconnect.models:torch.load",  # a dotted path out of a known module
-        "modeconnect.io:save_checkpoint",  # known module, not a constructor
+        "modeconnect.files.checkpoints:save_checkpoint",  # known module, not a constructor
         "transformers:AutoModel.from_pretrained",
         "transformers:pipeline",
         "/tmp/evil.py:build",

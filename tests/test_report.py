@@ -12,8 +12,8 @@ import torch
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import Batch
+from modeconnect.files.report import write_report
 from modeconnect.models import mlp
-from modeconnect.report import write_report
 from modeconnect.study import Study, barrier_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,7 @@ def test_report_without_layerwise_has_only_the_curves(tmp_path: Path) -> None:
 
 def test_importing_modeconnect_does_not_import_matplotlib() -> None:
     code = (
-        "import sys, modeconnect, modeconnect.report, modeconnect.study, modeconnect.progress; "
+        "import sys, modeconnect, modeconnect.files.report, modeconnect.study, modeconnect.progress; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
         "assert 'rich' not in sys.modules, 'rich imported'"
     )

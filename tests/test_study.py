@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modeconnect.data import load_data
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import Batch, evaluate, evaluate_examples
-from modeconnect.io import load_checkpoint, resolve_model
+from modeconnect.files.checkpoints import load_checkpoint, resolve_model
+from modeconnect.files.data import load_data
 from modeconnect.models import mlp
 from modeconnect.study import barrier_study
 

@@ -188,7 +188,7 @@ def input_files(
     """Every file a command reads, for :meth:`Outputs.plan`: checkpoints, data files (or the
     Python file a ``file.py:callable`` data source names) and the file a model reference names.
     """
-    from modeconnect.data import is_data_reference
+    from modeconnect.files.data import is_data_reference
     from modeconnect.files.references import reference_file
 
     files = [Path(p) for p in checkpoints if p is not None]

@@ -1,4 +1,4 @@
-"""Tests for modeconnect.io: checkpoint formats, atomic writes, model references."""
+"""Tests for modeconnect.files.checkpoints: checkpoint formats, atomic writes, model references."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from modeconnect import io as mio
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.references import Trust
-from modeconnect.io import (
+from modeconnect.files import checkpoints as mio
+from modeconnect.files.checkpoints import (
     Checkpoint,
     build_model,
     check_same_architecture,
@@ -26,6 +25,7 @@ from modeconnect.io import (
     resolve_model,
     save_checkpoint,
 )
+from modeconnect.files.references import Trust
 
 MODEL_SOURCE = """
 import torch

@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.checkpoints import torch_load
 from modeconnect.files.references import import_callable
-from modeconnect.io import torch_load
 
 __all__ = [
     "DATA_EXTENSIONS",
