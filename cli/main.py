@@ -206,11 +206,9 @@ def _exit_cleanly_on_signals() -> None:
 @_user_errors
 def align(a: str, b: str, **opts: Any) -> None:  # fmt: skip
     """Align checkpoint B's units to A's, verify, evaluate and write the results."""
-    from modeconnect.pipeline import align_files
+    from modeconnect.files.align import align_files
 
-    dtype = DTYPES[opts.pop("input_dtype")] if opts.get("input_dtype") else None
-    opts.pop("input_dtype", None)
-    report = align_files(a, b, input_dtype=dtype, trust=pop_trust(opts), **opts)
+    report = align_files(a, b, trust=pop_trust(opts), **opts)
     click.echo(_format_align(report))
 
 
@@ -264,12 +262,11 @@ def _barrier_table(curves: Any) -> list[str]:
 @_user_errors
 def spec(checkpoint: str | None, **opts: Any) -> None:
     """Print the permutation groups derived from the model's graph."""
-    from modeconnect.pipeline import spec_for
+    from modeconnect.files.spec import spec_files
 
-    dtype = DTYPES[opts["input_dtype"]] if opts.get("input_dtype") else None
-    result = spec_for(
+    result = spec_files(
         checkpoint, model=opts["model"], model_kwargs=opts["model_kwargs"],
-        input_shape=opts["input_shape"], input_dtype=dtype,
+        input_shape=opts["input_shape"], input_dtype=opts["input_dtype"],
         permute_output=opts["permute_output"], json_path=opts["json_path"], force=opts["force"],
         trust=pop_trust(opts),
     )  # fmt: skip

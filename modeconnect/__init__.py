@@ -29,6 +29,7 @@ from .evaluate import (
     interpolation_curve,
 )
 from .federated import aligned_fedavg, fedavg
+from .files.align import AlignReport, align_files
 from .files.checkpoints import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
 from .files.data import load_data
 from .graph import derive_spec
@@ -36,7 +37,7 @@ from .guard import Equivalence, check_equivalence
 from .layerwise import layerwise_barriers
 from .matching import METHODS, Alignment, match_weights
 from .merge import MergeResult, merge
-from .pipeline import AlignReport, AlignResult, align, align_files
+from .pipeline import AlignResult, align
 from .spec import PermutationSpec, apply_permutation, random_permutation
 from .study import Study, barrier_study
 

@@ -211,11 +211,11 @@ class _Opaque:
 def test_guard_failure_writes_nothing(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import modeconnect.pipeline as pipeline
+    import modeconnect.files.align as command
     from modeconnect.spec import Fixed, Member, PermutationSpec
 
     a, b, _ = _small_pair(tmp_path)
-    real = pipeline.derive_spec
+    real = command.derive_spec
 
     def broken(model, inputs, permute_output=False) -> PermutationSpec:
         # A consistent-looking but wrong spec: the first hidden group permutes the rows
@@ -230,7 +230,7 @@ def test_guard_failure_writes_nothing(tmp_path, monkeypatch):
         }
         return PermutationSpec(groups, layouts, spec.fixed, spec.aliases)
 
-    monkeypatch.setattr(pipeline, "derive_spec", broken)
+    monkeypatch.setattr(command, "derive_spec", broken)
     out = tmp_path / "o.pt"
     result = _run("align", str(a), str(b), "--out", str(out))
     _assert_user_error(result, "does not compute the same function")

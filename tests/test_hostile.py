@@ -313,7 +313,7 @@ def test_an_existing_output_needs_force(bench: Bench) -> None:
 def test_a_failure_while_writing_leaves_nothing_behind(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modeconnect.pipeline
+    import modeconnect.files.align
 
     def full_disk(obj: object) -> Callable[[Path], None]:
         def fill(tmp: Path) -> None:
@@ -323,7 +323,7 @@ def test_a_failure_while_writing_leaves_nothing_behind(
         return fill
 
     # --out and --merged are staged before --json fails: all three must vanish.
-    monkeypatch.setattr(modeconnect.pipeline, "json_writer", full_disk)
+    monkeypatch.setattr(modeconnect.files.align, "json_writer", full_disk)
     run = _align(bench, "--out", bench.root / "o.pt", "--merged", bench.root / "m.pt",
                  "--json", bench.root / "r.json", "--steps", "3")  # fmt: skip
     _assert_refused(bench, run, "r.json: cannot write the output", "No space left")

@@ -20,7 +20,7 @@ import json
 import math
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from modeconnect.files.references import (
     import_callable,
     split_ref,
 )
-from modeconnect.files.targets import Outputs, staged_write
+from modeconnect.files.targets import Fill, Outputs, staged_write
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -323,7 +323,7 @@ def checkpoint_writer(
     model_ref: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
-) -> Callable[[Path], None]:
+) -> Fill:
     """Check what :func:`save_checkpoint` would write to ``path``; return the function that
     writes it to a (temporary) file, for :class:`~modeconnect.files.targets.Staging`."""
     suffix = _suffix(path)
@@ -391,7 +391,7 @@ def save_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     return staged_write(path, json_writer(obj))
 
 
-def json_writer(obj: Any) -> Callable[[Path], object]:
+def json_writer(obj: Any) -> Fill:
     """The function that writes ``obj`` as indented JSON to a (temporary) file."""
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
     return lambda tmp: tmp.write_text(text, encoding="utf-8")

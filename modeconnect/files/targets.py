@@ -34,6 +34,7 @@ from modeconnect.errors import ModeconnectError
 __all__ = [
     "CHECKPOINT_EXTENSIONS",
     "KINDS",
+    "Fill",
     "Outputs",
     "Staging",
     "Target",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".bin", ".safetensors")
+Fill = Callable[[Path], object]
+"""Writes one output's content into the (temporary) file it is given."""
 KINDS = ("checkpoint", "json", "report")
 REPORT_FILES = ("report.html", "curves.png", "layerwise.png")
 """Files a ``report`` target may write into its folder; each is checked like a target."""
@@ -233,7 +236,7 @@ class Staging:
             self._folders.append(folder)
         return path
 
-    def write(self, path: Path, fill: Callable[[Path], object]) -> Path:
+    def write(self, path: Path, fill: Fill) -> Path:
         """Have ``fill`` write a new temporary file beside ``path``; staged until :meth:`commit`."""
         tmp = path.parent / f".{path.name}.incomplete-{os.getpid()}.tmp"
         try:
@@ -274,7 +277,7 @@ class Staging:
         self._files, self._folders = [], []
 
 
-def staged_write(path: Path, fill: Callable[[Path], object]) -> Path:
+def staged_write(path: Path, fill: Fill) -> Path:
     """Write one file atomically: :meth:`Staging.write`, then rename."""
     with Staging() as staging:
         return staging.write(path, fill)

@@ -1,0 +1,160 @@
+"""``align`` on files: two checkpoints in, aligned B, the merge and a JSON report out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeconnect.bn import check_mode, renormalize
+from modeconnect.errors import ModeconnectError
+from modeconnect.files.checkpoints import json_writer
+from modeconnect.files.references import NO_TRUST, Trust
+from modeconnect.files.session import open_session
+from modeconnect.files.targets import Fill
+from modeconnect.graph import derive_spec
+from modeconnect.matching import method_options
+from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
+from modeconnect.timing import Timings
+
+__all__ = ["AlignReport", "align_files"]
+
+
+@dataclass(frozen=True)
+class AlignReport:
+    """Everything ``modeconnect align`` computed and wrote."""
+
+    a_path: Path
+    b_path: Path
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    result: AlignResult
+    curves: CurvePair | None
+    alpha: float
+    written: Mapping[str, Path] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        res = self.result
+        out: dict[str, Any] = {
+            "a": str(self.a_path),
+            "b": str(self.b_path),
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "alignment": res.alignment.to_dict(),
+            "equivalence": res.equivalence.to_dict(),
+            "spec": {
+                "groups": len(res.spec.groups),
+                "units": sum(g.size for g in res.spec.groups.values()),
+                "fixed_axes": len(res.spec.fixed),
+            },
+            "alpha": self.alpha,
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+        if self.curves is not None:
+            c = self.curves
+            out["naive"] = {"barrier": c.naive_barrier.to_dict(), "curve": c.naive.to_dict()}
+            out["aligned"] = {"barrier": c.aligned_barrier.to_dict(), "curve": c.aligned.to_dict()}
+        return out
+
+
+def align_files(
+    a_path: str | Path,
+    b_path: str | Path,
+    *,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    trust: Trust = NO_TRUST,
+    data: str | None = None,
+    train: str | None = None,
+    bn: str = "none",
+    out: str | Path | None = None,
+    merged: str | Path | None = None,
+    json_path: str | Path | None = None,
+    alpha: float = 0.5,
+    steps: int = 25,
+    method: str = "weight",
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | torch.dtype | None = None,
+    permute_output: bool = False,
+    batch_size: int = 500,
+    force: bool = False,
+    timings: Timings | None = None,
+    **options: Any,
+) -> AlignReport:
+    """Load two checkpoints, align B to A, evaluate on ``data``, and write the outputs asked for.
+
+    ``data`` is the evaluation split (curves and barriers); ``train`` the training split
+    (activation statistics, ``bn``; default ``data``). ``options`` go to the method
+    (:func:`~modeconnect.matching.method_options`). Outputs are checked before any
+    work and written together only after the equivalence guard has passed; aligned B
+    keeps B's stored dtypes, the merge A's.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ModeconnectError(f"--alpha: must lie in [0, 1], got {alpha}; pass the weight of B")
+    session = open_session(
+        [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
+        data=data, train=train, batch_size=batch_size, input_shape=input_shape,
+        input_dtype=input_dtype, timings=timings,
+        outputs=[("--out", out, "checkpoint"), ("--merged", merged, "checkpoint"),
+                 ("--json", json_path, "json")],
+    )  # fmt: skip
+    net, (ca, cb), clock = session.model, session.checkpoints, session.timings
+    stats = session.train if session.train is not None else session.data
+    check_mode(net, bn, session.train)
+    opts = method_options(method, options)
+    with clock.phase("spec"):
+        spec = derive_spec(net, tuple(x[:2] for x in session.probe), permute_output=permute_output)
+    with clock.phase("matching + guard"):
+        result = align(
+            net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe, data=stats,
+            spec=spec, **opts,
+        )  # fmt: skip
+    curves = None
+    if session.data is not None:
+        with clock.phase("evaluation"):
+            curves = compare_interpolations(
+                net, ca.state_dict, cb.state_dict, result.aligned, session.data, steps=steps
+            )
+    meta = {
+        "modeconnect.source_a": str(a_path),
+        "modeconnect.source_b": str(b_path),
+        "modeconnect.method": method,
+    }
+    plan = session.outputs
+    written: dict[str, Path] = {}
+    writes: dict[str, Fill] = {}
+    if "--out" in plan:
+        written["out"] = plan.path("--out")
+        role = {**meta, "modeconnect.role": "b aligned to a"}
+        writes["out"] = session.checkpoint_writer(
+            written["out"], result.aligned, like=cb, metadata=role
+        )
+    if "--merged" in plan:
+        with clock.phase("merge"):
+            mixed, role_name = merge_pair(
+                net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts
+            )
+            mixed = renormalize(
+                net, ca.state_dict, result.aligned, mixed, session.train, mode=bn, alpha=alpha
+            )
+        written["merged"] = plan.path("--merged")
+        info = {**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role_name,
+                "modeconnect.bn": bn}  # fmt: skip
+        writes["merged"] = session.checkpoint_writer(
+            written["merged"], mixed, like=ca, metadata=info
+        )
+    if "--json" in plan:
+        written["json"] = plan.path("--json")
+    report = AlignReport(
+        Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, result, curves,
+        alpha, written,
+    )  # fmt: skip
+    if "--json" in plan:
+        writes["json"] = json_writer(report.to_dict())
+    with clock.phase("writes"), plan.writing() as staging:
+        for name, fill in writes.items():
+            staging.write(written[name], fill)
+    return AlignReport(**{**report.__dict__, "timings": clock.to_dict()})
