@@ -23,8 +23,6 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +33,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probes import probes  # noqa: E402
 
 import modeconnect as mc  # noqa: E402
 from modeconnect.graph import derive_spec  # noqa: E402
 from modeconnect.matching import activation as act_mod  # noqa: E402
+from modeconnect.matching import assignment as assignment_mod  # noqa: E402
+from modeconnect.matching import descent as descent_mod  # noqa: E402
 from modeconnect.matching import get_method  # noqa: E402
 from modeconnect.matching import ot as ot_mod  # noqa: E402
-from modeconnect.matching import weight as weight_mod  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -57,9 +59,9 @@ METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 # (module, attribute, bucket): the functions whose time is attributed to a bucket.
 PROBES = (
-    (weight_mod, "solve_assignment", "assign"),
-    (act_mod, "solve_assignment", "assign"),
-    (ot_mod, "solve_assignment", "assign"),
+    (assignment_mod, "solve_warm", "assign"),  # weight and activation matching (warm starts)
+    (descent_mod, "solve_assignment", "assign"),  # per-block inner assignments
+    (ot_mod, "solve_assignment", "assign"),  # hardening OT plans
     (ot_mod, "_pot", "transport"),
     (act_mod, "activation_statistics", "stats"),
     (ot_mod, "activation_statistics", "stats"),
@@ -75,39 +77,9 @@ class Pair:
     data: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@contextmanager
-def probes(buckets: dict[str, float]) -> Iterator[None]:
-    """Wrap the probed functions so their time accumulates in ``buckets`` (no double counting)."""
-    saved = []
-    depth = [0]
-
-    def wrap(fn: Callable[..., Any], bucket: str) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if depth[0]:
-                return fn(*args, **kwargs)
-            depth[0] += 1
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                buckets[bucket] = buckets.get(bucket, 0.0) + time.perf_counter() - start
-                depth[0] -= 1
-
-        return timed
-
-    for module, attr, bucket in PROBES:
-        saved.append((module, attr, getattr(module, attr)))
-        setattr(module, attr, wrap(getattr(module, attr), bucket))
-    try:
-        yield
-    finally:
-        for module, attr, fn in saved:
-            setattr(module, attr, fn)
-
-
 def digits_mlp() -> Pair:
     ca, cb = mc.load(ROOT / "mlp_a.pt"), mc.load(ROOT / "mlp_b.pt")
-    model, _, _ = mc.resolve_model([ca, cb])
+    model = mc.resolve_model([ca, cb]).model
     data = list(mc.load_data(ROOT / "digits_train.pt", batch_size=500))
     return Pair("digits mlp 3x512", model, dict(ca.state_dict), dict(cb.state_dict), data)
 
@@ -138,7 +110,7 @@ def run(pair: Pair, label: str, method: str, opts: dict[str, Any], repeats: int)
     best: dict[str, Any] | None = None
     for _ in range(repeats):
         buckets: dict[str, float] = {}
-        with probes(buckets):
+        with probes(buckets, PROBES, clock=time.perf_counter):
             al = get_method(method)(spec, pair.a, pair.b, model=pair.model, data=pair.data, **opts)
         row = {"seconds": al.seconds, "objective": al.objective, "sweeps": al.iterations, **buckets}
         if best is None or row["seconds"] < best["seconds"]:

@@ -180,7 +180,7 @@ def test_fusion_weights():
 
 def test_soft_fusion_of_the_digits_pair_stays_accurate():
     ca, cb = mc.load(CKPT / "mlp_a.pt"), mc.load(CKPT / "mlp_b.pt")
-    model, _, _ = mc.resolve_model([ca, cb])
+    model = mc.resolve_model([ca, cb]).model
     a, b = ca.state_dict, cb.state_dict
     test = mc.load_data(CKPT / "digits_test.pt")
     spec = derive_spec(model, (test[0][0][:2],))

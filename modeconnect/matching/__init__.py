@@ -11,7 +11,6 @@ module on first access (PEP 562).
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +112,8 @@ def method_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     ``--ot-solver``, ``--reg``, ...) drive every method: each takes the ones it
     names (``ot_solver`` becomes the OT method's ``solver``).
     """
+    import inspect  # not at the top: this package imports in milliseconds
+
     params = inspect.signature(get_method(method)).parameters
     known = {
         name

@@ -62,7 +62,7 @@ from ..spec import (
     leaves,
 )
 from .assignment import DEFAULT_SOLVER, WarmStart
-from .descent import SimilaritySource, children_of, coordinate_descent, descend
+from .descent import DEFAULT_RTOL, SimilaritySource, children_of, coordinate_descent, descend
 from .descent import Solve as Solve  # re-exported: the engine lived here before descent.py
 from .options import check_descent, strict
 from .result import Alignment
@@ -512,7 +512,7 @@ def match_activations(
     solver: str = DEFAULT_SOLVER,
     max_iter: int = 100,
     tol: float = 1e-12,
-    rtol: float = 0.0,
+    rtol: float = DEFAULT_RTOL,
 ) -> Alignment:
     """Permute B's units to best match A's activations on ``data`` (Git Re-Basin, §3.1).
 

@@ -100,14 +100,22 @@ def check_solver(solver: str) -> None:
         )
 
 
-def reduced_costs(similarity: np.ndarray, prices: np.ndarray | None = None) -> np.ndarray:
+def reduced_costs(
+    similarity: np.ndarray, prices: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """``R = u + v − S`` with ``u_i = max_j (S[i, j] − v_j)``: ``(n, n)``, ≥ 0, a zero in every row.
 
-    A new array; ``similarity`` is not modified. ``prices`` ``v`` default to 0.
+    Written to ``out`` (float64, the shape of ``similarity``) or a new array;
+    ``similarity`` is not modified. ``prices`` ``v`` default to 0. NumPy, not torch:
+    these passes are single-threaded whatever torch's thread count (two torch threads
+    on a busy 2-core machine made them ~10x slower).
     """
-    r = similarity - prices[None, :] if prices is not None else similarity.copy()
-    u = r.max(axis=1, keepdims=True)
-    np.subtract(u, r, out=r)
+    r = np.empty_like(similarity) if out is None else out
+    if prices is None:
+        np.copyto(r, similarity)
+    else:
+        np.subtract(similarity, prices[None, :], out=r)
+    np.subtract(r.max(axis=1, keepdims=True), r, out=r)
     return r
 
 
@@ -115,26 +123,29 @@ def price_step(reduced: np.ndarray, perm: np.ndarray, prices: np.ndarray | None)
     """Prices after one Bellman-Ford step on ``reduced`` at the optimal assignment ``perm``.
 
     ``v'_j = v_j + max(0, max_i (R[i, perm(i)] − R[i, j]))``, shifted to a maximum of 0
-    (a common shift of all prices changes no reduced cost). Float32 is enough: the
-    prices only steer the next solve, which is exact for any prices.
+    (a common shift of all prices changes no reduced cost). Only rows with
+    ``R[i, perm(i)] > 0`` can bid (``R ≥ 0``); after a warm start they are a third of
+    the rows or fewer. Any prices keep the next solve exact: these only steer it.
     """
-    n = len(perm)
-    r = reduced.astype(np.float32)
-    own = r[np.arange(n), perm]
-    bid = np.maximum((own[:, None] - r).max(axis=0), 0.0).astype(np.float64)
+    own = reduced[np.arange(len(perm)), perm]
+    bidders = np.flatnonzero(own > 0)
+    bid = np.zeros(len(perm))
+    if len(bidders):
+        bid = np.maximum((own[bidders, None] - reduced[bidders]).max(axis=0), 0.0)
     new = bid if prices is None else prices + bid
     return new - new.max()
 
 
-def _as_numpy(similarity: torch.Tensor | np.ndarray) -> np.ndarray:
+def _square(similarity: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``similarity`` as a float64 array, non-finite entries replaced by 0."""
     if isinstance(similarity, torch.Tensor):
-        similarity = similarity.detach().to(torch.float64).cpu().numpy()
+        similarity = similarity.detach().to(device="cpu", dtype=torch.float64).numpy()
     s = np.asarray(similarity, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ModeconnectError(
             f"linear assignment needs a square (n, n) similarity, got shape {tuple(s.shape)}"
         )
-    if not np.isfinite(s).all():
+    if not np.isfinite(s.sum()) and not np.isfinite(s).all():  # one pass when all is well
         s = np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
     return s
 
@@ -143,18 +154,22 @@ def solve_warm(
     similarity: torch.Tensor | np.ndarray,
     prices: np.ndarray | None = None,
     solver: str = DEFAULT_SOLVER,
+    buffer: np.ndarray | None = None,
 ) -> Assignment:
     """``argmax_p Σ_i S[i, p(i)]``, started from column ``prices`` (``None``: a cold start).
 
     Exact for any prices (see the module docstring); returns the assignment and the
     prices for the next solve of a similar matrix. ``similarity`` ``(n, n)``, solved
-    in float64; non-finite entries count as 0.
+    in float64; non-finite entries count as 0. ``buffer`` (float64 ``(n, n)``, reused
+    between solves: no fresh pages for a large matrix) receives the reduced costs.
     """
     check_solver(solver)
-    s = _as_numpy(similarity)
+    s = _square(similarity)
     if prices is not None and prices.shape != (s.shape[0],):
         prices = None  # prices of another problem: start cold
-    r = reduced_costs(s, prices)
+    if buffer is not None and buffer.shape != s.shape:
+        buffer = None
+    r = reduced_costs(s, prices, buffer)
     perm = SOLVERS[solver](r)
     return Assignment(torch.from_numpy(perm), price_step(r, perm, prices))
 
@@ -168,8 +183,7 @@ def solve_assignment(
     Solved in float64 so that ties and tiny gains are not lost to rounding.
     """
     check_solver(solver)
-    s = _as_numpy(similarity)
-    return torch.from_numpy(SOLVERS[solver](reduced_costs(s)))
+    return torch.from_numpy(SOLVERS[solver](reduced_costs(_square(similarity))))
 
 
 class WarmStart:
@@ -183,9 +197,13 @@ class WarmStart:
         check_solver(solver)
         self.solver = solver
         self.prices: dict[str, np.ndarray] = {}
+        self.buffers: dict[int, np.ndarray] = {}  # reduced costs, one array per size
 
     def __call__(self, group: str, similarity: torch.Tensor) -> torch.Tensor:
-        out = solve_warm(similarity, self.prices.get(group), self.solver)
+        n = similarity.shape[0]
+        if n not in self.buffers:
+            self.buffers[n] = np.empty((n, n))
+        out = solve_warm(similarity, self.prices.get(group), self.solver, self.buffers[n])
         self.prices[group] = out.prices
         return out.perm
 

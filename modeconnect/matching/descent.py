@@ -21,10 +21,10 @@ Two rules cut the work without changing the result:
 - **Warm starts.** ``solve`` may keep state between calls (:class:`.WarmStart`
   carries each group's dual prices to its next solve).
 
-One rule trades exactness for time, and is off by default in the engine:
-``rtol`` also ends the descent after a sweep that raised the objective by no more
-than ``rtol · |objective|`` (the objective is tracked as its starting value plus the
-gains).
+One rule trades exactness for time: ``rtol`` also ends the descent after a sweep
+that raised the objective by no more than ``rtol · |objective|`` (the objective is
+tracked as its starting value plus the gains). The methods default to
+:data:`DEFAULT_RTOL`; the engine itself is exact unless told otherwise.
 
 Per-block inner groups (``batch_over``: attention head dims, GroupNorm channels)
 are solved jointly with their outer group: for every pair of blocks (A's block
@@ -69,6 +69,16 @@ class SimilaritySource(Protocol):
         ...
 
     def objective(self, perm: Mapping[str, Tensor]) -> float: ...
+
+
+DEFAULT_RTOL = 1e-3
+"""The methods stop after a sweep that gains ``≤ 1e-3 · |objective|``; ``rtol=0`` is exact.
+
+On independently trained pairs (``benchmarks/bench_weight_matching.py``) the late
+sweeps of the exact descent each gain ~1e-4 of the objective while swapping a few
+dozen units: ``1e-3`` stops after 6 sweeps instead of 13-19, at an objective 0.2 %
+lower and the same loss and error barriers (digits pair: 0.0000 nats; MNIST-scale
+pair: 0.0039 against 0.0040). ``1e-6`` would change nothing there."""
 
 
 _T = TypeVar("_T")
@@ -301,6 +311,7 @@ def _best_inner(cross: Tensor, solver: str) -> tuple[Tensor, Tensor]:
 
 
 __all__ = [
+    "DEFAULT_RTOL",
     "Descent",
     "SimilaritySource",
     "Solve",

@@ -52,7 +52,7 @@ from ..errors import ModeconnectError
 from ..spec import PermutationSpec, apply_permutation, exposure, leaves
 from .activation import activation_statistics, statistics_source, warn_unobserved
 from .assignment import solve_assignment
-from .descent import Descent, SimilaritySource, children_of, descend
+from .descent import DEFAULT_RTOL, Descent, SimilaritySource, children_of, descend
 from .options import check_descent, strict
 from .result import Alignment
 from .weight import WeightSource
@@ -210,7 +210,7 @@ def match_ot(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-12,
-    rtol: float = 0.0,
+    rtol: float = DEFAULT_RTOL,
     num_itermax: int | None = None,
 ) -> Alignment:
     """Permutations from hardened optimal-transport plans (OTFusion, Singh & Jaggi 2020).
@@ -363,7 +363,7 @@ def fuse_ot(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-12,
-    rtol: float = 0.0,
+    rtol: float = DEFAULT_RTOL,
     num_itermax: int | None = None,
 ) -> dict[str, Tensor]:
     """OT fusion: ``θ = w_A·θ_A + w_B·T(θ_B)`` with ``T`` the soft transport into A's basis.

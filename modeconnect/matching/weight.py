@@ -42,7 +42,7 @@ from ..spec import (
     permute_tensor,
 )
 from .assignment import DEFAULT_SOLVER, WarmStart
-from .descent import Descent, children_of, descend
+from .descent import DEFAULT_RTOL, Descent, children_of, descend
 from .options import check_descent, strict
 from .result import Alignment
 
@@ -53,9 +53,6 @@ FULL_PRODUCT_ABOVE = 0.5
 
 An update costs ``n · n · k`` for ``k`` moved columns against ``n · n · F`` for the
 whole product, plus gathers of ``n · k``."""
-
-DEFAULT_RTOL = 0.0
-"""Weight matching stops only after a sweep without gain (exact mode) unless ``rtol`` is set."""
 
 
 @dataclass(frozen=True)
@@ -145,15 +142,22 @@ def _columns(
     return mat[rows[:, slots], source]
 
 
-def _updated(value: Tensor, a_rows: Tensor, old: Tensor, new: Tensor) -> Tensor:
+def _full(a_rows: Tensor, b_rows: Tensor) -> Tensor:
+    """``A_rows · B_rowsᵀ`` ``(n, n)``: the product in the working dtype, kept in float64."""
+    return (a_rows @ b_rows.T).to(torch.float64)
+
+
+def _updated(
+    value: Tensor, a_rows: Tensor, old: Tensor, new: Tensor, scratch: Tensor | None = None
+) -> Tensor:
     """``value + a_rows · (new − old)ᵀ`` in place: ``A_rows · B_rowsᵀ`` after columns moved.
 
     ``old`` and ``new`` are the moved columns of ``B_rows`` before and after
     ``(n, k)``, ``a_rows`` A's matching columns. Exact in exact arithmetic; the
-    update is a product in the working dtype added to the float64 ``value``, so
-    rounding does not pile up over many updates.
+    update is a product in the working dtype (into ``scratch`` when given) added to
+    the float64 ``value``, so rounding does not pile up over many updates.
     """
-    return value.add_(a_rows @ (new - old).T)
+    return value.add_(torch.mm(a_rows, (new - old).T, out=scratch))
 
 
 class WeightSource:
@@ -183,6 +187,8 @@ class WeightSource:
         terms = [t for ts in (*self.direct.values(), *self.joint.values()) for t in ts]
         self.a_rows = {id(t): _rows(a[t.key].to(dtype), t.axis, t.index) for t in terms}
         self.cache: dict[int, _Product] = {}
+        self.bases: dict[str, Tensor] = {}
+        self.scratch: dict[tuple[str, tuple[int, ...], torch.dtype], Tensor] = {}
 
     def _terms(self, group: str, outer: str | None, skip: set[str]) -> list[_Term]:
         terms = []
@@ -203,12 +209,43 @@ class WeightSource:
         return frozenset(g for t in terms for g in t.reads)
 
     def similarity(self, group: str, perm: Mapping[str, Tensor]) -> Tensor:
-        """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum in float64."""
-        n = self.spec.groups[group].size
-        s = torch.zeros(n, n, dtype=torch.float64)
-        for t in self.direct.get(group, ()):
+        """``Σ_terms A_rows · B_rowsᵀ``: products in the working dtype, the sum in float64.
+
+        The terms that read no permutation (the layer's own input weights, biases)
+        are summed once and carried inside the first term that does, so building
+        ``S_g`` costs one float64 pass per further term. The result may be a tensor
+        the source keeps: read it before the next call, never modify it.
+        """
+        moving = [t for t in self.direct.get(group, ()) if t.reads]
+        base = self._base(group)
+        if not moving:
+            return base
+        first = self.product(moving[0], perm, base)
+        if len(moving) == 1:
+            return first
+        out = self._scratch(f"sum {group}", tuple(first.shape), torch.float64)
+        s = torch.add(first, self.product(moving[1], perm), out=out)
+        for t in moving[2:]:
             s += self.product(t, perm)
         return s
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A tensor kept for reuse: a large one would cost fresh pages at every allocation."""
+        key = (name, shape, dtype)
+        if key not in self.scratch:
+            self.scratch[key] = torch.empty(shape, dtype=dtype)
+        return self.scratch[key]
+
+    def _base(self, group: str) -> Tensor:
+        """The sum (float64) of the group's terms that read no permutation, computed once."""
+        if group not in self.bases:
+            n = self.spec.groups[group].size
+            base = torch.zeros(n, n, dtype=torch.float64)
+            for t in self.direct.get(group, ()):
+                if not t.reads:
+                    base += _full(self.a_rows[id(t)], self.b_rows(t, {}))
+            self.bases[group] = base
+        return self.bases[group]
 
     def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
         """``(n, n, k, k)`` block-pair similarity, or None if no tensor shows the pair."""
@@ -225,12 +262,15 @@ class WeightSource:
     def objective(self, perm: Mapping[str, Tensor]) -> float:
         return objective(self.spec, self.a, self.b, perm)
 
-    def product(self, term: _Term, perm: Mapping[str, Tensor]) -> Tensor:
-        """``A_rows · B_rowsᵀ`` (float64) for one term, updated when a permutation it reads changes.
+    def product(
+        self, term: _Term, perm: Mapping[str, Tensor], base: Tensor | None = None
+    ) -> Tensor:
+        """``base + A_rows · B_rowsᵀ`` (float64) for one term, kept between calls.
 
-        Only the columns of ``B_rows`` that moved are gathered and multiplied, unless
-        more than :data:`FULL_PRODUCT_ABOVE` of them moved (or rows moved): then the
-        product is recomputed.
+        When a permutation it reads changes, only the columns of ``B_rows`` that moved
+        are gathered and multiplied, unless more than :data:`FULL_PRODUCT_ABOVE` of
+        them moved (or rows moved): then the product is recomputed. ``base`` is added
+        when the product is (re)computed; a term always gets the same one.
         """
         perms = tuple(perm.get(g) for g in term.reads)
         hit = self.cache.get(id(term))
@@ -243,13 +283,15 @@ class WeightSource:
         if hit is not None:
             moved = _moved_columns(term.axis, term.index.shape[-1], b.shape, hit.index, index)
         if hit is None or moved is None or moved.numel() > FULL_PRODUCT_ABOVE * a_rows.shape[1]:
-            value = (a_rows @ self.b_rows(term, perm).T).to(torch.float64)
+            value = _full(a_rows, self.b_rows(term, perm))
+            value = value if base is None else value.add_(base)
         elif moved.numel() == 0:
             value = hit.value
         else:
             old = _columns(b, term.axis, term.index, hit.index, moved)
             new = _columns(b, term.axis, term.index, index, moved)
-            value = _updated(hit.value, a_rows.index_select(1, moved), old, new)
+            scratch = self._scratch("update", tuple(hit.value.shape), a_rows.dtype)
+            value = _updated(hit.value, a_rows.index_select(1, moved), old, new, scratch)
         self.cache[id(term)] = _Product(perms, index, value)
         return value
 
@@ -348,7 +390,7 @@ def objective(
         if key not in a or not a[key].is_floating_point():
             continue
         pb = permute_tensor(b[key], layouts, perm)
-        total += float((a[key].double() * pb.double()).sum())
+        total += float(torch.dot(a[key].reshape(-1).double(), pb.reshape(-1).double()))
     return total
 
 
