@@ -56,7 +56,7 @@ def row(name: str, study: CurveStudy, path: str) -> dict[str, Any]:
 def run(out: Path, quick: bool) -> dict[str, Any]:
     config = QUICK if quick else FULL
     a, b = mc.load(ROOT / "checkpoints/mlp_a.pt"), mc.load(ROOT / "checkpoints/mlp_b.pt")
-    model, _, _ = mc.resolve_model([a, b])
+    model = mc.resolve_model([a, b]).model
     train_data, test_data = digits("train"), digits("test")
     rows, figures, fits = [], {}, {}
     for kind, align in config["runs"]:

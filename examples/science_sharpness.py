@@ -75,7 +75,7 @@ def finetune(
 def states_of(pair: tuple[str, str], config: dict[str, Any], data: list) -> tuple[Any, dict]:
     """The model and its states: A, B, A rescaled (3x512), the aligned midpoint, fine-tuned."""
     a, b = (mc.load(ROOT / f"checkpoints/{name}.pt") for name in pair)
-    model, _, _ = mc.resolve_model([a, b])
+    model = mc.resolve_model([a, b]).model
     states = {"A": a.state_dict, "B": b.state_dict}
     if pair[0] == "mlp_a":
         states["A rescaled"] = rescaled(a.state_dict)

@@ -7,80 +7,160 @@ network computes the same function, and measure interpolation barriers::
     import modeconnect as mc
 
     a, b = mc.load("a.pt"), mc.load("b.pt")
-    model, _, _ = mc.resolve_model([a, b])
-    result = mc.align(model, a.state_dict, b.state_dict)
+    arch = mc.resolve_model([a, b])
+    result = mc.align(arch.model, a.state_dict, b.state_dict)
     data = mc.load_data("test.pt")
-    curve = mc.interpolation_curve(model, a.state_dict, result.aligned, data)
+    curve = mc.interpolation_curve(arch.model, a.state_dict, result.aligned, data)
     print(mc.barrier(curve))
+
+The names below are imported on first use (PEP 562), so ``import modeconnect`` and
+the command line's ``--help`` do not pay for torch, SciPy or POT until they are needed.
 """
 
 from __future__ import annotations
 
-from .bn import repair, reset_batchnorm
-from .errors import ModeconnectError
-from .evaluate import (
-    Barrier,
-    Curve,
-    CurvePoint,
-    Metrics,
-    barrier,
-    evaluate,
-    interpolate,
-    interpolation_curve,
-)
-from .federated import aligned_fedavg, fedavg
-from .files.align import AlignReport, align_files
-from .files.checkpoints import Checkpoint, load_checkpoint, resolve_model, save_checkpoint
-from .files.data import load_data
-from .graph import derive_spec
-from .guard import Equivalence, check_equivalence
-from .layerwise import layerwise_barriers
-from .matching import METHODS, Alignment, match_weights
-from .merge import MergeResult, merge
-from .pipeline import AlignResult, align
-from .spec import PermutationSpec, apply_permutation, random_permutation
-from .study import Study, barrier_study
-
-load = load_checkpoint
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "AlignReport",
-    "AlignResult",
-    "Alignment",
-    "Barrier",
-    "Checkpoint",
-    "Curve",
-    "CurvePoint",
-    "Equivalence",
-    "MergeResult",
-    "Metrics",
-    "ModeconnectError",
-    "PermutationSpec",
-    "Study",
-    "align",
-    "aligned_fedavg",
-    "align_files",
-    "apply_permutation",
-    "barrier",
-    "barrier_study",
-    "check_equivalence",
-    "derive_spec",
-    "evaluate",
-    "fedavg",
-    "interpolate",
-    "interpolation_curve",
-    "layerwise_barriers",
-    "load",
-    "load_checkpoint",
-    "load_data",
-    "match_weights",
-    "merge",
-    "random_permutation",
-    "repair",
-    "reset_batchnorm",
-    "resolve_model",
-    "save_checkpoint",
-]
+_EXPORTS: dict[str, tuple[str, str]] = {
+    # the pipeline
+    "align": ("modeconnect.pipeline", "align"),
+    "AlignResult": ("modeconnect.pipeline", "AlignResult"),
+    "align_files": ("modeconnect.files.align", "align_files"),
+    "AlignReport": ("modeconnect.files.align", "AlignReport"),
+    # files
+    "Architecture": ("modeconnect.files.references", "Architecture"),
+    "Checkpoint": ("modeconnect.files.checkpoints", "Checkpoint"),
+    "load": ("modeconnect.files.checkpoints", "load_checkpoint"),
+    "load_checkpoint": ("modeconnect.files.checkpoints", "load_checkpoint"),
+    "save_checkpoint": ("modeconnect.files.checkpoints", "save_checkpoint"),
+    "resolve_model": ("modeconnect.files.checkpoints", "resolve_model"),
+    "load_data": ("modeconnect.files.data", "load_data"),
+    "Trust": ("modeconnect.files.references", "Trust"),
+    # specs and permutations
+    "PermutationSpec": ("modeconnect.spec", "PermutationSpec"),
+    "derive_spec": ("modeconnect.graph", "derive_spec"),
+    "apply_permutation": ("modeconnect.spec", "apply_permutation"),
+    "random_permutation": ("modeconnect.spec", "random_permutation"),
+    # matching
+    "METHODS": ("modeconnect.matching", "METHODS"),
+    "Alignment": ("modeconnect.matching", "Alignment"),
+    "match_weights": ("modeconnect.matching", "match_weights"),
+    # the guard and running models
+    "Equivalence": ("modeconnect.guard", "Equivalence"),
+    "check_equivalence": ("modeconnect.guard", "check_equivalence"),
+    "ModelCall": ("modeconnect.forward", "ModelCall"),
+    # evaluation
+    "Barrier": ("modeconnect.evaluate", "Barrier"),
+    "Curve": ("modeconnect.evaluate", "Curve"),
+    "CurvePoint": ("modeconnect.evaluate", "CurvePoint"),
+    "Metrics": ("modeconnect.evaluate", "Metrics"),
+    "barrier": ("modeconnect.evaluate", "barrier"),
+    "evaluate": ("modeconnect.evaluate", "evaluate"),
+    "interpolate": ("modeconnect.evaluate", "interpolate"),
+    "interpolation_curve": ("modeconnect.evaluate", "interpolation_curve"),
+    "repair": ("modeconnect.bn", "repair"),
+    "reset_batchnorm": ("modeconnect.bn", "reset_batchnorm"),
+    "layerwise_barriers": ("modeconnect.layerwise", "layerwise_barriers"),
+    "Study": ("modeconnect.study", "Study"),
+    "barrier_study": ("modeconnect.study", "barrier_study"),
+    # beyond the straight line
+    "Bezier": ("modeconnect.curves", "Bezier"),
+    "PolyChain": ("modeconnect.curves", "PolyChain"),
+    "CurveFit": ("modeconnect.curves", "CurveFit"),
+    "CurveStudy": ("modeconnect.curves", "CurveStudy"),
+    "fit_curve": ("modeconnect.curves", "fit_curve"),
+    "curve_study": ("modeconnect.curves", "curve_study"),
+    "LossSurface": ("modeconnect.landscape", "LossSurface"),
+    "LossSlice": ("modeconnect.landscape", "LossSlice"),
+    "plane_basis": ("modeconnect.landscape", "plane_basis"),
+    "plane_grid": ("modeconnect.landscape", "plane_grid"),
+    "filter_normalized_direction": ("modeconnect.landscape", "filter_normalized_direction"),
+    "slice_1d": ("modeconnect.landscape", "slice_1d"),
+    "surface_2d": ("modeconnect.landscape", "surface_2d"),
+    "Sharpness": ("modeconnect.sharpness", "Sharpness"),
+    "SharpnessStudy": ("modeconnect.sharpness", "SharpnessStudy"),
+    "hessian_spectrum": ("modeconnect.sharpness", "hessian_spectrum"),
+    "hessian_trace": ("modeconnect.sharpness", "hessian_trace"),
+    "adaptive_sharpness": ("modeconnect.sharpness", "adaptive_sharpness"),
+    "sharpness": ("modeconnect.sharpness", "sharpness"),
+    "sharpness_study": ("modeconnect.sharpness", "sharpness_study"),
+    # merging and federated averaging
+    "MergeResult": ("modeconnect.merge", "MergeResult"),
+    "merge": ("modeconnect.merge", "merge"),
+    "fedavg": ("modeconnect.federated", "fedavg"),
+    "aligned_fedavg": ("modeconnect.federated", "aligned_fedavg"),
+}
+
+__all__ = ["ModeconnectError", *sorted(_EXPORTS)]
+
+from modeconnect.errors import ModeconnectError  # noqa: E402  (torch-free)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use and keep it."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'modeconnect' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from modeconnect.bn import repair, reset_batchnorm
+    from modeconnect.curves import Bezier, CurveFit, CurveStudy, PolyChain, curve_study, fit_curve
+    from modeconnect.evaluate import (
+        Barrier,
+        Curve,
+        CurvePoint,
+        Metrics,
+        barrier,
+        evaluate,
+        interpolate,
+        interpolation_curve,
+    )
+    from modeconnect.federated import aligned_fedavg, fedavg
+    from modeconnect.files.align import AlignReport, align_files
+    from modeconnect.files.checkpoints import (
+        Checkpoint,
+        load_checkpoint,
+        resolve_model,
+        save_checkpoint,
+    )
+    from modeconnect.files.checkpoints import load_checkpoint as load
+    from modeconnect.files.data import load_data
+    from modeconnect.files.references import Architecture, Trust
+    from modeconnect.forward import ModelCall
+    from modeconnect.graph import derive_spec
+    from modeconnect.guard import Equivalence, check_equivalence
+    from modeconnect.landscape import (
+        LossSlice,
+        LossSurface,
+        filter_normalized_direction,
+        plane_basis,
+        plane_grid,
+        slice_1d,
+        surface_2d,
+    )
+    from modeconnect.layerwise import layerwise_barriers
+    from modeconnect.matching import METHODS, Alignment, match_weights
+    from modeconnect.merge import MergeResult, merge
+    from modeconnect.pipeline import AlignResult, align
+    from modeconnect.sharpness import (
+        Sharpness,
+        SharpnessStudy,
+        adaptive_sharpness,
+        hessian_spectrum,
+        hessian_trace,
+        sharpness,
+        sharpness_study,
+    )
+    from modeconnect.spec import PermutationSpec, apply_permutation, random_permutation
+    from modeconnect.study import Study, barrier_study

@@ -33,38 +33,24 @@ at a time from the permuted inputs, and at most one average (a MergeMany target
 or the result) exists at a time, so the peak is about ``(N + 1) ×`` the model
 size plus the alignment method's own working memory; nothing keeps N permuted
 copies.
-:func:`merge_files` (``modeconnect merge``) adds loading, checks, evaluation and
-writing.
+:func:`modeconnect.files.merge.merge_files` (``modeconnect merge``) adds loading, checks,
+evaluation and writing.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .bn import reset_batchnorm
 from .errors import ModeconnectError
-from .evaluate import Metrics, evaluate
-from .files.checkpoints import (
-    Checkpoint,
-    check_same_architecture,
-    check_state_dict,
-    checkpoint_writer,
-    json_writer,
-    load_checkpoint,
-    load_models,
-    restore_dtypes,
-)
-from .files.data import Batch, check_fits, first_batch, load_data
-from .files.references import NO_TRUST, Trust
-from .files.targets import Outputs, input_files
+from .files.data import Batch, first_batch
 from .graph import derive_spec
 from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
 from .matching import METHODS, Alignment, get_method
@@ -79,12 +65,11 @@ from .spec import (
 
 __all__ = [
     "BN_MODES",
-    "MergeReport",
     "MergeResult",
+    "check_merge_options",
     "check_state_dicts",
     "compose_permutations",
     "merge",
-    "merge_files",
     "normalize_weights",
     "weighted_average",
 ]
@@ -500,13 +485,19 @@ def merge(
     )
 
 
+def check_merge_options(method: str, bn: str, has_data: bool, options: Mapping[str, Any]) -> None:
+    """Raise for an unknown method or ``bn``, ``bn="reset"`` without data, or bad ``max_rounds``."""
+    _check_method(method)
+    _check_options(bn, has_data, options.get("max_rounds", DEFAULT_MAX_ROUNDS))
+
+
 def _check_options(bn: str, has_data: bool, max_rounds: int) -> None:
     if bn not in BN_MODES:
-        raise ModeconnectError(f"bn={bn!r} is not one of {', '.join(BN_MODES)}")
+        raise ModeconnectError(f"merge: bn={bn!r} is not one of {', '.join(BN_MODES)}")
     if bn == "reset" and not has_data:
         raise ModeconnectError(
-            "bn='reset' recomputes BatchNorm statistics from training data; pass data "
-            "(--data TRAIN) or use bn='none'"
+            "merge: bn='reset' recomputes BatchNorm statistics from training data; pass "
+            "data (--train) or use bn='none'"
         )
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
         raise ModeconnectError(f"max_rounds={max_rounds!r} must be a positive integer")
@@ -555,168 +546,5 @@ def _reset_batchnorm(
 ) -> dict[str, Tensor]:
     """Fresh BatchNorm running statistics for the merge: averaged ones describe no model."""
     if data is None:
-        raise ModeconnectError("bn='reset' needs data; pass --data TRAIN or use bn='none'")
-    try:
-        from .bn import reset_batchnorm
-    except ImportError as exc:  # pragma: no cover - depends on the installed version
-        raise ModeconnectError(
-            "bn='reset' needs modeconnect.bn, which this installation lacks; "
-            "upgrade modeconnect or use bn='none'"
-        ) from exc
+        raise ModeconnectError("merge: bn='reset' needs data; pass --train or use bn='none'")
     return dict(reset_batchnorm(model, state_dict, data))
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class MergeReport:
-    """Everything ``modeconnect merge`` computed and wrote.
-
-    ``inputs`` holds each input's metrics on ``--data``; ``plain`` the metrics of
-    the unaligned weighted average (for comparison); ``merged`` the output's.
-    """
-
-    sources: tuple[Path, ...]
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    result: MergeResult
-    inputs: tuple[Metrics, ...] | None = None
-    plain: Metrics | None = None
-    merged: Metrics | None = None
-    written: Mapping[str, Path] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "sources": [str(p) for p in self.sources],
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
-            "merge": self.result.to_dict(),
-            "outputs": {k: str(v) for k, v in self.written.items()},
-        }
-        if self.inputs is not None:
-            out["metrics"] = {
-                "inputs": [_metrics(m) for m in self.inputs],
-                "plain_average": None if self.plain is None else _metrics(self.plain),
-                "merged": None if self.merged is None else _metrics(self.merged),
-            }
-        return out
-
-
-def _metrics(m: Metrics) -> dict[str, float]:
-    return {"loss": m.loss, "accuracy": m.accuracy}
-
-
-def merge_files(
-    paths: Sequence[str | Path],
-    *,
-    out: str | Path,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    weights: Sequence[float] | None = None,
-    method: str = "weight",
-    reference: str | Path | None = None,
-    data: str | None = None,
-    bn: str = "none",
-    json_path: str | Path | None = None,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: torch.dtype | None = None,
-    permute_output: bool = False,
-    batch_size: int = 500,
-    force: bool = False,
-    trust: Trust = NO_TRUST,
-    **options: Any,
-) -> MergeReport:
-    """Load N checkpoints, merge them, evaluate on ``data``, and write the merged checkpoint.
-
-    Every check (output paths, files, architecture, keys, shapes, finite values,
-    weights, method) runs before any work; the output is written atomically and
-    only after the merge and its guard have passed. Inputs are never modified.
-    The output's metadata lists the sources, weights, method, reference and
-    MergeMany rounds, and names the model so it loads back without ``--model``.
-    """
-    sources = tuple(Path(p) for p in paths)
-    if len(sources) < 2:
-        raise ModeconnectError(
-            f"merge: needs at least two checkpoints, got {len(sources)}; pass more checkpoints"
-        )
-    outputs = Outputs.plan(
-        [("--out", out, "checkpoint"), ("--json", json_path, "json")],
-        inputs=input_files([*sources, reference], data=[data], model=model),
-        force=force,
-    )
-    w = normalize_weights(weights, len(sources))
-    _check_method(method)
-    _check_options(bn, data is not None, options.get("max_rounds", DEFAULT_MAX_ROUNDS))
-    ckpts, net, ref_name, kwargs = load_models(sources, model, model_kwargs, trust=trust)
-    ref_ckpt, ref = _load_reference(reference, ckpts)
-    if ref_ckpt is not None:
-        check_state_dict(net, ref_ckpt)
-        check_same_architecture(ckpts[0], ref_ckpt)
-    batches = load_data(data, batch_size=batch_size) if data is not None else None
-    if batches is not None:
-        check_fits(net, batches, str(data))
-    inputs = example_inputs(net, input_shape, input_dtype) if input_shape is not None else None
-    sds = [c.state_dict for c in ckpts]
-    result = merge(
-        net, sds, weights=w, method=method, reference=ref, data=batches, inputs=inputs,
-        bn=bn, permute_output=permute_output, labels=[str(p) for p in sources], **options,
-    )  # fmt: skip
-    report = MergeReport(sources, ref_name, kwargs, result)
-    if batches is not None:
-        report = _with_metrics(report, net, sds, batches)
-    written = {"out": outputs.path("--out")}
-    if "--json" in outputs:
-        written["json"] = outputs.path("--json")
-    with outputs.writing() as staging:
-        staging.write(written["out"], checkpoint_writer(
-            written["out"], restore_dtypes(result.state_dict, ckpts[0].dtypes),
-            model_ref=ref_name, model_kwargs=kwargs,
-            metadata=_metadata(sources, result, reference),
-        ))  # fmt: skip
-        if "--json" in outputs:
-            body = replace(report, written=written).to_dict()
-            staging.write(written["json"], json_writer(body))
-    return replace(report, written=written)
-
-
-def _load_reference(
-    reference: str | Path | None, ckpts: Sequence[Checkpoint]
-) -> tuple[Checkpoint | None, Reference]:
-    """An input named as ``--reference`` becomes its index; another file, its state dict."""
-    if reference is None:
-        return None, None
-    path = Path(reference)
-    for j, c in enumerate(ckpts):
-        if path.exists() and path.resolve() == c.path.resolve():
-            return None, j
-    ckpt = load_checkpoint(path)
-    return ckpt, ckpt.state_dict
-
-
-def _with_metrics(
-    report: MergeReport, net: nn.Module, sds: Sequence[StateDict], batches: Iterable[Batch]
-) -> MergeReport:
-    res = report.result
-    inputs = tuple(evaluate(net, sd, batches) for sd in sds)
-    merged = evaluate(net, res.state_dict, batches)
-    plain = None
-    if res.method != NO_ALIGNMENT:
-        average = weighted_average(sds, res.weights)
-        if res.bn == "reset":
-            average = _reset_batchnorm(net, average, batches)
-        plain = evaluate(net, average, batches)
-    return replace(report, inputs=inputs, plain=plain, merged=merged)
-
-
-def _metadata(
-    sources: Sequence[Path], result: MergeResult, reference: str | Path | None
-) -> dict[str, str]:
-    return {
-        "modeconnect.role": "merged",
-        "modeconnect.sources": json.dumps([str(p) for p in sources]),
-        "modeconnect.weights": json.dumps(list(result.weights)),
-        "modeconnect.method": result.method,
-        "modeconnect.reference": str(reference) if reference is not None else result.reference,
-        "modeconnect.iterations": str(result.rounds),
-        "modeconnect.bn": result.bn,
-    }

@@ -9,8 +9,8 @@ barrier under both definitions (``lerp``: Entezari et al. 2022 / Git Re-Basin;
 on the test split bootstrap intervals (resampled examples) and layer-wise
 barriers (Adilova et al. 2024, :mod:`modeconnect.layerwise`).
 
-:func:`barrier_files` adds loading, checking and writing (JSON, HTML report);
-it is what the CLI calls.
+:func:`modeconnect.files.barrier.barrier_files` adds loading, checking and writing
+(JSON, HTML report); it is what the CLI calls.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
 
 from modeconnect.bn import check_mode, make_correction
@@ -47,7 +45,6 @@ from modeconnect.evaluate import (
     loss_name,
     midpoint,
 )
-from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.layerwise import LayerwiseResult, layerwise_barriers
 from modeconnect.progress import ProgressFn, prefixed
 
@@ -58,8 +55,6 @@ __all__ = [
     "PairResult",
     "SplitResult",
     "Study",
-    "StudyReport",
-    "barrier_files",
     "barrier_study",
 ]
 
@@ -316,109 +311,3 @@ def _study_pair(
 def _split_result(curve: ExampleCurve) -> SplitResult:
     plain = curve.curve()
     return SplitResult(plain, {d: barrier(plain, d) for d in BARRIER_DEFINITIONS})
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class StudyReport:
-    """What ``modeconnect barrier`` computed and wrote."""
-
-    a_path: Path
-    b_path: Path
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    study: Study
-    examples: Mapping[str, int]
-    command: str | None = None
-    written: Mapping[str, Path] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": str(self.a_path),
-            "b": str(self.b_path),
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
-            "examples": dict(self.examples),
-            "command": self.command,
-            **self.study.to_dict(),
-            "outputs": {k: str(v) for k, v in self.written.items()},
-        }
-
-
-def barrier_files(
-    a_path: str | Path,
-    b_path: str | Path,
-    *,
-    data: str,
-    train: str | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: torch.dtype | None = None,
-    permute_output: bool = False,
-    batch_size: int = 500,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    trust: Trust = NO_TRUST,
-    **options: Any,
-) -> StudyReport:
-    """Load two checkpoints and the data, run :func:`barrier_study`, write JSON and a report.
-
-    ``options`` go to :func:`barrier_study` (``align``, ``bn``, ``steps``,
-    ``definition``, ``layerwise``, ``layer_groups``, ``bootstrap``, ``loss``,
-    ``seed``). Outputs are checked before any work: an existing file needs ``force``.
-    """
-    from modeconnect.files.checkpoints import json_writer, load_models
-    from modeconnect.files.data import check_fits, load_data
-    from modeconnect.files.report import stage_report
-    from modeconnect.files.targets import Outputs, input_files
-    from modeconnect.guard import example_inputs
-
-    outputs = Outputs.plan(
-        [("--report", report_dir, "report"), ("--json", json_path, "json")],
-        inputs=input_files([a_path, b_path], data=[data, train], model=model),
-        force=force,
-    )
-    (ca, cb), net, ref, kwargs = load_models([a_path, b_path], model, model_kwargs, trust=trust)
-    test_batches = load_data(data, batch_size=batch_size)
-    train_batches = load_data(train, batch_size=batch_size) if train is not None else None
-    class_labels = options.get("loss") in (None, "ce")
-    check_fits(net, test_batches, str(data), class_labels=class_labels)
-    if train_batches is not None:
-        check_fits(net, train_batches, str(train), class_labels=class_labels)
-    align_options: dict[str, Any] = {"permute_output": permute_output}
-    if input_shape is not None:
-        align_options["inputs"] = example_inputs(net, input_shape, input_dtype)
-    study = barrier_study(
-        net, ca.state_dict, cb.state_dict, test=test_batches, train=train_batches,
-        align_options=align_options, progress=progress, **options,
-    )  # fmt: skip
-    examples = {"test": _count(test_batches)}
-    if train_batches is not None:
-        examples["train"] = _count(train_batches)
-    report = StudyReport(Path(a_path), Path(b_path), ref, kwargs, study, examples, command)
-    written: dict[str, Path] = {}
-    with outputs.writing() as staging:
-        if "--report" in outputs:
-            files = stage_report(
-                staging, study, outputs.path("--report"), command=command, meta=report.to_dict()
-            )
-            written.update(
-                {"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}}
-            )
-        if "--json" in outputs:
-            written["json"] = outputs.path("--json")
-        report = StudyReport(
-            Path(a_path), Path(b_path), ref, kwargs, study, examples, command, written
-        )
-        if "--json" in outputs:
-            staging.write(written["json"], json_writer(report.to_dict()))
-    return report
-
-
-def _count(batches: Iterable[Batch]) -> int:
-    return sum(len(y) for _, y in batches)

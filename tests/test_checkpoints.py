@@ -533,18 +533,18 @@ def test_resolve_model_from_checkpoint(tmp_path: Path, model_file: Path) -> None
     ref = f"{model_file}:MLP"
     a = Checkpoint(tmp_path / "a.pt", {}, ref, {"width": 5})
     b = Checkpoint(tmp_path / "b.pt", {})  # names nothing: ignored
-    model, got_ref, kwargs = resolve_model([b, a], trust=TRUST_ALL)
-    assert (got_ref, kwargs) == (ref, {"width": 5})
+    arch = resolve_model([b, a], trust=TRUST_ALL)
+    model = arch.model
+    assert (arch.ref, arch.kwargs) == (ref, {"width": 5})
     assert _head_width(model) == 5
 
 
 def test_resolve_model_explicit_ref_wins(tmp_path: Path, model_file: Path) -> None:
     a = Checkpoint(tmp_path / "a.pt", {}, "x:y", {"width": 5})
     b = Checkpoint(tmp_path / "b.pt", {}, "z:w")
-    model, ref, kwargs = resolve_model([a, b], f"{model_file}:MLP", {"width": 3})
-    assert (ref, kwargs, _head_width(model)) == (f"{model_file}:MLP", {"width": 3}, 3)
-    _, _, kwargs = resolve_model([a], "torch.nn:Identity")
-    assert kwargs == {}
+    arch = resolve_model([a, b], f"{model_file}:MLP", {"width": 3})
+    assert (arch.ref, arch.kwargs, _head_width(arch.model)) == (f"{model_file}:MLP", {"width": 3}, 3)
+    assert resolve_model([a], "torch.nn:Identity").kwargs == {}
 
 
 def test_resolve_model_explicit_kwargs_replace_checkpoint_kwargs(
@@ -553,8 +553,8 @@ def test_resolve_model_explicit_kwargs_replace_checkpoint_kwargs(
     ref = f"{model_file}:MLP"
     a = Checkpoint(tmp_path / "a.pt", {}, ref, {"width": 5})
     b = Checkpoint(tmp_path / "b.pt", {}, ref, {"width": 6})
-    _, _, kwargs = resolve_model([a, b], model_kwargs={"width": 7}, trust=TRUST_ALL)
-    assert kwargs == {"width": 7}
+    arch = resolve_model([a, b], model_kwargs={"width": 7}, trust=TRUST_ALL)
+    assert arch.kwargs == {"width": 7}
 
 
 def test_resolve_model_conflicts(tmp_path: Path, model_file: Path) -> None:
@@ -585,7 +585,7 @@ def test_resolve_from_saved_checkpoint(tmp_path: Path, model_file: Path) -> None
         model_kwargs={"width": 5, "depth": 2},
     )
     ckpt = load_checkpoint(path)
-    rebuilt, _, _ = resolve_model([ckpt], trust=TRUST_ALL)
+    rebuilt = resolve_model([ckpt], trust=TRUST_ALL).model
     check_state_dict(rebuilt, ckpt)
     rebuilt.load_state_dict(ckpt.state_dict)
     x = torch.randn(4, 3)

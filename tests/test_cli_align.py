@@ -311,9 +311,13 @@ def test_align_other_methods_record_their_parameters(tmp_path, extra):
     assert load_checkpoint(merged).model_ref == MLP_REF
 
 
-def test_unknown_method_through_cli(tmp_path):
+def test_unknown_method_is_a_usage_error_listing_the_registry(tmp_path):
     a, b, _ = _small_pair(tmp_path)
-    _assert_user_error(_run("align", str(a), str(b), "--method", "magic"), "weight", "ot")
+    result = _run("align", str(a), str(b), "--method", "magic")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]  # click's usage lines first, the error last
+    assert last == "Error: Invalid value for '--method': 'magic' is not one of 'weight', " \
+        "'activation', 'ot'."
 
 
 def test_align_bn_reset_writes_recomputed_statistics(tmp_path):

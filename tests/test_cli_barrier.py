@@ -13,11 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from modeconnect_cli.barrier import register
 from modeconnect_cli.main import main
-
-if "barrier" not in main.commands:  # cli/main.py registers it; register here if it does not yet
-    register(main)
 
 MLP_REF = "modeconnect.models:mlp"
 SMALL = {"in_features": 6, "hidden": [10, 12], "out_features": 3}
@@ -107,13 +103,24 @@ def test_barrier_naive_only_with_mean_definition(tmp_path: Path) -> None:
         (["--bn", "reset", "--train", "TRAIN"], ["no BatchNorm layer", "bn='repair'"]),
         (["--layerwise", "--layer-groups", "9"], ["prefix '9' matches no"]),
         (["--loss", "hinge"], ["Unknown loss 'hinge'"]),
-        (["--align", "magic"], ["unknown alignment method 'magic'"]),
     ],
 )
 def test_barrier_user_errors(tmp_path: Path, extra: list[str], fragments: list[str]) -> None:
     a, b, test, train = _small_pair(tmp_path)
     args = [str(train) if x == "TRAIN" else x for x in extra]
     _assert_user_error(_run("barrier", str(a), str(b), "--data", str(test), *args), *fragments)
+
+
+def test_an_unknown_method_is_a_usage_error_whose_last_line_lists_the_choices(
+    tmp_path: Path,
+) -> None:
+    a, b, test, _ = _small_pair(tmp_path)
+    result = _run("barrier", str(a), str(b), "--data", str(test), "--align", "magic")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--align': 'magic' is not one of 'weight', 'activation', "
+        "'ot', 'none'."
+    )
 
 
 def test_barrier_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
@@ -142,8 +149,6 @@ def test_barrier_in_a_subprocess_is_quiet_off_a_terminal(tmp_path: Path) -> None
     js = tmp_path / "r.json"
     code = (
         "import sys; from modeconnect_cli.main import main; "
-        "from modeconnect_cli.barrier import register; "
-        "'barrier' in main.commands or register(main); "
         "main(sys.argv[1:], prog_name='modeconnect')"
     )
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}

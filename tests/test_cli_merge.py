@@ -19,7 +19,7 @@ from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
 from modeconnect.graph import derive_spec
 from modeconnect.models import conv_net, mlp
 from modeconnect.spec import apply_permutation, random_permutation
-from modeconnect_cli.merge import register
+from modeconnect_cli.main import main
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DATA = str(CHECKPOINTS / "digits_test.pt")
@@ -29,9 +29,7 @@ KWARGS = {"in_features": 64, "hidden": [16, 12], "out_features": 10}
 
 @pytest.fixture(scope="module")
 def cli() -> click.Group:
-    group = click.Group("modeconnect")
-    register(group)
-    return group
+    return main
 
 
 def _sd(seed: int, **kwargs) -> dict[str, torch.Tensor]:
@@ -151,7 +149,7 @@ def _other_width(path: Path) -> None:
          r"tensor '3\.weight' has shape \(8, 16\) in the checkpoint but \(12, 16\) in the model"),
         (None, ["--weights", "1,2"], r"got 2 weights \[1\.0, 2\.0\] for 3 models"),
         (None, ["--weights", "1,x"], "expected comma-separated numbers"),
-        (None, ["--method", "nope"], "unknown alignment method 'nope'"),
+        (None, ["--method", "nope"], "'nope' is not one of 'weight', 'activation', 'ot', 'none'"),
         (None, ["--bn", "reset"], "pass data"),
     ],
 )  # fmt: skip
@@ -195,13 +193,7 @@ def test_needs_two_checkpoints(cli, copies, tmp_path):
 
 
 def test_subprocess(copies, base, tmp_path):
-    # The console script once cli/main.py wires the command in; until then, the same group.
-    code = (
-        "from modeconnect_cli.main import main\n"
-        "from modeconnect_cli.merge import register\n"
-        "'merge' in main.commands or register(main)\n"
-        "main()\n"
-    )
+    code = "from modeconnect_cli.main import main\nmain()\n"
     out = tmp_path / "m.safetensors"
     args = [
         sys.executable,

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import modeconnect as mc
-from modeconnect.compare import compare_methods, format_comparison, method_options
+from modeconnect.compare import compare_methods, method_options
 from modeconnect.errors import ModeconnectError
 from modeconnect.matching import METHODS, get_method
-from modeconnect_cli.compare import register
+from modeconnect_cli.format import format_comparison
+from modeconnect_cli.main import main
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 
@@ -21,7 +22,7 @@ CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 @pytest.fixture(scope="module")
 def digits():
     ca, cb = mc.load(f"{CKPT}/mlp_a.pt"), mc.load(f"{CKPT}/mlp_b.pt")
-    model, _, _ = mc.resolve_model([ca, cb])
+    model = mc.resolve_model([ca, cb]).model
     test = mc.load_data(f"{CKPT}/digits_test.pt")
     train = mc.load_data(f"{CKPT}/digits_train.pt")
     return model, ca.state_dict, cb.state_dict, test, train
@@ -89,9 +90,7 @@ def test_comparison_table_and_json(comparison):
 
 
 def _cli() -> click.Group:
-    group = click.Group("modeconnect")
-    register(group)
-    return group
+    return main
 
 
 def test_cli_compare_prints_one_table_and_writes_json(tmp_path):
@@ -122,6 +121,6 @@ def test_cli_compare_unknown_method_exits_2():
     ]  # fmt: skip
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 2
-    assert (
-        "unknown alignment method 'zipit'; valid methods: activation, ot, weight" in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--methods': 'zipit' is not one of 'weight', 'activation', 'ot'"
     )

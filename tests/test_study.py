@@ -115,7 +115,7 @@ def test_to_dict_keeps_the_keys_of_align_json_and_adds_the_rest() -> None:
 
 def test_shipped_mlp_pair_barrier_and_bootstrap_interval(checkpoints: Path) -> None:
     ca, cb = load_checkpoint(checkpoints / "mlp_a.pt"), load_checkpoint(checkpoints / "mlp_b.pt")
-    model, _, _ = resolve_model([ca, cb])
+    model = resolve_model([ca, cb]).model
     test = load_data(checkpoints / "digits_test.pt", batch_size=500)
     study = barrier_study(
         model, ca.state_dict, cb.state_dict, test=test, align=None, steps=11, bootstrap=300

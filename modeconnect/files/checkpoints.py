@@ -32,6 +32,7 @@ from safetensors import safe_open
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.references import (
     NO_TRUST,
+    Architecture,
     Trust,
     build_model,
     check_file_reference,
@@ -43,6 +44,7 @@ from modeconnect.files.targets import Fill, Outputs, staged_write
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "Checkpoint",
+    "LoadedModels",
     "build_model",
     "check_same_architecture",
     "check_state_dict",
@@ -450,8 +452,8 @@ def resolve_model(
     model_kwargs: Mapping[str, Any] | None = None,
     *,
     trust: Trust = NO_TRUST,
-) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """Choose the architecture and build it: returns ``(model, ref, kwargs)``.
+) -> Architecture:
+    """Choose the architecture and build it.
 
     Precedence: the explicit ``model_ref`` (the CLI's ``--model``) with ``model_kwargs``;
     otherwise the reference the checkpoints name, with ``model_kwargs`` replacing their
@@ -462,7 +464,7 @@ def resolve_model(
     """
     if model_ref is not None:
         kwargs = dict(model_kwargs or {})
-        return build_model(model_ref, kwargs), model_ref, kwargs
+        return Architecture(build_model(model_ref, kwargs), model_ref, kwargs)
     named = [c for c in checkpoints if c.model_ref is not None]
     if not named:
         files = ", ".join(str(c.path) for c in checkpoints) or "(no checkpoints)"
@@ -476,7 +478,7 @@ def resolve_model(
     ref = str(first.model_ref)
     restrict = check_file_reference(ref, first.model_kwargs, first.path, trust)
     kwargs = dict(model_kwargs if model_kwargs is not None else first.model_kwargs)
-    return build_model(ref, kwargs, modules=restrict), ref, kwargs
+    return Architecture(build_model(ref, kwargs, modules=restrict), ref, kwargs)
 
 
 def _check_same_ref(a: Checkpoint, b: Checkpoint, *, ignore_kwargs: bool) -> None:
@@ -500,19 +502,27 @@ def load_models(
     model_kwargs: Mapping[str, Any] | None = None,
     *,
     trust: Trust = NO_TRUST,
-) -> tuple[list[Checkpoint], torch.nn.Module, str, dict[str, Any]]:
-    """Load checkpoints of one architecture and build it: ``(checkpoints, model, ref, kwargs)``.
+) -> LoadedModels:
+    """Load checkpoints of one architecture and build it.
 
     Each file, in order, must fit the model exactly (keys, shapes, finite values)
     and match the first file; see :func:`resolve_model` for which architecture
     is built.
     """
     ckpts = [load_checkpoint(p) for p in paths]
-    model, ref, kwargs = resolve_model(ckpts, model_ref, model_kwargs, trust=trust)
+    arch = resolve_model(ckpts, model_ref, model_kwargs, trust=trust)
     for ckpt in ckpts:
-        check_state_dict(model, ckpt)
+        check_state_dict(arch.model, ckpt)
         check_same_architecture(ckpts[0], ckpt)
-    return [in_model_dtypes(model, c) for c in ckpts], model, ref, kwargs
+    return LoadedModels(tuple(in_model_dtypes(arch.model, c) for c in ckpts), arch)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModels:
+    """Checkpoints of one architecture, in the model's dtypes, and the built architecture."""
+
+    checkpoints: tuple[Checkpoint, ...]
+    architecture: Architecture
 
 
 def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:

@@ -37,6 +37,7 @@ from modeconnect.errors import ModeconnectError
 
 __all__ = [
     "BUILTIN",
+    "Architecture",
     "NO_TRUST",
     "CODE_LOADING_KEYS",
     "Trust",
@@ -71,6 +72,15 @@ class Trust:
 
 
 NO_TRUST = Trust()
+
+
+@dataclass(frozen=True, eq=False)
+class Architecture:
+    """A built model and the reference and keyword arguments that built it."""
+
+    model: Any
+    ref: str
+    kwargs: Mapping[str, Any]
 """The default: only :data:`BUILTIN` and ``transformers`` architectures may be named by files."""
 
 

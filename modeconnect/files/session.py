@@ -128,12 +128,14 @@ def open_session(
         force=force,
     )
     with timings.phase("load"):
-        ckpts, net, ref, kwargs = load_models(checkpoints, model, model_kwargs, trust=trust)
+        loaded = load_models(checkpoints, model, model_kwargs, trust=trust)
+        arch = loaded.architecture
+        net = arch.model
         evaluation = _load(net, data, batch_size, class_labels)
         training = _load(net, train, batch_size, train_labels)
         probe = choose_probe(net, evaluation or training, input_shape, parse_dtype(input_dtype))
-    return Session(tuple(ckpts), net, ref, dict(kwargs), plan, probe, evaluation, training,
-                   timings)  # fmt: skip
+    return Session(loaded.checkpoints, net, arch.ref, dict(arch.kwargs), plan, probe, evaluation,
+                   training, timings)  # fmt: skip
 
 
 def _load(

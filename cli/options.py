@@ -1,0 +1,273 @@
+"""Every command-line option, defined once; each command takes the groups it needs.
+
+An option name means the same thing in every command: ``--data`` is always the
+evaluation data, ``--train`` always the training data (activation statistics,
+BatchNorm reset and REPAIR, curve training), ``--method`` always a name from the
+alignment registry. This module imports click and nothing heavy (no torch), so
+``modeconnect --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.matching import METHOD_NAMES
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+SEED = click.IntRange(0, 2**63 - 1)
+"""Seeds fit torch.Generator.manual_seed and NumPy."""
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int")
+NO_ALIGNMENT = "none"
+
+
+def group(*options: Decorator) -> Decorator:
+    """Several options as one decorator, in the order given (as ``--help`` lists them)."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(
+            f"must be a JSON object like '{{\"hidden\": [64]}}', got {value!r}"
+        )
+    return parsed
+
+
+def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers like 2,3,32,32, got {value!r}"
+        ) from None
+    if not shape or any(s < 1 for s in shape):
+        raise click.BadParameter(f"expected positive sizes like 2,3,32,32, got {value!r}")
+    return shape
+
+
+def _csv(example: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if not items:
+            raise click.BadParameter(
+                f"expected a comma-separated list like {example}, got {value!r}"
+            )
+        return items
+
+    return parse
+
+
+def choices_csv(
+    choices: tuple[str, ...],
+) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """A comma-separated list of names from ``choices`` (``all``: every one)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        items = _csv(",".join(choices[:2]))(ctx, param, value)
+        if items is None or items == ["all"]:
+            return None
+        unknown = [i for i in items if i not in choices]
+        if unknown:
+            raise click.BadParameter(
+                f"{unknown[0]!r} is not one of {', '.join(repr(c) for c in choices)}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _numbers(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    items = _csv("1,2,1")(ctx, param, value)
+    if items is None:
+        return None
+    try:
+        return [float(s) for s in items]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated numbers like 1,2,1, got {value!r}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- the architecture
+
+ARCHITECTURE = group(
+    click.option("--model", metavar="MODULE:CALLABLE",
+                 help="Architecture: 'pkg.module:fn' or 'path/file.py:fn' (overrides the "
+                      "checkpoint's; runs that code)."),
+    click.option("--model-kwargs", callback=_json_object, metavar="JSON",
+                 help="Keyword arguments for the architecture, as a JSON object."),
+    click.option("--trust-model-ref", is_flag=True,
+                 help="Run the model reference a checkpoint names even if it is not a known "
+                      "architecture constructor (it runs that file's code; see SECURITY.md)."),
+    click.option("--trust-module", multiple=True, metavar="MODULE",
+                 help="Let checkpoints name constructors from this module (e.g. timm); "
+                      "repeatable."),
+    click.option("--input-shape", callback=_shape, metavar="N,C,H,W",
+                 help="Shape of the probe input, when there is no --data and the model's "
+                      "input cannot be inferred."),
+    click.option("--input-dtype", type=click.Choice(INPUT_DTYPES),
+                 help="Dtype of the probe input (long for token ids)."),
+    click.option("--permute-output", is_flag=True,
+                 help="The model returns hidden states that may come back permuted."),
+)  # fmt: skip
+
+
+def trust(opts: dict[str, Any]) -> Any:
+    """Pop ``--trust-model-ref`` and ``--trust-module`` into a ``Trust``."""
+    from modeconnect.files.references import Trust
+
+    return Trust(tuple(opts.pop("trust_module", ())), bool(opts.pop("trust_model_ref", False)))
+
+
+# --------------------------------------------------------------------------- data
+
+DATA_HELP = "Evaluation data: .pt/.npz with x and y, or MODULE:CALLABLE."
+TRAIN_HELP = "Training data: activation statistics and --bn (default: --data)."
+
+
+def data(required: bool = False) -> Decorator:
+    return click.option("--data", required=required, metavar="FILE|MODULE:CALLABLE",
+                        help=DATA_HELP)  # fmt: skip
+
+
+TRAIN = click.option("--train", metavar="FILE|MODULE:CALLABLE", help=TRAIN_HELP)
+BATCH_SIZE = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+    help="Examples per batch of --data and --train.",
+)  # fmt: skip
+SEED_OPTION = click.option(
+    "--seed", type=SEED, default=0, show_default=True,
+    help="Seed of everything random: group order, restarts, bootstrap, curves.",
+)  # fmt: skip
+STEPS = click.option(
+    "--steps", type=click.IntRange(min=2), default=25, show_default=True,
+    help="Evenly spaced interpolation points from 0 to 1, both included.",
+)  # fmt: skip
+
+
+def bn(choices: tuple[str, ...] = ("none", "reset", "repair")) -> Decorator:
+    return click.option(
+        "--bn", type=click.Choice(choices), default="none", show_default=True,
+        help="On --train: reset BatchNorm statistics, or REPAIR (nets without BatchNorm).",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def method(name: str = "--method", allow_none: bool = False) -> Decorator:
+    """The alignment method, a choice of the registry (plus ``none`` where it makes sense)."""
+    choices = (*METHOD_NAMES, NO_ALIGNMENT) if allow_none else METHOD_NAMES
+    dest = "method" if name == "--method" else name.lstrip("-")
+    return click.option(
+        name, dest, type=click.Choice(choices), default="weight", show_default=True,
+        help="Alignment method" + (" ('none': no alignment)." if allow_none else "."),
+    )  # fmt: skip
+
+
+METHOD_OPTIONS = group(
+    click.option("--restarts", type=click.IntRange(min=1),
+                 help="Weight-matching runs from successive seeds; the best objective is kept "
+                      "[default: 1]."),
+    click.option("--rtol", type=click.FloatRange(min=0),
+                 help="Weight matching stops when a sweep gains less than this fraction of the "
+                      "objective (0: only when nothing improves)."),
+    click.option("--statistic", type=click.Choice(["correlation", "moment"]),
+                 help="Activation statistic [default: correlation]."),
+    click.option("--max-batches", type=click.IntRange(min=1),
+                 help="Batches of --train for activation statistics [default: all]."),
+    click.option("--ot-solver", type=click.Choice(["emd", "sinkhorn"]),
+                 help="Optimal-transport solver [default: emd]."),
+    click.option("--reg", type=click.FloatRange(min=0, min_open=True),
+                 help="Sinkhorn regularisation, relative to the cost range [default: 0.01]."),
+    click.option("--cost", type=click.Choice(["weights", "activations"]),
+                 help="OT ground cost [default: weights]."),
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output(name: str, what: str, dest: str | None = None, **kwargs: Any) -> Decorator:
+    """An output path; every target is checked by the library before any work."""
+    return click.option(name, dest or name.lstrip("-").replace("-", "_"), type=click.Path(),
+                        help=what, **kwargs)  # fmt: skip
+
+
+JSON = output("--json", "Write every number as JSON (.json).", dest="json_path")
+REPORT = output("--report", "Write plots and report.html into this folder.", dest="report_dir")
+FORCE = click.option("--force", is_flag=True, help="Overwrite existing outputs (never inputs).")
+QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
+VERBOSE = click.option("--verbose", "-v", is_flag=True,
+                       help="Print where the time went (load, spec, matching, ...).")  # fmt: skip
+
+
+def weights_option() -> Decorator:
+    return click.option(
+        "--weights", callback=_numbers, metavar="W1,W2,...",
+        help="One weight per checkpoint (e.g. example counts); default equal.",
+    )  # fmt: skip
+
+
+def names_option(name: str, example: str, help: str) -> Decorator:
+    return click.option(name, callback=_csv(example), metavar=example, help=help)
+
+
+# --------------------------------------------------------------------------- running a command
+
+
+def command(group_: click.Group, **settings: Any) -> Decorator:
+    """Register a command on ``group_``; a ``ModeconnectError`` becomes one line and exit code 2."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            _exit_cleanly_on_signals()
+            try:
+                return fn(*args, **kwargs)
+            except ModeconnectError as exc:
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(2)
+
+        return group_.command(**settings)(run)
+
+    return register
+
+
+def _exit_cleanly_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into ``SystemExit``, so that staged outputs are removed."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)

@@ -1,0 +1,133 @@
+"""``barrier`` on files: a barrier study of two checkpoints, written as JSON and a report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modeconnect.evaluate import ExampleLossFn
+from modeconnect.files.checkpoints import json_writer
+from modeconnect.files.data import Batch
+from modeconnect.files.references import NO_TRUST, Trust, import_callable
+from modeconnect.files.report import stage_report
+from modeconnect.files.session import open_session
+from modeconnect.matching import method_options
+from modeconnect.progress import ProgressFn
+from modeconnect.study import Study, barrier_study
+from modeconnect.timing import Timings
+
+__all__ = ["StudyReport", "barrier_files", "resolve_loss"]
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What ``modeconnect barrier`` computed and wrote."""
+
+    a_path: Path
+    b_path: Path
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    study: Study
+    examples: Mapping[str, int]
+    command: str | None = None
+    written: Mapping[str, Path] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": str(self.a_path),
+            "b": str(self.b_path),
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "examples": dict(self.examples),
+            "command": self.command,
+            **self.study.to_dict(),
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+
+
+def resolve_loss(loss: str | ExampleLossFn | None) -> str | ExampleLossFn | None:
+    """A ``"module:callable"`` loss imported (the user typed it); names and callables as given."""
+    if isinstance(loss, str) and ":" in loss:
+        return import_callable(loss)
+    return loss
+
+
+def barrier_files(
+    a_path: str | Path,
+    b_path: str | Path,
+    *,
+    data: str,
+    train: str | None = None,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    trust: Trust = NO_TRUST,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | torch.dtype | None = None,
+    permute_output: bool = False,
+    batch_size: int = 500,
+    json_path: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    command: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    timings: Timings | None = None,
+    loss: str | ExampleLossFn | None = "ce",
+    align: str | None = "weight",
+    align_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> StudyReport:
+    """Load two checkpoints and the data, run :func:`~modeconnect.barrier_study`, write the results.
+
+    ``align`` names the alignment method (``None`` or ``"none"``: the naive path only)
+    and ``align_options`` its options (each method takes the ones it knows);
+    ``options`` go to the study (``bn``, ``steps``, ``definition``, ``layerwise``,
+    ``layer_groups``, ``bootstrap``, ``seed``). Outputs are checked before any work
+    and written together at the end.
+    """
+    class_labels = loss in (None, "ce")
+    session = open_session(
+        [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
+        data=data, train=train, batch_size=batch_size, input_shape=input_shape,
+        input_dtype=input_dtype, class_labels=class_labels, train_labels=class_labels,
+        timings=timings,
+        outputs=[("--report", report_dir, "report"), ("--json", json_path, "json")],
+    )  # fmt: skip
+    (ca, cb), clock = session.checkpoints, session.timings
+    method = None if align in (None, "none") else align
+    chosen = method_options(method, align_options or {}) if method is not None else {}
+    study_align = {**chosen, "permute_output": permute_output, "inputs": session.probe}
+    with clock.phase("study"):
+        study = barrier_study(
+            session.model, ca.state_dict, cb.state_dict, test=session.data or [],
+            train=session.train, align=method, align_options=study_align, progress=progress,
+            loss=resolve_loss(loss) or "ce", **options,
+        )  # fmt: skip
+    examples = {"test": _count(session.data or [])}
+    if session.train is not None:
+        examples["train"] = _count(session.train)
+    report = StudyReport(
+        Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, study, examples,
+        command,
+    )  # fmt: skip
+    plan = session.outputs
+    written: dict[str, Path] = {}
+    with clock.phase("writes"), plan.writing() as staging:
+        if "--report" in plan:
+            files = stage_report(
+                staging, study, plan.path("--report"), command=command, meta=report.to_dict()
+            )
+            written.update(
+                {"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}}
+            )
+        if "--json" in plan:
+            written["json"] = plan.path("--json")
+            staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
+    return replace(report, written=written, timings=clock.to_dict())
+
+
+def _count(batches: Iterable[Batch]) -> int:
+    return sum(len(y) for _, y in batches)

@@ -1,0 +1,206 @@
+"""``merge`` on files: N checkpoints in, their aligned (weighted) average out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.bn import reset_batchnorm
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate import Metrics, evaluate
+from modeconnect.files.checkpoints import (
+    Checkpoint,
+    check_same_architecture,
+    check_state_dict,
+    in_model_dtypes,
+    json_writer,
+    load_checkpoint,
+)
+from modeconnect.files.data import Batch
+from modeconnect.files.references import NO_TRUST, Trust
+from modeconnect.files.session import Session, open_session
+from modeconnect.matching import method_options
+from modeconnect.merge import (
+    DEFAULT_MAX_ROUNDS,
+    NO_ALIGNMENT,
+    MergeResult,
+    Reference,
+    check_merge_options,
+    merge,
+    normalize_weights,
+    weighted_average,
+)
+from modeconnect.timing import Timings
+
+__all__ = ["MergeReport", "merge_files"]
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """Everything ``modeconnect merge`` computed and wrote.
+
+    ``inputs`` holds each input's metrics on ``--data``; ``plain`` the metrics of
+    the unaligned weighted average (for comparison); ``merged`` the output's.
+    """
+
+    sources: tuple[Path, ...]
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    result: MergeResult
+    inputs: tuple[Metrics, ...] | None = None
+    plain: Metrics | None = None
+    merged: Metrics | None = None
+    written: Mapping[str, Path] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sources": [str(p) for p in self.sources],
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "merge": self.result.to_dict(),
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+        if self.inputs is not None:
+            out["metrics"] = {
+                "inputs": [_metrics(m) for m in self.inputs],
+                "plain_average": None if self.plain is None else _metrics(self.plain),
+                "merged": None if self.merged is None else _metrics(self.merged),
+            }
+        return out
+
+
+def _metrics(m: Metrics) -> dict[str, float]:
+    return {"loss": m.loss, "accuracy": m.accuracy}
+
+
+def merge_files(
+    paths: Sequence[str | Path],
+    *,
+    out: str | Path,
+    model: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    trust: Trust = NO_TRUST,
+    weights: Sequence[float] | None = None,
+    method: str = "weight",
+    reference: str | Path | None = None,
+    data: str | None = None,
+    train: str | None = None,
+    bn: str = "none",
+    json_path: str | Path | None = None,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | torch.dtype | None = None,
+    permute_output: bool = False,
+    batch_size: int = 500,
+    force: bool = False,
+    timings: Timings | None = None,
+    **options: Any,
+) -> MergeReport:
+    """Load N checkpoints, merge them, evaluate on ``data``, and write the merged checkpoint.
+
+    ``train`` (default ``data``) feeds activation statistics and ``bn="reset"``;
+    ``data`` is evaluated (each input, the plain average and the merge). Every check
+    (output paths, files, architecture, keys, shapes, finite values, weights, method)
+    runs before any work; the outputs are written together, after the merge and its
+    guard have passed, in the first checkpoint's dtypes. The metadata lists the
+    sources, weights, method, reference and MergeMany rounds, and names the model so
+    the merge loads back without ``--model``.
+    """
+    if len(paths) < 2:
+        raise ModeconnectError(
+            f"merge: needs at least two checkpoints, got {len(paths)}; pass more checkpoints"
+        )
+    w = normalize_weights(weights, len(paths))
+    stats_source = train if train is not None else data
+    check_merge_options(method, bn, stats_source is not None, options)
+    session = open_session(
+        paths, force=force, model=model, model_kwargs=model_kwargs, trust=trust, data=data,
+        train=train, batch_size=batch_size, input_shape=input_shape, input_dtype=input_dtype,
+        extra_inputs=[reference], timings=timings,
+        outputs=[("--out", out, "checkpoint"), ("--json", json_path, "json")],
+    )  # fmt: skip
+    ref_ckpt, ref = _load_reference(reference, session)
+    stats = session.train if session.train is not None else session.data
+    sources = session.paths
+    rounds = options.pop("max_rounds", DEFAULT_MAX_ROUNDS)
+    seed = options.pop("seed", 0)
+    chosen = method_options(method, options) if method != NO_ALIGNMENT else {}
+    with session.timings.phase("merge"):
+        result = merge(
+            session.model, session.state_dicts, weights=w, method=method, reference=ref,
+            data=stats, inputs=session.probe, bn=bn, permute_output=permute_output,
+            labels=[str(p) for p in sources], max_rounds=rounds, seed=seed, **chosen,
+        )  # fmt: skip
+    report = MergeReport(sources, session.model_ref, session.model_kwargs, result)
+    if session.data is not None:
+        with session.timings.phase("evaluation"):
+            report = _with_metrics(report, session.model, session.state_dicts, session.data, stats)
+    plan = session.outputs
+    written = {"out": plan.path("--out")}
+    if "--json" in plan:
+        written["json"] = plan.path("--json")
+    meta = _metadata(sources, result, reference)
+    with session.timings.phase("writes"), plan.writing() as staging:
+        like = session.checkpoints[0]
+        staging.write(
+            written["out"],
+            session.checkpoint_writer(written["out"], result.state_dict, like=like, metadata=meta),
+        )
+        if "--json" in plan:
+            staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
+    return replace(report, written=written, timings=session.timings.to_dict())
+
+
+def _load_reference(
+    reference: str | Path | None, session: Session
+) -> tuple[Checkpoint | None, Reference]:
+    """An input named as ``--reference`` becomes its index; another file, its state dict."""
+    if reference is None:
+        return None, None
+    path = Path(reference)
+    for j, c in enumerate(session.checkpoints):
+        if path.exists() and path.resolve() == c.path.resolve():
+            return None, j
+    ckpt = load_checkpoint(path)
+    check_state_dict(session.model, ckpt)
+    check_same_architecture(session.checkpoints[0], ckpt)
+    ckpt = in_model_dtypes(session.model, ckpt)
+    return ckpt, ckpt.state_dict
+
+
+def _with_metrics(
+    report: MergeReport,
+    net: nn.Module,
+    sds: Sequence[Mapping[str, Tensor]],
+    batches: Iterable[Batch],
+    stats: Iterable[Batch] | None,
+) -> MergeReport:
+    res = report.result
+    inputs = tuple(evaluate(net, sd, batches) for sd in sds)
+    merged = evaluate(net, res.state_dict, batches)
+    plain = None
+    if res.method != NO_ALIGNMENT:
+        average = weighted_average(sds, res.weights)
+        if res.bn == "reset" and stats is not None:
+            average = dict(reset_batchnorm(net, average, stats))
+        plain = evaluate(net, average, batches)
+    return replace(report, inputs=inputs, plain=plain, merged=merged)
+
+
+def _metadata(
+    sources: Sequence[Path], result: MergeResult, reference: str | Path | None
+) -> dict[str, str]:
+    return {
+        "modeconnect.role": "merged",
+        "modeconnect.sources": json.dumps([str(p) for p in sources]),
+        "modeconnect.weights": json.dumps(list(result.weights)),
+        "modeconnect.method": result.method,
+        "modeconnect.reference": str(reference) if reference is not None else result.reference,
+        "modeconnect.iterations": str(result.rounds),
+        "modeconnect.bn": result.bn,
+    }
