@@ -29,11 +29,16 @@ products, SciPy's Hungarian solver, every neighbour re-permuted at every step) r
 on pairs up to width 1024. On permuted copies both must find the same permutation;
 on real pairs both stop at local optima, and the objectives are printed.
 
+``--tolerances 0 1e-4 1e-3`` instead measures the relative stopping tolerance on the
+real pairs (seeds ``--seeds``): sweeps, assignments, the objective and the loss and
+error barriers (lerp definition, test split, 25 alphas) of each ``rtol``.
+
 Run from the repository root (the MNIST-scale pairs train once: about 1 minute at
 width 512, 10 minutes at 4096 on one core)::
 
     python benchmarks/bench_weight_matching.py [--pairs digits mnist512 permuted512 ...]
         [--repeats 3] [--threads 1]
+    python benchmarks/bench_weight_matching.py --pairs digits mnist512 --tolerances 0 1e-6 1e-4 1e-3
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pairs import CACHE, Pair, by_name  # noqa: E402
+from pairs import CACHE, Pair, by_name, test_data  # noqa: E402
 from probes import probes  # noqa: E402
 
+from modeconnect.evaluate import barrier, interpolation_curve  # noqa: E402
 from modeconnect.matching import assignment as assignment_mod  # noqa: E402
 from modeconnect.matching import match_weights  # noqa: E402
 from modeconnect.matching import weight as weight_mod  # noqa: E402
@@ -65,6 +71,7 @@ from modeconnect.matching.assignment import (  # noqa: E402
     solve_warm,
 )
 from modeconnect.matching.weight import objective  # noqa: E402
+from modeconnect.spec import apply_permutation  # noqa: E402
 
 PROBES = (
     (weight_mod.WeightSource, "product", "products"),
@@ -275,6 +282,24 @@ def print_solvers(tables: list[tuple[Pair, dict[str, tuple[float, int]]]]) -> No
         print(f"{pair.name:26} {'real' if pair.real else 'permuted':8} " + " ".join(cells))
 
 
+def print_tolerances(pairs: list[Pair], tolerances: list[float], seeds: list[int]) -> None:
+    """Sweeps, solves, objective and barriers of each ``rtol``: the price of stopping early."""
+    print(f"{'pair':26} {'rtol':>7} {'seed':>4} {'sweeps':>6} {'solves':>6} {'cpu s':>7} "
+          f"{'objective':>10} {'loss barrier':>12} {'error barrier':>13}")  # fmt: skip
+    for pair in pairs:
+        data = test_data(pair)
+        for rtol in tolerances:
+            for seed in seeds:
+                start = time.process_time()
+                al = match_weights(pair.spec, pair.a, pair.b, seed=seed, rtol=rtol)
+                cpu = time.process_time() - start
+                aligned = apply_permutation(pair.b, pair.spec, al.perm)
+                bar = barrier(interpolation_curve(pair.model, pair.a, aligned, data, steps=25))
+                print(f"{pair.name:26} {rtol:7.0e} {seed:4d} {al.iterations:6d} "
+                      f"{al.profile['solves']:6d} {cpu:7.3f} {al.objective:10.3f} "
+                      f"{bar.loss:12.4f} {bar.error:13.2%}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -287,8 +312,14 @@ def main() -> None:
         "--solver-sample", type=int, default=4, help="cold solves timed per pair above width 1024"
     )
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--tolerances", type=float, nargs="+", help="measure these rtol instead")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tolerances:
+        real = [by_name(n, args.cache) for n in args.pairs]
+        print_tolerances([p for p in real if p.real], args.tolerances, args.seeds)
+        return
     print(f"# torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats} "
           f"(CPU seconds), load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     pairs = sorted((by_name(n, args.cache) for n in args.pairs), key=lambda p: not p.real)

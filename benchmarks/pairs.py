@@ -75,6 +75,19 @@ def permuted(width: int, noise: float = 0.5, seed: int = 0) -> Pair:
     return Pair(pair.name, pair.model, pair.spec, a, b, real=False)
 
 
+def test_data(pair: Pair, batch_size: int = 1000) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The pair's test split as batches: the digits test set, or the MNIST-scale one (5k)."""
+    if pair.a["1.weight"].shape[1] == 64:
+        data = torch.load(ROOT / "checkpoints" / "digits_test.pt", weights_only=True)
+    else:
+        sys.path.insert(0, str(ROOT / "examples"))
+        import mnist_scale_digits as example
+
+        _, data = example.make_data()
+    x, y = data["x"], data["y"]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
 def by_name(name: str, cache: Path = CACHE) -> Pair:
     """``digits``, ``mnist<W>`` or ``permuted<W>``."""
     if name == "digits":
