@@ -65,7 +65,9 @@ from digits_app.task import (  # noqa: E402
 )
 
 import modeconnect as mc  # noqa: E402
+from modeconnect.evaluate import Metrics, evaluate  # noqa: E402
 from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
+from modeconnect.merge import merge  # noqa: E402
 
 CLIENTS = 4
 METHODS = {"FedAvg": "none", "AlignedFedAvg": "weight"}
@@ -87,8 +89,8 @@ def _clone(sd: dict[str, torch.Tensor]) -> StateDict:
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
-def _test_metrics(model: torch.nn.Module, sd: StateDict, test: Split) -> mc.Metrics:
-    return mc.evaluate(model, sd, [(test.x, test.y)])
+def _test_metrics(model: torch.nn.Module, sd: StateDict, test: Split) -> Metrics:
+    return evaluate(model, sd, [(test.x, test.y)])
 
 
 def simulate(settings: Settings, clients: int = CLIENTS) -> list[Round]:
@@ -150,7 +152,7 @@ def _moved_units(
 
     A second, untimed merge with the same inputs; the strategy returns only weights.
     """
-    result = mc.merge(model, sds, weights=counts, reference=reference, spec=spec, method=method)
+    result = merge(model, sds, weights=counts, reference=reference, spec=spec, method=method)
     moved = total = 0
     for perm in result.permutations:
         for p in perm.values():
@@ -229,7 +231,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "final": [a[-1] for a in accs],
                 "best": [max(a) for a in accs],
                 "round1": [a[0] for a in accs],
-                "aggregation_ms": 1000 * statistics.fmean(aggs),
+                "aggregation_ms": 1000 * statistics.median(aggs),
             }
             moved = [
                 x["moved_units"]
@@ -259,7 +261,7 @@ def markdown_tables(rows: list[dict[str, Any]], shots: list[dict[str, Any]]) -> 
     lines = [
         "| α | E | FedAvg final | AlignedFedAvg final | Δ final | FedAvg best | "
         "AlignedFedAvg best | Δ best | units moved (rounds with any) | "
-        "aggregation ms/round (plain / aligned) |",
+        "aggregation ms/round, median (plain / aligned) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -41,6 +41,7 @@ from digits_app.task import (  # noqa: E402
 )
 
 import modeconnect as mc  # noqa: E402
+from modeconnect.evaluate import evaluate  # noqa: E402
 
 # Two rounds of a one-hidden-layer MLP, five local epochs, server-side evaluation only.
 # Seen on CPU: initial model 3.8 % test accuracy, round 1 78.6 %, round 2 90.4 %,
@@ -210,7 +211,7 @@ def test_in_process_rounds_match_the_library_function():
     ]
     expected = mc.fedavg(local, [len(s) for s in shares])
     _, test = load_digits_split()
-    assert plain[1].accuracy == mc.evaluate(model, expected, [(test.x, test.y)]).accuracy
+    assert plain[1].accuracy == evaluate(model, expected, [(test.x, test.y)]).accuracy
 
 
 # --------------------------------------------------------------------------- deployment
@@ -246,7 +247,7 @@ def test_deployment_run_trains_the_global_model_and_stops_every_process(tmp_path
     # The final model is a modeconnect checkpoint that evaluates to the reported accuracy.
     ckpt = mc.load(tmp_path / "final.pt")
     _, test = load_digits_split()
-    acc = mc.evaluate(build_model((32,)), ckpt.state_dict, [(test.x, test.y)]).accuracy
+    acc = evaluate(build_model((32,)), ckpt.state_dict, [(test.x, test.y)]).accuracy
     assert acc == pytest.approx(result["final_accuracy"])
     assert "final test accuracy" in proc.stdout and "0 left running" in proc.stdout
     # SuperExecs, the ServerApp and the ClientApps were seen (Linux /proc), and are gone.

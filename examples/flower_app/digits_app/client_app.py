@@ -11,8 +11,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-import modeconnect as mc
 from digits_app.task import Settings, as_int, build_model, client_data, client_seed, train
+from modeconnect.evaluate import evaluate
 
 app = ClientApp()
 
@@ -43,7 +43,7 @@ def train_fn(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
     _, _, (_, test_share), model = _setup(msg, context)
-    m = mc.evaluate(model, model.state_dict(), [(test_share.x, test_share.y)])
+    m = evaluate(model, model.state_dict(), [(test_share.x, test_share.y)])
     metrics = MetricRecord(
         {"eval_loss": m.loss, "eval_acc": m.accuracy, "num-examples": len(test_share)}
     )

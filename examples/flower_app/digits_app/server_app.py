@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import modeconnect as mc
 from digits_app.task import IN_FEATURES, MODEL_REF, Settings, build_model, load_digits_split
+from modeconnect.evaluate import evaluate
 from modeconnect.integrations.flower import AlignedFedAvg
 
 app = ServerApp()
@@ -44,7 +45,7 @@ def main(grid: Grid, context: Context) -> None:
     _, test = load_digits_split()
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        m = mc.evaluate(model, arrays.to_torch_state_dict(), [(test.x, test.y)])
+        m = evaluate(model, arrays.to_torch_state_dict(), [(test.x, test.y)])
         return MetricRecord({"accuracy": m.accuracy, "loss": m.loss})
 
     start = time.perf_counter()

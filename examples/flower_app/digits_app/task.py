@@ -58,7 +58,7 @@ class Settings:
     """
 
     num_server_rounds: int = 3
-    local_epochs: int = 1
+    local_epochs: int = 5
     lr: float = 0.05
     hidden: tuple[int, ...] = (128, 128, 128)
     alpha: float = 0.5
