@@ -24,7 +24,7 @@ the partition, the model and the local training come from
 ``AlignedFedAvg.aggregate_state_dicts`` with the round's global model as reference,
 as in the App's ServerApp. ``method="none"`` is plain FedAvg through the same call.
 
-Run it (about 10 minutes on one core of a 2-core machine; ``--quick``: seconds)::
+Run it (about 4 minutes on one core; ``--quick``: seconds)::
 
     python examples/federated_rounds.py --out results/federated_rounds
 
