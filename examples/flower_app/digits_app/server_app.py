@@ -82,7 +82,7 @@ def _write(out: Path, settings: Settings, strategy: Any, result: Any, seconds: f
         "settings": {k.replace("_", "-"): v for k, v in vars(settings).items()},
         "rounds": rounds,
         "final_accuracy": rounds[-1]["accuracy"],
-        "best_accuracy": max(r["accuracy"] for r in rounds if r["round"] > 0),
+        "best_accuracy": max((r["accuracy"] for r in rounds[1:]), default=None),
         "seconds": seconds,
         "checkpoint": "final.pt",
     }
