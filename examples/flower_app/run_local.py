@@ -29,6 +29,9 @@ the SuperLink otherwise ``uv sync``s the App's dependencies into a fresh environ
 for every run, from the network. Here they are already installed. Telemetry and the
 update check are off too.
 
+It is written for Linux (process ids are followed through ``/proc``; without it, as
+on macOS, only the processes it started are tracked) and does not run on Windows.
+
 ``--engine simulation`` runs the same App on Flower's simulation engine instead
 (one ``flower-superlink --simulation``, ``num-supernodes`` virtual SuperNodes);
 it needs ``flwr[simulation]`` (Ray) in the environment of the Python that runs this
