@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from modeconnect_cli import options as o
-from modeconnect_cli.commands import finish, library, main
-from modeconnect_cli.format import command_line, format_barrier
+from modeconnect_cli.commands import finish, main, run_study
+from modeconnect_cli.format import format_barrier
 
 
 @o.command(main)
@@ -30,13 +30,7 @@ from modeconnect_cli.format import command_line, format_barrier
 )
 @o.bn()
 @o.STEPS
-@click.option(
-    "--definition",
-    type=click.Choice(["lerp", "mean"]),
-    default="lerp",
-    show_default=True,
-    help="Barrier definition reported first (the JSON has both).",
-)
+@o.DEFINITION
 @click.option(
     "--bootstrap",
     type=click.IntRange(min=0),
@@ -45,36 +39,15 @@ from modeconnect_cli.format import command_line, format_barrier
     metavar="N",
     help="Bootstrap resamples of the test examples (e.g. 1000).",
 )
-@click.option(
-    "--loss",
-    default="ce",
-    show_default=True,
-    metavar="ce|mse|MODULE:CALLABLE",
-    help="Loss: cross-entropy, squared error, or a callable of per-example losses.",
-)
+@o.LOSS
 @o.SEED_OPTION
 @o.BATCH_SIZE
-@o.JSON
-@o.REPORT
-@o.QUIET
-@o.FORCE
-@o.VERBOSE
+@o.STUDY_OUTPUTS
 def barrier(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:  # fmt: skip
     """Measure loss and error barriers between checkpoints A and B (naive and aligned)."""
-    command = command_line(click.get_current_context())
-    barrier_files, _ = library("modeconnect.files.barrier", "barrier_files")
-    from modeconnect.progress import ProgressBar
-
-    align_options = _method_options(opts)
-    with ProgressBar(quiet=quiet) as bar:
-        report = barrier_files(
-            a, b, trust=o.trust(opts), command=command, progress=bar,
-            align_options=align_options, **opts,
-        )  # fmt: skip
+    align_options = o.pop_method_options(opts)
+    report = run_study(
+        "modeconnect.files.barrier", "barrier_files", a, b, quiet=quiet, trust=o.trust(opts),
+        align_options=align_options, **opts,
+    )  # fmt: skip
     finish(format_barrier(report), report.timings, verbose)
-
-
-def _method_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The method options given, for the alignment of the study."""
-    names = ("restarts", "rtol", "statistic", "max_batches", "ot_solver", "reg", "cost")
-    return {k: v for k in names if (v := opts.pop(k, None)) is not None}

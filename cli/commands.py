@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from modeconnect_cli.format import format_timings
+from modeconnect_cli.format import command_line, format_timings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,3 +41,17 @@ def finish(text: str, timings: Any, verbose: bool) -> None:
     click.echo(text)
     if verbose and timings is not None:
         click.echo(format_timings(timings), err=True)
+
+
+def run_study(module: str, name: str, *args: Any, quiet: bool, **kwargs: Any) -> Any:
+    """``module.name(*args, command=..., progress=..., **kwargs)`` under progress bars.
+
+    ``command`` is the command line as typed (for reports); the bars are drawn on a
+    terminal unless ``quiet``.
+    """
+    run, _ = library(module, name)
+    from modeconnect.progress import ProgressBar
+
+    command = command_line(click.get_current_context())
+    with ProgressBar(quiet=quiet) as bar:
+        return run(*args, command=command, progress=bar, **kwargs)

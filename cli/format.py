@@ -199,3 +199,130 @@ def format_merge(report: Any) -> str:
     for name, path in report.written.items():
         lines.append(f"wrote      {name}: {path}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- curve, plane,
+# landscape, sharpness (issue 14)
+
+
+def _header(report: Any) -> list[str]:
+    examples = ", ".join(f"{k} {v}" for k, v in report.examples.items())
+    return [f"model      {report.model_ref}", f"data       {examples} examples"]
+
+
+def _written(report: Any) -> list[str]:
+    return [
+        f"wrote      {name}: {path}"
+        for name, path in report.written.items()
+        if not name.startswith("plot_")
+    ]
+
+
+def format_curve(report: Any) -> str:
+    """Alignment, the training, and per path and split: barriers and the worst point."""
+    study = report.result
+    fit, p = study.fit, study.fit.params
+    lines = _header(report)
+    if study.alignment is not None:
+        al, eq = study.alignment.alignment, study.alignment.equivalence
+        lines.append(
+            f"alignment  {al.method}: objective {al.objective:.6g}; guard: aligned B == B "
+            f"(max rel diff {eq.max_rel_diff:.2e})"
+        )
+    lines += [
+        f"curve      {fit.curve.name}, {fit.curve.bends} bend(s): {p['epochs']} epochs, "
+        f"{p['steps']} steps, last epoch's train loss {fit.history[-1]:.4f}, {fit.seconds:.1f} s",
+        f"barriers   definition {study.definition}, loss {study.loss}, bn {study.bn}",
+        "",
+        f"{'path':10} {'split':6} {'loss barrier':>13} {'error barrier':>14} {'max loss':>9} "
+        f"{'max error':>10} {'acc@0.5':>8}",
+    ]
+    for name, results in (("line", study.line), (fit.curve.name, study.curve)):
+        for split, res in results.items():
+            bar, curve = res.barriers[study.definition], res.curve
+            lines.append(
+                f"{name:10} {split:6} {bar.loss:13.4f} {bar.error:14.2%} {max(curve.losses):9.4f} "
+                f"{max(curve.errors):10.2%} {res.midpoint.accuracy:8.2%}"
+            )
+    return "\n".join(lines + _written(report))
+
+
+def _ranges(values: dict[str, Any], where: list[Any], place: str) -> list[str]:
+    """``loss  min ... at ..., max ... at ...`` for each metric's flat values."""
+    from modeconnect.files.report import extremes
+
+    formats = {"loss": "{:.4f}", "error": "{:.2%}"}
+    lines = []
+    for name, flat in values.items():
+        (low, at_low), (high, at_high) = extremes(flat, where)
+        fmt = formats[name]
+        lines.append(
+            f"{name:10} min {fmt.format(low)} at {place.format(*at_low)}, "
+            f"max {fmt.format(high)} at {place.format(*at_high)}"
+        )
+    return lines
+
+
+def _surface_lines(surface: Any) -> list[str]:
+    cells = [(x, y) for y in surface.ys for x in surface.xs]
+    flat = {
+        "loss": [v for row in surface.loss for v in row],
+        "error": [v for row in surface.error for v in row],
+    }
+    return [
+        f"grid       {len(surface.xs)} x {len(surface.ys)} points, x in [{surface.xs[0]:.3g}, "
+        f"{surface.xs[-1]:.3g}], y in [{surface.ys[0]:.3g}, {surface.ys[-1]:.3g}]",
+        *_ranges(flat, cells, "({:.3g}, {:.3g})"),
+    ]
+
+
+def format_plane(report: Any) -> str:
+    """The three models' coordinates in the plane, the grid, where loss and error peak."""
+    surface = report.result
+    points = "  ".join(f"{n} ({x:.3g}, {y:.3g})" for n, (x, y) in surface.points.items())
+    lines = [*_header(report), f"points     {points}", *_surface_lines(surface)]
+    lines.append(f"paths      {', '.join(surface.paths)} (projected), bn {surface.params['bn']}")
+    return "\n".join(lines + _written(report))
+
+
+def format_landscape(report: Any) -> str:
+    """The directions, the grid, and the loss and error ranges on it."""
+    result, p = report.result, report.result.params
+    span = f"[{p['span'][0]:g}, {p['span'][1]:g}]"
+    lines = _header(report)
+    if hasattr(result, "ys"):
+        lines.append(
+            f"surface    two filter-normalised directions (seed {p['seed']}), bn {p['bn']}"
+        )
+        lines += _surface_lines(result)
+    else:
+        lines.append(
+            f"slice      one filter-normalised direction (seed {p['seed']}), {len(result.xs)} "
+            f"points over {span}, bn {p['bn']}"
+        )
+        flat = {"loss": list(result.loss), "error": list(result.error)}
+        lines += _ranges(flat, [(x,) for x in result.xs], "x={:.3g}")
+    return "\n".join(lines + _written(report))
+
+
+def format_sharpness(report: Any) -> str:
+    """One row per model: loss, top eigenvalues, trace, plain and adaptive sharpness."""
+    study = report.result
+    first = next(iter(study.models.values()))
+    lines = [
+        *_header(report),
+        f"measures   eigenvalues by {first.spectrum.method}, trace from {first.trace.samples} "
+        f"probes, {first.plain.norm} balls, {first.plain.steps} ascent steps",
+        "",
+        f"{'model':10} {'loss':>10} {'top eigenvalues':>24} {'trace ± s.e.':>20} "
+        f"{'plain ρ=' + format(first.plain.rho, 'g'):>13} "
+        f"{'adaptive ρ=' + format(first.adaptive.rho, 'g'):>15}",
+    ]
+    for name, s in study.models.items():
+        eig = ", ".join(f"{v:.4g}" for v in s.spectrum.eigenvalues)
+        trace = f"{s.trace.trace:.4g} ± {s.trace.std_error:.2g}"
+        lines.append(
+            f"{name[:10]:10} {s.loss:10.4g} {eig:>24} {trace:>20} {s.plain.sharpness:13.4g} "
+            f"{s.adaptive.sharpness:15.4g}"
+        )
+    return "\n".join(lines + _written(report))

@@ -118,7 +118,7 @@ def _numbers(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 
 # --------------------------------------------------------------------------- the architecture
 
-ARCHITECTURE = group(
+MODEL = group(
     click.option("--model", metavar="MODULE:CALLABLE",
                  help="Architecture: 'pkg.module:fn' or 'path/file.py:fn' (overrides the "
                       "checkpoint's; runs that code)."),
@@ -135,6 +135,10 @@ ARCHITECTURE = group(
                       "input cannot be inferred."),
     click.option("--input-dtype", type=click.Choice(INPUT_DTYPES),
                  help="Dtype of the probe input (long for token ids)."),
+)  # fmt: skip
+"""The architecture and its probe input, for commands that align nothing."""
+ARCHITECTURE = group(
+    MODEL,
     click.option("--permute-output", is_flag=True,
                  help="The model returns hidden states that may come back permuted."),
 )  # fmt: skip
@@ -153,16 +157,28 @@ DATA_HELP = "Evaluation data: .pt/.npz with x and y, or MODULE:CALLABLE."
 TRAIN_HELP = "Training data: activation statistics and --bn (default: --data)."
 
 
-def data(required: bool = False) -> Decorator:
+def data(required: bool = False, help: str = DATA_HELP) -> Decorator:
     return click.option("--data", required=required, metavar="FILE|MODULE:CALLABLE",
-                        help=DATA_HELP)  # fmt: skip
+                        help=help)  # fmt: skip
 
 
-TRAIN = click.option("--train", metavar="FILE|MODULE:CALLABLE", help=TRAIN_HELP)
-BATCH_SIZE = click.option(
-    "--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-    help="Examples per batch of --data and --train.",
-)  # fmt: skip
+def train(help: str = TRAIN_HELP, required: bool = False) -> Decorator:
+    """``--train``; ``help`` says what the command uses it for."""
+    return click.option("--train", required=required, metavar="FILE|MODULE:CALLABLE", help=help)
+
+
+TRAIN = train()
+
+
+def batch_size(default: int = 500) -> Decorator:
+    """``--batch-size``; commands that train (``curve``) want smaller batches by default."""
+    return click.option(
+        "--batch-size", type=click.IntRange(min=1), default=default, show_default=True,
+        help="Examples per batch of --data and --train.",
+    )  # fmt: skip
+
+
+BATCH_SIZE = batch_size()
 SEED_OPTION = click.option(
     "--seed", type=SEED, default=0, show_default=True,
     help="Seed of everything random: group order, restarts, bootstrap, curves.",
@@ -173,22 +189,61 @@ STEPS = click.option(
 )  # fmt: skip
 
 
-def bn(choices: tuple[str, ...] = ("none", "reset", "repair")) -> Decorator:
+_BN_CHOICES = {
+    "auto": "auto: reset if the model has BatchNorm",
+    "reset": "reset: recompute BatchNorm statistics",
+    "repair": "repair: REPAIR (nets without BatchNorm)",
+}
+
+
+def bn(choices: tuple[str, ...] = ("none", "reset", "repair"), default: str = "none") -> Decorator:
+    """``--bn``: the statistics of every evaluated model, recomputed on ``--train``."""
+    what = "; ".join(_BN_CHOICES[c] for c in choices if c in _BN_CHOICES)
     return click.option(
-        "--bn", type=click.Choice(choices), default="none", show_default=True,
-        help="On --train: reset BatchNorm statistics, or REPAIR (nets without BatchNorm).",
+        "--bn", type=click.Choice(choices), default=default, show_default=True,
+        help=f"Statistics at every evaluated point, on --train ({what}; none: as stored).",
     )  # fmt: skip
+
+
+MAX_BN_BATCHES = click.option(
+    "--max-bn-batches", type=click.IntRange(min=1), metavar="N",
+    help="Batches of --train for each BatchNorm reset [default: all].",
+)  # fmt: skip
+LOSS = click.option(
+    "--loss", default="ce", show_default=True, metavar="ce|mse|MODULE:CALLABLE",
+    help="Loss: cross-entropy, squared error, or a callable of per-example losses.",
+)  # fmt: skip
+DEFINITION = click.option(
+    "--definition", type=click.Choice(["lerp", "mean"]), default="lerp", show_default=True,
+    help="Barrier definition reported first (the JSON has both).",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- paths and grids
+
+CURVE_KINDS = ("bezier", "polychain")
+"""The names of ``modeconnect.curves.CURVE_KINDS`` (that module imports torch)."""
+
+
+def curve_kind(default: str | None, help: str) -> Decorator:
+    return click.option("--curve", type=click.Choice(CURVE_KINDS), default=default,
+                        show_default=default is not None, help=help)  # fmt: skip
+
+
+def resolution(default: int | None, help: str) -> Decorator:
+    return click.option("--resolution", type=click.IntRange(min=2), default=default,
+                        show_default=default is not None, metavar="N", help=help)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- alignment
 
 
-def method(name: str = "--method", allow_none: bool = False) -> Decorator:
+def method(name: str = "--method", allow_none: bool = False, default: str = "weight") -> Decorator:
     """The alignment method, a choice of the registry (plus ``none`` where it makes sense)."""
     choices = (*METHOD_NAMES, NO_ALIGNMENT) if allow_none else METHOD_NAMES
     dest = "method" if name == "--method" else name.lstrip("-")
     return click.option(
-        name, dest, type=click.Choice(choices), default="weight", show_default=True,
+        name, dest, type=click.Choice(choices), default=default, show_default=True,
         help="Alignment method" + (" ('none': no alignment)." if allow_none else "."),
     )  # fmt: skip
 
@@ -213,6 +268,20 @@ METHOD_OPTIONS = group(
 )  # fmt: skip
 
 
+METHOD_OPTION_NAMES = ("restarts", "rtol", "statistic", "max_batches", "ot_solver", "reg", "cost")
+
+
+def pop_method_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Pop the :data:`METHOD_OPTIONS` given from ``opts``, for an alignment inside a study."""
+    return {k: v for k in METHOD_OPTION_NAMES if (v := opts.pop(k, None)) is not None}
+
+
+ALPHA = click.option(
+    "--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+    help="Weight of B in the merge: (1-alpha)*A + alpha*B.",
+)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -228,6 +297,8 @@ FORCE = click.option("--force", is_flag=True, help="Overwrite existing outputs (
 QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
 VERBOSE = click.option("--verbose", "-v", is_flag=True,
                        help="Print where the time went (load, spec, matching, ...).")  # fmt: skip
+STUDY_OUTPUTS = group(JSON, REPORT, QUIET, FORCE, VERBOSE)
+"""What every study (barrier, curve, plane, landscape, sharpness) writes and prints."""
 
 
 def weights_option() -> Decorator:

@@ -16,6 +16,7 @@ the Agg canvas directly, so no pyplot state or GUI backend is touched.
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -24,7 +25,14 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.landscape import LossSlice, LossSurface
 from modeconnect.sharpness import SharpnessStudy
 
-__all__ = ["curve_figure", "new_figure", "sharpness_figure", "slice_figure", "surface_figure"]
+__all__ = [
+    "curve_figure",
+    "figure_png",
+    "new_figure",
+    "sharpness_figure",
+    "slice_figure",
+    "surface_figure",
+]
 
 _PATH_COLORS = {"line": "#d62728", "curve": "#1f77b4"}
 _SPLIT_STYLES = {"test": "-", "train": "--"}
@@ -42,6 +50,13 @@ def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[A
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def figure_png(fig: Any, *, dpi: int = 110) -> bytes:
+    """The PNG bytes of ``fig`` (for a report page, or a file staged beside it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    return buffer.getvalue()
 
 
 def curve_figure(study: CurveStudy) -> Any:

@@ -1,0 +1,127 @@
+"""What ``curve``, ``plane``, ``landscape`` and ``sharpness`` share on files.
+
+Each command opens its session with :func:`open_study` (every output checked before
+any work, the report folder's plot files included), runs one library function, and
+hands its result to :func:`write_study`, which writes the outputs together: the
+checkpoints the command names, the JSON (:meth:`FileReport.to_dict`) and the report
+(:mod:`modeconnect.files.report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from modeconnect.files.checkpoints import json_writer
+from modeconnect.files.data import Batch
+from modeconnect.files.report import Section, check_report, stage_page
+from modeconnect.files.session import Session, open_session
+from modeconnect.files.targets import Fill, input_files
+
+__all__ = ["FileReport", "count_examples", "open_study", "write_study"]
+
+
+class _Result(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+@dataclass(frozen=True)
+class FileReport(Generic[R]):
+    """What one command computed from files and wrote.
+
+    ``inputs`` are JSON-ready (``{"a": "a.pt", "b": "b.pt"}``); ``result`` is the
+    library's result, whose ``to_dict()`` fills the rest of the JSON.
+    """
+
+    inputs: Mapping[str, Any]
+    model_ref: str
+    model_kwargs: Mapping[str, Any]
+    result: R
+    examples: Mapping[str, int]
+    command: str | None = None
+    written: Mapping[str, Path] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.inputs,
+            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
+            "examples": dict(self.examples),
+            "command": self.command,
+            **self.result.to_dict(),
+            "outputs": {k: str(v) for k, v in self.written.items()},
+        }
+
+
+def open_study(
+    checkpoints: Sequence[str | Path],
+    *,
+    outputs: Sequence[tuple[str, str | Path | None, str]],
+    plots: Iterable[str],
+    force: bool = False,
+    model: str | None = None,
+    data: str | Path | None = None,
+    train: str | Path | None = None,
+    **session: Any,
+) -> Session:
+    """:func:`~modeconnect.files.session.open_session`, once the report's ``plots`` are checked.
+
+    ``plots`` are the file stems the ``--report`` folder will hold
+    (:func:`~modeconnect.files.report.check_report`).
+    """
+    report = next((p for _, p, kind in outputs if kind == "report" and p is not None), None)
+    if report is not None:
+        inputs = input_files(checkpoints, data=[data, train], model=model)
+        check_report(report, plots, inputs=inputs, force=force)
+    return open_session(
+        checkpoints, outputs=outputs, force=force, model=model, data=data, train=train, **session
+    )
+
+
+def count_examples(batches: Iterable[Batch]) -> int:
+    return sum(len(y) for _, y in batches)
+
+
+def write_study(
+    session: Session,
+    report: FileReport[R],
+    *,
+    title: str,
+    sections: Callable[[R], Sequence[Section]],
+    files: Mapping[str, tuple[Path, Fill]] | None = None,
+) -> FileReport[R]:
+    """Write ``files`` (name -> path, what writes it), ``--report`` and ``--json`` together.
+
+    The report page (``title``, the result's ``sections``) and the JSON both list
+    every output written; nothing appears unless everything is written.
+    """
+    plan, files = session.outputs, dict(files or {})
+    written = {name: path for name, (path, _) in files.items()}
+    pages: Sequence[Section] = ()
+    with session.timings.phase("writes"):
+        if "--report" in plan:
+            folder = plan.path("--report")
+            pages = sections(report.result)
+            written["report"] = folder / "report.html"
+            written.update(
+                {f"plot_{n}": folder / f"{n}.png" for page in pages for n in page.figures}
+            )
+        if "--json" in plan:
+            written["json"] = plan.path("--json")
+        final = replace(report, written=written)
+        with plan.writing() as staging:
+            for path, fill in files.values():
+                staging.write(path, fill)
+            if "--report" in plan:
+                stage_page(
+                    staging, plan.path("--report"), title, pages, command=report.command,
+                    meta=final.to_dict(),
+                )  # fmt: skip
+            if "--json" in plan:
+                staging.write(written["json"], json_writer(final.to_dict()))
+    return replace(final, timings=session.timings.to_dict())
