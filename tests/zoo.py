@@ -13,12 +13,17 @@ The Hugging Face builders (``hf_gpt2``, ``hf_bert``) import ``transformers`` laz
 and raise ``ImportError`` when it is missing; :data:`HF_MODELS` names them so tests
 can skip them.  They wrap the HF model in a module that returns a plain tensor
 (``.logits`` for GPT-2, ``.last_hidden_state`` for BERT).
+
+More architectures live beside this file: torchvision-style models in
+:mod:`zoo_vision` and unwrapped Hugging Face models in :mod:`zoo_hf`.
+:func:`soundness` and :func:`recovered` are the two checks every spec must pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -530,8 +535,16 @@ def hf_gpt2(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=100,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(0)
@@ -547,9 +560,15 @@ def hf_bert(
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(
-        vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=80, max_position_embeddings=32, type_vocab_size=2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=100,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=80,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(0)
@@ -589,3 +608,41 @@ def build(name: str, seed: int = 0) -> nn.Module:
 def example_input(name: str) -> tuple[Tensor, ...]:
     """The example input of a zoo model."""
     return ZOO[name]()[1]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def soundness(model: nn.Module, inputs: Any, spec: Any, seed: int, call: Any = None) -> float:
+    """``max |f(x) - f_π(x)| / max |f(x)|`` for a random permutation π of every group.
+
+    The model is called as modeconnect calls it (:func:`modeconnect.forward.run`), so
+    Hugging Face models get their inputs by name and are compared on their logits.
+    """
+    from modeconnect.forward import eval_mode, run
+    from modeconnect.spec import apply_permutation, random_permutation
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    permuted = apply_permutation(state, spec, random_permutation(spec, seed))
+    with torch.no_grad(), eval_mode(model):
+        ys = _floats(run(model, state, inputs, call=call))
+        zs = _floats(run(model, permuted, inputs, call=call))
+    diff = max(float((y.double() - z.double()).abs().max()) for y, z in zip(ys, zs))
+    return diff / max(float(y.double().abs().max()) for y in ys)
+
+
+def _floats(out: Any) -> list[Tensor]:
+    from modeconnect.forward import output_tensors
+
+    return output_tensors(out)
+
+
+def recovered(spec: Any, state: Mapping[str, Tensor], seed: int = 7) -> list[str]:
+    """Keys that weight matching fails to bring back exactly from a permuted copy."""
+    from modeconnect.matching import match_weights
+    from modeconnect.spec import apply_permutation, random_permutation
+
+    a = {k: v.detach().clone() for k, v in state.items()}
+    b = apply_permutation(a, spec, random_permutation(spec, seed))
+    back = apply_permutation(b, spec, match_weights(spec, a, b).perm)
+    return [k for k in a if not torch.equal(back[k], a[k])]

@@ -12,13 +12,16 @@ those groups. A layout is a small tree:
 * ``Product(factors)``: the axis is a row-major flattening of several factors
   (heads × head dim, channels × spatial positions after ``Flatten``, GroupNorm
   groups × channels per group).
+* ``Shuffle(inner, order)``: the axis holds the positions of ``inner`` in a fixed
+  order (a channel shuffle: position ``i`` holds ``inner``'s position ``order[i]``).
 
 A group whose :attr:`PermGroup.batch_over` names another group has one
 permutation *per element* of that outer group (each attention head or
 GroupNorm group carries its own inner permutation); its permutation tensor
-then has shape ``(outer size, size)``.
+then has shape ``(outer size, size)``, and its leaves name the outer group
+(``Leaf.over``), which encloses them as an earlier factor of a product.
 
-The spec is derived from the model's graph by :func:`modeconnect.graph.derive_spec`.
+The spec is derived from the model's graph by :func:`modeconnect.spec.derive_spec`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..errors import ModeconnectError
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,14 @@ class Fixed:
 
 @dataclass(frozen=True)
 class Leaf:
-    """An axis (or part of one) permuted by the group named ``group``."""
+    """An axis (or part of one) permuted by the group named ``group``.
+
+    ``over`` names the outer group when ``group`` has one permutation per block of it.
+    """
 
     group: str
     size: int
+    over: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,20 @@ class Product:
         return n
 
 
-Layout = Fixed | Leaf | Concat | Product
+@dataclass(frozen=True)
+class Shuffle:
+    """An axis that holds ``inner``'s positions in a fixed order: position ``i`` is
+    ``inner``'s position ``order[i]`` (ShuffleNet's channel shuffle)."""
+
+    inner: Layout
+    order: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.order)
+
+
+Layout = Fixed | Leaf | Concat | Product | Shuffle
 
 
 @dataclass(frozen=True)
@@ -97,12 +119,17 @@ class PermGroup:
 
 @dataclass(frozen=True)
 class FixedAxis:
-    """An axis the analysis left unpermuted, with the operation that fixed it."""
+    """An axis the analysis left unpermuted, with the operation that fixed it.
+
+    ``partial`` marks an axis fixed only in part (RoPE's dims inside a heads × dims
+    product); ``size`` then counts the fixed positions of that part.
+    """
 
     key: str
     axis: int
     size: int
     reason: str
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,7 +150,10 @@ class PermutationSpec:
     """Groups, and the layout of every axis of every state-dict tensor.
 
     ``aliases`` maps a state-dict key to the key whose tensor it shares (tied
-    weights); aliases are permuted exactly as their source.
+    weights); aliases are permuted exactly as their source. ``sites`` lists, per
+    group, where layers read its units in the traced graph (activation matching).
+    ``weight_outputs`` maps each weight (a tensor some op uses as its weights) to its
+    output-feature axis: a Linear's rows, an Embedding's columns.
     """
 
     groups: Mapping[str, PermGroup]
@@ -131,6 +161,25 @@ class PermutationSpec:
     fixed: tuple[FixedAxis, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     sites: Mapping[str, tuple[ActivationSite, ...]] = field(default_factory=dict)
+    weight_outputs: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the spec as JSON-ready data; :meth:`from_dict` reads it back exactly."""
+        from .codec import spec_to_dict
+
+        return spec_to_dict(self)
+
+    @staticmethod
+    def from_dict(data: Any) -> PermutationSpec:
+        """A spec from :meth:`to_dict`'s data, checked as untrusted input.
+
+        Raises :class:`~modeconnect.ModeconnectError` on anything malformed or
+        inconsistent (unknown groups, sizes that do not add up, orders that are not
+        permutations).
+        """
+        from .codec import spec_from_dict
+
+        return spec_from_dict(data)
 
     def group_sizes(self) -> dict[str, int]:
         return {name: g.size for name, g in self.groups.items()}
@@ -148,7 +197,13 @@ class PermutationSpec:
                 for g in self.groups.values()
             ],
             "fixed": [
-                {"key": f.key, "axis": f.axis, "size": f.size, "reason": f.reason}
+                {
+                    "key": f.key,
+                    "axis": f.axis,
+                    "size": f.size,
+                    "reason": f.reason,
+                    "partial": f.partial,
+                }
                 for f in self.fixed
             ],
             "aliases": dict(self.aliases),
@@ -166,6 +221,8 @@ def leaves(layout: Layout) -> Iterator[Leaf]:
     """All leaves of a layout, left to right."""
     if isinstance(layout, Leaf):
         yield layout
+    elif isinstance(layout, Shuffle):
+        yield from leaves(layout.inner)
     elif isinstance(layout, (Concat, Product)):
         for child in layout.parts if isinstance(layout, Concat) else layout.factors:
             yield from leaves(child)
@@ -177,38 +234,70 @@ def axis_index(layout: Layout, perm: Mapping[str, torch.Tensor]) -> torch.Tensor
     ``permuted = tensor.index_select(axis, axis_index(layout, perm))``.
     Groups missing from ``perm`` are left as they are.
     """
-    if isinstance(layout, Fixed):
-        return torch.arange(layout.size)
+    return _rows(layout, perm, {}, 1)[0]
+
+
+def _rows(
+    layout: Layout, perm: Mapping[str, torch.Tensor], outer: Mapping[str, torch.Tensor], n: int
+) -> torch.Tensor:
+    """The gather index of a sub-axis for each of ``n`` enclosing positions: ``(n, size)``.
+
+    ``outer[g]`` holds, for each enclosing position, the new coordinate of group ``g``
+    there; a batched leaf takes its row of the permutation from its outer group's
+    coordinate (new block ``a`` holds row ``a``).
+    """
     if isinstance(layout, Leaf):
         p = perm.get(layout.group)
-        return torch.arange(layout.size) if p is None or p.dim() != 1 else p
+        if p is None:
+            return torch.arange(layout.size).expand(n, layout.size)
+        if p.dim() == 1:
+            return p.expand(n, layout.size)
+        over = layout.over if layout.over is not None else _PREVIOUS
+        if over not in outer:
+            raise ModeconnectError(
+                f"axis_index: group {layout.group} has one permutation per block of "
+                f"{layout.over}, but the layout does not enclose it in {layout.over}; "
+                "derive the spec again"
+            )
+        return p[outer[over]]
     if isinstance(layout, Concat):
         out, offset = [], 0
         for part in layout.parts:
-            out.append(axis_index(part, perm) + offset)
+            out.append(_rows(part, perm, outer, n) + offset)
             offset += part.size
-        return torch.cat(out)
-    return _product_index(layout, perm)
+        return torch.cat(out, dim=1)
+    if isinstance(layout, Product):
+        return _product_rows(layout, perm, outer, n)
+    if isinstance(layout, Shuffle):
+        order = torch.tensor(layout.order, dtype=torch.long)
+        inner = _rows(layout.inner, perm, outer, n)
+        # position i holds inner position order[i]: new i reads inner's new order[i],
+        # which is inner's old position inner[order[i]], found at argsort(order) of it.
+        return torch.argsort(order)[inner[:, order]]
+    return torch.arange(layout.size).expand(n, layout.size)
 
 
-def _product_index(layout: Product, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    # Row-major flattening: index = ((i0 * n1) + i1) * n2 + i2 ...  A batched
-    # factor takes its row from the position of the factor just before it.
-    idx = torch.zeros(1, dtype=torch.long)
-    prev: Layout | None = None
+def _product_rows(
+    layout: Product, perm: Mapping[str, torch.Tensor], outer: Mapping[str, torch.Tensor], n: int
+) -> torch.Tensor:
+    # Row-major flattening: index = ((i0 * n1) + i1) * n2 + i2 ... over ``rows``
+    # prefixes (enclosing position, earlier factors); each step records the new
+    # coordinate of a leaf factor for the batched factors after it.
+    idx = torch.zeros(n, dtype=torch.long)
+    coords = dict(outer)
     for factor in layout.factors:
-        n = factor.size
-        p = perm.get(factor.group) if isinstance(factor, Leaf) else None
-        if p is not None and p.dim() == 2 and isinstance(factor, Leaf):
-            if not isinstance(prev, Leaf):
-                raise ValueError(f"batched group {factor.group} must follow its outer group")
-            outer_pos = torch.arange(idx.numel()) % prev.size
-            inner = p[outer_pos]  # (len(idx), n)
-            idx = (idx[:, None] * n + inner).reshape(-1)
-        else:
-            idx = (idx[:, None] * n + axis_index(factor, perm)[None, :]).reshape(-1)
-        prev = factor
-    return idx
+        size, rows = factor.size, idx.numel()
+        sub = _rows(factor, perm, coords, rows)
+        idx = (idx[:, None] * size + sub).reshape(-1)
+        coords = {g: c.repeat_interleave(size) for g, c in coords.items() if g != _PREVIOUS}
+        if isinstance(factor, Leaf):
+            coords[factor.group] = coords[_PREVIOUS] = torch.arange(size).repeat(rows)
+    return idx.reshape(n, layout.size)
+
+
+_PREVIOUS = ""
+"""Where a batched leaf without ``over`` finds its block: the factor just before it
+(the convention of hand-written specs)."""
 
 
 def apply_permutation(
@@ -288,6 +377,8 @@ def coordinates(layout: Layout, group: str) -> torch.Tensor:
         return torch.full((layout.size,), -1, dtype=torch.long)
     if isinstance(layout, Concat):
         return torch.cat([coordinates(p, group) for p in layout.parts])
+    if isinstance(layout, Shuffle):
+        return coordinates(layout.inner, group)[torch.tensor(layout.order, dtype=torch.long)]
     out = torch.full((layout.size,), -1, dtype=torch.long)
     pos = torch.arange(layout.size)
     stride = layout.size
