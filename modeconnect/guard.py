@@ -113,33 +113,5 @@ def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
         )
 
 
-def example_inputs(
-    model: nn.Module,
-    input_shape: Sequence[int] | None = None,
-    dtype: torch.dtype | None = None,
-    *,
-    seed: int = 0,
-) -> tuple[torch.Tensor, ...]:
-    """A random input batch for tracing and probing, from ``input_shape`` or the first layer.
-
-    Infers ``(2, in_features)`` for a first ``Linear``, ``(2, C, 32, 32)`` for a first
-    convolution and token ids for a first ``Embedding``.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    if input_shape is not None:
-        shape = tuple(int(s) for s in input_shape)
-        if dtype is not None and not dtype.is_floating_point:
-            return (torch.randint(0, 2, shape, generator=gen, dtype=dtype),)
-        return (torch.randn(shape, generator=gen, dtype=dtype or torch.float32),)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            return (torch.randn(2, module.in_features, generator=gen),)
-        if isinstance(module, nn.modules.conv._ConvNd):
-            spatial = (32,) * (module.weight.dim() - 2)
-            return (torch.randn(2, module.in_channels, *spatial, generator=gen),)
-        if isinstance(module, nn.Embedding):
-            return (torch.randint(0, module.num_embeddings, (2, 8), generator=gen),)
-    raise ModeconnectError(
-        f"cannot infer an input shape for {type(model).__name__}: pass --input-shape "
-        "(e.g. --input-shape 1,3,32,32) or --data"
-    )
+# Moved to modeconnect.spec.inputs (issue 10); re-exported here while its callers move.
+from .spec.inputs import example_inputs as example_inputs  # noqa: E402
