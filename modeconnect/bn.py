@@ -21,9 +21,9 @@ applies it once to a merged model.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, _Binding, _eval_mode
+from modeconnect.evaluate import Batch
+from modeconnect.forward import Binding, batch_inputs, eval_mode, over_batches
 
 __all__ = [
     "BN_MODES",
@@ -65,56 +66,40 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the wanted layer has run."""
 
 
-class _Runner(nn.Module):
-    """Runs ``model`` on the inputs of ``batches`` (at most ``max_batches``) inside one call.
-
-    Wrapping the whole loop in one :func:`torch.func.functional_call` swaps the
-    weights in once per pass. ``before(x)`` runs before each batch. Returns the
-    number of examples seen.
-    """
-
-    def __init__(self, model: nn.Module, before: Callable[[Tensor], None] | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.before = before
-
-    def forward(self, batches: Iterable[Batch], max_batches: int | None) -> int:
-        seen = 0
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch[0]
-            if self.before is not None:
-                self.before(x)
-            with contextlib.suppress(_Stop):
-                self.model(x)
-            seen += len(x)
-        return seen
-
-
 def _run(
     model: nn.Module,
     params: Mapping[str, Tensor],
     batches: Iterable[Batch],
     max_batches: int | None,
-    before: Callable[[Tensor], None] | None = None,
+    before: Callable[[Any], None] | None = None,
 ) -> int:
-    wrapped = {f"model.{k}": v for k, v in params.items()}
-    seen: int = torch.func.functional_call(
-        _Runner(model, before), wrapped, (batches, max_batches), tie_weights=False
-    )
-    if seen == 0:
+    """Run ``model`` (bound ``params``) on the inputs of the first ``max_batches`` batches.
+
+    ``before(batch)`` runs just before each batch's forward; a hook may end a
+    forward early by raising :class:`_Stop`. Returns the number of batches run.
+    """
+
+    def fed() -> Iterator[Any]:
+        for batch in itertools.islice(batches, max_batches):
+            if before is not None:
+                before(batch)
+            yield batch
+
+    ran = over_batches(model, params, fed(), lambda out, batch: None, bound=True, cut=_Stop)
+    if not ran:
         raise ModeconnectError(
-            "No training examples: `batches` is empty; pass the training data (--train)."
+            "bn: no training examples, `batches` is empty; pass the training data (--train)"
         )
-    return seen
+    return len(ran)
 
 
 def _check_max_batches(max_batches: int | None) -> None:
     if max_batches is None:
         return
     if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
-        raise ModeconnectError(f"max_batches={max_batches!r} must be a positive int or None.")
+        raise ModeconnectError(
+            f"bn: max_batches={max_batches!r} must be a positive int or None; pass one"
+        )
 
 
 # --------------------------------------------------------------------------- BatchNorm reset
@@ -154,7 +139,7 @@ def reset_batchnorm(
     pass and restored). A model without BatchNorm gets a copy. Use
     ``max_batches`` to bound the pass on large training sets.
     """
-    binding = _Binding.of(model)
+    binding = Binding.of(model)
     binding.check(state_dict)
     _check_max_batches(max_batches)
     norms = batchnorm_layers(model)
@@ -164,14 +149,14 @@ def reset_batchnorm(
     params = binding.bind({**state_dict, **fresh})
     seen = [0]
 
-    def before(x: Tensor) -> None:
-        n = len(x)
+    def before(batch: Any) -> None:
+        n = len(batch_inputs(batch)[0])
         for _, bn in norms:
             bn.momentum = n / (seen[0] + n)
         seen[0] += n
 
     momenta = [(bn, bn.momentum) for _, bn in norms]
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             for _, bn in norms:
                 bn.train()
@@ -196,7 +181,7 @@ def _fresh_statistics(
 
 
 def _with_statistics(
-    binding: _Binding,
+    binding: Binding,
     state_dict: StateDict,
     fresh: Mapping[str, Tensor],
     norms: Sequence[tuple[str, nn.Module]],
@@ -290,7 +275,7 @@ def layer_statistics(
     The result lists layers in the order they run. With a single name in
     ``layers`` the pass stops as soon as that layer has run.
     """
-    binding = _Binding.of(model)
+    binding = Binding.of(model)
     binding.check(state_dict)
     _check_max_batches(max_batches)
     candidates = dict(repair_layers(model))
@@ -321,8 +306,8 @@ def layer_statistics(
     handles = [candidates[n].register_forward_hook(hook_for(n)) for n in names]
     handles.append(model.register_forward_hook(keep_output))
     try:
-        with _eval_mode(model), torch.no_grad():
-            batches_seen = _count_batches(model, binding.bind(state_dict), batches, max_batches)
+        with eval_mode(model), torch.no_grad():
+            batches_seen = _run(model, binding.bind(state_dict), batches, max_batches)
     finally:
         for h in handles:
             h.remove()
@@ -334,21 +319,6 @@ def layer_statistics(
         mean={n: m for n in kept if (m := moments[n].mean) is not None},
         std={n: moments[n].std() for n in kept},
     )
-
-
-def _count_batches(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    batches: Iterable[Batch],
-    max_batches: int | None,
-) -> int:
-    count = [0]
-
-    def before(x: Tensor) -> None:
-        count[0] += 1
-
-    _run(model, params, batches, max_batches, before)
-    return count[0]
 
 
 def repair(
@@ -382,15 +352,15 @@ def repair(
     passes precomputed :func:`layer_statistics` of ``a`` and ``b`` (reused along a
     path).
     """
-    binding = _Binding.of(model)
+    binding = Binding.of(model)
     for sd in (a, b, merged):
         binding.check(sd)
     if not math.isfinite(alpha):
-        raise ModeconnectError(f"alpha={alpha!r} must be a finite number.")
+        raise ModeconnectError(f"repair: alpha={alpha!r} is not a finite number; pass one")
     if batchnorm_layers(model):
         raise ModeconnectError(
             "repair: the model has BatchNorm layers; reset their statistics instead "
-            "(bn='reset', --bn reset)."
+            "(bn='reset', --bn reset)"
         )
     stats_a, stats_b = endpoint_stats or (
         layer_statistics(model, a, batches, max_batches=max_batches),
@@ -420,7 +390,7 @@ def _affine(
 
 
 def _fold(
-    binding: _Binding,
+    binding: Binding,
     state: StateDict,
     name: str,
     module: nn.Module,
@@ -453,23 +423,24 @@ def check_mode(model: nn.Module, mode: str, batches: Iterable[Batch] | None) -> 
     model without one (reset those instead).
     """
     if mode not in BN_MODES:
-        raise ModeconnectError(f"Unknown bn mode {mode!r}; valid modes: {', '.join(BN_MODES)}.")
+        raise ModeconnectError(f"bn: unknown bn mode {mode!r}; valid modes: {', '.join(BN_MODES)}")
     if mode == "none":
         return
     if batches is None:
         raise ModeconnectError(
-            f"bn={mode!r} measures statistics on training data; pass it (--train FILE) "
-            "or use bn='none'."
+            f"bn: bn={mode!r} measures statistics on training data; pass it (--train FILE) "
+            "or use bn='none'"
         )
     has_bn = bool(batchnorm_layers(model))
     if mode == "reset" and not has_bn:
         raise ModeconnectError(
-            "bn='reset': the model has no BatchNorm layer with running statistics; "
-            "use bn='repair' (REPAIR) for nets without BatchNorm, or bn='none'."
+            "bn: bn='reset' but the model has no BatchNorm layer with running statistics; "
+            "use bn='repair' (REPAIR) for nets without BatchNorm, or bn='none'"
         )
     if mode == "repair" and has_bn:
         raise ModeconnectError(
-            "bn='repair': the model has BatchNorm layers; use bn='reset' to recompute them."
+            "bn: bn='repair' but the model has BatchNorm layers; use bn='reset' to recompute "
+            "their statistics"
         )
 
 

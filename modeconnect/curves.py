@@ -33,11 +33,12 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import (
     BARRIER_DEFINITIONS,
     Batch,
-    ExampleLossFn,
+    LossChoice,
     PathFn,
+    Scoring,
     barrier,
     example_curves,
-    get_loss,
+    get_scoring,
     interpolate,
     linear_path,
     loss_name,
@@ -126,7 +127,7 @@ def get_curve(kind: str, bends: int = 1) -> Parametrisation:
     """The curve family ``kind`` with ``bends`` trainable control points."""
     if kind not in CURVE_KINDS:
         raise ModeconnectError(
-            f"curve: unknown curve kind {kind!r}; valid names: {', '.join(sorted(CURVE_KINDS))}."
+            f"curve: unknown curve kind {kind!r}; valid names: {', '.join(sorted(CURVE_KINDS))}"
         )
     check_positive("curve", "bends", bends)
     return CURVE_KINDS[kind](bends)
@@ -172,19 +173,19 @@ def _check_bends(
             got = tuple(b[key].shape) if key in b else "nothing"
             raise ModeconnectError(
                 f"curve: tensor {key!r} of B is {got}, A has {tuple(ta.shape)} {ta.dtype}; "
-                "both endpoints must come from the same architecture."
+                "both endpoints must come from the same architecture"
             )
     if len(bends) != curve.bends:
         raise ModeconnectError(
             f"curve: {curve.name} with {curve.bends} bends got {len(bends)} bend state dicts; "
-            "pass one per bend."
+            "pass one per bend"
         )
     for i, bend in enumerate(bends):
         for key, ta in a.items():
             if ta.is_floating_point() and (key not in bend or bend[key].shape != ta.shape):
                 raise ModeconnectError(
                     f"curve: bend {i} lacks tensor {key!r} of shape {tuple(ta.shape)}; "
-                    "pass bends trained for these endpoints (CurveFit.bends)."
+                    "pass bends trained for these endpoints (CurveFit.bends)"
                 )
 
 
@@ -240,7 +241,7 @@ def fit_curve(
     weight_decay: float = 0.0,
     batch_size: int | None = 128,
     seed: int = 0,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     progress: ProgressFn | None = None,
 ) -> CurveFit:
     """Train the bends of a curve from ``a`` to ``b``: ``min_θ E_{t~U[0,1]} L(φ_θ(t))``.
@@ -261,16 +262,16 @@ def fit_curve(
     if batch_size is not None:
         check_positive("fit_curve", "batch_size", batch_size)
     _check_bends(curve, a, b, [a] * curve.bends)
-    weights = weights_of(model, a, "fit_curve")
+    weights = weights_of(model, a)
     if not weights.parameters:
         raise ModeconnectError(
-            "fit_curve: the model has no floating parameters to train; pass a model with weights."
+            "fit_curve: the model has no floating parameters to train; pass a model with weights"
         )
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     data = _Epochs(train, batch_size, gen)
     steps = epochs * data.batches_per_epoch()
-    run = _Training(model, weights, curve, a, b, get_loss(loss), gen)
+    run = _Training(model, weights, curve, a, b, get_scoring(loss, model), gen)
     opt = torch.optim.SGD(run.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history: list[float] = []
@@ -306,7 +307,7 @@ class _Training:
         curve: Parametrisation,
         a: StateDict,
         b: StateDict,
-        loss: ExampleLossFn,
+        loss: Scoring,
         gen: torch.Generator,
     ) -> None:
         self.model, self.weights, self.curve, self.a, self.b = model, weights, curve, a, b
@@ -332,11 +333,11 @@ class _Training:
     ) -> float:
         """One pass: a fresh ``t`` per batch; returns the mean training loss of the pass."""
         total, count = 0.0, 0
-        for x, y in batches:
+        for i, batch in enumerate(batches):
             t = float(torch.rand((), generator=self.gen, dtype=torch.float64))
             bends = [{**bend, **leaf} for bend, leaf in zip(self.line, self.leaves, strict=True)]
             state = {**_curve_sum(self.curve, self.a, bends, self.b, t), **self.scratch}
-            value, n = batch_loss(self.model, self.weights.bind(state), x, y, self.loss)
+            value, n = batch_loss(self.model, self.weights.bind(state), batch, self.loss, i)
             opt.zero_grad()
             (value / n).backward()
             opt.step()
@@ -387,13 +388,13 @@ class _Epochs:
             if iter(train) is train:
                 raise ModeconnectError(
                     "fit_curve: train is a one-shot iterator but training runs several epochs; "
-                    "pass a list of (x, y) batches or a DataLoader, or set batch_size."
+                    "pass a list of (x, y) batches or a DataLoader, or set batch_size"
                 )
             self.train: Iterable[Batch] = train
             return
         pairs = list(train)
         if not pairs:
-            raise ModeconnectError("fit_curve: the training data is empty; pass (x, y) batches.")
+            raise ModeconnectError("fit_curve: the training data is empty; pass (x, y) batches")
         self.x = torch.cat([x for x, _ in pairs])
         self.y = torch.cat([y for _, y in pairs])
 
@@ -422,7 +423,7 @@ def evaluate_path(
     steps: int = 25,
     train: Iterable[Batch] | None = None,
     bn: str = "auto",
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
     task: str = "path",
@@ -438,7 +439,7 @@ def evaluate_path(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3 or steps % 2 == 0:
         raise ModeconnectError(
             f"evaluate_path: steps={steps!r} is not an odd int >= 3; pass one, so that the grid "
-            "holds t = 0, 0.5 and 1."
+            "holds t = 0, 0.5 and 1"
         )
     reset = bn_correction(model, bn, train, where="curve", max_batches=max_bn_batches)
     grid = tuple(i / (steps - 1) for i in range(steps))
@@ -512,7 +513,7 @@ def curve_study(
     steps: int = 25,
     definition: str = "lerp",
     bn: str = "auto",
-    loss: str | ExampleLossFn | None = "ce",
+    loss: LossChoice = "ce",
     evaluate_train: bool = True,
     max_bn_batches: int | None = None,
     align_options: Mapping[str, Any] | None = None,
@@ -531,7 +532,7 @@ def curve_study(
     if definition not in BARRIER_DEFINITIONS:
         raise ModeconnectError(
             f"curve_study: unknown barrier definition {definition!r}; "
-            f"valid names: {', '.join(sorted(BARRIER_DEFINITIONS))}."
+            f"valid names: {', '.join(sorted(BARRIER_DEFINITIONS))}"
         )
     start = time.perf_counter()
     alignment = None

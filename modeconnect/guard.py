@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ModeconnectError
+from .forward import eval_mode, output_tensors, run
 
 DEFAULT_TOLERANCE = 1e-4
 """Relative tolerance: float32 sums in another order differ by ~1e-6; a wrong permutation by ~1."""
@@ -41,14 +42,6 @@ class Equivalence:
         }
 
 
-def _outputs(
-    model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Sequence[Any]
-) -> list[torch.Tensor]:
-    out = torch.func.functional_call(model, dict(state), tuple(inputs), tie_weights=False)
-    leaves = torch.utils._pytree.tree_leaves(out)
-    return [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
 def check_equivalence(
     model: nn.Module,
     original: Mapping[str, torch.Tensor],
@@ -59,18 +52,15 @@ def check_equivalence(
 ) -> Equivalence:
     """Compare the model's outputs with two state dicts on the same probe inputs.
 
-    The probe inputs and B's outputs must be finite (a NaN would hide any
+    The model runs in eval mode through :func:`modeconnect.forward.run`, called as
+    :func:`~modeconnect.forward.model_call` says (Hugging Face models give their
+    logits). The probe inputs and B's outputs must be finite (a NaN would hide any
     difference); a NaN or inf in the difference makes the check fail.
     """
     _require_finite(inputs, "the probe inputs")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ys = _outputs(model, original, inputs)
-            zs = _outputs(model, permuted, inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        ys = output_tensors(run(model, original, inputs))
+        zs = output_tensors(run(model, permuted, inputs))
     _require_finite(ys, "B's outputs on the probe inputs")
     if [y.shape for y in ys] != [z.shape for z in zs]:
         return Equivalence(math.inf, math.inf, tolerance)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, ExampleLossFn, PathFn, evaluate_examples, loss_name
+from modeconnect.evaluate import Batch, LossChoice, PathFn, evaluate_examples, loss_name
 from modeconnect.objective import StateDict, bn_correction, check_positive, weights_of
 from modeconnect.progress import ProgressFn
 
@@ -168,7 +168,7 @@ def plane_basis(
     scale = math.sqrt(_dot(_as64(a, keys), _as64(a, keys))) or 1.0
     if length <= tiny * scale:
         raise ModeconnectError(
-            "plane_basis: A and B are the same point; pass three distinct models."
+            "plane_basis: A and B are the same point; pass three distinct models"
         )
     u = {k: t / length for k, t in e1.items()}
     ec = _difference(c, a, keys)
@@ -178,7 +178,7 @@ def plane_basis(
     if height <= tiny * max(math.sqrt(_dot(ec, ec)), length):
         raise ModeconnectError(
             "plane_basis: C lies on the line through A and B, so the three models span no "
-            "plane; pass another third model (e.g. a curve's bend)."
+            "plane; pass another third model (e.g. a curve's bend)"
         )
     v = {k: t / height for k, t in e2.items()}
     return PlaneBasis(a, u, v, ((0.0, 0.0), (length, 0.0), (xc, height)))
@@ -198,7 +198,7 @@ def plane_grid(
     path_steps: int = 25,
     train: Iterable[Batch] | None = None,
     bn: str = "auto",
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
 ) -> LossSurface:
@@ -215,9 +215,9 @@ def plane_grid(
     if resolution < 2 or not (math.isfinite(margin) and margin >= 0):
         raise ModeconnectError(
             f"plane_grid: resolution={resolution!r} must be >= 2 and margin={margin!r} >= 0; "
-            "pass such values."
+            "pass such values"
         )
-    weights = weights_of(model, a, "plane_grid")
+    weights = weights_of(model, a)
     basis = plane_basis(a, b, c, keys=weights.parameters)
     reset = bn_correction(model, bn, train, where="plane_grid", max_batches=max_bn_batches)
     px = [xy[0] for xy in basis.coordinates]
@@ -297,7 +297,7 @@ def slice_1d(
     steps: int = 51,
     train: Iterable[Batch] | None = None,
     bn: str = "none",
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
 ) -> LossSlice:
@@ -308,7 +308,7 @@ def slice_1d(
     statistics, as Li et al. do (the BatchNorm parameters do not move).
     """
     check_positive("slice_1d", "steps", steps)
-    weights = weights_of(model, state, "slice_1d")
+    weights = weights_of(model, state)
     if direction is None:
         direction = filter_normalized_direction(state, seed=seed, keys=weights.parameters)
     _check_like(state, direction, list(direction), "slice_1d: direction")
@@ -336,7 +336,7 @@ def surface_2d(
     resolution: int = 21,
     train: Iterable[Batch] | None = None,
     bn: str = "none",
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
 ) -> LossSurface:
@@ -347,7 +347,7 @@ def surface_2d(
     ``seed`` (Li et al. 2018, Fig. 1 and Sec. 4-6).
     """
     check_positive("surface_2d", "resolution", resolution)
-    weights = weights_of(model, state, "surface_2d")
+    weights = weights_of(model, state)
     if directions is None:
         gen = torch.Generator().manual_seed(seed)
         directions = (
@@ -385,7 +385,7 @@ def _grid(span: tuple[float, float], n: int, where: str) -> tuple[float, ...]:
     lo, hi = (float(s) for s in span)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ModeconnectError(
-            f"{where}: span={span!r} is not two finite numbers low < high; pass e.g. (-1, 1)."
+            f"{where}: span={span!r} is not two finite numbers low < high; pass e.g. (-1, 1)"
         )
     if n == 1:
         return (0.0,)
@@ -401,7 +401,7 @@ def _evaluate_grid(
     xs: Sequence[float],
     ys: Sequence[float],
     batches: Iterable[Batch],
-    loss: str | ExampleLossFn | None,
+    loss: LossChoice,
     reset: Callable[[StateDict], dict[str, Tensor]] | None,
     progress: ProgressFn | None,
     task: str,
@@ -410,7 +410,7 @@ def _evaluate_grid(
     if iter(batches) is batches:
         raise ModeconnectError(
             f"{task}: batches is a one-shot iterator but every grid point needs a pass; "
-            "pass a list of (x, y) batches or a DataLoader."
+            "pass a list of (x, y) batches or a DataLoader"
         )
     losses, accs = [], []
     total, done = len(xs) * len(ys), 0
@@ -444,7 +444,7 @@ def _floating_keys(state: StateDict, keys: Sequence[str] | None, where: str) -> 
     if unknown:
         raise ModeconnectError(
             f"{where}: keys {unknown[:5]} are not floating tensors of the state dict; "
-            "pass names of weight tensors."
+            "pass names of weight tensors"
         )
     return tuple(keys)
 
@@ -456,7 +456,7 @@ def _check_like(ref: StateDict, other: StateDict, keys: Iterable[str], what: str
             want = tuple(ref[key].shape) if key in ref else "nothing"
             raise ModeconnectError(
                 f"{what} has {got} for tensor {key!r} where the model has {want}; "
-                "all models must come from the same architecture."
+                "all models must come from the same architecture"
             )
 
 

@@ -43,16 +43,17 @@ from modeconnect.evaluate import (
     Curve,
     CurvePoint,
     ExampleCurve,
-    ExampleLossFn,
     ExampleResults,
+    LossChoice,
     Metrics,
-    _alpha_grid,
-    _check_pair,
-    _definition,
-    _is_interpolable,
+    Scoring,
+    alpha_grid,
     barrier,
+    barrier_definition,
+    check_pair,
     example_curves,
-    get_loss,
+    get_scoring,
+    is_interpolable,
     linear_path,
     midpoint,
 )
@@ -98,7 +99,7 @@ def layer_groups(state_dict: StateDict, prefixes: Sequence[str] | None = None) -
     ``+`` (``"fc1+fc2"``). Only floating tensors move; groups without one are
     dropped (BatchNorm's ``num_batches_tracked`` always comes from A).
     """
-    movable = [k for k, v in state_dict.items() if _is_interpolable(v)]
+    movable = [k for k, v in state_dict.items() if is_interpolable(v)]
     if prefixes is None:
         by_module: dict[str, list[str]] = {}
         for key in movable:
@@ -112,7 +113,9 @@ def layer_groups(state_dict: StateDict, prefixes: Sequence[str] | None = None) -
 def _prefix_group(entry: str, keys: Sequence[str]) -> LayerGroup:
     parts = [p.strip() for p in entry.split("+") if p.strip()]
     if not parts:
-        raise ModeconnectError(f"Empty layer group {entry!r}; give module prefixes like 'fc1+fc2'.")
+        raise ModeconnectError(
+            f"layer groups: group {entry!r} is empty; give module prefixes like 'fc1+fc2'"
+        )
     chosen: list[str] = []
     for prefix in parts:
         hits = [k for k in keys if k == prefix or k.startswith(f"{prefix}.")]
@@ -120,8 +123,8 @@ def _prefix_group(entry: str, keys: Sequence[str]) -> LayerGroup:
             modules = sorted({k.rpartition(".")[0] for k in keys if "." in k})
             shown = ", ".join(modules[:8]) + (", ..." if len(modules) > 8 else "")
             raise ModeconnectError(
-                f"Layer group prefix {prefix!r} matches no floating tensor of the state dict; "
-                f"module prefixes include: {shown}."
+                f"layer groups: prefix {prefix!r} matches no floating tensor of the state dict; "
+                f"use a module prefix, e.g. {shown}"
             )
         chosen += [k for k in hits if k not in chosen]
     return LayerGroup("+".join(parts), tuple(k for k in keys if k in chosen))
@@ -133,8 +136,8 @@ def _check_disjoint(groups: Sequence[LayerGroup]) -> None:
         for key in g.keys:
             if key in owner:
                 raise ModeconnectError(
-                    f"Tensor {key!r} is in two layer groups, {owner[key]!r} and {g.name!r}; "
-                    "give disjoint prefixes."
+                    f"layer groups: tensor {key!r} is in two groups, {owner[key]!r} and "
+                    f"{g.name!r}; give disjoint prefixes"
                 )
             owner[key] = g.name
 
@@ -160,11 +163,10 @@ class LayerPath:
         return midpoint(self.curve)
 
     def to_dict(self) -> dict[str, Any]:
-        mid = self.midpoint
         return {
             "barrier": self.barrier.to_dict(),
             **{name: b.to_dict() for name, b in self.barriers.items()},
-            "midpoint": {"alpha": mid.alpha, "loss": mid.loss, "accuracy": mid.accuracy},
+            "midpoint": self.midpoint.to_dict(),
             "curve": self.curve.to_dict(),
         }
 
@@ -223,7 +225,7 @@ def layerwise_barriers(
     steps: int = 25,
     alphas: Sequence[float] | None = None,
     definition: str = "lerp",
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     correction: CorrectionFactory | None = None,
     full: ExampleCurve | None = None,
     alpha_batch: int | None = 1,
@@ -239,19 +241,19 @@ def layerwise_barriers(
     same grid and data, if already computed (e.g. by
     :func:`modeconnect.study.barrier_study`), so it is not evaluated again.
     """
-    _check_pair(a, b)
-    _definition(definition)
-    grid = _alpha_grid(steps, alphas)
+    check_pair(a, b)
+    barrier_definition(definition)
+    grid = alpha_grid(steps, alphas)
     if 0.0 not in grid or 1.0 not in grid:
         raise ModeconnectError(
-            f"alphas {list(grid)} must include 0 and 1: layer-wise barriers are measured "
-            "against the full models A and B."
+            f"layerwise_barriers: alphas {list(grid)} lack 0 or 1, but layer-wise barriers are "
+            "measured against the full models A and B; include both"
         )
     if 0.5 not in grid:
         grid = tuple(sorted({*grid, 0.5}))
     chosen = _resolve_groups(a, groups)
-    cache = _Cache(model, a, b, batches, grid, get_loss(loss), correction, alpha_batch)
-    universe = frozenset(k for k, v in a.items() if _is_interpolable(v))
+    cache = _Cache(model, a, b, batches, grid, get_scoring(loss, model), correction, alpha_batch)
+    universe = frozenset(k for k, v in a.items() if is_interpolable(v))
     if full is not None:
         cache.seed(frozenset(), universe, full)
     total = 3 * len(chosen)
@@ -285,18 +287,21 @@ def _resolve_groups(
     if groups is not None and all(isinstance(g, LayerGroup) for g in groups):
         chosen = [g for g in groups if isinstance(g, LayerGroup)]
         _check_disjoint(chosen)
-        movable = {k for k, v in a.items() if _is_interpolable(v)}
+        movable = {k for k, v in a.items() if is_interpolable(v)}
         for g in chosen:
             unknown = sorted(set(g.keys) - movable)
             if unknown:
                 raise ModeconnectError(
-                    f"Layer group {g.name!r} names {unknown[:5]}, which are not floating "
-                    "tensors of the state dict; use keys of the checkpoint."
+                    f"layer groups: group {g.name!r} names {unknown[:5]}, which are not floating "
+                    "tensors of the state dict; use keys of the checkpoint"
                 )
     else:
         chosen = layer_groups(a, [str(g) for g in groups] if groups is not None else None)
     if not chosen:
-        raise ModeconnectError("No layer groups: the state dict has no floating tensors to move.")
+        raise ModeconnectError(
+            "layer groups: there are none, the state dict has no floating tensors to move; "
+            "pass a model with weights"
+        )
     return chosen
 
 
@@ -326,7 +331,7 @@ class _Cache:
         b: StateDict,
         batches: Iterable[Batch],
         grid: tuple[float, ...],
-        loss: ExampleLossFn,
+        loss: Scoring,
         correction: CorrectionFactory | None,
         alpha_batch: int | None,
     ) -> None:
@@ -347,8 +352,8 @@ class _Cache:
     def seed(self, from_b: frozenset[str], moving: frozenset[str], curve: ExampleCurve) -> None:
         if curve.alphas != self.grid:
             raise ModeconnectError(
-                f"The full curve's alphas {list(curve.alphas)} differ from the layer-wise "
-                f"grid {list(self.grid)}; compute both on one grid."
+                f"layerwise_barriers: the full curve's alphas {list(curve.alphas)} differ from "
+                f"the layer-wise grid {list(self.grid)}; compute both on one grid"
             )
         for alpha, result in zip(curve.alphas, curve.results, strict=True):
             self.results.setdefault(self.key(from_b, moving, alpha), result)

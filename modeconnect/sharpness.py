@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, ExampleLossFn, get_loss, interpolate, loss_name
+from modeconnect.evaluate import Batch, LossChoice, Scoring, get_scoring, interpolate, loss_name
 from modeconnect.objective import (
     StateDict,
     Weights,
@@ -197,7 +197,7 @@ class HessianOperator:
     state: StateDict
     batches: Iterable[Batch]
     keys: tuple[str, ...]
-    loss: ExampleLossFn
+    loss: Scoring
     weights: Weights
     max_batches: int | None
     dimension: int
@@ -209,10 +209,10 @@ class HessianOperator:
         out = [torch.zeros_like(self.state[k]) for k in self.keys]
         entries = 0
         with module_mode(self.model, False):
-            for x, y in limited(self.batches, self.max_batches):
+            for i, batch in enumerate(limited(self.batches, self.max_batches)):
                 leaves = [self.state[k].detach().requires_grad_(True) for k in self.keys]
                 bound = self.weights.bind({**self.state, **dict(zip(self.keys, leaves))})
-                value, n = batch_loss(self.model, bound, x, y, self.loss)
+                value, n = batch_loss(self.model, bound, batch, self.loss, i)
                 entries += n
                 grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
                 terms = [(g * p).sum() for g, p in zip(grads, parts) if g is not None]
@@ -232,7 +232,7 @@ def hessian_operator(
     batches: Iterable[Batch],
     *,
     keys: Sequence[str] | None = None,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_batches: int | None = None,
 ) -> HessianOperator:
     """The Hessian of the mean loss over ``batches`` at ``state``, as an operator.
@@ -240,23 +240,24 @@ def hessian_operator(
     ``keys`` default to the model's floating parameters (one name per tied tensor).
     ``max_batches`` bounds each pass (PyHessian uses one large batch).
     """
-    weights = weights_of(model, state, "hessian_operator")
+    weights = weights_of(model, state)
     chosen = tuple(keys) if keys is not None else weights.parameters
     bad = [k for k in chosen if k not in state or not state[k].is_floating_point()]
     if bad or not chosen:
         raise ModeconnectError(
             f"hessian_operator: keys {bad[:5]} are not floating tensors of the state dict; "
-            "pass parameter names (default: all of them)."
+            "pass parameter names (default: all of them)"
         )
     if iter(batches) is batches:
         raise ModeconnectError(
             "hessian_operator: batches is a one-shot iterator but every Hessian-vector product "
-            "needs a pass; pass a list of (x, y) batches or a DataLoader."
+            "needs a pass; pass a list of (x, y) batches or a DataLoader"
         )
     dimension = sum(state[k].numel() for k in chosen)
     dtype = torch.promote_types(state[chosen[0]].dtype, torch.float32)
+    scoring = get_scoring(loss, model)
     return HessianOperator(
-        model, state, batches, chosen, get_loss(loss), weights, max_batches, dimension, dtype
+        model, state, batches, chosen, scoring, weights, max_batches, dimension, dtype
     )
 
 
@@ -422,7 +423,7 @@ def hessian_spectrum(
     tol: float = 1e-6,
     seed: int = 0,
     keys: Sequence[str] | None = None,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_batches: int | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest eigenvalues of ``∇²L(θ)``: :func:`lanczos` (default 30 steps) or
@@ -431,7 +432,7 @@ def hessian_spectrum(
     if method not in SPECTRUM_METHODS:
         raise ModeconnectError(
             f"hessian_spectrum: unknown method {method!r}; "
-            f"valid names: {', '.join(SPECTRUM_METHODS)}."
+            f"valid names: {', '.join(SPECTRUM_METHODS)}"
         )
     op = hessian_operator(model, state, batches, keys=keys, loss=loss, max_batches=max_batches)
     if method == "lanczos":
@@ -451,7 +452,7 @@ def hessian_trace(
     samples: int = 100,
     seed: int = 0,
     keys: Sequence[str] | None = None,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_batches: int | None = None,
 ) -> HessianTrace:
     """:func:`hutchinson` on the Hessian of the mean loss at ``state`` (PyHessian's trace)."""
@@ -471,7 +472,7 @@ def adaptive_sharpness(
     adaptive: bool = True,
     seed: int = 0,
     keys: Sequence[str] | None = None,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_batches: int | None = None,
 ) -> AdaptiveSharpness:
     """Worst-case sharpness ``max_{‖z‖ ≤ ρ} L(θ + T z) − L(θ)``, ``T = diag|θ|`` (or ``I``).
@@ -486,11 +487,11 @@ def adaptive_sharpness(
     """
     if norm not in NORMS:
         raise ModeconnectError(
-            f"adaptive_sharpness: unknown norm {norm!r}; valid names: {', '.join(NORMS)}."
+            f"adaptive_sharpness: unknown norm {norm!r}; valid names: {', '.join(NORMS)}"
         )
     check_positive("adaptive_sharpness", "rho", rho, integer=False)
     check_positive("adaptive_sharpness", "steps", steps)
-    weights = weights_of(model, state, "adaptive_sharpness")
+    weights = weights_of(model, state)
     chosen = tuple(keys) if keys is not None else weights.parameters
     scale = {k: state[k].detach().abs() if adaptive else torch.ones_like(state[k]) for k in chosen}
     size = step_size if step_size is not None else rho / 4
@@ -557,7 +558,7 @@ def sharpness(
     norm: str = "l2",
     ascent_steps: int = 10,
     seed: int = 0,
-    loss: str | ExampleLossFn | None = None,
+    loss: LossChoice = None,
     max_batches: int | None = None,
 ) -> Sharpness:
     """Every measure at one model: top-``k`` eigenvalues, trace, adaptive and plain sharpness.
@@ -621,7 +622,7 @@ def _merged(
 ) -> dict[str, Tensor]:
     if len(states) < 2:
         raise ModeconnectError(
-            f"sharpness_study: merge={merge!r} merges the first two models; pass at least two."
+            f"sharpness_study: merge={merge!r} merges the first two models; pass at least two"
         )
     first, second = list(states.values())[:2]
     if merge != "naive":

@@ -32,15 +32,16 @@ from modeconnect.evaluate import (
     Curve,
     CurvePoint,
     ExampleCurve,
-    ExampleLossFn,
+    LossChoice,
     Metrics,
-    _alpha_grid,
-    _check_pair,
-    _definition,
+    Scoring,
+    alpha_grid,
     barrier,
+    barrier_definition,
     bootstrap_barrier,
+    check_pair,
     example_curves,
-    get_loss,
+    get_scoring,
     linear_path,
     loss_name,
     midpoint,
@@ -82,19 +83,17 @@ class SplitResult:
         """Metrics of the path's models at α = 0 and α = 1."""
         first = next(p for p in self.curve.points if p.alpha == 0.0)
         last = next(p for p in self.curve.points if p.alpha == 1.0)
-        return Metrics(first.loss, first.accuracy), Metrics(last.loss, last.accuracy)
+        return (
+            Metrics(first.loss, first.accuracy, first.perplexity),
+            Metrics(last.loss, last.accuracy, last.perplexity),
+        )
 
     def to_dict(self, definition: str) -> dict[str, Any]:
         mid = self.midpoint
         return {
             "barrier": self.barriers[definition].to_dict(),
             **{name: b.to_dict() for name, b in self.barriers.items()},
-            "midpoint": {
-                "alpha": mid.alpha,
-                "loss": mid.loss,
-                "accuracy": mid.accuracy,
-                "error": mid.error,
-            },
+            "midpoint": {**mid.to_dict(), "error": mid.error},
             "curve": self.curve.to_dict(),
         }
 
@@ -182,7 +181,7 @@ def barrier_study(
     layer_groups: Sequence[str] | None = None,
     bootstrap: int = 0,
     confidence: float = 0.95,
-    loss: str | ExampleLossFn = "ce",
+    loss: LossChoice = "ce",
     seed: int = 0,
     align_options: Mapping[str, Any] | None = None,
     alpha_batch: int | None = 1,
@@ -200,8 +199,11 @@ def barrier_study(
       nothing (see :mod:`modeconnect.bn`).
     - Barriers under both definitions (``lerp``, ``mean``) on loss and error for
       every path and split; ``definition`` names the one reported first (the
-      ``barrier`` key). ``loss``: ``"ce"``, ``"mse"``, ``"module:callable"`` or a
-      callable returning per-example losses.
+      ``barrier`` key). ``loss``: a scoring of :data:`modeconnect.evaluate.LOSSES`
+      (``"ce"``, ``"mse"``; ``"causal_lm"``, ``"masked_lm"`` for language models,
+      whose results also report the perplexity), a
+      :class:`~modeconnect.evaluate.Scoring`, or a callable returning per-example
+      losses (the file layer resolves ``"module:callable"`` references).
     - ``bootstrap > 0``: that many resamples of the test examples give a
       ``confidence`` percentile interval for every barrier (no extra forward pass).
     - ``layerwise``: layer-wise barriers on the test split for each path, by
@@ -210,10 +212,10 @@ def barrier_study(
     ``progress(task, done, total)`` is called as work completes.
     """
     start = time.perf_counter()
-    _check_pair(a, b)
-    _definition(definition)
-    grid = tuple(sorted({*_alpha_grid(steps, None), 0.5}))
-    loss_fn = get_loss(loss)
+    check_pair(a, b)
+    barrier_definition(definition)
+    grid = tuple(sorted({*alpha_grid(steps, None), 0.5}))
+    scoring = get_scoring(loss, model)
     check_mode(model, bn, train)
     _check_bootstrap(bootstrap, confidence)
     method = None if align in (None, "none") else align
@@ -232,7 +234,7 @@ def barrier_study(
     for name, target in targets.items():
         pairs[name] = _study_pair(
             model, a, target, name, grid, splits, train,
-            bn=bn, definition=definition, loss=loss_fn, layerwise=layerwise,
+            bn=bn, definition=definition, loss=scoring, layerwise=layerwise,
             layer_groups=layer_groups, bootstrap=bootstrap, confidence=confidence,
             seed=seed, alpha_batch=alpha_batch, max_bn_batches=max_bn_batches,
             progress=prefixed(progress, f"{name} "),
@@ -251,9 +253,15 @@ def barrier_study(
 
 def _check_bootstrap(bootstrap: int, confidence: float) -> None:
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise ModeconnectError(f"bootstrap={bootstrap!r} must be an int >= 0 (0: no intervals).")
+        raise ModeconnectError(
+            f"barrier_study: bootstrap={bootstrap!r} must be an int >= 0 (0: no intervals); "
+            "pass one"
+        )
     if not 0.0 < confidence < 1.0:
-        raise ModeconnectError(f"confidence={confidence!r} must lie strictly between 0 and 1.")
+        raise ModeconnectError(
+            f"barrier_study: confidence={confidence!r} must lie strictly between 0 and 1; "
+            "pass e.g. 0.95"
+        )
 
 
 def _study_pair(
@@ -267,7 +275,7 @@ def _study_pair(
     *,
     bn: str,
     definition: str,
-    loss: ExampleLossFn,
+    loss: Scoring,
     layerwise: bool,
     layer_groups: Sequence[str] | None,
     bootstrap: int,

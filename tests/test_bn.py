@@ -230,11 +230,11 @@ def test_repair_and_reset_refuse_the_wrong_architecture(digits) -> None:
         repair(conv, sd, sd, sd, digits["train"], alpha=0.5)
     with pytest.raises(ModeconnectError, match="no BatchNorm layer.*bn='repair'"):
         check_mode(mlp(64, [8], 10), "reset", digits["train"])
-    with pytest.raises(ModeconnectError, match="bn='repair': the model has BatchNorm"):
+    with pytest.raises(ModeconnectError, match="bn='repair' but the model has BatchNorm"):
         check_mode(conv, "repair", digits["train"])
     with pytest.raises(ModeconnectError, match="measures statistics on training data"):
         check_mode(conv, "reset", None)
-    with pytest.raises(ModeconnectError, match="Unknown bn mode 'bn'; valid modes: none, reset"):
+    with pytest.raises(ModeconnectError, match="unknown bn mode 'bn'; valid modes: none, reset"):
         check_mode(conv, "bn", None)
 
 

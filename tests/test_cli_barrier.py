@@ -102,7 +102,7 @@ def test_barrier_naive_only_with_mean_definition(tmp_path: Path) -> None:
         (["--bn", "reset"], ["measures statistics on training data", "--train"]),
         (["--bn", "reset", "--train", "TRAIN"], ["no BatchNorm layer", "bn='repair'"]),
         (["--layerwise", "--layer-groups", "9"], ["prefix '9' matches no"]),
-        (["--loss", "hinge"], ["Unknown loss 'hinge'"]),
+        (["--loss", "hinge"], ["unknown loss 'hinge'"]),
     ],
 )
 def test_barrier_user_errors(tmp_path: Path, extra: list[str], fragments: list[str]) -> None:

@@ -124,7 +124,7 @@ def test_interpolate_rejects_mismatched_keys() -> None:
 def test_interpolate_rejects_mismatched_shapes_and_dtypes() -> None:
     a = _mlp(0).state_dict()
     b = dict(a, **{"0.weight": torch.zeros(8, 5)})
-    with pytest.raises(ModeconnectError, match=r"'0.weight': A has \(8, 4\), B has \(8, 5\)"):
+    with pytest.raises(ModeconnectError, match=r"'0.weight', A has \(8, 4\), B has \(8, 5\)"):
         interpolate(a, b, 0.5)
     c = dict(a, **{"0.bias": a["0.bias"].double()})
     with pytest.raises(ModeconnectError, match=r"dtype mismatch for '0.bias'"):
@@ -342,16 +342,30 @@ def test_barrier_is_never_negative(values: list[tuple[float, float]], definition
 # --------------------------------------------------------------------------- losses
 
 
-def test_get_loss_registry_callables_and_references() -> None:
-    from modeconnect.evaluate import LOSSES, cross_entropy, get_loss, loss_name, squared_error
+def test_get_scoring_takes_registry_names_scorings_and_callables() -> None:
+    from modeconnect.evaluate import (
+        LOSSES,
+        ClassifierScoring,
+        cross_entropy,
+        get_scoring,
+        loss_name,
+        squared_error,
+    )
 
-    assert get_loss(None) is cross_entropy and get_loss("ce") is cross_entropy
-    assert get_loss("mse") is squared_error and set(LOSSES) == {"ce", "mse"}
-    assert get_loss("modeconnect.evaluate:squared_error") is squared_error
-    assert get_loss(squared_error) is squared_error
+    assert get_scoring(None) is LOSSES["ce"] and get_scoring("ce").loss is cross_entropy
+    assert get_scoring("mse").loss is squared_error
+    assert set(LOSSES) == {"ce", "mse", "causal_lm", "masked_lm"}
+    assert get_scoring(LOSSES["causal_lm"]) is LOSSES["causal_lm"]
+    custom = get_scoring(squared_error)
+    assert isinstance(custom, ClassifierScoring) and custom.loss is squared_error
     assert loss_name("mse") == "mse" and loss_name(squared_error).endswith(":squared_error")
-    with pytest.raises(ModeconnectError, match="Unknown loss 'nll'; valid names: ce, mse"):
-        get_loss("nll")
+    assert loss_name(LOSSES["masked_lm"]) == "masked_lm"
+    names = "valid names: causal_lm, ce, masked_lm, mse"
+    with pytest.raises(ModeconnectError, match=f"loss: unknown loss 'nll'; {names}"):
+        get_scoring("nll")
+    # The core imports no code named by a string: the file layer resolves references.
+    with pytest.raises(ModeconnectError, match="unknown loss.*imported by the file layer"):
+        get_scoring("modeconnect.evaluate:squared_error")
 
 
 def test_cross_entropy_matches_torch_per_entry() -> None:
@@ -420,7 +434,7 @@ def test_evaluate_examples_rejects_summed_loss() -> None:
     from modeconnect.evaluate import evaluate_examples
 
     model = _mlp(0)
-    with pytest.raises(ModeconnectError, match=r"loss returned \(\) for a batch of 10 examples"):
+    with pytest.raises(ModeconnectError, match=r"loss: returned \(\) for a batch of 10 examples"):
         evaluate_examples(model, model.state_dict(), _batches(), loss=_summed_ce)
     with pytest.raises(ModeconnectError, match="batches` is empty"):
         evaluate_examples(model, model.state_dict(), [])

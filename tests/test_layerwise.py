@@ -46,11 +46,9 @@ def test_prefix_groups_join_with_plus_and_check_their_prefixes() -> None:
         LayerGroup("0+2", ("0.weight", "0.bias", "2.weight", "2.bias")),
         LayerGroup("4", ("4.weight", "4.bias")),
     ]
-    with pytest.raises(ModeconnectError, match="prefix 'fc9' matches no.*include: 0, 2, 4"):
+    with pytest.raises(ModeconnectError, match="prefix 'fc9' matches no.*e.g. 0, 2, 4"):
         layer_groups(sd, ["fc9"])
-    with pytest.raises(
-        ModeconnectError, match="'0.weight' is in two layer groups, '0' and '0\\+2'"
-    ):
+    with pytest.raises(ModeconnectError, match="'0.weight' is in two groups, '0' and '0\\+2'"):
         layer_groups(sd, ["0", "0+2"])
 
 
@@ -144,7 +142,7 @@ def test_layerwise_with_batchnorm_reset_and_serialisation() -> None:
 
 def test_layerwise_input_errors() -> None:
     model, a, b = _net(0), _sd(_net(0)), _sd(_net(1))
-    with pytest.raises(ModeconnectError, match="must include 0 and 1"):
+    with pytest.raises(ModeconnectError, match="lack 0 or 1"):
         layerwise_barriers(model, a, b, _batches(), alphas=[0.0, 0.5])
     with pytest.raises(ModeconnectError, match="'x' names \\['9.weight'\\], which are not"):
         layerwise_barriers(model, a, b, _batches(), groups=[LayerGroup("x", ("9.weight",))])

@@ -161,11 +161,11 @@ def test_losses_by_name_and_callable_and_progress() -> None:
     [
         ({"bn": "reset"}, "measures statistics on training data"),
         ({"bn": "reset", "train": _data(1)}, "no BatchNorm layer"),
-        ({"bn": "batch"}, "Unknown bn mode 'batch'"),
+        ({"bn": "batch"}, "unknown bn mode 'batch'"),
         ({"bootstrap": -1}, "bootstrap=-1 must be an int >= 0"),
         ({"definition": "max"}, "valid names: lerp, mean"),
         ({"steps": 1}, "steps=1 must be an int >= 2"),
-        ({"loss": "hinge"}, "Unknown loss 'hinge'"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
         ({"align": "magic"}, "unknown alignment method 'magic'"),
     ],
 )

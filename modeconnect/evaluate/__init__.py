@@ -1,0 +1,111 @@
+"""Evaluation along paths between models: scorings, curves, barriers, bootstrap.
+
+The modules read like the concepts:
+
+* :mod:`~modeconnect.evaluate.results`: what evaluation returns (:class:`Metrics`,
+  :class:`Curve`, :class:`Barrier`, :class:`ExampleResults`, ...);
+* :mod:`~modeconnect.evaluate.losses`: scorings by name (``"ce"``, ``"mse"``,
+  ``"causal_lm"``, ``"masked_lm"``) and the batch convention;
+* :mod:`~modeconnect.evaluate.interpolation`: the path ``θ(α) = (1-α)·θ_A + α·θ_B``;
+* :mod:`~modeconnect.evaluate.engine`: scored forward passes, α batched with
+  ``vmap``, the timing probe;
+* :mod:`~modeconnect.evaluate.curves`: :func:`evaluate`, :func:`interpolation_curve`
+  and their per-example forms;
+* :mod:`~modeconnect.evaluate.barriers`: barrier definitions and bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+from modeconnect.evaluate.barriers import (
+    BARRIER_DEFINITIONS,
+    barrier,
+    barrier_definition,
+    barrier_values,
+    bootstrap_barrier,
+)
+from modeconnect.evaluate.curves import (
+    alpha_grid,
+    evaluate,
+    evaluate_examples,
+    example_curve,
+    example_curves,
+    interpolation_curve,
+    midpoint,
+)
+from modeconnect.evaluate.engine import auto_alpha_batch
+from modeconnect.evaluate.interpolation import (
+    PathFn,
+    check_pair,
+    interpolate,
+    is_interpolable,
+    linear_path,
+)
+from modeconnect.evaluate.losses import (
+    IGNORE_INDEX,
+    LOSSES,
+    Batch,
+    CausalLMScoring,
+    ClassifierScoring,
+    ExampleLossFn,
+    LossChoice,
+    LossFn,
+    MaskedLMScoring,
+    Scoring,
+    cross_entropy,
+    get_scoring,
+    loss_name,
+    squared_error,
+)
+from modeconnect.evaluate.results import (
+    Barrier,
+    BootstrapBarrier,
+    Curve,
+    CurvePoint,
+    ExampleCurve,
+    ExampleResults,
+    Interval,
+    Metrics,
+)
+
+__all__ = [
+    "BARRIER_DEFINITIONS",
+    "IGNORE_INDEX",
+    "LOSSES",
+    "Barrier",
+    "Batch",
+    "BootstrapBarrier",
+    "CausalLMScoring",
+    "ClassifierScoring",
+    "Curve",
+    "CurvePoint",
+    "ExampleCurve",
+    "ExampleLossFn",
+    "ExampleResults",
+    "Interval",
+    "LossChoice",
+    "LossFn",
+    "MaskedLMScoring",
+    "Metrics",
+    "PathFn",
+    "Scoring",
+    "alpha_grid",
+    "auto_alpha_batch",
+    "barrier",
+    "barrier_definition",
+    "barrier_values",
+    "bootstrap_barrier",
+    "check_pair",
+    "cross_entropy",
+    "evaluate",
+    "evaluate_examples",
+    "example_curve",
+    "example_curves",
+    "get_scoring",
+    "interpolate",
+    "interpolation_curve",
+    "is_interpolable",
+    "linear_path",
+    "loss_name",
+    "midpoint",
+    "squared_error",
+]

@@ -1,0 +1,230 @@
+"""Evaluating models and paths: metrics of one state, curves along ``θ(α)``.
+
+Every model runs through :mod:`modeconnect.forward` with the full state dict
+(parameters *and* buffers), in eval mode under ``torch.no_grad()``, so the module's
+own tensors and training flags are never read or written. Two levels:
+
+* :func:`evaluate` / :func:`interpolation_curve` give mean loss and accuracy
+  (:class:`~modeconnect.evaluate.Metrics`, :class:`~modeconnect.evaluate.Curve`)
+  from per-batch sums;
+* :func:`evaluate_examples` / :func:`example_curves` keep one loss and one hit
+  count per example (:class:`~modeconnect.evaluate.ExampleResults`,
+  :class:`~modeconnect.evaluate.ExampleCurve`), from which
+  :func:`~modeconnect.evaluate.bootstrap_barrier` resamples test examples without
+  another forward pass.
+
+``loss`` chooses the scoring (:mod:`modeconnect.evaluate.losses`): ``"ce"`` (the
+default), ``"mse"``, a callable of per-example losses, or, for language models,
+``"causal_lm"`` and ``"masked_lm"``, whose results also give the perplexity.
+
+Speed: states that are identical (the same tensors) are evaluated once, and
+endpoints are always evaluated on their own, so they equal :func:`evaluate`
+exactly. ``alpha_batch=k`` evaluates ``k`` α in one pass with
+:func:`torch.func.vmap` over stacked weights (faster for small models without
+convolutions); ``alpha_batch=None`` lets a timed probe decide. The default is one
+α per pass, so that results never depend on timing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate.engine import Pass, evaluate_path, metrics
+from modeconnect.evaluate.interpolation import PathFn, linear_path
+from modeconnect.evaluate.losses import Batch, LossChoice, LossFn, Scoring, get_scoring
+from modeconnect.evaluate.results import Curve, CurvePoint, ExampleCurve, ExampleResults, Metrics
+from modeconnect.forward import Binding, eval_mode
+from modeconnect.progress import ProgressFn
+
+__all__ = [
+    "alpha_grid",
+    "evaluate",
+    "evaluate_examples",
+    "example_curve",
+    "example_curves",
+    "interpolation_curve",
+    "midpoint",
+]
+
+
+def evaluate(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    batches: Iterable[Batch],
+    loss_fn: LossFn | None = None,
+    *,
+    loss: LossChoice = None,
+) -> Metrics:
+    """Mean loss ``(1/N) Σ_i ℓ(f(x_i; θ), y_i)`` and top-1 accuracy of ``model`` with weights ``θ``.
+
+    ``θ = state_dict`` replaces all parameters and buffers through
+    :func:`torch.func.functional_call`; the model runs in eval mode under
+    ``torch.no_grad()`` and its own tensors and training flags are left unchanged.
+    ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluate.losses`): for
+    classifiers logits ``(N, C, ...)`` and class indices ``y`` ``(N, ...)``, whose
+    accuracy compares ``argmax`` over dim 1 with ``y``. ``loss`` names the scoring
+    (``"ce"`` by default; ``"causal_lm"`` and ``"masked_lm"`` for language models,
+    which also report the perplexity); or ``loss_fn(logits, y)`` returns a
+    classifier's loss *summed* over the batch. Sums accumulate in float64.
+    """
+    scoring = _scoring(model, loss, loss_fn, "evaluate")
+    params = Binding.of(model).checked(state_dict)
+    runner = Pass.of(model, scoring, per_example=False, sum_loss=loss_fn)
+    with eval_mode(model), torch.no_grad():
+        return metrics(runner.run(params, batches), scoring.per_token)
+
+
+def evaluate_examples(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    batches: Iterable[Batch],
+    loss: LossChoice = None,
+) -> ExampleResults:
+    """Per-example loss sums, hits and entry counts of ``model`` with weights ``state_dict``.
+
+    As :func:`evaluate` (functional call, eval mode, no gradients), but the
+    scoring's per-example losses are kept (see
+    :func:`~modeconnect.evaluate.get_scoring`), which is what
+    :func:`~modeconnect.evaluate.bootstrap_barrier` resamples. ``.metrics()`` gives
+    the means.
+    """
+    scoring = get_scoring(loss, model)
+    params = Binding.of(model).checked(state_dict)
+    runner = Pass.of(model, scoring, per_example=True)
+    with eval_mode(model), torch.no_grad():
+        return ExampleResults(*runner.run(params, batches), per_token=scoring.per_token)
+
+
+def interpolation_curve(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    batches: Iterable[Batch],
+    *,
+    steps: int = 25,
+    alphas: Sequence[float] | None = None,
+    loss_fn: LossFn | None = None,
+    loss: LossChoice = None,
+    alpha_batch: int | None = 1,
+) -> Curve:
+    """Evaluate ``θ(α) = (1-α)·θ_A + α·θ_B`` at each ``α`` (Frankle et al. 2020).
+
+    ``alphas`` defaults to ``steps`` evenly spaced values from 0 to 1, both
+    included. The endpoints are ``a`` and ``b`` themselves, evaluated on their own,
+    so their points equal ``evaluate(model, a, ...)`` and ``evaluate(model, b, ...)``
+    exactly. ``batches`` is iterated once per ``α`` and must be re-iterable (a list,
+    a ``DataLoader``), not a generator. See :func:`evaluate` for ``loss`` and
+    ``loss_fn`` and :func:`example_curves` for ``alpha_batch`` (several ``α`` per
+    vectorised pass).
+    """
+    grid = alpha_grid(steps, alphas)
+    scoring = _scoring(model, loss, loss_fn, "interpolation_curve")
+    path = linear_path(a, b)
+    Binding.of(model).check(a)
+    runner = Pass.of(model, scoring, per_example=False, sum_loss=loss_fn)
+    with eval_mode(model), torch.no_grad():
+        raw = evaluate_path(runner, path, grid, {"data": batches}, alpha_batch, None, "")
+    points = [metrics(row, scoring.per_token) for row in raw["data"]]
+    return Curve(
+        tuple(CurvePoint(t, m.loss, m.accuracy, m.perplexity) for t, m in zip(grid, points))
+    )
+
+
+def example_curves(
+    model: nn.Module,
+    path: PathFn,
+    alphas: Sequence[float],
+    splits: Mapping[str, Iterable[Batch]],
+    *,
+    loss: LossChoice = None,
+    alpha_batch: int | None = 1,
+    progress: ProgressFn | None = None,
+    task: str = "curve",
+) -> dict[str, ExampleCurve]:
+    """Per-example results of the model ``path(α)`` at each ``α``, on every split.
+
+    ``path`` maps ``α`` to a state dict: :func:`~modeconnect.evaluate.linear_path`,
+    the same with the BatchNorm reset or REPAIR applied at each ``α``
+    (:mod:`modeconnect.bn`), or a layer-wise path (:mod:`modeconnect.layerwise`).
+    Each state is built once and evaluated on every split. Points at ``α = 0`` and
+    ``α = 1`` are evaluated on their own, so they equal :func:`evaluate_examples`
+    exactly; the others ``alpha_batch`` at a time in one vectorised pass (``1``, the
+    default: one ``α`` per pass; ``None``: chosen by a timed probe, see
+    :func:`~modeconnect.evaluate.engine.auto_alpha_batch`).
+    ``progress(task, done, len(alphas))`` is called as points complete.
+    """
+    grid = tuple(float(t) for t in alphas)
+    scoring = get_scoring(loss, model)
+    runner = Pass.of(model, scoring, per_example=True)
+    with eval_mode(model), torch.no_grad():
+        raw = evaluate_path(runner, path, grid, splits, alpha_batch, progress, task)
+    return {
+        name: ExampleCurve(
+            grid, tuple(ExampleResults(*r, per_token=scoring.per_token) for r in rows)
+        )
+        for name, rows in raw.items()
+    }
+
+
+def example_curve(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    batches: Iterable[Batch],
+    *,
+    steps: int = 25,
+    alphas: Sequence[float] | None = None,
+    loss: LossChoice = None,
+    alpha_batch: int | None = 1,
+) -> ExampleCurve:
+    """:func:`example_curves` on ``θ(α) = (1-α)·θ_A + α·θ_B`` and one split."""
+    grid = alpha_grid(steps, alphas)
+    path = linear_path(a, b)
+    curves = example_curves(
+        model, path, grid, {"data": batches}, loss=loss, alpha_batch=alpha_batch
+    )
+    return curves["data"]
+
+
+def midpoint(curve: Curve, alpha: float = 0.5) -> CurvePoint:
+    """The point of ``curve`` at ``alpha`` (default α = 0.5, much reported in the literature)."""
+    for point in curve.points:
+        if point.alpha == alpha:
+            return point
+    raise ModeconnectError(
+        f"midpoint: the curve has no point at alpha={alpha:g} (alphas {list(curve.alphas)}); "
+        "use an odd number of steps (the default 25 includes 0.5) or add it to alphas"
+    )
+
+
+def alpha_grid(steps: int, alphas: Sequence[float] | None) -> tuple[float, ...]:
+    """``alphas`` as floats, or ``steps`` evenly spaced values from 0 to 1 (both exact)."""
+    if alphas is not None:
+        grid = tuple(float(x) for x in alphas)
+        if not grid or not all(math.isfinite(x) for x in grid):
+            raise ModeconnectError(
+                f"alphas: {list(alphas)!r} must be finite numbers, at least one; pass such a list"
+            )
+        return grid
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ModeconnectError(
+            f"alphas: steps={steps!r} must be an int >= 2 (alpha=0 and alpha=1 included); "
+            "pass e.g. 25"
+        )
+    # i / (steps-1) hits 0.0 and 1.0 exactly (linspace's float arithmetic need not).
+    return tuple(i / (steps - 1) for i in range(steps))
+
+
+def _scoring(model: nn.Module, loss: LossChoice, loss_fn: Any, where: str) -> Scoring:
+    if loss is not None and loss_fn is not None:
+        raise ModeconnectError(
+            f"{where}: both loss and loss_fn are given; pass loss (a scoring, or per-example "
+            "losses) or loss_fn (a classifier's loss summed over the batch), not both"
+        )
+    return get_scoring(loss, model)

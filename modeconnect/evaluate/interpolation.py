@@ -1,0 +1,103 @@
+"""The straight path between two checkpoints: ``θ(α) = (1-α)·θ_A + α·θ_B``.
+
+Frankle et al. 2020; Entezari et al. 2022; Ainsworth et al. 2023. Floating tensors
+move, others (BatchNorm's ``num_batches_tracked``) come from A; both ends are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from modeconnect.errors import ModeconnectError
+
+__all__ = ["PathFn", "check_pair", "interpolate", "is_interpolable", "linear_path"]
+
+PathFn = Callable[[float], Mapping[str, Tensor]]
+"""``path(α) -> θ(α)``: the state dict at one point of a path between two models."""
+
+
+def interpolate(
+    a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float
+) -> dict[str, Tensor]:
+    """Return ``θ(α) = (1-α)·a + α·b`` for every floating tensor; others come from ``a``.
+
+    Computed in each tensor's dtype with :func:`torch.lerp`, which is exact at
+    ``α=0`` (returns ``a``'s values) and ``α=1`` (``b``'s values), and returns
+    ``a`` unchanged wherever ``a == b``. Non-floating tensors (BatchNorm's
+    ``num_batches_tracked``) are taken from ``a``. Keys, shapes and dtypes must match.
+    Tensors that need no arithmetic (endpoints, integers) are ``a``'s or ``b``'s own
+    objects, not copies: clone before writing into them in place.
+    """
+    check_pair(a, b)
+    alpha = float(alpha)
+    if alpha == 0.0:
+        return dict(a)
+    if alpha == 1.0:
+        return {k: b[k] if is_interpolable(v) else v for k, v in a.items()}
+    return {k: torch.lerp(v, b[k], alpha) if is_interpolable(v) else v for k, v in a.items()}
+
+
+def linear_path(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> PathFn:
+    """``α -> θ(α)`` as :func:`interpolate`, sharing ``a``'s tensors where ``a`` equals ``b``.
+
+    Keys with equal values in ``a`` and ``b`` are not interpolated: every point
+    reuses ``a``'s tensor object, so points of a path between equal models are the
+    same tensors and are evaluated once (exactly equal, as they must be).
+    """
+    check_pair(a, b)
+    same = frozenset(k for k, v in a.items() if v is b[k] or torch.equal(v, b[k]))
+    moving = {k: b[k] for k, v in a.items() if k not in same and is_interpolable(v)}
+
+    def at(alpha: float) -> dict[str, Tensor]:
+        alpha = float(alpha)
+        if alpha == 0.0:
+            return dict(a)
+        if alpha == 1.0:
+            return {**a, **moving}
+        return {**a, **{k: torch.lerp(a[k], v, alpha) for k, v in moving.items()}}
+
+    return at
+
+
+def is_interpolable(t: Tensor) -> bool:
+    """Floating or complex: a tensor that moves along the path (counters do not)."""
+    return t.is_floating_point() or t.is_complex()
+
+
+def check_pair(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
+    """Raise unless ``a`` and ``b`` have the same keys, and each key one shape, dtype, device."""
+    missing, unexpected = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if missing or unexpected:
+        raise ModeconnectError(
+            f"state dicts A and B: B's keys differ from A's (missing {_short(missing)}, "
+            f"unexpected {_short(unexpected)}); load both from the same architecture"
+        )
+    for key, ta in a.items():
+        tb = b[key]
+        if ta.shape != tb.shape or ta.dtype != tb.dtype or ta.device != tb.device:
+            raise _mismatch(key, ta, tb)
+
+
+def _mismatch(key: str, ta: Tensor, tb: Tensor) -> ModeconnectError:
+    x: object
+    y: object
+    if ta.shape != tb.shape:
+        what, x, y = "shape", tuple(ta.shape), tuple(tb.shape)
+        fix = "load both from the same architecture"
+    elif ta.dtype != tb.dtype:
+        what, x, y, fix = "dtype", ta.dtype, tb.dtype, "cast both checkpoints to one dtype first"
+    else:
+        what, x, y = "device", ta.device, tb.device
+        fix = "move both checkpoints to one device first"
+    return ModeconnectError(
+        f"state dicts A and B: {what} mismatch for {key!r}, A has {x}, B has {y}; {fix}"
+    )
+
+
+def _short(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"[{shown}{more}]"
