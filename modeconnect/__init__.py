@@ -61,6 +61,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "evaluate": ("modeconnect.evaluate", "evaluate"),
     "interpolate": ("modeconnect.evaluate", "interpolate"),
     "interpolation_curve": ("modeconnect.evaluate", "interpolation_curve"),
+    "LOSSES": ("modeconnect.evaluate", "LOSSES"),
+    "Scoring": ("modeconnect.evaluate", "Scoring"),
+    "MaskedLMScoring": ("modeconnect.evaluate", "MaskedLMScoring"),
     "repair": ("modeconnect.bn", "repair"),
     "reset_batchnorm": ("modeconnect.bn", "reset_batchnorm"),
     "layerwise_barriers": ("modeconnect.layerwise", "layerwise_barriers"),
@@ -117,10 +120,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from modeconnect.bn import repair, reset_batchnorm
     from modeconnect.curves import Bezier, CurveFit, CurveStudy, PolyChain, curve_study, fit_curve
     from modeconnect.evaluate import (
+        LOSSES,
         Barrier,
         Curve,
         CurvePoint,
+        MaskedLMScoring,
         Metrics,
+        Scoring,
         barrier,
         evaluate,
         interpolate,
