@@ -20,6 +20,8 @@ the command line's ``--help`` do not pay for torch, SciPy or POT until they are 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -114,6 +116,25 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package module: a submodule never hides the public name it shares.
+
+    ``modeconnect.evaluate``, ``.merge`` and ``.sharpness`` are functions and also
+    modules. Importing ``modeconnect.merge`` makes Python set the package attribute
+    ``merge`` to the module, which would hide the function from ``mc.merge``; those
+    assignments are dropped here (the module stays in ``sys.modules``, so ``import``
+    and ``from modeconnect.merge import ...`` work as usual).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs

@@ -1,0 +1,32 @@
+"""The public API: every name is importable, none is shadowed by a submodule, no torch on import."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import types
+
+import modeconnect as mc
+
+
+def test_every_public_name_resolves_to_what_it_names_even_after_all_submodules_load() -> None:
+    for info in pkgutil.walk_packages(mc.__path__, prefix="modeconnect."):
+        if info.name.startswith("modeconnect.integrations"):
+            continue  # optional extras (flwr)
+        importlib.import_module(info.name)
+    for name in mc.__all__:
+        value = getattr(mc, name)
+        assert not isinstance(value, types.ModuleType), name
+    assert callable(mc.evaluate) and callable(mc.merge) and callable(mc.sharpness)
+
+
+def test_importing_the_package_and_the_command_line_loads_no_torch() -> None:
+    code = (
+        "import sys, modeconnect, modeconnect.matching, modeconnect_cli.main\n"
+        "heavy = [m for m in ('torch', 'scipy', 'ot', 'numpy') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
