@@ -20,6 +20,14 @@ the similarity (:class:`WeightSource`, also the ground cost of OT alignment),
 which keeps each tensor's product ``W_A · W_B'ᵀ`` and, when a neighbouring
 permutation changes, updates it by the columns of ``W_B'`` that moved instead of
 recomputing it.
+
+Memory: by default the source keeps A's rows of every term (a float32 copy of A) and
+one float64 ``n × n`` product per term, far more than the model for wide layers (a
+1.1 B-parameter Llama: ~22 GB of products). ``max_bytes`` bounds what it keeps: A's
+rows are then read from ``a`` again for each product (``a`` may be a lazy mapping
+that reads from disk), and products are kept only while they fit; the others are
+recomputed when needed. ``device`` runs the products there (``A_rows · B_rowsᵀ`` on a
+GPU); everything else stays on the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..progress import ProgressFn
 from ..spec import (
     Layout,
     Member,
@@ -142,8 +151,13 @@ def _columns(
     return mat[rows[:, slots], source]
 
 
-def _full(a_rows: Tensor, b_rows: Tensor) -> Tensor:
-    """``A_rows · B_rowsᵀ`` ``(n, n)``: the product in the working dtype, kept in float64."""
+def _full(a_rows: Tensor, b_rows: Tensor, device: torch.device | None = None) -> Tensor:
+    """``A_rows · B_rowsᵀ`` ``(n, n)``: the product in the working dtype, kept in float64.
+
+    With ``device`` the product runs there and comes back to the CPU.
+    """
+    if device is not None and device != a_rows.device:
+        return (a_rows.to(device) @ b_rows.to(device).T).to(torch.float64).cpu()
     return (a_rows @ b_rows.T).to(torch.float64)
 
 
@@ -168,13 +182,24 @@ class WeightSource:
     per-column constants). A :class:`~.descent.SimilaritySource`: holds A's exposed
     rows; each plain term's product ``A_rows · B_rowsᵀ`` (in ``dtype``, summed in
     float64) is cached, and when a permutation it reads changes it is updated by
-    the columns of ``B_rows`` that moved (:func:`_updated`).
+    the columns of ``B_rows`` that moved (:func:`_updated`). With ``max_bytes``, A's
+    rows are not kept and products only while they fit (module docstring);
+    ``device`` is where the full products run.
     """
 
     def __init__(
-        self, spec: PermutationSpec, a: StateDict, b: StateDict, dtype: torch.dtype = torch.float32
+        self,
+        spec: PermutationSpec,
+        a: StateDict,
+        b: StateDict,
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_bytes: int | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         self.spec, self.a, self.b, self.dtype = spec, a, b, dtype
+        self.max_bytes, self.kept = max_bytes, 0
+        self.device = torch.device(device) if device is not None else None
         kids = children_of(spec)
         self.direct: dict[str, list[_Term]] = {}
         self.joint: dict[tuple[str, str], list[_Term]] = {}
@@ -185,10 +210,29 @@ class WeightSource:
             for kid in kids.get(name, ()):
                 self.joint[name, kid] = self._terms(kid, name, set())
         terms = [t for ts in (*self.direct.values(), *self.joint.values()) for t in ts]
-        self.a_rows = {id(t): _rows(a[t.key].to(dtype), t.axis, t.index) for t in terms}
+        keep = max_bytes is None
+        self.a_rows = {id(t): self._read_a(t) for t in terms} if keep else {}
         self.cache: dict[int, _Product] = {}
-        self.bases: dict[str, Tensor] = {}
+        self.bases: dict[str, Tensor | None] = {}
         self.scratch: dict[tuple[str, tuple[int, ...], torch.dtype], Tensor] = {}
+
+    def _read_a(self, term: _Term) -> Tensor:
+        return _rows(self.a[term.key].to(self.dtype), term.axis, term.index)
+
+    def _a(self, term: _Term) -> Tensor:
+        """A's exposed rows of ``term``: kept, or (under ``max_bytes``) read again."""
+        rows = self.a_rows.get(id(term))
+        return rows if rows is not None else self._read_a(term)
+
+    def _fits(self, value: Tensor) -> bool:
+        """Whether ``value`` may be kept; counts it against ``max_bytes`` if so."""
+        if self.max_bytes is None:
+            return True
+        size = value.numel() * value.element_size()
+        if self.kept + size > self.max_bytes:
+            return False
+        self.kept += size
+        return True
 
     def _terms(self, group: str, outer: str | None, skip: set[str]) -> list[_Term]:
         terms = []
@@ -219,11 +263,13 @@ class WeightSource:
         moving = [t for t in self.direct.get(group, ()) if t.reads]
         base = self._base(group)
         if not moving:
-            return base
+            n = self.spec.groups[group].size
+            return base if base is not None else torch.zeros(n, n, dtype=torch.float64)
         first = self.product(moving[0], perm, base)
         if len(moving) == 1:
             return first
-        out = self._scratch(f"sum {group}", tuple(first.shape), torch.float64)
+        name = "sum" if self.max_bytes is not None else f"sum {group}"  # one per size suffices
+        out = self._scratch(name, tuple(first.shape), torch.float64)
         s = torch.add(first, self.product(moving[1], perm), out=out)
         for t in moving[2:]:
             s += self.product(t, perm)
@@ -236,16 +282,21 @@ class WeightSource:
             self.scratch[key] = torch.empty(shape, dtype=dtype)
         return self.scratch[key]
 
-    def _base(self, group: str) -> Tensor:
-        """The sum (float64) of the group's terms that read no permutation, computed once."""
-        if group not in self.bases:
-            n = self.spec.groups[group].size
-            base = torch.zeros(n, n, dtype=torch.float64)
-            for t in self.direct.get(group, ()):
-                if not t.reads:
-                    base += _full(self.a_rows[id(t)], self.b_rows(t, {}))
+    def _base(self, group: str) -> Tensor | None:
+        """The sum (float64) of the group's terms that read no permutation, computed once.
+
+        ``None`` when every term reads one (nothing to add).
+        """
+        if group in self.bases:
+            return self.bases[group]
+        fixed = [t for t in self.direct.get(group, ()) if not t.reads]
+        base = None
+        for t in fixed:
+            value = _full(self._a(t), self.b_rows(t, {}), self.device)
+            base = value if base is None else base.add_(value)
+        if base is None or self._fits(base):
             self.bases[group] = base
-        return self.bases[group]
+        return base
 
     def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
         """``(n, n, k, k)`` block-pair similarity, or None if no tensor shows the pair."""
@@ -256,7 +307,7 @@ class WeightSource:
         total = torch.zeros(n, n, k, k, dtype=torch.float64)
         for t in terms:
             rows_b = self.b_rows(t, perm)
-            total += torch.einsum("aum,bvm->abuv", self.a_rows[id(t)], rows_b).double()
+            total += torch.einsum("aum,bvm->abuv", self._a(t), rows_b).double()
         return total
 
     def objective(self, perm: Mapping[str, Tensor]) -> float:
@@ -277,13 +328,13 @@ class WeightSource:
         if hit is not None and all(x is y for x, y in zip(hit.perms, perms)):
             return hit.value
         index = tuple(axis_index(layout, perm) for layout in self._layouts(term.key))
-        a_rows = self.a_rows[id(term)]
+        a_rows = self._a(term)
         b = self.b[term.key].to(self.dtype)
         moved = None
         if hit is not None:
             moved = _moved_columns(term.axis, term.index.shape[-1], b.shape, hit.index, index)
         if hit is None or moved is None or moved.numel() > FULL_PRODUCT_ABOVE * a_rows.shape[1]:
-            value = _full(a_rows, self.b_rows(term, perm))
+            value = _full(a_rows, self._b_rows(b, term, perm), self.device)
             value = value if base is None else value.add_(base)
         elif moved.numel() == 0:
             value = hit.value
@@ -292,11 +343,15 @@ class WeightSource:
             new = _columns(b, term.axis, term.index, index, moved)
             scratch = self._scratch("update", tuple(hit.value.shape), a_rows.dtype)
             value = _updated(hit.value, a_rows.index_select(1, moved), old, new, scratch)
-        self.cache[id(term)] = _Product(perms, index, value)
+        if hit is not None or self._fits(value):
+            self.cache[id(term)] = _Product(perms, index, value)
         return value
 
     def b_rows(self, term: _Term, perm: Mapping[str, Tensor]) -> Tensor:
-        w = permute_tensor(self.b[term.key].to(self.dtype), self._layouts(term.key), perm)
+        return self._b_rows(self.b[term.key].to(self.dtype), term, perm)
+
+    def _b_rows(self, b: Tensor, term: _Term, perm: Mapping[str, Tensor]) -> Tensor:
+        w = permute_tensor(b, self._layouts(term.key), perm)
         return _rows(w, term.axis, term.index)
 
     def _layouts(self, key: str) -> tuple[Layout, ...]:
@@ -316,6 +371,9 @@ def match_weights(
     rtol: float = DEFAULT_RTOL,
     solver: str = DEFAULT_SOLVER,
     dtype: torch.dtype = torch.float32,
+    max_bytes: int | None = None,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
     model: object = None,
     data: object = None,
 ) -> Alignment:
@@ -325,16 +383,20 @@ def match_weights(
     groups in its own random order) and keeps the highest objective
     ``Σ_W ⟨W_A, π(W_B)⟩``. Deterministic for a given seed. ``model`` and
     ``data`` are accepted for a uniform method signature and not used.
+    ``max_bytes`` bounds what the similarity keeps, ``device`` is where its products
+    run (:class:`WeightSource`); ``progress(task, done, total)`` hears of each group
+    visited in a sweep.
     ``Alignment.profile`` holds the sweeps, assignments solved and skipped, and
     the seconds spent in similarity products and in assignments (summed over
     restarts).
     """
     start = time.perf_counter()
     check_descent("weight", solver=solver, tol=tol, rtol=rtol, max_iter=max_iter)
-    source = WeightSource(spec, a, b, dtype)
     runs = []
     for r in range(max(1, restarts)):
-        run = _descend(source, seed + r, max_iter, tol, rtol, solver)
+        # fresh per restart: each is a run of its seed
+        source = WeightSource(spec, a, b, dtype, max_bytes=max_bytes, device=device)
+        run = _descend(source, seed + r, max_iter, tol, rtol, solver, progress)
         runs.append((source.objective(run.perm), -r, run))
     value, neg_r, best = max(runs, key=lambda run: run[:2])  # ties: the first seed
     return Alignment(
@@ -357,7 +419,13 @@ def match_weights(
 
 
 def _descend(
-    source: WeightSource, seed: int, max_iter: int, tol: float, rtol: float, solver: str
+    source: WeightSource,
+    seed: int,
+    max_iter: int,
+    tol: float,
+    rtol: float,
+    solver: str,
+    progress: ProgressFn | None = None,
 ) -> Descent:
     if max_iter < 1:  # weight matching honours max_iter=0; the shared descent always sweeps once
         return Descent(identity_permutation(source.spec), 0, 0, 0, 0.0, 0.0)
@@ -370,6 +438,7 @@ def _descend(
         tol=tol,
         rtol=rtol,
         inner_solver=solver,
+        progress=progress,
     )
 
 
