@@ -81,7 +81,7 @@ def command_line(ctx: click.Context) -> str:
         value = ctx.params.get(param.name or "")
         if isinstance(param, click.Argument):
             words.append(str(value))
-        elif isinstance(param, click.Option) and value not in (None, False, param.default):
+        elif isinstance(param, click.Option) and value not in (None, False, (), param.default):
             flag = max(param.opts, key=len)
             options += [flag] if value is True else [flag, _render(value)]
     return shlex.join([*words, *options])

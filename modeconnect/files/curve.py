@@ -150,12 +150,12 @@ def _checkpoints(
         "modeconnect.method": method,
     }
     files: dict[str, tuple[Path, Fill]] = {}
-    for i, (path, state) in enumerate(zip(map(Path, bend), fit.bends, strict=True)):
+    for i, path in enumerate(map(Path, bend)):  # none, or one per bend (checked)
         name = "bend" if len(bend) == 1 else f"bend_{i + 1}"
         role = {**meta, "modeconnect.role": "curve bend", "modeconnect.curve": fit.curve.name,
                 "modeconnect.bend": f"{i + 1}/{fit.curve.bends}",
                 "modeconnect.seed": str(fit.params["seed"])}  # fmt: skip
-        files[name] = (path, session.checkpoint_writer(path, state, like=ca, metadata=role))
+        files[name] = (path, session.checkpoint_writer(path, fit.bends[i], like=ca, metadata=role))
     if aligned is not None and study.alignment is not None:
         path = Path(aligned)
         role = {**meta, "modeconnect.role": "b aligned to a"}
