@@ -16,7 +16,6 @@ from study_files import (
 )
 
 import modeconnect as mc
-from modeconnect.sharpness import sharpness
 
 QUICK = ("--iterations", "4", "--trace-samples", "3", "--ascent-steps", "2")
 
@@ -36,8 +35,7 @@ def test_sharpness_of_a_is_what_the_library_says(files: Bench) -> None:
     assert data["checkpoints"] == {"A": str(files.a), "B": str(files.b)}
     a = mc.load(files.a)
     model = mc.resolve_model([a]).model
-    # mc.sharpness is the module once modeconnect.sharpness is imported (name clash)
-    want = sharpness(model, a.state_dict, mc.load_data(files.train), k=2, iterations=4,
+    want = mc.sharpness(model, a.state_dict, mc.load_data(files.train), k=2, iterations=4,
                         trace_samples=3, ascent_steps=2, seed=5).to_dict()  # fmt: skip
     got = data["models"]["A"]
     assert set(got) == set(want)
