@@ -45,7 +45,7 @@ def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[A
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ModeconnectError(
-            "Plots need matplotlib; install it with `pip install modeconnect[plot]`."
+            "plot: matplotlib is not installed; install it with `pip install modeconnect[plot]`"
         ) from exc
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -88,7 +88,7 @@ def surface_figure(surface: LossSurface, *, metric: str = "loss", title: str | N
     """
     if metric not in ("loss", "error"):
         raise ModeconnectError(
-            f"surface_figure: metric={metric!r} is not 'loss' or 'error'; pass one."
+            f"surface_figure: metric={metric!r} is not 'loss' or 'error'; pass one"
         )
     import numpy as np
     from matplotlib.colors import LogNorm

@@ -203,7 +203,9 @@ def plot_layerwise(study: Study, path: str | Path | IO[bytes]) -> str | Path | I
 
     pairs = {n: p.layerwise for n, p in study.pairs.items() if p.layerwise is not None}
     if not pairs:
-        raise ModeconnectError("The study has no layer-wise results; run it with layerwise=True.")
+        raise ModeconnectError(
+            "plot_layerwise: the study has no layer-wise results; run it with layerwise=True"
+        )
     fig, axes = new_figure(max(5.0, 4.5 * len(pairs)), 4.0, ncols=len(pairs))
     variants = (("from_a", "rest from A"), ("from_b", "rest from B"), ("cumulative", "layers 1..k"))
     width = 0.8 / len(variants)
