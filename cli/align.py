@@ -17,8 +17,15 @@ from modeconnect_cli.format import format_align
 @o.ARCHITECTURE
 @o.data()
 @o.TRAIN
-@o.output("--out", "Write B permuted into A's basis (.pt, .safetensors).")
-@o.output("--merged", "Write (1-alpha)*A + alpha*aligned B (OT: the OT fusion).")
+@o.output(
+    "--out",
+    "Write B permuted into A's basis (.pt, .safetensors; for checkpoint directories, a directory).",
+)
+@o.output(
+    "--merged",
+    "Write (1-alpha)*A + alpha*aligned B (OT: the OT fusion); a file or, "
+    "for checkpoint directories, a directory.",
+)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of B in --merged.")  # fmt: skip
 @o.STEPS
@@ -27,15 +34,23 @@ from modeconnect_cli.format import format_align
 @o.SEED_OPTION
 @o.bn()
 @o.BATCH_SIZE
+@o.LARGE_MODELS
 @o.JSON
 @o.FORCE
+@o.QUIET
 @o.VERBOSE
-def align(a: str, b: str, verbose: bool, **opts: Any) -> None:
-    """Align checkpoint B's units to A's, verify, evaluate and write the results."""
+def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
+    """Align checkpoint B's units to A's, verify, evaluate and write the results.
+
+    A and B are checkpoint files or Hugging Face directories (save_pretrained).
+    """
     from modeconnect.timing import Timings
 
     timings = Timings()
     align_files, seconds = library("modeconnect.files.align", "align_files")
     timings.add("imports", seconds)
-    report = align_files(a, b, trust=o.trust(opts), timings=timings, **opts)
+    from modeconnect.progress import ProgressBar
+
+    with ProgressBar(quiet=quiet) as bar:
+        report = align_files(a, b, trust=o.trust(opts), timings=timings, progress=bar, **opts)
     finish(format_align(report), report.timings, verbose)

@@ -14,7 +14,11 @@ from modeconnect_cli.format import format_merge
 @o.command(main)
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @o.ARCHITECTURE
-@o.output("--out", "The merged checkpoint (.pt, .safetensors).", required=True)
+@o.output(
+    "--out",
+    "The merged checkpoint (.pt, .safetensors; for checkpoint directories, a directory).",
+    required=True,
+)
 @o.weights_option()
 @o.method(allow_none=True)
 @o.METHOD_OPTIONS
@@ -27,11 +31,19 @@ from modeconnect_cli.format import format_merge
 @o.bn(("none", "reset"))
 @o.SEED_OPTION
 @o.BATCH_SIZE
+@o.LARGE_MODELS
 @o.JSON
 @o.FORCE
+@o.QUIET
 @o.VERBOSE
-def merge(checkpoints: tuple[str, ...], verbose: bool, **opts: Any) -> None:
-    """Align checkpoints A B [C ...] into one basis and write their weighted average."""
+def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any) -> None:
+    """Align checkpoints A B [C ...] into one basis and write their weighted average.
+
+    Checkpoints are files or Hugging Face directories (save_pretrained).
+    """
     merge_files, _ = library("modeconnect.files.merge", "merge_files")
-    report = merge_files(checkpoints, trust=o.trust(opts), **opts)
+    from modeconnect.progress import ProgressBar
+
+    with ProgressBar(quiet=quiet) as bar:
+        report = merge_files(checkpoints, trust=o.trust(opts), progress=bar, **opts)
     finish(format_merge(report), report.timings, verbose)

@@ -312,6 +312,28 @@ def names_option(name: str, example: str, help: str) -> Decorator:
     return click.option(name, callback=_csv(example), metavar=example, help=help)
 
 
+# --------------------------------------------------------------------------- large models
+
+DEVICES = ("cpu", "cuda", "auto")
+EVAL_DTYPES = ("float32", "bfloat16", "float16", "float64")
+DEVICE = click.option(
+    "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+    help="Where similarity products and evaluation run (auto: CUDA when available).",
+)  # fmt: skip
+DTYPE = click.option(
+    "--dtype", type=click.Choice(EVAL_DTYPES),
+    help="Dtype of evaluation [default: the model's, float32]; bfloat16 halves its memory "
+         "(use it on a GPU).",
+)  # fmt: skip
+BLOCK_SIZE = click.option(
+    "--block-size", type=click.IntRange(min=2), metavar="N",
+    help="Tokens per example when --data is a text file (tokenized with the checkpoint's "
+         "tokenizer) [default: 512, or the model's context if shorter].",
+)  # fmt: skip
+LARGE_MODELS = group(DEVICE, DTYPE, BLOCK_SIZE)
+"""Hugging Face directories and large models: devices, evaluation dtype, text blocks."""
+
+
 # --------------------------------------------------------------------------- running a command
 
 

@@ -233,7 +233,9 @@ def test_restart_results_do_not_depend_on_earlier_restarts():
 
 def test_unknown_option_lists_the_accepted_ones():
     spec, a, b = _mlp_pair()
-    accepted = "seed, restarts, max_iter, tol, rtol, solver, dtype, model, data"
+    accepted = (
+        "seed, restarts, max_iter, tol, rtol, solver, dtype, max_bytes, device, progress, model, data"
+    )
     with pytest.raises(
         ModeconnectError, match=rf"^weight: unknown option 'regg'; accepted options: {accepted}$"
     ):

@@ -1,4 +1,11 @@
-"""``align`` on files: two checkpoints in, aligned B, the merge and a JSON report out."""
+"""``align`` on files: two checkpoints in, aligned B, the merge and a JSON report out.
+
+Checkpoints read from Hugging Face directories stay on disk: alignment, guard,
+curves and outputs go through :mod:`modeconnect.files.streamed`, which keeps at
+most one float32 model in memory besides the matching's working memory, and the
+outputs (``--out DIR``, ``--merged DIR``) are ``save_pretrained`` directories
+written one shard at a time.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,20 @@ import torch
 from modeconnect.bn import check_mode, renormalize
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.checkpoints import json_writer
+from modeconnect.files.lazy import Lerped
 from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import open_session
+from modeconnect.files.session import Session, open_session, parse_dtype
+from modeconnect.files.streamed import (
+    align_streamed,
+    curves_streamed,
+    model_bytes,
+    resolve_device,
+)
 from modeconnect.files.targets import Fill
 from modeconnect.graph import derive_spec
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
+from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 
 __all__ = ["AlignReport", "align_files"]
@@ -82,6 +97,10 @@ def align_files(
     batch_size: int = 500,
     force: bool = False,
     timings: Timings | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    block_size: int | None = None,
+    progress: ProgressFn | None = None,
     **options: Any,
 ) -> AlignReport:
     """Load two checkpoints, align B to A, evaluate on ``data``, and write the outputs asked for.
@@ -90,14 +109,19 @@ def align_files(
     (activation statistics, ``bn``; default ``data``). ``options`` go to the method
     (:func:`~modeconnect.matching.method_options`). Outputs are checked before any
     work and written together only after the equivalence guard has passed; aligned B
-    keeps B's stored dtypes, the merge A's.
+    keeps B's stored dtypes, the merge A's. ``device`` and ``dtype`` are the
+    evaluation's (checkpoints read from directories; ``block_size``: tokens per
+    example of text data); ``progress(task, done, total)`` hears of groups matched,
+    curve points and shards written.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ModeconnectError(f"--alpha: must lie in [0, 1], got {alpha}; pass the weight of B")
+    where, eval_dtype = resolve_device(device), parse_dtype(dtype)
     session = open_session(
         [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
         data=data, train=train, batch_size=batch_size, input_shape=input_shape,
-        input_dtype=input_dtype, timings=timings,
+        input_dtype=input_dtype, timings=timings, block_size=block_size,
+        seed=int(options.get("seed") or 0),
         outputs=[("--out", out, "checkpoint"), ("--merged", merged, "checkpoint"),
                  ("--json", json_path, "json")],
     )  # fmt: skip
@@ -108,16 +132,21 @@ def align_files(
     with clock.phase("spec"):
         spec = derive_spec(net, tuple(x[:2] for x in session.probe), permute_output=permute_output)
     with clock.phase("matching + guard"):
-        result = align(
-            net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe, data=stats,
-            spec=spec, **opts,
-        )  # fmt: skip
+        if session.lazy:
+            result = align_streamed(
+                net, ca.state_dict, cb.state_dict, spec=spec, probe=session.probe,
+                method=method, data=stats, progress=progress, device=where,
+                max_bytes=model_bytes(cb.state_dict), **opts,
+            )  # fmt: skip
+        else:
+            result = align(
+                net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe,
+                data=stats, spec=spec, **opts,
+            )  # fmt: skip
     curves = None
     if session.data is not None:
         with clock.phase("evaluation"):
-            curves = compare_interpolations(
-                net, ca.state_dict, cb.state_dict, result.aligned, session.data, steps=steps
-            )
+            curves = _curves(session, result, steps, where, eval_dtype, progress)
     meta = {
         "modeconnect.source_a": str(a_path),
         "modeconnect.source_b": str(b_path),
@@ -130,21 +159,26 @@ def align_files(
         written["out"] = plan.path("--out")
         role = {**meta, "modeconnect.role": "b aligned to a"}
         writes["out"] = session.checkpoint_writer(
-            written["out"], result.aligned, like=cb, metadata=role
+            written["out"], result.aligned, like=cb, metadata=role, progress=progress
         )
     if "--merged" in plan:
         with clock.phase("merge"):
-            mixed, role_name = merge_pair(
-                net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts
-            )
-            mixed = renormalize(
-                net, ca.state_dict, result.aligned, mixed, session.train, mode=bn, alpha=alpha
-            )
+            mixed: Mapping[str, torch.Tensor]
+            if session.lazy and method != "ot" and bn == "none":  # computed as it is written
+                mixed, role_name = Lerped(ca.state_dict, result.aligned, alpha), "merged"
+            else:
+                mixed, role_name = merge_pair(
+                    net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts
+                )
+                mixed = renormalize(
+                    net, ca.state_dict, result.aligned, dict(mixed), session.train, mode=bn,
+                    alpha=alpha,
+                )  # fmt: skip
         written["merged"] = plan.path("--merged")
         info = {**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role_name,
                 "modeconnect.bn": bn}  # fmt: skip
         writes["merged"] = session.checkpoint_writer(
-            written["merged"], mixed, like=ca, metadata=info
+            written["merged"], mixed, like=ca, metadata=info, progress=progress
         )
     if "--json" in plan:
         written["json"] = plan.path("--json")
@@ -158,3 +192,23 @@ def align_files(
         for name, fill in writes.items():
             staging.write(written[name], fill)
     return AlignReport(**{**report.__dict__, "timings": clock.to_dict()})
+
+
+def _curves(
+    session: Session,
+    result: AlignResult,
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    progress: ProgressFn | None,
+) -> CurvePair:
+    """Naive and aligned curves: streamed for checkpoints on disk, in memory otherwise."""
+    (ca, cb), data = session.checkpoints, session.data or []
+    if session.lazy or session.scoring is not None:
+        return curves_streamed(
+            session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps,
+            loss=session.scoring, device=device, dtype=dtype, progress=progress,
+        )  # fmt: skip
+    return compare_interpolations(
+        session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps
+    )

@@ -9,6 +9,10 @@ Formats, chosen by extension:
   checkpoint. Other top-level keys of the dict form (``optimizer``, ``epoch``) are ignored.
 * ``.safetensors``: tensors plus string metadata; the architecture may be named by the
   metadata keys ``modeconnect.model`` and ``modeconnect.model_kwargs`` (a JSON object).
+* a directory written by ``save_pretrained`` (``config.json`` and safetensors or
+  ``pytorch_model.bin`` weights, sharded or not): the architecture is the config's
+  ``transformers`` class, built with its parameters on the meta device, and the
+  weights are read lazily, one tensor at a time (:mod:`modeconnect.files.hf`).
 
 A model reference is ``"package.module:callable"`` or ``"path/to/file.py:callable"``;
 the callable, called with the keyword arguments, returns the ``torch.nn.Module``.
@@ -30,6 +34,14 @@ import torch
 from safetensors import safe_open
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.hf import (
+    HFDirectory,
+    LazyWeights,
+    build_empty,
+    computed_buffers,
+    model_names,
+    open_directory,
+)
 from modeconnect.files.references import (
     NO_TRUST,
     Architecture,
@@ -75,12 +87,20 @@ class Checkpoint:
     """
 
     path: Path
-    state_dict: dict[str, torch.Tensor]
+    state_dict: Mapping[str, torch.Tensor]
+    """A dict, or for a Hugging Face directory a :class:`~modeconnect.files.hf.LazyWeights`."""
     model_ref: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
     dtypes: Mapping[str, torch.dtype] = field(default_factory=dict)
     """Dtypes the file stored, for the tensors :func:`in_model_dtypes` cast (empty: none)."""
+    directory: HFDirectory | None = None
+    """The ``save_pretrained`` directory the checkpoint was read from, if it was one."""
+
+    @property
+    def lazy(self) -> bool:
+        """Read from disk on every access (a Hugging Face directory), not held in memory."""
+        return isinstance(self.state_dict, LazyWeights)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -147,9 +167,13 @@ def _existing_file(path: str | Path, what: str) -> Path:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint file into plain CPU tensors (no memory-mapped storage).
 
-    Raises ``ModeconnectError`` for a missing, corrupt or truncated file, an unknown
+    A directory is read as a ``save_pretrained`` directory: its headers only, the
+    tensors lazily (:class:`~modeconnect.files.hf.LazyWeights`). Raises
+    ``ModeconnectError`` for a missing, corrupt or truncated file, an unknown
     extension, or content that is neither a state dict nor the modeconnect dict form.
     """
+    if Path(path).is_dir():
+        return _load_directory(Path(path))
     path = _existing_file(path, "checkpoint file")
     if _suffix(path) == ".safetensors":
         return _load_safetensors(path)
@@ -272,6 +296,15 @@ def _load_safetensors(path: Path) -> Checkpoint:
     model_ref = header.pop(MODEL_KEY, None)
     kwargs = _parse_kwargs_json(path, header.pop(MODEL_KWARGS_KEY, None))
     return Checkpoint(path, _tensor_dict(path, tensors), model_ref, kwargs, header)
+
+
+def _load_directory(path: Path) -> Checkpoint:
+    """A ``save_pretrained`` directory: the ``transformers`` reference and lazy weights."""
+    directory = open_directory(path)
+    return Checkpoint(
+        path, LazyWeights(directory), directory.model_ref, {"config": directory.config},
+        directory=directory,
+    )  # fmt: skip
 
 
 def _parse_kwargs_json(path: Path, text: str | None) -> dict[str, Any]:
@@ -507,14 +540,46 @@ def load_models(
 
     Each file, in order, must fit the model exactly (keys, shapes, finite values)
     and match the first file; see :func:`resolve_model` for which architecture
-    is built.
+    is built. Hugging Face directories name their architecture in ``config.json``;
+    when every input is one (and no ``model_ref`` is given) the model is built from
+    the first one's config with its parameters on the meta device, and the
+    checkpoints stay on disk (:class:`~modeconnect.files.hf.LazyWeights`).
     """
     ckpts = [load_checkpoint(p) for p in paths]
-    arch = resolve_model(ckpts, model_ref, model_kwargs, trust=trust)
+    arch = _architecture(ckpts, model_ref, model_kwargs, trust)
+    ckpts = [_named_for(arch.model, c) for c in ckpts]
     for ckpt in ckpts:
         check_state_dict(arch.model, ckpt)
         check_same_architecture(ckpts[0], ckpt)
     return LoadedModels(tuple(in_model_dtypes(arch.model, c) for c in ckpts), arch)
+
+
+def _architecture(
+    ckpts: Sequence[Checkpoint],
+    model_ref: str | None,
+    model_kwargs: Mapping[str, Any] | None,
+    trust: Trust,
+) -> Architecture:
+    dirs = [c.directory for c in ckpts if c.directory is not None]
+    if model_ref is not None or model_kwargs is not None or not dirs or len(dirs) < len(ckpts):
+        return resolve_model(ckpts, model_ref, model_kwargs, trust=trust)
+    first = ckpts[0]
+    for other in ckpts[1:]:
+        if other.model_ref != first.model_ref:
+            raise ModeconnectError(
+                f"{first.path} holds a {first.model_ref!r} model but {other.path} a "
+                f"{other.model_ref!r} one (their config.json 'architectures'); "
+                "all checkpoints must come from the same architecture"
+            )
+    return Architecture(build_empty(dirs[0]), dirs[0].model_ref, {"config": dirs[0].config})
+
+
+def _named_for(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
+    """A lazy checkpoint keyed by the model's state-dict names (tied aliases included)."""
+    weights = ckpt.state_dict
+    if not isinstance(weights, LazyWeights):
+        return ckpt
+    return replace(ckpt, state_dict=weights.with_names(model_names(model, weights.directory)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -530,7 +595,10 @@ def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
 
     Half-precision and float64 checkpoints are computed with in the model's precision
     (float32 for most models); :func:`restore_dtypes` writes results back as stored.
+    A lazy checkpoint converts each tensor as it is read.
     """
+    if isinstance(ckpt.state_dict, LazyWeights):
+        return _lazy_in_model_dtype(model, ckpt, ckpt.state_dict)
     expected = model.state_dict()
     cast = {
         k: t.to(expected[k].dtype)
@@ -548,6 +616,21 @@ def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
     return casted
 
 
+def _lazy_in_model_dtype(
+    model: torch.nn.Module, ckpt: Checkpoint, weights: LazyWeights
+) -> Checkpoint:
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    dtype = floating[0] if floating else torch.get_default_dtype()
+    dtypes = {
+        k: weights.stored_dtype(k)
+        for k in weights
+        if weights.stored_dtype(k).is_floating_point and weights.stored_dtype(k) != dtype
+    }
+    casted = replace(ckpt, state_dict=weights.in_dtype(dtype), dtypes=dtypes)
+    _check_finite(casted, "after conversion to the model's dtype " if dtypes else "")
+    return casted
+
+
 def restore_dtypes(
     state_dict: Mapping[str, torch.Tensor], dtypes: Mapping[str, torch.dtype]
 ) -> dict[str, torch.Tensor]:
@@ -556,10 +639,18 @@ def restore_dtypes(
 
 
 def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
-    """Require the checkpoint to fit ``model`` exactly: same keys, same shapes, finite values."""
-    expected = model.state_dict()
+    """Require the checkpoint to fit ``model`` exactly: same keys, same shapes, finite values.
+
+    A lazy checkpoint is checked from its headers; its values are checked for
+    finiteness by :func:`in_model_dtypes`, which reads them once.
+    """
+    expected = model.state_dict(keep_vars=True)
     missing = expected.keys() - ckpt.state_dict.keys()
     unexpected = ckpt.state_dict.keys() - expected.keys()
+    if isinstance(ckpt.state_dict, LazyWeights):
+        used = set(ckpt.state_dict.names.values())
+        stored = ckpt.state_dict.directory.tensors
+        unexpected = stored.keys() - used - computed_buffers(model).keys()
     if missing or unexpected:
         raise ModeconnectError(
             f"{ckpt.path}: the checkpoint does not fit the model: "
@@ -567,30 +658,52 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             "check --model and --model-kwargs"
         )
     for key, reference in expected.items():
-        tensor = ckpt.state_dict[key]
-        if tensor.shape != reference.shape:
+        shape, floating = _shape_of(ckpt, key), _dtype_of(ckpt, key).is_floating_point
+        if shape != _shape(reference):
             raise ModeconnectError(
-                f"{ckpt.path}: tensor {key!r} has shape {_shape(tensor)} in the checkpoint "
+                f"{_where(ckpt, key)}: tensor {key!r} has shape {shape} in the checkpoint "
                 f"but {_shape(reference)} in the model; check --model-kwargs"
             )
-        if tensor.is_floating_point() != reference.is_floating_point():
+        if floating != reference.is_floating_point():
             raise ModeconnectError(
-                f"{ckpt.path}: tensor {key!r} {_shape(tensor)} has dtype {tensor.dtype} in the "
-                f"checkpoint but {reference.dtype} in the model; quantized or integer weights "
-                "cannot be aligned, use a floating-point checkpoint"
+                f"{_where(ckpt, key)}: tensor {key!r} {shape} has dtype {_dtype_of(ckpt, key)} "
+                f"in the checkpoint but {reference.dtype} in the model; quantized or integer "
+                "weights cannot be aligned, use a floating-point checkpoint"
             )
-    _check_finite(ckpt)
+    if not isinstance(ckpt.state_dict, LazyWeights):
+        _check_finite(ckpt)
+
+
+def _shape_of(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
+    weights = ckpt.state_dict
+    return weights.shape(key) if isinstance(weights, LazyWeights) else _shape(weights[key])
+
+
+def _dtype_of(ckpt: Checkpoint, key: str) -> torch.dtype:
+    weights = ckpt.state_dict
+    return weights.stored_dtype(key) if isinstance(weights, LazyWeights) else weights[key].dtype
+
+
+def _where(ckpt: Checkpoint, key: str) -> Path:
+    """The file that holds ``key``: the checkpoint, or a directory's shard."""
+    weights = ckpt.state_dict
+    return weights.info(key).file if isinstance(weights, LazyWeights) else ckpt.path
 
 
 def _check_finite(ckpt: Checkpoint, when: str = "") -> None:
-    for key, tensor in ckpt.state_dict.items():
+    weights = ckpt.state_dict
+    keys: Iterable[str] = weights.keys()
+    if isinstance(weights, LazyWeights):  # each stored tensor once, tied aliases skipped
+        keys = {stored: key for key, stored in weights.names.items()}.values()
+    for key in keys:
+        tensor = weights[key]
         if not (tensor.is_floating_point() or tensor.is_complex()):
             continue
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
             raise ModeconnectError(
-                f"{ckpt.path}: tensor {key!r} {_shape(tensor)} has {bad} non-finite values "
-                f"(NaN or inf) {when}out of {math.prod(_shape(tensor))}; "
+                f"{_where(ckpt, key)}: tensor {key!r} {_shape(tensor)} has {bad} non-finite "
+                f"values (NaN or inf) {when}out of {math.prod(_shape(tensor))}; "
                 "the weights are unusable, use an earlier checkpoint"
             )
 
@@ -606,7 +719,7 @@ def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:
             "both checkpoints must come from the same architecture"
         )
     for key in sorted(a.state_dict):
-        shape_a, shape_b = _shape(a.state_dict[key]), _shape(b.state_dict[key])
+        shape_a, shape_b = _shape_of(a, key), _shape_of(b, key)
         if shape_a != shape_b:
             raise ModeconnectError(
                 f"tensor {key!r} has shape {shape_a} in {a.path} but {shape_b} in {b.path}; "

@@ -11,6 +11,18 @@ Sources accepted by :func:`load_data`:
   ``DataLoader`` (used as is; a shuffling loader yields a new order on each pass), or
   any iterable of ``(x, y)`` batches (read once into a list).
 
+For a language model (``language=``, :class:`LanguageData`) token data are accepted too:
+
+* token ids ``(N, T)`` of an integer dtype: a ``.pt`` holding the tensor itself or
+  ``{"x": ids}``, or a ``.npy`` array;
+* a text file (``.txt``), tokenized with the checkpoint's own tokenizer and cut into
+  consecutive blocks of ``block_size`` tokens (the remainder is dropped).
+
+Token batches are ``(ids, ids)``, the convention of the language-model scorings of
+:mod:`modeconnect.evaluate.losses` (``"causal_lm"`` scores each next token,
+``"masked_lm"`` masks a seeded 15 % of the positions itself), and hold at most
+:data:`TOKENS_PER_BATCH` tokens (fewer examples than ``batch_size`` when needed).
+
 Whatever the source, the result can be iterated more than once.
 """
 
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +43,51 @@ from modeconnect.files.references import import_callable
 
 __all__ = [
     "DATA_EXTENSIONS",
+    "IGNORE_INDEX",
+    "TOKENS_PER_BATCH",
     "Batch",
+    "LanguageData",
     "check_fits",
+    "check_tokens",
     "first_batch",
     "is_data_reference",
     "load_data",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-DATA_EXTENSIONS = (".pt", ".npz")
+DATA_EXTENSIONS = (".pt", ".npz", ".npy", ".txt")
+TEXT_EXTENSIONS = (".txt",)
+IGNORE_INDEX = -100
+"""A target that is not scored (padding), as PyTorch and Hugging Face write it."""
+TOKENS_PER_BATCH = 2048
+"""Token batches hold at most this many tokens: logits of ``tokens × vocabulary`` floats
+(2048 × 32000 × 4 B = 262 MB for a Llama vocabulary) must not dwarf the weights."""
+LM_KINDS = ("causal", "masked")
 
 
-def load_data(source: str | Path, *, batch_size: int = 500) -> Sequence[Batch] | Iterable[Batch]:
+@dataclass(frozen=True)
+class LanguageData:
+    """How token ids and text become language-model batches (module docstring).
+
+    ``kind``: ``"causal"`` or ``"masked"`` (how the batches are scored).
+    ``tokenizer``: the checkpoint directory whose tokenizer reads text files.
+    ``block_size``: tokens per example cut from text.
+    """
+
+    kind: str = "causal"
+    tokenizer: Path | None = None
+    block_size: int = 128
+
+
+def load_data(
+    source: str | Path, *, batch_size: int = 500, language: LanguageData | None = None
+) -> Sequence[Batch] | Iterable[Batch]:
     """Load ``(x, y)`` batches of at most ``batch_size`` examples from a file or a callable.
 
     File sources give a list of ``(x[i:i+b], y[i:i+b])`` views; callables give a
     ``DataLoader`` or a list. Every result is re-iterable with the same batches
-    (except a shuffling ``DataLoader`` supplied by the user).
+    (except a shuffling ``DataLoader`` supplied by the user). ``language`` accepts
+    token ids and text for a language model (module docstring).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ModeconnectError(
@@ -55,6 +96,10 @@ def load_data(source: str | Path, *, batch_size: int = 500) -> Sequence[Batch] |
     if is_data_reference(source):
         return _load_callable(str(source), batch_size)
     path = Path(source)
+    if language is not None:
+        ids = _read_tokens(path, language)
+        if ids is not None:
+            return _token_batches(path, ids, language, batch_size)
     raw_x, raw_y = _read_arrays(path)
     x, y = _tensor(path, "x", raw_x), _tensor(path, "y", raw_y)
     _check_pair(path, x, y)
@@ -70,16 +115,19 @@ def check_fits(
     *,
     class_labels: bool = True,
     probe: int = 64,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Run ``model`` on the first batch of ``data``: one clear error if the data do not fit.
 
+    ``weights``: run the model with this state dict (a model built without weights,
+    on the meta device), called as :func:`modeconnect.forward.run` calls it.
     The inputs must run through the model (right shape and dtype). With
     ``class_labels`` (a cross-entropy loss), ``y`` must hold class indices: integers
     (not one-hot rows, not floats) of the logits' shape without the class axis, each in
     ``[0, C)``; every batch of a file is checked, a callable's first batch only.
     """
     x, y = first_batch(data)
-    logits = _logits(model, x[:probe], source)
+    logits = _logits(model, x[:probe], source, weights)
     if not class_labels or logits is None:
         return
     _check_label_kind(y, logits, source)
@@ -94,12 +142,19 @@ def check_fits(
         )
 
 
-def _logits(model: torch.nn.Module, x: torch.Tensor, source: str | Path) -> torch.Tensor | None:
+def _logits(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    source: str | Path,
+    weights: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor | None:
+    from modeconnect.forward import run
+
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(x) if weights is None else run(model, weights, (x,))
     except Exception as exc:
         raise ModeconnectError(
             f"{source}: the model cannot run on x of shape {tuple(x.shape)} and dtype "
@@ -163,20 +218,149 @@ def is_data_reference(source: str | Path) -> bool:
     return all(part.isidentifier() for part in attr.split("."))
 
 
-def _read_arrays(path: Path) -> tuple[object, object]:
+def _existing(path: Path) -> Path:
     if not path.exists():
         raise ModeconnectError(f"{path}: data file not found; check the path")
     if not path.is_file():
         raise ModeconnectError(f"{path}: is not a file; pass a .pt or .npz data file")
-    suffix = path.suffix.lower()
+    return path
+
+
+def _read_arrays(path: Path) -> tuple[object, object]:
+    suffix = _existing(path).suffix.lower()
     if suffix == ".pt":
         return _xy(path, _torch_load(path))
     if suffix == ".npz":
         return _read_npz(path)
+    if suffix in (".npy", *TEXT_EXTENSIONS):
+        raise ModeconnectError(
+            f"{path}: {suffix} data hold token ids or text, which only a language model "
+            "read from a Hugging Face checkpoint directory can score; pass a .pt or .npz "
+            "file with x and y"
+        )
     raise ModeconnectError(
         f"{path}: unknown data extension {suffix or '(none)'!r}; supported: "
         f"{', '.join(DATA_EXTENSIONS)}, or 'module:callable' / 'file.py:callable'"
     )
+
+
+# --------------------------------------------------------------------------- token data
+
+
+def _read_tokens(path: Path, language: LanguageData) -> torch.Tensor | None:
+    """Token ids ``(N, T)`` from a token or text file; ``None`` for an ``(x, y)`` file."""
+    suffix = _existing(path).suffix.lower()
+    if suffix in TEXT_EXTENSIONS:
+        return _tokenize(path, language)
+    if suffix == ".npy":
+        return _check_ids(path, _read_npy(path))
+    if suffix != ".pt":
+        return None
+    content = _torch_load(path)
+    if isinstance(content, torch.Tensor):
+        return _check_ids(path, content)
+    if isinstance(content, Mapping) and "x" in content and "y" not in content:
+        return _check_ids(path, _tensor(path, "x", content["x"]))
+    return None
+
+
+def _read_npy(path: Path) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModeconnectError(
+            f"{path}: cannot read the .npy file ({type(exc).__name__}: {_one_line(exc)}); "
+            "save token ids with numpy.save(path, ids)"
+        ) from exc
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ModeconnectError(
+            f"{path}: holds {array.dtype} values; token ids must be integers of shape (N, T)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+def _check_ids(path: Path, ids: torch.Tensor) -> torch.Tensor:
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ModeconnectError(
+            f"{path}: token ids have dtype {str(ids.dtype).removeprefix('torch.')}; store them "
+            "as integers (torch.long) of shape (N, T)"
+        )
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise ModeconnectError(
+            f"{path}: token ids have shape {tuple(ids.shape)}; store one sequence per row, "
+            "shape (N, T) with N, T >= 1"
+        )
+    return ids.long()
+
+
+def _tokenize(path: Path, language: LanguageData) -> torch.Tensor:
+    """The file's text as consecutive blocks of ``block_size`` tokens ``(N, block_size)``."""
+    if language.tokenizer is None:
+        raise ModeconnectError(
+            f"{path}: text data are tokenized with the checkpoint's tokenizer, and none is "
+            "known; pass token ids (.pt/.npy) or a Hugging Face checkpoint directory"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModeconnectError(
+            f"{path}: is not UTF-8 text ({_one_line(exc)}); convert it to UTF-8"
+        ) from exc
+    from modeconnect.files.hf import load_tokenizer, quiet_transformers
+
+    tokenizer = load_tokenizer(language.tokenizer)
+    with quiet_transformers():  # "sequence longer than the model's maximum": cut below
+        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    n = len(ids) // language.block_size
+    if n == 0:
+        raise ModeconnectError(
+            f"{path}: tokenizes to {len(ids)} tokens, fewer than one block of "
+            f"{language.block_size}; pass more text or a smaller --block-size"
+        )
+    return torch.tensor(ids[: n * language.block_size], dtype=torch.long).view(n, -1)
+
+
+def _token_batches(
+    path: Path, ids: torch.Tensor, language: LanguageData, batch_size: int
+) -> list[Batch]:
+    if language.kind not in LM_KINDS:
+        raise ModeconnectError(
+            f"{path}: language-model kind {language.kind!r} is not one of {', '.join(LM_KINDS)}"
+        )
+    if language.kind == "causal" and ids.shape[1] < 2:
+        raise ModeconnectError(
+            f"{path}: sequences of {ids.shape[1]} token cannot be scored by next-token "
+            "prediction; store at least 2 tokens per sequence"
+        )
+    size = max(1, min(batch_size, TOKENS_PER_BATCH // ids.shape[1]))
+    return [(ids[i : i + size], ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def check_tokens(
+    batches: Iterable[Batch], source: str | Path, vocab_size: int, max_length: int | None
+) -> None:
+    """Token ids in ``[0, vocab_size)``, targets too (or :data:`IGNORE_INDEX`), length in range."""
+    for x, y in batches:
+        for name, t, low in (("token ids", x, 0), ("targets", y, IGNORE_INDEX)):
+            if t.is_floating_point() or t.dim() != 2:
+                raise ModeconnectError(
+                    f"{source}: {name} have shape {tuple(t.shape)} and dtype "
+                    f"{str(t.dtype).removeprefix('torch.')}; a language model takes integer "
+                    "ids of shape (N, T)"
+                )
+            bad = t[(t >= vocab_size) | ((t < 0) & (t != low))]
+            if bad.numel():
+                raise ModeconnectError(
+                    f"{source}: {name} {tuple(t.shape)} hold {int(bad[0])}, outside the "
+                    f"model's vocabulary [0, {vocab_size}); tokenize with the model's tokenizer"
+                )
+        if max_length is not None and x.shape[1] > max_length:
+            raise ModeconnectError(
+                f"{source}: sequences of {x.shape[1]} tokens are longer than the model's "
+                f"{max_length} positions; cut them (or pass a smaller --block-size)"
+            )
 
 
 def _torch_load(path: Path) -> object:

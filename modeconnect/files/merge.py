@@ -1,4 +1,10 @@
-"""``merge`` on files: N checkpoints in, their aligned (weighted) average out."""
+"""``merge`` on files: N checkpoints in, their aligned (weighted) average out.
+
+Hugging Face directories stay on disk (lazy checkpoints): the merge reads each tensor
+when it needs it, weight matching keeps at most one model's worth of similarity
+products (``max_bytes``), and the output is a ``save_pretrained`` directory written
+one shard at a time (``--out DIR``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
 from modeconnect.errors import ModeconnectError
@@ -23,8 +29,11 @@ from modeconnect.files.checkpoints import (
     load_checkpoint,
 )
 from modeconnect.files.data import Batch
+from modeconnect.files.hf import computed_buffers
+from modeconnect.files.lazy import Converted, Extended
 from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import Session, open_session
+from modeconnect.files.session import Session, open_session, parse_dtype
+from modeconnect.files.streamed import model_bytes, resolve_device
 from modeconnect.matching import method_options
 from modeconnect.merge import (
     DEFAULT_MAX_ROUNDS,
@@ -36,6 +45,7 @@ from modeconnect.merge import (
     normalize_weights,
     weighted_average,
 )
+from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 
 __all__ = ["MergeReport", "merge_files"]
@@ -76,7 +86,10 @@ class MergeReport:
 
 
 def _metrics(m: Metrics) -> dict[str, float]:
-    return {"loss": m.loss, "accuracy": m.accuracy}
+    out = {"loss": m.loss, "accuracy": m.accuracy}
+    if m.perplexity is not None:
+        out["perplexity"] = m.perplexity
+    return out
 
 
 def merge_files(
@@ -99,6 +112,10 @@ def merge_files(
     batch_size: int = 500,
     force: bool = False,
     timings: Timings | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    block_size: int | None = None,
+    progress: ProgressFn | None = None,
     **options: Any,
 ) -> MergeReport:
     """Load N checkpoints, merge them, evaluate on ``data``, and write the merged checkpoint.
@@ -109,7 +126,9 @@ def merge_files(
     runs before any work; the outputs are written together, after the merge and its
     guard have passed, in the first checkpoint's dtypes. The metadata lists the
     sources, weights, method, reference and MergeMany rounds, and names the model so
-    the merge loads back without ``--model``.
+    the merge loads back without ``--model``. ``device`` runs the similarity products
+    and the evaluation, in ``dtype``; ``block_size`` cuts text data for a language
+    model; ``progress(task, done, total)`` hears of groups matched and shards written.
     """
     if len(paths) < 2:
         raise ModeconnectError(
@@ -118,10 +137,12 @@ def merge_files(
     w = normalize_weights(weights, len(paths))
     stats_source = train if train is not None else data
     check_merge_options(method, bn, stats_source is not None, options)
+    where, eval_dtype = resolve_device(device), parse_dtype(dtype)
     session = open_session(
         paths, force=force, model=model, model_kwargs=model_kwargs, trust=trust, data=data,
         train=train, batch_size=batch_size, input_shape=input_shape, input_dtype=input_dtype,
-        extra_inputs=[reference], timings=timings,
+        extra_inputs=[reference], timings=timings, block_size=block_size,
+        seed=int(options.get("seed") or 0),
         outputs=[("--out", out, "checkpoint"), ("--json", json_path, "json")],
     )  # fmt: skip
     ref_ckpt, ref = _load_reference(reference, session)
@@ -130,6 +151,10 @@ def merge_files(
     rounds = options.pop("max_rounds", DEFAULT_MAX_ROUNDS)
     seed = options.pop("seed", 0)
     chosen = method_options(method, options) if method != NO_ALIGNMENT else {}
+    if session.lazy and method == "weight":  # bounded similarity, products on the device
+        chosen.update(max_bytes=model_bytes(session.state_dicts[0]), device=where)
+    if progress is not None and method == "weight":
+        chosen["progress"] = progress
     with session.timings.phase("merge"):
         result = merge(
             session.model, session.state_dicts, weights=w, method=method, reference=ref,
@@ -139,7 +164,7 @@ def merge_files(
     report = MergeReport(sources, session.model_ref, session.model_kwargs, result)
     if session.data is not None:
         with session.timings.phase("evaluation"):
-            report = _with_metrics(report, session.model, session.state_dicts, session.data, stats)
+            report = _with_metrics(report, session, stats, _Evaluation(where, eval_dtype))
     plan = session.outputs
     written = {"out": plan.path("--out")}
     if "--json" in plan:
@@ -149,7 +174,9 @@ def merge_files(
         like = session.checkpoints[0]
         staging.write(
             written["out"],
-            session.checkpoint_writer(written["out"], result.state_dict, like=like, metadata=meta),
+            session.checkpoint_writer(
+                written["out"], result.state_dict, like=like, metadata=meta, progress=progress
+            ),
         )
         if "--json" in plan:
             staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
@@ -173,22 +200,40 @@ def _load_reference(
     return ckpt, ckpt.state_dict
 
 
+@dataclass(frozen=True)
+class _Evaluation:
+    """Where and in which dtype models are evaluated (the model's own buffers moved along)."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+
+    def __call__(
+        self, session: Session, state_dict: Mapping[str, Tensor], batches: Iterable[Batch]
+    ) -> Metrics:
+        net = session.model
+        if self.device.type == "cpu" and self.dtype is None:
+            return evaluate(net, state_dict, batches, loss=session.scoring)
+        buffers = {k: v.to(self.device) for k, v in computed_buffers(net).items()}
+        moved = Extended(Converted(state_dict, self.dtype, self.device), buffers)
+        on_device = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        return evaluate(net, dict(moved), on_device, loss=session.scoring)
+
+
 def _with_metrics(
     report: MergeReport,
-    net: nn.Module,
-    sds: Sequence[Mapping[str, Tensor]],
-    batches: Iterable[Batch],
+    session: Session,
     stats: Iterable[Batch] | None,
+    run: _Evaluation,
 ) -> MergeReport:
-    res = report.result
-    inputs = tuple(evaluate(net, sd, batches) for sd in sds)
-    merged = evaluate(net, res.state_dict, batches)
+    res, net, sds, batches = report.result, session.model, session.state_dicts, session.data or []
+    inputs = tuple(run(session, sd, batches) for sd in sds)
+    merged = run(session, res.state_dict, batches)
     plain = None
     if res.method != NO_ALIGNMENT:
         average = weighted_average(sds, res.weights)
         if res.bn == "reset" and stats is not None:
             average = dict(reset_batchnorm(net, average, stats))
-        plain = evaluate(net, average, batches)
+        plain = run(session, average, batches)
     return replace(report, inputs=inputs, plain=plain, merged=merged)
 
 

@@ -14,6 +14,13 @@
 4. choose the probe batch the guard and the tracer use, one way for every command:
    ``--input-shape`` / ``--input-dtype`` if given, else the first examples of
    ``--data`` (or ``--train``), else a batch inferred from the model's first layer.
+
+Hugging Face checkpoint directories go through the same steps: output folders are
+planned like files (``--out DIR`` writes a ``save_pretrained`` directory), the model
+is built without weights and the checkpoints stay on disk, and a language model
+(a ``...ForCausalLM`` or ``...ForMaskedLM`` class) takes token ids or text as data
+(:class:`~modeconnect.files.data.LanguageData`), checked against its vocabulary
+and context length instead of being run; its probe is a few short sequences.
 """
 
 from __future__ import annotations
@@ -33,15 +40,23 @@ from modeconnect.files.checkpoints import (
     load_models,
     restore_dtypes,
 )
-from modeconnect.files.data import Batch, check_fits, load_data
+from modeconnect.files.data import Batch, LanguageData, check_fits, check_tokens, load_data
+from modeconnect.files.hf import HFDirectory, directory_writer, lm_kind
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.targets import Fill, Outputs, input_files
+from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 
 __all__ = ["PROBE_SIZE", "Session", "open_session", "parse_dtype"]
 
 PROBE_SIZE = 64
 """Examples of the data in the probe batch."""
+PROBE_SEQUENCES = (4, 128)
+"""A language model's probe: at most 4 sequences of at most 128 tokens (the guard runs
+B and aligned B on it; at 1 B parameters each pass costs ~1 TFLOP per 500 tokens)."""
+BLOCK_SIZE = 512
+"""Tokens per example cut from text, unless the model has fewer positions."""
+_POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "long": torch.long, "int": torch.long}  # fmt: skip
@@ -60,10 +75,19 @@ class Session:
     data: Sequence[Batch] | None = None
     train: Sequence[Batch] | None = None
     timings: Timings = field(default_factory=Timings)
+    language: LanguageData | None = None
+    """How a language model's data were made (``None``: not a language model)."""
+    scoring: Any = None
+    """The language model's scoring (``CausalLMScoring``, ``MaskedLMScoring``), else ``None``."""
 
     @property
-    def state_dicts(self) -> list[dict[str, Tensor]]:
+    def state_dicts(self) -> list[Mapping[str, Tensor]]:
         return [c.state_dict for c in self.checkpoints]
+
+    @property
+    def lazy(self) -> bool:
+        """The checkpoints stay on disk (Hugging Face directories): keep no copies of them."""
+        return any(c.lazy for c in self.checkpoints)
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -76,13 +100,32 @@ class Session:
         *,
         like: Checkpoint,
         metadata: Mapping[str, str],
+        progress: ProgressFn | None = None,
     ) -> Fill:
         """What writes ``state_dict`` to ``path``: in the dtypes ``like`` stored, naming the
-        session's architecture, so that the output loads back without ``--model``."""
+        session's architecture, so that the output loads back without ``--model``.
+
+        A folder target gets a ``save_pretrained`` directory shaped like ``like``'s
+        (:func:`~modeconnect.files.hf.directory_writer`), written one shard at a time.
+        """
+        if self.outputs.is_folder_path(path):
+            return directory_writer(
+                state_dict, _directory(like), dtypes=like.dtypes, metadata=metadata,
+                progress=progress,
+            )  # fmt: skip
         return checkpoint_writer(
             path, restore_dtypes(state_dict, like.dtypes), model_ref=self.model_ref,
             model_kwargs=self.model_kwargs, metadata=metadata,
         )  # fmt: skip
+
+
+def _directory(ckpt: Checkpoint) -> HFDirectory:
+    if ckpt.directory is None:  # planned away: folder targets need directory inputs
+        raise ModeconnectError(
+            f"{ckpt.path}: only a Hugging Face checkpoint directory can be written as one; "
+            "name a .pt or .safetensors output"
+        )
+    return ckpt.directory
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -113,39 +156,109 @@ def open_session(
     train_labels: bool = False,
     extra_inputs: Sequence[str | Path | None] = (),
     timings: Timings | None = None,
+    block_size: int | None = None,
+    seed: int = 0,
 ) -> Session:
     """Check the outputs, load and check everything a command reads (module docstring).
 
     ``outputs`` are ``(option, path, kind)`` triples (``path`` ``None`` when not asked
     for); ``extra_inputs`` are further files the command reads (a reference
     checkpoint). ``class_labels`` / ``train_labels``: the labels of ``data`` / ``train``
-    must be class indices (a cross-entropy evaluation).
+    must be class indices (a cross-entropy evaluation). ``block_size``: tokens per
+    example cut from text data; ``seed``: of a masked language model's masked positions.
     """
     timings = timings if timings is not None else Timings()
     plan = Outputs.plan(
         outputs,
         inputs=input_files([*checkpoints, *extra_inputs], data=[data, train], model=model),
         force=force,
+        folders=bool(checkpoints) and all(Path(c).is_dir() for c in checkpoints),
     )
     with timings.phase("load"):
         loaded = load_models(checkpoints, model, model_kwargs, trust=trust)
         arch = loaded.architecture
         net = arch.model
-        evaluation = _load(net, data, batch_size, class_labels)
-        training = _load(net, train, batch_size, train_labels)
+        first = loaded.checkpoints[0] if loaded.checkpoints else None
+        language = _language(first, block_size)
+        reader = _Reader(net, first, batch_size, language)
+        evaluation = reader.load(data, class_labels)
+        training = reader.load(train, train_labels)
         probe = choose_probe(net, evaluation or training, input_shape, parse_dtype(input_dtype))
+        if language is not None and input_shape is None:
+            probe = tuple(x[: PROBE_SEQUENCES[0], : PROBE_SEQUENCES[1]] for x in probe)
+        scoring = _scoring(first, language, seed)
     return Session(loaded.checkpoints, net, arch.ref, dict(arch.kwargs), plan, probe, evaluation,
-                   training, timings)  # fmt: skip
+                   training, timings, language, scoring)  # fmt: skip
 
 
-def _load(
-    model: nn.Module, source: str | Path | None, batch_size: int, class_labels: bool
-) -> Sequence[Batch] | None:
-    if source is None:
+def _scoring(ckpt: Checkpoint | None, language: LanguageData | None, seed: int) -> Any:
+    """Next-token scoring for a causal LM; masked-token scoring, seeded, for a masked LM."""
+    if language is None or ckpt is None or ckpt.directory is None:
         return None
-    batches = load_data(source, batch_size=batch_size)
-    check_fits(model, batches, str(source), class_labels=class_labels)
-    return batches  # type: ignore[return-value]
+    from modeconnect.evaluate import CausalLMScoring, MaskedLMScoring
+
+    if language.kind == "causal":
+        return CausalLMScoring()
+    mask = ckpt.directory.config.get("mask_token_id")
+    if not isinstance(mask, int):
+        mask = _tokenizer_mask(ckpt.directory.path)
+    vocab = ckpt.directory.config.get("vocab_size")
+    return MaskedLMScoring(mask_token_id=mask, vocab_size=vocab if isinstance(vocab, int) else None,
+                           seed=seed)  # fmt: skip
+
+
+def _tokenizer_mask(path: Path) -> int | None:
+    """The mask token id of the directory's tokenizer, if it has one (BERT's config has none)."""
+    from modeconnect.files.hf import load_tokenizer
+
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                     "vocab.txt")):  # fmt: skip
+        return None
+    mask = getattr(load_tokenizer(path), "mask_token_id", None)
+    return mask if isinstance(mask, int) else None
+
+
+def _language(ckpt: Checkpoint | None, block_size: int | None) -> LanguageData | None:
+    """How a language model read from a directory takes token data; ``None`` for others."""
+    directory = ckpt.directory if ckpt is not None else None
+    kind = lm_kind(directory.architecture) if directory is not None else None
+    if directory is None or kind is None:
+        return None
+    positions = _max_positions(directory.config)
+    size = block_size if block_size is not None else min(BLOCK_SIZE, positions or BLOCK_SIZE)
+    return LanguageData(kind, tokenizer=directory.path, block_size=size)
+
+
+def _max_positions(config: Mapping[str, Any]) -> int | None:
+    for key in _POSITIONS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Loads ``--data`` / ``--train`` for the session's model and checks that they fit it."""
+
+    model: nn.Module
+    first: Checkpoint | None
+    batch_size: int
+    language: LanguageData | None
+
+    def load(self, source: str | Path | None, class_labels: bool) -> Sequence[Batch] | None:
+        if source is None:
+            return None
+        batches = load_data(source, batch_size=self.batch_size, language=self.language)
+        directory = self.first.directory if self.first is not None else None
+        if self.language is not None and directory is not None:
+            vocab = directory.config.get("vocab_size")
+            if isinstance(vocab, int):
+                check_tokens(batches, source, vocab, _max_positions(directory.config))
+            return batches  # type: ignore[return-value]
+        weights = self.first.state_dict if self.first is not None and self.first.lazy else None
+        check_fits(self.model, batches, str(source), class_labels=class_labels, weights=weights)
+        return batches  # type: ignore[return-value]
 
 
 def choose_probe(

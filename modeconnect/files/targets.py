@@ -12,9 +12,18 @@ anything is loaded or computed:
   named like a report file);
 * an existing file without ``--force``, and a directory where a file is expected.
 
+When the command reads Hugging Face checkpoint directories (``folders=True``), a
+checkpoint target without a checkpoint extension is a *folder target*: a
+``save_pretrained`` directory. It must not be an input, hold an input, or lie inside
+an input directory; an existing one is replaced only with ``--force`` and only if it is
+itself a checkpoint directory (it has ``config.json``), so a mistyped ``--out ~``
+cannot empty a home folder.
+
 Writing goes through a :class:`Staging`: each output is written to a temporary file
-beside its target (``.NAME.incomplete-PID.tmp``), flushed to disk, and only when every
-output is complete are they all renamed into place. If anything fails or the process is
+(a temporary folder for a folder target) beside its target
+(``.NAME.incomplete-PID.tmp``), flushed to disk, and only when every output is
+complete are they all renamed into place (a replaced folder is moved aside first and
+removed last). If anything fails or the process is
 interrupted (``KeyboardInterrupt``; the CLI turns SIGTERM and SIGHUP into one), the
 temporary files and any folder the staging created are removed, so a failing run leaves
 nothing behind. Only a hard kill (SIGKILL) can leave a ``*.incomplete-*.tmp`` file, which
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +60,21 @@ REPORT_FILES = ("report.html", "curves.png", "layerwise.png")
 """Files a ``report`` target may write into its folder; each is checked like a target."""
 
 
+FOLDER_MARKER = "config.json"
+"""A folder target that exists is replaced (with ``--force``) only if it holds this file."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """One output: the option that names it, its path, and what it holds (:data:`KINDS`)."""
+    """One output: the option that names it, its path, and what it holds (:data:`KINDS`).
+
+    ``folder``: a checkpoint written as a ``save_pretrained`` directory.
+    """
 
     option: str
     path: Path
     kind: str
+    folder: bool = False
 
 
 class Outputs:
@@ -73,16 +91,28 @@ class Outputs:
         *,
         inputs: Iterable[str | Path | None],
         force: bool = False,
+        folders: bool = False,
     ) -> Outputs:
         """Check every ``(option, path, kind)`` with a path; raise on the first problem.
 
-        ``inputs`` are every file the command reads (``None`` entries are skipped).
+        ``inputs`` are every file (or checkpoint directory) the command reads (``None``
+        entries are skipped). ``folders``: a checkpoint target without a checkpoint
+        extension is a ``save_pretrained`` directory (module docstring).
         """
-        chosen = [Target(opt, Path(p), kind) for opt, p, kind in targets if p is not None]
+        chosen = [
+            Target(opt, Path(p), kind, folders and _is_folder_name(Path(p), kind))
+            for opt, p, kind in targets
+            if p is not None
+        ]
         sources = [Path(p) for p in inputs if p is not None]
         report_dirs = [t.path for t in chosen if t.kind == "report"]
         claimed: dict[Path, str] = {}
+        _check_nesting(chosen, sources)
         for target in chosen:
+            if target.folder:
+                _check_folder_target(target, sources, force)
+                _claim(claimed, target.option, target.path)
+                continue
             if target.kind == "report" and target.path.exists() and not target.path.is_dir():
                 raise ModeconnectError(
                     f"{target.path}: {target.option} must name a folder, not a file; "
@@ -90,13 +120,7 @@ class Outputs:
                 )
             for option, path in _written_paths(target):
                 _check_target(option, path, target.kind, sources, report_dirs, force)
-                key = _identity(path)
-                if key in claimed:
-                    raise ModeconnectError(
-                        f"{path}: both {claimed[key]} and {option} would write this file; "
-                        "give each output its own path"
-                    )
-                claimed[key] = option
+                _claim(claimed, option, path)
         return cls({t.option: t for t in chosen}, force)
 
     def __contains__(self, option: object) -> bool:
@@ -105,11 +129,84 @@ class Outputs:
     def path(self, option: str) -> Path:
         return self._targets[option].path
 
+    def is_folder(self, option: str) -> bool:
+        """Whether ``option`` writes a ``save_pretrained`` directory."""
+        return option in self._targets and self._targets[option].folder
+
+    def is_folder_path(self, path: Path) -> bool:
+        """Whether ``path`` is a folder target of this plan."""
+        return any(t.folder and t.path == Path(path) for t in self._targets.values())
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[Staging]:
         """Stage writes; rename them all into place at the end, or remove them all on failure."""
-        with Staging() as staging:
+        folders = frozenset(t.path for t in self._targets.values() if t.folder)
+        with Staging(folders) as staging:
             yield staging
+
+
+def _claim(claimed: dict[Path, str], option: str, path: Path) -> None:
+    key = _identity(path)
+    if key in claimed:
+        raise ModeconnectError(
+            f"{path}: both {claimed[key]} and {option} would write this file; "
+            "give each output its own path"
+        )
+    claimed[key] = option
+
+
+def _is_folder_name(path: Path, kind: str) -> bool:
+    return kind == "checkpoint" and path.suffix.lower() not in CHECKPOINT_EXTENSIONS
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_nesting(targets: Sequence[Target], inputs: Sequence[Path]) -> None:
+    """No target inside an input directory, and none inside a folder target."""
+    for target in targets:
+        for source in inputs:
+            if source.is_dir() and _inside(target.path, source) and target.path != source:
+                raise ModeconnectError(
+                    f"{target.path}: {target.option} would write into the input directory "
+                    f"{source}; inputs are never modified, not even with --force; choose a "
+                    "path outside it"
+                )
+        for other in targets:
+            if other.folder and other is not target and _inside(target.path, other.path):
+                raise ModeconnectError(
+                    f"{target.path}: {target.option} lies inside {other.path}, which "
+                    f"{other.option} writes as a whole; give each output its own path"
+                )
+
+
+def _check_folder_target(target: Target, inputs: Sequence[Path], force: bool) -> None:
+    option, path = target.option, target.path
+    for source in inputs:
+        if _inside(source, path):
+            what = "is the input" if _same_file(path, source) else "holds the input"
+            raise ModeconnectError(
+                f"{path}: {option} {what} {source}; inputs are never modified, not even "
+                "with --force; choose another folder"
+            )
+    _check_folder(option, path, ())
+    if path.exists() and not path.is_dir():
+        raise ModeconnectError(
+            f"{path}: {option} names an existing file, but without a checkpoint extension it "
+            "writes a Hugging Face directory; choose a new folder name, or a name ending in "
+            f"{', '.join(CHECKPOINT_EXTENSIONS)}"
+        )
+    if path.exists() and not force:
+        raise ModeconnectError(f"{path}: already exists ({option}); pass --force to replace it")
+    if path.exists() and not (path / FOLDER_MARKER).is_file():
+        raise ModeconnectError(
+            f"{path}: {option} names an existing folder that is not a checkpoint directory "
+            f"(it has no {FOLDER_MARKER}), so it is not replaced even with --force; choose a "
+            "new folder name"
+        )
 
 
 def _written_paths(target: Target) -> list[tuple[str, Path]]:
@@ -215,9 +312,10 @@ class Staging:
     ``KeyboardInterrupt`` and ``SystemExit``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, folders: frozenset[Path] = frozenset()) -> None:
         self._files: list[tuple[Path, Path]] = []  # (temporary, final)
         self._folders: list[Path] = []
+        self._folder_targets = folders
 
     def __enter__(self) -> Staging:
         return self
@@ -237,13 +335,21 @@ class Staging:
         return path
 
     def write(self, path: Path, fill: Fill) -> Path:
-        """Have ``fill`` write a new temporary file beside ``path``; staged until :meth:`commit`."""
+        """Have ``fill`` write a new temporary file beside ``path``; staged until :meth:`commit`.
+
+        For a folder target (given to the constructor) ``fill`` gets a new temporary
+        folder to write its files into.
+        """
         tmp = path.parent / f".{path.name}.incomplete-{os.getpid()}.tmp"
         try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # honours umask
+            if path in self._folder_targets:
+                tmp.mkdir()  # fails if it exists; honours umask
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             self._files.append((tmp, path))
             fill(tmp)
-            _fsync(tmp)
+            for file in sorted(tmp.iterdir()) if tmp.is_dir() else [tmp]:
+                _fsync(file)
         except OSError as exc:
             raise ModeconnectError(
                 f"{path}: cannot write the output ({' '.join(str(exc).split())}); "
@@ -258,19 +364,40 @@ class Staging:
         return self.write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def commit(self) -> None:
-        """Rename every staged file over its target, in the order written."""
+        """Rename every staged file over its target, in the order written.
+
+        A folder target that exists is renamed aside first (a folder cannot replace a
+        folder in one rename) and removed once everything is in place.
+        """
+        replaced: list[tuple[Path, Path]] = []  # (aside, final)
         try:
-            for tmp, final in self._files:
+            while self._files:
+                tmp, final = self._files[0]
+                if tmp.is_dir() and final.exists():
+                    aside = final.parent / f".{final.name}.replaced-{os.getpid()}.tmp"
+                    os.replace(final, aside)
+                    replaced.append((aside, final))
                 os.replace(tmp, final)
+                self._files.pop(0)
         except BaseException:
+            for aside, final in replaced:  # as for files: what is in place stays
+                if final.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    os.replace(aside, final)
             self.abort()
             raise
+        for aside, _ in replaced:
+            shutil.rmtree(aside, ignore_errors=True)
         self._files, self._folders = [], []
 
     def abort(self) -> None:
         """Remove every staged file and every folder this staging created (if empty)."""
         for tmp, _ in self._files:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         for folder in reversed(self._folders):
             with contextlib.suppress(OSError):
                 folder.rmdir()

@@ -48,6 +48,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import Tensor
 
+from ..progress import ProgressFn
 from ..spec import PermutationSpec, identity_permutation
 from .assignment import DEFAULT_SOLVER, solve_assignment
 
@@ -171,6 +172,7 @@ def descend(
     tol: float = 1e-12,
     rtol: float = 0.0,
     inner_solver: str = DEFAULT_SOLVER,
+    progress: ProgressFn | None = None,
 ) -> Descent:
     """Re-solve one group at a time, in a seeded random order, until a sweep gains ``≤ tol``.
 
@@ -179,7 +181,8 @@ def descend(
     ``g`` changed since ``g``'s last solve. Outer groups are solved jointly with
     their inner groups, whose per-block assignments use ``inner_solver``. Runs at
     least one sweep and at most ``max_iter``; with ``rtol > 0`` also stops after a
-    sweep that gains ``≤ rtol · |objective|``.
+    sweep that gains ``≤ rtol · |objective|``. ``progress("matching groups", done, total)``
+    is called after each group of a sweep (``done`` starts again at each sweep).
     """
     kids = children_of(spec)
     order = [n for n, g in spec.groups.items() if g.batch_over is None]
@@ -194,7 +197,9 @@ def descend(
     while sweeps < max(1, max_iter):
         sweeps += 1
         improved, gained = False, 0.0
-        for i in torch.randperm(len(order), generator=gen).tolist():
+        for done, i in enumerate(torch.randperm(len(order), generator=gen).tolist(), 1):
+            if progress is not None:
+                progress("matching groups", done - 1, len(order))
             name, step = order[i], step + 1
             last = solved.get(name)
             if last is not None and all(changed[h] < last for h in deps.get(name, order)):
@@ -206,6 +211,8 @@ def descend(
                 changed[name] = step
                 gained += gain
             improved |= gain > tol
+        if progress is not None:
+            progress("matching groups", len(order), len(order))
         value += gained
         if not improved or gained <= rtol * abs(value):
             break

@@ -1,0 +1,140 @@
+"""Alignment and evaluation of checkpoints that stay on disk (Hugging Face directories).
+
+The in-memory pipeline (:func:`modeconnect.pipeline.align`,
+:func:`~modeconnect.pipeline.compare_interpolations`) keeps A, B, aligned B and each
+interpolated model as whole state dicts: about ``8 S`` for two bfloat16 models of
+``S`` bytes computed in float32. Here the same steps read every tensor from its file
+when it is needed, through views (:mod:`modeconnect.files.lazy`):
+
+* matching reads ``a[key]``, ``b[key]`` group by group;
+* aligned B is a :class:`~modeconnect.files.lazy.Permuted` view of B, and the merge a
+  :class:`~modeconnect.files.lazy.Lerped` view of A and aligned B: they are computed
+  tensor by tensor when written, one shard at a time;
+* the guard runs B, then aligned B (one float32 copy alive at a time);
+* each point of a curve is built, evaluated and dropped before the next.
+
+So besides the method's own working memory, at most one float32 model (``2 S`` for
+bfloat16 weights) is alive at a time. ``device`` moves the evaluated weights and the
+batches (``"auto"``: CUDA when there is one); ``dtype`` is the evaluation's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluate import alpha_grid, barrier, example_curves
+from modeconnect.evaluate.results import Curve
+from modeconnect.files.data import Batch
+from modeconnect.files.hf import computed_buffers
+from modeconnect.files.lazy import Converted, Extended, Lerped, Permuted
+from modeconnect.guard import check_equivalence, require_equivalence
+from modeconnect.matching import get_method
+from modeconnect.pipeline import AlignResult, CurvePair
+from modeconnect.progress import ProgressFn
+from modeconnect.spec import PermutationSpec
+
+__all__ = ["DEVICES", "align_streamed", "curves_streamed", "model_bytes", "resolve_device"]
+
+DEVICES = ("cpu", "cuda", "auto")
+StateDict = Mapping[str, Tensor]
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ModeconnectError(
+            f"--device: {name!r} is not a device; use one of {', '.join(DEVICES)}"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModeconnectError(
+            "--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)"
+        )
+    return device
+
+
+def model_bytes(state_dict: StateDict) -> int | None:
+    """The bytes a lazy checkpoint stores (``S``), from its headers; ``None`` for a dict."""
+    directory = getattr(state_dict, "directory", None)
+    if directory is None:
+        return None
+    return sum(info.nbytes for info in directory.tensors.values())
+
+
+def align_streamed(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    *,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    method: str = "weight",
+    data: Iterable[Batch] | None = None,
+    progress: ProgressFn | None = None,
+    max_bytes: int | None = None,
+    device: torch.device | None = None,
+    **options: Any,
+) -> AlignResult:
+    """:func:`modeconnect.pipeline.align` without copies: aligned B is a view of B.
+
+    The guard compares B and aligned B on ``probe`` in ``a``/``b``'s dtype. The
+    method gets, if it takes them, ``progress`` (weight matching: one tick per
+    group), ``max_bytes`` (what its similarity may keep) and ``device`` (where its
+    products run).
+    """
+    match = get_method(method)
+    taken = inspect.signature(match).parameters
+    extra = {"progress": progress, "max_bytes": max_bytes, "device": device}
+    options = {**options, **{k: v for k, v in extra.items() if v is not None and k in taken}}
+    alignment = match(spec, a, b, model=model, data=data, **options)
+    aligned = Permuted(b, spec, alignment.perm)
+    equivalence = check_equivalence(model, b, aligned, probe)
+    require_equivalence(equivalence)
+    # A read-only view stands in for the dict: every reader only indexes it.
+    return AlignResult(spec, alignment, cast(dict[str, Tensor], aligned), equivalence)
+
+
+def curves_streamed(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    aligned: StateDict,
+    data: Iterable[Batch],
+    *,
+    steps: int = 25,
+    loss: Any = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    definition: str = "lerp",
+    progress: ProgressFn | None = None,
+) -> CurvePair:
+    """Curves from A to naive B and from A to aligned B, one interpolated model at a time.
+
+    Each point ``θ(α) = lerp(θ_A, θ_B, α)`` is computed in the checkpoints' dtype,
+    then brought to ``dtype`` on ``device``, evaluated on every batch and dropped.
+    """
+    grid = alpha_grid(steps, None)
+    where = device if device is not None else torch.device("cpu")
+    buffers = {k: v.to(where) for k, v in computed_buffers(model).items()}
+    batches = [(x.to(where), y.to(where)) for x, y in data]
+
+    def curve(other: StateDict, task: str) -> Curve:
+        def at(alpha: float) -> dict[str, Tensor]:
+            point = Converted(Lerped(a, other, alpha), dtype, where)
+            return dict(Extended(point, buffers))
+
+        runs = example_curves(model, at, grid, {"data": batches}, loss=loss, progress=progress,
+                              task=task)  # fmt: skip
+        return runs["data"].curve()
+
+    naive, after = curve(b, "naive curve"), curve(aligned, "aligned curve")
+    return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))
