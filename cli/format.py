@@ -80,7 +80,7 @@ def command_line(ctx: click.Context) -> str:
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if isinstance(param, click.Argument):
-            words.append(str(value))
+            words += [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
         elif isinstance(param, click.Option) and value not in (None, False, (), param.default):
             flag = max(param.opts, key=len)
             options += [flag] if value is True else [flag, _render(value)]

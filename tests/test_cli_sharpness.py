@@ -33,6 +33,7 @@ def test_sharpness_of_a_is_what_the_library_says(files: Bench) -> None:
     assert "A " in out and "B " in out and "eigenvalues by lanczos" in out
     data = json.loads(js.read_text())
     assert data["checkpoints"] == {"A": str(files.a), "B": str(files.b)}
+    assert f" sharpness {files.a} {files.b} --data " in data["command"]
     a = mc.load(files.a)
     model = mc.resolve_model([a]).model
     want = mc.sharpness(model, a.state_dict, mc.load_data(files.train), k=2, iterations=4,
