@@ -30,3 +30,19 @@ def test_importing_the_package_and_the_command_line_loads_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_package_is_shipped() -> None:
+    """A package missing from pyproject's list is left out of the wheel (installs break)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "modeconnect").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
