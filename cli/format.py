@@ -237,12 +237,15 @@ def format_curve(report: Any) -> str:
         f"{'path':10} {'split':6} {'loss barrier':>13} {'error barrier':>14} {'max loss':>9} "
         f"{'max error':>10} {'acc@0.5':>8}",
     ]
+    from modeconnect.files.report import worst  # NaN shows, unlike with max()
+
     for name, results in (("line", study.line), (fit.curve.name, study.curve)):
         for split, res in results.items():
             bar, curve = res.barriers[study.definition], res.curve
+            loss, error = worst(curve.losses), worst(curve.errors)
             lines.append(
-                f"{name:10} {split:6} {bar.loss:13.4f} {bar.error:14.2%} {max(curve.losses):9.4f} "
-                f"{max(curve.errors):10.2%} {res.midpoint.accuracy:8.2%}"
+                f"{name:10} {split:6} {bar.loss:13.4f} {bar.error:14.2%} {loss:9.4f} "
+                f"{error:10.2%} {res.midpoint.accuracy:8.2%}"
             )
     return "\n".join(lines + _written(report))
 

@@ -67,6 +67,7 @@ __all__ = [
     "sharpness_sections",
     "stage_page",
     "stage_report",
+    "worst",
     "write_report",
 ]
 
@@ -331,7 +332,7 @@ def _paths_table(paths: Mapping[str, Mapping[str, SplitResult]], var: str) -> st
         for split, res in splits.items():
             lerp, mean, mid = res.barriers["lerp"], res.barriers["mean"], res.midpoint
             start, end = res.endpoints
-            worst_loss, worst_error = _worst(res.curve.losses), _worst(res.curve.errors)
+            worst_loss, worst_error = worst(res.curve.losses), worst(res.curve.errors)
             rows.append([
                 name, split, f"{lerp.loss:.4f}", f"{lerp.error:.2%}", f"{mean.loss:.4f}",
                 f"{mean.error:.2%}", f"{worst_loss:.4f}", f"{worst_error:.2%}", f"{mid.loss:.4f}",
@@ -508,7 +509,7 @@ def _range(values: Sequence[float], xs: Sequence[float], fmt: str) -> list[str]:
     return [at_zero, fmt.format(low), f"{at_low:.3g}", fmt.format(high), f"{at_high:.3g}"]
 
 
-def _worst(values: Sequence[float]) -> float:
+def worst(values: Sequence[float]) -> float:
     """The largest value; NaN if any is NaN (Python's ``max`` would drop it)."""
     return math.nan if any(math.isnan(v) for v in values) else max(values)
 
