@@ -100,6 +100,19 @@ def test_a_bend_of_another_curve_is_refused(files: Bench) -> None:
                    files.test, expect=("bend 1/1 of a polychain", "--curve polychain"))  # fmt: skip
 
 
+def test_a_bend_after_alignment_needs_the_aligned_b(files: Bench) -> None:
+    bend, aligned = files.root / "bend.pt", files.root / "b_aligned.pt"
+    code, _, err = run("curve", files.a, files.b, "--train", files.train, "--data", files.test,
+                       "--epochs", "1", "--steps", "3", "--align", "weight", "--bend", bend,
+                       "--aligned", aligned)  # fmt: skip
+    assert code == 0, err
+    assert_refused(files.root, "plane", files.a, files.b, bend, "--curve", "bezier", "--data",
+                   files.test, expect=("aligned by weight", "--aligned FILE"))  # fmt: skip
+    code, out, err = run("plane", files.a, aligned, bend, "--curve", "bezier", "--data",
+                         files.test, "--resolution", "2")  # fmt: skip
+    assert code == 0, err
+
+
 def test_names_label_the_points(files: Bench) -> None:
     js = files.root / "p.json"
     assert _plane(files, "--names", "x,y,z", "--json", js)[0] == 0

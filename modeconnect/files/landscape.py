@@ -67,7 +67,8 @@ def plane_files(
     evaluated on ``data``; BatchNorm statistics (``bn="auto"``) are recomputed at
     every point on ``train``. The line from A to B is projected onto the plane;
     with ``curve`` (``"bezier"``, ``"polychain"``) C is the bend of that one-bend
-    curve from A to B (``modeconnect curve --bend``), and the curve is drawn too.
+    curve from A to B (``modeconnect curve --bend``; after ``--align``, B is the aligned
+    B that ``--aligned`` wrote), and the curve is drawn too.
     ``names`` label A, B, C (default ``A, B, C``, or ``A, B, bend``).
     """
     labels = _names(names, ("A", "B", "bend" if curve else "C"))
@@ -82,7 +83,7 @@ def plane_files(
     ca, cb, cc = session.checkpoints
     paths: dict[str, PathFn] = {"line": linear_path(ca.state_dict, cb.state_dict)}
     if curve is not None:
-        _check_bend(cc, curve)
+        _check_bend(cc, cb, curve)
         paths["curve"] = curve_path(
             get_curve(curve, 1), ca.state_dict, [cc.state_dict], cb.state_dict
         )
@@ -195,11 +196,21 @@ def _names(names: Sequence[str] | None, default: tuple[str, str, str]) -> tuple[
     return (names[0], names[1], names[2])
 
 
-def _check_bend(bend: Checkpoint, curve: str) -> None:
-    """A bend written by ``modeconnect curve`` says what curve it belongs to: it must agree."""
-    kind, position = bend.metadata.get("modeconnect.curve"), bend.metadata.get("modeconnect.bend")
+def _check_bend(bend: Checkpoint, b: Checkpoint, curve: str) -> None:
+    """A bend written by ``modeconnect curve`` says what curve it belongs to: it must agree.
+
+    A curve fitted after alignment ends at aligned B, so B must be an aligned checkpoint.
+    """
+    meta = bend.metadata
+    kind, position = meta.get("modeconnect.curve"), meta.get("modeconnect.bend")
     if kind not in (None, curve) or position not in (None, "1/1"):
         raise ModeconnectError(
             f"{bend.path}: is bend {position} of a {kind} curve, not the bend of a one-bend "
             f"{curve} curve; pass --curve {kind} for a one-bend curve's bend, or no --curve"
+        )
+    method = meta.get("modeconnect.method", "none")
+    if method != "none" and b.metadata.get("modeconnect.role") != "b aligned to a":
+        raise ModeconnectError(
+            f"{bend.path}: bends a curve from A to B aligned by {method}, but {b.path} is not an "
+            "aligned checkpoint; pass as B the aligned B (modeconnect curve --aligned FILE)"
         )
