@@ -28,12 +28,15 @@ row's margin (the bid of an auction step, Bertsekas 1988). A cold solve uses
 ``v = 0`` (a plain row reduction, which by itself makes ``lapjvh`` about 3x faster
 on the similarity of two independently trained nets).
 
-Measured on the 39 similarity matrices (512 x 512) that weight matching solves on
-the shipped digits pair, one thread (``benchmarks/bench_weight_matching.py``):
-SciPy's ``linear_sum_assignment`` 9.3 ms a solve on the raw matrix; lapx ``lapjvh``
-11.7 ms raw, ~4 ms row-reduced, ~1 ms warm-started (plus ~0.3 ms for the reduced
-costs and ~0.3 ms for the price step); SciPy gains less from prices (~4 ms warm).
-Hence the default ``lapjvh``, always on reduced costs.
+Measured on the similarity matrices that weight matching solves on two independently
+trained 3x512 MLPs, one thread (``benchmarks/bench_weight_matching.py``; ms per solve,
+digits / MNIST-scale pair): SciPy's ``linear_sum_assignment`` 10.9 / 12.0 on the raw
+matrix; lapx ``lapjvh`` 12.6 / 8.7 raw, 3.8 / 4.2 row-reduced, 2.8 / 3.1 warm-started
+(reduced costs and price step included); SciPy warm-started 8.4 / 8.9; lapx ``lapjv``
+61 / 60. At 3x4096: SciPy 1334, ``lapjvh`` 1151 raw, 390 row-reduced, 323 warm.
+On a permuted copy (nearly diagonal matrices) every solver is fast and raw ``lapjvh``
+is best (0.9 ms against SciPy's 2.4). Hence the default ``lapjvh``, always on reduced
+costs.
 """
 
 from __future__ import annotations
