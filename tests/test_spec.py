@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 from zoo import HF_MODELS, ZOO, randomize_
 
-from modeconnect.graph import derive_spec
 from modeconnect.guard import check_equivalence
 from modeconnect.matching import match_weights
 from modeconnect.spec import (
@@ -20,6 +19,7 @@ from modeconnect.spec import (
     Product,
     apply_permutation,
     axis_index,
+    derive_spec,
     identity_permutation,
     invert_permutation,
     random_permutation,
@@ -206,3 +206,73 @@ def test_untraceable_model_gets_clear_error():
     model = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ModeconnectError, match=r"cannot trace Sequential.*--input-shape"):
         derive_spec(model, (torch.randn(2, 5),))
+
+
+# --------------------------------------------------------------------------- the derive_spec API
+
+
+def test_graph_module_still_reexports_the_package():
+    """``modeconnect.graph`` stays a re-export until activation matching imports the package."""
+    import modeconnect.graph as graph
+    import modeconnect.spec as spec
+
+    assert graph.derive_spec is spec.derive_spec and graph.GraphRunner is spec.GraphRunner
+
+
+def test_hugging_face_model_is_traced_without_a_wrapper():
+    """A causal LM returns a cache object unless told not to; ``model_call`` tells it."""
+    pytest.importorskip("transformers")
+    from zoo_hf import llama_gqa
+
+    model, inputs = llama_gqa()
+    spec = derive_spec(model, inputs)
+    assert len(spec.groups) == 9
+    by_name = derive_spec(model, {"input_ids": inputs[0]})
+    assert by_name.groups == spec.groups and by_name.layouts == spec.layouts
+
+
+def test_meta_device_model_gives_the_same_spec():
+    """Billion-parameter models are analysed without materialising their weights."""
+    pytest.importorskip("transformers")
+    from zoo_hf import llama_gqa
+
+    model, inputs = llama_gqa()
+    with torch.device("meta"):
+        meta, _ = llama_gqa()
+    assert next(meta.parameters()).is_meta
+    real, shapes_only = derive_spec(model, inputs), derive_spec(meta, inputs)
+    assert shapes_only.groups == real.groups and shapes_only.layouts == real.layouts
+    assert shapes_only.fixed == real.fixed
+
+
+def test_meta_device_plain_model():
+    model, inputs = ZOO["resnet20"]()
+    meta = model.to("meta")
+    assert derive_spec(meta, inputs).layouts == derive_spec(ZOO["resnet20"]()[0], inputs).layouts
+
+
+def test_partly_fixed_axes_are_listed():
+    """RoPE fixes the q/k dims inside each head: the axis is partly fixed, and says so."""
+    pytest.importorskip("transformers")
+    from zoo_hf import llama_gqa
+
+    model, inputs = llama_gqa()
+    spec = derive_spec(model, inputs)
+    q = [f for f in spec.fixed if f.key == "model.layers.0.self_attn.q_proj.weight"]
+    assert [(f.axis, f.size, f.partial) for f in q] == [(0, 8, True)]
+    assert q[0].reason == "constant: model.rotary_emb.inv_freq"
+
+
+def test_selected_output_only_is_fixed():
+    """T5's call compares logits; the encoder's hidden states are not an output to fix."""
+    pytest.importorskip("transformers")
+    from zoo_hf import t5_sdpa
+
+    from modeconnect.forward import ModelCall
+
+    model, inputs = t5_sdpa()
+    spec = derive_spec(model, inputs)
+    everything = ModelCall(("input_ids",), {"use_cache": False, "return_dict": True},
+                           decoder_inputs=True)  # fmt: skip
+    whole = derive_spec(model, inputs, call=everything)
+    assert len(whole.groups) < len(spec.groups)  # the encoder stream froze

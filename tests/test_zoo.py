@@ -114,3 +114,43 @@ def test_export(name):
         expected = model(*args)
         got = ep.module()(*args)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the other zoos
+
+try:
+    from tests.zoo_vision import VISION
+except ImportError:  # pragma: no cover - depends on pytest's import mode
+    from zoo_vision import VISION  # type: ignore[no-redef]
+
+
+@pytest.mark.parametrize("name", sorted(VISION))
+def test_vision_models_run_randomise_and_export(name):
+    model, args = VISION[name]()
+    before = {k: t.detach().clone() for k, t in _float_tensors(model).items()}
+    randomize_(model, seed=1)
+    assert all(not torch.equal(t, before[k]) for k, t in _float_tensors(model).items())
+    with torch.no_grad():
+        y = model(*args)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(model, args, strict=False)
+    torch.testing.assert_close(ep.module()(*args), y, rtol=1e-5, atol=1e-5)
+
+
+@_needs_hf
+def test_hugging_face_models_run_as_modeconnect_calls_them():
+    from modeconnect.forward import output_tensors, run
+
+    try:
+        from tests.zoo_hf import CALLS, HF
+    except ImportError:  # pragma: no cover - depends on pytest's import mode
+        from zoo_hf import CALLS, HF  # type: ignore[no-redef]
+
+    for name in ("hf_llama_gqa", "hf_t5_sdpa", "hf_vit", "hf_clip_text"):
+        model, args = HF[name]()
+        randomize_(model, seed=1)
+        with torch.no_grad():
+            out = output_tensors(run(model, model.state_dict(), args, call=CALLS.get(name)))
+        assert len(out) == 1 and out[0].shape[0] == 2 and torch.isfinite(out[0]).all(), name

@@ -20,16 +20,18 @@ from modeconnect.spec import Coverage, derive_spec  # noqa: E402
 
 FROZEN_OUTPUTS = {  # weight matrices whose output axis stays fixed, and why
     "hf_llama_gqa": {"lm_head.weight": "model output"},
-    "hf_llama_mha": {"lm_head.weight": "vocabulary axis of an embedding"},  # tied
+    "hf_llama_mha": {"model.embed_tokens.weight": "vocabulary axis of an embedding"},  # tied head
     "hf_mistral": {"lm_head.weight": "model output"},
     "hf_qwen2": {"lm_head.weight": "model output"},
     "hf_gpt_neox": {"lm_head.weight": "model output"},
-    "hf_opt": {"lm_head.weight": "vocabulary axis of an embedding"},
-    "hf_gpt2": {"lm_head.weight": "vocabulary axis of an embedding"},
-    "hf_falcon": {"lm_head.weight": "vocabulary axis of an embedding"},
+    "hf_opt": {"model.decoder.embed_tokens.weight": "vocabulary axis of an embedding"},  # tied head
+    "hf_gpt2": {"transformer.wte.weight": "vocabulary axis of an embedding"},  # tied head
+    "hf_falcon": {
+        "transformer.word_embeddings.weight": "vocabulary axis of an embedding"
+    },  # tied head
     "hf_bert": {"classifier.weight": "model output"},
-    "hf_t5_sdpa": {"lm_head.weight": "vocabulary axis of an embedding"},
-    "hf_t5_eager": {"lm_head.weight": "vocabulary axis of an embedding"},
+    "hf_t5_sdpa": {"shared.weight": "vocabulary axis of an embedding"},  # tied head
+    "hf_t5_eager": {"shared.weight": "vocabulary axis of an embedding"},  # tied head
     "hf_vit": {"classifier.weight": "model output"},
     "hf_clip_text": {"text_projection.weight": "model output"},
     "hf_clip_vision": {"visual_projection.weight": "model output"},

@@ -49,7 +49,7 @@ def spec_to_dict(spec: PermutationSpec) -> dict[str, Any]:
             group: [[s.node, s.dim, layout_to_data(s.layout)] for s in sites]
             for group, sites in spec.sites.items()
         },
-        "weight_outputs": dict(spec.weight_outputs),
+        "weight_outputs": {key: list(axes) for key, axes in spec.weight_outputs.items()},
     }
 
 
@@ -92,7 +92,7 @@ def spec_from_dict(data: Any) -> PermutationSpec:
         tuple(_fixed(f) for f in _list(root.get("fixed"), "fixed")),
         {_str(k, "alias"): _str(v, "alias") for k, v in aliases.items()},
         {g: tuple(_site(s, groups) for s in _list(v, "sites")) for g, v in sites.items()},
-        {k: _index(v, "weight axis") for k, v in outputs.items()},
+        {k: tuple(_index(a, "weight axis") for a in _list(v, "axes")) for k, v in outputs.items()},
     )
     check_consistent(spec)
     return spec
@@ -144,9 +144,9 @@ def check_consistent(spec: PermutationSpec) -> None:
     for key, source in spec.aliases.items():
         if source not in spec.layouts and key in spec.layouts:
             _fail(f"alias {key} -> {source} has no source layout")
-    for key, axis in spec.weight_outputs.items():
-        if axis >= len(spec.layouts.get(key, ())):
-            _fail(f"weight {key} has no axis {axis}")
+    for key, outputs in spec.weight_outputs.items():
+        if not outputs or max(outputs) >= len(spec.layouts.get(key, ())):
+            _fail(f"weight {key} has no axes {list(outputs)}")
     for f in spec.fixed:
         if f.axis >= len(spec.layouts.get(f.key, ())):
             _fail(f"fixed axis {f.key} {f.axis} has no layout")

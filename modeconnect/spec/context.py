@@ -28,6 +28,7 @@ class Context:
     layer reads an activation; ``weight_outputs`` records the variable of each
     parameter axis that an op uses as its output features (a Linear's rows, an
     Embedding's columns), which :mod:`~modeconnect.spec.coverage` counts.
+    ``param_axes`` maps each parameter placeholder's variables to (state-dict key, axis).
     ``mutated`` names the nodes whose values an in-place op changes (directly or
     through a view); ``constants`` holds the values of small constant tensors
     (Falcon's ``[..., [-2], :]`` index), by node name.
@@ -38,6 +39,7 @@ class Context:
     sites: list[tuple[str, int]] = field(default_factory=list)
     weight_outputs: set[int] = field(default_factory=set)
     mutated: frozenset[str] = frozenset()
+    param_axes: dict[int, tuple[str, int]] = field(default_factory=dict)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
 
 

@@ -22,8 +22,10 @@ class Coverage:
 
     ``units``: permuted units, a batched group counted once per block of its outer
     group (``heads × head dim``). ``weights``: weight matrices (tensors of two or
-    more dims that an op uses as its weights: Linear, Conv, Embedding, Conv1D).
-    ``frozen_outputs``: those whose output axis is entirely fixed, with the reason.
+    more dims that an op uses as its weights: Linear, Conv, Embedding, Conv1D; an
+    embedding tied to the output head counts twice, once per use).
+    ``frozen_outputs``: those whose output axis is entirely fixed, with the reason
+    (a tied pair goes by its first name).
     ``reasons``: the number of fixed axes of any tensor per reason (the op or rule
     that fixed them, without shapes), partly fixed axes included.
     """
@@ -42,13 +44,14 @@ class Coverage:
             blocks = outer.size if outer is not None else 1
             units += g.size * blocks
         whys = {(f.key, f.axis): f.reason for f in spec.fixed if not f.partial}
+        uses = [(key, axis) for key, axes in spec.weight_outputs.items() for axis in axes]
         frozen = {
             key: whys.get((key, axis), "fixed")
-            for key, axis in spec.weight_outputs.items()
+            for key, axis in uses
             if isinstance(spec.layouts[key][axis], Fixed)
         }
         reasons = Counter(reason_op(f.reason) for f in spec.fixed)
-        return Coverage(len(spec.groups), units, len(spec.weight_outputs), frozen,
+        return Coverage(len(spec.groups), units, len(uses), frozen,
                         dict(reasons.most_common()))  # fmt: skip
 
     @property

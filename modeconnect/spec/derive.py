@@ -15,6 +15,7 @@ number of graph nodes (near-constant union-find operations per node).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -54,10 +55,11 @@ def analyse(traced: Traced, model: nn.Module, *, permute_output: bool = False) -
     program = traced.program
     ctx = Context(AxisVars(), mutated=mutated_nodes(program.graph))
     params: dict[str, Dims] = {}
+    aliases = tied_weights(model)
     fused = fused_shuffles(program.graph)
     for node in program.graph.nodes:
         if node.op == "placeholder":
-            _placeholder(ctx, node, traced, params)
+            _placeholder(ctx, node, traced, params, aliases)
         elif node.op == "call_function" and node.name in fused:
             ctx.env[node.name] = fused[node.name](ctx, node)
         elif node.op == "call_function":
@@ -66,20 +68,28 @@ def analyse(traced: Traced, model: nn.Module, *, permute_output: bool = False) -
                 ctx.env[node.name] = rule(ctx, node)
         elif node.op == "output" and not permute_output:
             _freeze_outputs(ctx, node, traced)
-    aliases = tied_weights(model)
-    for key, source in aliases.items():  # tied weights: the graph may use either name
-        for u, v in zip(params.get(key, []), params.get(source, [])):
-            ctx.vars.union(u, v, "tied weights")
-    return resolve(ctx.vars, params, ctx.env, ctx.sites, aliases, ctx.weight_outputs)
+    outputs: dict[str, tuple[int, ...]] = {}
+    for key, axis in sorted(ctx.param_axes[v] for v in ctx.weight_outputs if v in ctx.param_axes):
+        if len(params[key]) >= 2 and axis not in outputs.get(key, ()):
+            outputs[key] = (*outputs.get(key, ()), axis)
+    return resolve(ctx.vars, params, ctx.env, ctx.sites, aliases, outputs)
 
 
 def _placeholder(
-    ctx: Context, node: torch.fx.Node, traced: Traced, params: dict[str, Dims]
+    ctx: Context,
+    node: torch.fx.Node,
+    traced: Traced,
+    params: dict[str, Dims],
+    aliases: Mapping[str, str],
 ) -> None:
     key = traced.keys.get(node.name) or traced.keys.get(str(node.target))
     sizes = shape(node) or ()
     if key is not None:
-        params[key] = ctx.env[node.name] = [ctx.vars.new(s, active=False) for s in sizes]
+        key = aliases.get(key, key)  # tied weights go by their first name, whichever the graph uses
+        ctx.env[node.name] = [ctx.vars.new(s, active=False) for s in sizes]
+        ctx.param_axes.update({v: (key, axis) for axis, v in enumerate(ctx.env[node.name])})
+        for u, v in zip(params.setdefault(key, ctx.env[node.name]), ctx.env[node.name]):
+            ctx.vars.union(u, v, "tied weights")
         return
     reason = _input_reason(traced.program, node)
     ctx.env[node.name] = [ctx.vars.new(s, frozen=reason) for s in sizes]

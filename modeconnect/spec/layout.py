@@ -153,7 +153,8 @@ class PermutationSpec:
     weights); aliases are permuted exactly as their source. ``sites`` lists, per
     group, where layers read its units in the traced graph (activation matching).
     ``weight_outputs`` maps each weight (a tensor some op uses as its weights) to its
-    output-feature axis: a Linear's rows, an Embedding's columns.
+    output-feature axes: a Linear's rows, an Embedding's columns (both for an embedding
+    tied to an output head).
     """
 
     groups: Mapping[str, PermGroup]
@@ -161,7 +162,7 @@ class PermutationSpec:
     fixed: tuple[FixedAxis, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     sites: Mapping[str, tuple[ActivationSite, ...]] = field(default_factory=dict)
-    weight_outputs: Mapping[str, int] = field(default_factory=dict)
+    weight_outputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the spec as JSON-ready data; :meth:`from_dict` reads it back exactly."""

@@ -170,7 +170,7 @@ def resolve(
     env: Mapping[str, Any],
     reads: Sequence[tuple[str, int]],
     aliases: Mapping[str, str],
-    weight_vars: set[int],
+    outputs: Mapping[str, tuple[int, ...]],
 ) -> PermutationSpec:
     """The spec: groups, a layout per parameter axis, fixed axes, weight output axes and
     activation sites (``reads``: the (node, dim) pairs that layers read)."""
@@ -190,22 +190,19 @@ def resolve(
     layouts: dict[str, tuple[Layout, ...]] = {}
     members: dict[int, list[Member]] = {}
     fixed: list[FixedAxis] = []
-    outputs: dict[str, int] = {}
     for key, axes in params.items():
         layouts[key] = tuple(res.layout(v) for v in axes)
         for axis, v in enumerate(axes):
             for root in dict.fromkeys(vs.find(x) for x in res.leaf_roots(v)):
                 members.setdefault(root, []).append(Member(key, axis))
             fixed += _fixed_axes(res, key, axis, v, layouts[key][axis])
-            if v in weight_vars and len(axes) >= 2:
-                outputs.setdefault(key, axis)
     groups = {
         name: PermGroup(name, vs.size[r], tuple(members.get(r, ())),
                         res.names[res.over[r]] if r in res.over else None)
         for r, name in res.names.items()
     }  # fmt: skip
     return PermutationSpec(
-        groups, layouts, tuple(fixed), dict(aliases), _sites(res, env, reads), outputs
+        groups, layouts, tuple(fixed), dict(aliases), _sites(res, env, reads), dict(outputs)
     )
 
 
