@@ -53,6 +53,15 @@ def test_curve_writes_bend_json_and_report(files: Bench) -> None:
     assert meta["modeconnect.role"] == "curve bend" and meta["modeconnect.curve"] == "bezier"
 
 
+def test_outputs_may_lie_in_the_report_folder_it_creates(files: Bench) -> None:
+    report = files.root / "runs" / "curve"
+    bend, js = report / "bend.pt", report / "curve.json"
+    code, _, err = _curve(files, "--report", report, "--bend", bend, "--json", js)
+    assert code == 0, err
+    assert {p.name for p in report.iterdir()} == {"bend.pt", "curve.json", "curve.png",
+                                                  "report.html"}  # fmt: skip
+
+
 def test_the_bend_loads_back_as_curve_study_trains_it(files: Bench) -> None:
     bend = files.root / "bend.pt"
     assert _curve(files, "--seed", "3", "--bend", bend)[0] == 0

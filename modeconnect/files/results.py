@@ -115,13 +115,15 @@ def write_study(
             written["json"] = plan.path("--json")
         final = replace(report, written=written)
         with plan.writing() as staging:
+            # outputs may lie in the report's folder, which the plan lets the staging make
             for path, fill in files.values():
-                staging.write(path, fill)
+                staging.write(staging.folder(path.parent) / path.name, fill)
             if "--report" in plan:
                 stage_page(
                     staging, plan.path("--report"), title, pages, command=report.command,
                     meta=final.to_dict(),
                 )  # fmt: skip
             if "--json" in plan:
-                staging.write(written["json"], json_writer(final.to_dict()))
+                path = written["json"]
+                staging.write(staging.folder(path.parent) / path.name, json_writer(final.to_dict()))
     return replace(final, timings=session.timings.to_dict())
