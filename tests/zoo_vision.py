@@ -129,19 +129,27 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision.models.ResNet with two stages (ResNet-18: BasicBlock; -50: Bottleneck)."""
+    """torchvision.models.ResNet (ResNet-18: BasicBlock; -50: Bottleneck), here with two
+    stages of two blocks by default; ``widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3)``
+    with Bottleneck is ResNet-50 itself."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], widths=(8, 16), blocks=2):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        widths: tuple[int, ...] = (8, 16),
+        blocks: tuple[int, ...] = (2, 2),
+    ) -> None:
         super().__init__()
         self.inplanes = widths[0]
         self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, widths[0], blocks, 1)
-        self.layer2 = self._make_layer(block, widths[1], blocks, 2)
+        self.stages = len(widths)
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width, n, 1 if i == 0 else 2))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[1] * block.expansion, 10)
+        self.fc = nn.Linear(widths[-1] * block.expansion, 10)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = [block(self.inplanes, planes, stride)]
@@ -151,7 +159,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 
@@ -542,9 +551,7 @@ def shifted_window_attention(
             num_windows, window_size[0] * window_size[1]
         )
         attn_mask = attn_mask.unsqueeze(1) - attn_mask.unsqueeze(2)
-        attn_mask = attn_mask.masked_fill(attn_mask != 0, (-100.0)).masked_fill(
-            attn_mask == 0, 0.0
-        )
+        attn_mask = attn_mask.masked_fill(attn_mask != 0, (-100.0)).masked_fill(attn_mask == 0, 0.0)
         attn = attn.view(x.size(0) // num_windows, num_windows, num_heads, x.size(1), x.size(1))
         attn = attn + attn_mask.unsqueeze(1).unsqueeze(0)
         attn = attn.view(-1, num_heads, x.size(1), x.size(1))
