@@ -276,3 +276,27 @@ def test_selected_output_only_is_fixed():
                            decoder_inputs=True)  # fmt: skip
     whole = derive_spec(model, inputs, call=everything)
     assert len(whole.groups) < len(spec.groups)  # the encoder stream froze
+
+
+def test_graph_runner_reads_the_sites_of_a_hugging_face_model():
+    """Activation sites are node names of the traced graph; the runner traces it the same
+    way (input ids by name, no cache) and reads them with any weights."""
+    pytest.importorskip("transformers")
+    from zoo_hf import llama_gqa
+
+    from modeconnect.spec import GraphRunner
+
+    model, inputs = llama_gqa()
+    randomize_(model, seed=0)
+    spec = derive_spec(model, inputs)
+    nodes = {s.node for sites in spec.sites.values() for s in sites}
+    state = model.state_dict()
+    perm = random_permutation(spec, 5)
+    runner = GraphRunner(model)
+    plain = runner.run(state, inputs, nodes)
+    moved = runner.run(apply_permutation(state, spec, perm), inputs, nodes)
+    assert set(plain) == nodes and set(moved) == nodes
+    sites = next(s for g, s in spec.sites.items() if spec.groups[g].batch_over is None)
+    site = sites[0]
+    index = axis_index(site.layout, perm)
+    torch.testing.assert_close(moved[site.node], plain[site.node].index_select(site.dim, index))

@@ -17,15 +17,13 @@ HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 _needs_hf = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
 
-MODEL_NAMES = [
-    pytest.param(name, marks=_needs_hf) if name in HF_MODELS else name for name in ZOO
-]
+MODEL_NAMES = [pytest.param(name, marks=_needs_hf) if name in HF_MODELS else name for name in ZOO]
 
 EXPECTED = {
     "mlp_seq", "mlp_class", "cnn_bn", "cnn_adaptive", "resnet20", "resnet_bottleneck",
     "vgg11_bn", "densenet_block", "grouped_conv", "groupnorm_cnn", "layernorm_mlp",
     "vit", "gpt", "hf_gpt2", "hf_bert",
-}
+}  # fmt: skip
 
 
 def _build(name: str):

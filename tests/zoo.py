@@ -537,7 +537,7 @@ def hf_gpt2(
     cfg = GPT2Config(
         n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-    )
+    )  # fmt: skip
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval()
@@ -555,7 +555,7 @@ def hf_bert(
         vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=80, max_position_embeddings=32, type_vocab_size=2,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
+    )  # fmt: skip
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(0)
     model = BertModel(cfg, add_pooling_layer=False).eval()
