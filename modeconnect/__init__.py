@@ -43,7 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Trust": ("modeconnect.files.references", "Trust"),
     # specs and permutations
     "PermutationSpec": ("modeconnect.spec", "PermutationSpec"),
-    "derive_spec": ("modeconnect.graph", "derive_spec"),
+    "derive_spec": ("modeconnect.spec", "derive_spec"),
     "apply_permutation": ("modeconnect.spec", "apply_permutation"),
     "random_permutation": ("modeconnect.spec", "random_permutation"),
     # matching
@@ -165,7 +165,6 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from modeconnect.files.data import load_data
     from modeconnect.files.references import Architecture, Trust
     from modeconnect.forward import ModelCall
-    from modeconnect.graph import derive_spec
     from modeconnect.guard import Equivalence, check_equivalence
     from modeconnect.landscape import (
         LossSlice,
@@ -189,5 +188,5 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         sharpness,
         sharpness_study,
     )
-    from modeconnect.spec import PermutationSpec, apply_permutation, random_permutation
+    from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
     from modeconnect.study import Study, barrier_study

@@ -18,9 +18,9 @@ from torch import nn
 from .errors import ModeconnectError
 from .evaluate import Barrier
 from .files.data import Batch, first_batch
-from .graph import derive_spec
 from .matching import METHODS, get_method, method_options
 from .pipeline import PROBE_SIZE, align, compare_interpolations
+from .spec import derive_spec
 
 StateDict = Mapping[str, torch.Tensor]
 

@@ -51,13 +51,14 @@ from torch import Tensor, nn
 from .bn import reset_batchnorm
 from .errors import ModeconnectError
 from .files.data import Batch, first_batch
-from .graph import derive_spec
-from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
+from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
 from .spec import (
     Permutation,
     PermutationSpec,
     apply_permutation,
+    derive_spec,
+    example_inputs,
     identity_permutation,
     invert_permutation,
     permute_tensor,

@@ -15,10 +15,9 @@ from torch import nn
 
 from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .files.data import Batch, first_batch
-from .graph import derive_spec
-from .guard import Equivalence, check_equivalence, example_inputs, require_equivalence
+from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import Alignment, get_method
-from .spec import PermutationSpec, apply_permutation
+from .spec import PermutationSpec, apply_permutation, derive_spec, example_inputs
 
 StateDict = Mapping[str, torch.Tensor]
 PROBE_SIZE = 64
