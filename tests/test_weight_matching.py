@@ -106,13 +106,27 @@ def test_solvers_reach_same_objective():
 # The similarity source: cached products updated by the columns that moved
 # ----------------------------------------------------------------------------
 
-INCREMENTAL = ["mlp_seq", "cnn_bn", "resnet20", "densenet_block", "grouped_conv", "vit", "gpt"]
+INCREMENTAL = [
+    "mlp_seq", "cnn_bn", "resnet20", "densenet_block", "grouped_conv", "vit", "gpt", "cat_input",
+]  # fmt: skip
+
+
+class _CatInput(nn.Module):
+    """A hidden layer concatenated with the (fixed) input: one group on part of an axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(8 + 6, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.fc3(torch.relu(self.fc2(torch.cat([h, x], dim=1))))
 
 
 def _zoo_pair(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, x = ZOO[name]()
+        model, x = (_CatInput(), (torch.randn(2, 6),)) if name == "cat_input" else ZOO[name]()
     spec = derive_spec(model, x)
     a = {k: v.detach().clone() for k, v in randomize_(model, 1).state_dict().items()}
     b = {k: v.detach().clone() for k, v in randomize_(model, 2).state_dict().items()}
@@ -234,7 +248,8 @@ def test_restart_results_do_not_depend_on_earlier_restarts():
 def test_unknown_option_lists_the_accepted_ones():
     spec, a, b = _mlp_pair()
     accepted = (
-        "seed, restarts, max_iter, tol, rtol, solver, dtype, max_bytes, device, progress, model, data"
+        "seed, restarts, max_iter, tol, rtol, solver, dtype, max_bytes, device, progress, "
+        "model, data"
     )
     with pytest.raises(
         ModeconnectError, match=rf"^weight: unknown option 'regg'; accepted options: {accepted}$"

@@ -145,8 +145,8 @@ def _columns(
     for d, size in zip(rest, sizes):
         stride //= size
         source += index[d][(flat // stride) % size] * stride
-    rows = index[axis][units]  # (n, m)
-    if rows.shape[1] == 1 and torch.equal(rows[:, 0], torch.arange(len(rows))):
+    rows = index[axis][units]  # (n, m): the axis may hold other parts (a concatenation)
+    if rows.shape == (len(mat), 1) and torch.equal(rows[:, 0], torch.arange(len(mat))):
         return mat.index_select(1, source)
     return mat[rows[:, slots], source]
 
