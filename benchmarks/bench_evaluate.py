@@ -14,6 +14,9 @@ Three sections, each a ratio against a reference in the same process (below 1 is
    ``reset_running_stats()``, ``momentum=None``, a training-mode pass over the
    training batches, then the plain evaluation loop; against :func:`example_curves`
    with :func:`modeconnect.bn.make_correction` (``mode="reset"``).
+4. **Causal language model** (needs ``transformers``): a small random GPT-2, the
+   reference loop loads each α and computes ``F.cross_entropy`` on the shifted
+   logits; against :func:`example_curve` with ``loss="causal_lm"``.
 
 Run from the repository root::
 
@@ -255,6 +258,66 @@ def bench_reset(case: Case, alphas: list[float], repeats: int, device: str) -> l
     return times
 
 
+def _gpt2() -> nn.Module:
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=1000, n_positions=32, n_embd=64, n_layer=2, n_head=4, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _tokens(device: str, examples: int = 128, length: int = 32, size: int = 32) -> list[Batch]:
+    ids = torch.randint(1000, (examples, length), generator=torch.Generator().manual_seed(1))
+    return [(x, x) for x in ids.to(device).split(size)]
+
+
+def reference_lm_curve(
+    model: nn.Module,
+    a: dict[str, Tensor],
+    b: dict[str, Tensor],
+    batches: list[Batch],
+    alphas: list[float],
+) -> Rows:
+    """Load each α, then next-token cross-entropy and accuracy on the shifted logits."""
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for alpha in alphas:
+            model.load_state_dict(_lerp_sd(a, b, alpha))
+            loss, hits, count = 0.0, 0, 0
+            for ids, _ in batches:
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+                target = ids[:, 1:]
+                loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="sum").item()
+                hits += int((logits.argmax(-1) == target).sum())
+                count += target.numel()
+            rows.append((loss / count, hits / count))
+    return rows
+
+
+def bench_causal_lm(alphas: list[float], repeats: int, device: str) -> list[float] | None:
+    try:
+        torch.manual_seed(0)
+        model_ref = _gpt2().to(device)
+    except ImportError:
+        return None
+    torch.manual_seed(1)
+    other = _gpt2().to(device)
+    a = {k: v.clone() for k, v in model_ref.state_dict().items()}
+    b = {k: v.clone() for k, v in other.state_dict().items()}
+    batches = _tokens(device)
+    times, (rows, curve) = _best_of(
+        repeats,
+        lambda: reference_lm_curve(model_ref, a, b, batches, alphas),
+        lambda: example_curve(other, a, b, batches, alphas=alphas, loss="causal_lm"),
+    )
+    per = curve.curve()
+    _check_rows(rows, per.losses, per.accuracies, 128 * 31, 1e-5)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Time modeconnect's evaluation against plain loops."
@@ -291,6 +354,14 @@ def main() -> None:
     print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
     t_ref, t_ours = bench_reset(CNN, alphas, args.repeats, args.device)
     print(f"{CNN.name:<30} {t_ref:>12.3f} {t_ours:>14.3f} {t_ours / t_ref:>6.2f}")
+    print("\n4. causal LM: hand-written loop vs example_curve(loss='causal_lm')")
+    lm = bench_causal_lm(alphas, args.repeats, args.device)
+    if lm is None:
+        print("skipped: transformers is not installed")
+    else:
+        name = "gpt2 2x64, 128 x 32 tokens"
+        print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
+        print(f"{name:<30} {lm[0]:>12.3f} {lm[1]:>14.3f} {lm[1] / lm[0]:>6.2f}")
     print("\nall agree with their references (losses to rtol 1e-5 / 1e-4, accuracies to 1 example)")
 
 

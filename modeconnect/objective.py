@@ -118,7 +118,7 @@ def batch_loss(
 
     def step(out: Any, prepared: Any) -> tuple[Tensor, int]:
         target = prepared[1]
-        values = check_per_example(scoring.losses(out, target), len(target))
+        values = check_per_example(scoring.losses(out, target), target.shape[0])
         return values.sum(), int(scoring.count(target))
 
     return over_batches(model, bound, [prepared], step, bound=True)[0]

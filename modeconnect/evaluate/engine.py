@@ -113,11 +113,11 @@ class Pass:
         summed = self.sum_loss(out, target) if self.sum_loss else self.scoring.summed(out, target)
         hits = self.scoring.hits(out, target)
         found = hits.sum() if hits is not None else torch.tensor(math.nan)
-        return _check_summed(summed), found, self.scoring.count(target), len(target)
+        return _check_summed(summed), found, self.scoring.count(target), target.shape[0]
 
-    def _example_step(self, out: Any, batch: Any) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _example_step(self, out: Any, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | float]:
         target = batch[1]
-        loss = check_per_example(self.scoring.losses(out, target), len(target))
+        loss = check_per_example(self.scoring.losses(out, target), target.shape[0])
         return loss, self.scoring.hits(out, target), self.scoring.entries(target)
 
     @staticmethod
@@ -131,10 +131,11 @@ class Pass:
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), count
 
     @staticmethod
-    def _examples(rows: Sequence[tuple[Tensor, Tensor | None, Tensor]]) -> Rows:
-        _check_nonempty(sum(len(r[0]) for r in rows))
+    def _examples(rows: Sequence[tuple[Tensor, Tensor | None, Tensor | float]]) -> Rows:
+        sizes = [r[0].shape[0] for r in rows]
+        _check_nonempty(sum(sizes))
         losses = [r[0] for r in rows]
-        count = torch.cat([r[2] for r in rows]).to(losses[0].device)
+        count = _entry_counts([r[2] for r in rows], sizes, losses[0].device)
         return _per_row_sums(losses, count), _per_row_sums([r[1] for r in rows], count), count
 
 
@@ -153,6 +154,20 @@ def _check_summed(loss: Any) -> Tensor:
             'over the batch (reduction="sum")'
         )
     return loss
+
+
+def _entry_counts(
+    entries: Sequence[Tensor | float], sizes: Sequence[int], device: torch.device
+) -> Tensor:
+    """Entries per example ``(N,)`` float64 from each batch's (a float: the same for all)."""
+    same = {e for e in entries if isinstance(e, float)}
+    if len(same) == 1 and all(isinstance(e, float) for e in entries):
+        return torch.full((sum(sizes),), same.pop(), dtype=torch.float64, device=device)
+    parts = [
+        e.to(device) if isinstance(e, Tensor) else torch.full((n,), e, dtype=torch.float64)
+        for e, n in zip(entries, sizes, strict=True)
+    ]
+    return torch.cat(parts).to(device)
 
 
 def _per_row_sums(parts: Sequence[Tensor | None], count: Tensor) -> Tensor:

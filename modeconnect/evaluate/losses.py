@@ -153,8 +153,8 @@ class Scoring(abc.ABC):
         """Correct top-1 entries ``(N, ...)``, False where not scored; None: no accuracy."""
 
     @abc.abstractmethod
-    def entries(self, target: Tensor) -> Tensor:
-        """Scored entries per example, ``(N,)`` float64."""
+    def entries(self, target: Tensor) -> Tensor | float:
+        """Scored entries per example, ``(N,)`` float64, or one float when all have as many."""
 
     @abc.abstractmethod
     def count(self, target: Tensor) -> int | Tensor:
@@ -191,14 +191,15 @@ class ClassifierScoring(Scoring):
         return self.loss(out, target)
 
     def summed(self, out: Any, target: Tensor) -> Tensor:
-        return (self.sum_loss or super().summed)(out, target)
+        if self.sum_loss is not None:
+            return self.sum_loss(out, target)
+        return self.loss(out, target).sum()
 
     def hits(self, out: Any, target: Tensor) -> Tensor | None:
         return None if target.is_floating_point() else out.argmax(dim=1) == target
 
-    def entries(self, target: Tensor) -> Tensor:
-        per_example = math.prod(target.shape[1:])
-        return torch.full((len(target),), per_example, dtype=torch.float64)
+    def entries(self, target: Tensor) -> float:
+        return float(math.prod(target.shape[1:]))
 
     def count(self, target: Tensor) -> int:
         return target.numel()
