@@ -123,6 +123,7 @@ def reference_curve(
     b: dict[str, Tensor],
     batches: list[Batch],
     alphas: list[float],
+    score: Callable[[nn.Module, list[Batch]], tuple[float, float]] = _plain_eval,
 ) -> Rows:
     """The hand-written loop: interpolate, load_state_dict, evaluate, for each α."""
     rows = []
@@ -130,7 +131,7 @@ def reference_curve(
     with torch.no_grad():
         for alpha in alphas:
             model.load_state_dict(_lerp_sd(a, b, alpha))
-            rows.append(_plain_eval(model, batches))
+            rows.append(score(model, batches))
     return rows
 
 
@@ -273,28 +274,16 @@ def _tokens(device: str, examples: int = 128, length: int = 32, size: int = 32) 
     return [(x, x) for x in ids.to(device).split(size)]
 
 
-def reference_lm_curve(
-    model: nn.Module,
-    a: dict[str, Tensor],
-    b: dict[str, Tensor],
-    batches: list[Batch],
-    alphas: list[float],
-) -> Rows:
-    """Load each α, then next-token cross-entropy and accuracy on the shifted logits."""
-    rows = []
-    model.eval()
-    with torch.no_grad():
-        for alpha in alphas:
-            model.load_state_dict(_lerp_sd(a, b, alpha))
-            loss, hits, count = 0.0, 0, 0
-            for ids, _ in batches:
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-                target = ids[:, 1:]
-                loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="sum").item()
-                hits += int((logits.argmax(-1) == target).sum())
-                count += target.numel()
-            rows.append((loss / count, hits / count))
-    return rows
+def _plain_lm_eval(model: nn.Module, batches: list[Batch]) -> tuple[float, float]:
+    """Next-token cross-entropy and accuracy on the shifted logits, by hand."""
+    loss, hits, count = 0.0, 0, 0
+    for ids, _ in batches:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        target = ids[:, 1:]
+        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="sum").item()
+        hits += int((logits.argmax(-1) == target).sum())
+        count += target.numel()
+    return loss / count, hits / count
 
 
 def bench_causal_lm(alphas: list[float], repeats: int, device: str) -> list[float] | None:
@@ -310,7 +299,7 @@ def bench_causal_lm(alphas: list[float], repeats: int, device: str) -> list[floa
     batches = _tokens(device)
     times, (rows, curve) = _best_of(
         repeats,
-        lambda: reference_lm_curve(model_ref, a, b, batches, alphas),
+        lambda: reference_curve(model_ref, a, b, batches, alphas, _plain_lm_eval),
         lambda: example_curve(other, a, b, batches, alphas=alphas, loss="causal_lm"),
     )
     per = curve.curve()
