@@ -284,6 +284,7 @@ def print_solvers(tables: list[tuple[Pair, dict[str, tuple[float, int]]]]) -> No
 def print_tolerances(pairs: list[Pair], tolerances: list[float], seeds: list[int]) -> None:
     """Sweeps, solves, objective and barriers of each ``rtol``: the price of stopping early."""
     from modeconnect import barrier, interpolation_curve
+
     print(f"{'pair':26} {'rtol':>7} {'seed':>4} {'sweeps':>6} {'solves':>6} {'cpu s':>7} "
           f"{'objective':>10} {'loss barrier':>12} {'error barrier':>13}")  # fmt: skip
     for pair in pairs:
