@@ -232,3 +232,35 @@ def test_copying_pads_fix_the_padded_axis(mode):
     spec = _derive(Padded(), torch.randn(2, 3, 4))
     assert isinstance(spec.layouts["fc.weight"][0], Fixed)
     assert any(r.startswith("pad") for r in _reasons(spec))
+
+
+class MoreOps(nn.Module):
+    """einsum attention, index_select, upsampling, baddbmm with a learned bias, PReLU,
+    var_mean: each relates the feature axes it should and fixes only positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 10)
+        self.conv, self.act = nn.Conv2d(10, 12, 1), nn.PReLU(12)
+        self.bias = nn.Parameter(torch.randn(1, 4, 4))
+        self.head = nn.Linear(12, 2)
+        self.register_buffer("rows", torch.tensor([3, 0, 2, 1]))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T=4, 6)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        scores = torch.baddbmm(self.bias, q, k.transpose(1, 2))
+        y = torch.einsum("bts,bsd->btd", scores.softmax(-1), v)
+        y = torch.index_select(y, 1, self.rows)
+        img = y.transpose(1, 2).reshape(x.shape[0], 10, 2, 2)
+        img = self.act(self.conv(F.interpolate(img, scale_factor=2.0)))
+        var, mean = torch.var_mean(img, dim=(2, 3))
+        return self.head(var + mean)
+
+
+def test_more_ops_have_rules():
+    spec = _derive(MoreOps(), torch.randn(2, 4, 6))
+    assert not any("unsupported" in r for r in _reasons(spec)), _reasons(spec)
+    assert spec.layouts["q.weight"][0] == spec.layouts["k.weight"][0]  # q·k contracted
+    assert isinstance(spec.layouts["v.weight"][0], Leaf)
+    assert spec.layouts["act.weight"][0] == spec.layouts["conv.weight"][0]
+    assert Coverage.of(spec).frozen_outputs == {"head.weight": "model output"}

@@ -122,7 +122,11 @@ except ImportError:  # pragma: no cover - depends on pytest's import mode
     from zoo_vision import VISION  # type: ignore[no-redef]
 
 
-@pytest.mark.parametrize("name", sorted(VISION))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in {"tv_resnet50", "tv_mobilenet_v2",
+     "tv_efficientnet", "tv_swin"} else n for n in sorted(VISION)],
+)  # fmt: skip
 def test_vision_models_run_randomise_and_export(name):
     model, args = VISION[name]()
     before = {k: t.detach().clone() for k, t in _float_tensors(model).items()}

@@ -76,6 +76,7 @@ def test_only_the_classifier_output_is_fixed(derived, name):
     assert not any(r.startswith("unsupported op") for r in coverage.reasons), coverage.reasons
 
 
+@pytest.mark.slow
 def test_inplace_ops_and_new_rules_are_what_is_used():
     """The patterns issue 11 lists appear in these graphs (guards against a zoo drift)."""
     from modeconnect.spec.trace import trace

@@ -104,6 +104,12 @@ def reduce(ctx: Context, node: torch.fx.Node) -> Dims:
     return out
 
 
+def reduce_pair(ctx: Context, node: torch.fx.Node) -> Any:
+    """``var_mean``/``std_mean``: two reductions over the same dims."""
+    out = reduce(ctx, node)
+    return [out, list(out)]
+
+
 def arg_reduce(ctx: Context, node: torch.fx.Node) -> Any:
     """``argmax``/``argmin``/``topk``/``sort``: the result names positions along ``dim``,
     so that dim is fixed; the other dims pass through."""
@@ -130,7 +136,7 @@ def arg_reduce(ctx: Context, node: torch.fx.Node) -> Any:
 
 
 def pool(ctx: Context, node: torch.fx.Node) -> Any:
-    """Pooling keeps batch and channel dims and fixes the spatial ones."""
+    """Pooling and upsampling keep batch and channel dims and fix the spatial ones."""
     x = dims(ctx, args(node)[0])
     if x is None:
         return unknown(ctx, node)
@@ -181,7 +187,10 @@ _POOL = [
     "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "avg_pool1d",
     "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "max_pool3d_with_indices", "adaptive_max_pool3d",
+    "max_pool3d_with_indices", "adaptive_max_pool3d", "upsample_nearest1d",
+    "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d",
+    "upsample_linear1d", "upsample_trilinear3d", "_upsample_nearest_exact2d",
+    "_upsample_bilinear2d_aa",
 ]  # fmt: skip
 
 RULES: dict[str, Rule] = {
@@ -258,6 +267,13 @@ RULES: dict[str, Rule] = {
     "diff": rules_shape.cumulative,
     "index": rules_shape.index,
     "gather": rules_shape.gather,
+    "index_select": rules_shape.index_select,
+    "einsum": rules_layers.einsum,
+    "baddbmm": rules_layers.baddbmm,
+    "prelu": rules_layers.prelu,
+    "_prelu_kernel": rules_layers.prelu,
+    "var_mean": reduce_pair,
+    "std_mean": reduce_pair,
     "argmax": arg_reduce,
     "argmin": arg_reduce,
     "topk": arg_reduce,

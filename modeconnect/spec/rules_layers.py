@@ -22,6 +22,7 @@ from .context import (
     fresh_from_val,
     maybe_tuple,
     site,
+    unify_trailing,
     unknown,
     weight_output,
 )
@@ -87,6 +88,89 @@ def matmul(ctx: Context, node: torch.fx.Node) -> Dims:
             if k <= len(d) and vs.size[d[-k]] == vs.size[out[-k]]:
                 vs.union(out[-k], d[-k], "matmul")
     return out
+
+
+def baddbmm(ctx: Context, node: torch.fx.Node) -> Dims:
+    """``baddbmm(bias, a, c) = bias + a @ c`` (BLOOM's ALiBi scores): a matmul, plus a
+    bias that broadcasts against the result (tied to it, or fixing it when constant)."""
+    b = bind(node)
+    a, c, bias = dims(ctx, b["batch1"]), dims(ctx, b["batch2"]), dims(ctx, b["self"])
+    if a is None or c is None or len(a) != 3 or len(c) != 3:
+        return unknown(ctx, node)
+    out = fresh(ctx, node)
+    vs = ctx.vars
+    vs.union(a[-1], c[-2], "baddbmm")
+    vs.mix(a[-1])
+    for o, x in ((out[0], a[0]), (out[0], c[0]), (out[1], a[1]), (out[2], c[2])):
+        vs.union(o, x, "baddbmm")
+    if bias is not None:
+        unify_trailing(ctx, out, bias, "baddbmm")
+    return out
+
+
+def einsum(ctx: Context, node: torch.fx.Node) -> Dims:
+    """``einsum``: dims with one letter are one axis; summed letters mix their axis."""
+    b = bind(node)
+    operands = [dims(ctx, t) for t in b["tensors"]]
+    out = fresh(ctx, node)
+    parsed = _einsum_letters(str(b["equation"]), [len(d) if d else 0 for d in operands])
+    if parsed is None or any(d is None for d in operands):
+        return unknown(ctx, node)
+    inputs, output = parsed
+    vs = ctx.vars
+    seen: dict[str, int] = {}
+    for letters, d in zip(inputs, operands):
+        for letter, v in zip(letters, d or []):
+            if vs.size[v] == 1:
+                continue  # broadcast
+            if letter in seen:
+                vs.union(seen[letter], v, "einsum")
+            else:
+                seen[letter] = v
+            if letter not in output:
+                vs.mix(v)
+    if len(output) != len(out):
+        return unknown(ctx, node)
+    for letter, o in zip(output, out):
+        if letter in seen and vs.size[o] == vs.size[seen[letter]]:
+            vs.union(o, seen[letter], "einsum")
+        elif vs.size[o] != 1:
+            return unknown(ctx, node)
+    return out
+
+
+def _einsum_letters(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """Per operand and for the output, one symbol per dim (``...`` expanded to digits)."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation:
+        return None
+    lhs, rhs = equation.split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        return None
+    width = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks)), default=0)
+    ellipsis = "".join(str(i) for i in range(max(width, 0)))
+
+    def expand(term: str, rank: int) -> str:
+        if "..." not in term:
+            return term
+        k = rank - len(term.replace("...", ""))
+        return term.replace("...", ellipsis[len(ellipsis) - k :] if k > 0 else "")
+
+    inputs = [expand(t, r) for t, r in zip(terms, ranks)]
+    if any(len(t) != r for t, r in zip(inputs, ranks)):
+        return None
+    return inputs, rhs.replace("...", ellipsis)
+
+
+def prelu(ctx: Context, node: torch.fx.Node) -> Dims:
+    """``prelu(x, weight)``: one slope per channel (dim 1), or one for all."""
+    x, w = dims(ctx, args(node)[0]), dims(ctx, args(node)[1])
+    if x is None or w is None or len(w) != 1:
+        return unknown(ctx, node)
+    if ctx.vars.size[w[0]] != 1:
+        ctx.vars.union(x[1] if len(x) > 1 else x[0], w[0], "prelu")
+    return list(x)
 
 
 def conv(ctx: Context, node: torch.fx.Node) -> Dims:

@@ -372,6 +372,22 @@ def _index_as_slice(
     return out
 
 
+def index_select(ctx: Context, node: torch.fx.Node) -> Dims:
+    """``index_select(x, dim, index)``: ``x[..., index, ...]`` along ``dim``."""
+    b = bind(node)
+    x, idx = dims(ctx, b["self"]), dims(ctx, b["index"])
+    out = fresh(ctx, node)
+    if x is None or idx is None or len(idx) != 1 or len(out) != len(x):
+        return unknown(ctx, node)
+    dim = norm_dim(int(b["dim"]), len(x))
+    if _constant_run(ctx, b["index"], ctx.vars.size[x[dim]]):
+        return _index_as_slice(ctx, node, x, dim, b["index"])
+    ctx.vars.freeze(x[dim], "index_select")
+    for i, (o, v) in enumerate(zip(out, x)):
+        ctx.vars.union(o, idx[0] if i == dim else v, "index_select")
+    return out
+
+
 def _is_bool(t: Any) -> bool:
     val = t.meta.get("val") if isinstance(t, torch.fx.Node) else None
     return isinstance(val, torch.Tensor) and val.dtype == torch.bool
