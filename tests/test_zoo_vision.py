@@ -59,12 +59,7 @@ def test_random_permutations_keep_the_function(derived, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_weight_matching_recovers_a_permuted_copy(derived, name):
     model, _, spec = derived(name)
-    try:
-        missed = recovered(spec, model.state_dict())
-    except RuntimeError as exc:  # a bug in matching/weight.py, reported (not this module's)
-        if name != "tv_shufflenet_v2":
-            raise
-        pytest.xfail(f"matching/weight.py _columns takes a whole concatenated axis: {exc}")
+    missed = recovered(spec, model.state_dict())
     assert missed == []
 
 
