@@ -7,8 +7,8 @@ so a Hugging Face model is traced as the user holds it: its main input by name,
 ``use_cache=False`` (no cache object in the outputs), decoder inputs for
 encoder-decoders, and only the selected output (``logits``) counts as the output.
 
-Models whose parameters live on the ``meta`` device (analysed without materialising
-their weights) are traced with the inputs moved to ``meta`` and without the eager
+Inputs move to the device of the model's weights. Models whose weights live on the
+``meta`` device (analysed without materialising them) are traced without the eager
 check run, which would need values.
 """
 
@@ -58,14 +58,20 @@ def call_arguments(call: ModelCall, inputs: Inputs) -> tuple[tuple[Any, ...], di
     return (), {**kwargs, **call.constants}
 
 
-def on_meta(model: nn.Module) -> bool:
-    """Whether the model holds its weights on the ``meta`` device (shapes only)."""
-    return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+def weights_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's weights (``meta`` if any is there: shapes only)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        return torch.device("meta")
+    return tensors[0].device if tensors else None
 
 
-def to_meta(value: Any) -> Any:
+def to_device(value: Any, device: torch.device | None) -> Any:
+    """``value`` with every tensor in it on ``device`` (unchanged if already there)."""
+    if device is None:
+        return value
     return torch.utils._pytree.tree_map(
-        lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, value
+        lambda x: x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x, value
     )
 
 
@@ -78,13 +84,11 @@ def trace(model: nn.Module, inputs: Inputs, call: ModelCall | None = None) -> Tr
     failure is reported here.
     """
     how = call if call is not None else model_call(model)
-    args, kwargs = call_arguments(how, inputs)
-    meta = on_meta(model)
-    if meta:
-        args, kwargs = to_meta(args), to_meta(kwargs)
+    device = weights_device(model)
+    args, kwargs = to_device(call_arguments(how, inputs), device)
     try:
         with eval_mode(model), torch.no_grad():
-            if not meta:
+            if device is None or device.type != "meta":
                 model(*args, **kwargs)
             with _quiet_torch_logs():
                 program = torch.export.export(model, args, kwargs, strict=False)
