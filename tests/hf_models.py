@@ -24,7 +24,8 @@ def llama(seed: int = 0, **overrides: object) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+                  num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=64)  # fmt: skip
     config.update(overrides)
     return _randomised(LlamaForCausalLM(LlamaConfig(**config)), seed)
 
@@ -33,7 +34,8 @@ def bert(seed: int = 0, head: bool = False) -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+                        num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64)  # fmt: skip
     return _randomised((BertForMaskedLM if head else BertModel)(config), seed)
 
 
@@ -69,7 +71,9 @@ def save(
     """``save_pretrained`` in ``dtype``; ``sharded`` cuts it into shards of ~20 kB."""
     import copy
 
-    copy.deepcopy(model).to(dtype).save_pretrained(path, max_shard_size="20KB" if sharded else "1GB")
+    copy.deepcopy(model).to(dtype).save_pretrained(
+        path, max_shard_size="20KB" if sharded else "1GB"
+    )
     if tokenizer:
         save_tokenizer(path)
     return path

@@ -14,12 +14,12 @@ import json
 import os
 from pathlib import Path
 
+import hf_models as hf
 import pytest
 import torch
 from click.testing import CliRunner
 
 from modeconnect_cli.main import main
-import hf_models as hf
 
 IDS = torch.randint(0, hf.VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))
 
@@ -59,7 +59,9 @@ def _pair(
 
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(folder)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(folder)): "<dir>"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
     }
 
@@ -274,7 +276,9 @@ def test_bad_directories_get_one_line_and_nothing_is_written(
     a, b = _pair(models, tmp_path, "llama", torch.float32, True)
     breaker(a)
     before = _snapshot(tmp_path)
-    code, _, err = _cli("align", a, b, "--out", tmp_path / "c", "--merged", tmp_path / "m.safetensors")
+    code, _, err = _cli(
+        "align", a, b, "--out", tmp_path / "c", "--merged", tmp_path / "m.safetensors"
+    )
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -690,16 +690,26 @@ def _where(ckpt: Checkpoint, key: str) -> Path:
     return weights.info(key).file if isinstance(weights, LazyWeights) else ckpt.path
 
 
+FINITE_CHUNK = 1 << 22
+"""Entries checked at once: ``isfinite`` makes an ``abs`` copy and two masks."""
+
+
 def _check_finite(ckpt: Checkpoint, when: str = "") -> None:
     weights = ckpt.state_dict
     keys: Iterable[str] = weights.keys()
+    dtype = None
     if isinstance(weights, LazyWeights):  # each stored tensor once, tied aliases skipped
         keys = {stored: key for key, stored in weights.names.items()}.values()
+        weights, dtype = weights.in_dtype(None), weights.dtype  # converted chunk by chunk
     for key in keys:
         tensor = weights[key]
         if not (tensor.is_floating_point() or tensor.is_complex()):
             continue
-        bad = int((~torch.isfinite(tensor)).sum())
+        flat = tensor.reshape(-1)
+        bad = sum(
+            int((~torch.isfinite(flat[i : i + FINITE_CHUNK].to(dtype or flat.dtype))).sum())
+            for i in range(0, len(flat), FINITE_CHUNK)
+        )
         if bad:
             raise ModeconnectError(
                 f"{_where(ckpt, key)}: tensor {key!r} {_shape(tensor)} has {bad} non-finite "

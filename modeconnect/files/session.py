@@ -51,9 +51,10 @@ __all__ = ["PROBE_SIZE", "Session", "open_session", "parse_dtype"]
 
 PROBE_SIZE = 64
 """Examples of the data in the probe batch."""
-PROBE_SEQUENCES = (4, 128)
-"""A language model's probe: at most 4 sequences of at most 128 tokens (the guard runs
-B and aligned B on it; at 1 B parameters each pass costs ~1 TFLOP per 500 tokens)."""
+PROBE_SEQUENCES = (2, 64)
+"""A language model's probe: at most 2 sequences of at most 64 tokens. The guard runs B
+and aligned B on it (at 1 B parameters a pass costs ~2 GFLOP per token) and compares
+logits of ``tokens × vocabulary`` in float64 (64 MB for 128 tokens of a 32000 vocabulary)."""
 BLOCK_SIZE = 512
 """Tokens per example cut from text, unless the model has fewer positions."""
 _POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")

@@ -31,7 +31,7 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.evaluate import alpha_grid, barrier, example_curves
 from modeconnect.evaluate.results import Curve
 from modeconnect.files.data import Batch
-from modeconnect.files.hf import computed_buffers
+from modeconnect.files.hf import LazyWeights, computed_buffers
 from modeconnect.files.lazy import Converted, Extended, Lerped, Permuted
 from modeconnect.guard import check_equivalence, require_equivalence
 from modeconnect.matching import get_method
@@ -64,10 +64,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 def model_bytes(state_dict: StateDict) -> int | None:
     """The bytes a lazy checkpoint stores (``S``), from its headers; ``None`` for a dict."""
-    directory = getattr(state_dict, "directory", None)
-    if directory is None:
+    if not isinstance(state_dict, LazyWeights):
         return None
-    return sum(info.nbytes for info in directory.tensors.values())
+    return sum(info.nbytes for info in state_dict.directory.tensors.values())
 
 
 def align_streamed(
@@ -89,18 +88,27 @@ def align_streamed(
     The guard compares B and aligned B on ``probe`` in ``a``/``b``'s dtype. The
     method gets, if it takes them, ``progress`` (weight matching: one tick per
     group), ``max_bytes`` (what its similarity may keep) and ``device`` (where its
-    products run).
+    products run); a method that bounds its memory converts each tensor itself, so it
+    reads lazy checkpoints in their stored dtype (bfloat16: half the bytes).
     """
     match = get_method(method)
     taken = inspect.signature(match).parameters
     extra = {"progress": progress, "max_bytes": max_bytes, "device": device}
     options = {**options, **{k: v for k, v in extra.items() if v is not None and k in taken}}
-    alignment = match(spec, a, b, model=model, data=data, **options)
+    pair = (a, b)
+    if "max_bytes" in taken:  # it converts each tensor itself: read them as stored (half size)
+        pair = (_as_stored(a), _as_stored(b))
+    alignment = match(spec, *pair, model=model, data=data, **options)
     aligned = Permuted(b, spec, alignment.perm)
     equivalence = check_equivalence(model, b, aligned, probe)
     require_equivalence(equivalence)
     # A read-only view stands in for the dict: every reader only indexes it.
     return AlignResult(spec, alignment, cast(dict[str, Tensor], aligned), equivalence)
+
+
+def _as_stored(state_dict: StateDict) -> StateDict:
+    """A lazy checkpoint read in the dtypes it stores (other mappings as they are)."""
+    return state_dict.in_dtype(None) if isinstance(state_dict, LazyWeights) else state_dict
 
 
 def curves_streamed(
