@@ -143,6 +143,10 @@ COMMANDS: dict[str, Callable[[Bench, Path, Path], list[object]]] = {
     "barrier": lambda b, x, y: ["barrier", x, y, "--data", b.data, "--json", b.root / "r.json"],
     "compare": lambda b, x, y: ["compare", x, y, "--data", b.data, "--methods", "weight"],
     "merge": lambda b, x, y: ["merge", x, y, "--out", b.root / "m.pt"],
+    "curve": lambda b, x, y: ["curve", x, y, "--train", b.data, "--data", b.data, "--epochs", "1"],
+    "plane": lambda b, x, y: ["plane", x, y, y, "--data", b.data, "--resolution", "3"],
+    "landscape": lambda b, x, y: ["landscape", x, "--data", b.data, "--resolution", "3"],
+    "sharpness": lambda b, x, y: ["sharpness", x, y, "--data", b.data, "--iterations", "2"],
 }
 
 
