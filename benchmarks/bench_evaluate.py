@@ -43,7 +43,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeconnect.bn import make_correction  # noqa: E402
-from modeconnect.evaluate import (  # noqa: E402
+from modeconnect.evaluation import (  # noqa: E402
     Batch,
     example_curve,
     example_curves,

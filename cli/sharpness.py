@@ -12,7 +12,7 @@ from modeconnect_cli.format import format_sharpness
 
 SPECTRUM_METHODS = ("lanczos", "power")
 NORMS = ("l2", "linf")
-"""The names of ``modeconnect.sharpness.SPECTRUM_METHODS`` and ``NORMS`` (it imports torch)."""
+"""The names of ``modeconnect.curvature.SPECTRUM_METHODS`` and ``NORMS`` (it imports torch)."""
 MERGES = ("none", "naive", *o.METHOD_NAMES)
 POSITIVE = click.FloatRange(min=0, min_open=True)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from modeconnect.evaluate import evaluate  # noqa: E402
+from modeconnect.evaluation import evaluate  # noqa: E402
 from modeconnect.federated import aligned_fedavg, fedavg  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
 

@@ -65,9 +65,9 @@ from digits_app.task import (  # noqa: E402
 )
 
 import modeconnect as mc  # noqa: E402
-from modeconnect.evaluate import Metrics, evaluate  # noqa: E402
+from modeconnect.evaluation import Metrics, evaluate  # noqa: E402
 from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
-from modeconnect.merge import merge  # noqa: E402
+from modeconnect.merging import merge  # noqa: E402
 
 CLIENTS = 4
 METHODS = {"FedAvg": "none", "AlignedFedAvg": "weight"}

@@ -49,9 +49,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from modeconnect.files.align import AlignReport, align_files  # noqa: E402
 from modeconnect.files.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
-from modeconnect.files.align import AlignReport, align_files  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"
 MODEL_KWARGS: dict[str, Any] = {"in_features": 784, "hidden": [512, 512, 512], "out_features": 10}

@@ -24,7 +24,7 @@ from science_common import ROOT, digits, main, table, write
 
 import modeconnect as mc
 from modeconnect.curves import CurveStudy, curve_study
-from modeconnect.evaluate import linear_path
+from modeconnect.evaluation import linear_path
 from modeconnect.figures import curve_figure, surface_figure
 from modeconnect.landscape import plane_grid
 

@@ -9,7 +9,7 @@ pair (``checkpoints/mlp_a.pt``, ``mlp_b.pt``: 3x512 MLPs on the 8x8 digits) and
 the 3x128 pair ``mlp128_1``, ``mlp128_2``; their merge (the midpoint after weight
 matching), the merge after two epochs of fine-tuning (SGD, lr 0.01), and A with its
 first hidden layer rescaled unit by unit (``c ∈ [1/4, 4]`` in, ``1/c`` out: the
-same function); :func:`modeconnect.sharpness.sharpness_study`, every measure on the
+same function); :func:`modeconnect.curvature.sharpness_study`, every measure on the
 training split (Lanczos for the top-3 eigenvalues, Hutchinson with Rademacher
 probes for the trace, adaptive ``ρ = 0.5`` and plain ``ρ = 0.05`` in l2, ten
 ascent steps). Run from the repository root (about a minute on one core)::
@@ -26,8 +26,8 @@ import torch
 from science_common import ROOT, digits, main, table, write
 
 import modeconnect as mc
+from modeconnect.curvature import sharpness_study
 from modeconnect.figures import sharpness_figure
-from modeconnect.sharpness import sharpness_study
 
 FULL: dict[str, Any] = {
     "pairs": {"3x512": ("mlp_a", "mlp_b"), "3x128": ("mlp128_1", "mlp128_2")},

@@ -20,8 +20,6 @@ the command line's ``--help`` do not pay for torch, SciPy or POT until they are 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -63,17 +61,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "check_equivalence": ("modeconnect.guard", "check_equivalence"),
     "ModelCall": ("modeconnect.forward", "ModelCall"),
     # evaluation
-    "Barrier": ("modeconnect.evaluate", "Barrier"),
-    "Curve": ("modeconnect.evaluate", "Curve"),
-    "CurvePoint": ("modeconnect.evaluate", "CurvePoint"),
-    "Metrics": ("modeconnect.evaluate", "Metrics"),
-    "barrier": ("modeconnect.evaluate", "barrier"),
-    "evaluate": ("modeconnect.evaluate", "evaluate"),
-    "interpolate": ("modeconnect.evaluate", "interpolate"),
-    "interpolation_curve": ("modeconnect.evaluate", "interpolation_curve"),
-    "LOSSES": ("modeconnect.evaluate", "LOSSES"),
-    "Scoring": ("modeconnect.evaluate", "Scoring"),
-    "MaskedLMScoring": ("modeconnect.evaluate", "MaskedLMScoring"),
+    "Barrier": ("modeconnect.evaluation", "Barrier"),
+    "Curve": ("modeconnect.evaluation", "Curve"),
+    "CurvePoint": ("modeconnect.evaluation", "CurvePoint"),
+    "Metrics": ("modeconnect.evaluation", "Metrics"),
+    "barrier": ("modeconnect.evaluation", "barrier"),
+    "evaluate": ("modeconnect.evaluation", "evaluate"),
+    "interpolate": ("modeconnect.evaluation", "interpolate"),
+    "interpolation_curve": ("modeconnect.evaluation", "interpolation_curve"),
+    "LOSSES": ("modeconnect.evaluation", "LOSSES"),
+    "Scoring": ("modeconnect.evaluation", "Scoring"),
+    "MaskedLMScoring": ("modeconnect.evaluation", "MaskedLMScoring"),
     "repair": ("modeconnect.bn", "repair"),
     "reset_batchnorm": ("modeconnect.bn", "reset_batchnorm"),
     "layerwise_barriers": ("modeconnect.layerwise", "layerwise_barriers"),
@@ -93,16 +91,16 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "filter_normalized_direction": ("modeconnect.landscape", "filter_normalized_direction"),
     "slice_1d": ("modeconnect.landscape", "slice_1d"),
     "surface_2d": ("modeconnect.landscape", "surface_2d"),
-    "Sharpness": ("modeconnect.sharpness", "Sharpness"),
-    "SharpnessStudy": ("modeconnect.sharpness", "SharpnessStudy"),
-    "hessian_spectrum": ("modeconnect.sharpness", "hessian_spectrum"),
-    "hessian_trace": ("modeconnect.sharpness", "hessian_trace"),
-    "adaptive_sharpness": ("modeconnect.sharpness", "adaptive_sharpness"),
-    "sharpness": ("modeconnect.sharpness", "sharpness"),
-    "sharpness_study": ("modeconnect.sharpness", "sharpness_study"),
+    "Sharpness": ("modeconnect.curvature", "Sharpness"),
+    "SharpnessStudy": ("modeconnect.curvature", "SharpnessStudy"),
+    "hessian_spectrum": ("modeconnect.curvature", "hessian_spectrum"),
+    "hessian_trace": ("modeconnect.curvature", "hessian_trace"),
+    "adaptive_sharpness": ("modeconnect.curvature", "adaptive_sharpness"),
+    "sharpness": ("modeconnect.curvature", "sharpness"),
+    "sharpness_study": ("modeconnect.curvature", "sharpness_study"),
     # merging and federated averaging
-    "MergeResult": ("modeconnect.merge", "MergeResult"),
-    "merge": ("modeconnect.merge", "merge"),
+    "MergeResult": ("modeconnect.merging", "MergeResult"),
+    "merge": ("modeconnect.merging", "merge"),
     "fedavg": ("modeconnect.federated", "fedavg"),
     "aligned_fedavg": ("modeconnect.federated", "aligned_fedavg"),
 }
@@ -126,29 +124,19 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-class _Package(types.ModuleType):
-    """The package module: a submodule never hides the public name it shares.
-
-    ``modeconnect.evaluate``, ``.merge`` and ``.sharpness`` are functions and also
-    modules. Importing ``modeconnect.merge`` makes Python set the package attribute
-    ``merge`` to the module, which would hide the function from ``mc.merge``; those
-    assignments are dropped here (the module stays in ``sys.modules``, so ``import``
-    and ``from modeconnect.merge import ...`` work as usual).
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from modeconnect.bn import repair, reset_batchnorm
+    from modeconnect.curvature import (
+        Sharpness,
+        SharpnessStudy,
+        adaptive_sharpness,
+        hessian_spectrum,
+        hessian_trace,
+        sharpness,
+        sharpness_study,
+    )
     from modeconnect.curves import Bezier, CurveFit, CurveStudy, PolyChain, curve_study, fit_curve
-    from modeconnect.evaluate import (
+    from modeconnect.evaluation import (
         LOSSES,
         Barrier,
         Curve,
@@ -185,16 +173,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     )
     from modeconnect.layerwise import layerwise_barriers
     from modeconnect.matching import METHODS, Alignment, match_weights
-    from modeconnect.merge import MergeResult, merge
+    from modeconnect.merging import MergeResult, merge
     from modeconnect.pipeline import AlignResult, align
-    from modeconnect.sharpness import (
-        Sharpness,
-        SharpnessStudy,
-        adaptive_sharpness,
-        hessian_spectrum,
-        hessian_trace,
-        sharpness,
-        sharpness_study,
-    )
     from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
     from modeconnect.study import Study, barrier_study

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch
+from modeconnect.evaluation import Batch
 from modeconnect.forward import Binding, batch_inputs, eval_mode, over_batches
 
 __all__ = [

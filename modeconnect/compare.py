@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ModeconnectError
-from .evaluate import Barrier
+from .evaluation import Barrier
 from .files.data import Batch, first_batch
 from .matching import METHODS, get_method, method_options
 from .pipeline import PROBE_SIZE, align, compare_interpolations

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import (
+from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
     Batch,
     LossChoice,
@@ -156,7 +156,7 @@ def curve_point(
 def curve_path(
     curve: Parametrisation, a: StateDict, bends: Sequence[StateDict], b: StateDict
 ) -> PathFn:
-    """``t -> φ(t)`` (:func:`curve_point`): a path for ``modeconnect.evaluate.example_curves``."""
+    """``t -> φ(t)`` (:func:`curve_point`): a path for ``modeconnect.evaluation.example_curves``."""
     _check_bends(curve, a, b, bends)
 
     def at(t: float) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .merge import Reference, check_state_dicts, merge, normalize_weights, weighted_average
+from .merging import Reference, check_state_dicts, merge, normalize_weights, weighted_average
 
 __all__ = ["aligned_fedavg", "fedavg"]
 
@@ -62,7 +62,7 @@ def aligned_fedavg(
     the clients), a client index, or ``None`` to align the clients to each other
     (MergeMany, for one-shot merges of clients trained from different inits).
     ``method`` names an alignment method (``"none"`` gives plain FedAvg);
-    ``opts`` go to :func:`modeconnect.merge.merge` (``data``, ``seed``,
+    ``opts`` go to :func:`modeconnect.merging.merge` (``data``, ``seed``,
     ``restarts``, ``bn``, ...). Returns the new global state dict.
     """
     sds = list(client_state_dicts)

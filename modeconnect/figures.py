@@ -20,10 +20,10 @@ import io
 import math
 from typing import Any
 
+from modeconnect.curvature import SharpnessStudy
 from modeconnect.curves import CurveStudy
 from modeconnect.errors import ModeconnectError
 from modeconnect.landscape import LossSlice, LossSurface
-from modeconnect.sharpness import SharpnessStudy
 
 __all__ = [
     "curve_figure",

@@ -13,7 +13,7 @@
   one dimension) set to zero, as in the paper: :func:`filter_normalized_direction`,
   :func:`slice_1d` (``L(θ + x d)``), :func:`surface_2d` (``L(θ + x d_1 + y d_2)``).
 
-Each point is evaluated as :func:`modeconnect.evaluate` does (mean loss, top-1
+Each point is evaluated as :func:`modeconnect.evaluation` does (mean loss, top-1
 accuracy), with BatchNorm statistics recomputed at each point when asked
 (``bn="auto"`` does so for planes of models with BatchNorm).
 """
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, LossChoice, PathFn, evaluate_examples, loss_name
+from modeconnect.evaluation import Batch, LossChoice, PathFn, evaluate_examples, loss_name
 from modeconnect.objective import StateDict, bn_correction, check_positive, weights_of
 from modeconnect.progress import ProgressFn
 

@@ -36,7 +36,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import (
+from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
     Barrier,
     Batch,

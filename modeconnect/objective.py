@@ -1,16 +1,16 @@
 """The loss as a differentiable function of a state dict.
 
 Curve training (:mod:`modeconnect.curves`), Hessian-vector products and
-sharpness (:mod:`modeconnect.sharpness`) need gradients with respect to the
+sharpness (:mod:`modeconnect.curvature`) need gradients with respect to the
 weights, and the loss landscapes (:mod:`modeconnect.landscape`) evaluate many
 states that are not any checkpoint. Everything here runs the model through
 :func:`modeconnect.forward.over_batches` with a full state dict, so the module's
 own tensors are never read or written.
 
 The loss of a batch is the per-example loss of the scoring
-:func:`modeconnect.evaluate.get_scoring` names (``"ce"``, ``"mse"``,
+:func:`modeconnect.evaluation.get_scoring` names (``"ce"``, ``"mse"``,
 ``"causal_lm"``, ``"masked_lm"`` or a callable), averaged as
-:func:`modeconnect.evaluate.evaluate` averages it: ``Σ ℓ / number of scored entries``.
+:func:`modeconnect.evaluation.evaluate` averages it: ``Σ ℓ / number of scored entries``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from modeconnect.bn import batchnorm_layers, reset_batchnorm
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, LossChoice, Scoring, get_scoring
-from modeconnect.evaluate.losses import check_per_example
+from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring
+from modeconnect.evaluation.losses import check_per_example
 from modeconnect.forward import Binding, eval_mode, over_batches
 
 __all__ = [

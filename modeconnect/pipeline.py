@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .evaluate import Barrier, Curve, barrier, interpolate, interpolation_curve
+from .evaluation import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .files.data import Batch, first_batch
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import Alignment, get_method

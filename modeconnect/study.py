@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from modeconnect.bn import check_mode, make_correction
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import (
+from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
     Barrier,
     Batch,
@@ -199,10 +199,10 @@ def barrier_study(
       nothing (see :mod:`modeconnect.bn`).
     - Barriers under both definitions (``lerp``, ``mean``) on loss and error for
       every path and split; ``definition`` names the one reported first (the
-      ``barrier`` key). ``loss``: a scoring of :data:`modeconnect.evaluate.LOSSES`
+      ``barrier`` key). ``loss``: a scoring of :data:`modeconnect.evaluation.LOSSES`
       (``"ce"``, ``"mse"``; ``"causal_lm"``, ``"masked_lm"`` for language models,
       whose results also report the perplexity), a
-      :class:`~modeconnect.evaluate.Scoring`, or a callable returning per-example
+      :class:`~modeconnect.evaluation.Scoring`, or a callable returning per-example
       losses (the file layer resolves ``"module:callable"`` references).
     - ``bootstrap > 0``: that many resamples of the test examples give a
       ``confidence`` percentile interval for every barrier (no extra forward pass).

@@ -22,7 +22,7 @@ from modeconnect.bn import (
     reset_batchnorm,
 )
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, evaluate, interpolate
+from modeconnect.evaluation import Batch, evaluate, interpolate
 from modeconnect.files.data import load_data
 from modeconnect.models import conv_net, mlp
 

@@ -24,7 +24,7 @@ from modeconnect.curves import (
     get_curve,
 )
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import evaluate, interpolate, linear_path
+from modeconnect.evaluation import evaluate, interpolate, linear_path
 from modeconnect.models import conv_net, mlp
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"

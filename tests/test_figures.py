@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from modeconnect.curvature import sharpness_study
 from modeconnect.curves import curve_study
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import linear_path
+from modeconnect.evaluation import linear_path
 from modeconnect.figures import curve_figure, sharpness_figure, slice_figure, surface_figure
 from modeconnect.landscape import plane_grid, slice_1d, surface_2d
-from modeconnect.sharpness import sharpness_study
 
 pytest.importorskip("matplotlib")
 

@@ -113,7 +113,7 @@ def _strategy(global_sd, **kwargs) -> AlignedFedAvg:
 
 def test_import_modeconnect_does_not_import_flwr():
     code = (
-        "import sys, modeconnect, modeconnect.merge, modeconnect.federated, "
+        "import sys, modeconnect, modeconnect.merging, modeconnect.federated, "
         "modeconnect.integrations.flower; sys.exit('flwr' in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

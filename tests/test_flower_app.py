@@ -41,7 +41,7 @@ from digits_app.task import (  # noqa: E402
 )
 
 import modeconnect as mc  # noqa: E402
-from modeconnect.evaluate import evaluate  # noqa: E402
+from modeconnect.evaluation import evaluate  # noqa: E402
 
 # Two rounds of a one-hidden-layer MLP, five local epochs, server-side evaluation only.
 # Seen on CPU: initial model 3.8 % test accuracy, round 1 78.6 %, round 2 90.4 %,

@@ -1,6 +1,6 @@
 """Loss planes and filter-normalised landscapes: an orthonormal basis in which the three
 models land at their coordinates, directions whose filters have the model's norms, and
-grids whose points are evaluated exactly as ``modeconnect.evaluate`` evaluates them."""
+grids whose points are evaluated exactly as ``modeconnect.evaluation`` evaluates them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import evaluate_examples, linear_path
+from modeconnect.evaluation import evaluate_examples, linear_path
 from modeconnect.landscape import (
     filter_normalized_direction,
     plane_basis,

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from modeconnect.bn import make_correction
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, barrier, example_curve
+from modeconnect.evaluation import Batch, barrier, example_curve
 from modeconnect.layerwise import LayerGroup, layer_groups, layerwise_barriers
 
 

@@ -18,7 +18,7 @@ import hf_models as hf
 import pytest
 import torch
 
-from modeconnect.evaluate import interpolate
+from modeconnect.evaluation import interpolate
 from modeconnect.files.checkpoints import load_checkpoint, load_models
 from modeconnect.files.hf import LazyWeights
 from modeconnect.files.lazy import Converted, Extended, Lerped, Permuted

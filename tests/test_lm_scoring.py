@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import (
+from modeconnect.evaluation import (
     IGNORE_INDEX,
     LOSSES,
     Barrier,
@@ -27,7 +27,7 @@ from modeconnect.evaluate import (
     get_scoring,
     interpolation_curve,
 )
-from modeconnect.evaluate.engine import Pass
+from modeconnect.evaluation.engine import Pass
 from modeconnect.objective import loss_and_gradient
 from modeconnect.study import barrier_study
 

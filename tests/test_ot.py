@@ -11,7 +11,7 @@ import torch
 
 import modeconnect as mc
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import evaluate, interpolate
+from modeconnect.evaluation import evaluate, interpolate
 from modeconnect.graph import derive_spec
 from modeconnect.matching.ot import (
     WeightSource,

@@ -22,6 +22,12 @@ def test_every_public_name_resolves_to_what_it_names_even_after_all_submodules_l
     assert callable(mc.evaluate) and callable(mc.merge) and callable(mc.sharpness)
 
 
+def test_no_submodule_shares_a_public_name() -> None:
+    """``import modeconnect.X as m`` would give the function X, not the module."""
+    modules = {info.name for info in pkgutil.iter_modules(mc.__path__)}
+    assert not modules & set(mc.__all__)
+
+
 def test_importing_the_package_and_the_command_line_loads_no_torch() -> None:
     code = (
         "import sys, modeconnect, modeconnect.matching, modeconnect_cli.main\n"
@@ -34,8 +40,9 @@ def test_importing_the_package_and_the_command_line_loads_no_torch() -> None:
 
 def test_every_package_is_shipped() -> None:
     """A package missing from pyproject's list is left out of the wheel (installs break)."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     listed = set(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch
+from modeconnect.evaluation import Batch
 from modeconnect.files.report import write_report
 from modeconnect.models import mlp
 from modeconnect.study import Study, barrier_study
@@ -72,7 +72,8 @@ def test_report_without_layerwise_has_only_the_curves(tmp_path: Path) -> None:
 
 def test_importing_modeconnect_does_not_import_matplotlib() -> None:
     code = (
-        "import sys, modeconnect, modeconnect.files.report, modeconnect.study, modeconnect.progress; "
+        "import sys, modeconnect, modeconnect.files.report, modeconnect.study; "
+        "import modeconnect.progress; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
         "assert 'rich' not in sys.modules, 'rich imported'"
     )

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, evaluate, evaluate_examples
+from modeconnect.evaluation import Batch, evaluate, evaluate_examples
 from modeconnect.files.checkpoints import load_checkpoint, resolve_model
 from modeconnect.files.data import load_data
 from modeconnect.models import mlp

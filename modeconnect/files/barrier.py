@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from modeconnect.evaluate import ExampleLossFn
+from modeconnect.evaluation import ExampleLossFn
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.data import Batch
 from modeconnect.files.references import NO_TRUST, Trust, import_callable

@@ -10,7 +10,7 @@ import torch
 
 from modeconnect.curves import CurveStudy, curve_study, get_curve
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import ExampleLossFn
+from modeconnect.evaluation import ExampleLossFn
 from modeconnect.files.barrier import resolve_loss
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.report import CURVE_PLOTS, curve_sections

@@ -19,7 +19,7 @@ For a language model (``language=``, :class:`LanguageData`) token data are accep
   consecutive blocks of ``block_size`` tokens (the remainder is dropped).
 
 Token batches are ``(ids, ids)``, the convention of the language-model scorings of
-:mod:`modeconnect.evaluate.losses` (``"causal_lm"`` scores each next token,
+:mod:`modeconnect.evaluation.losses` (``"causal_lm"`` scores each next token,
 ``"masked_lm"`` masks a seeded 15 % of the positions itself), and hold at most
 :data:`TOKENS_PER_BATCH` tokens (fewer examples than ``batch_size`` when needed).
 

@@ -15,7 +15,7 @@ import torch
 
 from modeconnect.curves import curve_path, get_curve
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import ExampleLossFn, PathFn, linear_path
+from modeconnect.evaluation import ExampleLossFn, PathFn, linear_path
 from modeconnect.files.barrier import resolve_loss
 from modeconnect.files.checkpoints import Checkpoint
 from modeconnect.files.references import NO_TRUST, Trust

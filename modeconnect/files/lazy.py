@@ -10,7 +10,7 @@ tensor (``dict(view)``) materialise the whole state dict, as they would from a d
 * :class:`Converted`: floating tensors in another dtype and/or on another device;
 * :class:`Permuted`: ``apply_permutation`` one tensor at a time;
 * :class:`Lerped`: ``torch.lerp(a, b, alpha)`` one tensor at a time (as
-  :func:`modeconnect.evaluate.interpolate`);
+  :func:`modeconnect.evaluation.interpolate`);
 * :class:`Extended`: a view plus a few fixed tensors (a model's non-persistent buffers).
 """
 

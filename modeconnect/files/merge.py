@@ -19,7 +19,7 @@ from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Metrics, evaluate
+from modeconnect.evaluation import Metrics, evaluate
 from modeconnect.files.checkpoints import (
     Checkpoint,
     check_same_architecture,
@@ -35,7 +35,7 @@ from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
 from modeconnect.files.streamed import model_bytes, resolve_device
 from modeconnect.matching import method_options
-from modeconnect.merge import (
+from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
     NO_ALIGNMENT,
     MergeResult,

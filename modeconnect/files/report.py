@@ -40,10 +40,10 @@ from modeconnect.files.targets import REPORT_FILES, Outputs, Staging
 from modeconnect.study import SplitResult, Study
 
 if TYPE_CHECKING:
+    from modeconnect.curvature import SharpnessStudy
     from modeconnect.curves import CurveStudy
     from modeconnect.landscape import LossSlice, LossSurface
     from modeconnect.pipeline import AlignResult
-    from modeconnect.sharpness import SharpnessStudy
 
 __all__ = [
     "CURVE_PLOTS",

@@ -196,7 +196,7 @@ def _scoring(ckpt: Checkpoint | None, language: LanguageData | None, seed: int) 
     """Next-token scoring for a causal LM; masked-token scoring, seeded, for a masked LM."""
     if language is None or ckpt is None or ckpt.directory is None:
         return None
-    from modeconnect.evaluate import CausalLMScoring, MaskedLMScoring
+    from modeconnect.evaluation import CausalLMScoring, MaskedLMScoring
 
     if language.kind == "causal":
         return CausalLMScoring()

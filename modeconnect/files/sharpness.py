@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
+from modeconnect.curvature import NORMS, SPECTRUM_METHODS, SharpnessStudy, sharpness_study
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import ExampleLossFn
+from modeconnect.evaluation import ExampleLossFn
 from modeconnect.files.barrier import resolve_loss
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.report import SHARPNESS_PLOTS, sharpness_sections
 from modeconnect.files.results import FileReport, count_examples, open_study, write_study
 from modeconnect.progress import ProgressFn
-from modeconnect.sharpness import NORMS, SPECTRUM_METHODS, SharpnessStudy, sharpness_study
 from modeconnect.timing import Timings
 
 __all__ = ["MERGED", "sharpness_files"]
@@ -62,7 +62,7 @@ def sharpness_files(
     ``merge`` (``"naive"`` or an alignment method) adds the model
     ``(1-alpha)·first + alpha·second`` of the first two checkpoints (aligned first,
     with BatchNorm statistics recomputed on ``data``). ``names`` label the
-    checkpoints (default ``A, B, C, ...``). The rest are :func:`~modeconnect.sharpness`'s
+    checkpoints (default ``A, B, C, ...``). The rest are :func:`~modeconnect.curvature`'s
     options: ``top_k`` eigenvalues by ``spectrum`` (``lanczos``, ``power``) with
     ``iterations``, ``trace_samples`` Hutchinson probes, adaptive sharpness in the
     ``norm`` ball of radius ``rho`` (relative to ``|θ|``), plain sharpness of radius

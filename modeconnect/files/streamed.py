@@ -11,7 +11,10 @@ when it is needed, through views (:mod:`modeconnect.files.lazy`):
   :class:`~modeconnect.files.lazy.Lerped` view of A and aligned B: they are computed
   tensor by tensor when written, one shard at a time;
 * the guard runs B, then aligned B (one float32 copy alive at a time);
-* each point of a curve is built, evaluated and dropped before the next.
+* each point of a curve is built, evaluated and dropped before the next (a loop of
+  :func:`~modeconnect.evaluation.evaluate_examples`, the per-point pass of
+  :func:`~modeconnect.evaluation.example_curves`, which would build the next point while
+  the last is still referenced).
 
 So besides the method's own working memory, at most one float32 model (``2 S`` for
 bfloat16 weights) is alive at a time. ``device`` moves the evaluated weights and the
@@ -28,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import alpha_grid, barrier, example_curves
-from modeconnect.evaluate.results import Curve
+from modeconnect.evaluation import ExampleCurve, alpha_grid, barrier, evaluate_examples
+from modeconnect.evaluation.results import Curve
 from modeconnect.files.data import Batch
 from modeconnect.files.hf import LazyWeights, computed_buffers
 from modeconnect.files.lazy import Converted, Extended, Lerped, Permuted
@@ -136,13 +139,15 @@ def curves_streamed(
     batches = [(x.to(where), y.to(where)) for x, y in data]
 
     def curve(other: StateDict, task: str) -> Curve:
-        def at(alpha: float) -> dict[str, Tensor]:
-            point = Converted(Lerped(a, other, alpha), dtype, where)
-            return dict(Extended(point, buffers))
-
-        runs = example_curves(model, at, grid, {"data": batches}, loss=loss, progress=progress,
-                              task=task)  # fmt: skip
-        return runs["data"].curve()
+        results = []
+        for i, alpha in enumerate(grid):
+            # Built, evaluated and dropped before the next point is built: one model alive.
+            state = dict(Extended(Converted(Lerped(a, other, alpha), dtype, where), buffers))
+            results.append(evaluate_examples(model, state, batches, loss=loss))
+            del state
+            if progress is not None:
+                progress(task, i + 1, len(grid))
+        return ExampleCurve(grid, tuple(results)).curve()
 
     naive, after = curve(b, "naive curve"), curve(aligned, "aligned curve")
     return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from digits_app.task import Settings, as_int, build_model, client_data, client_seed, train
-from modeconnect.evaluate import evaluate
+from modeconnect.evaluation import evaluate
 
 app = ClientApp()
 

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import modeconnect as mc
 from digits_app.task import IN_FEATURES, MODEL_REF, Settings, build_model, load_digits_split
-from modeconnect.evaluate import evaluate
+from modeconnect.evaluation import evaluate
 from modeconnect.integrations.flower import AlignedFedAvg
 
 app = ServerApp()

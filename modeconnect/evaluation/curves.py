@@ -5,15 +5,15 @@ Every model runs through :mod:`modeconnect.forward` with the full state dict
 own tensors and training flags are never read or written. Two levels:
 
 * :func:`evaluate` / :func:`interpolation_curve` give mean loss and accuracy
-  (:class:`~modeconnect.evaluate.Metrics`, :class:`~modeconnect.evaluate.Curve`)
+  (:class:`~modeconnect.evaluation.Metrics`, :class:`~modeconnect.evaluation.Curve`)
   from per-batch sums;
 * :func:`evaluate_examples` / :func:`example_curves` keep one loss and one hit
-  count per example (:class:`~modeconnect.evaluate.ExampleResults`,
-  :class:`~modeconnect.evaluate.ExampleCurve`), from which
-  :func:`~modeconnect.evaluate.bootstrap_barrier` resamples test examples without
+  count per example (:class:`~modeconnect.evaluation.ExampleResults`,
+  :class:`~modeconnect.evaluation.ExampleCurve`), from which
+  :func:`~modeconnect.evaluation.bootstrap_barrier` resamples test examples without
   another forward pass.
 
-``loss`` chooses the scoring (:mod:`modeconnect.evaluate.losses`): ``"ce"`` (the
+``loss`` chooses the scoring (:mod:`modeconnect.evaluation.losses`): ``"ce"`` (the
 default), ``"mse"``, a callable of per-example losses, or, for language models,
 ``"causal_lm"`` and ``"masked_lm"``, whose results also give the perplexity.
 
@@ -35,10 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate.engine import Pass, evaluate_path, metrics
-from modeconnect.evaluate.interpolation import PathFn, linear_path
-from modeconnect.evaluate.losses import Batch, LossChoice, LossFn, Scoring, get_scoring
-from modeconnect.evaluate.results import Curve, CurvePoint, ExampleCurve, ExampleResults, Metrics
+from modeconnect.evaluation.engine import Pass, evaluate_path, metrics
+from modeconnect.evaluation.interpolation import PathFn, linear_path
+from modeconnect.evaluation.losses import Batch, LossChoice, LossFn, Scoring, get_scoring
+from modeconnect.evaluation.results import Curve, CurvePoint, ExampleCurve, ExampleResults, Metrics
 from modeconnect.forward import Binding, eval_mode
 from modeconnect.progress import ProgressFn
 
@@ -66,7 +66,7 @@ def evaluate(
     ``θ = state_dict`` replaces all parameters and buffers through
     :func:`torch.func.functional_call`; the model runs in eval mode under
     ``torch.no_grad()`` and its own tensors and training flags are left unchanged.
-    ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluate.losses`): for
+    ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluation.losses`): for
     classifiers logits ``(N, C, ...)`` and class indices ``y`` ``(N, ...)``, whose
     accuracy compares ``argmax`` over dim 1 with ``y``. ``loss`` names the scoring
     (``"ce"`` by default; ``"causal_lm"`` and ``"masked_lm"`` for language models,
@@ -90,8 +90,8 @@ def evaluate_examples(
 
     As :func:`evaluate` (functional call, eval mode, no gradients), but the
     scoring's per-example losses are kept (see
-    :func:`~modeconnect.evaluate.get_scoring`), which is what
-    :func:`~modeconnect.evaluate.bootstrap_barrier` resamples. ``.metrics()`` gives
+    :func:`~modeconnect.evaluation.get_scoring`), which is what
+    :func:`~modeconnect.evaluation.bootstrap_barrier` resamples. ``.metrics()`` gives
     the means.
     """
     scoring = get_scoring(loss, model)
@@ -149,14 +149,14 @@ def example_curves(
 ) -> dict[str, ExampleCurve]:
     """Per-example results of the model ``path(α)`` at each ``α``, on every split.
 
-    ``path`` maps ``α`` to a state dict: :func:`~modeconnect.evaluate.linear_path`,
+    ``path`` maps ``α`` to a state dict: :func:`~modeconnect.evaluation.linear_path`,
     the same with the BatchNorm reset or REPAIR applied at each ``α``
     (:mod:`modeconnect.bn`), or a layer-wise path (:mod:`modeconnect.layerwise`).
     Each state is built once and evaluated on every split. Points at ``α = 0`` and
     ``α = 1`` are evaluated on their own, so they equal :func:`evaluate_examples`
     exactly; the others ``alpha_batch`` at a time in one vectorised pass (``1``, the
     default: one ``α`` per pass; ``None``: chosen by a timed probe, see
-    :func:`~modeconnect.evaluate.engine.auto_alpha_batch`).
+    :func:`~modeconnect.evaluation.engine.auto_alpha_batch`).
     ``progress(task, done, len(alphas))`` is called as points complete.
     """
     grid = tuple(float(t) for t in alphas)

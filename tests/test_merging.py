@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import evaluate, interpolate
+from modeconnect.evaluation import evaluate, interpolate
 from modeconnect.graph import derive_spec
 from modeconnect.matching import METHODS, Alignment
-from modeconnect.merge import (
+from modeconnect.merging import (
     MergeResult,
     compose_permutations,
     merge,

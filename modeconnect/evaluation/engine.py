@@ -3,7 +3,7 @@
 A :class:`Pass` runs a model over batches through :func:`modeconnect.forward.over_batches`
 (one :func:`torch.func.functional_call` around the whole loop, so the weights are
 swapped in once per pass) and keeps, per batch or per example, the loss sum, the
-top-1 hits and the scored entries, as its :class:`~modeconnect.evaluate.losses.Scoring`
+top-1 hits and the scored entries, as its :class:`~modeconnect.evaluation.losses.Scoring`
 defines them. Everything stays on the device until the pass ends.
 
 :func:`evaluate_path` evaluates a path ``α -> θ(α)`` on several splits: identical
@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate.interpolation import PathFn
-from modeconnect.evaluate.losses import LossFn, Scoring, check_per_example
-from modeconnect.evaluate.results import Metrics, perplexity
+from modeconnect.evaluation.interpolation import PathFn
+from modeconnect.evaluation.losses import LossFn, Scoring, check_per_example
+from modeconnect.evaluation.results import Metrics, perplexity
 from modeconnect.forward import Binding, ModelCall, model_call, over_batches
 from modeconnect.progress import ProgressFn
 

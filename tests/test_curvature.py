@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import evaluate
-from modeconnect.sharpness import (
+from modeconnect.curvature import (
     adaptive_sharpness,
     hessian_operator,
     hessian_spectrum,
@@ -26,6 +24,8 @@ from modeconnect.sharpness import (
     sharpness,
     sharpness_study,
 )
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation import evaluate
 
 
 def _symmetric(eigenvalues: list[float], seed: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import Batch, LossChoice, Scoring, get_scoring, interpolate, loss_name
+from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring, interpolate, loss_name
 from modeconnect.objective import (
     StateDict,
     Weights,

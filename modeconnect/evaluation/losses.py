@@ -176,7 +176,7 @@ class ClassifierScoring(Scoring):
     """Classes on axis 1 of the output, ``y`` the targets as given (see the module docstring).
 
     ``loss`` gives per-entry losses; ``sum_loss``, if given, the batch sum that
-    :func:`modeconnect.evaluate.evaluate` uses (``F.cross_entropy(reduction="sum")``
+    :func:`modeconnect.evaluation.evaluate` uses (``F.cross_entropy(reduction="sum")``
     for ``"ce"``), else the sum of ``loss``.
     """
 

@@ -1,4 +1,4 @@
-"""Tests for modeconnect.evaluate: interpolation, evaluation, curves and barriers."""
+"""Tests for modeconnect.evaluation: interpolation, evaluation, curves and barriers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate import (
+from modeconnect.evaluation import (
     Barrier,
     Batch,
     Curve,
@@ -343,7 +343,7 @@ def test_barrier_is_never_negative(values: list[tuple[float, float]], definition
 
 
 def test_get_scoring_takes_registry_names_scorings_and_callables() -> None:
-    from modeconnect.evaluate import (
+    from modeconnect.evaluation import (
         LOSSES,
         ClassifierScoring,
         cross_entropy,
@@ -365,11 +365,11 @@ def test_get_scoring_takes_registry_names_scorings_and_callables() -> None:
         get_scoring("nll")
     # The core imports no code named by a string: the file layer resolves references.
     with pytest.raises(ModeconnectError, match="unknown loss.*imported by the file layer"):
-        get_scoring("modeconnect.evaluate:squared_error")
+        get_scoring("modeconnect.evaluation:squared_error")
 
 
 def test_cross_entropy_matches_torch_per_entry() -> None:
-    from modeconnect.evaluate import cross_entropy
+    from modeconnect.evaluation import cross_entropy
 
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(7, 5, generator=g), torch.randint(5, (7,), generator=g)
@@ -381,7 +381,7 @@ def test_cross_entropy_matches_torch_per_entry() -> None:
 
 
 def test_squared_error_one_hot_and_regression() -> None:
-    from modeconnect.evaluate import squared_error
+    from modeconnect.evaluation import squared_error
 
     logits = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 0.5]])
     # one-hot targets: (1-0)^2 + 0 + 4 = 5 ; 0.25 + 0.25 + 0.25 = 0.75 -> with y = [1, 0]
@@ -396,7 +396,7 @@ def test_squared_error_one_hot_and_regression() -> None:
 
 
 def test_evaluate_examples_matches_evaluate_and_per_example_reference() -> None:
-    from modeconnect.evaluate import evaluate_examples
+    from modeconnect.evaluation import evaluate_examples
 
     model, batches = _bn_net(0), _batches()
     sd = model.state_dict()
@@ -417,7 +417,7 @@ def test_evaluate_examples_matches_evaluate_and_per_example_reference() -> None:
 
 
 def test_evaluate_examples_counts_entries_and_gives_nan_accuracy_for_regression() -> None:
-    from modeconnect.evaluate import evaluate_examples
+    from modeconnect.evaluation import evaluate_examples
 
     model = nn.Linear(4, 2)
     g = torch.Generator().manual_seed(1)
@@ -431,7 +431,7 @@ def test_evaluate_examples_counts_entries_and_gives_nan_accuracy_for_regression(
 
 
 def test_evaluate_examples_rejects_summed_loss() -> None:
-    from modeconnect.evaluate import evaluate_examples
+    from modeconnect.evaluation import evaluate_examples
 
     model = _mlp(0)
     with pytest.raises(ModeconnectError, match=r"loss: returned \(\) for a batch of 10 examples"):
@@ -449,7 +449,7 @@ def _summed_ce(logits: Tensor, y: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("alpha_batch", [None, 1, 3, 16])
 def test_example_curve_endpoints_exact_and_points_match_plain_loop(alpha_batch: int | None) -> None:
-    from modeconnect.evaluate import evaluate_examples, example_curve
+    from modeconnect.evaluation import evaluate_examples, example_curve
 
     model, a, b = _bn_net(0), _bn_net(0).state_dict(), _bn_net(1).state_dict()
     batches = _batches()
@@ -479,7 +479,7 @@ class _Branchy(nn.Module):
 
 
 def test_vectorised_evaluation_falls_back_when_vmap_fails() -> None:
-    from modeconnect.evaluate import example_curve
+    from modeconnect.evaluation import example_curve
 
     torch.manual_seed(0)
     model, other = _Branchy(), _Branchy()
@@ -492,7 +492,7 @@ def test_vectorised_evaluation_falls_back_when_vmap_fails() -> None:
 
 
 def test_identical_points_are_evaluated_once_and_exactly_equal() -> None:
-    from modeconnect.evaluate import example_curve
+    from modeconnect.evaluation import example_curve
 
     model = _mlp(0)
     a = model.state_dict()
@@ -504,7 +504,7 @@ def test_identical_points_are_evaluated_once_and_exactly_equal() -> None:
 
 
 def test_example_curves_reports_progress_and_checks_splits() -> None:
-    from modeconnect.evaluate import example_curves, linear_path
+    from modeconnect.evaluation import example_curves, linear_path
 
     model, a, b = _mlp(0), _mlp(0).state_dict(), _mlp(1).state_dict()
     calls: list[tuple[str, int, int]] = []
@@ -529,7 +529,7 @@ def test_interpolation_curve_vectorised_matches_unvectorised() -> None:
 
 
 def test_midpoint() -> None:
-    from modeconnect.evaluate import midpoint
+    from modeconnect.evaluation import midpoint
 
     assert midpoint(_fixed_curve()) == CurvePoint(0.5, 1.1, 0.50)
     with pytest.raises(ModeconnectError, match="no point at alpha=0.5.*odd number of steps"):
@@ -565,7 +565,7 @@ def test_barrier_is_nan_when_a_value_is_nan() -> None:
     st.lists(st.tuples(_values, _values), min_size=2, max_size=9), st.sampled_from(["lerp", "mean"])
 )
 def test_barrier_values_equals_barrier(values: list[tuple[float, float]], definition: str) -> None:
-    from modeconnect.evaluate import barrier_values
+    from modeconnect.evaluation import barrier_values
 
     n = len(values)
     curve = Curve(
@@ -593,7 +593,7 @@ def _example_curve_with_barrier() -> ExampleCurve:
 
 
 def test_bootstrap_matches_a_plain_resampling_loop() -> None:
-    from modeconnect.evaluate import bootstrap_barrier
+    from modeconnect.evaluation import bootstrap_barrier
 
     curve = _example_curve_with_barrier()
     got = bootstrap_barrier(curve, "lerp", samples=50, confidence=0.9, seed=3)
@@ -616,7 +616,7 @@ def test_bootstrap_matches_a_plain_resampling_loop() -> None:
 
 
 def test_bootstrap_interval_contains_the_point_estimate() -> None:
-    from modeconnect.evaluate import bootstrap_barrier
+    from modeconnect.evaluation import bootstrap_barrier
 
     curve = _example_curve_with_barrier()
     point = barrier(curve.curve(), "mean")

@@ -7,7 +7,7 @@ Two definitions (record which one each number uses):
 - ``"mean"`` (Frankle et al. 2020): ``max_α V(α) − ½(V(0) + V(1))``;
 
 for V = loss and V = error. :func:`bootstrap_barrier` resamples the examples of an
-:class:`~modeconnect.evaluate.ExampleCurve` without another forward pass.
+:class:`~modeconnect.evaluation.ExampleCurve` without another forward pass.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluate.results import (
+from modeconnect.evaluation.results import (
     Barrier,
     BootstrapBarrier,
     Curve,

@@ -2,28 +2,28 @@
 
 The modules read like the concepts:
 
-* :mod:`~modeconnect.evaluate.results`: what evaluation returns (:class:`Metrics`,
+* :mod:`~modeconnect.evaluation.results`: what evaluation returns (:class:`Metrics`,
   :class:`Curve`, :class:`Barrier`, :class:`ExampleResults`, ...);
-* :mod:`~modeconnect.evaluate.losses`: scorings by name (``"ce"``, ``"mse"``,
+* :mod:`~modeconnect.evaluation.losses`: scorings by name (``"ce"``, ``"mse"``,
   ``"causal_lm"``, ``"masked_lm"``) and the batch convention;
-* :mod:`~modeconnect.evaluate.interpolation`: the path ``θ(α) = (1-α)·θ_A + α·θ_B``;
-* :mod:`~modeconnect.evaluate.engine`: scored forward passes, α batched with
+* :mod:`~modeconnect.evaluation.interpolation`: the path ``θ(α) = (1-α)·θ_A + α·θ_B``;
+* :mod:`~modeconnect.evaluation.engine`: scored forward passes, α batched with
   ``vmap``, the timing probe;
-* :mod:`~modeconnect.evaluate.curves`: :func:`evaluate`, :func:`interpolation_curve`
+* :mod:`~modeconnect.evaluation.curves`: :func:`evaluate`, :func:`interpolation_curve`
   and their per-example forms;
-* :mod:`~modeconnect.evaluate.barriers`: barrier definitions and bootstrap intervals.
+* :mod:`~modeconnect.evaluation.barriers`: barrier definitions and bootstrap intervals.
 """
 
 from __future__ import annotations
 
-from modeconnect.evaluate.barriers import (
+from modeconnect.evaluation.barriers import (
     BARRIER_DEFINITIONS,
     barrier,
     barrier_definition,
     barrier_values,
     bootstrap_barrier,
 )
-from modeconnect.evaluate.curves import (
+from modeconnect.evaluation.curves import (
     alpha_grid,
     evaluate,
     evaluate_examples,
@@ -32,15 +32,15 @@ from modeconnect.evaluate.curves import (
     interpolation_curve,
     midpoint,
 )
-from modeconnect.evaluate.engine import auto_alpha_batch
-from modeconnect.evaluate.interpolation import (
+from modeconnect.evaluation.engine import auto_alpha_batch
+from modeconnect.evaluation.interpolation import (
     PathFn,
     check_pair,
     interpolate,
     is_interpolable,
     linear_path,
 )
-from modeconnect.evaluate.losses import (
+from modeconnect.evaluation.losses import (
     IGNORE_INDEX,
     LOSSES,
     Batch,
@@ -56,7 +56,7 @@ from modeconnect.evaluate.losses import (
     loss_name,
     squared_error,
 )
-from modeconnect.evaluate.results import (
+from modeconnect.evaluation.results import (
     Barrier,
     BootstrapBarrier,
     Curve,

@@ -3,7 +3,7 @@
 Small frozen dataclasses, no computation beyond means and serialisation. Losses
 are means over target *entries* (examples for class labels, tokens for language
 models) as ratios of sums, ``Σ loss / Σ entries``. For language-model scorings
-(:mod:`modeconnect.evaluate.losses`) the perplexity ``exp(mean loss)`` is reported
+(:mod:`modeconnect.evaluation.losses`) the perplexity ``exp(mean loss)`` is reported
 beside the loss; for the others it is ``None`` and left out of the JSON.
 """
 
@@ -120,7 +120,7 @@ class ExampleResults:
     its correct top-1 entries (NaN for floating, i.e. regression, targets) and
     ``count[i]`` its entries (1 for class labels ``y`` of shape ``(N,)``; the scored
     tokens of a sequence for language models). Means are ratios of sums,
-    ``Σ loss / Σ count``, as in :func:`modeconnect.evaluate.evaluate`. ``per_token``
+    ``Σ loss / Σ count``, as in :func:`modeconnect.evaluation.evaluate`. ``per_token``
     marks language-model results, whose :meth:`metrics` also give the perplexity.
     """
 
