@@ -12,6 +12,13 @@ graph nodes and seconds.
 
 Run: ``python benchmarks/bench_spec.py [--repeat 3] [--inplace] [--large]``.
 ``--large`` adds a Llama-2-7B-sized config on the ``meta`` device (no weights).
+
+Measured on the 2-core box (torch 2.13, shared load ~4): the export is >95 % of a cold
+derivation; a cached spec takes 1-6 ms against 0.12-0.58 s cold for the test zoo and
+full-size ResNet-50 (~100x), and 14 ms against 2.9 s for the Llama-2-7B config
+(2221 nodes, analysis 0.05 s). Functionalising first would cost 0.28-0.94 s per zoo
+model on top of the export and grow the graph by up to 19 % (Swin: 363 -> 431 nodes);
+reading in-place ops as their twins costs nothing.
 """
 
 from __future__ import annotations
