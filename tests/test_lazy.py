@@ -161,3 +161,22 @@ def test_align_peak_rss_is_within_the_target(tmp_path: Path) -> None:
                      "--json", str(tmp_path / "r.json"))  # fmt: skip
     assert json.loads((tmp_path / "r.json").read_text())["equivalence"]["passed"]
     assert peak <= 2.5 * size + 2**30, (peak / 2**20, size / 2**20)
+
+
+def test_evaluation_in_another_dtype_gives_the_same_curves(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from modeconnect_cli.main import main
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    runs = {}
+    for name, extra in (("default", []), ("float64", ["--dtype", "float64"])):
+        args = ["align", root / "mlp_a.pt", root / "mlp_b.pt", "--data", root / "digits_test.pt",
+                "--steps", "3", "--json", tmp_path / f"{name}.json", *extra]  # fmt: skip
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.stderr
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    for curve in ("naive", "aligned"):
+        for p, q in zip(runs["default"][curve]["curve"], runs["float64"][curve]["curve"]):
+            assert q["loss"] == pytest.approx(p["loss"], rel=1e-4, abs=1e-6)
+            assert q["accuracy"] == pytest.approx(p["accuracy"], abs=0.005)

@@ -139,6 +139,8 @@ def align_files(
                 max_bytes=model_bytes(cb.state_dict), **opts,
             )  # fmt: skip
         else:
+            if where.type != "cpu" and method == "weight":  # the similarity products there
+                opts = {**opts, "device": where}
             result = align(
                 net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe,
                 data=stats, spec=spec, **opts,
@@ -202,9 +204,10 @@ def _curves(
     dtype: torch.dtype | None,
     progress: ProgressFn | None,
 ) -> CurvePair:
-    """Naive and aligned curves: streamed for checkpoints on disk, in memory otherwise."""
+    """Naive and aligned curves: streamed for checkpoints on disk, language models and
+    another device or dtype; in memory otherwise (the numbers the tests pin)."""
     (ca, cb), data = session.checkpoints, session.data or []
-    if session.lazy or session.scoring is not None:
+    if session.lazy or session.scoring is not None or device.type != "cpu" or dtype is not None:
         return curves_streamed(
             session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps,
             loss=session.scoring, device=device, dtype=dtype, progress=progress,

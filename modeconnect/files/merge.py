@@ -33,7 +33,7 @@ from modeconnect.files.hf import computed_buffers
 from modeconnect.files.lazy import Converted, Extended
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
-from modeconnect.files.streamed import model_bytes, resolve_device
+from modeconnect.files.streamed import model_bytes, moved_batches, resolve_device
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
@@ -215,7 +215,7 @@ class _Evaluation:
             return evaluate(net, state_dict, batches, loss=session.scoring)
         buffers = {k: v.to(self.device) for k, v in computed_buffers(net).items()}
         moved = Extended(Converted(state_dict, self.dtype, self.device), buffers)
-        on_device = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        on_device = moved_batches(batches, self.device, self.dtype)
         return evaluate(net, dict(moved), on_device, loss=session.scoring)
 
 

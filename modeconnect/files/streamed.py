@@ -42,7 +42,14 @@ from modeconnect.pipeline import AlignResult, CurvePair
 from modeconnect.progress import ProgressFn
 from modeconnect.spec import PermutationSpec
 
-__all__ = ["DEVICES", "align_streamed", "curves_streamed", "model_bytes", "resolve_device"]
+__all__ = [
+    "DEVICES",
+    "align_streamed",
+    "curves_streamed",
+    "model_bytes",
+    "moved_batches",
+    "resolve_device",
+]
 
 DEVICES = ("cpu", "cuda", "auto")
 StateDict = Mapping[str, Tensor]
@@ -109,6 +116,18 @@ def align_streamed(
     return AlignResult(spec, alignment, cast(dict[str, Tensor], aligned), equivalence)
 
 
+def moved_batches(
+    data: Iterable[Batch], device: torch.device, dtype: torch.dtype | None
+) -> list[Batch]:
+    """``(x, y)`` batches on ``device``, floating inputs in ``dtype`` (token ids stay ids)."""
+    return [(_moved(x, device, dtype), y.to(device)) for x, y in data]
+
+
+def _moved(x: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """Inputs on ``device``; floating ones in the evaluation's ``dtype`` (token ids stay ids)."""
+    return x.to(device, dtype=dtype if dtype is not None and x.is_floating_point() else None)
+
+
 def _as_stored(state_dict: StateDict) -> StateDict:
     """A lazy checkpoint read in the dtypes it stores (other mappings as they are)."""
     return state_dict.in_dtype(None) if isinstance(state_dict, LazyWeights) else state_dict
@@ -136,7 +155,7 @@ def curves_streamed(
     grid = alpha_grid(steps, None)
     where = device if device is not None else torch.device("cpu")
     buffers = {k: v.to(where) for k, v in computed_buffers(model).items()}
-    batches = [(x.to(where), y.to(where)) for x, y in data]
+    batches = moved_batches(data, where, dtype)
 
     def curve(other: StateDict, task: str) -> Curve:
         results = []
