@@ -180,3 +180,18 @@ def test_evaluation_in_another_dtype_gives_the_same_curves(tmp_path: Path) -> No
         for p, q in zip(runs["default"][curve]["curve"], runs["float64"][curve]["curve"]):
             assert q["loss"] == pytest.approx(p["loss"], rel=1e-4, abs=1e-6)
             assert q["accuracy"] == pytest.approx(p["accuracy"], abs=0.005)
+
+
+def test_progress_over_shards_groups_and_points(pair, tmp_path: Path) -> None:
+    from modeconnect.files.align import align_files
+
+    calls: list[tuple[str, int, int]] = []
+    torch.save(torch.randint(0, hf.VOCAB, (4, 16)), tmp_path / "ids.pt")
+    align_files(*pair, data=tmp_path / "ids.pt", steps=3, out=tmp_path / "c",
+                progress=lambda *c: calls.append(c))  # fmt: skip
+    finished = {task: done for task, done, total in calls if done == total}
+    shards = len(list(pair[0].glob("*.safetensors")))
+    assert finished["reading a"] == finished["reading b"] == shards
+    assert finished["writing c"] == shards
+    assert {"matching groups", "naive curve", "aligned curve"} <= set(finished)
+    assert finished["naive curve"] == 3

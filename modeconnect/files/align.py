@@ -29,10 +29,10 @@ from modeconnect.files.streamed import (
     resolve_device,
 )
 from modeconnect.files.targets import Fill
-from modeconnect.graph import derive_spec
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.progress import ProgressFn
+from modeconnect.spec import derive_spec
 from modeconnect.timing import Timings
 
 __all__ = ["AlignReport", "align_files"]
@@ -121,7 +121,7 @@ def align_files(
         [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
         data=data, train=train, batch_size=batch_size, input_shape=input_shape,
         input_dtype=input_dtype, timings=timings, block_size=block_size,
-        seed=int(options.get("seed") or 0),
+        seed=int(options.get("seed") or 0), progress=progress,
         outputs=[("--out", out, "checkpoint"), ("--merged", merged, "checkpoint"),
                  ("--json", json_path, "json")],
     )  # fmt: skip

@@ -24,7 +24,7 @@ import json
 import math
 import pickle
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from modeconnect.files.references import (
     split_ref,
 )
 from modeconnect.files.targets import Fill, Outputs, staged_write
+from modeconnect.progress import ProgressFn
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -535,6 +536,7 @@ def load_models(
     model_kwargs: Mapping[str, Any] | None = None,
     *,
     trust: Trust = NO_TRUST,
+    progress: ProgressFn | None = None,
 ) -> LoadedModels:
     """Load checkpoints of one architecture and build it.
 
@@ -543,7 +545,8 @@ def load_models(
     is built. Hugging Face directories name their architecture in ``config.json``;
     when every input is one (and no ``model_ref`` is given) the model is built from
     the first one's config with its parameters on the meta device, and the
-    checkpoints stay on disk (:class:`~modeconnect.files.hf.LazyWeights`).
+    checkpoints stay on disk (:class:`~modeconnect.files.hf.LazyWeights`); their one
+    full read, the finite check, reports its shards to ``progress``.
     """
     ckpts = [load_checkpoint(p) for p in paths]
     arch = _architecture(ckpts, model_ref, model_kwargs, trust)
@@ -551,7 +554,7 @@ def load_models(
     for ckpt in ckpts:
         check_state_dict(arch.model, ckpt)
         check_same_architecture(ckpts[0], ckpt)
-    return LoadedModels(tuple(in_model_dtypes(arch.model, c) for c in ckpts), arch)
+    return LoadedModels(tuple(in_model_dtypes(arch.model, c, progress) for c in ckpts), arch)
 
 
 def _architecture(
@@ -590,7 +593,9 @@ class LoadedModels:
     architecture: Architecture
 
 
-def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
+def in_model_dtypes(
+    model: torch.nn.Module, ckpt: Checkpoint, progress: ProgressFn | None = None
+) -> Checkpoint:
     """The checkpoint with each floating tensor in the model's dtype; the stored ones in ``dtypes``.
 
     Half-precision and float64 checkpoints are computed with in the model's precision
@@ -598,7 +603,7 @@ def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
     A lazy checkpoint converts each tensor as it is read.
     """
     if isinstance(ckpt.state_dict, LazyWeights):
-        return _lazy_in_model_dtype(model, ckpt, ckpt.state_dict)
+        return _lazy_in_model_dtype(model, ckpt, ckpt.state_dict, progress)
     expected = model.state_dict()
     cast = {
         k: t.to(expected[k].dtype)
@@ -617,7 +622,7 @@ def in_model_dtypes(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:
 
 
 def _lazy_in_model_dtype(
-    model: torch.nn.Module, ckpt: Checkpoint, weights: LazyWeights
+    model: torch.nn.Module, ckpt: Checkpoint, weights: LazyWeights, progress: ProgressFn | None
 ) -> Checkpoint:
     floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
     dtype = floating[0] if floating else torch.get_default_dtype()
@@ -627,7 +632,7 @@ def _lazy_in_model_dtype(
         if weights.stored_dtype(k).is_floating_point and weights.stored_dtype(k) != dtype
     }
     casted = replace(ckpt, state_dict=weights.in_dtype(dtype), dtypes=dtypes)
-    _check_finite(casted, "after conversion to the model's dtype " if dtypes else "")
+    _check_finite(casted, "after conversion to the model's dtype " if dtypes else "", progress)
     return casted
 
 
@@ -694,14 +699,14 @@ FINITE_CHUNK = 1 << 22
 """Entries checked at once: ``isfinite`` makes an ``abs`` copy and two masks."""
 
 
-def _check_finite(ckpt: Checkpoint, when: str = "") -> None:
+def _check_finite(ckpt: Checkpoint, when: str = "", progress: ProgressFn | None = None) -> None:
     weights = ckpt.state_dict
     keys: Iterable[str] = weights.keys()
     dtype = None
     if isinstance(weights, LazyWeights):  # each stored tensor once, tied aliases skipped
         keys = {stored: key for key, stored in weights.names.items()}.values()
         weights, dtype = weights.in_dtype(None), weights.dtype  # converted chunk by chunk
-    for key in keys:
+    for key in _reporting_shards(ckpt, keys, progress):
         tensor = weights[key]
         if not (tensor.is_floating_point() or tensor.is_complex()):
             continue
@@ -716,6 +721,26 @@ def _check_finite(ckpt: Checkpoint, when: str = "") -> None:
                 f"values (NaN or inf) {when}out of {math.prod(_shape(tensor))}; "
                 "the weights are unusable, use an earlier checkpoint"
             )
+
+
+def _reporting_shards(
+    ckpt: Checkpoint, keys: Iterable[str], progress: ProgressFn | None
+) -> Iterator[str]:
+    """``keys`` in order; ``progress(f"reading {dir}", done, shards)`` as each shard ends."""
+    keys = list(keys)
+    weights, directory = ckpt.state_dict, ckpt.directory
+    if progress is None or directory is None or not isinstance(weights, LazyWeights):
+        yield from keys
+        return
+    files = [weights.info(k).file for k in keys]
+    last = {file: i for i, file in enumerate(files)}
+    task, total, done = f"reading {ckpt.path.name}", len(last), 0
+    progress(task, 0, total)
+    for i, key in enumerate(keys):
+        yield key
+        if last[files[i]] == i:
+            done += 1
+            progress(task, done, total)
 
 
 def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:

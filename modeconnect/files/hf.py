@@ -36,7 +36,7 @@ import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +132,6 @@ class HFDirectory:
     tensors: dict[str, TensorInfo]
     shards: tuple[tuple[str, tuple[str, ...]], ...]
     safetensors: bool
-    indexed: bool = False
-    files: tuple[str, ...] = field(default=())
-    """The files the directory holds: config, weights, index (inputs never to overwrite)."""
 
     @property
     def model_ref(self) -> str:
@@ -236,8 +233,7 @@ def _single(
 ) -> HFDirectory:
     file = path / name
     tensors = _read_header(file) if safetensors else _read_torch_header(file)
-    return HFDirectory(path, config, arch, tensors, ((name, tuple(tensors)),), safetensors,
-                       files=(CONFIG, name))  # fmt: skip
+    return HFDirectory(path, config, arch, tensors, ((name, tuple(tensors)),), safetensors)
 
 
 def _indexed(
@@ -266,8 +262,7 @@ def _indexed(
                 )
             tensors[key] = stored[key]
     shards = tuple((shard, tuple(keys)) for shard, keys in by_shard.items())
-    return HFDirectory(path, config, arch, tensors, shards, safetensors, indexed=True,
-                       files=(CONFIG, index_name, *by_shard))  # fmt: skip
+    return HFDirectory(path, config, arch, tensors, shards, safetensors)
 
 
 def _read_json(file: Path, fix: str) -> Any:

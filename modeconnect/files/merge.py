@@ -142,7 +142,7 @@ def merge_files(
         paths, force=force, model=model, model_kwargs=model_kwargs, trust=trust, data=data,
         train=train, batch_size=batch_size, input_shape=input_shape, input_dtype=input_dtype,
         extra_inputs=[reference], timings=timings, block_size=block_size,
-        seed=int(options.get("seed") or 0),
+        seed=int(options.get("seed") or 0), progress=progress,
         outputs=[("--out", out, "checkpoint"), ("--json", json_path, "json")],
     )  # fmt: skip
     ref_ckpt, ref = _load_reference(reference, session)

@@ -112,7 +112,7 @@ class Session:
         if self.outputs.is_folder_path(path):
             return directory_writer(
                 state_dict, _directory(like), dtypes=like.dtypes, metadata=metadata,
-                progress=progress,
+                progress=progress, task=f"writing {Path(path).name}",
             )  # fmt: skip
         return checkpoint_writer(
             path, restore_dtypes(state_dict, like.dtypes), model_ref=self.model_ref,
@@ -159,6 +159,7 @@ def open_session(
     timings: Timings | None = None,
     block_size: int | None = None,
     seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> Session:
     """Check the outputs, load and check everything a command reads (module docstring).
 
@@ -166,7 +167,8 @@ def open_session(
     for); ``extra_inputs`` are further files the command reads (a reference
     checkpoint). ``class_labels`` / ``train_labels``: the labels of ``data`` / ``train``
     must be class indices (a cross-entropy evaluation). ``block_size``: tokens per
-    example cut from text data; ``seed``: of a masked language model's masked positions.
+    example cut from text data; ``seed``: of a masked language model's masked positions;
+    ``progress`` hears of the shards read.
     """
     timings = timings if timings is not None else Timings()
     plan = Outputs.plan(
@@ -176,7 +178,7 @@ def open_session(
         folders=bool(checkpoints) and all(Path(c).is_dir() for c in checkpoints),
     )
     with timings.phase("load"):
-        loaded = load_models(checkpoints, model, model_kwargs, trust=trust)
+        loaded = load_models(checkpoints, model, model_kwargs, trust=trust, progress=progress)
         arch = loaded.architecture
         net = arch.model
         first = loaded.checkpoints[0] if loaded.checkpoints else None
@@ -269,7 +271,7 @@ def choose_probe(
     input_dtype: torch.dtype | None,
 ) -> tuple[Tensor, ...]:
     """The probe batch: from ``input_shape``, else the first examples of ``data``, else inferred."""
-    from modeconnect.guard import example_inputs
+    from modeconnect.spec import example_inputs
 
     if input_shape is not None:
         return example_inputs(model, input_shape, input_dtype)
