@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probes import probes  # noqa: E402
 
 import modeconnect as mc  # noqa: E402
-from modeconnect.graph import derive_spec  # noqa: E402
 from modeconnect.matching import activation as act_mod  # noqa: E402
 from modeconnect.matching import assignment as assignment_mod  # noqa: E402
 from modeconnect.matching import descent as descent_mod  # noqa: E402
 from modeconnect.matching import get_method  # noqa: E402
 from modeconnect.matching import ot as ot_mod  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
+from modeconnect.spec import derive_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "checkpoints"
 

@@ -28,9 +28,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from modeconnect.graph import derive_spec  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
-from modeconnect.spec import PermutationSpec, apply_permutation, random_permutation  # noqa: E402
+from modeconnect.spec import (  # noqa: E402
+    PermutationSpec,
+    apply_permutation,
+    derive_spec,  # noqa: E402
+    random_permutation,
+)
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 StateDict = dict[str, torch.Tensor]

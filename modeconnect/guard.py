@@ -102,6 +102,3 @@ def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
             "with the output of `modeconnect spec`"
         )
 
-
-# Moved to modeconnect.spec.inputs (issue 10); re-exported here while its callers move.
-from .spec.inputs import example_inputs as example_inputs  # noqa: E402

@@ -10,13 +10,18 @@ import pytest
 import torch
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.graph import GraphRunner, derive_spec
 from modeconnect.matching.activation import (
     activation_statistics,
     match_activations,
     observations,
 )
-from modeconnect.spec import apply_permutation, invert_permutation, random_permutation
+from modeconnect.spec import (
+    GraphRunner,
+    apply_permutation,
+    derive_spec,
+    invert_permutation,
+    random_permutation,
+)
 
 try:  # works whether or not tests/ is a package
     from tests.zoo import ZOO, randomize_

@@ -81,9 +81,8 @@ def test_align_writes_outputs_and_json(tmp_path):
 
 
 def test_align_recovers_permuted_copy_with_zero_barrier(tmp_path):
-    from modeconnect.graph import derive_spec
     from modeconnect.models import mlp
-    from modeconnect.spec import apply_permutation, random_permutation
+    from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
     a, _, data = _small_pair(tmp_path)
     sd = load_checkpoint(a).state_dict

@@ -16,8 +16,7 @@ from conftest import ROOT
 from zoo import HF_MODELS, ZOO, build, example_input
 
 from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
-from modeconnect.graph import derive_spec
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 from modeconnect_cli.main import main
 
 ZOO_REF = str(ROOT / "tests" / "zoo.py") + ":build"

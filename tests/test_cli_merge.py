@@ -16,9 +16,8 @@ from click.testing import CliRunner
 from torch.testing import assert_close
 
 from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
-from modeconnect.graph import derive_spec
 from modeconnect.models import conv_net, mlp
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 from modeconnect_cli.main import main
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -8,11 +8,10 @@ from torch.testing import assert_close
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.federated import aligned_fedavg, fedavg
-from modeconnect.graph import derive_spec
 from modeconnect.merging import merge
 from modeconnect.models import mlp
 from modeconnect.pipeline import align
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
 
 def _net():

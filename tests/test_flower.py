@@ -35,10 +35,13 @@ from flwr.serverapp import Grid  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 from modeconnect.federated import aligned_fedavg, fedavg  # noqa: E402
-from modeconnect.graph import derive_spec  # noqa: E402
 from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
-from modeconnect.spec import apply_permutation, random_permutation  # noqa: E402
+from modeconnect.spec import (  # noqa: E402
+    apply_permutation,
+    derive_spec,  # noqa: E402
+    random_permutation,
+)
 
 
 @pytest.fixture(autouse=True)

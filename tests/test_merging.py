@@ -12,7 +12,6 @@ from torch.testing import assert_close
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import evaluate, interpolate
-from modeconnect.graph import derive_spec
 from modeconnect.matching import METHODS, Alignment
 from modeconnect.merging import (
     MergeResult,
@@ -23,7 +22,7 @@ from modeconnect.merging import (
 )
 from modeconnect.models import mlp
 from modeconnect.pipeline import align
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
 try:  # works whether or not tests/ is a package
     from tests.zoo import ZOO, randomize_

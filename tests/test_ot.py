@@ -12,7 +12,6 @@ import torch
 import modeconnect as mc
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import evaluate, interpolate
-from modeconnect.graph import derive_spec
 from modeconnect.matching.ot import (
     WeightSource,
     fuse_ot,
@@ -21,7 +20,7 @@ from modeconnect.matching.ot import (
     transport_plan,
     transport_plans,
 )
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
 try:  # works whether or not tests/ is a package
     from tests.test_activation import assert_same_weights, batches, live_model, permuted_copy

@@ -211,14 +211,6 @@ def test_untraceable_model_gets_clear_error():
 # --------------------------------------------------------------------------- the derive_spec API
 
 
-def test_graph_module_still_reexports_the_package():
-    """``modeconnect.graph`` stays a re-export until activation matching imports the package."""
-    import modeconnect.graph as graph
-    import modeconnect.spec as spec
-
-    assert graph.derive_spec is spec.derive_spec and graph.GraphRunner is spec.GraphRunner
-
-
 def test_hugging_face_model_is_traced_without_a_wrapper():
     """A causal LM returns a cache object unless told not to; ``model_call`` tells it."""
     pytest.importorskip("transformers")

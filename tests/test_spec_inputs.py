@@ -44,8 +44,3 @@ def test_unknown_first_layer_asks_for_a_shape():
     with pytest.raises(ModeconnectError, match=r"cannot infer an input shape.*--input-shape"):
         example_inputs(nn.Sequential(nn.ReLU()))
 
-
-def test_guard_reexports_it():
-    from modeconnect import guard
-
-    assert guard.example_inputs is example_inputs

@@ -15,12 +15,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.graph import derive_spec
 from modeconnect.matching import get_method, match_weights, method_options, solve_assignment
 from modeconnect.matching.assignment import SOLVERS
 from modeconnect.matching.weight import WeightSource
 from modeconnect.models import mlp
-from modeconnect.spec import apply_permutation, random_permutation
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
 try:  # works whether or not tests/ is a package
     from tests.test_activation import assert_same_weights

@@ -12,8 +12,7 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import open_session
-from modeconnect.graph import derive_spec
-from modeconnect.spec import PermutationSpec
+from modeconnect.spec import PermutationSpec, derive_spec
 
 __all__ = ["spec_files"]
 

@@ -47,10 +47,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModeconnectError
-from ..graph import GraphRunner
 from ..spec import (
     ActivationSite,
     Fixed,
+    GraphRunner,
     Layout,
     Leaf,
     PermutationSpec,
