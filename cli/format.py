@@ -60,7 +60,8 @@ def barrier_table(curves: Any) -> list[str]:
 
 
 def format_spec(spec: Any) -> str:
-    lines = [f"{len(spec.groups)} permutation groups"]
+    """The coverage line, then every group with its members, then every fixed axis."""
+    lines = [format_coverage(spec), f"{len(spec.groups)} permutation groups"]
     for g in spec.groups.values():
         inner = f" (one per block of {g.batch_over})" if g.batch_over else ""
         lines.append(f"  {g.name}  size {g.size}{inner}")
@@ -69,8 +70,24 @@ def format_spec(spec: Any) -> str:
     if spec.fixed:
         lines.append(f"{len(spec.fixed)} fixed axes")
         for f in spec.fixed:
-            lines.append(f"  {f.key}  axis {f.axis}  size {f.size}: {f.reason}")
+            part = " (part)" if getattr(f, "partial", False) else ""
+            lines.append(f"  {f.key}  axis {f.axis}  size {f.size}{part}: {f.reason}")
     return "\n".join(lines)
+
+
+def format_coverage(spec: Any) -> str:
+    """How much of the model can be aligned: units, frozen outputs and why, fixed axes by op."""
+    from modeconnect.spec import Coverage
+
+    cov = Coverage.of(spec)
+    frozen = ", ".join(f"{key}: {why}" for key, why in list(cov.frozen_outputs.items())[:3])
+    more = f" and {cov.frozen - 3} more" if cov.frozen > 3 else ""
+    why = f" ({frozen}{more})" if frozen else ""
+    reasons = ", ".join(f"{op} {n}" for op, n in cov.reasons.items()) or "none"
+    return (
+        f"coverage   {cov.units} units in {cov.groups} groups; {cov.frozen}/{cov.weights} weight "
+        f"matrices with a fixed output axis{why}; fixed axes: {reasons}"
+    )
 
 
 def command_line(ctx: click.Context) -> str:

@@ -16,6 +16,18 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _spec_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Derived specs are cached in a folder of the test run, never in the user's home."""
+    previous = os.environ.get("MODECONNECT_CACHE")
+    os.environ["MODECONNECT_CACHE"] = str(tmp_path_factory.mktemp("spec-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MODECONNECT_CACHE", None)
+    else:
+        os.environ["MODECONNECT_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

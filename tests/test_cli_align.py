@@ -214,7 +214,7 @@ def test_guard_failure_writes_nothing(tmp_path, monkeypatch):
     from modeconnect.spec import Fixed, Member, PermutationSpec
 
     a, b, _ = _small_pair(tmp_path)
-    real = command.derive_spec
+    real = command.cached_spec
 
     def broken(model, inputs, permute_output=False) -> PermutationSpec:
         # A consistent-looking but wrong spec: the first hidden group permutes the rows
@@ -229,7 +229,7 @@ def test_guard_failure_writes_nothing(tmp_path, monkeypatch):
         }
         return PermutationSpec(groups, layouts, spec.fixed, spec.aliases)
 
-    monkeypatch.setattr(command, "derive_spec", broken)
+    monkeypatch.setattr(command, "cached_spec", broken)
     out = tmp_path / "o.pt"
     result = _run("align", str(a), str(b), "--out", str(out))
     _assert_user_error(result, "does not compute the same function")
@@ -243,6 +243,10 @@ def test_spec_command_prints_groups_and_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 permutation groups" in result.output
     assert "model input" in result.output and "model output" in result.output
+    assert result.output.splitlines()[0] == (
+        "coverage   22 units in 2 groups; 1/3 weight matrices with a fixed output axis "
+        "(5.weight: model output); fixed axes: model output 2, model input 1"
+    )
     groups = json.loads(js.read_text())["groups"]
     assert sorted(g["size"] for g in groups) == [10, 12]
     assert ["1.weight", 0] in groups[0]["members"]

@@ -22,6 +22,7 @@ from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.lazy import Lerped
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
+from modeconnect.files.spec_cache import cached_spec
 from modeconnect.files.streamed import (
     align_streamed,
     curves_streamed,
@@ -32,7 +33,6 @@ from modeconnect.files.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.progress import ProgressFn
-from modeconnect.spec import derive_spec
 from modeconnect.timing import Timings
 
 __all__ = ["AlignReport", "align_files"]
@@ -130,7 +130,7 @@ def align_files(
     check_mode(net, bn, session.train)
     opts = method_options(method, options)
     with clock.phase("spec"):
-        spec = derive_spec(net, tuple(x[:2] for x in session.probe), permute_output=permute_output)
+        spec = cached_spec(net, tuple(x[:2] for x in session.probe), permute_output=permute_output)
     with clock.phase("matching + guard"):
         if session.lazy:
             result = align_streamed(

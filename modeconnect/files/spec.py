@@ -12,7 +12,8 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import open_session
-from modeconnect.spec import PermutationSpec, derive_spec
+from modeconnect.files.spec_cache import cached_spec
+from modeconnect.spec import PermutationSpec
 
 __all__ = ["spec_files"]
 
@@ -38,7 +39,7 @@ def spec_files(
         outputs=[("--json", json_path, "json")],
     )  # fmt: skip
     probe = tuple(x[:2] for x in session.probe)
-    spec = derive_spec(session.model, probe, permute_output=permute_output)
+    spec = cached_spec(session.model, probe, permute_output=permute_output)
     if "--json" in session.outputs:
         with session.outputs.writing() as staging:
             staging.write(session.outputs.path("--json"), json_writer(spec.summary()))
