@@ -53,3 +53,12 @@ def test_every_package_is_shipped() -> None:
         for init in (root / "modeconnect").rglob("__init__.py")
     }
     assert found <= listed, sorted(found - listed)
+
+
+def test_the_package_and_its_metadata_agree_on_the_version() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert mc.__version__ == project["version"]
