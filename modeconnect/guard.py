@@ -101,4 +101,3 @@ def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
             "spec is wrong for this model and nothing was written; please report the model "
             "with the output of `modeconnect spec`"
         )
-

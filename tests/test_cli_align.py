@@ -319,8 +319,10 @@ def test_unknown_method_is_a_usage_error_listing_the_registry(tmp_path):
     result = _run("align", str(a), str(b), "--method", "magic")
     assert result.exit_code == 2 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]  # click's usage lines first, the error last
-    assert last == "Error: Invalid value for '--method': 'magic' is not one of 'weight', " \
+    assert (
+        last == "Error: Invalid value for '--method': 'magic' is not one of 'weight', "
         "'activation', 'ot'."
+    )
 
 
 def test_align_bn_reset_writes_recomputed_statistics(tmp_path):

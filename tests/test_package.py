@@ -56,8 +56,9 @@ def test_every_package_is_shipped() -> None:
 
 
 def test_the_package_and_its_metadata_agree_on_the_version() -> None:
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]

@@ -43,4 +43,3 @@ def test_hugging_face_models_get_ids_or_pixels_from_their_config():
 def test_unknown_first_layer_asks_for_a_shape():
     with pytest.raises(ModeconnectError, match=r"cannot infer an input shape.*--input-shape"):
         example_inputs(nn.Sequential(nn.ReLU()))
-

@@ -72,6 +72,7 @@ class Trust:
 
 
 NO_TRUST = Trust()
+"""The default: only :data:`BUILTIN` and ``transformers`` architectures may be named by files."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +82,6 @@ class Architecture:
     model: Any
     ref: str
     kwargs: Mapping[str, Any]
-"""The default: only :data:`BUILTIN` and ``transformers`` architectures may be named by files."""
 
 
 # --------------------------------------------------------------------------- parsing
