@@ -45,17 +45,21 @@ def barrier_table(curves: Any) -> list[str]:
     )
     head = f"acc at a={curves.naive.points[mid].alpha:.2f}"
     a, b = curves.naive.points[0], curves.naive.points[-1]
-    rows = [f"{'':10} {'loss barrier':>13} {'error barrier':>14} {head:>14}"]
+    lm = a.perplexity is not None  # language models: the perplexity at the midpoint too
+    ppl_head = f" {'ppl at a=' + format(curves.naive.points[mid].alpha, '.2f'):>14}" if lm else ""
+    rows = [f"{'':10} {'loss barrier':>13} {'error barrier':>14} {head:>14}{ppl_head}"]
     for label, bar, curve in (
         ("naive", curves.naive_barrier, curves.naive),
         ("aligned", curves.aligned_barrier, curves.aligned),
     ):
         acc = curve.points[mid].accuracy
-        rows.append(f"{label:10} {bar.loss:13.4f} {bar.error:14.2%} {acc:14.2%}")
-    rows.append(
-        f"endpoints  A: loss {a.loss:.4f} acc {a.accuracy:.2%}   "
-        f"B: loss {b.loss:.4f} acc {b.accuracy:.2%}"
-    )
+        ppl = f" {curve.points[mid].perplexity:14.2f}" if lm else ""
+        rows.append(f"{label:10} {bar.loss:13.4f} {bar.error:14.2%} {acc:14.2%}{ppl}")
+    ends = [
+        f"{n}: loss {p.loss:.4f} acc {p.accuracy:.2%}" + (f" ppl {p.perplexity:.2f}" if lm else "")
+        for n, p in (("A", a), ("B", b))
+    ]
+    rows.append(f"endpoints  {ends[0]}   {ends[1]}")
     return rows
 
 

@@ -156,6 +156,9 @@ def test_align_scores_a_causal_lm_with_perplexity(causal_pair, tmp_path: Path) -
         assert [p["alpha"] for p in points] == [0.0, 0.5, 1.0]
         for p in points:
             assert p["perplexity"] == pytest.approx(math.exp(p["loss"]))
+    assert "ppl at a=0.50" in out and "B: loss" in out and " ppl " in out.split("endpoints")[1]
+    for curve in ("naive", "aligned"):
+        assert report[curve]["barrier"]["perplexity"] >= 0  # the barrier in perplexity too
     naive, aligned = report["naive"]["curve"], report["aligned"]["curve"]
     assert aligned[-1]["loss"] == pytest.approx(naive[-1]["loss"], rel=1e-5)  # same function
     assert aligned[-1]["loss"] == pytest.approx(naive[0]["loss"], rel=1e-5)  # B is A permuted

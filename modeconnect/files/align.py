@@ -18,6 +18,7 @@ import torch
 
 from modeconnect.bn import check_mode, renormalize
 from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation import Barrier, Curve, barrier_values
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.lazy import Lerped
 from modeconnect.files.references import NO_TRUST, Trust
@@ -70,9 +71,20 @@ class AlignReport:
         }
         if self.curves is not None:
             c = self.curves
-            out["naive"] = {"barrier": c.naive_barrier.to_dict(), "curve": c.naive.to_dict()}
-            out["aligned"] = {"barrier": c.aligned_barrier.to_dict(), "curve": c.aligned.to_dict()}
+            for name, bar, curve in (("naive", c.naive_barrier, c.naive),
+                                     ("aligned", c.aligned_barrier, c.aligned)):  # fmt: skip
+                out[name] = {"barrier": {**bar.to_dict(), **_perplexity_barrier(curve, bar)},
+                             "curve": curve.to_dict()}  # fmt: skip
         return out
+
+
+def _perplexity_barrier(curve: Curve, bar: Barrier) -> dict[str, float]:
+    """A language model's barrier in perplexity (same definition), or nothing."""
+    ppl = [p.perplexity for p in curve.points]
+    if any(v is None for v in ppl):
+        return {}
+    values = torch.tensor(ppl, dtype=torch.float64)
+    return {"perplexity": float(barrier_values(curve.alphas, values, bar.definition))}
 
 
 def align_files(
