@@ -57,6 +57,8 @@ from .result import Alignment
 
 StateDict = Mapping[str, Tensor]
 
+FIXED_CHUNK = 4096
+"""Columns converted at once in a bounded source's products that read no permutation."""
 FULL_PRODUCT_ABOVE = 0.5
 """Recompute a product when more than this fraction of its columns moved; else update it.
 
@@ -268,18 +270,28 @@ class WeightSource:
         first = self.product(moving[0], perm, base)
         if len(moving) == 1:
             return first
-        name = "sum" if self.max_bytes is not None else f"sum {group}"  # one per size suffices
-        out = self._scratch(name, tuple(first.shape), torch.float64)
-        s = torch.add(first, self.product(moving[1], perm), out=out)
+        hit = self.cache.get(id(moving[0]))
+        if hit is not None and hit.value is first:  # kept: sum into a scratch tensor
+            name = "sum" if self.max_bytes is not None else f"sum {group}"  # one per size will do
+            out = self._scratch(name, tuple(first.shape), torch.float64)
+            s = torch.add(first, self.product(moving[1], perm), out=out)
+        else:  # not kept (max_bytes): ours to sum into, one product alive at a time
+            s = first.add_(self.product(moving[1], perm))
         for t in moving[2:]:
             s += self.product(t, perm)
         return s
 
     def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """A tensor kept for reuse: a large one would cost fresh pages at every allocation."""
+        """A tensor kept for reuse: a large one would cost fresh pages at every allocation.
+
+        Under ``max_bytes`` it counts against the bound; past it, a fresh one each time.
+        """
         key = (name, shape, dtype)
         if key not in self.scratch:
-            self.scratch[key] = torch.empty(shape, dtype=dtype)
+            fresh = torch.empty(shape, dtype=dtype)
+            if not self._fits(fresh):
+                return fresh
+            self.scratch[key] = fresh
         return self.scratch[key]
 
     def _base(self, group: str) -> Tensor | None:
@@ -292,11 +304,30 @@ class WeightSource:
         fixed = [t for t in self.direct.get(group, ()) if not t.reads]
         base = None
         for t in fixed:
-            value = _full(self._a(t), self.b_rows(t, {}), self.device)
+            value = self._fixed_product(t)
             base = value if base is None else base.add_(value)
         if base is None or self._fits(base):
             self.bases[group] = base
         return base
+
+    def _fixed_product(self, term: _Term) -> Tensor:
+        """``A_rows · B_rowsᵀ`` of a term that reads no permutation.
+
+        Under ``max_bytes`` the rows are taken as stored and converted to the working
+        dtype :data:`FIXED_CHUNK` columns at a time (the partial products summed in
+        float64): an embedding or output head (vocabulary × hidden) is the largest
+        tensor of a language model, and two float32 copies of it cost 4x its bfloat16 size.
+        """
+        if self.max_bytes is None:
+            return _full(self._a(term), self.b_rows(term, {}), self.device)
+        ra = _rows(self.a[term.key], term.axis, term.index)
+        rb = _rows(self.b[term.key], term.axis, term.index)
+        total: Tensor | None = None
+        for c in range(0, ra.shape[-1], FIXED_CHUNK):
+            part = _full(ra[..., c : c + FIXED_CHUNK].to(self.dtype),
+                         rb[..., c : c + FIXED_CHUNK].to(self.dtype), self.device)  # fmt: skip
+            total = part if total is None else total.add_(part)
+        return total if total is not None else torch.zeros(len(ra), len(rb), dtype=torch.float64)
 
     def cross(self, outer: str, inner: str, perm: Mapping[str, Tensor]) -> Tensor | None:
         """``(n, n, k, k)`` block-pair similarity, or None if no tensor shows the pair."""
