@@ -13,7 +13,7 @@ Each measurement runs in a fresh process (``--worker``) that calls the library e
 ``modeconnect align`` / ``modeconnect merge`` do (``align_files`` / ``merge_files``:
 same session, outputs written as directories), with wall-clock probes on the reads of
 tensors, the similarity products and the assignments, and reports its own peak RSS
-(``ru_maxrss``: Python, torch and transformers included). The targets of issue 12:
+(``VmHWM``: Python, torch and transformers included). The targets of issue 12:
 ``align`` on two models of ``S`` bytes within ``2.5 S + 1 GB``, a merge of ``N`` within
 ``(N + 1) S + 1 GB``.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -204,8 +205,22 @@ def worker(argv: list[str]) -> None:
         result = {"timings": merged.timings, "rounds": merged.result.rounds}
     result["seconds"] = time.perf_counter() - start
     result["buckets"] = buckets
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = _peak_rss()
     print(json.dumps(result))
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` where Linux has it.
+
+    ``ru_maxrss`` carries the parent's high-water mark across ``exec`` on Linux, so a
+    worker spawned from a large parent would report the parent's size.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        found = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+        if found:
+            return int(found.group(1)) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _measure(*args: str) -> dict[str, Any]:
