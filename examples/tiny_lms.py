@@ -16,7 +16,7 @@ the models are scored by next-token cross-entropy, and the table gives the loss
 barrier (nats per token) and the perplexity at the midpoint, naive and aligned, and the
 merged models' perplexity.
 
-Run: ``python examples/tiny_lms.py --out DIR`` (about ten minutes on 2 cores, one thread;
+Run: ``python examples/tiny_lms.py --out DIR`` (about six minutes on one core;
 ``--quick``: about a minute, for the tests). ``DIR`` gets the checkpoints, the
 tokenizer, the held-out text and the JSON reports (``summary.json``: the table).
 """
