@@ -38,3 +38,24 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def checkpoints() -> Path:
     return CHECKPOINTS
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+@pytest.fixture(scope="session")
+def hub():
+    """A recording stand-in for the Hugging Face Hub (tests/hostile_bench.py)."""
+    from hostile_bench import HubRecorder
+
+    recorder = HubRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def bench(tmp_path: Path, hub, monkeypatch: pytest.MonkeyPatch):
+    """A folder of planted files; the Hub is the recorder and sockets stay local."""
+    from hostile_bench import make_bench
+
+    yield from make_bench(tmp_path, hub, monkeypatch)

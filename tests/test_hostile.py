@@ -3,17 +3,15 @@
 Every case builds its files in a fresh folder and runs one command on them. Each must:
 exit with code 2, print exactly one line on stderr and no traceback, create no marker
 file (the payloads try to), write no output (nor leave a temporary file), and leave
-every input byte-identical. Most cases run in-process through click's ``CliRunner``;
+every input byte-identical, and ask no network for anything (tests/hostile_bench.py).
+Most cases run in-process through click's ``CliRunner``;
 a few run the installed command as a subprocess.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,112 +19,10 @@ import pytest
 import safetensors.torch
 import torch
 from click.testing import CliRunner
+from hostile_bench import Bench, assert_refused
 
 from modeconnect.files.checkpoints import load_checkpoint
 from modeconnect_cli.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ROOT / "checkpoints"
-MARKER = "pwned"
-
-
-# --------------------------------------------------------------------------- the bench
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative path -> sha256), directories as markers."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        rel = str(path.relative_to(folder))
-        out[rel] = "<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-class Bench:
-    """A folder with a clean pair, data, and helpers to plant hostile files in it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.marker = root / MARKER
-        self.a = self._copy("mlp_a.pt")
-        self.b = self._copy("mlp_b.pt")
-        self.data = self._copy("digits_test.pt")
-        self.victim = root / "victim"
-        self.victim.mkdir()
-        (self.victim / "keep.txt").write_text("precious")
-
-    def _copy(self, name: str) -> Path:
-        target = self.root / name
-        target.write_bytes((CHECKPOINTS / name).read_bytes())
-        return target
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return load_checkpoint(self.a).state_dict
-
-    def pt_naming(self, name: str, ref: str, kwargs: dict) -> Path:
-        path = self.root / name
-        torch.save({"state_dict": self.state_dict(), "model": ref, "model_kwargs": kwargs}, path)
-        return path
-
-    def safetensors_naming(self, name: str, ref: str, kwargs: dict) -> Path:
-        path = self.root / name
-        meta = {"modeconnect.model": ref, "modeconnect.model_kwargs": json.dumps(kwargs)}
-        safetensors.torch.save_file(self.state_dict(), str(path), meta)
-        return path
-
-    def evil_module(self) -> Path:
-        path = self.root / "evil_models.py"
-        path.write_text(
-            "from pathlib import Path\n"
-            f"Path({str(self.marker)!r}).write_text('imported')\n"
-            "from modeconnect.models import mlp as build\n"
-        )
-        return path
-
-    def data_file(self, name: str, x: torch.Tensor, y: torch.Tensor) -> Path:
-        path = self.root / name
-        torch.save({"x": x, "y": y}, path)
-        return path
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Bench:
-    return Bench(tmp_path)
-
-
-def _assert_refused(bench: Bench, run: Callable[[], tuple[int, str]], *expect: str) -> str:
-    before = _snapshot(bench.root)
-    code, stderr = run()
-    after = _snapshot(bench.root)
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    for text in expect:
-        assert text in stderr, (text, stderr)
-    assert not bench.marker.exists(), "a payload ran"
-    assert after == before, "files changed: " + str(set(after.items()) ^ set(before.items()))
-    return lines[0]
-
-
-def _cli(*args: object) -> Callable[[], tuple[int, str]]:
-    def run() -> tuple[int, str]:
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        return result.exit_code, result.stderr
-
-    return run
-
-
-def _subprocess(*args: object) -> Callable[[], tuple[int, str]]:
-    def run() -> tuple[int, str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "modeconnect_cli.main", *map(str, args)],
-            capture_output=True, text=True, timeout=300, cwd=ROOT,
-        )  # fmt: skip
-        return proc.returncode, proc.stderr
-
-    return run
-
 
 # --------------------------------------------------------------------------- code in references
 
@@ -156,7 +52,7 @@ def test_a_shell_command_named_by_a_checkpoint_never_runs(bench: Bench, command,
     plant = bench.pt_naming if fmt == "pt" else bench.safetensors_naming
     x = plant(f"evil_a.{fmt}", SHELL, _shell_kwargs(bench))
     y = plant(f"evil_b.{fmt}", SHELL, _shell_kwargs(bench))
-    line = _assert_refused(bench, _cli(*COMMANDS[command](bench, x, y)), "'subprocess:run'")
+    line = assert_refused(bench, bench.cli(*COMMANDS[command](bench, x, y)), "'subprocess:run'")
     assert "refused" in line and "--model subprocess:run" in line and "--trust-model-ref" in line
 
 
@@ -164,12 +60,12 @@ def test_only_one_file_naming_the_reference_is_enough_to_be_refused(bench: Bench
     plain = bench.root / "plain.pt"
     torch.save(bench.state_dict(), plain)  # names no architecture
     x = bench.pt_naming("evil.pt", SHELL, _shell_kwargs(bench))
-    _assert_refused(bench, _cli("align", plain, x, "--data", bench.data), "refused")
+    assert_refused(bench, bench.cli("align", plain, x, "--data", bench.data), "refused")
 
 
 def test_rmtree_named_by_a_checkpoint_deletes_nothing(bench: Bench) -> None:
     x = bench.pt_naming("evil.pt", "shutil:rmtree", {"path": str(bench.victim)})
-    _assert_refused(bench, _cli("spec", x), "'shutil:rmtree'")
+    assert_refused(bench, bench.cli("spec", x), "'shutil:rmtree'")
     assert (bench.victim / "keep.txt").read_text() == "precious"
 
 
@@ -180,7 +76,9 @@ def test_a_python_file_named_by_a_checkpoint_is_never_imported(bench: Bench, abs
     kwargs = {"in_features": 64, "hidden": [512, 512, 512], "out_features": 10}
     x = bench.pt_naming("evil.pt", ref, kwargs)
     y = bench.safetensors_naming("evil.safetensors", ref, kwargs)
-    _assert_refused(bench, _cli("align", x, y, "--data", bench.data, "--out", bench.root / "o.pt"))
+    assert_refused(
+        bench, bench.cli("align", x, y, "--data", bench.data, "--out", bench.root / "o.pt")
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,7 +90,7 @@ def test_a_python_file_named_by_a_checkpoint_is_never_imported(bench: Bench, abs
 )
 def test_kwargs_from_a_file_cannot_switch_on_code_loading(bench: Bench, kwargs) -> None:
     x = bench.pt_naming("evil.pt", "transformers:GPT2Model", kwargs)
-    _assert_refused(bench, _cli("spec", x), "would let the model constructor load code")
+    assert_refused(bench, bench.cli("spec", x), "would let the model constructor load code")
 
 
 def test_kwargs_holding_tensors_are_refused(bench: Bench) -> None:
@@ -202,12 +100,12 @@ def test_kwargs_holding_tensors_are_refused(bench: Bench) -> None:
          "model_kwargs": {"hidden": torch.tensor([512])}},
         path,
     )  # fmt: skip
-    _assert_refused(bench, _cli("spec", path), "plain JSON")
+    assert_refused(bench, bench.cli("spec", path), "plain JSON")
 
 
 def test_shell_reference_refused_by_the_installed_command(bench: Bench) -> None:
     x = bench.pt_naming("evil.pt", SHELL, _shell_kwargs(bench))
-    _assert_refused(bench, _subprocess("spec", x), "'subprocess:run'", "refused")
+    assert_refused(bench, bench.subprocess("spec", x), "'subprocess:run'", "refused")
 
 
 # --------------------------------------------------------------------------- pickles
@@ -224,13 +122,15 @@ class _Payload:
 def test_a_checkpoint_with_pickled_code_is_refused_as_such(bench: Bench) -> None:
     path = bench.root / "evil.pt"
     torch.save({"state_dict": bench.state_dict(), "extra": _Payload(bench.marker)}, path)
-    _assert_refused(bench, _cli("spec", path), "contains pickled code", "refused")
+    assert_refused(bench, bench.cli("spec", path), "contains pickled code", "refused")
 
 
 def test_a_data_file_with_pickled_code_is_refused_as_such(bench: Bench) -> None:
     path = bench.root / "evil_data.pt"
     torch.save({"x": torch.zeros(2, 64), "y": _Payload(bench.marker)}, path)
-    _assert_refused(bench, _cli("align", bench.a, bench.b, "--data", path), "contains pickled code")
+    assert_refused(
+        bench, bench.cli("align", bench.a, bench.b, "--data", path), "contains pickled code"
+    )
 
 
 # --------------------------------------------------------------------------- the guard's probe
@@ -242,29 +142,27 @@ def test_nan_in_the_probe_batch_is_refused(bench: Bench) -> None:
     x[0, 0] = float("nan")
     path = bench.data_file("nan.pt", x, clean["y"])
     out = bench.root / "o.pt"
-    _assert_refused(bench, _cli("align", bench.a, bench.b, "--data", path, "--out", out), "NaN")
+    assert_refused(bench, bench.cli("align", bench.a, bench.b, "--data", path, "--out", out), "NaN")
     x[0, 0] = float("inf")
     path = bench.data_file("inf.pt", x, clean["y"])
-    _assert_refused(bench, _subprocess("align", bench.a, bench.b, "--data", path), "non-finite")
+    assert_refused(bench, bench.subprocess("align", bench.a, bench.b, "--data", path), "non-finite")
 
 
 # --------------------------------------------------------------------------- outputs
 
 
 def _align(bench: Bench, *extra: object) -> Callable[[], tuple[int, str]]:
-    return _cli("align", bench.a, bench.b, "--data", bench.data, *extra)
+    return bench.cli("align", bench.a, bench.b, "--data", bench.data, *extra)
 
 
 @pytest.mark.parametrize("option", ["--out", "--merged"])
 def test_an_input_checkpoint_is_never_overwritten_even_with_force(bench: Bench, option) -> None:
     for target in (bench.a, bench.b):
-        _assert_refused(
-            bench, _align(bench, option, target, "--force"), "would overwrite the input"
-        )
+        assert_refused(bench, _align(bench, option, target, "--force"), "would overwrite the input")
 
 
 def test_the_data_file_is_never_overwritten(bench: Bench) -> None:
-    _assert_refused(
+    assert_refused(
         bench, _align(bench, "--out", bench.data, "--force"), "would overwrite the input"
     )
 
@@ -272,23 +170,21 @@ def test_the_data_file_is_never_overwritten(bench: Bench) -> None:
 def test_a_hard_link_to_an_input_is_an_input(bench: Bench) -> None:
     link = bench.root / "link.pt"
     os.link(bench.a, link)
-    _assert_refused(bench, _align(bench, "--out", link, "--force"), "would overwrite the input")
+    assert_refused(bench, _align(bench, "--out", link, "--force"), "would overwrite the input")
 
 
 def test_the_model_file_of_a_trusted_reference_is_an_input(bench: Bench) -> None:
     ref_file = bench.root / "models.py"
     ref_file.write_text("from modeconnect.models import mlp\n")
     run = _align(bench, "--model", f"{ref_file}:mlp", "--out", ref_file, "--force")
-    _assert_refused(bench, run, "would overwrite the input")
+    assert_refused(bench, run, "would overwrite the input")
 
 
 def test_two_outputs_on_one_path_are_refused_before_anything_runs(bench: Bench) -> None:
     same = bench.root / "same.pt"
-    _assert_refused(
-        bench, _align(bench, "--out", same, "--merged", same), "both --out and --merged"
-    )
+    assert_refused(bench, _align(bench, "--out", same, "--merged", same), "both --out and --merged")
     same.write_bytes(b"old")
-    _assert_refused(
+    assert_refused(
         bench, _align(bench, "--out", same, "--merged", same, "--force"), "both --out and --merged"
     )
     assert same.read_bytes() == b"old"
@@ -305,13 +201,13 @@ def test_two_outputs_on_one_path_are_refused_before_anything_runs(bench: Bench) 
 )
 def test_bad_targets_are_refused_before_any_work(bench: Bench, extra, expect) -> None:
     extra = [bench.root / e if not str(e).startswith("--") else e for e in extra]
-    _assert_refused(bench, _align(bench, *extra), expect)
+    assert_refused(bench, _align(bench, *extra), expect)
 
 
 def test_an_existing_output_needs_force(bench: Bench) -> None:
     out = bench.root / "o.pt"
     out.write_bytes(b"old")
-    _assert_refused(bench, _align(bench, "--out", out), "already exists", "--force")
+    assert_refused(bench, _align(bench, "--out", out), "already exists", "--force")
 
 
 def test_a_failure_while_writing_leaves_nothing_behind(
@@ -330,14 +226,14 @@ def test_a_failure_while_writing_leaves_nothing_behind(
     monkeypatch.setattr(modeconnect.files.align, "json_writer", full_disk)
     run = _align(bench, "--out", bench.root / "o.pt", "--merged", bench.root / "m.pt",
                  "--json", bench.root / "r.json", "--steps", "3")  # fmt: skip
-    _assert_refused(bench, run, "r.json: cannot write the output", "No space left")
+    assert_refused(bench, run, "r.json: cannot write the output", "No space left")
 
 
 def test_merge_never_overwrites_its_reference(bench: Bench) -> None:
     ref = bench.root / "ref.pt"
     ref.write_bytes(bench.a.read_bytes())
-    run = _cli("merge", bench.a, bench.b, "--reference", ref, "--out", ref, "--force")
-    _assert_refused(bench, run, "would overwrite the input")
+    run = bench.cli("merge", bench.a, bench.b, "--reference", ref, "--out", ref, "--force")
+    assert_refused(bench, run, "would overwrite the input")
 
 
 # --------------------------------------------------------------------------- dtypes and data
@@ -349,7 +245,9 @@ def test_integer_weights_are_refused(bench: Bench) -> None:
     torch.save({"state_dict": state, "model": "modeconnect.models:mlp",
                 "model_kwargs": {"in_features": 64, "hidden": [512, 512, 512],
                                  "out_features": 10}}, path)  # fmt: skip
-    _assert_refused(bench, _cli("align", bench.a, path, "--data", bench.data), "dtype torch.int64")
+    assert_refused(
+        bench, bench.cli("align", bench.a, path, "--data", bench.data), "dtype torch.int64"
+    )
 
 
 @pytest.mark.parametrize(
@@ -367,8 +265,8 @@ def test_data_that_do_not_fit_get_one_line(bench: Bench, make, expect) -> None:
     clean = torch.load(bench.data, weights_only=True)
     path = bench.data_file("bad.pt", *make(clean["x"], clean["y"]))
     out = bench.root / "o.pt"
-    line = _assert_refused(
-        bench, _cli("align", bench.a, bench.b, "--data", path, "--out", out), expect
+    line = assert_refused(
+        bench, bench.cli("align", bench.a, bench.b, "--data", path, "--out", out), expect
     )
     assert line.startswith(f"Error: {path}:")
 
