@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.links import checkpoint_root
 
 __all__ = [
     "CHECKPOINT_EXTENSIONS",
@@ -141,7 +142,7 @@ class Outputs:
     def writing(self) -> Iterator[Staging]:
         """Stage writes; rename them all into place at the end, or remove them all on failure."""
         folders = frozenset(t.path for t in self._targets.values() if t.folder)
-        with Staging(folders) as staging:
+        with Staging(folders, force=self.force) as staging:
             yield staging
 
 
@@ -166,10 +167,14 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _check_nesting(targets: Sequence[Target], inputs: Sequence[Path]) -> None:
-    """No target inside an input directory, and none inside a folder target."""
+    """No target is or lies inside an input directory (its :func:`checkpoint_root`), and
+    none inside a folder target. A folder target that *is* an input is left to
+    :func:`_check_folder_target`, which says so."""
     for target in targets:
         for source in inputs:
-            if source.is_dir() and _inside(target.path, source) and target.path != source:
+            if not source.is_dir() or (target.folder and _same_file(target.path, source)):
+                continue
+            if _inside(target.path, source) or _inside(target.path, checkpoint_root(source)):
                 raise ModeconnectError(
                     f"{target.path}: {target.option} would write into the input directory "
                     f"{source}; inputs are never modified, not even with --force; choose a "
@@ -312,10 +317,11 @@ class Staging:
     ``KeyboardInterrupt`` and ``SystemExit``.
     """
 
-    def __init__(self, folders: frozenset[Path] = frozenset()) -> None:
+    def __init__(self, folders: frozenset[Path] = frozenset(), *, force: bool = True) -> None:
         self._files: list[tuple[Path, Path]] = []  # (temporary, final)
         self._folders: list[Path] = []
         self._folder_targets = folders
+        self._force = force
 
     def __enter__(self) -> Staging:
         return self
@@ -364,32 +370,69 @@ class Staging:
         return self.write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def commit(self) -> None:
-        """Rename every staged file over its target, in the order written.
+        """Rename every staged output over its target: all of them, or none.
 
-        A folder target that exists is renamed aside first (a folder cannot replace a
-        folder in one rename) and removed once everything is in place.
+        Each existing target (a file, a link, or with ``--force`` a checkpoint folder) is
+        renamed aside first and removed only once every output is in place. If anything
+        fails on the way (a target became a directory while the command ran, the disk
+        refused a rename, an interruption), the outputs already in place are removed, the
+        targets put back and the staged files removed: the command fails with nothing
+        changed. A target is replaced, never written through: a link is replaced by the
+        output and its own target is left as it was.
         """
-        replaced: list[tuple[Path, Path]] = []  # (aside, final)
+        placed: list[tuple[Path, Path | None]] = []  # (final, aside): final holds our output
         try:
-            while self._files:
-                tmp, final = self._files[0]
-                if tmp.is_dir() and final.exists():
+            for tmp, final in self._files:
+                self._check_unchanged(tmp, final)
+                aside = None
+                if final.is_symlink() or final.exists():
                     aside = final.parent / f".{final.name}.replaced-{os.getpid()}.tmp"
                     os.replace(final, aside)
-                    replaced.append((aside, final))
-                os.replace(tmp, final)
-                self._files.pop(0)
-        except BaseException:
-            for aside, final in replaced:  # as for files: what is in place stays
-                if final.exists():
-                    shutil.rmtree(aside, ignore_errors=True)
-                else:
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    if aside is not None:
+                        os.replace(aside, final)
+                    raise
+                placed.append((final, aside))
+        except BaseException as exc:
+            for final, aside in reversed(placed):
+                _remove(final)
+                if aside is not None:
                     os.replace(aside, final)
             self.abort()
+            if isinstance(exc, OSError):
+                raise ModeconnectError(
+                    f"{final}: cannot put the output in place ({' '.join(str(exc).split())}); "
+                    "nothing was written; check the folder and run again"
+                ) from exc
             raise
-        for aside, _ in replaced:
-            shutil.rmtree(aside, ignore_errors=True)
+        for _, aside in placed:
+            if aside is not None:
+                _remove(aside)
         self._files, self._folders = [], []
+
+    def _check_unchanged(self, tmp: Path, final: Path) -> None:
+        """The target is still what the plan checked: no folder where a file goes, no new file
+        without ``--force``, and a replaced folder still a checkpoint directory."""
+        if final.is_dir() and not final.is_symlink() and not tmp.is_dir():
+            raise ModeconnectError(
+                f"{final}: became a directory while the command ran; nothing was written; "
+                "choose another path, or remove the directory and run again"
+            )
+        exists = final.is_symlink() or final.exists()
+        if exists and not self._force:
+            raise ModeconnectError(
+                f"{final}: appeared while the command ran; nothing was written; pass --force to "
+                "replace it"
+            )
+        if not exists or final.is_symlink():  # a link is replaced, whatever it points to
+            return
+        if tmp.is_dir() and not (final.is_dir() and (final / FOLDER_MARKER).is_file()):
+            raise ModeconnectError(
+                f"{final}: changed while the command ran and is no longer a checkpoint "
+                f"directory (with {FOLDER_MARKER}); nothing was written; choose a new folder"
+            )
 
     def abort(self) -> None:
         """Remove every staged file and every folder this staging created (if empty)."""
@@ -408,6 +451,14 @@ def staged_write(path: Path, fill: Fill) -> Path:
     """Write one file atomically: :meth:`Staging.write`, then rename."""
     with Staging() as staging:
         return staging.write(path, fill)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (never what it points to) or a folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync(file: Path) -> None:
