@@ -5,14 +5,74 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from typing import Any
+from typing import IO, Any
 
 import click
 
+from modeconnect.errors import printable
 from modeconnect_cli.format import command_line, format_timings
+from modeconnect_cli.options import fail
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandGroup(click.Group):
+    """The ``modeconnect`` group: every error it meets is one line on stderr, exit code 2.
+
+    Click prints a usage error as four lines (usage, a hint, a blank line, the error);
+    here it is the last one alone: ``Error: Invalid value for '--seed': ...``.
+    Help (``--help``, or the group with no arguments) and ``--version`` are unchanged.
+    An exception that escapes outside a command's body (an option's callback, the
+    group itself) gets the same one line as one inside it (:func:`~modeconnect_cli.
+    options.fail`).
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            one_line_usage(exc)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            one_line_usage(exc)
+            raise
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # only without standalone mode: the caller handles them
+        except Exception as exc:
+            fail(exc)
+
+
+def one_line_usage(exc: click.UsageError) -> None:
+    """Make ``exc`` show itself as its one ``Error: ...`` line, without the usage lines.
+
+    The line is the one click prints last (so scripts and tests that read the last line
+    read the same); it is escaped (:func:`~modeconnect.errors.printable`), since it may
+    quote what was typed. The exception keeps its class (``BadParameter``,
+    ``NoSuchOption``, ...) and exit code 2; only how it shows itself changes. Help
+    shown for missing arguments (``NoArgsIsHelpError``) is left as it is.
+    """
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return
+
+    def show(file: IO[Any] | None = None) -> None:
+        click.echo(printable(f"Error: {exc.format_message()}"), file=file, err=True)
+
+    exc.show = show  # type: ignore[method-assign]
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="modeconnect")
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None,
@@ -43,8 +103,12 @@ def library(module: str, name: str) -> tuple[Any, float]:
 
 
 def finish(text: str, timings: Any, verbose: bool) -> None:
-    """Print a command's result, and with ``--verbose`` where the time went."""
-    click.echo(text)
+    """Print a command's result, and with ``--verbose`` where the time went.
+
+    Each line is printed with its unprintable characters escaped (a file name with a
+    newline in it stays on its line; :func:`~modeconnect.errors.printable`).
+    """
+    click.echo("\n".join(printable(line) for line in text.split("\n")))
     if verbose and timings is not None:
         click.echo(format_timings(timings), err=True)
 

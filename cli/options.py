@@ -10,15 +10,15 @@ alignment registry. This module imports click and nothing heavy (no torch), so
 from __future__ import annotations
 
 import functools
-import json
+import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import MAX_MESSAGE, ModeconnectError, printable
 from modeconnect.matching import METHOD_NAMES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -44,17 +44,25 @@ def group(*options: Decorator) -> Decorator:
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A JSON object, read within the bounds of JSON from files (depth, digits, size)."""
     if value is None:
         return None
+    from modeconnect.files.jsonfile import parse_json
+
+    example = "pass a JSON object like '{\"hidden\": [64]}'"
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc.msg}): {value!r}") from None
+        parsed = parse_json(value, _quoted(value), example)
+    except ModeconnectError as exc:
+        raise click.BadParameter(str(exc)) from None
     if not isinstance(parsed, dict):
-        raise click.BadParameter(
-            f"must be a JSON object like '{{\"hidden\": [64]}}', got {value!r}"
-        )
+        raise click.BadParameter(f"{_quoted(value)}: is a JSON {type(parsed).__name__}; {example}")
     return parsed
+
+
+def _quoted(value: str, limit: int = 60) -> str:
+    """``repr(value)``, shortened: a value typed or pasted can be as long as a file."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
 
 
 def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -338,7 +346,14 @@ LARGE_MODELS = group(DEVICE, DTYPE, BLOCK_SIZE)
 
 
 def command(group_: click.Group, **settings: Any) -> Decorator:
-    """Register a command on ``group_``; a ``ModeconnectError`` becomes one line and exit code 2."""
+    """Register a command on ``group_``: any error it raises becomes one line and exit code 2.
+
+    A ``ModeconnectError`` is printed as it is; any other exception (a bug met by an
+    input nobody foresaw) as :func:`unexpected` says. Click's own exceptions (usage
+    errors, ``ctx.exit``), ``SystemExit`` and ``KeyboardInterrupt`` pass through:
+    outputs staged when they arrive are removed as they unwind
+    (:class:`~modeconnect.files.targets.Staging`), before anything is printed.
+    """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -346,13 +361,59 @@ def command(group_: click.Group, **settings: Any) -> Decorator:
             _exit_cleanly_on_signals()
             try:
                 return fn(*args, **kwargs)
-            except ModeconnectError as exc:
-                click.echo(f"Error: {exc}", err=True)
-                sys.exit(2)
+            except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+                raise
+            except BrokenPipeError:
+                raise  # output piped into `head`: click ends quietly
+            except Exception as exc:
+                fail(exc)
 
         return group_.command(**settings)(run)
 
     return register
+
+
+DEBUG_VARIABLE = "MODECONNECT_DEBUG"
+"""Set to 1 to get the traceback of an unexpected error instead of its one line."""
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Print ``exc`` as one ``Error:`` line on stderr and exit with code 2.
+
+    With ``MODECONNECT_DEBUG=1`` an exception that is not a ``ModeconnectError`` is
+    raised again instead, so that Python prints its traceback.
+    """
+    if not isinstance(exc, ModeconnectError) and os.environ.get(DEBUG_VARIABLE, "") not in (
+        "", "0",
+    ):  # fmt: skip
+        raise exc
+    click.echo(f"Error: {exc if isinstance(exc, ModeconnectError) else unexpected(exc)}", err=True)
+    sys.exit(2)
+
+
+def unexpected(exc: BaseException) -> str:
+    """One printable line for an exception modeconnect did not expect: what it is, what to do."""
+    try:
+        said = " ".join(str(exc).split())
+    except Exception:  # a message that cannot even be printed
+        said = ""
+    what = printable(f"{type(exc).__name__}: {said}" if said else type(exc).__name__, 300)
+    if isinstance(exc, MemoryError):
+        return (
+            f"out of memory ({what}); use a smaller --batch-size or a machine with more memory "
+            f"(set {DEBUG_VARIABLE}=1 to see the traceback)"
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return printable(
+            f"{exc.filename}: {exc.strerror or type(exc).__name__} ({type(exc).__name__}); "
+            f"check the path, its permissions and the disk (set {DEBUG_VARIABLE}=1 to see the "
+            "traceback)",
+            MAX_MESSAGE,
+        )
+    return (
+        f"unexpected internal error ({what}); modeconnect did not foresee this input, please "
+        f"report it with the command line (set {DEBUG_VARIABLE}=1 to see the traceback)"
+    )
 
 
 def _exit_cleanly_on_signals() -> None:

@@ -102,13 +102,14 @@ def compare_methods(
     definition: str = "lerp",
     inputs: Sequence[Any] | None = None,
     permute_output: bool = False,
+    loss: Any = None,
 ) -> Comparison:
     """Align B to A with each method in ``methods`` (default: all registered) and evaluate.
 
     ``data`` is the evaluation split; activation statistics come from ``train``
     (default ``data``). ``options`` holds method settings by command-line name
     (see :func:`method_options`); ``seed`` goes to every method. The spec is
-    derived once and shared.
+    derived once and shared. ``loss`` scores the curves (as ``interpolation_curve``'s).
     """
     names = _methods(methods)
     stats_data = train if train is not None else data
@@ -119,7 +120,7 @@ def compare_methods(
         opts = method_options(name, {**dict(options or {}), "seed": seed})
         result = align(model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **opts)
         curves = compare_interpolations(
-            model, a, b, result.aligned, data, steps=steps, definition=definition
+            model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss
         )
         al = result.alignment
         rows.append(

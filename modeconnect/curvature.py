@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring, interpolate, loss_name
@@ -208,7 +209,9 @@ class HessianOperator:
         parts = _unflatten(v.to(device=device, dtype=self.dtype), self.state, self.keys)
         out = [torch.zeros_like(self.state[k]) for k in self.keys]
         entries = 0
-        with module_mode(self.model, False):
+        # Fused attention kernels (flash, memory-efficient) have no double backward: the
+        # math kernel computes the same attention and can be differentiated twice.
+        with module_mode(self.model, False), sdpa_kernel(SDPBackend.MATH):
             for i, batch in enumerate(limited(self.batches, self.max_batches)):
                 leaves = [self.state[k].detach().requires_grad_(True) for k in self.keys]
                 bound = self.weights.bind({**self.state, **dict(zip(self.keys, leaves))})

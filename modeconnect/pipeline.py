@@ -95,10 +95,15 @@ def compare_interpolations(
     *,
     steps: int = 25,
     definition: str = "lerp",
+    loss: Any = None,
 ) -> CurvePair:
-    """Curves from A to naive B and from A to aligned B, with their barriers."""
-    naive = interpolation_curve(model, a, b, data, steps=steps)
-    after = interpolation_curve(model, a, aligned, data, steps=steps)
+    """Curves from A to naive B and from A to aligned B, with their barriers.
+
+    ``loss`` is :func:`~modeconnect.evaluation.interpolation_curve`'s (default: the
+    classifier cross-entropy; a language model's scoring for a language model).
+    """
+    naive = interpolation_curve(model, a, b, data, steps=steps, loss=loss)
+    after = interpolation_curve(model, a, aligned, data, steps=steps, loss=loss)
     return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))
 
 

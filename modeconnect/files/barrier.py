@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,12 +10,13 @@ from typing import Any
 
 import torch
 
-from modeconnect.evaluation import ExampleLossFn
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation import ExampleLossFn, Scoring
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.data import Batch
 from modeconnect.files.references import NO_TRUST, Trust, import_callable
 from modeconnect.files.report import stage_report
-from modeconnect.files.session import open_session
+from modeconnect.files.session import Session, open_session
 from modeconnect.matching import method_options
 from modeconnect.progress import ProgressFn
 from modeconnect.study import Study, barrier_study
@@ -49,11 +51,72 @@ class StudyReport:
         }
 
 
-def resolve_loss(loss: str | ExampleLossFn | None) -> str | ExampleLossFn | None:
-    """A ``"module:callable"`` loss imported (the user typed it); names and callables as given."""
+def resolve_loss(
+    loss: str | ExampleLossFn | Scoring | None, session: Session | None = None
+) -> str | ExampleLossFn | Scoring | None:
+    """The loss a command evaluates with: ``loss`` as the user named it, made to fit the model.
+
+    For a language model read from a directory (``session.scoring`` set), the default
+    (``None`` or ``"ce"``: cross-entropy) and the name of its own scoring are that
+    scoring (next-token cross-entropy for a causal LM, masked-token for a masked LM,
+    :func:`~modeconnect.files.session.open_session`); a library :class:`Scoring` is used
+    as given, and anything else (``"mse"``, the other kind's scoring, a callable of
+    classifier outputs) is refused with one line: it cannot fit logits
+    ``(N, T, vocabulary)``. Otherwise a ``"module:callable"`` loss is imported (the user
+    typed it) and any error it raises on the model's outputs becomes one line naming
+    it and the shapes; names and callables pass as given.
+    """
+    if session is not None and session.scoring is not None:
+        return _language_loss(loss, session)
     if isinstance(loss, str) and ":" in loss:
-        return import_callable(loss)
+        return _reported(loss, import_callable(loss))
     return loss
+
+
+def _language_loss(loss: str | ExampleLossFn | Scoring | None, session: Session) -> Scoring:
+    scoring: Scoring = session.scoring
+    if loss in (None, "ce", scoring.name):
+        return scoring
+    if isinstance(loss, Scoring):
+        return loss
+    kind = session.language.kind if session.language is not None else "language"
+    name = loss if isinstance(loss, str) else getattr(loss, "__qualname__", type(loss).__name__)
+    raise ModeconnectError(
+        f"--loss {name}: cannot score {session.paths[0]}, a {kind} language model "
+        f"({session.model_ref}) whose outputs are logits (N, T, vocabulary) over token ids; "
+        f"leave --loss out (or pass --loss {scoring.name}) to score it by its {scoring.name} "
+        "cross-entropy"
+    )
+
+
+def _reported(ref: str, fn: Any) -> ExampleLossFn:
+    """``fn``, with any error it raises (outputs it cannot take) as one line naming ``ref``."""
+    if not callable(fn):
+        raise ModeconnectError(
+            f"--loss {ref}: is a {type(fn).__name__}, not a callable; pass a function "
+            "loss(outputs, targets) returning per-example losses"
+        )
+
+    @functools.wraps(fn)
+    def loss(out: Any, target: Any) -> Any:
+        try:
+            return fn(out, target)
+        except ModeconnectError:
+            raise
+        except Exception as exc:
+            raise ModeconnectError(
+                f"--loss {ref}: raised {type(exc).__name__} ({' '.join(str(exc).split())[:200]}) "
+                f"on the model's outputs {_shape(out)} and targets {_shape(target)}; the loss "
+                'must take (outputs, targets) and return per-example losses (reduction="none")'
+            ) from exc
+
+    return loss
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
 
 
 def barrier_files(
@@ -104,7 +167,7 @@ def barrier_files(
         study = barrier_study(
             session.model, ca.state_dict, cb.state_dict, test=session.data or [],
             train=session.train, align=method, align_options=study_align, progress=progress,
-            loss=resolve_loss(loss) or "ce", **options,
+            loss=resolve_loss(loss, session) or "ce", **options,
         )  # fmt: skip
     examples = {"test": _count(session.data or [])}
     if session.train is not None:

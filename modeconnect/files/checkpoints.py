@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, load_error_reason
 from modeconnect.files.hf import (
     HFDirectory,
     LazyWeights,
@@ -42,6 +42,7 @@ from modeconnect.files.hf import (
     model_names,
     open_directory,
 )
+from modeconnect.files.jsonfile import check_plain_value, parse_json
 from modeconnect.files.references import (
     NO_TRUST,
     Architecture,
@@ -208,10 +209,9 @@ def torch_load(path: Path, what: str, resave: str) -> object:
 
 
 def _corrupt(path: Path, what: str, exc: BaseException) -> ModeconnectError:
-    reason = _one_line(exc)[:200] or type(exc).__name__
     return ModeconnectError(
         f"{path}: cannot read the {what}, the file is corrupt or truncated "
-        f"({type(exc).__name__}: {reason}); re-create or re-download it"
+        f"({type(exc).__name__}: {load_error_reason(exc)}); re-create or re-download it"
     )
 
 
@@ -262,9 +262,14 @@ def _optional_str(path: Path, value: object, name: str) -> str | None:
 
 
 def _kwargs_dict(path: Path, value: object) -> dict[str, Any]:
+    """Keyword arguments as a dict with string keys, nested within the bounds of JSON read
+    from files (:func:`~modeconnect.files.jsonfile.check_plain_value`)."""
     if value is None:
         return {}
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        check_plain_value(
+            value, f"{path}: 'model_kwargs'", "re-save the checkpoint or pass --model-kwargs"
+        )
         return dict(value)
     raise ModeconnectError(
         f"{path}: 'model_kwargs' must be a dict with string keys, found {_describe(value)}"
@@ -311,13 +316,8 @@ def _load_directory(path: Path) -> Checkpoint:
 def _parse_kwargs_json(path: Path, text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModeconnectError(
-            f"{path}: metadata {MODEL_KWARGS_KEY!r} is not valid JSON ({_one_line(exc)}); "
-            "re-save the checkpoint or pass --model-kwargs"
-        ) from exc
+    where = f"{path}: metadata {MODEL_KWARGS_KEY!r}"
+    value = parse_json(text, where, "re-save the checkpoint or pass --model-kwargs")
     return _kwargs_dict(path, value)
 
 
@@ -521,10 +521,16 @@ def _check_same_ref(a: Checkpoint, b: Checkpoint, *, ignore_kwargs: bool) -> Non
     ):
         return
     raise ModeconnectError(
-        f"{a.path} names model {a.model_ref!r} with kwargs {dict(a.model_kwargs)} but "
-        f"{b.path} names {b.model_ref!r} with kwargs {dict(b.model_kwargs)}; "
+        f"{a.path} names model {_short(a.model_ref)} with kwargs {_short(dict(a.model_kwargs))} "
+        f"but {b.path} names {_short(b.model_ref)} with kwargs {_short(dict(b.model_kwargs))}; "
         "pass --model module:callable to choose one"
     )
+
+
+def _short(value: object, limit: int = 300) -> str:
+    """``repr(value)``, shortened to ``limit`` characters: values read from files can be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 # --------------------------------------------------------------------------- checks

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from modeconnect.compare import Comparison, compare_methods
+from modeconnect.files.barrier import resolve_loss
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import open_session
@@ -71,7 +72,7 @@ def compare_files(
         comparison = compare_methods(
             session.model, ca.state_dict, cb.state_dict, session.data or [], methods=methods,
             steps=steps, seed=seed, train=session.train, options=options, inputs=session.probe,
-            permute_output=permute_output,
+            permute_output=permute_output, loss=resolve_loss(None, session),
         )  # fmt: skip
     report = CompareReport(Path(a_path), Path(b_path), session.model_ref, comparison)
     if "--json" in session.outputs:

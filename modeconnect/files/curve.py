@@ -98,7 +98,7 @@ def curve_files(
             align_options={**chosen, "permute_output": permute_output, "inputs": session.probe},
             epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
             batch_size=batch_size, seed=seed, steps=steps, definition=definition, bn=bn,
-            loss=resolve_loss(loss), max_bn_batches=max_bn_batches, progress=progress,
+            loss=resolve_loss(loss, session), max_bn_batches=max_bn_batches, progress=progress,
         )  # fmt: skip
     report = FileReport(
         {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs, study,

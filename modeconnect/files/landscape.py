@@ -91,8 +91,8 @@ def plane_files(
         surface = plane_grid(
             session.model, ca.state_dict, cb.state_dict, cc.state_dict, session.data or [],
             resolution=resolution, margin=margin, names=labels, paths=paths,
-            train=session.train, bn=bn, loss=resolve_loss(loss), max_bn_batches=max_bn_batches,
-            progress=progress,
+            train=session.train, bn=bn, loss=resolve_loss(loss, session),
+            max_bn_batches=max_bn_batches, progress=progress,
         )  # fmt: skip
     inputs = {"a": str(a_path), "b": str(b_path), "c": str(c_path)}
     report = _report(session, inputs, surface, command)
@@ -142,7 +142,8 @@ def landscape_files(
     )  # fmt: skip
     (ckpt,) = session.checkpoints
     common: dict[str, Any] = {
-        "seed": seed, "span": span, "train": session.train, "bn": bn, "loss": resolve_loss(loss),
+        "seed": seed, "span": span, "train": session.train, "bn": bn,
+        "loss": resolve_loss(loss, session),
         "max_bn_batches": max_bn_batches, "progress": progress,
     }  # fmt: skip
     result: LossSlice | LossSurface

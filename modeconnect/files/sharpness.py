@@ -84,7 +84,7 @@ def sharpness_files(
             session.model, states, session.data or [], merge=merge, alpha=alpha,
             progress=progress, k=top_k, method=spectrum, iterations=iterations,
             trace_samples=trace_samples, rho=rho, plain_rho=plain_rho, norm=norm,
-            ascent_steps=ascent_steps, seed=seed, loss=resolve_loss(loss),
+            ascent_steps=ascent_steps, seed=seed, loss=resolve_loss(loss, session),
             max_batches=max_batches,
         )  # fmt: skip
     inputs = {"checkpoints": {name: str(p) for name, p in zip(labels, paths, strict=True)}}
