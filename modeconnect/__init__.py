@@ -105,9 +105,24 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "aligned_fedavg": ("modeconnect.federated", "aligned_fedavg"),
 }
 
-__all__ = ["ModeconnectError", *sorted(_EXPORTS)]
+_ERRORS = (
+    "ModeconnectError",
+    "NotEquivalent",
+    "NotFinite",
+    "OutputConflict",
+    "ShapeMismatch",
+    "UntrustedReference",
+)
+__all__ = [*_ERRORS, *sorted(_EXPORTS)]
 
-from modeconnect.errors import ModeconnectError  # noqa: E402  (torch-free)
+from modeconnect.errors import (  # noqa: E402  (torch-free)
+    ModeconnectError,
+    NotEquivalent,
+    NotFinite,
+    OutputConflict,
+    ShapeMismatch,
+    UntrustedReference,
+)
 
 
 def __getattr__(name: str) -> Any:

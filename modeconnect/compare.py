@@ -17,9 +17,9 @@ from torch import nn
 
 from .errors import ModeconnectError
 from .evaluation import Barrier
-from .files.data import Batch, first_batch
 from .matching import METHODS, get_method, method_options
-from .pipeline import PROBE_SIZE, align, compare_interpolations
+from .pipeline import align, compare_interpolations
+from .probe import Batch, probe_inputs
 from .spec import derive_spec
 
 StateDict = Mapping[str, torch.Tensor]
@@ -113,7 +113,7 @@ def compare_methods(
     """
     names = _methods(methods)
     stats_data = train if train is not None else data
-    probe = tuple(inputs) if inputs is not None else (first_batch(stats_data)[0][:PROBE_SIZE],)
+    probe = probe_inputs(model, inputs, stats_data)
     spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     rows = []
     for name in names:

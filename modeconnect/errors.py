@@ -1,10 +1,32 @@
-"""The one exception type for user errors, and the rule that its message is one line."""
+"""The exception types for user errors, and the rule that a message is one line.
+
+Every user error is a :class:`ModeconnectError`; the CLI prints it as one line and exits
+with code 2. A few subclasses name what a library user may want to catch on its own:
+
+* :class:`UntrustedReference`: a file names code (a model reference, keyword arguments
+  that load code, a configuration that fetches from the network) that is not followed;
+* :class:`ShapeMismatch`: tensors, checkpoints or data that do not fit together;
+* :class:`NotFinite`: NaN or infinity in weights, data or outputs;
+* :class:`OutputConflict`: an output target that may not be written (an input, a
+  folder, an existing file without ``force``, two outputs on one path);
+* :class:`NotEquivalent`: the permanent guard found aligned B computing another function.
+"""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_MESSAGE", "ModeconnectError", "load_error_reason", "printable"]
+__all__ = [
+    "MAX_MESSAGE",
+    "ModeconnectError",
+    "NotEquivalent",
+    "NotFinite",
+    "OutputConflict",
+    "ShapeMismatch",
+    "UntrustedReference",
+    "load_error_reason",
+    "printable",
+]
 
 MAX_MESSAGE = 2000
 """Characters of a message kept (its start and its end, where the advice is); a file can
@@ -46,6 +68,27 @@ class ModeconnectError(Exception):
 
     def __str__(self) -> str:
         return printable(super().__str__(), MAX_MESSAGE)
+
+
+class UntrustedReference(ModeconnectError):
+    """A file points at what modeconnect does not follow: code, a download, a link out of its
+    directory (SECURITY.md)."""
+
+
+class ShapeMismatch(ModeconnectError):
+    """Tensors, checkpoints or data whose shapes (or keys) do not fit together."""
+
+
+class NotFinite(ModeconnectError):
+    """NaN or infinity where finite values are needed (weights, data, probe outputs)."""
+
+
+class OutputConflict(ModeconnectError):
+    """An output target that may not be written: an input, a clash, an existing file."""
+
+
+class NotEquivalent(ModeconnectError):
+    """The guard: aligned B does not compute B's function, so nothing is written."""
 
 
 _ADVICE = re.compile(

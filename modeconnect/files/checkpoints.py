@@ -33,7 +33,12 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from modeconnect.errors import ModeconnectError, load_error_reason
+from modeconnect.errors import (
+    ModeconnectError,
+    NotFinite,
+    ShapeMismatch,
+    load_error_reason,
+)
 from modeconnect.files.hf import (
     HFDirectory,
     LazyWeights,
@@ -52,6 +57,7 @@ from modeconnect.files.references import (
     import_callable,
     split_ref,
 )
+from modeconnect.files.safetensors_header import sort_safetensors_metadata
 from modeconnect.files.targets import Fill, Outputs, staged_write
 from modeconnect.progress import ProgressFn
 
@@ -388,26 +394,6 @@ def checkpoint_writer(
     return save
 
 
-def sort_safetensors_metadata(path: Path) -> None:
-    """Rewrite a safetensors header with its metadata keys sorted, in place.
-
-    The Rust writer keeps metadata in a hash map, so its order changes from run to
-    run; sorted, the same inputs give the same bytes. The header keeps its length
-    (same entries, same JSON; padded with spaces, which the format allows).
-    """
-    with open(path, "r+b") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
-        meta = header.pop("__metadata__", None)
-        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
-        text = json.dumps({**ordered, **header}, separators=(",", ":"), ensure_ascii=False)
-        data = text.encode("utf-8")
-        if len(data) > size:  # cannot happen for the same entries; leave the file as written
-            return
-        handle.seek(8)
-        handle.write(data + b" " * (size - len(data)))
-
-
 def _safetensors_header(
     model_ref: str | None, kwargs: dict[str, Any], meta: dict[str, str]
 ) -> dict[str, str]:
@@ -663,7 +649,7 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         stored = ckpt.state_dict.directory.tensors
         unexpected = stored.keys() - used - computed_buffers(model).keys()
     if missing or unexpected:
-        raise ModeconnectError(
+        raise ShapeMismatch(
             f"{ckpt.path}: the checkpoint does not fit the model: "
             f"{_key_sets(('missing keys', missing), ('unexpected keys', unexpected))}; "
             "check --model and --model-kwargs"
@@ -671,12 +657,12 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     for key, reference in expected.items():
         shape, floating = _shape_of(ckpt, key), _dtype_of(ckpt, key).is_floating_point
         if shape != _shape(reference):
-            raise ModeconnectError(
+            raise ShapeMismatch(
                 f"{_where(ckpt, key)}: tensor {key!r} has shape {shape} in the checkpoint "
                 f"but {_shape(reference)} in the model; check --model-kwargs"
             )
         if floating != reference.is_floating_point():
-            raise ModeconnectError(
+            raise ShapeMismatch(
                 f"{_where(ckpt, key)}: tensor {key!r} {shape} has dtype {_dtype_of(ckpt, key)} "
                 f"in the checkpoint but {reference.dtype} in the model; quantized or integer "
                 "weights cannot be aligned, use a floating-point checkpoint"
@@ -722,7 +708,7 @@ def _check_finite(ckpt: Checkpoint, when: str = "", progress: ProgressFn | None 
             for i in range(0, len(flat), FINITE_CHUNK)
         )
         if bad:
-            raise ModeconnectError(
+            raise NotFinite(
                 f"{_where(ckpt, key)}: tensor {key!r} {_shape(tensor)} has {bad} non-finite "
                 f"values (NaN or inf) {when}out of {math.prod(_shape(tensor))}; "
                 "the weights are unusable, use an earlier checkpoint"
@@ -762,7 +748,7 @@ def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:
     for key in sorted(a.state_dict):
         shape_a, shape_b = _shape_of(a, key), _shape_of(b, key)
         if shape_a != shape_b:
-            raise ModeconnectError(
+            raise ShapeMismatch(
                 f"tensor {key!r} has shape {shape_a} in {a.path} but {shape_b} in {b.path}; "
                 "both checkpoints must come from the same architecture"
             )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import UntrustedReference
 
 __all__ = ["checkpoint_root", "refuse_outside_links"]
 
@@ -54,7 +54,7 @@ def refuse_outside_links(directory: str | Path) -> None:
         target = link.resolve()
         if not _inside(target, root) or not target.exists():
             where = "outside the checkpoint directory" if target.exists() else "nowhere"
-            raise ModeconnectError(
+            raise UntrustedReference(
                 f"{link}: is a symbolic link to {os.readlink(link)!r}, which leads {where}; "
                 "links in a checkpoint directory may only point inside it, so that reading a "
                 "checkpoint can never read, copy or later overwrite another file; copy the "

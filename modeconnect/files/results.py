@@ -17,8 +17,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.data import Batch
 from modeconnect.files.report import Section, check_report, stage_page
-from modeconnect.files.session import Session, open_session
-from modeconnect.files.targets import Fill, input_files
+from modeconnect.files.session import Session, input_files, open_session
+from modeconnect.files.targets import Fill
 
 __all__ = ["FileReport", "count_examples", "open_study", "write_study"]
 

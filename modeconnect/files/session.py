@@ -25,7 +25,7 @@ and context length instead of being run; its probe is a few short sequences.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,21 @@ from modeconnect.files.checkpoints import (
     load_models,
     restore_dtypes,
 )
-from modeconnect.files.data import Batch, LanguageData, check_fits, check_tokens, load_data
+from modeconnect.files.data import (
+    Batch,
+    LanguageData,
+    check_fits,
+    check_tokens,
+    is_data_reference,
+    load_data,
+)
 from modeconnect.files.hf import HFDirectory, directory_writer, lm_kind
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.targets import Fill, Outputs, input_files
+from modeconnect.files.references import NO_TRUST, Trust, reference_file
+from modeconnect.files.targets import Fill, Outputs
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 
-__all__ = ["PROBE_SIZE", "Session", "open_session", "parse_dtype"]
+__all__ = ["PROBE_SIZE", "Session", "input_files", "open_session", "parse_dtype"]
 
 PROBE_SIZE = 64
 """Examples of the data in the probe batch."""
@@ -61,6 +68,26 @@ _POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "long": torch.long, "int": torch.long}  # fmt: skip
+
+
+def input_files(
+    checkpoints: Iterable[str | Path | None],
+    *,
+    data: Iterable[str | Path | None] = (),
+    model: str | None = None,
+) -> list[Path]:
+    """Every file a command reads, for :meth:`Outputs.plan`: checkpoints, data files (or the
+    Python file a ``file.py:callable`` data source names) and the file a model reference names.
+    """
+    files = [Path(p) for p in checkpoints if p is not None]
+    for source in data:
+        if source is None:
+            continue
+        named = reference_file(str(source)) if is_data_reference(source) else Path(source)
+        if named is not None:
+            files.append(named)
+    model_file = reference_file(model)
+    return files + ([model_file] if model_file is not None else [])
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, OutputConflict
 from modeconnect.files.links import checkpoint_root
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "Outputs",
     "Staging",
     "Target",
-    "input_files",
     "staged_write",
 ]
 
@@ -115,7 +114,7 @@ class Outputs:
                 _claim(claimed, target.option, target.path)
                 continue
             if target.kind == "report" and target.path.exists() and not target.path.is_dir():
-                raise ModeconnectError(
+                raise OutputConflict(
                     f"{target.path}: {target.option} must name a folder, not a file; "
                     "choose another path"
                 )
@@ -149,7 +148,7 @@ class Outputs:
 def _claim(claimed: dict[Path, str], option: str, path: Path) -> None:
     key = _identity(path)
     if key in claimed:
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: both {claimed[key]} and {option} would write this file; "
             "give each output its own path"
         )
@@ -175,14 +174,14 @@ def _check_nesting(targets: Sequence[Target], inputs: Sequence[Path]) -> None:
             if not source.is_dir() or (target.folder and _same_file(target.path, source)):
                 continue
             if _inside(target.path, source) or _inside(target.path, checkpoint_root(source)):
-                raise ModeconnectError(
+                raise OutputConflict(
                     f"{target.path}: {target.option} would write into the input directory "
                     f"{source}; inputs are never modified, not even with --force; choose a "
                     "path outside it"
                 )
         for other in targets:
             if other.folder and other is not target and _inside(target.path, other.path):
-                raise ModeconnectError(
+                raise OutputConflict(
                     f"{target.path}: {target.option} lies inside {other.path}, which "
                     f"{other.option} writes as a whole; give each output its own path"
                 )
@@ -193,21 +192,21 @@ def _check_folder_target(target: Target, inputs: Sequence[Path], force: bool) ->
     for source in inputs:
         if _inside(source, path):
             what = "is the input" if _same_file(path, source) else "holds the input"
-            raise ModeconnectError(
+            raise OutputConflict(
                 f"{path}: {option} {what} {source}; inputs are never modified, not even "
                 "with --force; choose another folder"
             )
     _check_folder(option, path, ())
     if path.exists() and not path.is_dir():
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: {option} names an existing file, but without a checkpoint extension it "
             "writes a Hugging Face directory; choose a new folder name, or a name ending in "
             f"{', '.join(CHECKPOINT_EXTENSIONS)}"
         )
     if path.exists() and not force:
-        raise ModeconnectError(f"{path}: already exists ({option}); pass --force to replace it")
+        raise OutputConflict(f"{path}: already exists ({option}); pass --force to replace it")
     if path.exists() and not (path / FOLDER_MARKER).is_file():
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: {option} names an existing folder that is not a checkpoint directory "
             f"(it has no {FOLDER_MARKER}), so it is not replaced even with --force; choose a "
             "new folder name"
@@ -234,27 +233,27 @@ def _check_target(
 ) -> None:
     for source in inputs:
         if _same_file(path, source):
-            raise ModeconnectError(
+            raise OutputConflict(
                 f"{path}: {option} would overwrite the input {source}; inputs are never "
                 "modified, not even with --force; choose another path"
             )
     if path.is_dir():
-        raise ModeconnectError(f"{path}: {option} names a directory; pass a file name")
+        raise OutputConflict(f"{path}: {option} names a directory; pass a file name")
     _check_extension(option, path, kind)
     _check_folder(option, path, report_dirs)
     if path.exists() and not force:
-        raise ModeconnectError(f"{path}: already exists ({option}); pass --force to overwrite it")
+        raise OutputConflict(f"{path}: already exists ({option}); pass --force to overwrite it")
 
 
 def _check_extension(option: str, path: Path, kind: str) -> None:
     suffix = path.suffix.lower()
     if kind == "checkpoint" and suffix not in CHECKPOINT_EXTENSIONS:
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: {option} needs a checkpoint extension, got {suffix or '(none)'!r}; "
             f"use one of {', '.join(CHECKPOINT_EXTENSIONS)}"
         )
     if kind == "json" and suffix != ".json":
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: {option} writes JSON, so its name must end in .json, got "
             f"{suffix or '(none)'!r}; rename the target"
         )
@@ -266,11 +265,11 @@ def _check_folder(option: str, path: Path, report_dirs: Sequence[Path]) -> None:
         while not folder.exists() and folder != folder.parent:  # a report makes its folders
             folder = folder.parent
     if not folder.is_dir():
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: the folder {folder} for {option} does not exist; create it first"
         )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ModeconnectError(
+        raise OutputConflict(
             f"{path}: the folder {folder} for {option} is not writable; choose another path"
         )
 
@@ -282,29 +281,6 @@ def _same_file(target: Path, source: Path) -> bool:
         return target.exists() and source.exists() and os.path.samefile(target, source)
     except OSError:
         return False
-
-
-def input_files(
-    checkpoints: Iterable[str | Path | None],
-    *,
-    data: Iterable[str | Path | None] = (),
-    model: str | None = None,
-) -> list[Path]:
-    """Every file a command reads, for :meth:`Outputs.plan`: checkpoints, data files (or the
-    Python file a ``file.py:callable`` data source names) and the file a model reference names.
-    """
-    from modeconnect.files.data import is_data_reference
-    from modeconnect.files.references import reference_file
-
-    files = [Path(p) for p in checkpoints if p is not None]
-    for source in data:
-        if source is None:
-            continue
-        named = reference_file(str(source)) if is_data_reference(source) else Path(source)
-        if named is not None:
-            files.append(named)
-    model_file = reference_file(model)
-    return files + ([model_file] if model_file is not None else [])
 
 
 # --------------------------------------------------------------------------- staging
@@ -416,20 +392,20 @@ class Staging:
         """The target is still what the plan checked: no folder where a file goes, no new file
         without ``--force``, and a replaced folder still a checkpoint directory."""
         if final.is_dir() and not final.is_symlink() and not tmp.is_dir():
-            raise ModeconnectError(
+            raise OutputConflict(
                 f"{final}: became a directory while the command ran; nothing was written; "
                 "choose another path, or remove the directory and run again"
             )
         exists = final.is_symlink() or final.exists()
         if exists and not self._force:
-            raise ModeconnectError(
+            raise OutputConflict(
                 f"{final}: appeared while the command ran; nothing was written; pass --force to "
                 "replace it"
             )
         if not exists or final.is_symlink():  # a link is replaced, whatever it points to
             return
         if tmp.is_dir() and not (final.is_dir() and (final / FOLDER_MARKER).is_file()):
-            raise ModeconnectError(
+            raise OutputConflict(
                 f"{final}: changed while the command ran and is no longer a checkpoint "
                 f"directory (with {FOLDER_MARKER}); nothing was written; choose a new folder"
             )
