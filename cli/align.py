@@ -44,6 +44,7 @@ def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
 
     A and B are checkpoint files or Hugging Face directories (save_pretrained).
     """
+    o.check_method_flags([opts["method"]], opts)
     from modeconnect.timing import Timings
 
     timings = Timings()

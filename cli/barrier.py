@@ -45,7 +45,7 @@ from modeconnect_cli.format import format_barrier
 @o.STUDY_OUTPUTS
 def barrier(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:  # fmt: skip
     """Measure loss and error barriers between checkpoints A and B (naive and aligned)."""
-    align_options = o.pop_method_options(opts)
+    align_options = o.pop_method_options(opts, opts["align"])
     report = run_study(
         "modeconnect.files.barrier", "barrier_files", a, b, quiet=quiet, trust=o.trust(opts),
         align_options=align_options, **opts,

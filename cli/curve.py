@@ -47,7 +47,7 @@ def curve(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     evaluated at --steps values of t on --data and --train, with both barrier
     definitions (the JSON keys of `modeconnect barrier`).
     """
-    align_options = o.pop_method_options(opts)
+    align_options = o.pop_method_options(opts, opts["align"])
     report = run_study(
         "modeconnect.files.curve", "curve_files", a, b, quiet=quiet, trust=o.trust(opts),
         align_options=align_options, **opts,

@@ -41,6 +41,7 @@ def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any)
 
     Checkpoints are files or Hugging Face directories (save_pretrained).
     """
+    o.check_method_flags([opts["method"]], opts)
     merge_files, _ = library("modeconnect.files.merge", "merge_files")
     from modeconnect.progress import ProgressBar
 

@@ -13,13 +13,13 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import click
 
 from modeconnect.errors import MAX_MESSAGE, ModeconnectError, printable
-from modeconnect.matching import METHOD_NAMES
+from modeconnect.matching import METHOD_NAMES, METHODS, MethodInfo, Param
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -252,36 +252,128 @@ def method(name: str = "--method", allow_none: bool = False, default: str = "wei
     dest = "method" if name == "--method" else name.lstrip("-")
     return click.option(
         name, dest, type=click.Choice(choices), default=default, show_default=True,
-        help="Alignment method" + (" ('none': no alignment)." if allow_none else "."),
+        help="Alignment method" + (" ('none': no alignment)" if allow_none else "")
+             + "; the flags each method takes are marked with its name.",
     )  # fmt: skip
 
 
-METHOD_OPTIONS = group(
-    click.option("--restarts", type=click.IntRange(min=1),
-                 help="Weight-matching runs from successive seeds; the best objective is kept "
-                      "[default: 1]."),
-    click.option("--rtol", type=click.FloatRange(min=0),
-                 help="Weight matching stops when a sweep gains less than this fraction of the "
-                      "objective (0: only when nothing improves)."),
-    click.option("--statistic", type=click.Choice(["correlation", "moment"]),
-                 help="Activation statistic [default: correlation]."),
-    click.option("--max-batches", type=click.IntRange(min=1),
-                 help="Batches of --train for activation statistics [default: all]."),
-    click.option("--ot-solver", type=click.Choice(["emd", "sinkhorn"]),
-                 help="Optimal-transport solver [default: emd]."),
-    click.option("--reg", type=click.FloatRange(min=0, min_open=True),
-                 help="Sinkhorn regularisation, relative to the cost range [default: 0.01]."),
-    click.option("--cost", type=click.Choice(["weights", "activations"]),
-                 help="OT ground cost [default: weights]."),
-)  # fmt: skip
+def _click_type(param: Param) -> Any:
+    """The click type that checks a value of ``param``: its choices or its range."""
+    if param.choices is not None:
+        return click.Choice(param.choices)
+    if param.type is int:
+        return click.IntRange(
+            None if param.min is None else int(param.min),
+            None if param.max is None else int(param.max),
+            min_open=param.min_open,
+        )
+    if param.type is float:
+        return click.FloatRange(param.min, param.max, min_open=param.min_open)
+    return {bool: click.BOOL, str: click.STRING}[param.type]
 
 
-METHOD_OPTION_NAMES = ("restarts", "rtol", "statistic", "max_batches", "ot_solver", "reg", "cost")
+def _flag_help(param: Param, methods: list[tuple[str, Param]]) -> str:
+    """The declared help, the default (per method where they differ), the methods that take it."""
+    defaults = {str(p.default) for _, p in methods if p.default is not None}
+    if len(defaults) == 1:
+        default = f" [default: {defaults.pop()}]"
+    elif defaults:
+        default = " [default: " + ", ".join(f"{m} {p.default}" for m, p in methods) + "]"
+    else:
+        default = ""
+    return f"{param.help}{default} [{', '.join(m for m, _ in methods)}]"
 
 
-def pop_method_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Pop the :data:`METHOD_OPTIONS` given from ``opts``, for an alignment inside a study."""
-    return {k: v for k in METHOD_OPTION_NAMES if (v := opts.pop(k, None)) is not None}
+def method_flags(infos: Sequence[MethodInfo]) -> tuple[Decorator, dict[str, str]]:
+    """One click option per distinct flag the methods ``infos`` declare, and key -> flag.
+
+    Each option has the declared type, range or choices and help, ``None`` when not
+    given (the method's own default applies), and lists the methods that take it.
+    Methods that share a flag must declare the same parameter (name, type, range).
+    """
+    takers: dict[str, list[tuple[str, Param]]] = {}
+    for info in infos:
+        for p in info.params:
+            if p.flag is not None:
+                takers.setdefault(p.flag, []).append((info.name, p))
+    options = []
+    for flag, methods in takers.items():
+        first = methods[0][1]
+        shape = (first.name, first.type, first.choices, first.min, first.max, first.min_open)
+        for name, p in methods[1:]:
+            if (p.name, p.type, p.choices, p.min, p.max, p.min_open) != shape:
+                raise ValueError(
+                    f"{flag}: method {name!r} declares it unlike {methods[0][0]!r}; a flag "
+                    "means one parameter: give one of them another flag"
+                )
+        options.append(
+            click.option(
+                flag,
+                first.key,
+                type=_click_type(first),
+                default=None,
+                help=_flag_help(first, methods),
+            )
+        )
+    return group(*options), {ps[0][1].key: flag for flag, ps in takers.items()}
+
+
+METHOD_OPTIONS, METHOD_FLAGS = method_flags([METHODS.info(name) for name in METHOD_NAMES])
+"""Every built-in method's flags (``--restarts``, ``--ot-solver``, ...), from their
+declarations in :mod:`modeconnect.matching`; and each flag's destination -> the flag."""
+METHOD_OPTION_NAMES = tuple(METHOD_FLAGS)
+"""The destinations of the method flags (``restarts``, ``ot_solver``, ...)."""
+
+
+def check_method_flags(
+    methods: Sequence[str] | None, opts: Mapping[str, Any], choice: str = "--method"
+) -> None:
+    """Raise :class:`ModeconnectError` for a method flag in ``opts`` none of ``methods`` takes.
+
+    ``methods`` are the chosen names (``None``: every built-in one; ``none``: no
+    alignment). The one-line message names the flags, the method chosen with
+    ``choice`` and the flags it takes.
+    """
+    given = [flag for key, flag in METHOD_FLAGS.items() if opts.get(key) is not None]
+    names = [m for m in (METHOD_NAMES if methods is None else methods) if m != NO_ALIGNMENT]
+    infos = [METHODS.info(m) for m in dict.fromkeys(names)]
+    taken = _flags_of(infos)
+    foreign = [flag for flag in given if flag not in taken]
+    if not foreign:
+        return
+    them = "it" if len(foreign) == 1 else "them"
+    what, listed = ", ".join(foreign), ", ".join(taken)
+    if not infos:
+        raise ModeconnectError(
+            f"{what}: {choice} {NO_ALIGNMENT} aligns nothing, so no method takes {them}; "
+            f"choose a method ({', '.join(METHOD_NAMES)}) or leave {them} out"
+        )
+    if len(infos) == 1:
+        raise ModeconnectError(
+            f"{what}: method {infos[0].name!r} does not take {them}; {infos[0].name} takes "
+            f"{listed or 'no method flags'}"
+        )
+    raise ModeconnectError(
+        f"{what}: none of the methods {', '.join(i.name for i in infos)} takes {them}; "
+        f"they take {listed or 'no method flags'}"
+    )
+
+
+def _flags_of(infos: Sequence[MethodInfo]) -> list[str]:
+    """The flags of ``infos``, each once, in declaration order."""
+    return list(dict.fromkeys(f for info in infos for f in info.flags))
+
+
+def pop_method_options(
+    opts: dict[str, Any], method: str | None, choice: str = "--align"
+) -> dict[str, Any]:
+    """Pop the method flags given from ``opts``, for an alignment inside a study.
+
+    A flag that ``method`` (chosen with ``choice``; ``None`` or ``none``: no alignment)
+    does not take raises, as :func:`check_method_flags` says.
+    """
+    check_method_flags([method or NO_ALIGNMENT], opts, choice)
+    return {k: v for k in METHOD_FLAGS if (v := opts.pop(k, None)) is not None}
 
 
 ALPHA = click.option(

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ModeconnectError
 from .evaluation import Barrier
-from .matching import METHODS, get_method, method_options
+from .matching import METHODS, get_method, method_options, route_options
 from .pipeline import align, compare_interpolations
 from .probe import Batch, probe_inputs
 from .spec import derive_spec
@@ -108,16 +108,19 @@ def compare_methods(
 
     ``data`` is the evaluation split; activation statistics come from ``train``
     (default ``data``). ``options`` holds method settings by command-line name
-    (see :func:`method_options`); ``seed`` goes to every method. The spec is
+    (see :func:`method_options`): each goes to the methods that take it, and one
+    that none of them takes raises (:func:`~modeconnect.matching.route_options`);
+    ``seed`` goes to every method. The spec is
     derived once and shared. ``loss`` scores the curves (as ``interpolation_curve``'s).
     """
     names = _methods(methods)
+    routed = route_options(names, {**dict(options or {}), "seed": seed})
     stats_data = train if train is not None else data
     probe = probe_inputs(model, inputs, stats_data)
     spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     rows = []
     for name in names:
-        opts = method_options(name, {**dict(options or {}), "seed": seed})
+        opts = routed[name]
         result = align(model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **opts)
         curves = compare_interpolations(
             model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import modeconnect as mc
 from modeconnect.compare import compare_methods, method_options
 from modeconnect.errors import ModeconnectError
-from modeconnect.matching import METHODS, get_method
+from modeconnect.matching import METHODS, get_method, route_options
 from modeconnect_cli.format import format_comparison
 from modeconnect_cli.main import main
 
@@ -51,20 +51,33 @@ def test_compare_rejects_unknown_method_before_any_work(digits):
         compare_methods(model, a, b, test, methods=["weight", "sinkhorn"])
 
 
-def test_method_options_route_each_option_to_its_method():
+def test_options_are_routed_to_the_methods_that_take_them():
     options = {
         "restarts": 3, "statistic": "moment", "max_batches": 2, "ot_solver": "sinkhorn",
-        "reg": 0.1, "cost": "activations", "solver": "scipy", "seed": 4, "unused": 1,
-        "max_iter": None,
+        "reg": 0.1, "cost": "activations", "solver": "scipy", "seed": 4, "max_iter": None,
     }  # fmt: skip
-    assert method_options("weight", options) == {"restarts": 3, "solver": "scipy", "seed": 4}
-    assert method_options("activation", options) == {
+    routed = route_options(["weight", "activation", "ot"], options)
+    assert routed["weight"] == {"restarts": 3, "solver": "scipy", "seed": 4}
+    assert routed["activation"] == {
         "statistic": "moment", "max_batches": 2, "solver": "scipy", "seed": 4,
     }  # fmt: skip
-    assert method_options("ot", options) == {
+    assert routed["ot"] == {
         "statistic": "moment", "max_batches": 2, "solver": "sinkhorn", "reg": 0.1,
         "cost": "activations", "seed": 4,
     }  # fmt: skip
+    assert method_options("weight", {"restarts": 3, "seed": 4}) == {"restarts": 3, "seed": 4}
+    # an option none of the chosen methods takes is an error, not silence
+    with pytest.raises(
+        ModeconnectError,
+        match=r"no method of weight, activation takes options 'cost', 'ot_solver', 'reg'; ",
+    ):
+        route_options(["weight", "activation"], options)
+    with pytest.raises(ModeconnectError, match=r"takes option 'unused'"):
+        route_options(["weight", "ot"], {**options, "unused": 1})
+    with pytest.raises(
+        ModeconnectError, match=r"^method 'weight' takes no options 'cost', 'max_batches', "
+    ):
+        method_options("weight", options)
 
 
 def test_every_method_lowers_the_digits_barrier(comparison):

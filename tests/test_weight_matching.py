@@ -274,11 +274,16 @@ def test_bad_descent_settings_raise(option, value, message):
         match_weights(spec, a, b, **{option: value})
 
 
-def test_method_options_picks_each_methods_own():
-    options = {"restarts": 3, "ot_solver": "sinkhorn", "reg": 0.1, "rtol": 1e-4, "seed": None}
-    assert method_options("weight", options) == {"restarts": 3, "rtol": 1e-4}
-    assert method_options("ot", options) == {"solver": "sinkhorn", "reg": 0.1, "rtol": 1e-4}
-    assert method_options("activation", options) == {"rtol": 1e-4}
+def test_method_options_takes_each_methods_own_and_refuses_the_others():
+    assert method_options("weight", {"restarts": 3, "rtol": 1e-4, "seed": None}) == {
+        "restarts": 3, "rtol": 1e-4,
+    }  # fmt: skip
+    assert method_options("ot", {"ot_solver": "sinkhorn", "reg": 0.1, "rtol": 1e-4}) == {
+        "solver": "sinkhorn", "reg": 0.1, "rtol": 1e-4,
+    }  # fmt: skip
+    assert method_options("activation", {"rtol": 1e-4, "reg": None}) == {"rtol": 1e-4}
+    with pytest.raises(ModeconnectError, match=r"^method 'weight' takes no option 'reg'; its "):
+        method_options("weight", {"restarts": 3, "reg": 0.1})
 
 
 # ----------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def barrier_files(
     """Load two checkpoints and the data, run :func:`~modeconnect.barrier_study`, write the results.
 
     ``align`` names the alignment method (``None`` or ``"none"``: the naive path only)
-    and ``align_options`` its options (each method takes the ones it knows);
+    and ``align_options`` its options (one the method does not take raises);
     ``options`` go to the study (``bn``, ``steps``, ``definition``, ``layerwise``,
     ``layer_groups``, ``bootstrap``, ``seed``). Outputs are checked before any work
     and written together at the end.
@@ -161,7 +161,7 @@ def barrier_files(
     )  # fmt: skip
     (ca, cb), clock = session.checkpoints, session.timings
     method = None if align in (None, "none") else align
-    chosen = method_options(method, align_options or {}) if method is not None else {}
+    chosen = method_options(method, align_options or {})  # no method: no option may be given
     study_align = {**chosen, "permute_output": permute_output, "inputs": session.probe}
     with clock.phase("study"):
         study = barrier_study(

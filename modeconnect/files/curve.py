@@ -90,7 +90,8 @@ def curve_files(
     )  # fmt: skip
     bn_correction(session.model, bn, session.train, where="curve")  # refused before training
     (ca, cb), train_data, test_data = session.checkpoints, session.train, session.data
-    chosen = method_options(method, {"seed": seed, **(align_options or {})}) if method else {}
+    seeded = {"seed": seed} if method is not None else {}  # without a method, none is given
+    chosen = method_options(method, {**seeded, **(align_options or {})})
     with session.timings.phase("study"):
         study = curve_study(
             session.model, ca.state_dict, cb.state_dict, train=train_data or [],

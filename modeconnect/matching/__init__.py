@@ -1,20 +1,38 @@
-"""Alignment methods, chosen by name from one registry.
+"""Alignment methods, chosen by name from one registry that declares what each takes.
 
-Importing this package loads no numerics (torch, SciPy, POT): the registry maps
-each name to a loader, and a method's module is imported the first time the
-method is looked up (``METHODS[name]``, :func:`get_method`). So the command line
-can list :data:`METHOD_NAMES` as the choices of ``--method`` at once. The other
-names (``match_weights``, ``Alignment``, ``solve_assignment``, ...) load their
-module on first access (PEP 562).
+Importing this package loads no numerics (torch, SciPy, POT): each registry entry
+is a :class:`MethodInfo` that names the method's module and function and declares
+its parameters (:class:`Param`: name, type, default, range, help, flag). The
+function is imported the first time the method is looked up (``METHODS[name]``,
+:func:`get_method`), so the command line lists :data:`METHOD_NAMES` and builds each
+method's flags and ``--help`` from the declarations at once. :func:`method_options`
+routes options by the same declarations and refuses one the method does not take.
+The other names (``match_weights``, ``Alignment``, ``solve_assignment``, ...) load
+their module on first access (PEP 562).
+
+Adding a method is one module (its function ``fn(spec, a, b, *, model, data, seed,
+...) -> Alignment``) and one :class:`MethodInfo` in :data:`_BUILTIN` (or a call of
+:func:`register_method`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModeconnectError
+from .params import (
+    ASSIGNMENT_SOLVER,
+    MAX_BATCHES,
+    MAX_ITER,
+    RTOL,
+    STATISTIC,
+    TOL,
+    MethodInfo,
+    Param,
+    unknown_options,
+)
 
 if TYPE_CHECKING:  # for type checkers only; at run time these load lazily
     from .activation import match_activations
@@ -24,14 +42,43 @@ if TYPE_CHECKING:  # for type checkers only; at run time these load lazily
     from .result import Alignment
     from .weight import match_weights
 
-_BUILTIN: Mapping[str, tuple[str, str]] = {
-    "weight": ("weight", "match_weights"),
-    "activation": ("activation", "match_activations"),
-    "ot": ("ot", "match_ot"),
-}
-"""Method name -> (module of this package, function)."""
+_BUILTIN: tuple[MethodInfo, ...] = (
+    MethodInfo(
+        "weight", f"{__name__}.weight", "match_weights",
+        params=(
+            Param("restarts", int, 1, "Runs from successive seeds; the best objective is kept.",
+                  min=1, flag="--restarts"),
+            MAX_ITER, TOL, RTOL, ASSIGNMENT_SOLVER,
+        ),
+        summary="Git Re-Basin weight matching: permute B to maximise sum_W <W_A, pi(W_B)>.",
+        context=("dtype", "max_bytes", "device", "progress"),
+    ),
+    MethodInfo(
+        "activation", f"{__name__}.activation", "match_activations",
+        params=(STATISTIC, MAX_BATCHES, ASSIGNMENT_SOLVER, MAX_ITER, TOL, RTOL),
+        summary="Git Re-Basin activation matching: permute B to best match A's activations "
+                "on the training data.",
+    ),
+    MethodInfo(
+        "ot", f"{__name__}.ot", "match_ot",
+        params=(
+            Param("solver", str, "emd", "Optimal-transport solver: exact (emd) or entropic.",
+                  choices=("emd", "sinkhorn"), flag="--ot-solver"),
+            Param("reg", float, 0.01, "Sinkhorn regularisation, relative to the cost range.",
+                  min=0, min_open=True, flag="--reg"),
+            Param("cost", str, "weights", "OT ground cost: from weights or from activations.",
+                  choices=("weights", "activations"), flag="--cost"),
+            STATISTIC, MAX_BATCHES, MAX_ITER, TOL, RTOL,
+            Param("num_itermax", int, None, "Iterations of the OT solver at most [default: "
+                  "5000 for sinkhorn, 100000 for emd].", min=1),
+        ),
+        summary="OTFusion (Singh & Jaggi 2020): permutations from hardened "
+                "optimal-transport plans.",
+    ),
+)  # fmt: skip
+"""The built-in methods, declared: one entry per method."""
 
-METHOD_NAMES: tuple[str, ...] = tuple(_BUILTIN)
+METHOD_NAMES: tuple[str, ...] = tuple(m.name for m in _BUILTIN)
 """The built-in methods' names, known without importing them."""
 
 _LAZY: Mapping[str, str] = {
@@ -47,99 +94,192 @@ _LAZY: Mapping[str, str] = {
 
 
 def _load(module: str, attr: str) -> Any:
-    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    return getattr(importlib.import_module(module), attr)
 
 
-class _Registry(MutableMapping[str, Callable[..., Any]]):
-    """Name -> alignment function; built-in entries are imported on first lookup."""
+class MethodRegistry(MutableMapping[str, Callable[..., Any]]):
+    """Name -> alignment function, each with its declaration (:meth:`info`).
 
-    def __init__(self) -> None:
+    A declared function is imported on first lookup. Setting ``METHODS[name] = fn``
+    keeps the declaration already registered under ``name``, or declares a method
+    that takes only the shared parameters (``seed``); :func:`register_method`
+    declares its parameters.
+    """
+
+    def __init__(self, methods: Sequence[MethodInfo]) -> None:
+        self._infos: dict[str, MethodInfo] = {m.name: m for m in methods}
         self._loaded: dict[str, Callable[..., Any]] = {}
-        self._names: list[str] = list(_BUILTIN)
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         if name not in self._loaded:
-            if name not in _BUILTIN or name not in self._names:
-                raise KeyError(name)
-            self._loaded[name] = _load(*_BUILTIN[name])
+            info = self._infos[name]  # KeyError for an unknown name
+            self._loaded[name] = _load(info.module, info.function)
         return self._loaded[name]
 
     def __setitem__(self, name: str, fn: Callable[..., Any]) -> None:
+        if name not in self._infos:
+            module, function = getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
+            self._infos[name] = MethodInfo(name, module, function)
         self._loaded[name] = fn
-        if name not in self._names:
-            self._names.append(name)
 
     def __delitem__(self, name: str) -> None:
-        if name not in self._names:
-            raise KeyError(name)
-        self._names.remove(name)
+        del self._infos[name]
         self._loaded.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._names))
+        return iter(list(self._infos))
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._infos)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        return name in self._infos
 
     def __repr__(self) -> str:
-        return f"METHODS({', '.join(self._names)})"
+        return f"METHODS({', '.join(self._infos)})"
+
+    def register(self, info: MethodInfo, fn: Callable[..., Any] | None = None) -> None:
+        """Declare a method; ``fn`` is its function, else imported from ``info`` on first use."""
+        self._infos[info.name] = info
+        self._loaded.pop(info.name, None)
+        if fn is not None:
+            self._loaded[info.name] = fn
+
+    def info(self, name: str) -> MethodInfo:
+        """The declaration of ``name``; an unknown name raises an error listing the valid ones."""
+        if name not in self._infos:
+            raise ModeconnectError(
+                f"unknown alignment method {name!r}; valid methods: {', '.join(sorted(self))}"
+            )
+        return self._infos[name]
 
 
-METHODS: MutableMapping[str, Callable[..., Any]] = _Registry()
+METHODS = MethodRegistry(_BUILTIN)
 """Method name -> alignment function ``fn(spec, a, b, **options) -> Alignment``."""
 
 
 def get_method(name: str) -> Callable[..., Alignment]:
     """The alignment function registered as ``name``."""
-    if name not in METHODS:
-        raise ModeconnectError(
-            f"unknown alignment method {name!r}; valid methods: {', '.join(sorted(METHODS))}"
-        )
+    METHODS.info(name)  # an unknown name: the error that lists the valid ones
     return METHODS[name]
 
 
-_RENAMES: Mapping[str, Mapping[str, str]] = {"ot": {"ot_solver": "solver"}}
-"""Command-line option names that a method knows under another name."""
+def method_info(name: str) -> MethodInfo:
+    """What method ``name`` takes: its declared parameters, their defaults, ranges and help.
 
-
-def method_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options ``method`` accepts, by its signature; ``None`` values are left out.
-
-    Lets one set of command-line options (``--restarts``, ``--statistic``,
-    ``--ot-solver``, ``--reg``, ...) drive every method: each takes the ones it
-    names (``ot_solver`` becomes the OT method's ``solver``).
+    >>> [p.name for p in method_info("ot").params][:3]
+    ['solver', 'reg', 'cost']
+    >>> method_info("weight").flags
+    ('--restarts', '--rtol')
     """
-    import inspect  # not at the top: this package imports in milliseconds
+    return METHODS.info(name)
 
-    params = inspect.signature(get_method(method)).parameters
-    known = {
-        name
-        for name, p in params.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in ("model", "data")
-    }
-    renames = _RENAMES.get(method, {})
-    taken = set(renames.values())  # "solver" of OT comes only from --ot-solver
-    out: dict[str, Any] = {}
+
+def describe_method(name: str) -> str:
+    """A text listing of method ``name``: its summary and one line per parameter."""
+    return METHODS.info(name).describe()
+
+
+def takes(method: str, keyword: str) -> bool:
+    """Whether method ``method`` takes ``keyword`` (a parameter or run context), by its declaration.
+
+    >>> takes("weight", "max_bytes"), takes("ot", "max_bytes")
+    (True, False)
+    """
+    return METHODS.info(method).takes(keyword)
+
+
+_PASSED_THROUGH = ("progress", "max_bytes", "device", "dtype")
+"""Run context an options mapping may carry to a method that takes it."""
+
+
+def _own(info: MethodInfo, options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``options`` that ``info`` takes, by keyword, and the keys it does not take."""
+    taken: dict[str, Any] = {}
+    foreign: list[str] = []
     for key, value in options.items():
-        name = renames.get(key, None if key in taken else key)
-        if value is not None and name in known:
-            out[name] = value
-    return out
+        if value is None:
+            continue
+        param = info.param(key)
+        if param is not None:
+            taken[param.name] = value
+        elif key in _PASSED_THROUGH and info.takes(key):
+            taken[key] = value
+        else:
+            foreign.append(key)
+    return taken, foreign
 
 
-def register_method(name: str, fn: Callable[..., Any]) -> None:
-    """Add an alignment method to the registry."""
-    METHODS[name] = fn
+def method_options(method: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords to call ``method`` with, from ``options`` by its declaration.
+
+    ``options`` names each parameter by its key (its flag's destination: ``ot_solver``
+    for OT's ``solver``; otherwise its name); ``None`` values (not given) are left out.
+    A given option the method does not take raises :class:`ModeconnectError` naming it
+    and listing the ones the method takes; so does any option given with ``method``
+    ``None`` (no alignment).
+
+    >>> method_options("ot", {"ot_solver": "sinkhorn", "reg": 0.1, "rtol": None})
+    {'solver': 'sinkhorn', 'reg': 0.1}
+    >>> method_options("weight", {"reg": 0.1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    modeconnect.errors.ModeconnectError: method 'weight' takes no option 'reg'; its options: ...
+    """
+    if method is None:
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise unknown_options([], given)
+        return {}
+    info = METHODS.info(method)
+    taken, foreign = _own(info, options)
+    if foreign:
+        raise unknown_options([info], foreign)
+    return taken
+
+
+def route_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each of ``methods``' keywords from one ``options`` mapping (as :func:`method_options`).
+
+    An option is given to every method that takes it; one that none of them takes
+    raises :class:`ModeconnectError` listing what they take.
+
+    >>> route_options(["weight", "ot"], {"restarts": 3, "reg": 0.1})
+    {'weight': {'restarts': 3}, 'ot': {'reg': 0.1}}
+    """
+    infos = [METHODS.info(m) for m in dict.fromkeys(methods)]
+    routed = {info.name: _own(info, options) for info in infos}
+    foreign = [k for k in options if all(k in f for _, f in routed.values())]
+    if foreign:
+        raise unknown_options(infos, foreign)
+    return {name: taken for name, (taken, _) in routed.items()}
+
+
+def register_method(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    params: Sequence[Param] = (),
+    context: Sequence[str] = (),
+    summary: str = "",
+) -> MethodInfo:
+    """Add an alignment method to the registry, with the parameters it declares.
+
+    ``fn(spec, a, b, *, model, data, seed, **params) -> Alignment``; ``params`` are
+    its own keyword parameters (``seed`` is shared), ``context`` the optional run
+    context it takes (``progress``, ``max_bytes``, ``device``, ``dtype``).
+    """
+    module, function = getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
+    info = MethodInfo(name, module, function, tuple(params), summary, tuple(context))
+    METHODS.register(info, fn)
+    return info
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = _load(module, name)
+    value = _load(f"{__name__}.{module}", name)
     globals()[name] = value
     return value
 
@@ -152,13 +292,20 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "Alignment",
+    "MethodInfo",
+    "MethodRegistry",
+    "Param",
     "coordinate_descent",
+    "describe_method",
     "fuse_ot",
     "get_method",
     "match_activations",
     "match_ot",
     "match_weights",
+    "method_info",
     "method_options",
     "register_method",
+    "route_options",
     "solve_assignment",
+    "takes",
 ]

@@ -28,8 +28,9 @@ def accepted_options(fn: Callable[..., Any]) -> tuple[str, ...]:
 def strict(method: str) -> Callable[[F], F]:
     """Decorator: an unknown keyword raises :class:`ModeconnectError` naming the accepted ones.
 
-    The signature is kept (``inspect.signature`` follows ``__wrapped__``), so
-    :func:`~modeconnect.matching.method_options` still sees the real parameters.
+    The signature is kept (``inspect.signature`` follows ``__wrapped__``): the test
+    of the registry checks each method's declared parameters
+    (:class:`~modeconnect.matching.params.MethodInfo`) against it.
     """
 
     def wrap(fn: F) -> F:
