@@ -10,6 +10,7 @@ from typing import IO, Any
 import click
 
 from modeconnect.errors import printable
+from modeconnect.files.offline import offline
 from modeconnect_cli.format import command_line, format_timings
 from modeconnect_cli.options import fail
 
@@ -88,6 +89,9 @@ def main(ctx: click.Context, threads: int | None) -> None:
     # instead of 2.6 s (evaluation 2.3 s against 0.47 s, measured beside a CPU hog).
     # Read when torch is first imported, which happens after this, in `library`.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Nothing a command does may reach the network, whatever a file says (SECURITY.md):
+    # the Hub clients stay offline until the command ends, and are restored after it.
+    ctx.with_resource(offline())
 
 
 def library(module: str, name: str) -> tuple[Any, float]:

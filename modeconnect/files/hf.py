@@ -45,8 +45,18 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from modeconnect.errors import ModeconnectError
-from modeconnect.files.references import CODE_LOADING_KEYS, TRANSFORMERS, check_plain_kwargs
+from modeconnect.errors import ModeconnectError, load_error_reason
+from modeconnect.files.links import refuse_outside_links
+from modeconnect.files.offline import offline
+from modeconnect.files.references import (
+    CODE_LOADING_KEYS,
+    TRANSFORMERS,
+    check_hub_free,
+    check_plain_kwargs,
+    local_config,
+    transformers_model_class,
+)
+from modeconnect.files.safetensors_header import sort_safetensors_metadata
 from modeconnect.progress import ProgressFn
 
 __all__ = [
@@ -152,12 +162,15 @@ def is_hf_directory(path: str | Path) -> bool:
 def open_directory(path: str | Path) -> HFDirectory:
     """Read the config and the weight headers of a ``save_pretrained`` directory.
 
-    Raises ``ModeconnectError`` (one line naming the file) for a missing or bad
-    ``config.json``, a config asking for remote code, an architecture the installed
-    ``transformers`` does not know, no weights, an index naming a missing shard or a
+    Raises ``ModeconnectError`` (one line naming the file) for a link that leaves the
+    directory (:mod:`modeconnect.files.links`), a missing or bad ``config.json``, a
+    config asking for remote code, an architecture the installed ``transformers`` does not
+    know, no weights, an index naming a missing shard or a
     tensor a shard lacks, and corrupt or truncated weight files.
     """
     path = Path(path)
+    if path.is_dir():
+        refuse_outside_links(path)
     config = read_config(path)
     architecture = architecture_name(path, config)
     if (path / SAFETENSORS_INDEX).is_file():
@@ -175,7 +188,12 @@ def open_directory(path: str | Path) -> HFDirectory:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """``config.json`` as a dict of plain JSON values, without keys that load code."""
+    """``config.json`` as a dict of plain JSON values, without keys that load code or fetch.
+
+    Keys that would make transformers download something (a ``backbone`` repository,
+    a ``quantization_config``, ...: :func:`~modeconnect.files.references.check_hub_free`)
+    are refused here, before any weight is read.
+    """
     file = path / CONFIG
     if not file.is_file():
         raise ModeconnectError(
@@ -190,6 +208,7 @@ def read_config(path: Path) -> dict[str, Any]:
         )
     _refuse_code(file, config)
     check_plain_kwargs({"config": config}, file)
+    check_hub_free(config, file)
     return config
 
 
@@ -205,7 +224,11 @@ def _refuse_code(file: Path, config: Mapping[str, Any]) -> None:
 
 
 def architecture_name(path: Path, config: Mapping[str, Any]) -> str:
-    """The first ``architectures`` entry, if it is a model class of the installed transformers."""
+    """The first ``architectures`` entry, if it is a model class of the installed transformers.
+
+    It must be a concrete model class: an abstract base (``PreTrainedModel``,
+    ``LlamaPreTrainedModel``) builds no model and is refused.
+    """
     names = config.get("architectures")
     if not isinstance(names, list) or not names or not isinstance(names[0], str):
         raise ModeconnectError(
@@ -216,7 +239,14 @@ def architecture_name(path: Path, config: Mapping[str, Any]) -> str:
     import transformers
 
     cls = getattr(transformers, name, None) if name.isidentifier() and name[0] != "_" else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        if transformers_model_class(name) is None:
+            raise ModeconnectError(
+                f"{path / CONFIG}: architectures names {name!r}, an abstract base class of "
+                "transformers that builds no model; name the model class itself (e.g. "
+                "'LlamaForCausalLM')"
+            )
+    else:
         raise ModeconnectError(
             f"{path / CONFIG}: architectures names {name!r}, which is not a model class of the "
             f"installed transformers {transformers.__version__}; upgrade transformers, or fix "
@@ -266,10 +296,10 @@ def _indexed(
 
 
 def _read_json(file: Path, fix: str) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModeconnectError(f"{file}: is not valid JSON ({_one_line(exc)}); {fix}") from exc
+    """The JSON in ``file`` within bounds (depth, integer digits, size), else one line."""
+    from modeconnect.files.jsonfile import read_json_file
+
+    return read_json_file(file, fix)
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -329,7 +359,7 @@ def _torch_load(file: Path) -> dict[str, Tensor]:
         raise
     except pickle.UnpicklingError as exc:
         raise ModeconnectError(
-            f"{file}: contains pickled code or is not a state dict ({_one_line(exc)[:150]}): "
+            f"{file}: contains pickled code or is not a state dict ({load_error_reason(exc)}): "
             "refused; modeconnect never runs code from a checkpoint; re-save it as safetensors"
         ) from exc
     except Exception as exc:
@@ -346,7 +376,7 @@ def _torch_load(file: Path) -> dict[str, Tensor]:
 def _corrupt(file: Path, exc: BaseException) -> ModeconnectError:
     return ModeconnectError(
         f"{file}: cannot read the weights, the file is corrupt or truncated "
-        f"({type(exc).__name__}: {_one_line(exc)[:200]}); re-download or re-save the model"
+        f"({type(exc).__name__}: {load_error_reason(exc)}); re-download or re-save the model"
     )
 
 
@@ -473,15 +503,28 @@ def build_empty(directory: HFDirectory) -> nn.Module:
     """The directory's architecture built from its config, parameters on the meta device.
 
     The model is for analysis (its spec) and for running with state dicts
-    (:func:`modeconnect.forward.run`): it holds no weights. ``use_cache`` is switched off
-    on the built model (the stored config is untouched).
+    (:func:`modeconnect.forward.run`): it holds no weights. It is built offline
+    (:func:`~modeconnect.files.offline.offline`), from a config that asks for no download
+    (:func:`~modeconnect.files.references.check_hub_free`), with the attention
+    modeconnect chooses: ``attn_implementation`` and the other keys of
+    :data:`~modeconnect.files.references.IGNORED_CONFIG_KEYS` are ignored, so
+    transformers takes its local default (``"sdpa"`` where the model supports it, else
+    ``"eager"``), never a kernel from the Hub. ``use_cache`` is switched off on the
+    built model (the stored config is untouched).
     """
     import transformers
 
     cls = getattr(transformers, directory.architecture)
     where = directory.path / CONFIG
+    check_hub_free(directory.config, where)
+    with offline():
+        return _build_on_meta(cls, local_config(directory.config), directory.architecture, where)
+
+
+def _build_on_meta(cls: Any, settings: dict[str, Any], architecture: str, where: Path) -> nn.Module:
+    """``cls`` built from the config ``settings`` with its parameters on the meta device."""
     try:
-        config = cls.config_class.from_dict(dict(directory.config))
+        config = cls.config_class.from_dict(settings)
     except Exception as exc:
         raise ModeconnectError(
             f"{where}: does not fit {cls.config_class.__name__} ({type(exc).__name__}: "
@@ -494,7 +537,7 @@ def build_empty(directory: HFDirectory) -> nn.Module:
             model = cls(config)
     except Exception as exc:
         raise ModeconnectError(
-            f"{where}: building {directory.architecture} from it failed ({type(exc).__name__}: "
+            f"{where}: building {architecture} from it failed ({type(exc).__name__}: "
             f"{_one_line(exc)[:200]}); check the config"
         ) from exc
     return model.eval()
@@ -553,11 +596,11 @@ def lm_kind(architecture: str) -> str | None:
 
 
 def load_tokenizer(path: Path) -> Any:
-    """The directory's own tokenizer (local files only, never remote code)."""
+    """The directory's own tokenizer (local files only, offline, never remote code)."""
     from transformers import AutoTokenizer
 
     try:
-        with quiet_transformers():
+        with offline(), quiet_transformers():
             return AutoTokenizer.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=False
             )
@@ -632,8 +675,6 @@ def _for_saving(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _sort_metadata(path: Path) -> None:
-    from modeconnect.files.checkpoints import sort_safetensors_metadata
-
     sort_safetensors_metadata(path)
 
 

@@ -10,11 +10,42 @@ Who chose a reference decides whether it is followed (see SECURITY.md):
 * one the user typed (``--model``, or ``model_ref=`` in the library) runs as given;
 * one read from a file (a checkpoint's ``model`` entry, safetensors metadata) is
   data from a stranger. It is followed only when it names a known, side-effect-free
-  constructor (:data:`BUILTIN`, a ``transformers`` architecture), a constructor of a
-  module the user trusts by name (``Trust.modules``, ``--trust-module``), or when
-  the user trusts every reference (``Trust.any_reference``, ``--trust-model-ref``).
-  Its keyword arguments must be plain JSON values, and none of them may switch on
-  code loading (:data:`CODE_LOADING_KEYS`).
+  constructor (:data:`BUILTIN`, a concrete ``transformers`` model class), a model
+  class of a module the user trusts by name (``Trust.modules``, ``--trust-module``),
+  or when the user trusts every reference (``Trust.any_reference``,
+  ``--trust-model-ref``). Trusting a module trusts its model *constructors*, never its
+  loaders: the reference must name a ``torch.nn.Module`` subclass defined in that
+  module's tree, not a function (``timm.create_model``, ``torch.hub.load``) nor a
+  dotted attribute (``Class.from_pretrained``). modeconnect's own internals are never
+  followed from a file, and ``transformers`` only as ``transformers:ClassName`` built
+  from a config, whatever is trusted. Keyword arguments from a file must be plain JSON
+  values, and none of them may switch on code loading (:data:`CODE_LOADING_KEYS`).
+
+Nothing is downloaded (:mod:`modeconnect.files.offline`). Every model is built under
+:func:`~modeconnect.files.offline.offline`, and a ``transformers`` config that would
+make the library fetch something is refused (:func:`check_hub_free`), at any depth:
+
+* ``backbone`` naming a model (``"someorg/somerepo"``, ``"resnet50"``): a backbone
+  config does ``hf_api().repo_exists(backbone)`` and downloads its config
+  (``backbone_utils.consolidate_backbone_kwargs_to_config``; transformers 4 loaded
+  its weights in ``load_backbone``). Only inside a ``timm_backbone`` config, where it
+  is the timm architecture, may it name one, and then only a plain name;
+* a timm architecture with ``/`` or ``:`` (``"hf-hub:org/repo"``, ``"local-dir:..."``:
+  ``timm.create_model`` fetches or reads its pretrained config), as a
+  ``timm_backbone``'s ``backbone`` or a ``timm_wrapper``'s ``architecture``, and the
+  loader arguments of a ``timm_wrapper``'s ``model_args`` (:data:`TIMM_LOADER_ARGS`);
+* ``quantization_config``: a quantized checkpoint cannot be aligned, and quantizers
+  fetch their kernels from the Hub (``integrations/hub_kernels.lazy_load_kernel``).
+
+Some keys are ignored instead (:data:`IGNORED_CONFIG_KEYS`, removed from the copy the
+model is built from; the file is untouched): ``attn_implementation`` (with
+``flash_attention_2`` and ``kernels`` installed, or a Hub kernel name,
+``PreTrainedModel.__init__`` fetches a kernel through ``hub_kernels.get_kernel``),
+``experts_implementation`` (``deepgemm`` and ``sonicmoe`` fetch kernels on the first
+forward pass) and the informational ``_name_or_path``. The model then runs with the
+attention modeconnect chooses: transformers' local default, ``"sdpa"`` where the model
+supports it and ``"eager"`` otherwise. ``use_pretrained_backbone`` is set to false: the
+weights come from the checkpoint.
 """
 
 from __future__ import annotations
@@ -34,18 +65,24 @@ from types import ModuleType
 from typing import Any
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.files.offline import offline
 
 __all__ = [
     "BUILTIN",
-    "Architecture",
-    "NO_TRUST",
     "CODE_LOADING_KEYS",
+    "IGNORED_CONFIG_KEYS",
+    "NO_TRUST",
+    "TIMM_LOADER_ARGS",
+    "Architecture",
     "Trust",
     "build_model",
     "check_file_reference",
+    "check_hub_free",
     "import_callable",
+    "local_config",
     "reference_file",
     "split_ref",
+    "transformers_model_class",
 ]
 
 BUILTIN = frozenset(f"modeconnect.models:{name}" for name in ("mlp", "MLP", "conv_net"))
@@ -55,6 +92,25 @@ TRANSFORMERS = "transformers"
 
 CODE_LOADING_KEYS = frozenset({"trust_remote_code", "auto_map", "code_revision"})
 """Keyword-argument names (at any depth) that make a constructor load code; refused from files."""
+
+OWN_PACKAGES = ("modeconnect", "modeconnect_cli")
+"""modeconnect's packages: a file may name only :data:`BUILTIN` from them, whatever the trust."""
+
+IGNORED_CONFIG_KEYS = frozenset({
+    "attn_implementation", "_attn_implementation", "_attn_implementation_internal",
+    "_attn_implementation_autoset", "experts_implementation", "_experts_implementation",
+    "_experts_implementation_internal", "_name_or_path", "name_or_path",
+})  # fmt: skip
+"""transformers config keys (at any depth) left out of the config a model is built from."""
+
+TIMM_LOADER_ARGS = frozenset(
+    {"pretrained", "checkpoint_path", "pretrained_cfg_overlay", "cache_dir"}
+)
+"""``timm.create_model`` arguments that load or fetch weights; refused in ``model_args``."""
+
+_TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TIMM_KEYS = {"timm_backbone": "backbone", "timm_wrapper": "architecture"}
+"""Where a timm config names its timm architecture."""
 
 _REF_HELP = "use 'package.module:callable' or 'path/to/file.py:callable'"
 
@@ -118,19 +174,35 @@ def check_file_reference(
     """Refuse a reference read from ``source`` unless it is known or trusted (module docstring).
 
     ``kwargs`` are the keyword arguments the file gives it: they must be plain JSON
-    values without any :data:`CODE_LOADING_KEYS`, whatever the trust. Returns the
-    modules the constructor must come from when only a trusted module vouches for it
-    (pass them to :func:`build_model`), else ``()``.
+    values without any :data:`CODE_LOADING_KEYS`, whatever the trust, and a
+    ``transformers`` config must not ask for downloads (:func:`check_hub_free`).
+    A reference vouched for only by a trusted module is imported here (the user
+    trusts that module) and must name a model class defined in it. Returns the
+    modules the constructor must come from in that case (pass them to
+    :func:`build_model`), else ``()``.
     """
     check_plain_kwargs(kwargs, source)
     target, attr = split_ref(ref)
     if trust.any_reference or ref in BUILTIN:
         return ()
-    if target == TRANSFORMERS and "." not in attr and _is_transformers_model(attr):
-        return ()
-    if not _is_file_target(target) and "." not in attr and _trusted_module(target, trust):
-        return trust.modules
     top = target.split(".")[0]
+    if target == TRANSFORMERS and "." not in attr and _transformers_subclass(attr):
+        _require_concrete(attr, source, ref)
+        config = kwargs.get("config")
+        if isinstance(config, Mapping):
+            check_hub_free(config, source, "model_kwargs.config")
+        return ()
+    if top in OWN_PACKAGES or top == TRANSFORMERS:
+        raise _never_followed(ref, top, source)
+    if not _is_file_target(target) and "." not in attr and _trusted_module(target, trust):
+        with offline():
+            problem = _not_a_trusted_class(import_callable(ref), trust.modules)
+        if problem is not None:
+            raise ModeconnectError(
+                f"{source}: the model reference {ref!r} {problem}; "
+                f"if you trust this file, pass --model {ref} (or --trust-model-ref)"
+            )
+        return trust.modules
     how = f"--trust-module {top} or " if not _is_file_target(target) else ""
     raise ModeconnectError(
         f"{source}: names the model reference {ref!r}, which is not a known architecture "
@@ -139,17 +211,202 @@ def check_file_reference(
     )
 
 
+def _never_followed(ref: str, top: str, source: str | Path) -> ModeconnectError:
+    """modeconnect's internals and transformers' non-model names, whatever the trust."""
+    if top == TRANSFORMERS:
+        why = (
+            "transformers is followed only as 'transformers:ClassName' with kwargs "
+            '{"config": {...}}, a model class built from its config'
+        )
+    else:
+        why = (
+            "modeconnect's own functions are never followed from a file, only its example "
+            f"models {sorted(BUILTIN)}"
+        )
+    return ModeconnectError(
+        f"{source}: names the model reference {ref!r}, which is not a known architecture "
+        f"constructor; {why}, whatever --trust-module says; "
+        f"if you trust this file, pass --model {ref} (or --trust-model-ref)"
+    )
+
+
 def _trusted_module(target: str, trust: Trust) -> bool:
     return any(target == m or target.startswith(m + ".") for m in trust.modules)
 
 
-def _is_transformers_model(name: str) -> bool:
+def _not_a_trusted_class(factory: Any, modules: tuple[str, ...]) -> str | None:
+    """Why ``factory`` is not a model class of ``modules``, or ``None`` if it is one."""
+    import torch
+
+    origin = str(getattr(factory, "__module__", ""))
+    if not _trusted_module(origin, Trust(modules)):
+        return (
+            f"resolves to {_describe(factory)} from module {origin!r}, outside the trusted "
+            f"modules {list(modules)}"
+        )
+    if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
+        return (
+            f"names {_describe(factory)}, not a torch.nn.Module class; trusting a module lets a "
+            "file name its model classes, never its functions (a function can load or download "
+            "anything)"
+        )
+    return None
+
+
+def _describe(obj: object) -> str:
+    kind = "the class" if isinstance(obj, type) else f"a {type(obj).__name__}"
+    return f"{kind} {getattr(obj, '__qualname__', repr(obj))!r}"
+
+
+def transformers_model_class(name: str) -> Any | None:
+    """The concrete model class ``transformers.<name>``, or ``None``.
+
+    Concrete: a ``PreTrainedModel`` subclass of the installed library, with a config
+    class of its own. Abstract bases (``PreTrainedModel``, ``LlamaPreTrainedModel``)
+    build no model and are not; neither are ``Auto`` classes, pipelines or functions.
+    """
+    cls = _transformers_subclass(name)
+    if cls is None or _abstract(cls):
+        return None
+    return cls
+
+
+def _transformers_subclass(name: str) -> Any | None:
+    """``transformers.<name>`` if it is a ``PreTrainedModel`` subclass of the library."""
+    if not name.isidentifier() or name.startswith("_"):
+        return None
     try:
         import transformers
     except ImportError:
-        return False
-    cls = getattr(transformers, name, None) if not name.startswith("_") else None
-    return isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+        return None
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # a lazy module whose optional dependency is missing
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        return None
+    return cls if str(cls.__module__).startswith(TRANSFORMERS + ".") else None
+
+
+def _abstract(cls: Any) -> bool:
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    config_class = getattr(cls, "config_class", None)
+    return (
+        cls.__name__.endswith(("PreTrainedModel", "PretrainedModel"))
+        or inspect.isabstract(cls)
+        or not isinstance(config_class, type)
+        or not issubclass(config_class, PretrainedConfig)
+        or config_class is PretrainedConfig
+    )
+
+
+def _require_concrete(name: str, source: str | Path, ref: str) -> None:
+    if transformers_model_class(name) is None:
+        raise ModeconnectError(
+            f"{source}: names the model reference {ref!r}, an abstract base class of "
+            "transformers that builds no model; name the model class itself "
+            "(e.g. 'transformers:LlamaForCausalLM')"
+        )
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def check_hub_free(config: Mapping[str, Any], source: str | Path, where: str = "") -> None:
+    """Refuse a transformers config that would make the library fetch something.
+
+    Walks the config at any depth (sub-configs, lists) and refuses, with one line
+    naming ``source`` and the key's path (after ``where``), a ``backbone`` naming a
+    model outside a ``timm_backbone`` config, a timm architecture that is a
+    repository or a path, timm's loader arguments, and ``quantization_config``
+    (module docstring, with the transformers code that would fetch).
+    """
+    stack: list[tuple[str, Any]] = [(where, config)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, Mapping):
+            _check_level(value, path, source)
+            items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend((p, v) for p, v in items if isinstance(v, (Mapping, list, tuple)))
+
+
+def _check_level(level: Mapping[str, Any], path: str, source: str | Path) -> None:
+    def key(name: str) -> str:
+        return f"{path}.{name}" if path else name
+
+    model_type = level.get("model_type")
+    backbone = level.get("backbone")
+    if backbone is not None and model_type != "timm_backbone":
+        raise ModeconnectError(
+            f"{source}: {key('backbone')} names the backbone {_short(backbone)}, which "
+            "transformers would look up on the Hugging Face Hub while building the model; "
+            "modeconnect never downloads, so this config is refused; give the backbone's own "
+            "config as 'backbone_config' (save_pretrained writes one), or load the model "
+            "yourself and save it"
+        )
+    timm_key = _TIMM_KEYS.get(str(model_type))
+    timm_name = level.get(timm_key) if timm_key else None
+    if timm_name is not None and not (isinstance(timm_name, str) and _TIMM_NAME.match(timm_name)):
+        raise ModeconnectError(
+            f"{source}: {key(str(timm_key))} names the timm model {_short(timm_name)}, a "
+            "repository or path that timm would fetch or read; modeconnect never downloads, "
+            "so this config is refused; name a timm architecture (e.g. 'resnet50')"
+        )
+    model_args = level.get("model_args")
+    if model_type == "timm_wrapper" and isinstance(model_args, Mapping):
+        loaders = sorted(TIMM_LOADER_ARGS & set(model_args))
+        if loaders:
+            raise ModeconnectError(
+                f"{source}: {key('model_args')}.{loaders[0]} makes timm load or download "
+                "weights; modeconnect reads the weights from the checkpoint only, so this "
+                "config is refused; remove it"
+            )
+    if level.get("quantization_config") is not None:
+        raise ModeconnectError(
+            f"{source}: {key('quantization_config')} marks a quantized checkpoint, which "
+            "modeconnect cannot align (and whose quantizer fetches kernels from the Hub); "
+            "refused; use the unquantized checkpoint"
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def local_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` to build from: :data:`IGNORED_CONFIG_KEYS` left out at any depth.
+
+    ``use_pretrained_backbone`` becomes ``False`` wherever it is set (the weights come
+    from the checkpoint). Lists and sub-configs are copied, so ``config`` is untouched.
+    """
+    root: dict[str, Any] = {}
+    stack: list[tuple[Any, Any]] = [(config, root)]
+    while stack:
+        source, target = stack.pop()
+        pairs = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, value in pairs:
+            if isinstance(source, Mapping) and key in IGNORED_CONFIG_KEYS:
+                continue
+            if isinstance(value, Mapping):
+                copy: Any = {}
+                stack.append((value, copy))
+            elif isinstance(value, (list, tuple)):
+                copy = [None] * len(value)
+                stack.append((value, copy))
+            else:
+                copy = value
+            target[key] = copy
+        if isinstance(source, Mapping) and "use_pretrained_backbone" in source:
+            target["use_pretrained_backbone"] = False
+    return root
 
 
 def check_plain_kwargs(kwargs: Mapping[str, Any], source: str | Path) -> None:
@@ -195,24 +452,26 @@ def build_model(
     """Call the constructor named by ``ref`` with ``kwargs``; the result must be an ``nn.Module``.
 
     Run only for references the user typed or that :func:`check_file_reference`
-    accepted. ``modules``, when given, restricts the callable found to those modules
-    (a trusted module's namespace may hold other modules' functions).
+    accepted. ``modules``, when given (a reference only a trusted module vouches
+    for), requires a ``torch.nn.Module`` class defined in those modules (a trusted
+    module's namespace may hold other modules' functions). The constructor runs
+    under :func:`~modeconnect.files.offline.offline`: nothing is downloaded.
     """
     import torch
 
     arguments = dict(kwargs or {})
     target, attr = split_ref(ref)
-    if target == TRANSFORMERS and "." not in attr:
-        model = _build_transformers(ref, attr, arguments)
-    else:
-        factory = import_callable(ref)
-        if modules and not _trusted_module(str(getattr(factory, "__module__", "")), Trust(modules)):
-            raise ModeconnectError(
-                f"model reference {ref!r}: resolves to {factory!r} from module "
-                f"{getattr(factory, '__module__', '?')!r}, outside the trusted modules "
-                f"{list(modules)}; pass --model {ref} if you trust it"
-            )
-        model = _call(ref, factory, arguments)
+    with offline():
+        if target == TRANSFORMERS and "." not in attr:
+            model = _build_transformers(ref, attr, arguments)
+        else:
+            factory = import_callable(ref)
+            problem = _not_a_trusted_class(factory, modules) if modules else None
+            if problem is not None:
+                raise ModeconnectError(
+                    f"model reference {ref!r}: {problem}; pass --model {ref} if you trust it"
+                )
+            model = _call(ref, factory, arguments)
     if not isinstance(model, torch.nn.Module):
         raise ModeconnectError(
             f"model reference {ref!r}: returned an object of type {type(model).__name__}, not a "
@@ -234,11 +493,21 @@ def _call(ref: str, factory: Callable[..., Any], arguments: dict[str, Any]) -> A
 
 
 def _build_transformers(ref: str, name: str, arguments: dict[str, Any]) -> Any:
-    """A ``transformers`` architecture from ``{"config": {...}}``; no remote code, no download."""
-    if not _is_transformers_model(name):
+    """A ``transformers`` architecture from ``{"config": {...}}``; no remote code, no download.
+
+    The config must not ask for downloads (:func:`check_hub_free`); the model is built
+    from :func:`local_config` (its attention chosen by modeconnect, module docstring).
+    """
+    cls = transformers_model_class(name)
+    if cls is None:
+        what = (
+            "an abstract base class of transformers that builds no model; name the model "
+            "class itself"
+            if _transformers_subclass(name) is not None
+            else "not a model class of the installed transformers; check the name"
+        )
         raise ModeconnectError(
-            f"model reference {ref!r}: {name!r} is not a model class of the installed "
-            "transformers; check the name (e.g. 'transformers:LlamaForCausalLM')"
+            f"model reference {ref!r}: {name!r} is {what} (e.g. 'transformers:LlamaForCausalLM')"
         )
     config = arguments.get("config")
     if set(arguments) != {"config"} or not isinstance(config, Mapping):
@@ -246,11 +515,9 @@ def _build_transformers(ref: str, name: str, arguments: dict[str, Any]) -> Any:
             f'model reference {ref!r}: expects kwargs {{"config": {{...}}}} (the model\'s '
             f"config.json), got keys {sorted(arguments)}; pass the config as a JSON object"
         )
-    import transformers
-
-    cls = getattr(transformers, name)
+    check_hub_free(config, f"model reference {ref!r}", "config")
     try:
-        built = cls.config_class.from_dict(dict(config))
+        built = cls.config_class.from_dict(local_config(config))
     except Exception as exc:
         raise ModeconnectError(
             f"model reference {ref!r}: the config does not fit {cls.config_class.__name__} "
