@@ -8,8 +8,9 @@ this module, so that a model is called the same way everywhere:
   outputs to read. Plain modules get ``model(*inputs)``. Hugging Face models get their
   main input by name, ``use_cache=False`` (a cache object is not an output to compare)
   and ``return_dict=True``, the same ids as ``decoder_input_ids`` when they are
-  encoder-decoders, and their ``logits`` when they have them. :func:`model_call`
-  chooses one for a model.
+  encoder-decoders, a second input as ``attention_mask`` (padded token batches, see
+  :mod:`modeconnect.evaluation.losses`), and their ``logits`` when they have them.
+  :func:`model_call` chooses one for a model.
 * :class:`Binding` maps a state dict onto the module's tensors, tied weights included.
 * :func:`run` calls the model once with a state dict; :func:`over_batches` loops over
   batches inside one :func:`torch.func.functional_call`, so the weights are swapped in
@@ -61,12 +62,18 @@ class ModelCall:
     ``decoder_inputs``: also pass the first input as ``decoder_input_ids``.
     ``output``: the attribute (or key) of the output to keep (``"logits"``); ``None``
     keeps the whole output.
+    ``attention_mask``: an input after the named ones is the ``attention_mask`` (1 at a
+    token, 0 at padding); ``positions``: with it, also pass ``position_ids`` counted over
+    the tokens (``cumsum − 1``, as ``generate`` does), so that a left-padded sequence
+    sees the positions it has unpadded (learned absolute positions, GPT-2).
     """
 
     names: tuple[str, ...] = ()
     constants: Mapping[str, Any] = field(default_factory=dict)
     decoder_inputs: bool = False
     output: str | None = None
+    attention_mask: bool = False
+    positions: bool = False
 
     def arguments(self, inputs: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` for ``model(*args, **kwargs)`` (and for ``torch.export``)."""
@@ -75,6 +82,10 @@ class ModelCall:
         kwargs = dict(zip(self.names, inputs))
         if self.decoder_inputs and inputs:
             kwargs["decoder_input_ids"] = inputs[0]
+        if self.attention_mask and len(inputs) > len(self.names):
+            mask = kwargs["attention_mask"] = inputs[len(self.names)]
+            if self.positions:
+                kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return (), {**kwargs, **self.constants}
 
     def select(self, out: Any) -> Any:
@@ -112,8 +123,11 @@ def model_call(model: nn.Module) -> ModelCall:
     main = str(getattr(model, "main_input_name", "input_ids"))
     decoder = bool(getattr(config, "is_encoder_decoder", False)) and "decoder_input_ids" in accepted
     output = "logits" if _has_logits(model) else None
+    masked = "attention_mask" in accepted
+    causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) and not decoder
     return ModelCall((main,), constants, decoder_inputs=decoder and main == "input_ids",
-                     output=output)  # fmt: skip
+                     output=output, attention_mask=masked,
+                     positions=masked and causal and "position_ids" in accepted)  # fmt: skip
 
 
 def _has_logits(model: nn.Module) -> bool:

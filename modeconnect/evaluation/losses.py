@@ -14,13 +14,23 @@ reference typed by a user is imported by the file layer
 * language models (``"causal_lm"``, ``"masked_lm"``): ``x`` token ids ``(N, T)``
   (``torch.long``) and ``y`` **the same ids** ``(N, T)``, i.e. ``y = x``, or Hugging
   Face style labels equal to the ids except :data:`IGNORE_INDEX` (``-100``) at
-  positions not to score (padding); ``y = None`` is read as ``y = x``. The model
+  positions not to score; ``y = None`` is read as ``y = x``. The model
   maps ids to logits ``(N, T, V)`` (the class, i.e. vocabulary, axis last);
   Hugging Face models are called by :mod:`modeconnect.forward` with
   ``input_ids=x, use_cache=False`` and their ``logits`` are read.
 
+**Padding.** A padded position (attention mask 0) is :data:`PAD_LABEL` (``-101``) in
+``y``: it is not scored, and the model does not see it. :func:`token_batch` builds
+such a batch from a tokenizer's output (``input_ids``, ``attention_mask``, ``labels``).
+A batch with padding runs the model on ``(ids, attention_mask)``: Hugging Face models
+get ``attention_mask=`` (and causal LMs ``position_ids`` counted over the real tokens,
+as ``generate`` does, so a left-padded sequence sees the positions it has unpadded),
+plain modules ``model(ids, attention_mask)``. A batch without padding runs exactly as
+before, on the ids alone.
+
 Targets are built from the batch: ``"causal_lm"`` scores the next token
-(``logits[:, :-1]`` against ``y[:, 1:]``); ``"masked_lm"`` masks a seeded 15 % of the
+(``logits[:, :-1]`` against ``y[:, 1:]``, a target counted only where it and the
+position before it are real tokens); ``"masked_lm"`` masks a seeded 15 % of the real
 positions BERT-style (80 % ``[MASK]``, 10 % a random token, 10 % unchanged; Devlin et
 al. 2019) and scores those. Each example's loss is the *sum* over its scored
 entries and its count their number, so means are ratios of sums
@@ -45,6 +55,7 @@ from modeconnect.errors import ModeconnectError
 __all__ = [
     "IGNORE_INDEX",
     "LOSSES",
+    "PAD_LABEL",
     "Batch",
     "CausalLMScoring",
     "ClassifierScoring",
@@ -58,6 +69,7 @@ __all__ = [
     "get_scoring",
     "loss_name",
     "squared_error",
+    "token_batch",
 ]
 
 Batch = tuple[Tensor, Tensor]
@@ -68,6 +80,9 @@ ExampleLossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss(logits, y) -> (N, ...)`` per-example (or per-entry) losses, ``reduction="none"``."""
 IGNORE_INDEX = -100
 """A label that is not scored (Hugging Face's and ``F.cross_entropy``'s convention)."""
+PAD_LABEL = -101
+"""A padded position (attention mask 0) in a language model's ``y``: not scored, and hidden
+from the model (module docstring, :func:`token_batch`)."""
 
 
 # --------------------------------------------------------------------------- per-entry losses
@@ -241,9 +256,13 @@ class CausalLMScoring(_TokenScoring):
 
     name: str = "causal_lm"
 
-    def prepare(self, batch: Any, index: int) -> tuple[Tensor, Tensor]:
-        ids, labels = _token_batch(self.name, batch)
-        return ids, labels[:, 1:]
+    def prepare(self, batch: Any, index: int) -> tuple[Any, Tensor]:
+        ids, labels, mask = _token_batch(self.name, batch)
+        if mask is None:
+            return ids, labels[:, 1:]
+        # A target counts where it is a token and so is its context position before it.
+        counted = mask[:, 1:] & mask[:, :-1]
+        return (ids, mask.long()), torch.where(counted, labels[:, 1:], IGNORE_INDEX)
 
     def _logits(self, out: Any) -> Tensor:
         if not isinstance(out, Tensor) or out.ndim != 3:
@@ -256,11 +275,12 @@ class MaskedLMScoring(_TokenScoring):
     """BERT-style masked-token prediction, the mask drawn from ``seed`` and the batch index.
 
     In each sequence exactly ``max(1, round(probability · n))`` of its ``n`` scorable
-    positions are chosen (as BERT's pre-training data are made); each is replaced
-    by ``mask_token_id`` with probability 0.8, by a uniform random token with 0.1,
-    and kept with 0.1 (Devlin et al. 2019). Only the chosen positions are scored.
-    The draws for the ``i``-th batch come from a generator seeded with ``seed`` and
-    ``i``, so every pass (every ``α``) sees the same corrupted inputs.
+    positions (neither padding nor :data:`IGNORE_INDEX`) are chosen (as BERT's
+    pre-training data are made); each is replaced by ``mask_token_id`` with
+    probability 0.8, by a uniform random token with 0.1, and kept with 0.1 (Devlin et
+    al. 2019). Only the chosen positions are scored. The draws for the ``i``-th batch
+    come from a generator seeded with ``seed`` and ``i``, so every pass (every ``α``)
+    sees the same corrupted inputs.
     ``mask_token_id`` and ``vocab_size`` default to the model's
     ``config.mask_token_id`` and ``config.vocab_size`` (:meth:`for_model`).
     """
@@ -294,8 +314,8 @@ class MaskedLMScoring(_TokenScoring):
             )
         return replace(self, mask_token_id=int(mask), vocab_size=int(vocab))
 
-    def prepare(self, batch: Any, index: int) -> tuple[Tensor, Tensor]:
-        ids, labels = _token_batch(self.name, batch)
+    def prepare(self, batch: Any, index: int) -> tuple[Any, Tensor]:
+        ids, labels, mask = _token_batch(self.name, batch)
         if self.mask_token_id is None or self.vocab_size is None:
             raise ModeconnectError(
                 "masked_lm: the scoring has no mask_token_id or vocab_size; bind it to the "
@@ -313,7 +333,8 @@ class MaskedLMScoring(_TokenScoring):
         chosen = scorable & (rank < k.unsqueeze(1))
         inputs = torch.where(chosen & (kind < 0.8), self.mask_token_id, ids)
         inputs = torch.where(chosen & (kind >= 0.8) & (kind < 0.9), random_ids, inputs)
-        return inputs, torch.where(chosen, labels, IGNORE_INDEX)
+        target = torch.where(chosen, labels, IGNORE_INDEX)
+        return (inputs, target) if mask is None else ((inputs, mask.long()), target)
 
 
 def _vocabulary(model: nn.Module) -> int | None:
@@ -327,8 +348,12 @@ def _describe(t: Any) -> str:
     return type(t).__name__
 
 
-def _token_batch(where: str, batch: Any) -> tuple[Tensor, Tensor]:
-    """``(ids, labels)`` of a token batch ``(ids, ids | labels | None)``, checked."""
+def _token_batch(where: str, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(ids, labels, mask)`` of a token batch ``(ids, ids | labels | None)``, checked.
+
+    ``mask`` is ``None`` when no position is padded (:data:`PAD_LABEL`), else the
+    attention mask, boolean ``(N, T)``; padded labels become :data:`IGNORE_INDEX`.
+    """
     pair = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
     ids = pair[0]
     labels = pair[1] if len(pair) > 1 and pair[1] is not None else ids
@@ -343,7 +368,91 @@ def _token_batch(where: str, batch: Any) -> tuple[Tensor, Tensor]:
         raise ModeconnectError(
             f"{where}: labels are {_describe(labels)}, not token ids; pass the ids as targets"
         )
-    return ids, labels
+    padded = labels == PAD_LABEL
+    # One check per batch: a batch without padding runs as plain ids (no mask, no copy).
+    if labels is ids or not bool(padded.any()):
+        return ids, labels, None
+    return ids, labels.masked_fill(padded, IGNORE_INDEX), ~padded
+
+
+def token_batch(
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    *,
+    where: str = "token_batch",
+) -> Batch:
+    """A language-model batch ``(ids, y)`` from a tokenizer's output (module docstring).
+
+    ``input_ids`` ``(N, T)`` integers; ``attention_mask`` ``(N, T)`` of 0/1 (integer or
+    boolean; 0 at padding); ``labels`` ``(N, T)``, the ids to score or
+    :data:`IGNORE_INDEX` (default: the ids). ``y`` is the labels with
+    :data:`PAD_LABEL` where the mask is 0; without padding it is the labels (the ids
+    themselves when none are given), so the batch runs exactly as plain ids do.
+    ``where`` names the source in errors.
+
+    >>> ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    >>> token_batch(ids, torch.tensor([[1, 1, 1], [0, 1, 1]]))[1]
+    tensor([[   5,    6,    7],
+            [-101,    8,    9]])
+    """
+    ids = _token_tensor(where, "input_ids", input_ids, None)
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise ModeconnectError(
+            f"{where}: 'input_ids' has shape {tuple(ids.shape)}; store one sequence per row, "
+            "shape (N, T) with N, T >= 1"
+        )
+    ids = ids.long()
+    y = ids
+    if labels is not None:
+        y = _token_tensor(where, "labels", labels, ids).long()
+        bad = y[(y < 0) & (y != IGNORE_INDEX)]
+        if bad.numel():
+            raise ModeconnectError(
+                f"{where}: 'labels' {tuple(y.shape)} hold {int(bad[0])}; labels are token ids, "
+                f"or {IGNORE_INDEX} at positions not to score"
+            )
+    if attention_mask is None:
+        return ids, y
+    mask = _token_tensor(where, "attention_mask", attention_mask, ids)
+    if mask.dtype != torch.bool:
+        stray = mask[(mask != 0) & (mask != 1)]
+        if stray.numel():
+            raise ModeconnectError(
+                f"{where}: 'attention_mask' {tuple(mask.shape)} holds {stray[0].item()}; a mask "
+                "is 1 at a token and 0 at padding"
+            )
+        mask = mask != 0
+    empty = (~mask.any(dim=1)).nonzero()
+    if empty.numel():
+        raise ModeconnectError(
+            f"{where}: 'attention_mask' {tuple(mask.shape)} is all 0 in row {int(empty[0])} "
+            f"({empty.numel()} of {len(mask)} rows): a sequence without tokens; drop it"
+        )
+    if bool(mask.all()):
+        return ids, y
+    return ids, y.masked_fill(~mask, PAD_LABEL)
+
+
+def _token_tensor(where: str, name: str, value: Any, like: Tensor | None) -> Tensor:
+    """``value``, checked: an integer tensor (a mask may be boolean) shaped like ``like``."""
+    if not isinstance(value, Tensor):
+        raise ModeconnectError(
+            f"{where}: {name!r} is a {type(value).__name__}, not a tensor; store tensors, e.g. "
+            "tokenizer(texts, padding=True, return_tensors='pt')"
+        )
+    mask = name == "attention_mask"
+    if value.is_floating_point() or value.is_complex() or (value.dtype == torch.bool and not mask):
+        kind = "0/1 as integers or booleans" if mask else "token ids as integers (torch.long)"
+        raise ModeconnectError(
+            f"{where}: {name!r} has dtype {str(value.dtype).removeprefix('torch.')}; store {kind}"
+        )
+    if like is not None and value.shape != like.shape:
+        raise ModeconnectError(
+            f"{where}: {name!r} has shape {tuple(value.shape)} but 'input_ids' has shape "
+            f"{tuple(like.shape)}; store one value per token"
+        )
+    return value
 
 
 def _check_logits(where: str, logits: Any, target: Tensor) -> Tensor:

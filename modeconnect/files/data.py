@@ -15,12 +15,25 @@ For a language model (``language=``, :class:`LanguageData`) token data are accep
 
 * token ids ``(N, T)`` of an integer dtype: a ``.pt`` holding the tensor itself or
   ``{"x": ids}``, or a ``.npy`` array;
+* a tokenizer's output, padded: a ``.pt`` holding
+  ``dict(tokenizer(texts, padding=True, return_tensors="pt"))`` or a ``.npz`` with the
+  same arrays, i.e. ``input_ids`` ``(N, T)`` integers, and optionally ``attention_mask``
+  ``(N, T)`` of 0/1 (integer or boolean, 0 at padding, left or right), ``labels``
+  ``(N, T)`` (the ids to score, ``-100`` where not to score; default the ids) and
+  ``token_type_ids`` (all 0: one segment, the models' default; other values are
+  refused). Padded positions are not scored and the model does not see them (it gets
+  the ``attention_mask``); a causal LM scores a next token only where it and the token
+  before it are real, so each sequence scores as it would unpadded. Other keys, masks
+  other than 0/1, shapes unlike ``input_ids``'s and sequences of no token (a causal LM:
+  fewer than 2) are refused;
 * a text file (``.txt``), tokenized with the checkpoint's own tokenizer and cut into
   consecutive blocks of ``block_size`` tokens (the remainder is dropped).
 
 Token batches are ``(ids, ids)``, the convention of the language-model scorings of
 :mod:`modeconnect.evaluation.losses` (``"causal_lm"`` scores each next token,
-``"masked_lm"`` masks a seeded 15 % of the positions itself), and hold at most
+``"masked_lm"`` masks a seeded 15 % of the positions itself), or ``(ids, labels)`` with
+:data:`~modeconnect.evaluation.losses.PAD_LABEL` at padded positions
+(:func:`~modeconnect.evaluation.losses.token_batch`), and hold at most
 :data:`TOKENS_PER_BATCH` tokens (fewer examples than ``batch_size`` when needed).
 
 Whatever the source, the result can be iterated more than once.
@@ -38,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation.losses import PAD_LABEL, token_batch
 from modeconnect.files.checkpoints import torch_load
 from modeconnect.files.references import import_callable
 
@@ -63,6 +77,8 @@ TOKENS_PER_BATCH = 2048
 """Token batches hold at most this many tokens: logits of ``tokens × vocabulary`` floats
 (2048 × 32000 × 4 B = 262 MB for a Llama vocabulary) must not dwarf the weights."""
 LM_KINDS = ("causal", "masked")
+TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+"""What a tokenizer's output may hold (module docstring); ``input_ids`` is required."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +113,9 @@ def load_data(
         return _load_callable(str(source), batch_size)
     path = Path(source)
     if language is not None:
-        ids = _read_tokens(path, language)
-        if ids is not None:
-            return _token_batches(path, ids, language, batch_size)
+        tokens = _read_tokens(path, language)
+        if tokens is not None:
+            return _token_batches(path, tokens, language, batch_size)
     raw_x, raw_y = _read_arrays(path)
     x, y = _tensor(path, "x", raw_x), _tensor(path, "y", raw_y)
     _check_pair(path, x, y)
@@ -247,21 +263,94 @@ def _read_arrays(path: Path) -> tuple[object, object]:
 # --------------------------------------------------------------------------- token data
 
 
-def _read_tokens(path: Path, language: LanguageData) -> torch.Tensor | None:
-    """Token ids ``(N, T)`` from a token or text file; ``None`` for an ``(x, y)`` file."""
+def _read_tokens(path: Path, language: LanguageData) -> Batch | None:
+    """``(ids, labels)`` ``(N, T)`` from a token, tokenizer-output or text file; ``None`` for
+    an ``(x, y)`` file. ``labels`` is ``ids`` itself unless the file pads or labels."""
     suffix = _existing(path).suffix.lower()
     if suffix in TEXT_EXTENSIONS:
-        return _tokenize(path, language)
-    if suffix == ".npy":
-        return _check_ids(path, _read_npy(path))
-    if suffix != ".pt":
+        ids = _tokenize(path, language)
+    elif suffix == ".npy":
+        ids = _check_ids(path, _read_npy(path))
+    elif suffix == ".npz":
+        arrays = _npz_arrays(path)
+        if "input_ids" not in arrays:
+            return None
+        tensors = {
+            k: _npz_tensor(path, k, np.asarray(v)) if k in TOKENIZER_KEYS else v
+            for k, v in arrays.items()
+        }  # another key is refused as such, not for its dtype
+        return _tokenizer_output(path, tensors)
+    elif suffix == ".pt":
+        content = _torch_load(path)
+        if isinstance(content, Mapping) and "input_ids" in content:
+            return _tokenizer_output(path, content)
+        if isinstance(content, torch.Tensor):
+            ids = _check_ids(path, content)
+        elif isinstance(content, Mapping) and "x" in content and "y" not in content:
+            ids = _check_ids(path, _tensor(path, "x", content["x"]))
+        else:
+            return None
+    else:
         return None
-    content = _torch_load(path)
-    if isinstance(content, torch.Tensor):
-        return _check_ids(path, content)
-    if isinstance(content, Mapping) and "x" in content and "y" not in content:
-        return _check_ids(path, _tensor(path, "x", content["x"]))
-    return None
+    return ids, ids
+
+
+def _tokenizer_output(path: Path, content: Mapping) -> Batch:
+    """A tokenizer's output (module docstring) as ``(ids, labels)``, checked as hostile input."""
+    extra = [k for k in content if k not in TOKENIZER_KEYS]
+    if extra:
+        shown = ", ".join(repr(str(k)[:40]) for k in extra[:5])
+        raise ModeconnectError(
+            f"{path}: unexpected key{'s' if len(extra) > 1 else ''} {shown} beside "
+            "'input_ids'; a tokenizer's output holds "
+            f"{', '.join(TOKENIZER_KEYS)}: drop the others"
+        )
+    batch = token_batch(
+        content["input_ids"], content.get("attention_mask"), content.get("labels"),
+        where=str(path),
+    )  # fmt: skip
+    if "token_type_ids" in content:
+        _check_segments(path, content["token_type_ids"], batch[0])
+    return batch
+
+
+def _check_scored(path: Path, ids: torch.Tensor, labels: torch.Tensor, kind: str) -> None:
+    """Every padded sequence can be scored, and something is: labels of a tokenizer's output."""
+    real = labels != PAD_LABEL
+    if kind == "causal":
+        tokens = real.sum(dim=1)
+        short = (tokens < 2).nonzero()
+        if short.numel():  # only padding leaves fewer than T >= 2 tokens
+            row = int(short[0])
+            raise ModeconnectError(
+                f"{path}: 'attention_mask' row {row} holds {int(tokens[row])} token "
+                f"({short.numel()} such rows of {len(ids)}); next-token prediction needs at "
+                "least 2 per sequence: drop those rows"
+            )
+        scored = real[:, :-1] & real[:, 1:] & (labels[:, 1:] >= 0)
+    else:
+        scored = labels >= 0
+    if not bool(scored.any()):
+        raise ModeconnectError(
+            f"{path}: no position is scored (every label is -100 or padding); store labels "
+            "equal to input_ids where the model's prediction counts"
+        )
+
+
+def _check_segments(path: Path, types: object, ids: torch.Tensor) -> None:
+    """``token_type_ids``: one segment (all 0, the models' default), so they are not passed."""
+    if not isinstance(types, torch.Tensor) or types.shape != ids.shape:
+        found = tuple(types.shape) if isinstance(types, torch.Tensor) else type(types).__name__
+        raise ModeconnectError(
+            f"{path}: 'token_type_ids' is {found} but 'input_ids' has shape "
+            f"{tuple(ids.shape)}; store one value per token"
+        )
+    if types.is_floating_point() or types.is_complex() or bool((types != 0).any()):
+        raise ModeconnectError(
+            f"{path}: 'token_type_ids' mark a second segment (values other than 0), which "
+            "modeconnect does not pass to the model; store one segment per sequence, or "
+            "drop the key"
+        )
 
 
 def _read_npy(path: Path) -> torch.Tensor:
@@ -323,8 +412,9 @@ def _tokenize(path: Path, language: LanguageData) -> torch.Tensor:
 
 
 def _token_batches(
-    path: Path, ids: torch.Tensor, language: LanguageData, batch_size: int
+    path: Path, tokens: Batch, language: LanguageData, batch_size: int
 ) -> list[Batch]:
+    ids, labels = tokens
     if language.kind not in LM_KINDS:
         raise ModeconnectError(
             f"{path}: language-model kind {language.kind!r} is not one of {', '.join(LM_KINDS)}"
@@ -334,23 +424,34 @@ def _token_batches(
             f"{path}: sequences of {ids.shape[1]} token cannot be scored by next-token "
             "prediction; store at least 2 tokens per sequence"
         )
+    if labels is not ids:
+        _check_scored(path, ids, labels, language.kind)
     size = max(1, min(batch_size, TOKENS_PER_BATCH // ids.shape[1]))
-    return [(ids[i : i + size], ids[i : i + size]) for i in range(0, len(ids), size)]
+    if labels is ids:  # y is x, the very tensor: the scorings see at once that nothing is padded
+        return [(part, part) for part in ids.split(size)]
+    return [(ids[i : i + size], labels[i : i + size]) for i in range(0, len(ids), size)]
 
 
 def check_tokens(
     batches: Iterable[Batch], source: str | Path, vocab_size: int, max_length: int | None
 ) -> None:
-    """Token ids in ``[0, vocab_size)``, targets too (or :data:`IGNORE_INDEX`), length in range."""
+    """Token ids in ``[0, vocab_size)``, targets too (or :data:`IGNORE_INDEX`, or
+    :data:`~modeconnect.evaluation.losses.PAD_LABEL` at padding), length in range.
+
+    Padded positions hold ids too (the tokenizer's pad token), checked like the others.
+    """
     for x, y in batches:
-        for name, t, low in (("token ids", x, 0), ("targets", y, IGNORE_INDEX)):
+        for name, t, marks in (("token ids", x, ()), ("targets", y, (IGNORE_INDEX, PAD_LABEL))):
             if t.is_floating_point() or t.dim() != 2:
                 raise ModeconnectError(
                     f"{source}: {name} have shape {tuple(t.shape)} and dtype "
                     f"{str(t.dtype).removeprefix('torch.')}; a language model takes integer "
                     "ids of shape (N, T)"
                 )
-            bad = t[(t >= vocab_size) | ((t < 0) & (t != low))]
+            outside = t < 0
+            for mark in marks:
+                outside &= t != mark
+            bad = t[(t >= vocab_size) | outside]
             if bad.numel():
                 raise ModeconnectError(
                     f"{source}: {name} {tuple(t.shape)} hold {int(bad[0])}, outside the "
@@ -364,13 +465,16 @@ def check_tokens(
 
 
 def _torch_load(path: Path) -> object:
-    return torch_load(path, "data file", "torch.save({'x': x, 'y': y}, path)")
+    resave = (
+        "torch.save({'x': x, 'y': y}, path) (a tokenizer's output: torch.save(dict(enc), path))"
+    )
+    return torch_load(path, "data file", resave)
 
 
-def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            return {name: archive[name] for name in archive.files}
     except MemoryError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -378,7 +482,10 @@ def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"{path}: cannot read the .npz file ({type(exc).__name__}: "
             f"{_one_line(exc)}); save it with numpy.savez(path, x=x, y=y)"
         ) from exc
-    x, y = _xy(path, arrays)
+
+
+def _read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _xy(path, _npz_arrays(path))
     return _npz_tensor(path, "x", np.asarray(x)), _npz_tensor(path, "y", np.asarray(y))
 
 
@@ -399,6 +506,12 @@ def _xy(path: Path, content: object) -> tuple[object, object]:
     if not isinstance(content, Mapping):
         raise ModeconnectError(
             f"{path}: expected a dict with keys 'x' and 'y', found {type(content).__name__}"
+        )
+    if "input_ids" in content:
+        raise ModeconnectError(
+            f"{path}: holds a tokenizer's output (input_ids), which only a language model "
+            "read from a Hugging Face checkpoint directory can score; pass a .pt or .npz file "
+            "with x and y"
         )
     if "x" not in content or "y" not in content:
         found = ", ".join(repr(str(k)) for k in sorted(content, key=str)) or "none"
