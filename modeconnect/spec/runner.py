@@ -5,10 +5,17 @@ observe a group's units at the spec's activation sites, which are node names of
 the traced graph; :class:`GraphRunner` runs that same graph, traced the same way
 (:func:`~modeconnect.spec.trace.trace`, so Hugging Face models get their inputs by
 name), with the weights of A or of B.
+
+A model built on the meta device (a Hugging Face directory read lazily) is traced on
+meta inputs; its graph then records ``meta`` in device arguments (``arange(...,
+device=meta)`` for position ids) and in tensor-metadata assertions. Before such a graph
+runs on real weights, those arguments are moved to the device of the weights and the
+assertions dropped (:func:`_on_device`): they only restate what export saw.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -33,6 +40,7 @@ class GraphRunner:
         self.call = call if call is not None else model_call(model)
         self._binding = Binding.of(model)
         self._traced: dict[tuple[Any, ...], Traced] = {}
+        self._moved: dict[tuple[Any, ...], torch.fx.GraphModule] = {}
 
     def traced(self, inputs: Inputs) -> Traced:
         key = _shape_key(call_arguments(self.call, inputs))
@@ -49,6 +57,7 @@ class GraphRunner:
         """The outputs of graph ``nodes`` when the model runs on ``inputs`` with ``state_dict``."""
         program = self.program(inputs)
         flat = _program_args(program, self._binding.bind(state_dict), self.call, inputs)
+        module = self._module(inputs, program, flat)
         wanted = set(nodes)
         captured: dict[str, torch.Tensor] = {}
 
@@ -60,8 +69,47 @@ class GraphRunner:
                 return out
 
         with torch.no_grad():
-            _Capture(program.graph_module).run(*flat)
+            _Capture(module).run(*flat)
         return captured
+
+    def _module(
+        self, inputs: Inputs, program: torch.export.ExportedProgram, flat: list[Any]
+    ) -> torch.fx.GraphModule:
+        """The program's graph, moved off ``meta`` when it was traced there (module docstring)."""
+        device = next((x.device for x in flat if isinstance(x, torch.Tensor)), None)
+        if device is None or device.type == "meta" or not _mentions_meta(program.graph_module):
+            return program.graph_module
+        key = (_shape_key(call_arguments(self.call, inputs)), str(device))
+        if key not in self._moved:
+            self._moved[key] = _on_device(program.graph_module, device)
+        return self._moved[key]
+
+
+_ASSERTIONS = (torch.ops.aten._assert_tensor_metadata.default,)
+
+
+def _is_meta(value: Any) -> bool:
+    return isinstance(value, torch.device) and value.type == "meta"
+
+
+def _mentions_meta(module: torch.fx.GraphModule) -> bool:
+    return any(
+        n.target in _ASSERTIONS or any(_is_meta(v) for v in (*n.args, *n.kwargs.values()))
+        for n in module.graph.nodes
+    )
+
+
+def _on_device(module: torch.fx.GraphModule, device: torch.device) -> torch.fx.GraphModule:
+    """A copy of ``module`` whose ``device=meta`` arguments name ``device``, without the
+    tensor-metadata assertions export recorded on meta."""
+    graph = copy.deepcopy(module.graph)
+    for node in list(graph.nodes):
+        if node.target in _ASSERTIONS and not node.users:
+            graph.erase_node(node)
+        else:
+            node.args = tuple(device if _is_meta(v) else v for v in node.args)
+            node.kwargs = {k: device if _is_meta(v) else v for k, v in node.kwargs.items()}
+    return torch.fx.GraphModule(module, graph)
 
 
 def _shape_key(value: Any) -> tuple[Any, ...]:
