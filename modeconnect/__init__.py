@@ -166,6 +166,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     )
     from modeconnect.federated import aligned_fedavg, fedavg
     from modeconnect.files.align import AlignReport, align_files
+    from modeconnect.files.barrier import barrier_files
     from modeconnect.files.checkpoints import (
         Checkpoint,
         load_checkpoint,
@@ -173,8 +174,14 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         save_checkpoint,
     )
     from modeconnect.files.checkpoints import load_checkpoint as load
+    from modeconnect.files.compare import compare_files
+    from modeconnect.files.curve import curve_files
     from modeconnect.files.data import load_data
+    from modeconnect.files.landscape import landscape_files, plane_files
+    from modeconnect.files.merge import merge_files
     from modeconnect.files.references import Architecture, Trust
+    from modeconnect.files.sharpness import sharpness_files
+    from modeconnect.files.spec import spec_files
     from modeconnect.forward import ModelCall
     from modeconnect.guard import Equivalence, check_equivalence
     from modeconnect.landscape import (

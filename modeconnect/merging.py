@@ -50,15 +50,14 @@ from torch import Tensor, nn
 
 from .bn import reset_batchnorm
 from .errors import ModeconnectError
-from .files.data import Batch, first_batch
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
+from .probe import Batch, probe_inputs
 from .spec import (
     Permutation,
     PermutationSpec,
     apply_permutation,
     derive_spec,
-    example_inputs,
     identity_permutation,
     invert_permutation,
     permute_tensor,
@@ -79,7 +78,6 @@ StateDict = Mapping[str, Tensor]
 Reference = int | StateDict | None
 BN_MODES = ("none", "reset")
 NO_ALIGNMENT = "none"
-PROBE_SIZE = 64
 DEFAULT_MAX_ROUNDS = 20
 
 
@@ -459,7 +457,7 @@ def merge(
     if method == NO_ALIGNMENT:
         merged = weighted_average(sds, w)
     else:
-        probe = _probe(model, inputs, data)
+        probe = probe_inputs(model, inputs, data)
         if spec is None:
             spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
         match = _Matcher(get_method(method), spec, model, data, seed, opts, method == "weight")
@@ -510,16 +508,6 @@ def _describe_reference(reference: Reference, method: str) -> str:
     if reference is None:
         return "mergemany"
     return f"model {reference}" if isinstance(reference, int) else "state dict"
-
-
-def _probe(
-    model: nn.Module, inputs: Sequence[Any] | None, data: Iterable[Batch] | None
-) -> tuple[Any, ...]:
-    if inputs is not None:
-        return tuple(inputs)
-    if data is not None:
-        return (first_batch(data)[0][:PROBE_SIZE],)
-    return example_inputs(model)
 
 
 def _guarded_average(

@@ -14,13 +14,12 @@ import torch
 from torch import nn
 
 from .evaluation import Barrier, Curve, barrier, interpolate, interpolation_curve
-from .files.data import Batch, first_batch
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import Alignment, get_method
-from .spec import PermutationSpec, apply_permutation, derive_spec, example_inputs
+from .probe import Batch, probe_inputs
+from .spec import PermutationSpec, apply_permutation, derive_spec
 
 StateDict = Mapping[str, torch.Tensor]
-PROBE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def align(
     alignment method (``seed``, ``restarts``, ...). Raises
     :class:`~modeconnect.ModeconnectError` if aligned B differs from B.
     """
-    probe = _probe(model, inputs, data)
+    probe = probe_inputs(model, inputs, data)
     if spec is None:
         spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     match = get_method(method)
@@ -64,16 +63,6 @@ def align(
     eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
     return AlignResult(spec, alignment, aligned, eq)
-
-
-def _probe(
-    model: nn.Module, inputs: Sequence[Any] | None, data: Iterable[Batch] | None
-) -> tuple[torch.Tensor, ...]:
-    if inputs is not None:
-        return tuple(inputs)
-    if data is not None:
-        return (first_batch(data)[0][:PROBE_SIZE],)
-    return example_inputs(model)
 
 
 @dataclass(frozen=True)

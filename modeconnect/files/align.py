@@ -23,7 +23,7 @@ from modeconnect.files.checkpoints import json_writer
 from modeconnect.files.lazy import Lerped
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
-from modeconnect.files.spec_cache import cached_spec
+from modeconnect.files.spec_cache import cached_spec, forget_cached, with_untrusted_spec
 from modeconnect.files.streamed import (
     align_streamed,
     curves_streamed,
@@ -34,6 +34,7 @@ from modeconnect.files.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.progress import ProgressFn
+from modeconnect.spec import PermutationSpec
 from modeconnect.timing import Timings
 
 __all__ = ["AlignReport", "align_files"]
@@ -141,22 +142,30 @@ def align_files(
     stats = session.train if session.train is not None else session.data
     check_mode(net, bn, session.train)
     opts = method_options(method, options)
-    with clock.phase("spec"):
-        spec = cached_spec(net, tuple(x[:2] for x in session.probe), permute_output=permute_output)
-    with clock.phase("matching + guard"):
-        if session.lazy:
-            result = align_streamed(
-                net, ca.state_dict, cb.state_dict, spec=spec, probe=session.probe,
-                method=method, data=stats, progress=progress, device=where,
-                max_bytes=model_bytes(cb.state_dict), **opts,
-            )  # fmt: skip
-        else:
-            if where.type != "cpu" and method == "weight":  # the similarity products there
-                opts = {**opts, "device": where}
-            result = align(
+    probe = tuple(x[:2] for x in session.probe)
+    if not session.lazy and where.type != "cpu" and method == "weight":
+        opts = {**opts, "device": where}  # the similarity products there
+
+    def matched(spec: PermutationSpec) -> AlignResult:
+        with clock.phase("matching + guard"):
+            if session.lazy:
+                return align_streamed(
+                    net, ca.state_dict, cb.state_dict, spec=spec, probe=session.probe,
+                    method=method, data=stats, progress=progress, device=where,
+                    max_bytes=model_bytes(cb.state_dict), **opts,
+                )  # fmt: skip
+            return align(
                 net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe,
                 data=stats, spec=spec, **opts,
             )  # fmt: skip
+
+    # A cached spec is untrusted input: if the guard refuses it, it is derived again, once.
+    result = with_untrusted_spec(
+        matched,
+        lambda: cached_spec(net, probe, permute_output=permute_output),
+        lambda: forget_cached(net, probe, permute_output=permute_output),
+        clock,
+    )
     curves = None
     if session.data is not None:
         with clock.phase("evaluation"):

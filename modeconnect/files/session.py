@@ -51,13 +51,12 @@ from modeconnect.files.data import (
 from modeconnect.files.hf import HFDirectory, directory_writer, lm_kind
 from modeconnect.files.references import NO_TRUST, Trust, reference_file
 from modeconnect.files.targets import Fill, Outputs
+from modeconnect.probe import PROBE_SIZE, probe_inputs
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 
 __all__ = ["PROBE_SIZE", "Session", "input_files", "open_session", "parse_dtype"]
 
-PROBE_SIZE = 64
-"""Examples of the data in the probe batch."""
 PROBE_SEQUENCES = (2, 64)
 """A language model's probe: at most 2 sequences of at most 64 tokens. The guard runs B
 and aligned B on it (at 1 B parameters a pass costs ~2 GFLOP per token) and compares
@@ -327,12 +326,9 @@ def choose_probe(
     input_shape: Sequence[int] | None,
     input_dtype: torch.dtype | None,
 ) -> tuple[Tensor, ...]:
-    """The probe batch: from ``input_shape``, else the first examples of ``data``, else inferred."""
+    """The probe batch: from ``input_shape``, else :func:`modeconnect.probe.probe_inputs`."""
     from modeconnect.spec import example_inputs
 
     if input_shape is not None:
         return example_inputs(model, input_shape, input_dtype)
-    if data is not None:
-        for x, _ in data:
-            return (x[:PROBE_SIZE],)
-    return example_inputs(model)
+    return probe_inputs(model, None, data)

@@ -14,6 +14,28 @@ A cache file is untrusted data: it is read as JSON only (never as code), checked
 unreadable, truncated, oversized or inconsistent file — is a cache miss: the spec
 is derived again and the file replaced. Writes are atomic
 (:func:`~modeconnect.files.targets.staged_write`); a failed write only skips caching.
+
+**A spec read from the cache is never trusted to be right.** Whoever can write the
+folder can plant a spec that fits every shape and permutes the wrong axes. Such a spec
+is untrusted input that the equivalence guard (:mod:`modeconnect.guard`) must pass
+honestly: :func:`with_untrusted_spec` runs the work (matching and guard) with the spec,
+and if that fails in any way but *cannot verify* (which depends on B's outputs, not on
+the spec), it removes the cache file, obtains the spec again (now derived, and stored
+over the planted one) and, if it differs, runs the work once more with it. So a
+poisoned file can neither pass the guard (a wrong permutation is refused) nor deny
+service (the second run uses the derived spec), and it is gone after one use. A spec
+derived in this run that fails is derived once more before the refusal: a cost paid
+only when the guard refuses.
+
+Why this and not a check of each cache hit: proving a hit right means deriving the
+spec, the cost the cache saves; a soundness re-check (a random permutation from the
+cached spec applied to B, the guard run on it) needs B's weights where the spec is
+obtained (Hugging Face directories are read lazily, the model built on the meta
+device), costs two more passes of B on every hit, and still trusts the guard. Here an
+honest hit costs nothing. What neither can catch is a spec that permutes *less* than it
+could (a group marked fixed): aligned B is then still B's function, only aligned
+worse; the report's group and unit counts show it. ``modeconnect spec`` runs no model,
+so it prints a planted spec as it finds it.
 """
 
 from __future__ import annotations
@@ -21,19 +43,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.targets import staged_write
 from modeconnect.forward import ModelCall
+from modeconnect.guard import EquivalenceError
 from modeconnect.spec import PermutationSpec, derive_spec, spec_key
 from modeconnect.spec.trace import Inputs
+from modeconnect.timing import Timings
 
-__all__ = ["MAX_BYTES", "cache_folder", "cached_spec", "read_cached", "write_cached"]
+__all__ = [
+    "MAX_BYTES",
+    "cache_folder",
+    "cached_spec",
+    "forget_cached",
+    "read_cached",
+    "with_untrusted_spec",
+    "write_cached",
+]
+
+R = TypeVar("R")
 
 MAX_BYTES = 64 << 20
 """A cache file larger than this is not read (a spec of a billion-parameter model is ~1 MB)."""
@@ -64,16 +98,86 @@ def cached_spec(
     these input shapes and this call were analysed before, and stored otherwise.
 
     ``folder`` overrides :func:`cache_folder` (the cache is off when both are ``None``).
+    A spec read from the cache is unverified: work that the guard checks goes through
+    :func:`with_untrusted_spec`.
     """
-    where = Path(folder) if folder is not None else cache_folder()
-    if where is None:
+    path = _path(model, inputs, call, permute_output, folder)
+    if path is None:
         return derive_spec(model, inputs, call=call, permute_output=permute_output)
-    path = where / f"{spec_key(model, inputs, call, permute_output)}.json"
     spec = read_cached(path, model)
     if spec is None:
         spec = derive_spec(model, inputs, call=call, permute_output=permute_output)
         write_cached(path, spec)
     return spec
+
+
+def forget_cached(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    call: ModelCall | None = None,
+    permute_output: bool = False,
+    folder: str | Path | None = None,
+) -> bool:
+    """Remove the file :func:`cached_spec` reads for these arguments, so that the next call
+    derives the spec; ``False`` when there is none (or the cache is off)."""
+    path = _path(model, inputs, call, permute_output, folder)
+    if path is None:
+        return False
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def with_untrusted_spec(
+    work: Callable[[PermutationSpec], R],
+    obtain: Callable[[], PermutationSpec],
+    forget: Callable[[], bool],
+    timings: Timings | None = None,
+) -> R:
+    """``work(obtain())``, the spec treated as untrusted input (module docstring).
+
+    If ``work`` fails (a guard failure other than *cannot verify*, or any other error)
+    and ``forget()`` removes a cached spec, ``obtain()`` gives the spec again, derived,
+    and ``work`` runs once more with it, unless it is the same spec (then the first
+    error stands). ``timings`` counts ``obtain`` under ``"spec"``.
+    """
+    with _phase(timings):
+        spec = obtain()
+    try:
+        return work(spec)
+    except EquivalenceError as exc:
+        if exc.equivalence.failed == "cannot verify" or not forget():
+            raise
+        error: Exception = exc
+    except Exception as exc:  # a planted spec may break matching in any way
+        if not forget():
+            raise
+        error = exc
+    with _phase(timings):
+        derived = obtain()
+    if derived == spec:
+        raise error
+    return work(derived)
+
+
+def _phase(timings: Timings | None) -> contextlib.AbstractContextManager[None]:
+    return timings.phase("spec") if timings is not None else contextlib.nullcontext()
+
+
+def _path(
+    model: nn.Module,
+    inputs: Inputs,
+    call: ModelCall | None,
+    permute_output: bool,
+    folder: str | Path | None,
+) -> Path | None:
+    where = Path(folder) if folder is not None else cache_folder()
+    if where is None:
+        return None
+    return where / f"{spec_key(model, inputs, call, permute_output)}.json"
 
 
 def read_cached(path: Path, model: nn.Module) -> PermutationSpec | None:
