@@ -136,8 +136,8 @@ MODEL = group(
                  help="Run the model reference a checkpoint names even if it is not a known "
                       "architecture constructor (it runs that file's code; see SECURITY.md)."),
     click.option("--trust-module", multiple=True, metavar="MODULE",
-                 help="Let checkpoints name constructors from this module (e.g. timm); "
-                      "repeatable."),
+                 help="Let checkpoints name model classes (nn.Module subclasses, never "
+                      "functions or loaders) of this module (e.g. timm); repeatable."),
     click.option("--input-shape", callback=_shape, metavar="N,C,H,W",
                  help="Shape of the probe input, when there is no --data and the model's "
                       "input cannot be inferred."),

@@ -112,3 +112,14 @@ def test_a_planted_spec_is_replaced_and_aligned_b_is_b(bench: Bench, planted, ho
     probe = (x[:2],)
     assert spec_cache.read_cached(path, model) == derive_spec(model, probe)  # replaced
     assert bench.hub.requests == [] and bench.sockets.attempts == []
+
+
+def test_the_spec_command_never_shows_a_planted_spec(bench: Bench, planted) -> None:
+    """``spec`` runs no model, so nothing could check a cached spec: it derives afresh."""
+    plant, read, model = planted
+    path = plant("next layer left")
+    code, stderr = bench.cli("spec", bench.b, "--input-shape", "2,64")()
+    assert code == 0, stderr
+    assert read == []  # the cache was not read
+    probe = (torch.load(bench.data, weights_only=True)["x"][:2],)
+    assert spec_cache.read_cached(path, model) == derive_spec(model, probe)  # and refreshed

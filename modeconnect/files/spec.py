@@ -39,7 +39,7 @@ def spec_files(
         outputs=[("--json", json_path, "json")],
     )  # fmt: skip
     probe = tuple(x[:2] for x in session.probe)
-    spec = cached_spec(session.model, probe, permute_output=permute_output)
+    spec = cached_spec(session.model, probe, permute_output=permute_output, refresh=True)
     if "--json" in session.outputs:
         with session.outputs.writing() as staging:
             staging.write(session.outputs.path("--json"), json_writer(spec.summary()))

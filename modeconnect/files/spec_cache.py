@@ -93,18 +93,21 @@ def cached_spec(
     call: ModelCall | None = None,
     permute_output: bool = False,
     folder: str | Path | None = None,
+    refresh: bool = False,
 ) -> PermutationSpec:
     """:func:`~modeconnect.spec.derive_spec`, read from the cache when this architecture,
     these input shapes and this call were analysed before, and stored otherwise.
 
     ``folder`` overrides :func:`cache_folder` (the cache is off when both are ``None``).
     A spec read from the cache is unverified: work that the guard checks goes through
-    :func:`with_untrusted_spec`.
+    :func:`with_untrusted_spec`. ``refresh`` derives the spec whatever the cache holds and
+    stores it (what ``modeconnect spec`` does: it runs no model, so nothing would check a
+    cached spec before it is shown).
     """
     path = _path(model, inputs, call, permute_output, folder)
     if path is None:
         return derive_spec(model, inputs, call=call, permute_output=permute_output)
-    spec = read_cached(path, model)
+    spec = None if refresh else read_cached(path, model)
     if spec is None:
         spec = derive_spec(model, inputs, call=call, permute_output=permute_output)
         write_cached(path, spec)
