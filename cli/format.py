@@ -29,8 +29,7 @@ def format_align(report: Any) -> str:
         f"{len(res.spec.fixed)} fixed axes",
         f"alignment  {al.method}: objective {al.objective:.6g}, {al.iterations} sweeps, "
         f"{al.seconds:.2f} s",
-        f"guard      aligned B == B (max abs diff {eq.max_abs_diff:.2e}, "
-        f"rel {eq.max_rel_diff:.2e})",
+        f"guard      {guard_summary(eq)}",
     ]
     if report.curves is not None:
         lines += ["", *barrier_table(report.curves)]
@@ -350,3 +349,13 @@ def format_sharpness(report: Any) -> str:
             f"{s.adaptive.sharpness:15.4g}"
         )
     return "\n".join(lines + _written(report))
+
+
+def guard_summary(eq: Any) -> str:
+    """What the guard checked, in one line: the values against the tolerance of the
+    precision it ran in, and the predictions."""
+    same = round(eq.agreement * eq.rows)
+    return (
+        f"aligned B == B (max abs diff {eq.max_abs_diff:.2e}, rel {eq.max_rel_diff:.2e} <= "
+        f"{eq.tolerance:.2e} in {eq.precision}; same prediction on {same} of {eq.rows})"
+    )

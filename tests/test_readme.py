@@ -57,7 +57,7 @@ def test_quick_start_command_runs_and_shows_the_barrier_drop():
     assert float(naive.group(1)) > 1.0 and float(aligned.group(1)) < 0.05
     # the output shown in the README is what the command prints (timings aside)
     shown = next(b for b in _blocks("") if "loss barrier" in b)
-    for row in ("naive ", "aligned ", "endpoints "):
+    for row in ("guard ", "naive ", "aligned ", "endpoints "):
         want = next(ln for ln in shown.splitlines() if ln.startswith(row))
         got = next(ln for ln in proc.stdout.splitlines() if ln.startswith(row))
         assert want.split() == got.split()
