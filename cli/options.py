@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
+from modeconnect.choices import DEVICES, EVAL_DTYPES, INPUT_DTYPES
 from modeconnect.errors import MAX_MESSAGE, ModeconnectError, printable
 from modeconnect.matching import METHOD_NAMES, METHODS, MethodInfo, Param
 
@@ -25,7 +26,6 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 SEED = click.IntRange(0, 2**63 - 1)
 """Seeds fit torch.Generator.manual_seed and NumPy."""
-INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int")
 NO_ALIGNMENT = "none"
 
 
@@ -414,8 +414,6 @@ def names_option(name: str, example: str, help: str) -> Decorator:
 
 # --------------------------------------------------------------------------- large models
 
-DEVICES = ("cpu", "cuda", "auto")
-EVAL_DTYPES = ("float32", "bfloat16", "float16", "float64")
 DEVICE = click.option(
     "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
     help="Where similarity products and evaluation run (auto: CUDA when available).",

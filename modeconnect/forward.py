@@ -39,6 +39,7 @@ __all__ = [
     "ModelCall",
     "PLAIN",
     "batch_inputs",
+    "computed_buffers",
     "eval_mode",
     "is_hugging_face",
     "model_call",
@@ -310,3 +311,9 @@ class _Loop(nn.Module):
             return self.call(self.model, batch_inputs(batch))
         except self.cut:
             return None
+
+
+def computed_buffers(model: nn.Module) -> dict[str, Tensor]:
+    """Buffers the model computes itself and never saves (rotary frequencies, position ids)."""
+    saved = set(model.state_dict(keep_vars=True))
+    return {n: b for n, b in model.named_buffers(remove_duplicate=False) if n not in saved}

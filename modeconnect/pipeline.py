@@ -8,23 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .evaluation import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .guard import Equivalence, check_equivalence, require_equivalence
-from .matching import Alignment, get_method
+from .matching import Alignment, get_method, takes
 from .probe import Batch, probe_inputs
+from .progress import ProgressFn
 from .spec import PermutationSpec, apply_permutation, derive_spec
+from .views import Permuted
 
 StateDict = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class AlignResult:
-    """B carried into A's basis: the spec, the permutations, the permuted weights, the guard."""
+    """B carried into A's basis: the spec, the permutations, the permuted weights, the guard.
+
+    ``aligned`` is a dict when B was one; for a lazy B (a Hugging Face directory read from
+    disk) it is a read-only :class:`~modeconnect.views.Permuted` view that permutes each
+    tensor when it is read, so aligned B costs no memory until it is used.
+    """
 
     spec: PermutationSpec
     alignment: Alignment
@@ -43,26 +50,51 @@ def align(
     spec: PermutationSpec | None = None,
     permute_output: bool = False,
     tolerance: float | None = None,
+    progress: ProgressFn | None = None,
+    max_bytes: int | None = None,
+    device: torch.device | None = None,
     **options: Any,
 ) -> AlignResult:
     """Permute B's units into A's basis and verify that B's function is unchanged.
 
-    ``inputs`` is a probe batch (positional model inputs) used to trace the
-    model and to check equivalence; by default the first batch of ``data``, or
-    a random batch shaped after the model's first layer. ``options`` go to the
-    alignment method (``seed``, ``restarts``, ...). Raises
-    :class:`~modeconnect.ModeconnectError` if aligned B differs from B.
+    The one alignment pipeline: spec, match, guard. ``a`` and ``b`` are any mappings of
+    tensors: state dicts in memory, or lazy checkpoints that read each tensor from disk
+    when it is needed (then aligned B is a view, see :class:`AlignResult`). ``inputs``
+    is a probe batch (positional model inputs) used to trace the model and to check
+    equivalence; by default the first examples of ``data``, or inputs inferred from the
+    model (:func:`modeconnect.probe.probe_inputs`). ``options`` go to the alignment
+    method (``seed``, ``restarts``, ...; see :func:`modeconnect.matching.describe_method`);
+    ``progress``, ``max_bytes`` (the memory its similarity may keep) and ``device`` (where
+    its products run) go to the methods that declare them. A method that bounds its
+    memory reads lazy checkpoints in their stored dtype (bfloat16: half the bytes).
+    Raises :class:`~modeconnect.errors.NotEquivalent` if aligned B differs from B.
     """
     probe = probe_inputs(model, inputs, data)
     if spec is None:
         spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     match = get_method(method)
-    alignment = match(spec, a, b, model=model, data=data, **options)
-    aligned = apply_permutation(b, spec, alignment.perm)
+    context = {"progress": progress, "max_bytes": max_bytes, "device": device}
+    options.update({k: v for k, v in context.items() if v is not None and takes(method, k)})
+    pair = (a, b)
+    if "max_bytes" in options:  # it converts each tensor itself: read them as stored
+        pair = (_as_stored(a), _as_stored(b))
+    alignment = match(spec, *pair, model=model, data=data, **options)
+    aligned: Mapping[str, torch.Tensor]
+    if isinstance(b, dict):
+        aligned = apply_permutation(b, spec, alignment.perm)
+    else:
+        aligned = Permuted(b, spec, alignment.perm)
     kw = {} if tolerance is None else {"tolerance": tolerance}
     eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
-    return AlignResult(spec, alignment, aligned, eq)
+    # A read-only view stands in for the dict: every reader only indexes it.
+    return AlignResult(spec, alignment, cast(dict[str, torch.Tensor], aligned), eq)
+
+
+def _as_stored(state_dict: StateDict) -> StateDict:
+    """A lazy checkpoint read in the dtypes it stores (a mapping without that, as it is)."""
+    in_dtype = getattr(state_dict, "in_dtype", None)
+    return cast(StateDict, in_dtype(None)) if callable(in_dtype) else state_dict
 
 
 @dataclass(frozen=True)
@@ -85,14 +117,25 @@ def compare_interpolations(
     steps: int = 25,
     definition: str = "lerp",
     loss: Any = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: ProgressFn | None = None,
 ) -> CurvePair:
     """Curves from A to naive B and from A to aligned B, with their barriers.
 
     ``loss`` is :func:`~modeconnect.evaluation.interpolation_curve`'s (default: the
-    classifier cross-entropy; a language model's scoring for a language model).
+    classifier cross-entropy; a language model's scoring for a language model). Lazy
+    checkpoints, ``device`` and ``dtype`` are evaluated one point at a time, as
+    :func:`~modeconnect.evaluation.interpolation_curve` says.
     """
-    naive = interpolation_curve(model, a, b, data, steps=steps, loss=loss)
-    after = interpolation_curve(model, a, aligned, data, steps=steps, loss=loss)
+
+    def curve(other: StateDict, task: str) -> Curve:
+        return interpolation_curve(
+            model, a, other, data, steps=steps, loss=loss, device=device, dtype=dtype,
+            progress=progress, task=task,
+        )  # fmt: skip
+
+    naive, after = curve(b, "naive curve"), curve(aligned, "aligned curve")
     return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))
 
 

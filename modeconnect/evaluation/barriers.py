@@ -113,6 +113,31 @@ def barrier(
     the metrics of two other models: layer-wise barriers (Adilova et al. 2024)
     measure a partial interpolation against the full models A and B (and can
     then be negative).
+
+    Examples
+    --------
+    On a hand-made curve, ``"lerp"`` measures from the line between the endpoints
+    (``2.5 − 1.25`` at ``α = 0.25``), ``"mean"`` from their mean (``2.5 − 1.5``):
+
+    >>> import modeconnect as mc
+    >>> from modeconnect.evaluation import Curve, CurvePoint
+    >>> losses = [1.0, 2.5, 2.0, 2.2, 2.0]
+    >>> curve = Curve(tuple(CurvePoint(i / 4, v, 0.5) for i, v in enumerate(losses)))
+    >>> mc.barrier(curve)
+    Barrier(loss=1.25, error=0.0, definition='lerp')
+    >>> mc.barrier(curve, "mean").loss
+    1.0
+
+    The path from a model to itself is flat, and its barrier is exactly zero:
+
+    >>> import torch
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8], out_features=3)
+    >>> data = [(torch.randn(32, 4), torch.randint(0, 3, (32,)))]
+    >>> a = model.state_dict()
+    >>> mc.barrier(mc.interpolation_curve(model, a, a, data, steps=5))
+    Barrier(loss=0.0, error=0.0, definition='lerp')
     """
     height = barrier_definition(definition)
     alphas = curve.alphas

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modeconnect.devices import moved_batches
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.engine import Pass, evaluate_path, metrics
-from modeconnect.evaluation.interpolation import PathFn, linear_path
+from modeconnect.evaluation.interpolation import PathFn, linear_path, placed_path
 from modeconnect.evaluation.losses import Batch, LossChoice, LossFn, Scoring, get_scoring
 from modeconnect.evaluation.results import Curve, CurvePoint, ExampleCurve, ExampleResults, Metrics
 from modeconnect.forward import Binding, eval_mode
@@ -72,6 +73,27 @@ def evaluate(
     (``"ce"`` by default; ``"causal_lm"`` and ``"masked_lm"`` for language models,
     which also report the perplexity); or ``loss_fn(logits, y)`` returns a
     classifier's loss *summed* over the batch. Sums accumulate in float64.
+
+    Examples
+    --------
+    The metrics are those of the model run by hand, over all batches:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8], out_features=3)
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> metrics = mc.evaluate(model, model.state_dict(), [(x[:40], y[:40]), (x[40:], y[40:])])
+    >>> with torch.no_grad():
+    ...     logits = model(x)
+    >>> abs(metrics.loss - F.cross_entropy(logits, y).item()) < 1e-6
+    True
+    >>> metrics.accuracy == (logits.argmax(dim=1) == y).float().mean().item()
+    True
+    >>> metrics.error == 1 - metrics.accuracy, metrics.perplexity is None
+    (True, True)
     """
     scoring = _scoring(model, loss, loss_fn, "evaluate")
     params = Binding.of(model).checked(state_dict)
@@ -112,6 +134,10 @@ def interpolation_curve(
     loss_fn: LossFn | None = None,
     loss: LossChoice = None,
     alpha_batch: int | None = 1,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+    task: str = "curve",
 ) -> Curve:
     """Evaluate ``θ(α) = (1-α)·θ_A + α·θ_B`` at each ``α`` (Frankle et al. 2020).
 
@@ -122,14 +148,45 @@ def interpolation_curve(
     a ``DataLoader``), not a generator. See :func:`evaluate` for ``loss`` and
     ``loss_fn`` and :func:`example_curves` for ``alpha_batch`` (several ``α`` per
     vectorised pass).
+
+    ``a`` and ``b`` may be lazy mappings (checkpoints on disk), and ``device``/``dtype``
+    move the evaluation: then each point is built tensor by tensor in that dtype on that
+    device (:func:`~modeconnect.evaluation.placed_path`), the batches are moved there
+    once, and points are evaluated one at a time, so one model is alive at a time.
+    ``progress(task, done, len(alphas))`` is called as points complete.
+
+    Examples
+    --------
+    Between two independently initialised networks; the endpoints are the
+    networks' own metrics:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8], out_features=3)
+    >>> a, b = model.state_dict(), mlp(4, [8], 3).state_dict()
+    >>> data = [(torch.randn(64, 4), torch.randint(0, 3, (64,)))]
+    >>> curve = mc.interpolation_curve(model, a, b, data, steps=5)
+    >>> curve.alphas
+    (0.0, 0.25, 0.5, 0.75, 1.0)
+    >>> curve.points[0].loss == mc.evaluate(model, a, data).loss
+    True
+    >>> curve.points[-1].accuracy == mc.evaluate(model, b, data).accuracy
+    True
     """
     grid = alpha_grid(steps, alphas)
     scoring = _scoring(model, loss, loss_fn, "interpolation_curve")
-    path = linear_path(a, b)
     Binding.of(model).check(a)
+    if device is None and dtype is None and isinstance(a, dict) and isinstance(b, dict):
+        path = linear_path(a, b)
+    else:
+        path = placed_path(model, a, b, device=device, dtype=dtype)
+        batches = moved_batches(batches, device or torch.device("cpu"), dtype)
+        alpha_batch = 1
     runner = Pass.of(model, scoring, per_example=False, sum_loss=loss_fn)
     with eval_mode(model), torch.no_grad():
-        raw = evaluate_path(runner, path, grid, {"data": batches}, alpha_batch, None, "")
+        raw = evaluate_path(runner, path, grid, {"data": batches}, alpha_batch, progress, task)
     points = [metrics(row, scoring.per_token) for row in raw["data"]]
     return Curve(
         tuple(CurvePoint(t, m.loss, m.accuracy, m.perplexity) for t, m in zip(grid, points))

@@ -277,6 +277,7 @@ def evaluate_path(
                 rows, worked = _evaluate_chunk(runner, states, batches, k > 1)
                 k = k if worked else 1
             out[name].update(zip(idx, rows, strict=True))
+        del states  # before the next chunk is built: one chunk of models alive at a time
         done += len(idx)
         if progress is not None:
             progress(task, done, len(alphas))

@@ -9,11 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.forward import computed_buffers
+from modeconnect.views import Converted, Extended, Lerped
 
-__all__ = ["PathFn", "check_pair", "interpolate", "is_interpolable", "linear_path"]
+__all__ = [
+    "PathFn",
+    "check_pair",
+    "interpolate",
+    "is_interpolable",
+    "linear_path",
+    "placed_path",
+]
 
 PathFn = Callable[[float], Mapping[str, Tensor]]
 """``path(α) -> θ(α)``: the state dict at one point of a path between two models."""
@@ -30,6 +39,20 @@ def interpolate(
     ``num_batches_tracked``) are taken from ``a``. Keys, shapes and dtypes must match.
     Tensors that need no arithmetic (endpoints, integers) are ``a``'s or ``b``'s own
     objects, not copies: clone before writing into them in place.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> a = {"w": torch.tensor([0.0, 2.0]), "steps": torch.tensor(3)}
+    >>> b = {"w": torch.tensor([4.0, 6.0]), "steps": torch.tensor(5)}
+    >>> mc.interpolate(a, b, 0.25)
+    {'w': tensor([1., 3.]), 'steps': tensor(3)}
+
+    The endpoints are the models themselves:
+
+    >>> mc.interpolate(a, b, 0.0)["w"] is a["w"], mc.interpolate(a, b, 1.0)["w"] is b["w"]
+    (True, True)
     """
     check_pair(a, b)
     alpha = float(alpha)
@@ -58,6 +81,30 @@ def linear_path(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> PathFn:
         if alpha == 1.0:
             return {**a, **moving}
         return {**a, **{k: torch.lerp(a[k], v, alpha) for k, v in moving.items()}}
+
+    return at
+
+
+def placed_path(
+    model: nn.Module,
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> PathFn:
+    """``α -> θ(α)`` as :func:`linear_path`, built tensor by tensor in ``dtype`` on ``device``.
+
+    For checkpoints that stay on disk (lazy mappings) or an evaluation on another
+    device or dtype: each tensor of a point is read, interpolated in the stored dtype,
+    converted and moved before the next is read, so building a point never holds more
+    than that point (and the model's computed buffers, moved once).
+    """
+    check_pair(a, b)
+    buffers = {k: v if device is None else v.to(device) for k, v in computed_buffers(model).items()}
+
+    def at(alpha: float) -> dict[str, Tensor]:
+        return dict(Extended(Converted(Lerped(a, b, float(alpha)), dtype, device), buffers))
 
     return at
 

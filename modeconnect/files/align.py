@@ -1,10 +1,11 @@
 """``align`` on files: two checkpoints in, aligned B, the merge and a JSON report out.
 
-Checkpoints read from Hugging Face directories stay on disk: alignment, guard,
-curves and outputs go through :mod:`modeconnect.files.streamed`, which keeps at
-most one float32 model in memory besides the matching's working memory, and the
-outputs (``--out DIR``, ``--merged DIR``) are ``save_pretrained`` directories
-written one shard at a time.
+Checkpoints read from Hugging Face directories stay on disk and go through the same
+pipeline as checkpoints in memory (:func:`modeconnect.pipeline.align`,
+:func:`~modeconnect.pipeline.compare_interpolations`): aligned B is a view of B, curve
+points are built one at a time, so at most one float32 model is in memory besides the
+matching's working memory; the outputs (``--out DIR``, ``--merged DIR``) are
+``save_pretrained`` directories written one shard at a time.
 """
 
 from __future__ import annotations
@@ -17,19 +18,15 @@ from typing import Any
 import torch
 
 from modeconnect.bn import check_mode, renormalize
+from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Barrier, Curve, barrier_values
 from modeconnect.files.checkpoints import json_writer
+from modeconnect.files.hf import model_bytes
 from modeconnect.files.lazy import Lerped
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
 from modeconnect.files.spec_cache import cached_spec, forget_cached, with_untrusted_spec
-from modeconnect.files.streamed import (
-    align_streamed,
-    curves_streamed,
-    model_bytes,
-    resolve_device,
-)
 from modeconnect.files.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
@@ -143,20 +140,14 @@ def align_files(
     check_mode(net, bn, session.train)
     opts = method_options(method, options)
     probe = tuple(x[:2] for x in session.probe)
-    if not session.lazy and where.type != "cpu" and method == "weight":
-        opts = {**opts, "device": where}  # the similarity products there
+    products = where if session.lazy or where.type != "cpu" else None  # the similarity's
 
     def matched(spec: PermutationSpec) -> AlignResult:
         with clock.phase("matching + guard"):
-            if session.lazy:
-                return align_streamed(
-                    net, ca.state_dict, cb.state_dict, spec=spec, probe=session.probe,
-                    method=method, data=stats, progress=progress, device=where,
-                    max_bytes=model_bytes(cb.state_dict), **opts,
-                )  # fmt: skip
             return align(
                 net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe,
-                data=stats, spec=spec, **opts,
+                data=stats, spec=spec, progress=progress, max_bytes=model_bytes(cb.state_dict),
+                device=products, **opts,
             )  # fmt: skip
 
     # A cached spec is untrusted input: if the guard refuses it, it is derived again, once.
@@ -225,14 +216,12 @@ def _curves(
     dtype: torch.dtype | None,
     progress: ProgressFn | None,
 ) -> CurvePair:
-    """Naive and aligned curves: streamed for checkpoints on disk, language models and
-    another device or dtype; in memory otherwise (the numbers the tests pin)."""
+    """Naive and aligned curves, evaluated where and in what dtype the user chose (one
+    point at a time for checkpoints on disk or another device or dtype)."""
     (ca, cb), data = session.checkpoints, session.data or []
-    if session.lazy or session.scoring is not None or device.type != "cpu" or dtype is not None:
-        return curves_streamed(
-            session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps,
-            loss=session.scoring, device=device, dtype=dtype, progress=progress,
-        )  # fmt: skip
+    elsewhere = device.type != "cpu" or dtype is not None
     return compare_interpolations(
-        session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps
-    )
+        session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps,
+        loss=session.scoring, progress=progress, dtype=dtype,
+        device=device if elsewhere else None,
+    )  # fmt: skip

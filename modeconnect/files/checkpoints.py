@@ -43,7 +43,6 @@ from modeconnect.files.hf import (
     HFDirectory,
     LazyWeights,
     build_empty,
-    computed_buffers,
     model_names,
     open_directory,
 )
@@ -59,6 +58,7 @@ from modeconnect.files.references import (
 )
 from modeconnect.files.safetensors_header import sort_safetensors_metadata
 from modeconnect.files.targets import Fill, Outputs, staged_write
+from modeconnect.forward import computed_buffers
 from modeconnect.progress import ProgressFn
 
 __all__ = [

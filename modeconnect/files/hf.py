@@ -69,6 +69,7 @@ __all__ = [
     "directory_writer",
     "is_hf_directory",
     "lm_kind",
+    "model_bytes",
     "load_tokenizer",
     "open_directory",
     "quiet_transformers",
@@ -577,10 +578,11 @@ def model_names(model: nn.Module, directory: HFDirectory) -> dict[str, str]:
     return names
 
 
-def computed_buffers(model: nn.Module) -> dict[str, Tensor]:
-    """Buffers the model computes itself and never saves (rotary frequencies, position ids)."""
-    saved = set(model.state_dict(keep_vars=True))
-    return {n: b for n, b in model.named_buffers(remove_duplicate=False) if n not in saved}
+def model_bytes(state_dict: Mapping[str, Tensor]) -> int | None:
+    """The bytes a lazy checkpoint stores (``S``), from its headers; ``None`` for a dict."""
+    if not isinstance(state_dict, LazyWeights):
+        return None
+    return sum(info.nbytes for info in state_dict.directory.tensors.values())
 
 
 def lm_kind(architecture: str) -> str | None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
+from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Metrics, evaluate
 from modeconnect.files.checkpoints import (
@@ -29,11 +30,10 @@ from modeconnect.files.checkpoints import (
     load_checkpoint,
 )
 from modeconnect.files.data import Batch
-from modeconnect.files.hf import computed_buffers
-from modeconnect.files.lazy import Converted, Extended
+from modeconnect.files.hf import model_bytes
 from modeconnect.files.references import NO_TRUST, Trust
 from modeconnect.files.session import Session, open_session, parse_dtype
-from modeconnect.files.streamed import model_bytes, moved_batches, resolve_device
+from modeconnect.forward import computed_buffers
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
@@ -47,6 +47,7 @@ from modeconnect.merging import (
 )
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
+from modeconnect.views import Converted, Extended
 
 __all__ = ["MergeReport", "merge_files"]
 

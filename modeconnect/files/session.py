@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modeconnect.choices import INPUT_DTYPES
 from modeconnect.errors import ModeconnectError
 from modeconnect.files.checkpoints import (
     Checkpoint,
@@ -65,8 +66,9 @@ BLOCK_SIZE = 512
 """Tokens per example cut from text, unless the model has fewer positions."""
 _POSITIONS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-          "bfloat16": torch.bfloat16, "long": torch.long, "int": torch.long}  # fmt: skip
+DTYPES = {**{name: getattr(torch, name) for name in INPUT_DTYPES}, "int": torch.long}
+"""Every dtype name the command line takes (:data:`modeconnect.choices.INPUT_DTYPES`);
+``int`` means token ids, as ``long`` does."""
 
 
 def input_files(

@@ -184,6 +184,16 @@ def solve_assignment(
 
     ``similarity`` is ``(n, n)``; the result is a ``LongTensor`` of length ``n``.
     Solved in float64 so that ties and tiny gains are not lost to rounding.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from modeconnect.matching import solve_assignment
+    >>> similarity = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.1], [0.0, 0.3, 0.7]])
+    >>> solve_assignment(similarity).tolist()
+    [1, 0, 2]
+    >>> solve_assignment(similarity, solver="scipy").tolist()
+    [1, 0, 2]
     """
     check_solver(solver)
     return torch.from_numpy(SOLVERS[solver](reduced_costs(_square(similarity))))

@@ -46,6 +46,24 @@ def derive_spec(
     ``permute_output=True`` says the model's outputs (hidden states of a feature
     extractor) may come back permuted; by default they stay fixed. The model's
     weights may be on the ``meta`` device: only shapes are read.
+
+    Examples
+    --------
+    Each hidden layer of an MLP is one group: its units are the rows of one
+    weight and bias and the columns of the next weight. The input features and
+    the logits stay fixed.
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> spec = mc.derive_spec(model, (torch.randn(2, 4),))
+    >>> spec.group_sizes()
+    {'P0': 8, 'P1': 8}
+    >>> [(m.key, m.axis) for m in spec.groups["P0"].members]
+    [('1.weight', 0), ('1.bias', 0), ('3.weight', 1)]
+    >>> [(f.key, f.axis, f.reason) for f in spec.fixed]
+    [('1.weight', 1, 'model input'), ('5.weight', 0, 'model output'), ('5.bias', 0, 'model output')]
     """
     return analyse(trace(model, inputs, call), model, permute_output=permute_output)
 

@@ -1,0 +1,19 @@
+"""Names the command line offers as choices, known without importing torch.
+
+The library maps each name to its object where it is used (:func:`modeconnect.devices.
+resolve_device`, :func:`modeconnect.files.session.parse_dtype`); the CLI lists the same
+names, so ``--help`` answers at once and the two can never disagree.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEVICES", "EVAL_DTYPES", "INPUT_DTYPES"]
+
+DEVICES = ("cpu", "cuda", "auto")
+"""Where products and evaluation run; ``auto``: CUDA when there is one."""
+
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int")
+"""Dtypes of probe inputs (``long``/``int``: token ids)."""
+
+EVAL_DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""Dtypes evaluation may run in."""
