@@ -74,7 +74,7 @@ def _config(shape: str, layers: int) -> tuple[type, Any]:
 
 
 def _meta_model(cls: type, config: Any) -> torch.nn.Module:
-    from modeconnect.files.hf import _parameters_on_meta
+    from modeconnect.io.hf import _parameters_on_meta
 
     with _parameters_on_meta():
         return cls(config).eval()
@@ -168,7 +168,7 @@ def worker(argv: list[str]) -> None:
     """One measured command in this process; prints a JSON line with times and peak RSS."""
     from probes import probes  # this script's folder is on sys.path
 
-    from modeconnect.files import hf
+    from modeconnect.io import hf
     from modeconnect.matching import weight
 
     command, rest = argv[0], argv[1:]
@@ -183,11 +183,11 @@ def worker(argv: list[str]) -> None:
     if command == "baseline":
         import transformers  # noqa: F401
 
-        import modeconnect.files.align  # noqa: F401
+        import modeconnect.commands.align  # noqa: F401
 
         result: dict[str, Any] = {}
     elif command == "align":
-        from modeconnect.files.align import align_files
+        from modeconnect.commands.align import align_files
 
         a, b, data = rest[0], rest[1], rest[2]
         with probes(buckets, targets, clock=time.perf_counter):
@@ -198,7 +198,7 @@ def worker(argv: list[str]) -> None:
             result["barrier"] = {"naive": report.curves.naive_barrier.loss,
                                  "aligned": report.curves.aligned_barrier.loss}  # fmt: skip
     else:
-        from modeconnect.files.merge import merge_files
+        from modeconnect.commands.merge import merge_files
 
         with probes(buckets, targets, clock=time.perf_counter):
             merged = merge_files(rest[:-1], out=out / "merge_out", max_rounds=2)

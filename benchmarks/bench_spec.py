@@ -2,7 +2,7 @@
 
 For each model: ``export`` is ``torch.export`` alone, ``analysis`` the rules and
 resolution over the exported graph, ``cold`` the whole :func:`derive_spec`, and
-``cached`` :func:`~modeconnect.files.spec_cache.cached_spec` when its file exists (key,
+``cached`` :func:`~modeconnect.io.spec_cache.cached_spec` when its file exists (key,
 read, check). Times are medians of ``--repeat`` runs after one warm-up export.
 
 ``--inplace`` also measures the other way to read in-place ops that was considered:
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from modeconnect.files.spec_cache import cached_spec  # noqa: E402
+from modeconnect.io.spec_cache import cached_spec  # noqa: E402
 from modeconnect.spec import Coverage, derive_spec  # noqa: E402
 from modeconnect.spec.context import op_name  # noqa: E402
 from modeconnect.spec.derive import analyse  # noqa: E402

@@ -48,7 +48,7 @@ def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     from modeconnect.timing import Timings
 
     timings = Timings()
-    align_files, seconds = library("modeconnect.files.align", "align_files")
+    align_files, seconds = library("modeconnect.commands.align", "align_files")
     timings.add("imports", seconds)
     from modeconnect.progress import ProgressBar
 

@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from modeconnect.errors import printable
-from modeconnect.files.offline import offline
+from modeconnect.io.offline import offline
 from modeconnect_cli.format import command_line, format_timings
 from modeconnect_cli.options import fail
 

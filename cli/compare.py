@@ -29,7 +29,7 @@ from modeconnect_cli.format import format_comparison
 def compare(a: str, b: str, verbose: bool, methods: list[str] | None, **opts: Any) -> None:
     """Align B to A with every method and print time, objective and barriers."""
     o.check_method_flags(methods, opts)
-    compare_files, _ = library("modeconnect.files.compare", "compare_files")
+    compare_files, _ = library("modeconnect.commands.compare", "compare_files")
     report = compare_files(a, b, methods=methods, trust=o.trust(opts), **opts)
     lines = [f"model      {report.model_ref}", format_comparison(report.comparison)]
     lines += [f"wrote      {what}: {path}" for what, path in report.written.items()]

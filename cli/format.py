@@ -257,7 +257,7 @@ def format_curve(report: Any) -> str:
         f"{'path':10} {'split':6} {'loss barrier':>13} {'error barrier':>14} {'max loss':>9} "
         f"{'max error':>10} {'acc@0.5':>8}",
     ]
-    from modeconnect.files.report import worst  # NaN shows, unlike with max()
+    from modeconnect.io.report import worst  # NaN shows, unlike with max()
 
     for name, results in (("line", study.line), (fit.curve.name, study.curve)):
         for split, res in results.items():
@@ -272,7 +272,7 @@ def format_curve(report: Any) -> str:
 
 def _ranges(values: dict[str, Any], where: list[Any], place: str) -> list[str]:
     """``loss  min ... at ..., max ... at ...`` for each metric's flat values."""
-    from modeconnect.files.report import extremes
+    from modeconnect.io.report import extremes
 
     formats = {"loss": "{:.4f}", "error": "{:.2%}"}
     lines = []

@@ -42,7 +42,7 @@ def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any)
     Checkpoints are files or Hugging Face directories (save_pretrained).
     """
     o.check_method_flags([opts["method"]], opts)
-    merge_files, _ = library("modeconnect.files.merge", "merge_files")
+    merge_files, _ = library("modeconnect.commands.merge", "merge_files")
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:

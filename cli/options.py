@@ -47,7 +47,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
     """A JSON object, read within the bounds of JSON from files (depth, digits, size)."""
     if value is None:
         return None
-    from modeconnect.files.jsonfile import parse_json
+    from modeconnect.io.jsonfile import parse_json
 
     example = "pass a JSON object like '{\"hidden\": [64]}'"
     try:
@@ -154,7 +154,7 @@ ARCHITECTURE = group(
 
 def trust(opts: dict[str, Any]) -> Any:
     """Pop ``--trust-model-ref`` and ``--trust-module`` into a ``Trust``."""
-    from modeconnect.files.references import Trust
+    from modeconnect.io.references import Trust
 
     return Trust(tuple(opts.pop("trust_module", ())), bool(opts.pop("trust_model_ref", False)))
 
@@ -442,7 +442,7 @@ def command(group_: click.Group, **settings: Any) -> Decorator:
     input nobody foresaw) as :func:`unexpected` says. Click's own exceptions (usage
     errors, ``ctx.exit``), ``SystemExit`` and ``KeyboardInterrupt`` pass through:
     outputs staged when they arrive are removed as they unwind
-    (:class:`~modeconnect.files.targets.Staging`), before anything is printed.
+    (:class:`~modeconnect.io.targets.Staging`), before anything is printed.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,6 +19,6 @@ from modeconnect_cli.format import format_spec
 @o.VERBOSE
 def spec(checkpoint: str | None, verbose: bool, **opts: Any) -> None:
     """Print the permutation groups derived from the model's graph, and what stays fixed."""
-    spec_files, _ = library("modeconnect.files.spec", "spec_files")
+    spec_files, _ = library("modeconnect.commands.spec", "spec_files")
     result = spec_files(checkpoint, trust=o.trust(opts), **opts)
     finish(format_spec(result), None, verbose)

@@ -31,8 +31,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from modeconnect.files.checkpoints import save_checkpoint  # noqa: E402
-from modeconnect.files.data import load_data  # noqa: E402
+from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
+from modeconnect.io.data import load_data  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
 from modeconnect.study import Study, barrier_study  # noqa: E402
 

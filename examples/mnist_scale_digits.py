@@ -49,8 +49,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from modeconnect.files.align import AlignReport, align_files  # noqa: E402
-from modeconnect.files.checkpoints import save_checkpoint  # noqa: E402
+from modeconnect.commands.align import AlignReport, align_files  # noqa: E402
+from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"

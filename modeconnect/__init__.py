@@ -28,25 +28,25 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the pipeline
     "align": ("modeconnect.pipeline", "align"),
     "AlignResult": ("modeconnect.pipeline", "AlignResult"),
-    "align_files": ("modeconnect.files.align", "align_files"),
-    "AlignReport": ("modeconnect.files.align", "AlignReport"),
-    "barrier_files": ("modeconnect.files.barrier", "barrier_files"),
-    "compare_files": ("modeconnect.files.compare", "compare_files"),
-    "merge_files": ("modeconnect.files.merge", "merge_files"),
-    "spec_files": ("modeconnect.files.spec", "spec_files"),
-    "curve_files": ("modeconnect.files.curve", "curve_files"),
-    "plane_files": ("modeconnect.files.landscape", "plane_files"),
-    "landscape_files": ("modeconnect.files.landscape", "landscape_files"),
-    "sharpness_files": ("modeconnect.files.sharpness", "sharpness_files"),
+    "align_files": ("modeconnect.commands.align", "align_files"),
+    "AlignReport": ("modeconnect.commands.align", "AlignReport"),
+    "barrier_files": ("modeconnect.commands.barrier", "barrier_files"),
+    "compare_files": ("modeconnect.commands.compare", "compare_files"),
+    "merge_files": ("modeconnect.commands.merge", "merge_files"),
+    "spec_files": ("modeconnect.commands.spec", "spec_files"),
+    "curve_files": ("modeconnect.commands.curve", "curve_files"),
+    "plane_files": ("modeconnect.commands.landscape", "plane_files"),
+    "landscape_files": ("modeconnect.commands.landscape", "landscape_files"),
+    "sharpness_files": ("modeconnect.commands.sharpness", "sharpness_files"),
     # files
-    "Architecture": ("modeconnect.files.references", "Architecture"),
-    "Checkpoint": ("modeconnect.files.checkpoints", "Checkpoint"),
-    "load": ("modeconnect.files.checkpoints", "load_checkpoint"),
-    "load_checkpoint": ("modeconnect.files.checkpoints", "load_checkpoint"),
-    "save_checkpoint": ("modeconnect.files.checkpoints", "save_checkpoint"),
-    "resolve_model": ("modeconnect.files.checkpoints", "resolve_model"),
-    "load_data": ("modeconnect.files.data", "load_data"),
-    "Trust": ("modeconnect.files.references", "Trust"),
+    "Architecture": ("modeconnect.io.references", "Architecture"),
+    "Checkpoint": ("modeconnect.io.checkpoints", "Checkpoint"),
+    "load": ("modeconnect.io.checkpoints", "load_checkpoint"),
+    "load_checkpoint": ("modeconnect.io.checkpoints", "load_checkpoint"),
+    "save_checkpoint": ("modeconnect.io.checkpoints", "save_checkpoint"),
+    "resolve_model": ("modeconnect.io.checkpoints", "resolve_model"),
+    "load_data": ("modeconnect.io.data", "load_data"),
+    "Trust": ("modeconnect.io.references", "Trust"),
     # specs and permutations
     "PermutationSpec": ("modeconnect.spec", "PermutationSpec"),
     "derive_spec": ("modeconnect.spec", "derive_spec"),
@@ -115,6 +115,10 @@ _ERRORS = (
 )
 __all__ = [*_ERRORS, *sorted(_EXPORTS)]
 
+from modeconnect import _moved  # noqa: E402  (torch-free)
+
+_moved.install()
+
 from modeconnect.errors import (  # noqa: E402  (torch-free)
     ModeconnectError,
     NotEquivalent,
@@ -141,6 +145,14 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from modeconnect.bn import repair, reset_batchnorm
+    from modeconnect.commands.align import AlignReport, align_files
+    from modeconnect.commands.barrier import barrier_files
+    from modeconnect.commands.compare import compare_files
+    from modeconnect.commands.curve import curve_files
+    from modeconnect.commands.landscape import landscape_files, plane_files
+    from modeconnect.commands.merge import merge_files
+    from modeconnect.commands.sharpness import sharpness_files
+    from modeconnect.commands.spec import spec_files
     from modeconnect.curvature import (
         Sharpness,
         SharpnessStudy,
@@ -165,25 +177,17 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         interpolation_curve,
     )
     from modeconnect.federated import aligned_fedavg, fedavg
-    from modeconnect.files.align import AlignReport, align_files
-    from modeconnect.files.barrier import barrier_files
-    from modeconnect.files.checkpoints import (
+    from modeconnect.forward import ModelCall
+    from modeconnect.guard import Equivalence, check_equivalence
+    from modeconnect.io.checkpoints import (
         Checkpoint,
         load_checkpoint,
         resolve_model,
         save_checkpoint,
     )
-    from modeconnect.files.checkpoints import load_checkpoint as load
-    from modeconnect.files.compare import compare_files
-    from modeconnect.files.curve import curve_files
-    from modeconnect.files.data import load_data
-    from modeconnect.files.landscape import landscape_files, plane_files
-    from modeconnect.files.merge import merge_files
-    from modeconnect.files.references import Architecture, Trust
-    from modeconnect.files.sharpness import sharpness_files
-    from modeconnect.files.spec import spec_files
-    from modeconnect.forward import ModelCall
-    from modeconnect.guard import Equivalence, check_equivalence
+    from modeconnect.io.checkpoints import load_checkpoint as load
+    from modeconnect.io.data import load_data
+    from modeconnect.io.references import Architecture, Trust
     from modeconnect.landscape import (
         LossSlice,
         LossSurface,

@@ -138,6 +138,25 @@ def reset_batchnorm(
     training flags are left unchanged (the BatchNorm momenta are set during the
     pass and restored). A model without BatchNorm gets a copy. Use
     ``max_batches`` to bound the pass on large training sets.
+
+    Examples
+    --------
+    The fresh running mean of the first BatchNorm (module ``2``) is the mean of
+    the first convolution's output over all the data:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import conv_net
+    >>> _ = torch.manual_seed(0)
+    >>> model = conv_net(in_channels=1, channels=[4, 4], num_classes=3, image_size=4)
+    >>> x, y = torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    >>> fresh = mc.reset_batchnorm(model, model.state_dict(), [(x[:16], y[:16]), (x[16:], y[16:])])
+    >>> with torch.no_grad():
+    ...     conv = model[1](x)
+    >>> torch.allclose(fresh["2.running_mean"], conv.mean(dim=(0, 2, 3)), atol=1e-6)
+    True
+    >>> fresh["2.num_batches_tracked"].item(), model.state_dict()["2.running_mean"].tolist()
+    (2, [0.0, 0.0, 0.0, 0.0])
     """
     binding = Binding.of(model)
     binding.check(state_dict)
@@ -351,6 +370,33 @@ def repair(
     Returns a new state dict; inputs are never modified. ``endpoint_stats``
     passes precomputed :func:`layer_statistics` of ``a`` and ``b`` (reused along a
     path).
+
+    Examples
+    --------
+    After REPAIR the midpoint's first layer has, per unit, the mean and the
+    standard deviation halfway between A's and B's; before it, it had not:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> a, b = model.state_dict(), mlp(4, [8, 8], 3).state_dict()
+    >>> x = torch.randn(64, 4)
+    >>> data = [(x, torch.randint(0, 3, (64,)))]
+    >>> middle = mc.interpolate(a, b, 0.5)
+    >>> repaired = mc.repair(model, a, b, middle, data, alpha=0.5)
+    >>> def first_layer(sd):
+    ...     return F.linear(x, sd["1.weight"], sd["1.bias"])
+    >>> target = (first_layer(a).std(0) + first_layer(b).std(0)) / 2
+    >>> torch.allclose(first_layer(repaired).std(0), target, atol=1e-5)
+    True
+    >>> torch.allclose(first_layer(middle).std(0), target, atol=1e-5)
+    False
+    >>> target = (first_layer(a).mean(0) + first_layer(b).mean(0)) / 2
+    >>> torch.allclose(first_layer(repaired).mean(0), target, atol=1e-5)
+    True
     """
     binding = Binding.of(model)
     for sd in (a, b, merged):

@@ -1,7 +1,7 @@
 """Names the command line offers as choices, known without importing torch.
 
 The library maps each name to its object where it is used (:func:`modeconnect.devices.
-resolve_device`, :func:`modeconnect.files.session.parse_dtype`); the CLI lists the same
+resolve_device`, :func:`modeconnect.commands.session.parse_dtype`); the CLI lists the same
 names, so ``--help`` answers at once and the two can never disagree.
 """
 

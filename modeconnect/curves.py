@@ -144,6 +144,20 @@ def curve_point(
     ``t = 0`` returns ``a``'s tensors and ``t = 1`` ``b``'s (the very objects, bit
     for bit). Elsewhere the sum runs in each tensor's dtype over the control
     points with a non-zero coefficient, so it is differentiable in the bends.
+
+    Examples
+    --------
+    A quadratic Bezier curve weighs A, the bend and B by ``¼, ½, ¼`` at ``t = ½``:
+
+    >>> import torch
+    >>> from modeconnect.curves import Bezier, curve_point
+    >>> a, bend, b = ({"w": torch.tensor([v])} for v in (0.0, 4.0, 8.0))
+    >>> Bezier(bends=1).coefficients(0.5)
+    (0.25, 0.5, 0.25)
+    >>> curve_point(Bezier(bends=1), a, [bend], b, 0.5)
+    {'w': tensor([4.])}
+    >>> curve_point(Bezier(bends=1), a, [bend], b, 1.0)["w"] is b["w"]
+    True
     """
     t = float(t)
     if t == 0.0:

@@ -41,6 +41,14 @@ def fedavg(
     Clients must share keys, shapes and dtypes and hold finite values; a client
     that does not is rejected with a :class:`~modeconnect.ModeconnectError` that
     names its index, the key and both shapes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> clients = [{"w": torch.tensor([0.0, 4.0])}, {"w": torch.tensor([4.0, 8.0])}]
+    >>> mc.fedavg(clients, num_examples=[3, 1])
+    {'w': tensor([1., 6.])}
     """
     sds = list(client_state_dicts)
     weights = _check_clients(sds, num_examples, None)
@@ -64,6 +72,26 @@ def aligned_fedavg(
     ``method`` names an alignment method (``"none"`` gives plain FedAvg);
     ``opts`` go to :func:`modeconnect.merging.merge` (``data``, ``seed``,
     ``restarts``, ``bn``, ...). Returns the new global state dict.
+
+    Examples
+    --------
+    A client whose hidden units came back permuted no longer blurs the average:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> spec = mc.derive_spec(model, (torch.randn(2, 4),))
+    >>> global_model = model.state_dict()
+    >>> permuted = mc.apply_permutation(global_model, spec, mc.random_permutation(spec, seed=1))
+    >>> clients = [global_model, permuted]
+    >>> new = mc.aligned_fedavg(model, clients, [1, 1], reference=global_model, spec=spec)
+    >>> all(torch.allclose(new[k], global_model[k]) for k in global_model)
+    True
+    >>> plain = mc.fedavg(clients, [1, 1])
+    >>> all(torch.allclose(plain[k], global_model[k]) for k in global_model)
+    False
     """
     sds = list(client_state_dicts)
     _check_clients(sds, num_examples, reference)

@@ -220,6 +220,29 @@ def check_equivalence(
     replaces the precision's own (:func:`precision_of`; module docstring). A check in
     half precision or TF32 that cannot verify is run again with the weights and inputs
     in float32 (one tensor converted at a time, TF32 off), if the model runs that way.
+
+    Examples
+    --------
+    A permutation the spec allows passes; permuting one weight without the
+    tensors that share its units changes the function, and fails:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> x = torch.randn(16, 4)
+    >>> spec = mc.derive_spec(model, (x,))
+    >>> a = model.state_dict()
+    >>> b = mc.apply_permutation(a, spec, mc.random_permutation(spec, seed=1))
+    >>> eq = mc.check_equivalence(model, a, b, (x,))
+    >>> eq.passed, eq.failed, eq.precision
+    (True, None, 'float32')
+    >>> eq.max_rel_diff <= eq.tolerance
+    True
+    >>> broken = {**b, "1.weight": a["1.weight"]}
+    >>> mc.check_equivalence(model, a, broken, (x,)).passed
+    False
     """
     _require_finite(inputs, "the probe inputs")
     eq = _compared(model, original, permuted, inputs, tolerance)
@@ -382,7 +405,7 @@ def precision_of(
 
     Weights count too: a model may compute in bfloat16 and return float32 logits. A
     plain dict is read as it is; a lazy mapping (a Hugging Face directory's
-    :class:`~modeconnect.files.hf.LazyWeights`) says the dtype it reads in. On CUDA,
+    :class:`~modeconnect.io.hf.LazyWeights`) says the dtype it reads in. On CUDA,
     float32 counts as TF32 when torch allows TF32, and every format's ``ulps`` doubles.
     """
     dtypes = {t.dtype for t in outputs if t.is_floating_point()} | _weight_dtypes(weights)

@@ -158,6 +158,24 @@ def plane_basis(
     weight vector; :func:`plane_grid` passes the model's parameters, so buffers
     (BatchNorm statistics) stay out of the geometry. Raises when B equals A or
     C lies on the line through A and B.
+
+    Examples
+    --------
+    A is the origin, B lies on the first axis at its distance from A, and C lies
+    in the plane:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> a, b, c = (mlp(4, [8], 3).state_dict() for _ in range(3))
+    >>> basis = mc.plane_basis(a, b, c)
+    >>> (xa, ya), (xb, yb), (xc, yc) = basis.coordinates
+    >>> (xa, ya, yb), yc > 0
+    ((0.0, 0.0, 0.0), True)
+    >>> distance = sum(((b[k] - a[k]) ** 2).sum() for k in a).sqrt().item()
+    >>> abs(xb - distance) < 1e-5, basis.distance(c) < 1e-9
+    (True, True)
     """
     keys = _floating_keys(a, keys, "plane_basis")
     for name, other in (("B", b), ("C", c)):
@@ -267,6 +285,18 @@ def filter_normalized_direction(
     none (biases, BatchNorm and LayerNorm parameters and statistics) and floating
     tensors outside ``keys`` get a zero direction. ``generator`` (default: a new
     one seeded with ``seed``) draws the Gaussians in state-dict order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> state = mlp(in_features=4, hidden=[8], out_features=3).state_dict()
+    >>> d = mc.filter_normalized_direction(state, seed=0)
+    >>> torch.allclose(d["1.weight"].norm(dim=1), state["1.weight"].norm(dim=1))
+    True
+    >>> d["1.bias"].count_nonzero().item()
+    0
     """
     chosen = set(_floating_keys(state, keys, "filter_normalized_direction"))
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)

@@ -240,6 +240,30 @@ def layerwise_barriers(
     :func:`modeconnect.bn.make_correction`). ``full`` is the full curve on the
     same grid and data, if already computed (e.g. by
     :func:`modeconnect.study.barrier_study`), so it is not evaluated again.
+
+    Examples
+    --------
+    One group per layer of an MLP; three paths of five points per group, of which
+    the states the paths share are evaluated once:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> a, b = model.state_dict(), mlp(4, [8, 8], 3).state_dict()
+    >>> data = [(torch.randn(64, 4), torch.randint(0, 3, (64,)))]
+    >>> result = mc.layerwise_barriers(model, a, b, data, steps=5)
+    >>> [(layer.group.name, layer.group.keys) for layer in result.layers]
+    [('1', ('1.weight', '1.bias')), ('3', ('3.weight', '3.bias')), ('5', ('5.weight', '5.bias'))]
+    >>> result.points, result.evaluated < result.points
+    (45, True)
+
+    Moving any layer of a model towards itself costs nothing:
+
+    >>> same = mc.layerwise_barriers(model, a, a, data, steps=5)
+    >>> [layer.from_a.barrier.loss for layer in same.layers]
+    [0.0, 0.0, 0.0]
     """
     check_pair(a, b)
     barrier_definition(definition)

@@ -33,7 +33,7 @@ at a time from the permuted inputs, and at most one average (a MergeMany target
 or the result) exists at a time, so the peak is about ``(N + 1) ×`` the model
 size plus the alignment method's own working memory; nothing keeps N permuted
 copies.
-:func:`modeconnect.files.merge.merge_files` (``modeconnect merge``) adds loading, checks,
+:func:`modeconnect.commands.merge.merge_files` (``modeconnect merge``) adds loading, checks,
 evaluation and writing.
 """
 
@@ -443,6 +443,29 @@ def merge(
     Raises :class:`~modeconnect.ModeconnectError` for mismatched keys, shapes or
     dtypes, non-finite values, bad weights, an unknown method, or a permuted model
     that does not compute what the original computes (a wrong spec).
+
+    Examples
+    --------
+    Merging a network with a permuted copy of itself gives the network back; a
+    plain average (``method="none"``) of the same two mixes unrelated units:
+
+    >>> import torch
+    >>> import modeconnect as mc
+    >>> from modeconnect.models import mlp
+    >>> _ = torch.manual_seed(0)
+    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    >>> x = torch.randn(16, 4)
+    >>> spec = mc.derive_spec(model, (x,))
+    >>> a = model.state_dict()
+    >>> b = mc.apply_permutation(a, spec, mc.random_permutation(spec, seed=1))
+    >>> result = mc.merge(model, [a, b], inputs=(x,), spec=spec)
+    >>> all(torch.allclose(result.state_dict[k], a[k]) for k in a)
+    True
+    >>> result.reference, result.weights, [eq.passed for eq in result.equivalence]
+    ('mergemany', (0.5, 0.5), [True, True])
+    >>> plain = mc.merge(model, [a, b], method="none")
+    >>> all(torch.allclose(plain.state_dict[k], a[k]) for k in a)
+    False
     """
     start = time.perf_counter()
     sds = list(state_dicts)

@@ -47,6 +47,16 @@ def mlp(
 
     State-dict keys are ``"1.weight"``, ``"1.bias"``, ``"3.weight"``, ... (the
     ``Flatten`` is index 0 and each ``ReLU`` takes one index).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from modeconnect.models import mlp
+    >>> model = mlp(in_features=4, hidden=[8], out_features=3)
+    >>> model(torch.randn(5, 1, 2, 2)).shape
+    torch.Size([5, 3])
+    >>> list(model.state_dict())
+    ['1.weight', '1.bias', '3.weight', '3.bias']
     """
     _check_sizes("mlp", in_features=in_features, hidden=hidden, out_features=out_features)
     layers: list[nn.Module] = [nn.Flatten()]
@@ -66,6 +76,22 @@ class MLP(nn.Module):
 
     Input: ``(N, ...)`` flattened to ``(N, in_features)``. Output: ``(N, out_features)``.
     State-dict keys: ``"fc1.weight"``, ``"fc1.bias"``, ..., ``"fc{L}.bias"``.
+
+    Examples
+    --------
+    The same function as :func:`mlp` with the same weights:
+
+    >>> import torch
+    >>> from modeconnect.models import MLP, mlp
+    >>> sequential = mlp(in_features=4, hidden=[8], out_features=3)
+    >>> model = MLP(in_features=4, hidden=[8], out_features=3)
+    >>> list(model.state_dict())
+    ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+    >>> model.load_state_dict(dict(zip(model.state_dict(), sequential.state_dict().values())))
+    <All keys matched successfully>
+    >>> x = torch.randn(5, 4)
+    >>> torch.equal(model(x), sequential(x))
+    True
     """
 
     def __init__(
@@ -125,6 +151,21 @@ def conv_net(
     The ``Flatten`` after the last conv repeats its channel permutation over the
     ``(image_size // 2) ** 2`` spatial positions in the head's input axis
     (the pool floors odd sizes).
+
+    Examples
+    --------
+    Flat rows and images give the same logits:
+
+    >>> import torch
+    >>> from modeconnect.models import conv_net
+    >>> model = conv_net(in_channels=1, channels=[4, 8], num_classes=3, image_size=8).eval()
+    >>> images = torch.randn(5, 1, 8, 8)
+    >>> model(images).shape
+    torch.Size([5, 3])
+    >>> torch.equal(model(images.flatten(1)), model(images))
+    True
+    >>> list(model.state_dict())[:4]
+    ['1.weight', '1.bias', '2.weight', '2.bias']
     """
     _check_sizes(
         "conv_net",

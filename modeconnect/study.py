@@ -9,7 +9,7 @@ barrier under both definitions (``lerp``: Entezari et al. 2022 / Git Re-Basin;
 on the test split bootstrap intervals (resampled examples) and layer-wise
 barriers (Adilova et al. 2024, :mod:`modeconnect.layerwise`).
 
-:func:`modeconnect.files.barrier.barrier_files` adds loading, checking and writing
+:func:`modeconnect.commands.barrier.barrier_files` adds loading, checking and writing
 (JSON, HTML report); it is what the CLI calls.
 """
 

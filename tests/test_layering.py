@@ -2,8 +2,10 @@
 
 Every import counts, including those inside functions (a deferred import still ties two
 modules together) — only ``if TYPE_CHECKING:`` blocks are left out, since they never
-run. The core is every module of ``modeconnect`` outside ``modeconnect.files`` and
-``modeconnect.integrations``; it works on state dicts and models and never reads a path.
+run. The layers: the core (every module of ``modeconnect`` outside the packages below)
+works on state dicts and models and never reads a path; ``modeconnect.io`` holds the
+formats and imports the core at most; ``modeconnect.commands`` joins the two; the CLI
+(``cli/``, not read here) calls commands.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "modeconnect"
-OUTER_LAYERS = ("modeconnect.files", "modeconnect.integrations")
+OUTER_LAYERS = (
+    "modeconnect.io",
+    "modeconnect.commands",
+    "modeconnect.files",
+    "modeconnect.integrations",
+)
 
 
 def _name(path: Path) -> str:
@@ -109,13 +116,24 @@ def test_the_package_has_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
-def test_the_core_never_imports_the_file_layer() -> None:
+def _crossing(lower: tuple[str, ...], upper: tuple[str, ...]) -> list[tuple[str, str]]:
     graph = import_graph()
-    core = [m for m in graph if m != "modeconnect" and not m.startswith(OUTER_LAYERS)]
-    crossing = sorted(
-        (m, d) for m in core for d in graph[m] if d.startswith("modeconnect.files")
-    )  # fmt: skip
-    assert crossing == []
+    return sorted((m, d) for m in graph for d in graph[m] if _in(m, lower) and _in(d, upper))
+
+
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+CORE = tuple(m for m in MODULES if m != "modeconnect" and not _in(m, OUTER_LAYERS))
+
+
+def test_the_core_never_imports_the_file_layer() -> None:
+    assert _crossing(CORE, OUTER_LAYERS) == []
+
+
+def test_formats_never_import_commands() -> None:
+    assert _crossing(("modeconnect.io",), ("modeconnect.commands", "modeconnect.files")) == []
 
 
 def test_the_analysis_sees_deferred_imports_and_cycles() -> None:
@@ -125,7 +143,7 @@ def test_the_analysis_sees_deferred_imports_and_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("name", ["modeconnect.files.session", "modeconnect.files.hf"])
+@pytest.mark.parametrize("name", ["modeconnect.commands.session", "modeconnect.io.hf"])
 def test_function_local_imports_count(name: str) -> None:
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
     local = [

@@ -4,7 +4,7 @@ A scoring is chosen by name from :data:`LOSSES` (``loss="ce"``) or passed as a
 :class:`Scoring`; a callable ``loss(logits, y) -> (N, ...)`` scores a classifier with
 that loss. :func:`get_scoring` resolves all three. Names only: a ``"module:callable"``
 reference typed by a user is imported by the file layer
-(:func:`modeconnect.files.barrier.resolve_loss`), never here.
+(:func:`modeconnect.commands.barrier.resolve_loss`), never here.
 
 **The batch convention.** Every batch is a pair ``(x, y)``:
 
@@ -500,7 +500,7 @@ def _lookup(loss: LossChoice) -> Scoring:
             return LOSSES[loss]
         hint = (
             "; a 'module:callable' reference is imported by the file layer "
-            "(modeconnect.files.barrier.resolve_loss), the library takes the callable"
+            "(modeconnect.commands.barrier.resolve_loss), the library takes the callable"
             if ":" in loss
             else ""
         )

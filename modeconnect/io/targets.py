@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modeconnect.errors import ModeconnectError, OutputConflict
-from modeconnect.files.links import checkpoint_root
+from modeconnect.io.links import checkpoint_root
 
 __all__ = [
     "CHECKPOINT_EXTENSIONS",

@@ -21,8 +21,8 @@ Who chose a reference decides whether it is followed (see SECURITY.md):
   from a config, whatever is trusted. Keyword arguments from a file must be plain JSON
   values, and none of them may switch on code loading (:data:`CODE_LOADING_KEYS`).
 
-Nothing is downloaded (:mod:`modeconnect.files.offline`). Every model is built under
-:func:`~modeconnect.files.offline.offline`, and a ``transformers`` config that would
+Nothing is downloaded (:mod:`modeconnect.io.offline`). Every model is built under
+:func:`~modeconnect.io.offline.offline`, and a ``transformers`` config that would
 make the library fetch something is refused (:func:`check_hub_free`), at any depth:
 
 * ``backbone`` naming a model (``"someorg/somerepo"``, ``"resnet50"``): a backbone
@@ -65,7 +65,7 @@ from types import ModuleType
 from typing import Any
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.offline import offline
+from modeconnect.io.offline import offline
 
 __all__ = [
     "BUILTIN",
@@ -455,7 +455,7 @@ def build_model(
     accepted. ``modules``, when given (a reference only a trusted module vouches
     for), requires a ``torch.nn.Module`` class defined in those modules (a trusted
     module's namespace may hold other modules' functions). The constructor runs
-    under :func:`~modeconnect.files.offline.offline`: nothing is downloaded.
+    under :func:`~modeconnect.io.offline.offline`: nothing is downloaded.
     """
     import torch
 

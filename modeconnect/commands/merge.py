@@ -18,10 +18,12 @@ import torch
 from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
+from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Metrics, evaluate
-from modeconnect.files.checkpoints import (
+from modeconnect.forward import computed_buffers
+from modeconnect.io.checkpoints import (
     Checkpoint,
     check_same_architecture,
     check_state_dict,
@@ -29,11 +31,9 @@ from modeconnect.files.checkpoints import (
     json_writer,
     load_checkpoint,
 )
-from modeconnect.files.data import Batch
-from modeconnect.files.hf import model_bytes
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import Session, open_session, parse_dtype
-from modeconnect.forward import computed_buffers
+from modeconnect.io.data import Batch
+from modeconnect.io.hf import model_bytes
+from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.targets import REPORT_FILES, Outputs, Staging
+from modeconnect.io.targets import REPORT_FILES, Outputs, Staging
 from modeconnect.study import SplitResult, Study
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def check_report(
 ) -> None:
     """Refuse, before any work, a report folder whose plot files cannot be written.
 
-    :class:`~modeconnect.files.targets.Outputs` checks the files of
+    :class:`~modeconnect.io.targets.Outputs` checks the files of
     :data:`REPORT_FILES` (the barrier report's); each other plot ``NAME.png`` is
     checked here the same way: not an input, not a directory, not existing
     without ``force``.

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.session import open_session
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.checkpoints import json_writer
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import open_session
-from modeconnect.files.spec_cache import cached_spec
+from modeconnect.io.checkpoints import json_writer
+from modeconnect.io.references import NO_TRUST, Trust
+from modeconnect.io.spec_cache import cached_spec
 from modeconnect.spec import PermutationSpec
 
 __all__ = ["spec_files"]

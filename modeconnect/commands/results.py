@@ -4,7 +4,7 @@ Each command opens its session with :func:`open_study` (every output checked bef
 any work, the report folder's plot files included), runs one library function, and
 hands its result to :func:`write_study`, which writes the outputs together: the
 checkpoints the command names, the JSON (:meth:`FileReport.to_dict`) and the report
-(:mod:`modeconnect.files.report`).
+(:mod:`modeconnect.io.report`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from modeconnect.files.checkpoints import json_writer
-from modeconnect.files.data import Batch
-from modeconnect.files.report import Section, check_report, stage_page
-from modeconnect.files.session import Session, input_files, open_session
-from modeconnect.files.targets import Fill
+from modeconnect.commands.session import Session, input_files, open_session
+from modeconnect.io.checkpoints import json_writer
+from modeconnect.io.data import Batch
+from modeconnect.io.report import Section, check_report, stage_page
+from modeconnect.io.targets import Fill
 
 __all__ = ["FileReport", "count_examples", "open_study", "write_study"]
 
@@ -69,10 +69,10 @@ def open_study(
     train: str | Path | None = None,
     **session: Any,
 ) -> Session:
-    """:func:`~modeconnect.files.session.open_session`, once the report's ``plots`` are checked.
+    """:func:`~modeconnect.commands.session.open_session`, once the report's ``plots`` are checked.
 
     ``plots`` are the file stems the ``--report`` folder will hold
-    (:func:`~modeconnect.files.report.check_report`).
+    (:func:`~modeconnect.io.report.check_report`).
     """
     report = next((p for _, p, kind in outputs if kind == "report" and p is not None), None)
     if report is not None:

@@ -52,8 +52,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.losses import PAD_LABEL, token_batch
-from modeconnect.files.checkpoints import torch_load
-from modeconnect.files.references import import_callable
+from modeconnect.io.checkpoints import torch_load
+from modeconnect.io.references import import_callable
 
 __all__ = [
     "DATA_EXTENSIONS",
@@ -397,7 +397,7 @@ def _tokenize(path: Path, language: LanguageData) -> torch.Tensor:
         raise ModeconnectError(
             f"{path}: is not UTF-8 text ({_one_line(exc)}); convert it to UTF-8"
         ) from exc
-    from modeconnect.files.hf import load_tokenizer, quiet_transformers
+    from modeconnect.io.hf import load_tokenizer, quiet_transformers
 
     tokenizer = load_tokenizer(language.tokenizer)
     with quiet_transformers():  # "sequence longer than the model's maximum": cut below

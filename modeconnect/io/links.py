@@ -16,7 +16,7 @@ read as an input. The policy (SECURITY.md):
 
 Outputs never write through links: each is written to a new temporary file and renamed
 over its target, which replaces a link with a regular file and leaves the link's
-target as it was (:mod:`modeconnect.files.targets`).
+target as it was (:mod:`modeconnect.io.targets`).
 """
 
 from __future__ import annotations

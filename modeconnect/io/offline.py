@@ -3,7 +3,7 @@
 modeconnect reads checkpoints from disk and never downloads. The libraries it calls to
 build models and tokenizers would: a ``config.json`` can name a backbone repository, an
 attention kernel on the Hub, a quantizer whose kernels are fetched. Configs that ask for
-such things are refused (:func:`modeconnect.files.references.check_hub_free`); and every
+such things are refused (:func:`modeconnect.io.references.check_hub_free`); and every
 call modeconnect makes into ``transformers`` and ``huggingface_hub`` runs under
 :func:`offline`, so that a way in that the refusals missed still cannot fetch anything.
 

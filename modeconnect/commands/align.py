@@ -18,21 +18,21 @@ from typing import Any
 import torch
 
 from modeconnect.bn import check_mode, renormalize
+from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Barrier, Curve, barrier_values
-from modeconnect.files.checkpoints import json_writer
-from modeconnect.files.hf import model_bytes
-from modeconnect.files.lazy import Lerped
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import Session, open_session, parse_dtype
-from modeconnect.files.spec_cache import cached_spec, forget_cached, with_untrusted_spec
-from modeconnect.files.targets import Fill
+from modeconnect.io.checkpoints import json_writer
+from modeconnect.io.hf import model_bytes
+from modeconnect.io.references import NO_TRUST, Trust
+from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
+from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.progress import ProgressFn
 from modeconnect.spec import PermutationSpec
 from modeconnect.timing import Timings
+from modeconnect.views import Lerped
 
 __all__ = ["AlignReport", "align_files"]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.session import open_session
 from modeconnect.compare import Comparison, compare_methods
-from modeconnect.files.barrier import resolve_loss
-from modeconnect.files.checkpoints import json_writer
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.session import open_session
+from modeconnect.io.checkpoints import json_writer
+from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.timing import Timings
 
 __all__ = ["CompareReport", "compare_files"]

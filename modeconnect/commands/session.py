@@ -3,10 +3,10 @@
 :func:`open_session` runs the same sequence for ``align``, ``spec``, ``barrier``,
 ``compare`` and ``merge``:
 
-1. plan the outputs (:class:`~modeconnect.files.targets.Outputs`): every target is
+1. plan the outputs (:class:`~modeconnect.io.targets.Outputs`): every target is
    checked against every input before anything is loaded;
 2. load the checkpoints, choose and build the architecture (a reference read from a
-   file only under :class:`~modeconnect.files.references.Trust`), and require each
+   file only under :class:`~modeconnect.io.references.Trust`), and require each
    file to fit the model and the first file; floating tensors are brought to the
    model's dtype (the stored dtypes are kept for writing back);
 3. load the evaluation data (``--data``) and the training data (``--train``) and run
@@ -19,7 +19,7 @@ Hugging Face checkpoint directories go through the same steps: output folders ar
 planned like files (``--out DIR`` writes a ``save_pretrained`` directory), the model
 is built without weights and the checkpoints stay on disk, and a language model
 (a ``...ForCausalLM`` or ``...ForMaskedLM`` class) takes token ids or text as data
-(:class:`~modeconnect.files.data.LanguageData`), checked against its vocabulary
+(:class:`~modeconnect.io.data.LanguageData`), checked against its vocabulary
 and context length instead of being run; its probe is a few short sequences.
 """
 
@@ -35,13 +35,13 @@ from torch import Tensor, nn
 
 from modeconnect.choices import INPUT_DTYPES
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.checkpoints import (
+from modeconnect.io.checkpoints import (
     Checkpoint,
     checkpoint_writer,
     load_models,
     restore_dtypes,
 )
-from modeconnect.files.data import (
+from modeconnect.io.data import (
     Batch,
     LanguageData,
     check_fits,
@@ -49,9 +49,9 @@ from modeconnect.files.data import (
     is_data_reference,
     load_data,
 )
-from modeconnect.files.hf import HFDirectory, directory_writer, lm_kind
-from modeconnect.files.references import NO_TRUST, Trust, reference_file
-from modeconnect.files.targets import Fill, Outputs
+from modeconnect.io.hf import HFDirectory, directory_writer, lm_kind
+from modeconnect.io.references import NO_TRUST, Trust, reference_file
+from modeconnect.io.targets import Fill, Outputs
 from modeconnect.probe import PROBE_SIZE, probe_inputs
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
@@ -135,7 +135,7 @@ class Session:
         session's architecture, so that the output loads back without ``--model``.
 
         A folder target gets a ``save_pretrained`` directory shaped like ``like``'s
-        (:func:`~modeconnect.files.hf.directory_writer`), written one shard at a time.
+        (:func:`~modeconnect.io.hf.directory_writer`), written one shard at a time.
         """
         if self.outputs.is_folder_path(path):
             return directory_writer(
@@ -270,7 +270,7 @@ def _scoring(ckpt: Checkpoint | None, language: LanguageData | None, seed: int) 
 
 def _tokenizer_mask(path: Path) -> int | None:
     """The mask token id of the directory's tokenizer, if it has one (BERT's config has none)."""
-    from modeconnect.files.hf import load_tokenizer
+    from modeconnect.io.hf import load_tokenizer
 
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
                                                      "vocab.txt")):  # fmt: skip

@@ -8,15 +8,15 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
+from modeconnect.commands.session import Session
 from modeconnect.curves import CurveStudy, curve_study, get_curve
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn
-from modeconnect.files.barrier import resolve_loss
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.report import CURVE_PLOTS, curve_sections
-from modeconnect.files.results import FileReport, count_examples, open_study, write_study
-from modeconnect.files.session import Session
-from modeconnect.files.targets import Fill
+from modeconnect.io.references import NO_TRUST, Trust
+from modeconnect.io.report import CURVE_PLOTS, curve_sections
+from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.objective import bn_correction
 from modeconnect.progress import ProgressFn

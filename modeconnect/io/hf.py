@@ -46,9 +46,9 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError, load_error_reason
-from modeconnect.files.links import refuse_outside_links
-from modeconnect.files.offline import offline
-from modeconnect.files.references import (
+from modeconnect.io.links import refuse_outside_links
+from modeconnect.io.offline import offline
+from modeconnect.io.references import (
     CODE_LOADING_KEYS,
     TRANSFORMERS,
     check_hub_free,
@@ -56,7 +56,7 @@ from modeconnect.files.references import (
     local_config,
     transformers_model_class,
 )
-from modeconnect.files.safetensors_header import sort_safetensors_metadata
+from modeconnect.io.safetensors_header import sort_safetensors_metadata
 from modeconnect.progress import ProgressFn
 
 __all__ = [
@@ -164,7 +164,7 @@ def open_directory(path: str | Path) -> HFDirectory:
     """Read the config and the weight headers of a ``save_pretrained`` directory.
 
     Raises ``ModeconnectError`` (one line naming the file) for a link that leaves the
-    directory (:mod:`modeconnect.files.links`), a missing or bad ``config.json``, a
+    directory (:mod:`modeconnect.io.links`), a missing or bad ``config.json``, a
     config asking for remote code, an architecture the installed ``transformers`` does not
     know, no weights, an index naming a missing shard or a
     tensor a shard lacks, and corrupt or truncated weight files.
@@ -192,7 +192,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` as a dict of plain JSON values, without keys that load code or fetch.
 
     Keys that would make transformers download something (a ``backbone`` repository,
-    a ``quantization_config``, ...: :func:`~modeconnect.files.references.check_hub_free`)
+    a ``quantization_config``, ...: :func:`~modeconnect.io.references.check_hub_free`)
     are refused here, before any weight is read.
     """
     file = path / CONFIG
@@ -298,7 +298,7 @@ def _indexed(
 
 def _read_json(file: Path, fix: str) -> Any:
     """The JSON in ``file`` within bounds (depth, integer digits, size), else one line."""
-    from modeconnect.files.jsonfile import read_json_file
+    from modeconnect.io.jsonfile import read_json_file
 
     return read_json_file(file, fix)
 
@@ -505,10 +505,10 @@ def build_empty(directory: HFDirectory) -> nn.Module:
 
     The model is for analysis (its spec) and for running with state dicts
     (:func:`modeconnect.forward.run`): it holds no weights. It is built offline
-    (:func:`~modeconnect.files.offline.offline`), from a config that asks for no download
-    (:func:`~modeconnect.files.references.check_hub_free`), with the attention
+    (:func:`~modeconnect.io.offline.offline`), from a config that asks for no download
+    (:func:`~modeconnect.io.references.check_hub_free`), with the attention
     modeconnect chooses: ``attn_implementation`` and the other keys of
-    :data:`~modeconnect.files.references.IGNORED_CONFIG_KEYS` are ignored, so
+    :data:`~modeconnect.io.references.IGNORED_CONFIG_KEYS` are ignored, so
     transformers takes its local default (``"sdpa"`` where the model supports it, else
     ``"eager"``), never a kernel from the Hub. ``use_cache`` is switched off on the
     built model (the stored config is untouched).

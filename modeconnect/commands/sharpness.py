@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.curvature import NORMS, SPECTRUM_METHODS, SharpnessStudy, sharpness_study
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn
-from modeconnect.files.barrier import resolve_loss
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.report import SHARPNESS_PLOTS, sharpness_sections
-from modeconnect.files.results import FileReport, count_examples, open_study, write_study
+from modeconnect.io.references import NO_TRUST, Trust
+from modeconnect.io.report import SHARPNESS_PLOTS, sharpness_sections
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings
 

@@ -13,20 +13,20 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
+from modeconnect.commands.session import Session
 from modeconnect.curves import curve_path, get_curve
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, PathFn, linear_path
-from modeconnect.files.barrier import resolve_loss
-from modeconnect.files.checkpoints import Checkpoint
-from modeconnect.files.references import NO_TRUST, Trust
-from modeconnect.files.report import (
+from modeconnect.io.checkpoints import Checkpoint
+from modeconnect.io.references import NO_TRUST, Trust
+from modeconnect.io.report import (
     LANDSCAPE_PLOTS,
     PLANE_PLOTS,
     landscape_sections,
     plane_sections,
 )
-from modeconnect.files.results import FileReport, count_examples, open_study, write_study
-from modeconnect.files.session import Session
 from modeconnect.landscape import LossSlice, LossSurface, plane_grid, slice_1d, surface_2d
 from modeconnect.progress import ProgressFn
 from modeconnect.timing import Timings

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
+from modeconnect.commands.session import Session, open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, Scoring
-from modeconnect.files.checkpoints import json_writer
-from modeconnect.files.data import Batch
-from modeconnect.files.references import NO_TRUST, Trust, import_callable
-from modeconnect.files.report import stage_report
-from modeconnect.files.session import Session, open_session
+from modeconnect.io.checkpoints import json_writer
+from modeconnect.io.data import Batch
+from modeconnect.io.references import NO_TRUST, Trust, import_callable
+from modeconnect.io.report import stage_report
 from modeconnect.matching import method_options
 from modeconnect.progress import ProgressFn
 from modeconnect.study import Study, barrier_study
@@ -59,7 +59,7 @@ def resolve_loss(
     For a language model read from a directory (``session.scoring`` set), the default
     (``None`` or ``"ce"``: cross-entropy) and the name of its own scoring are that
     scoring (next-token cross-entropy for a causal LM, masked-token for a masked LM,
-    :func:`~modeconnect.files.session.open_session`); a library :class:`Scoring` is used
+    :func:`~modeconnect.commands.session.open_session`); a library :class:`Scoring` is used
     as given, and anything else (``"mse"``, the other kind's scoring, a callable of
     classifier outputs) is refused with one line: it cannot fit logits
     ``(N, T, vocabulary)``. Otherwise a ``"module:callable"`` loss is imported (the user

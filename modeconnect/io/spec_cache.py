@@ -13,7 +13,7 @@ A cache file is untrusted data: it is read as JSON only (never as code), checked
 (every layout must match a tensor of the model, axis by axis). Anything wrong — an
 unreadable, truncated, oversized or inconsistent file — is a cache miss: the spec
 is derived again and the file replaced. Writes are atomic
-(:func:`~modeconnect.files.targets.staged_write`); a failed write only skips caching.
+(:func:`~modeconnect.io.targets.staged_write`); a failed write only skips caching.
 
 **A spec read from the cache is never trusted to be right.** Whoever can write the
 folder can plant a spec that fits every shape and permutes the wrong axes. Such a spec
@@ -50,9 +50,9 @@ from typing import Any, TypeVar
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.targets import staged_write
 from modeconnect.forward import ModelCall
 from modeconnect.guard import EquivalenceError
+from modeconnect.io.targets import staged_write
 from modeconnect.spec import PermutationSpec, derive_spec, spec_key
 from modeconnect.spec.trace import Inputs
 from modeconnect.timing import Timings

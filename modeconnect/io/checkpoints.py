@@ -12,7 +12,7 @@ Formats, chosen by extension:
 * a directory written by ``save_pretrained`` (``config.json`` and safetensors or
   ``pytorch_model.bin`` weights, sharded or not): the architecture is the config's
   ``transformers`` class, built with its parameters on the meta device, and the
-  weights are read lazily, one tensor at a time (:mod:`modeconnect.files.hf`).
+  weights are read lazily, one tensor at a time (:mod:`modeconnect.io.hf`).
 
 A model reference is ``"package.module:callable"`` or ``"path/to/file.py:callable"``;
 the callable, called with the keyword arguments, returns the ``torch.nn.Module``.
@@ -39,15 +39,16 @@ from modeconnect.errors import (
     ShapeMismatch,
     load_error_reason,
 )
-from modeconnect.files.hf import (
+from modeconnect.forward import computed_buffers
+from modeconnect.io.hf import (
     HFDirectory,
     LazyWeights,
     build_empty,
     model_names,
     open_directory,
 )
-from modeconnect.files.jsonfile import check_plain_value, parse_json
-from modeconnect.files.references import (
+from modeconnect.io.jsonfile import check_plain_value, parse_json
+from modeconnect.io.references import (
     NO_TRUST,
     Architecture,
     Trust,
@@ -56,9 +57,8 @@ from modeconnect.files.references import (
     import_callable,
     split_ref,
 )
-from modeconnect.files.safetensors_header import sort_safetensors_metadata
-from modeconnect.files.targets import Fill, Outputs, staged_write
-from modeconnect.forward import computed_buffers
+from modeconnect.io.safetensors_header import sort_safetensors_metadata
+from modeconnect.io.targets import Fill, Outputs, staged_write
 from modeconnect.progress import ProgressFn
 
 __all__ = [
@@ -96,7 +96,7 @@ class Checkpoint:
 
     path: Path
     state_dict: Mapping[str, torch.Tensor]
-    """A dict, or for a Hugging Face directory a :class:`~modeconnect.files.hf.LazyWeights`."""
+    """A dict, or for a Hugging Face directory a :class:`~modeconnect.io.hf.LazyWeights`."""
     model_ref: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -176,7 +176,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint file into plain CPU tensors (no memory-mapped storage).
 
     A directory is read as a ``save_pretrained`` directory: its headers only, the
-    tensors lazily (:class:`~modeconnect.files.hf.LazyWeights`). Raises
+    tensors lazily (:class:`~modeconnect.io.hf.LazyWeights`). Raises
     ``ModeconnectError`` for a missing, corrupt or truncated file, an unknown
     extension, or content that is neither a state dict nor the modeconnect dict form.
     """
@@ -269,7 +269,7 @@ def _optional_str(path: Path, value: object, name: str) -> str | None:
 
 def _kwargs_dict(path: Path, value: object) -> dict[str, Any]:
     """Keyword arguments as a dict with string keys, nested within the bounds of JSON read
-    from files (:func:`~modeconnect.files.jsonfile.check_plain_value`)."""
+    from files (:func:`~modeconnect.io.jsonfile.check_plain_value`)."""
     if value is None:
         return {}
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
@@ -367,7 +367,7 @@ def checkpoint_writer(
     metadata: Mapping[str, str] | None = None,
 ) -> Fill:
     """Check what :func:`save_checkpoint` would write to ``path``; return the function that
-    writes it to a (temporary) file, for :class:`~modeconnect.files.targets.Staging`."""
+    writes it to a (temporary) file, for :class:`~modeconnect.io.targets.Staging`."""
     suffix = _suffix(path)
     tensors = _tensors_for_saving(path, state_dict)
     kwargs = _kwargs_for_saving(path, model_kwargs)
@@ -480,7 +480,7 @@ def resolve_model(
     kwargs when given. Checkpoints that name no architecture are ignored; two that name
     different ones are an error unless ``model_ref`` is given. A reference read from a
     checkpoint runs only if it is known or ``trust`` allows it
-    (:func:`~modeconnect.files.references.check_file_reference`).
+    (:func:`~modeconnect.io.references.check_file_reference`).
     """
     if model_ref is not None:
         kwargs = dict(model_kwargs or {})
@@ -537,7 +537,7 @@ def load_models(
     is built. Hugging Face directories name their architecture in ``config.json``;
     when every input is one (and no ``model_ref`` is given) the model is built from
     the first one's config with its parameters on the meta device, and the
-    checkpoints stay on disk (:class:`~modeconnect.files.hf.LazyWeights`); their one
+    checkpoints stay on disk (:class:`~modeconnect.io.hf.LazyWeights`); their one
     full read, the finite check, reports its shards to ``progress``.
     """
     ckpts = [load_checkpoint(p) for p in paths]
