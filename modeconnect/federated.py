@@ -48,7 +48,7 @@ def fedavg(
     >>> import modeconnect as mc
     >>> clients = [{"w": torch.tensor([0.0, 4.0])}, {"w": torch.tensor([4.0, 8.0])}]
     >>> mc.fedavg(clients, num_examples=[3, 1])
-    {'w': tensor([1., 6.])}
+    {'w': tensor([1., 5.])}
     """
     sds = list(client_state_dicts)
     weights = _check_clients(sds, num_examples, None)
