@@ -230,7 +230,7 @@ DEFINITION = click.option(
 # --------------------------------------------------------------------------- paths and grids
 
 CURVE_KINDS = ("bezier", "polychain")
-"""The names of ``modeconnect.curves.CURVE_KINDS`` (that module imports torch)."""
+"""The names of ``modeconnect.curve_fitting.CURVE_KINDS`` (that module imports torch)."""
 
 
 def curve_kind(default: str | None, help: str) -> Decorator:

@@ -31,10 +31,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from modeconnect.barrier_studies import Study, barrier_study  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.io.data import load_data  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
-from modeconnect.study import Study, barrier_study  # noqa: E402
 
 MODEL = "modeconnect.models:conv_net"
 MODEL_KWARGS: dict[str, Any] = {"in_channels": 1, "channels": [16, 32], "num_classes": 10}

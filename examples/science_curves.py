@@ -6,7 +6,7 @@ networks, whose straight line crosses a high barrier, are joined by simple curve
 loss and test error stay almost constant, without any alignment. Here: the
 shipped pair (``checkpoints/mlp_a.pt``, ``mlp_b.pt``: 3x512 MLPs on the 8x8
 digits, different seeds), a Bezier curve and a polygonal chain fitted with
-:func:`modeconnect.curves.curve_study` on the training split (SGD, one ``t`` per
+:func:`modeconnect.curve_fitting.curve_study` on the training split (SGD, one ``t`` per
 step), and the same after weight matching; ``lerp`` barriers of the line and the
 curve on the test and train splits (25 points), and the loss plane through A, B
 and the Bezier bend (Garipov et al., Fig. 1) with both paths drawn.
@@ -23,7 +23,7 @@ from typing import Any
 from science_common import ROOT, digits, main, table, write
 
 import modeconnect as mc
-from modeconnect.curves import CurveStudy, curve_study
+from modeconnect.curve_fitting import CurveStudy, curve_study
 from modeconnect.evaluation import linear_path
 from modeconnect.figures import curve_figure, surface_figure
 from modeconnect.landscape import plane_grid

@@ -26,8 +26,8 @@ __version__ = "0.3.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     # the pipeline
-    "align": ("modeconnect.pipeline", "align"),
-    "AlignResult": ("modeconnect.pipeline", "AlignResult"),
+    "align": ("modeconnect.alignment", "align"),
+    "AlignResult": ("modeconnect.alignment", "AlignResult"),
     "align_files": ("modeconnect.commands.align", "align_files"),
     "AlignReport": ("modeconnect.commands.align", "AlignReport"),
     "barrier_files": ("modeconnect.commands.barrier", "barrier_files"),
@@ -75,15 +75,15 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "repair": ("modeconnect.bn", "repair"),
     "reset_batchnorm": ("modeconnect.bn", "reset_batchnorm"),
     "layerwise_barriers": ("modeconnect.layerwise", "layerwise_barriers"),
-    "Study": ("modeconnect.study", "Study"),
-    "barrier_study": ("modeconnect.study", "barrier_study"),
+    "Study": ("modeconnect.barrier_studies", "Study"),
+    "barrier_study": ("modeconnect.barrier_studies", "barrier_study"),
     # beyond the straight line
-    "Bezier": ("modeconnect.curves", "Bezier"),
-    "PolyChain": ("modeconnect.curves", "PolyChain"),
-    "CurveFit": ("modeconnect.curves", "CurveFit"),
-    "CurveStudy": ("modeconnect.curves", "CurveStudy"),
-    "fit_curve": ("modeconnect.curves", "fit_curve"),
-    "curve_study": ("modeconnect.curves", "curve_study"),
+    "Bezier": ("modeconnect.curve_fitting", "Bezier"),
+    "PolyChain": ("modeconnect.curve_fitting", "PolyChain"),
+    "CurveFit": ("modeconnect.curve_fitting", "CurveFit"),
+    "CurveStudy": ("modeconnect.curve_fitting", "CurveStudy"),
+    "fit_curve": ("modeconnect.curve_fitting", "fit_curve"),
+    "curve_study": ("modeconnect.curve_fitting", "curve_study"),
     "LossSurface": ("modeconnect.landscape", "LossSurface"),
     "LossSlice": ("modeconnect.landscape", "LossSlice"),
     "plane_basis": ("modeconnect.landscape", "plane_basis"),
@@ -144,6 +144,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from modeconnect.alignment import AlignResult, align
+    from modeconnect.barrier_studies import Study, barrier_study
     from modeconnect.bn import repair, reset_batchnorm
     from modeconnect.commands.align import AlignReport, align_files
     from modeconnect.commands.barrier import barrier_files
@@ -162,7 +164,14 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         sharpness,
         sharpness_study,
     )
-    from modeconnect.curves import Bezier, CurveFit, CurveStudy, PolyChain, curve_study, fit_curve
+    from modeconnect.curve_fitting import (
+        Bezier,
+        CurveFit,
+        CurveStudy,
+        PolyChain,
+        curve_study,
+        fit_curve,
+    )
     from modeconnect.evaluation import (
         LOSSES,
         Barrier,
@@ -200,6 +209,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from modeconnect.layerwise import layerwise_barriers
     from modeconnect.matching import METHODS, Alignment, match_weights
     from modeconnect.merging import MergeResult, merge
-    from modeconnect.pipeline import AlignResult, align
     from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
-    from modeconnect.study import Study, barrier_study

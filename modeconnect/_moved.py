@@ -27,6 +27,12 @@ MOVED: dict[str, str] = {
     **{f"modeconnect.files.{m}": f"modeconnect.io.{m}" for m in _IO},
     **{f"modeconnect.files.{m}": f"modeconnect.commands.{m}" for m in _COMMANDS},
     "modeconnect.files.lazy": "modeconnect.views",
+    "modeconnect.pipeline": "modeconnect.alignment",
+    "modeconnect.study": "modeconnect.barrier_studies",
+    "modeconnect.curves": "modeconnect.curve_fitting",
+    "modeconnect.evaluation.losses": "modeconnect.evaluation.scoring",
+    "modeconnect.spec.layout": "modeconnect.spec.permutations",
+    "modeconnect.spec.codec": "modeconnect.spec.permutations",
 }
 """Old module name -> where it lives now (see CHANGELOG.md, 0.3.0)."""
 

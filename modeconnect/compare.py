@@ -1,7 +1,7 @@
 """Run every alignment method on one pair and compare time, objective and barriers.
 
-Each method goes through :func:`modeconnect.pipeline.align` (so the equivalence
-guard checks every result) and :func:`modeconnect.pipeline.compare_interpolations`
+Each method goes through :func:`modeconnect.alignment.align` (so the equivalence
+guard checks every result) and :func:`modeconnect.alignment.compare_interpolations`
 (naive and aligned curves on the evaluation data, one barrier definition for all).
 Activation statistics come from ``train`` when given, else from ``data``.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .alignment import align, compare_interpolations
 from .errors import ModeconnectError
 from .evaluation import Barrier
 from .matching import METHODS, get_method, method_options, route_options
-from .pipeline import align, compare_interpolations
 from .probe import Batch, probe_inputs
 from .spec import derive_spec
 

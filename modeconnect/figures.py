@@ -21,7 +21,7 @@ import math
 from typing import Any
 
 from modeconnect.curvature import SharpnessStudy
-from modeconnect.curves import CurveStudy
+from modeconnect.curve_fitting import CurveStudy
 from modeconnect.errors import ModeconnectError
 from modeconnect.landscape import LossSlice, LossSurface
 

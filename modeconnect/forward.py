@@ -9,7 +9,7 @@ this module, so that a model is called the same way everywhere:
   main input by name, ``use_cache=False`` (a cache object is not an output to compare)
   and ``return_dict=True``, the same ids as ``decoder_input_ids`` when they are
   encoder-decoders, a second input as ``attention_mask`` (padded token batches, see
-  :mod:`modeconnect.evaluation.losses`), and their ``logits`` when they have them.
+  :mod:`modeconnect.evaluation.scoring`), and their ``logits`` when they have them.
   :func:`model_call` chooses one for a model.
 * :class:`Binding` maps a state dict onto the module's tensors, tied weights included.
 * :func:`run` calls the model once with a state dict; :func:`over_batches` loops over

@@ -239,7 +239,7 @@ def layerwise_barriers(
     point of the path from ``x0`` to ``x1`` (BatchNorm reset, REPAIR; see
     :func:`modeconnect.bn.make_correction`). ``full`` is the full curve on the
     same grid and data, if already computed (e.g. by
-    :func:`modeconnect.study.barrier_study`), so it is not evaluated again.
+    :func:`modeconnect.barrier_studies.barrier_study`), so it is not evaluated again.
 
     Examples
     --------

@@ -1,6 +1,6 @@
 """The loss as a differentiable function of a state dict.
 
-Curve training (:mod:`modeconnect.curves`), Hessian-vector products and
+Curve training (:mod:`modeconnect.curve_fitting`), Hessian-vector products and
 sharpness (:mod:`modeconnect.curvature`) need gradients with respect to the
 weights, and the loss landscapes (:mod:`modeconnect.landscape`) evaluate many
 states that are not any checkpoint. Everything here runs the model through
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from modeconnect.bn import batchnorm_layers, reset_batchnorm
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring
-from modeconnect.evaluation.losses import check_per_example
+from modeconnect.evaluation.scoring import check_per_example
 from modeconnect.forward import Binding, eval_mode, over_batches
 
 __all__ = [

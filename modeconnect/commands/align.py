@@ -1,8 +1,8 @@
 """``align`` on files: two checkpoints in, aligned B, the merge and a JSON report out.
 
 Checkpoints read from Hugging Face directories stay on disk and go through the same
-pipeline as checkpoints in memory (:func:`modeconnect.pipeline.align`,
-:func:`~modeconnect.pipeline.compare_interpolations`): aligned B is a view of B, curve
+pipeline as checkpoints in memory (:func:`modeconnect.alignment.align`,
+:func:`~modeconnect.alignment.compare_interpolations`): aligned B is a view of B, curve
 points are built one at a time, so at most one float32 model is in memory besides the
 matching's working memory; the outputs (``--out DIR``, ``--merged DIR``) are
 ``save_pretrained`` directories written one shard at a time.
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from modeconnect.alignment import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.bn import check_mode, renormalize
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
@@ -28,7 +29,6 @@ from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
 from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
-from modeconnect.pipeline import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.progress import ProgressFn
 from modeconnect.spec import PermutationSpec
 from modeconnect.timing import Timings

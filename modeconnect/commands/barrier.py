@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from modeconnect.barrier_studies import Study, barrier_study
 from modeconnect.commands.session import Session, open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, Scoring
@@ -19,7 +20,6 @@ from modeconnect.io.references import NO_TRUST, Trust, import_callable
 from modeconnect.io.report import stage_report
 from modeconnect.matching import method_options
 from modeconnect.progress import ProgressFn
-from modeconnect.study import Study, barrier_study
 from modeconnect.timing import Timings
 
 __all__ = ["StudyReport", "barrier_files", "resolve_loss"]
@@ -143,7 +143,8 @@ def barrier_files(
     align_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> StudyReport:
-    """Load two checkpoints and the data, run :func:`~modeconnect.barrier_study`, write the results.
+    """Load two checkpoints and the data, run :func:`~modeconnect.barrier_study`, write the
+    results.
 
     ``align`` names the alignment method (``None`` or ``"none"``: the naive path only)
     and ``align_options`` its options (one the method does not take raises);

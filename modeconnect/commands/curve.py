@@ -11,7 +11,7 @@ import torch
 from modeconnect.commands.barrier import resolve_loss
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
-from modeconnect.curves import CurveStudy, curve_study, get_curve
+from modeconnect.curve_fitting import CurveStudy, curve_study, get_curve
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn
 from modeconnect.io.references import NO_TRUST, Trust
@@ -61,7 +61,8 @@ def curve_files(
     progress: ProgressFn | None = None,
     timings: Timings | None = None,
 ) -> FileReport[CurveStudy]:
-    """Load A, B and the data, run :func:`~modeconnect.curves.curve_study`, write the results.
+    """Load A, B and the data, run :func:`~modeconnect.curve_fitting.curve_study`, write the
+    results.
 
     The curve (``curve`` with ``bends`` bends) is trained on ``train`` (SGD batches of
     ``batch_size``; the same size batches the evaluation) and evaluated with the line

@@ -16,7 +16,7 @@ import torch
 from modeconnect.commands.barrier import resolve_loss
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
-from modeconnect.curves import curve_path, get_curve
+from modeconnect.curve_fitting import curve_path, get_curve
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, PathFn, linear_path
 from modeconnect.io.checkpoints import Checkpoint

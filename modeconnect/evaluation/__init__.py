@@ -4,7 +4,7 @@ The modules read like the concepts:
 
 * :mod:`~modeconnect.evaluation.results`: what evaluation returns (:class:`Metrics`,
   :class:`Curve`, :class:`Barrier`, :class:`ExampleResults`, ...);
-* :mod:`~modeconnect.evaluation.losses`: scorings by name (``"ce"``, ``"mse"``,
+* :mod:`~modeconnect.evaluation.scoring`: scorings by name (``"ce"``, ``"mse"``,
   ``"causal_lm"``, ``"masked_lm"``) and the batch convention;
 * :mod:`~modeconnect.evaluation.interpolation`: the path ``θ(α) = (1-α)·θ_A + α·θ_B``;
 * :mod:`~modeconnect.evaluation.engine`: scored forward passes, α batched with
@@ -40,7 +40,17 @@ from modeconnect.evaluation.interpolation import (
     is_interpolable,
     linear_path,
 )
-from modeconnect.evaluation.losses import (
+from modeconnect.evaluation.results import (
+    Barrier,
+    BootstrapBarrier,
+    Curve,
+    CurvePoint,
+    ExampleCurve,
+    ExampleResults,
+    Interval,
+    Metrics,
+)
+from modeconnect.evaluation.scoring import (
     IGNORE_INDEX,
     LOSSES,
     Batch,
@@ -55,16 +65,6 @@ from modeconnect.evaluation.losses import (
     get_scoring,
     loss_name,
     squared_error,
-)
-from modeconnect.evaluation.results import (
-    Barrier,
-    BootstrapBarrier,
-    Curve,
-    CurvePoint,
-    ExampleCurve,
-    ExampleResults,
-    Interval,
-    Metrics,
 )
 
 __all__ = [

@@ -13,7 +13,7 @@ own tensors and training flags are never read or written. Two levels:
   :func:`~modeconnect.evaluation.bootstrap_barrier` resamples test examples without
   another forward pass.
 
-``loss`` chooses the scoring (:mod:`modeconnect.evaluation.losses`): ``"ce"`` (the
+``loss`` chooses the scoring (:mod:`modeconnect.evaluation.scoring`): ``"ce"`` (the
 default), ``"mse"``, a callable of per-example losses, or, for language models,
 ``"causal_lm"`` and ``"masked_lm"``, whose results also give the perplexity.
 
@@ -36,10 +36,10 @@ from torch import Tensor, nn
 
 from modeconnect.devices import moved_batches
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation.engine import Pass, evaluate_path, metrics
+from modeconnect.evaluation.engine import Pass, metrics, path_rows
 from modeconnect.evaluation.interpolation import PathFn, linear_path, placed_path
-from modeconnect.evaluation.losses import Batch, LossChoice, LossFn, Scoring, get_scoring
 from modeconnect.evaluation.results import Curve, CurvePoint, ExampleCurve, ExampleResults, Metrics
+from modeconnect.evaluation.scoring import Batch, LossChoice, LossFn, Scoring, get_scoring
 from modeconnect.forward import Binding, eval_mode
 from modeconnect.progress import ProgressFn
 
@@ -67,7 +67,7 @@ def evaluate(
     ``θ = state_dict`` replaces all parameters and buffers through
     :func:`torch.func.functional_call`; the model runs in eval mode under
     ``torch.no_grad()`` and its own tensors and training flags are left unchanged.
-    ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluation.losses`): for
+    ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluation.scoring`): for
     classifiers logits ``(N, C, ...)`` and class indices ``y`` ``(N, ...)``, whose
     accuracy compares ``argmax`` over dim 1 with ``y``. ``loss`` names the scoring
     (``"ce"`` by default; ``"causal_lm"`` and ``"masked_lm"`` for language models,
@@ -186,7 +186,7 @@ def interpolation_curve(
         alpha_batch = 1
     runner = Pass.of(model, scoring, per_example=False, sum_loss=loss_fn)
     with eval_mode(model), torch.no_grad():
-        raw = evaluate_path(runner, path, grid, {"data": batches}, alpha_batch, progress, task)
+        raw = path_rows(runner, path, grid, {"data": batches}, alpha_batch, progress, task)
     points = [metrics(row, scoring.per_token) for row in raw["data"]]
     return Curve(
         tuple(CurvePoint(t, m.loss, m.accuracy, m.perplexity) for t, m in zip(grid, points))
@@ -220,7 +220,7 @@ def example_curves(
     scoring = get_scoring(loss, model)
     runner = Pass.of(model, scoring, per_example=True)
     with eval_mode(model), torch.no_grad():
-        raw = evaluate_path(runner, path, grid, splits, alpha_batch, progress, task)
+        raw = path_rows(runner, path, grid, splits, alpha_batch, progress, task)
     return {
         name: ExampleCurve(
             grid, tuple(ExampleResults(*r, per_token=scoring.per_token) for r in rows)

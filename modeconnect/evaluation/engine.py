@@ -3,10 +3,10 @@
 A :class:`Pass` runs a model over batches through :func:`modeconnect.forward.over_batches`
 (one :func:`torch.func.functional_call` around the whole loop, so the weights are
 swapped in once per pass) and keeps, per batch or per example, the loss sum, the
-top-1 hits and the scored entries, as its :class:`~modeconnect.evaluation.losses.Scoring`
+top-1 hits and the scored entries, as its :class:`~modeconnect.evaluation.scoring.Scoring`
 defines them. Everything stays on the device until the pass ends.
 
-:func:`evaluate_path` evaluates a path ``α -> θ(α)`` on several splits: identical
+:func:`path_rows` evaluates a path ``α -> θ(α)`` on several splits: identical
 states (the same tensors) once, endpoints on their own (so they equal a single
 evaluation exactly), the other points ``alpha_batch`` at a time in one
 :func:`torch.func.vmap` pass over stacked weights, or as a timed probe decides.
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.interpolation import PathFn
-from modeconnect.evaluation.losses import LossFn, Scoring, check_per_example
 from modeconnect.evaluation.results import Metrics, perplexity
+from modeconnect.evaluation.scoring import LossFn, Scoring, check_per_example
 from modeconnect.forward import Binding, ModelCall, model_call, over_batches
 from modeconnect.progress import ProgressFn
 
@@ -37,7 +37,7 @@ __all__ = [
     "Rows",
     "auto_alpha_batch",
     "check_reiterable",
-    "evaluate_path",
+    "path_rows",
     "metrics",
 ]
 
@@ -210,7 +210,7 @@ def auto_alpha_batch(model: nn.Module) -> int:
     ``1`` for models with convolutions: ``vmap`` turns a convolution into a grouped
     one, measured 1.2-1.7x slower on CPU (``benchmarks/bench_evaluate.py``).
     Otherwise :data:`MAX_ALPHA_BATCH`, fewer if the stacked weights would exceed
-    :data:`STACK_BYTES`; :func:`evaluate_path` then times one chunk both ways and
+    :data:`STACK_BYTES`; :func:`path_rows` then times one chunk both ways and
     keeps vectorising only if it pays (it does when per-batch overhead dominates:
     small models, small batches; see :data:`_PROBE_SIZE`).
     """
@@ -234,7 +234,7 @@ _COMPUTE_BOUND = 2e-3
 (the 64-64-10 MLP above took 0.06 ms per batch, the 784-512-512-10 one 5 ms)."""
 
 
-def evaluate_path(
+def path_rows(
     runner: Pass,
     path: PathFn,
     alphas: Sequence[float],

@@ -3,7 +3,7 @@
 Small frozen dataclasses, no computation beyond means and serialisation. Losses
 are means over target *entries* (examples for class labels, tokens for language
 models) as ratios of sums, ``Σ loss / Σ entries``. For language-model scorings
-(:mod:`modeconnect.evaluation.losses`) the perplexity ``exp(mean loss)`` is reported
+(:mod:`modeconnect.evaluation.scoring`) the perplexity ``exp(mean loss)`` is reported
 beside the loss; for the others it is ``None`` and left out of the JSON.
 """
 

@@ -30,10 +30,10 @@ For a language model (``language=``, :class:`LanguageData`) token data are accep
   consecutive blocks of ``block_size`` tokens (the remainder is dropped).
 
 Token batches are ``(ids, ids)``, the convention of the language-model scorings of
-:mod:`modeconnect.evaluation.losses` (``"causal_lm"`` scores each next token,
+:mod:`modeconnect.evaluation.scoring` (``"causal_lm"`` scores each next token,
 ``"masked_lm"`` masks a seeded 15 % of the positions itself), or ``(ids, labels)`` with
-:data:`~modeconnect.evaluation.losses.PAD_LABEL` at padded positions
-(:func:`~modeconnect.evaluation.losses.token_batch`), and hold at most
+:data:`~modeconnect.evaluation.scoring.PAD_LABEL` at padded positions
+(:func:`~modeconnect.evaluation.scoring.token_batch`), and hold at most
 :data:`TOKENS_PER_BATCH` tokens (fewer examples than ``batch_size`` when needed).
 
 Whatever the source, the result can be iterated more than once.
@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation.losses import PAD_LABEL, token_batch
+from modeconnect.evaluation.scoring import PAD_LABEL, token_batch
 from modeconnect.io.checkpoints import torch_load
 from modeconnect.io.references import import_callable
 
@@ -436,7 +436,7 @@ def check_tokens(
     batches: Iterable[Batch], source: str | Path, vocab_size: int, max_length: int | None
 ) -> None:
     """Token ids in ``[0, vocab_size)``, targets too (or :data:`IGNORE_INDEX`, or
-    :data:`~modeconnect.evaluation.losses.PAD_LABEL` at padding), length in range.
+    :data:`~modeconnect.evaluation.scoring.PAD_LABEL` at padding), length in range.
 
     Padded positions hold ids too (the tokenizer's pad token), checked like the others.
     """

@@ -35,15 +35,15 @@ from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from modeconnect.barrier_studies import SplitResult, Study
 from modeconnect.errors import ModeconnectError
 from modeconnect.io.targets import REPORT_FILES, Outputs, Staging
-from modeconnect.study import SplitResult, Study
 
 if TYPE_CHECKING:
+    from modeconnect.alignment import AlignResult
     from modeconnect.curvature import SharpnessStudy
-    from modeconnect.curves import CurveStudy
+    from modeconnect.curve_fitting import CurveStudy
     from modeconnect.landscape import LossSlice, LossSurface
-    from modeconnect.pipeline import AlignResult
 
 __all__ = [
     "CURVE_PLOTS",

@@ -2,7 +2,7 @@
 
 The package reads like the analysis:
 
-* :mod:`.layout` — :class:`PermutationSpec`, axis layouts, applying, inverting and
+* :mod:`.permutations` — :class:`PermutationSpec`, axis layouts, applying, inverting and
   drawing permutations;
 * :mod:`.trace` — the model's graph, exported as the model is called
   (:class:`~modeconnect.forward.ModelCall`);
@@ -13,7 +13,8 @@ The package reads like the analysis:
 * :mod:`.runner` — :class:`GraphRunner`, the traced graph run with any weights;
 * :mod:`.inputs` — :func:`example_inputs`, probe inputs inferred from the model;
 * :mod:`.coverage` — :class:`Coverage`, what a spec permutes and leaves fixed;
-* :mod:`.codec` and :mod:`.key` — specs as data and :func:`spec_key`, for caching.
+* :mod:`.key` — :func:`spec_key`, for caching specs as data
+  (:meth:`PermutationSpec.to_dict`, :meth:`PermutationSpec.from_dict`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .coverage import Coverage
 from .derive import derive_spec
 from .inputs import example_inputs
 from .key import spec_key
-from .layout import (
+from .permutations import (
     ActivationSite,
     Concat,
     Fixed,

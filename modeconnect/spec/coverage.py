@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .layout import Fixed, PermutationSpec
+from .permutations import Fixed, PermutationSpec
 
 
 @dataclass(frozen=True)

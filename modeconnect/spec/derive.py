@@ -1,4 +1,4 @@
-"""Derive a :class:`~modeconnect.spec.layout.PermutationSpec` from a model's graph.
+"""Derive a :class:`~modeconnect.spec.permutations.PermutationSpec` from a model's graph.
 
 The model is traced (:mod:`~modeconnect.spec.trace`). Every dimension of every
 tensor in the graph gets an axis variable (:mod:`~modeconnect.spec.unionfind`);
@@ -23,7 +23,7 @@ from torch import nn
 
 from ..forward import ModelCall
 from .context import Context, Dims, dims, flatten_args, mutated_nodes, shape
-from .layout import PermutationSpec
+from .permutations import PermutationSpec
 from .resolve import resolve
 from .rules import rule_for
 from .shuffle import fused_shuffles

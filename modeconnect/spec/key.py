@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..forward import ModelCall, model_call
-from .codec import FORMAT
+from .permutations import FORMAT
 from .trace import Inputs, call_arguments
 
 ANALYSIS_VERSION = 2

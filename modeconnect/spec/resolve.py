@@ -1,4 +1,4 @@
-"""From axis variables to a :class:`~modeconnect.spec.layout.PermutationSpec`.
+"""From axis variables to a :class:`~modeconnect.spec.permutations.PermutationSpec`.
 
 After the pass over the graph, every free class of variables that reaches a
 parameter axis becomes a permutation group (``P0``, ``P1``, ... in the order the
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .context import Dims
-from .layout import (
+from .permutations import (
     ActivationSite,
     Concat,
     Fixed,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from modeconnect.barrier_studies import SplitResult
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
@@ -54,10 +55,9 @@ from modeconnect.objective import (
     weights_of,
 )
 from modeconnect.progress import ProgressFn
-from modeconnect.study import SplitResult
 
 if TYPE_CHECKING:
-    from modeconnect.pipeline import AlignResult
+    from modeconnect.alignment import AlignResult
 
 __all__ = [
     "CURVE_KINDS",
@@ -150,7 +150,7 @@ def curve_point(
     A quadratic Bezier curve weighs A, the bend and B by ``¼, ½, ¼`` at ``t = ½``:
 
     >>> import torch
-    >>> from modeconnect.curves import Bezier, curve_point
+    >>> from modeconnect.curve_fitting import Bezier, curve_point
     >>> a, bend, b = ({"w": torch.tensor([v])} for v in (0.0, 4.0, 8.0))
     >>> Bezier(bends=1).coefficients(0.5)
     (0.25, 0.5, 0.25)

@@ -50,7 +50,7 @@ from modeconnect.layerwise import LayerwiseResult, layerwise_barriers
 from modeconnect.progress import ProgressFn, prefixed
 
 if TYPE_CHECKING:  # pipeline imports the graph machinery; only barrier_study needs it
-    from modeconnect.pipeline import AlignResult
+    from modeconnect.alignment import AlignResult
 
 __all__ = [
     "PairResult",
@@ -192,7 +192,7 @@ def barrier_study(
 
     - Paths: ``θ(α) = (1-α)·θ_A + α·θ_B`` on ``steps`` evenly spaced α (both ends
       included) plus α = 0.5; for naive B and, unless ``align`` is ``None`` or
-      ``"none"``, for B aligned to A with :func:`modeconnect.pipeline.align`
+      ``"none"``, for B aligned to A with :func:`modeconnect.alignment.align`
       (method ``align``, seed ``seed``, ``align_options``; verified by the guard).
     - ``bn``: ``"reset"`` recomputes BatchNorm statistics on ``train`` at every α
       (endpoints included), ``"repair"`` applies REPAIR at every α, ``"none"``
@@ -225,7 +225,7 @@ def barrier_study(
     targets: dict[str, StateDict] = {"naive": b}
     alignment = None
     if method is not None:
-        from modeconnect.pipeline import align as align_models
+        from modeconnect.alignment import align as align_models
 
         options = {"seed": seed, **(align_options or {})}
         alignment = align_models(model, a, b, method=method, data=train or test, **options)
