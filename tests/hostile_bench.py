@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 from click.testing import CliRunner
 
-from modeconnect.files.checkpoints import load_checkpoint
+from modeconnect.io.checkpoints import load_checkpoint
 from modeconnect_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]

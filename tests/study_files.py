@@ -9,6 +9,7 @@ refused command printed one line and changed no file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -56,6 +58,13 @@ def bench(root: Path) -> Bench:
     return Bench(root, a, b, c, root / "test.pt", root / "train.pt")
 
 
+@pytest.fixture(name="files")
+def files_fixture(tmp_path: Path) -> Bench:
+    """The ``files`` fixture of the command tests, a :func:`bench` in the test's folder: a
+    test module imports ``files_fixture`` to use it."""
+    return bench(tmp_path)
+
+
 def run(*args: object) -> tuple[int, str, str]:
     """``modeconnect ARGS`` in this process: exit code, stdout, stderr."""
     result = CliRunner().invoke(main, [str(a) for a in args])
@@ -71,6 +80,15 @@ def run_subprocess(*args: object) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "modeconnect_cli.main", *map(str, args)],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
     )  # fmt: skip
+
+
+def run_in_a_process(json_path: Path, *args: object) -> tuple[str, dict[str, Any]]:
+    """``modeconnect ARGS --json JSON_PATH`` by :func:`run_subprocess`: it must exit 0 and
+    print nothing on stderr. Returns its stdout and the JSON it wrote."""
+    proc = run_subprocess(*args, "--json", json_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    return proc.stdout, json.loads(json_path.read_text())
 
 
 def snapshot(folder: Path) -> dict[str, str]:

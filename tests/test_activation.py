@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from zoo import ZOO, randomize_
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.matching.activation import (
@@ -22,11 +23,6 @@ from modeconnect.spec import (
     invert_permutation,
     random_permutation,
 )
-
-try:  # works whether or not tests/ is a package
-    from tests.zoo import ZOO, randomize_
-except ImportError:  # pragma: no cover - depends on pytest's import mode
-    from zoo import ZOO, randomize_  # type: ignore[no-redef]
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 

@@ -23,7 +23,7 @@ from modeconnect.bn import (
 )
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, evaluate, interpolate
-from modeconnect.files.data import load_data
+from modeconnect.io.data import load_data
 from modeconnect.models import conv_net, mlp
 
 ROOT = Path(__file__).resolve().parents[1]

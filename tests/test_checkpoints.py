@@ -1,4 +1,4 @@
-"""Tests for modeconnect.files.checkpoints: checkpoint formats, atomic writes, model references."""
+"""Tests for modeconnect.io.checkpoints: checkpoint formats, atomic writes, model references."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files import checkpoints as mio
-from modeconnect.files.checkpoints import (
+from modeconnect.io import checkpoints as mio
+from modeconnect.io.checkpoints import (
     Checkpoint,
     build_model,
     check_same_architecture,
@@ -25,7 +25,7 @@ from modeconnect.files.checkpoints import (
     resolve_model,
     save_checkpoint,
 )
-from modeconnect.files.references import Trust
+from modeconnect.io.references import Trust
 
 MODEL_SOURCE = """
 import torch

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from modeconnect.files.checkpoints import load_checkpoint
+from modeconnect.io.checkpoints import load_checkpoint
 from modeconnect_cli.main import main
 
 MLP_REF = "modeconnect.models:mlp"
@@ -210,7 +210,7 @@ class _Opaque:
 def test_guard_failure_writes_nothing(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import modeconnect.files.align as command
+    import modeconnect.commands.align as command
     from modeconnect.spec import Fixed, Member, PermutationSpec
 
     a, b, _ = _small_pair(tmp_path)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from study_files import Bench, assert_refused, bench, run, run_subprocess, snapshot
+from study_files import (
+    Bench,
+    assert_refused,
+    files_fixture,  # noqa: F401 (the ``files`` fixture)
+    run,
+    run_in_a_process,
+    snapshot,
+)
 
 import modeconnect as mc
 
 QUICK = ("--epochs", "2", "--batch-size", "16", "--steps", "5")
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Bench:
-    return bench(tmp_path)
 
 
 def _curve(f: Bench, *extra: object) -> tuple[int, str, str]:
@@ -181,10 +182,8 @@ def test_an_existing_plot_needs_force(files: Bench) -> None:
 
 @pytest.mark.slow
 def test_curve_in_a_subprocess(files: Bench) -> None:
-    js = files.root / "c.json"
-    proc = run_subprocess("curve", files.a, files.b, "--train", files.train, "--data", files.test,
-                          *QUICK, "--json", js)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and "bezier     test" in proc.stdout
-    command = json.loads(js.read_text())["command"]
+    out, data = run_in_a_process(files.root / "c.json", "curve", files.a, files.b, "--train",
+                                 files.train, "--data", files.test, *QUICK)  # fmt: skip
+    assert "bezier     test" in out
+    command = data["command"]
     assert " curve " in command and "--epochs 2" in command and "''" not in command

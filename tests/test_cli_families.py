@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import ROOT
 from zoo import HF_MODELS, ZOO, build, example_input
 
-from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
+from modeconnect.io.checkpoints import load_checkpoint, save_checkpoint
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 from modeconnect_cli.main import main
 

@@ -52,7 +52,7 @@ def test_help_exits_0_in_a_subprocess(command: str) -> None:
 
 def test_names_written_out_for_the_command_line_match_the_library() -> None:
     from modeconnect.curvature import NORMS, SPECTRUM_METHODS
-    from modeconnect.curves import CURVE_KINDS
+    from modeconnect.curve_fitting import CURVE_KINDS
     from modeconnect_cli import options, sharpness
 
     assert tuple(CURVE_KINDS) == options.CURVE_KINDS

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from study_files import (
     Bench,
     assert_outputs_spare_inputs,
-    bench,
+    files_fixture,  # noqa: F401 (the ``files`` fixture)
     run,
-    run_subprocess,
+    run_in_a_process,
     snapshot,
 )
 
 import modeconnect as mc
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Bench:
-    return bench(tmp_path)
 
 
 def _grid(f: Bench, name: str, *extra: object) -> dict:
@@ -93,9 +87,7 @@ def test_no_output_may_overwrite_an_input(files: Bench, option: str) -> None:
 
 @pytest.mark.slow
 def test_landscape_in_a_subprocess(files: Bench) -> None:
-    js = files.root / "l.json"
-    proc = run_subprocess("landscape", files.a, "--data", files.test, "--resolution", "3",
-                          "--json", js)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and "surface    two" in proc.stdout
-    assert len(json.loads(js.read_text())["loss"]) == 3
+    out, data = run_in_a_process(files.root / "l.json", "landscape", files.a, "--data", files.test,
+                                 "--resolution", "3")  # fmt: skip
+    assert "surface    two" in out
+    assert len(data["loss"]) == 3

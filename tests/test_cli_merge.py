@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from torch.testing import assert_close
 
-from modeconnect.files.checkpoints import load_checkpoint, save_checkpoint
+from modeconnect.io.checkpoints import load_checkpoint, save_checkpoint
 from modeconnect.models import conv_net, mlp
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 from modeconnect_cli.main import main

@@ -13,18 +13,13 @@ from study_files import (
     Bench,
     assert_outputs_spare_inputs,
     assert_refused,
-    bench,
+    files_fixture,  # noqa: F401 (the ``files`` fixture)
     run,
-    run_subprocess,
+    run_in_a_process,
     snapshot,
 )
 
 import modeconnect as mc
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Bench:
-    return bench(tmp_path)
 
 
 def _plane(f: Bench, *extra: object) -> tuple[int, str, str]:
@@ -164,9 +159,7 @@ def test_outputs_only_when_asked_and_existing_ones_need_force(files: Bench) -> N
 
 @pytest.mark.slow
 def test_plane_in_a_subprocess(files: Bench) -> None:
-    js = files.root / "p.json"
-    proc = run_subprocess("plane", files.a, files.b, files.c, "--data", files.test,
-                          "--resolution", "3", "--json", js)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and "points     A (0, 0)" in proc.stdout
-    assert json.loads(js.read_text())["points"]["A"] == [0.0, 0.0]
+    out, data = run_in_a_process(files.root / "p.json", "plane", files.a, files.b, files.c,
+                                 "--data", files.test, "--resolution", "3")  # fmt: skip
+    assert "points     A (0, 0)" in out
+    assert data["points"]["A"] == [0.0, 0.0]

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from study_files import (
     Bench,
     assert_outputs_spare_inputs,
     assert_refused,
-    bench,
+    files_fixture,  # noqa: F401 (the ``files`` fixture)
     run,
-    run_subprocess,
+    run_in_a_process,
 )
 
 import modeconnect as mc
 
 QUICK = ("--iterations", "4", "--trace-samples", "3", "--ascent-steps", "2")
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Bench:
-    return bench(tmp_path)
 
 
 def test_sharpness_of_a_is_what_the_library_says(files: Bench) -> None:
@@ -79,8 +73,7 @@ def test_no_output_may_overwrite_an_input(files: Bench, option: str) -> None:
 
 @pytest.mark.slow
 def test_sharpness_in_a_subprocess(files: Bench) -> None:
-    js = files.root / "s.json"
-    proc = run_subprocess("sharpness", files.a, "--data", files.train, *QUICK, "--json", js)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and "adaptive ρ=0.5" in proc.stdout
-    assert list(json.loads(js.read_text())["models"]) == ["A"]
+    out, data = run_in_a_process(files.root / "s.json", "sharpness", files.a, "--data", files.train,
+                                 *QUICK)  # fmt: skip
+    assert "adaptive ρ=0.5" in out
+    assert list(data["models"]) == ["A"]

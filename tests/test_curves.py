@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from modeconnect.bn import reset_batchnorm
-from modeconnect.curves import (
+from modeconnect.curve_fitting import (
     Bezier,
     PolyChain,
     curve_path,

@@ -1,4 +1,4 @@
-"""Tests for modeconnect.files.data: every source kind loads re-iterable (x, y) batches."""
+"""Tests for modeconnect.io.data: every source kind loads re-iterable (x, y) batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.data import Batch, first_batch, load_data
+from modeconnect.io.data import Batch, first_batch, load_data
 
 SOURCE = """
 import torch
@@ -182,37 +182,26 @@ def test_unknown_extension(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ext", [".pt", ".npz"])
-def test_missing_keys(tmp_path: Path, ext: str) -> None:
+@pytest.mark.parametrize(
+    ("shapes", "pattern"),
+    [
+        (
+            {"inputs": (2,), "labels": (2,)},
+            r"expected keys 'x' and 'y', found keys \['inputs', 'labels'\]",
+        ),
+        ({"x": (4, 3), "y": (5,)}, r"'x' and 'y' have different lengths: x \(4, 3\), y \(5,\)"),
+        ({"x": (0, 3), "y": (0,)}, r"the data is empty \(x \(0, 3\)\)"),
+    ],
+    ids=["missing_keys", "length_mismatch", "empty"],
+)
+def test_wrong_keys_or_lengths(tmp_path: Path, ext: str, shapes: dict, pattern: str) -> None:
+    """Arrays of ones of these shapes under these keys, saved as ``.pt`` and as ``.npz``."""
     path = tmp_path / f"d{ext}"
     if ext == ".pt":
-        torch.save({"inputs": torch.ones(2), "labels": torch.ones(2)}, path)
+        torch.save({key: torch.ones(shape) for key, shape in shapes.items()}, path)
     else:
-        np.savez(path, inputs=np.ones(2), labels=np.ones(2))
-    pattern = rf"{_esc(path)}: expected keys 'x' and 'y', found keys \['inputs', 'labels'\]"
-    with pytest.raises(ModeconnectError, match=pattern):
-        load_data(path)
-
-
-@pytest.mark.parametrize("ext", [".pt", ".npz"])
-def test_length_mismatch(tmp_path: Path, ext: str) -> None:
-    path = tmp_path / f"d{ext}"
-    if ext == ".pt":
-        torch.save({"x": torch.ones(4, 3), "y": torch.ones(5)}, path)
-    else:
-        np.savez(path, x=np.ones((4, 3)), y=np.ones(5))
-    pattern = rf"{_esc(path)}: 'x' and 'y' have different lengths: x \(4, 3\), y \(5,\)"
-    with pytest.raises(ModeconnectError, match=pattern):
-        load_data(path)
-
-
-@pytest.mark.parametrize("ext", [".pt", ".npz"])
-def test_empty(tmp_path: Path, ext: str) -> None:
-    path = tmp_path / f"d{ext}"
-    if ext == ".pt":
-        torch.save({"x": torch.ones(0, 3), "y": torch.ones(0)}, path)
-    else:
-        np.savez(path, x=np.ones((0, 3)), y=np.ones(0))
-    with pytest.raises(ModeconnectError, match=rf"{_esc(path)}: the data is empty \(x \(0, 3\)\)"):
+        np.savez(path, **{key: np.ones(shape) for key, shape in shapes.items()})
+    with pytest.raises(ModeconnectError, match=rf"{_esc(path)}: {pattern}"):
         load_data(path)
 
 

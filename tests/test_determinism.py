@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from modeconnect.files.checkpoints import save_checkpoint
-from modeconnect.files.targets import Staging
+from modeconnect.io.checkpoints import save_checkpoint
+from modeconnect.io.targets import Staging
 from modeconnect_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,23 +75,41 @@ def test_staging_removes_its_files_and_folders_when_interrupted(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_sigterm_leaves_either_every_output_or_none(tmp_path: Path) -> None:
-    outputs = [tmp_path / "b.pt", tmp_path / "m.pt", tmp_path / "r.json"]
+def _signalled_mid_run(tmp_path: Path, signum: int) -> tuple[subprocess.Popen[str], str]:
+    """Start ``align`` and send ``signum`` at a known point: once the derived spec has been
+    cached, which happens after loading and before matching, the guard and a 101-point
+    evaluation. By then the command has installed its handlers and is still working."""
+    cache = tmp_path / "cache"
+    out = tmp_path / "out"
+    cache.mkdir()
+    out.mkdir()
+    env = {**os.environ, "MODECONNECT_CACHE": str(cache)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "modeconnect_cli.main", "align", str(CHECKPOINTS / "mlp_a.pt"),
          str(CHECKPOINTS / "mlp_b.pt"), "--data", str(CHECKPOINTS / "digits_test.pt"),
-         "--steps", "101", "--out", str(outputs[0]), "--merged", str(outputs[1]),
-         "--json", str(outputs[2])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+         "--steps", "101", "--out", str(out / "b.pt"), "--merged", str(out / "m.pt"),
+         "--json", str(out / "r.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    time.sleep(4.0)
-    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 240
+    while not list(cache.glob("*.json")):
+        assert proc.poll() is None, "align ended before it cached its spec"
+        assert time.monotonic() < deadline, "align never cached its spec"
+        time.sleep(0.01)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
+    return proc, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGHUP, 128 + signal.SIGHUP),
+     (signal.SIGINT, 1)],  # SIGINT: KeyboardInterrupt, which click reports as "Aborted!"
+    ids=["SIGTERM", "SIGHUP", "SIGINT"],
+)  # fmt: skip
+def test_an_interrupted_run_leaves_no_output(tmp_path: Path, signum: int, code: int) -> None:
+    proc, stderr = _signalled_mid_run(tmp_path, signum)
     assert "Traceback" not in stderr
-    left = sorted(p.name for p in tmp_path.iterdir())
-    if proc.returncode == 0:  # finished before the signal: everything is there
-        assert left == sorted(p.name for p in outputs)
-    else:
-        assert proc.returncode == 128 + signal.SIGTERM
-        assert left == []
+    assert proc.returncode == code, stderr  # the handler ran: the run was stopped mid-work
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -323,18 +323,22 @@ def test_barrier_errors() -> None:
         barrier(partial)
 
 
+def _even_curve(values: list[tuple[float, float]]) -> Curve:
+    """A curve of ``(loss, 10 * accuracy)`` pairs at evenly spaced alphas from 0 to 1."""
+    n = len(values)
+    return Curve(
+        tuple(CurvePoint(i / (n - 1), loss, acc / 10) for i, (loss, acc) in enumerate(values))
+    )
+
+
 _values = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
+_curves = st.lists(st.tuples(_values, _values), min_size=2, max_size=9).map(_even_curve)
+_definitions = st.sampled_from(["lerp", "mean"])
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(_values, _values), min_size=2, max_size=9), st.sampled_from(["lerp", "mean"])
-)
-def test_barrier_is_never_negative(values: list[tuple[float, float]], definition: str) -> None:
-    n = len(values)
-    curve = Curve(
-        tuple(CurvePoint(i / (n - 1), loss, acc / 10) for i, (loss, acc) in enumerate(values))
-    )
+@given(_curves, _definitions)
+def test_barrier_is_never_negative(curve: Curve, definition: str) -> None:
     result = barrier(curve, definition)
     assert result.loss >= 0.0 and result.error >= 0.0
 
@@ -561,16 +565,10 @@ def test_barrier_is_nan_when_a_value_is_nan() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    st.lists(st.tuples(_values, _values), min_size=2, max_size=9), st.sampled_from(["lerp", "mean"])
-)
-def test_barrier_values_equals_barrier(values: list[tuple[float, float]], definition: str) -> None:
+@given(_curves, _definitions)
+def test_barrier_values_equals_barrier(curve: Curve, definition: str) -> None:
     from modeconnect.evaluation import barrier_values
 
-    n = len(values)
-    curve = Curve(
-        tuple(CurvePoint(i / (n - 1), loss, acc / 10) for i, (loss, acc) in enumerate(values))
-    )
     want = barrier(curve, definition)
     table = torch.tensor([curve.losses, curve.errors], dtype=torch.float64)
     got = barrier_values(curve.alphas, table, definition)

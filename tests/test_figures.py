@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modeconnect.curvature import sharpness_study
-from modeconnect.curves import curve_study
+from modeconnect.curve_fitting import curve_study
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import linear_path
 from modeconnect.figures import curve_figure, sharpness_figure, slice_figure, surface_figure

@@ -33,10 +33,10 @@ from flwr.app import (  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from small_mlp import small_net, small_state  # noqa: E402
 
 from modeconnect.federated import aligned_fedavg, fedavg  # noqa: E402
 from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
-from modeconnect.models import mlp  # noqa: E402
 from modeconnect.spec import (  # noqa: E402
     apply_permutation,
     derive_spec,  # noqa: E402
@@ -69,16 +69,7 @@ def flwr_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
-def _net():
-    return mlp(6, [10, 12], 3)
-
-
-def _sd(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: v.detach().clone() for k, v in _net().state_dict().items()}
-
-
-SPEC = derive_spec(_net(), (torch.randn(2, 6),))
+SPEC = derive_spec(small_net(), (torch.randn(2, 6),))
 
 
 def _client_model(global_sd: dict[str, torch.Tensor], node: int) -> dict[str, torch.Tensor]:
@@ -106,7 +97,7 @@ def _error_reply(node: int, global_sd) -> Message:
 
 
 def _strategy(global_sd, **kwargs) -> AlignedFedAvg:
-    strategy = AlignedFedAvg(_net(), align_options={"spec": SPEC}, **kwargs)
+    strategy = AlignedFedAvg(small_net(), align_options={"spec": SPEC}, **kwargs)
     strategy.global_arrays = ArrayRecord(global_sd)
     return strategy
 
@@ -123,14 +114,14 @@ def test_import_modeconnect_does_not_import_flwr():
 
 
 def test_strategy_output_matches_the_library_function():
-    global_sd = _sd(0)
+    global_sd = small_state(0)
     clients = {node: _client_model(global_sd, node) for node in (1, 2, 3)}
     counts = {1: 30, 2: 10, 3: 60}
     replies = [_reply(n, clients[n], counts[n], global_sd) for n in clients]
     strategy = _strategy(global_sd)
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert list(strategy.aggregation_seconds) == [1] and strategy.aggregation_seconds[1] > 0
-    expected = aligned_fedavg(_net(), list(clients.values()), list(counts.values()),
+    expected = aligned_fedavg(small_net(), list(clients.values()), list(counts.values()),
                               reference=global_sd, spec=SPEC)  # fmt: skip
     assert_close(arrays.to_torch_state_dict(), expected)
     assert_close(arrays.to_torch_state_dict(), global_sd, atol=0.02, rtol=0)  # aligned back
@@ -139,7 +130,7 @@ def test_strategy_output_matches_the_library_function():
 
 
 def test_method_none_matches_flowers_fedavg():
-    global_sd = _sd(0)
+    global_sd = small_state(0)
     replies = [_reply(n, _client_model(global_sd, n), 10 * n, global_sd) for n in (1, 2)]
     ours, _ = _strategy(global_sd, method="none").aggregate_train(1, replies)
     theirs, _ = FedAvg().aggregate_train(1, replies)
@@ -147,18 +138,20 @@ def test_method_none_matches_flowers_fedavg():
 
 
 def test_failed_clients_are_skipped(flwr_log):
-    global_sd = _sd(0)
+    global_sd = small_state(0)
     good = {1: _client_model(global_sd, 1), 3: _client_model(global_sd, 3)}
     replies = [_reply(1, good[1], 5, global_sd), _error_reply(2, global_sd),
                _reply(3, good[3], 15, global_sd)]  # fmt: skip
     arrays, _ = _strategy(global_sd).aggregate_train(1, replies)
-    expected = aligned_fedavg(_net(), list(good.values()), [5, 15], reference=global_sd, spec=SPEC)
+    expected = aligned_fedavg(
+        small_net(), list(good.values()), [5, 15], reference=global_sd, spec=SPEC
+    )
     assert_close(arrays.to_torch_state_dict(), expected)
     assert "Received error in reply from node 2: client crashed" in flwr_log.text
 
 
 def test_mismatched_client_is_logged_and_left_out(flwr_log):
-    global_sd = _sd(0)
+    global_sd = small_state(0)
     good = {1: _client_model(global_sd, 1), 2: _client_model(global_sd, 2)}
     wrong = dict(_client_model(global_sd, 3))
     wrong["3.weight"] = torch.zeros(12, 7)
@@ -167,7 +160,9 @@ def test_mismatched_client_is_logged_and_left_out(flwr_log):
     replies = [_reply(1, good[1], 5, global_sd), _reply(3, wrong, 50, global_sd),
                _reply(2, good[2], 5, global_sd), _reply(4, nan, 50, global_sd)]  # fmt: skip
     arrays, _ = _strategy(global_sd).aggregate_train(7, replies)
-    expected = aligned_fedavg(_net(), list(good.values()), [5, 5], reference=global_sd, spec=SPEC)
+    expected = aligned_fedavg(
+        small_net(), list(good.values()), [5, 5], reference=global_sd, spec=SPEC
+    )
     assert_close(arrays.to_torch_state_dict(), expected)
     assert any(r.getMessage().startswith("\t└──> weight: aggregated 2 models in ")
                for r in flwr_log.records)  # fmt: skip
@@ -180,7 +175,7 @@ def test_mismatched_client_is_logged_and_left_out(flwr_log):
 
 
 def test_no_usable_replies_give_nothing():
-    global_sd = _sd(0)
+    global_sd = small_state(0)
     assert _strategy(global_sd).aggregate_train(1, [_error_reply(1, global_sd)]) == (None, None)
     assert _strategy(global_sd).aggregate_train(1, []) == (None, None)
 
@@ -189,7 +184,7 @@ def test_bad_reference_name():
     from modeconnect.errors import ModeconnectError
 
     with pytest.raises(ModeconnectError, match="reference='best' is not one of global, clients"):
-        AlignedFedAvg(_net(), reference="best")
+        AlignedFedAvg(small_net(), reference="best")
 
 
 # --------------------------------------------------------------------------- round trip
@@ -266,9 +261,9 @@ def test_in_process_round_trip(flwr_log):
     nodes, failing = [1, 2, 3, 4], 3
     app, examples = _client_app(failing)
     strategy = AlignedFedAvg(
-        _net(), align_options={"spec": SPEC}, min_available_nodes=4, min_train_nodes=4
+        small_net(), align_options={"spec": SPEC}, min_available_nodes=4, min_train_nodes=4
     )
-    start = _sd(0)
+    start = small_state(0)
     result = strategy.start(grid=InProcessGrid(app, nodes), initial_arrays=ArrayRecord(start),
                             num_rounds=2)  # fmt: skip
     # The same two rounds by the library function alone.
@@ -276,7 +271,7 @@ def test_in_process_round_trip(flwr_log):
     for _ in range(2):
         clients = [_client_model(expected, n) for n in nodes if n != failing]
         counts = [examples(n) for n in nodes if n != failing]
-        expected = aligned_fedavg(_net(), clients, counts, reference=expected, spec=SPEC)
+        expected = aligned_fedavg(small_net(), clients, counts, reference=expected, spec=SPEC)
     assert_close(result.arrays.to_torch_state_dict(), expected)
     assert_close(result.arrays.to_torch_state_dict(), start, atol=0.05, rtol=0)
     # Plain FedAvg of the same permuted clients would have scrambled the model.

@@ -25,14 +25,8 @@ from torch import nn
 from zoo import ZOO, randomize_
 from zoo_hf import gpt2
 
+from modeconnect.alignment import align
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.checkpoints import load_checkpoint
-from modeconnect.files.spec_cache import (
-    cached_spec,
-    forget_cached,
-    read_cached,
-    with_untrusted_spec,
-)
 from modeconnect.guard import (
     DEFAULT_TOLERANCE,
     PRECISIONS,
@@ -42,8 +36,14 @@ from modeconnect.guard import (
     precision_of,
     require_equivalence,
 )
+from modeconnect.io.checkpoints import load_checkpoint
+from modeconnect.io.spec_cache import (
+    cached_spec,
+    forget_cached,
+    read_cached,
+    with_untrusted_spec,
+)
 from modeconnect.models import conv_net, mlp
-from modeconnect.pipeline import align
 from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"

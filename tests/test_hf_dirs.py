@@ -9,7 +9,6 @@ nothing is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ import hf_models as hf
 import pytest
 import torch
 from click.testing import CliRunner
+from study_files import snapshot
 
 from modeconnect_cli.main import main
 
@@ -55,15 +55,6 @@ def _pair(
     a = hf.save(models[kind], root / "a", dtype=dtype, sharded=sharded)
     b = hf.save(models[f"{kind}_b"], root / "b", dtype=dtype, sharded=sharded)
     return a, b
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): "<dir>"
-        if p.is_dir()
-        else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-    }
 
 
 # --------------------------------------------------------------------------- round trips
@@ -147,10 +138,10 @@ def test_merge_of_three_directories(models, tmp_path: Path) -> None:
 def test_an_existing_output_folder_needs_force(models, tmp_path: Path) -> None:
     a, b = _pair(models, tmp_path, "llama", torch.float32, False)
     target = hf.save(models["llama"], tmp_path / "c")
-    before = _snapshot(target)
+    before = snapshot(target)
     code, _, err = _cli("align", a, b, "--out", target)
     assert code == 2 and "already exists" in err and "--force" in err
-    assert _snapshot(target) == before
+    assert snapshot(target) == before
     code, _, err = _cli("align", a, b, "--out", target, "--force")
     assert code == 0, err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
@@ -178,11 +169,11 @@ def test_force_never_replaces_a_folder_that_is_not_a_checkpoint(models, tmp_path
 def test_outputs_never_touch_input_directories(models, tmp_path: Path, target, expect) -> None:
     a, b = _pair(models, tmp_path, "llama", torch.float32, False)
     option = "--json" if target.endswith(".json") else "--out"
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     code, _, err = _cli("align", a, b, option, tmp_path / target, "--force")
     assert code == 2, err
     assert expect in err and len(err.strip().splitlines()) == 1
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -275,7 +266,7 @@ def test_bad_directories_get_one_line_and_nothing_is_written(
 ) -> None:
     a, b = _pair(models, tmp_path, "llama", torch.float32, True)
     breaker(a)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     code, _, err = _cli(
         "align", a, b, "--out", tmp_path / "c", "--merged", tmp_path / "m.safetensors"
     )
@@ -283,7 +274,7 @@ def test_bad_directories_get_one_line_and_nothing_is_written(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert expect in lines[0], lines[0]
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_a_directory_output_needs_directory_inputs(tmp_path: Path) -> None:
@@ -294,7 +285,7 @@ def test_a_directory_output_needs_directory_inputs(tmp_path: Path) -> None:
 
 
 def test_directory_in_file_out_loads_back(models, tmp_path: Path) -> None:
-    from modeconnect.files.checkpoints import load_models
+    from modeconnect.io.checkpoints import load_models
 
     a, b = _pair(models, tmp_path, "llama", torch.bfloat16, False)
     code, _, err = _cli("align", a, b, "--out", tmp_path / "c.safetensors")

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 from hostile_bench import Bench, assert_refused
 
-from modeconnect.files.checkpoints import load_checkpoint
+from modeconnect.io.checkpoints import load_checkpoint
 from modeconnect_cli.main import main
 
 # --------------------------------------------------------------------------- code in references
@@ -213,7 +213,7 @@ def test_an_existing_output_needs_force(bench: Bench) -> None:
 def test_a_failure_while_writing_leaves_nothing_behind(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modeconnect.files.align
+    import modeconnect.commands.align
 
     def full_disk(obj: object) -> Callable[[Path], None]:
         def fill(tmp: Path) -> None:
@@ -223,7 +223,7 @@ def test_a_failure_while_writing_leaves_nothing_behind(
         return fill
 
     # --out and --merged are staged before --json fails: all three must vanish.
-    monkeypatch.setattr(modeconnect.files.align, "json_writer", full_disk)
+    monkeypatch.setattr(modeconnect.commands.align, "json_writer", full_disk)
     run = _align(bench, "--out", bench.root / "o.pt", "--merged", bench.root / "m.pt",
                  "--json", bench.root / "r.json", "--steps", "3")  # fmt: skip
     assert_refused(bench, run, "r.json: cannot write the output", "No space left")

@@ -17,8 +17,8 @@ import pytest
 import torch
 from hostile_bench import Bench, assert_refused
 
-from modeconnect.files import spec_cache
-from modeconnect.files.checkpoints import load_checkpoint
+from modeconnect.io import spec_cache
+from modeconnect.io.checkpoints import load_checkpoint
 from modeconnect.models import mlp
 from modeconnect.spec import PermutationSpec, derive_spec, spec_key
 

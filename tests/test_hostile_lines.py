@@ -28,8 +28,8 @@ from click.testing import CliRunner
 from hostile_bench import Bench, assert_refused
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.checkpoints import load_checkpoint
-from modeconnect.files.jsonfile import MAX_DEPTH, check_plain_value, parse_json, read_json_file
+from modeconnect.io.checkpoints import load_checkpoint
+from modeconnect.io.jsonfile import MAX_DEPTH, check_plain_value, parse_json, read_json_file
 from modeconnect_cli.main import main
 
 DEEP = 100_000
@@ -350,12 +350,12 @@ def test_a_truncated_pt_says_what_is_wrong_in_whole_sentences(bench: Bench) -> N
 
 
 def _break(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
-    import modeconnect.files.session
+    import modeconnect.commands.session
 
     def broken(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr(modeconnect.files.session, "load_models", broken)
+    monkeypatch.setattr(modeconnect.commands.session, "load_models", broken)
 
 
 def test_an_unforeseen_error_is_one_line(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,12 +369,12 @@ def test_an_unforeseen_error_is_one_line(bench: Bench, monkeypatch: pytest.Monke
 def test_an_unforeseen_error_outside_a_command_body_is_one_line(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modeconnect.files.jsonfile
+    import modeconnect.io.jsonfile
 
     def broken(*args: object) -> None:
         raise KeyError("surprise")
 
-    monkeypatch.setattr(modeconnect.files.jsonfile, "parse_json", broken)  # an option callback
+    monkeypatch.setattr(modeconnect.io.jsonfile, "parse_json", broken)  # an option callback
     run = bench.cli("spec", bench.a, "--model-kwargs", "{}")
     assert_refused(bench, run, "unexpected", "KeyError: 'surprise'")
 
@@ -382,7 +382,7 @@ def test_an_unforeseen_error_outside_a_command_body_is_one_line(
 def test_an_unforeseen_error_while_writing_leaves_nothing(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modeconnect.files.barrier
+    import modeconnect.commands.barrier
 
     def broken(obj: object):
         def fill(tmp: Path) -> None:
@@ -391,7 +391,7 @@ def test_an_unforeseen_error_while_writing_leaves_nothing(
 
         return fill
 
-    monkeypatch.setattr(modeconnect.files.barrier, "json_writer", broken)
+    monkeypatch.setattr(modeconnect.commands.barrier, "json_writer", broken)
     run = bench.cli("barrier", bench.a, bench.b, "--data", bench.data, "--steps", "2",
                     "--json", bench.root / "r.json", "--report", bench.root / "report")  # fmt: skip
     assert_refused(bench, run, "ZeroDivisionError")

@@ -34,8 +34,8 @@ from click.testing import CliRunner
 from hostile_bench import Bench, assert_refused, hub_environment
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.offline import OFFLINE_ENV, hub_offline, offline
-from modeconnect.files.references import build_model, check_hub_free, local_config
+from modeconnect.io.offline import OFFLINE_ENV, hub_offline, offline
+from modeconnect.io.references import build_model, check_hub_free, local_config
 from modeconnect_cli.main import main
 
 REPO = "someorg/somerepo"
@@ -241,7 +241,7 @@ def test_a_plain_timm_backbone_is_no_download() -> None:
 
 
 def test_a_tokenizer_naming_a_repository_is_read_locally(bench: Bench, llamas) -> None:
-    from modeconnect.files.hf import load_tokenizer
+    from modeconnect.io.hf import load_tokenizer
 
     a = hf.save(llamas[0], bench.root / "a", tokenizer=True)
     settings = json.loads((a / "tokenizer_config.json").read_text())

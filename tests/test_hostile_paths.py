@@ -18,9 +18,9 @@ import pytest
 import torch
 from hostile_bench import Bench, assert_refused, snapshot
 
-import modeconnect.files.targets as targets
+import modeconnect.io.targets as targets
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.links import checkpoint_root, refuse_outside_links
+from modeconnect.io.links import checkpoint_root, refuse_outside_links
 
 
 @pytest.fixture(scope="module")

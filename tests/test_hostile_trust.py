@@ -67,9 +67,9 @@ def _both(bench: Bench, ref: str, kwargs: dict) -> list[Path]:
 @pytest.mark.parametrize(
     ("ref", "kwargs"),
     [
-        ("modeconnect.files.references:build_model", {"ref": "EVIL:build", "kwargs": MLP_KWARGS}),
-        ("modeconnect.files.references:import_callable", {"ref": "EVIL:build"}),
-        ("modeconnect.files.references:Architecture", {"model": None, "ref": "", "kwargs": {}}),
+        ("modeconnect.io.references:build_model", {"ref": "EVIL:build", "kwargs": MLP_KWARGS}),
+        ("modeconnect.io.references:import_callable", {"ref": "EVIL:build"}),
+        ("modeconnect.io.references:Architecture", {"model": None, "ref": "", "kwargs": {}}),
         ("modeconnect.models:ToImage", {"channels": 1, "height": 8, "width": 8}),
         ("modeconnect_cli.main:main", {}),
     ],
@@ -89,7 +89,7 @@ def test_modeconnect_internals_are_never_followed_from_a_file(
 
 def test_build_model_named_by_a_file_never_loads_a_python_file(bench: Bench) -> None:
     evil = f"{bench.evil_module()}:build"
-    x = bench.pt_naming("x.pt", "modeconnect.files.references:build_model", {"ref": evil})
+    x = bench.pt_naming("x.pt", "modeconnect.io.references:build_model", {"ref": evil})
     run = bench.subprocess("spec", x, "--trust-module", "modeconnect")
     assert_refused(bench, run, "never followed from a file")
 

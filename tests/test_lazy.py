@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from modeconnect.evaluation import interpolate
-from modeconnect.files.checkpoints import load_checkpoint, load_models
-from modeconnect.files.hf import LazyWeights
-from modeconnect.files.lazy import Converted, Extended, Lerped, Permuted
+from modeconnect.io.checkpoints import load_checkpoint, load_models
+from modeconnect.io.hf import LazyWeights
 from modeconnect.matching import match_weights
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
+from modeconnect.views import Converted, Extended, Lerped, Permuted
 
 PROBE = (torch.randint(0, hf.VOCAB, (2, 8), generator=torch.Generator().manual_seed(0)),)
 
@@ -117,7 +117,7 @@ def test_matching_products_on_a_device(pair) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_align_evaluates_on_cuda_in_bfloat16(pair, tmp_path: Path) -> None:
-    from modeconnect.files.align import align_files
+    from modeconnect.commands.align import align_files
 
     torch.save(torch.randint(0, hf.VOCAB, (4, 16)), tmp_path / "ids.pt")
     report = align_files(*pair, data=tmp_path / "ids.pt", steps=3, device="cuda",
@@ -191,7 +191,7 @@ def test_evaluation_in_another_dtype_gives_the_same_curves(tmp_path: Path) -> No
 
 
 def test_progress_over_shards_groups_and_points(pair, tmp_path: Path) -> None:
-    from modeconnect.files.align import align_files
+    from modeconnect.commands.align import align_files
 
     calls: list[tuple[str, int, int]] = []
     torch.save(torch.randint(0, hf.VOCAB, (4, 16)), tmp_path / "ids.pt")

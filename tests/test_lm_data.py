@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.data import TOKENS_PER_BATCH, LanguageData, check_tokens, load_data
+from modeconnect.io.data import TOKENS_PER_BATCH, LanguageData, check_tokens, load_data
 from modeconnect_cli.main import main
 
 IDS = torch.randint(0, hf.VOCAB, (40, 16), generator=torch.Generator().manual_seed(0))

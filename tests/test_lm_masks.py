@@ -1,6 +1,6 @@
 """A tokenizer's padded output as language-model data: the attention mask is honoured.
 
-``--data`` (and :func:`~modeconnect.files.data.load_data`) takes the dict a Hugging Face
+``--data`` (and :func:`~modeconnect.io.data.load_data`) takes the dict a Hugging Face
 tokenizer returns, ``{"input_ids", "attention_mask"}`` (``labels``, ``token_type_ids``
 optional). Padded positions are not scored and the model sees the mask, so every
 sequence of a left- or right-padded batch scores as it does alone, unpadded; hostile
@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import IGNORE_INDEX, MaskedLMScoring, evaluate, evaluate_examples
-from modeconnect.evaluation.losses import PAD_LABEL, CausalLMScoring, token_batch
-from modeconnect.files.data import LanguageData, load_data
+from modeconnect.evaluation.scoring import PAD_LABEL, CausalLMScoring, token_batch
 from modeconnect.forward import batch_inputs, model_call
+from modeconnect.io.data import LanguageData, load_data
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,12 +8,15 @@ shifted (or masked) logits, computed by hand.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modeconnect.barrier_studies import barrier_study
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     IGNORE_INDEX,
@@ -29,39 +32,29 @@ from modeconnect.evaluation import (
 )
 from modeconnect.evaluation.engine import Pass
 from modeconnect.objective import loss_and_gradient
-from modeconnect.study import barrier_study
 
 transformers = pytest.importorskip("transformers")
 
 VOCAB, T = 40, 12
 
 
-def _gpt2(seed: int) -> nn.Module:
+def _tiny(model: str, seed: int, **config: Any) -> nn.Module:
+    """``transformers.<model>`` from a tiny config over ``VOCAB`` tokens, weights of ``seed``."""
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0,
-        eos_token_id=0,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).eval()
+    cls = getattr(transformers, model)
+    return cls(cls.config_class(vocab_size=VOCAB, **config)).eval()
 
 
-def _llama(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def _bert(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16,
-    )  # fmt: skip
-    config.mask_token_id = 3  # what the HF directory loader copies from the tokenizer
-    return transformers.BertForMaskedLM(config).eval()
+# _gpt2(seed), _llama(seed), _bert(seed); BERT's mask_token_id is what the HF directory loader
+# copies from the tokenizer.
+_gpt2 = partial(_tiny, "GPT2LMHeadModel", n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                bos_token_id=0, eos_token_id=0)  # fmt: skip
+_llama = partial(_tiny, "LlamaForCausalLM", hidden_size=16, intermediate_size=32,
+                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                 max_position_embeddings=16)  # fmt: skip
+_bert = partial(_tiny, "BertForMaskedLM", hidden_size=16, num_hidden_layers=1,
+                num_attention_heads=2, intermediate_size=32, max_position_embeddings=16,
+                mask_token_id=3)  # fmt: skip
 
 
 class _TokenNet(nn.Module):

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from small_mlp import small_net, small_state
 from torch.testing import assert_close
+from zoo import ZOO, randomize_
 
+from modeconnect.alignment import align
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import evaluate, interpolate
 from modeconnect.matching import METHODS, Alignment
@@ -21,30 +24,14 @@ from modeconnect.merging import (
     weighted_average,
 )
 from modeconnect.models import mlp
-from modeconnect.pipeline import align
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
 
-try:  # works whether or not tests/ is a package
-    from tests.zoo import ZOO, randomize_
-except ImportError:  # pragma: no cover - depends on pytest's import mode
-    from zoo import ZOO, randomize_  # type: ignore[no-redef]
-
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-HIDDEN = [10, 12]
-
-
-def _net():
-    return mlp(6, HIDDEN, 3)
-
-
-def _sd(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: v.detach().clone() for k, v in _net().state_dict().items()}
 
 
 @pytest.fixture(scope="module")
 def spec():
-    return derive_spec(_net(), (torch.randn(2, 6),))
+    return derive_spec(small_net(), (torch.randn(2, 6),))
 
 
 def _clone(sds):
@@ -56,11 +43,11 @@ def _clone(sds):
 
 @pytest.mark.parametrize("reference", [None, 0])
 def test_permuted_copies_merge_to_the_model(spec, reference):
-    base = _sd(0)
+    base = small_state(0)
     copies = [base] + [
         apply_permutation(base, spec, random_permutation(spec, s)) for s in (1, 2, 3)
     ]
-    res = merge(_net(), copies, reference=reference, spec=spec)
+    res = merge(small_net(), copies, reference=reference, spec=spec)
     assert isinstance(res, MergeResult)
     assert_close(res.state_dict, base)
     for sd, perm in zip(copies, res.permutations, strict=True):
@@ -80,40 +67,40 @@ def test_permuted_copies_of_zoo_models(name):
 
 
 def test_merged_basis_is_the_heaviest_model(spec):
-    base = _sd(0)
+    base = small_state(0)
     copies = [apply_permutation(base, spec, random_permutation(spec, s)) for s in (1, 2, 3)]
-    res = merge(_net(), copies, weights=[1, 3, 2], spec=spec)
+    res = merge(small_net(), copies, weights=[1, 3, 2], spec=spec)
     assert_close(res.state_dict, copies[1])
     assert res.weights == pytest.approx((1 / 6, 3 / 6, 2 / 6))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"reference": 0}, {"method": "none"}])
 def test_weight_one_returns_the_first_model_exactly(spec, kwargs):
-    sds = [_sd(s) for s in (0, 1, 2)]
-    res = merge(_net(), sds, weights=[1, 0, 0], spec=spec, **kwargs)
+    sds = [small_state(s) for s in (0, 1, 2)]
+    res = merge(small_net(), sds, weights=[1, 0, 0], spec=spec, **kwargs)
     for key, t in sds[0].items():
         assert torch.equal(res.state_dict[key], t), key
 
 
 def test_two_models_equal_weights_is_the_aligned_midpoint(spec):
-    a, b = _sd(0), _sd(1)
-    res = merge(_net(), [a, b], reference=0, spec=spec)
-    aligned = align(_net(), a, b, spec=spec).aligned
+    a, b = small_state(0), small_state(1)
+    res = merge(small_net(), [a, b], reference=0, spec=spec)
+    aligned = align(small_net(), a, b, spec=spec).aligned
     assert_close(res.state_dict, interpolate(a, aligned, 0.5))
     # MergeMany: the same identity in its own basis (model 0's).
-    many = merge(_net(), [a, b], spec=spec)
+    many = merge(small_net(), [a, b], spec=spec)
     assert all(torch.equal(p, torch.arange(len(p))) for p in many.permutations[0].values())
     b_in_basis = apply_permutation(b, spec, many.permutations[1])
     assert_close(many.state_dict, interpolate(a, b_in_basis, 0.5))
 
 
 def test_fixed_state_dict_reference(spec):
-    ref = _sd(9)
-    sds = [_sd(0), _sd(1), _sd(2)]
-    res = merge(_net(), sds, reference=ref, weights=[2, 1, 1], spec=spec)
+    ref = small_state(9)
+    sds = [small_state(0), small_state(1), small_state(2)]
+    res = merge(small_net(), sds, reference=ref, weights=[2, 1, 1], spec=spec)
     expected = weighted_average(
         [
-            apply_permutation(sd, spec, align(_net(), ref, sd, spec=spec).alignment.perm)
+            apply_permutation(sd, spec, align(small_net(), ref, sd, spec=spec).alignment.perm)
             for sd in sds
         ],
         [0.5, 0.25, 0.25],
@@ -123,8 +110,8 @@ def test_fixed_state_dict_reference(spec):
 
 
 def test_plain_average(spec):
-    sds = [_sd(s) for s in range(3)]
-    res = merge(_net(), sds, weights=[1, 1, 2], method="none")
+    sds = [small_state(s) for s in range(3)]
+    res = merge(small_net(), sds, weights=[1, 1, 2], method="none")
     for key in sds[0]:
         assert_close(
             res.state_dict[key], 0.25 * sds[0][key] + 0.25 * sds[1][key] + 0.5 * sds[2][key]
@@ -133,10 +120,10 @@ def test_plain_average(spec):
 
 
 def test_inputs_are_not_modified(spec):
-    sds = [_sd(s) for s in range(3)]
+    sds = [small_state(s) for s in range(3)]
     before = _clone(sds)
-    merge(_net(), sds, spec=spec)
-    merge(_net(), sds, method="none")
+    merge(small_net(), sds, spec=spec)
+    merge(small_net(), sds, method="none")
     for sd, old in zip(sds, before, strict=True):
         for key in sd:
             assert torch.equal(sd[key], old[key])
@@ -169,7 +156,7 @@ def test_compose_permutations_matches_applying_twice():
 def test_the_guard_rejects_a_wrong_spec(monkeypatch):
     # A spec that may permute the classifier's outputs, with a method that does so:
     # the permuted model computes something else, and the merge must refuse.
-    net = _net()
+    net = small_net()
     bad = derive_spec(net, (torch.randn(2, 6),), permute_output=True)
 
     def scramble(spec, a, b, *, seed=0, **_):
@@ -177,7 +164,7 @@ def test_the_guard_rejects_a_wrong_spec(monkeypatch):
 
     monkeypatch.setitem(METHODS, "scramble", scramble)
     with pytest.raises(ModeconnectError, match="permuted model 1 does not compute the same"):
-        merge(net, [_sd(0), _sd(1)], method="scramble", reference=0, spec=bad)
+        merge(net, [small_state(0), small_state(1)], method="scramble", reference=0, spec=bad)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -197,10 +184,10 @@ def test_the_guard_rejects_a_wrong_spec(monkeypatch):
     ],
 )  # fmt: skip
 def test_mismatched_or_nonfinite_inputs_are_rejected(spec, mutate, message):
-    sds = [_sd(s) for s in range(3)]
+    sds = [small_state(s) for s in range(3)]
     mutate(sds[2])
     with pytest.raises(ModeconnectError, match=message):
-        merge(_net(), sds, spec=spec)
+        merge(small_net(), sds, spec=spec)
 
 
 @pytest.mark.parametrize(
@@ -220,14 +207,14 @@ def test_mismatched_or_nonfinite_inputs_are_rejected(spec, mutate, message):
 )
 def test_bad_arguments_are_rejected(spec, kwargs, message):
     with pytest.raises(ModeconnectError, match=message):
-        merge(_net(), [_sd(s) for s in range(3)], spec=spec, **kwargs)
+        merge(small_net(), [small_state(s) for s in range(3)], spec=spec, **kwargs)
 
 
 def test_reference_state_dict_must_fit(spec):
-    ref = _sd(0)
+    ref = small_state(0)
     ref["1.weight"] = torch.zeros(4, 6)
     with pytest.raises(ModeconnectError, match=r"reference: tensor '1\.weight' has shape \(4, 6\)"):
-        merge(_net(), [_sd(1), _sd(2)], reference=ref, spec=spec)
+        merge(small_net(), [small_state(1), small_state(2)], reference=ref, spec=spec)
 
 
 def test_normalize_weights():

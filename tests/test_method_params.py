@@ -194,7 +194,7 @@ def _mlp() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
 def test_a_registered_method_with_a_new_parameter_is_accepted_and_checked():
-    from modeconnect.pipeline import align
+    from modeconnect.alignment import align
 
     seen: list[float] = []
 

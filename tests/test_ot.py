@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_activation import assert_same_weights, batches, live_model, permuted_copy
+from zoo import ZOO, randomize_
 
 import modeconnect as mc
 from modeconnect.errors import ModeconnectError
@@ -21,19 +23,6 @@ from modeconnect.matching.ot import (
     transport_plans,
 )
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
-
-try:  # works whether or not tests/ is a package
-    from tests.test_activation import assert_same_weights, batches, live_model, permuted_copy
-    from tests.zoo import ZOO, randomize_
-except ImportError:  # pragma: no cover - depends on pytest's import mode
-    from test_activation import (  # type: ignore[no-redef]
-        assert_same_weights,
-        batches,
-        live_model,
-        permuted_copy,
-    )
-    from zoo import ZOO, randomize_  # type: ignore[no-redef]
-
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 

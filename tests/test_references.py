@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files.references import (
+from modeconnect.io.references import (
     NO_TRUST,
     Trust,
     build_model,
@@ -41,7 +41,7 @@ def test_transformers_architectures_are_followed() -> None:
         "os:system",
         "builtins:exec",
         "modeconnect.models:torch.load",  # a dotted path out of a known module
-        "modeconnect.files.checkpoints:save_checkpoint",  # known module, not a constructor
+        "modeconnect.io.checkpoints:save_checkpoint",  # known module, not a constructor
         "transformers:AutoModel.from_pretrained",
         "transformers:pipeline",
         "/tmp/evil.py:build",
@@ -70,7 +70,7 @@ def test_trust_module_follows_that_module_only() -> None:
 def test_a_trusted_module_cannot_lend_another_modules_function() -> None:
     # The callable found must itself come from a trusted module, whatever the path to it.
     with pytest.raises(ModeconnectError, match="outside the trusted modules"):
-        build_model("modeconnect.files.references:import_callable", modules=("torch",))
+        build_model("modeconnect.io.references:import_callable", modules=("torch",))
 
 
 def test_trust_any_reference_follows_everything() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeconnect.barrier_studies import Study, barrier_study
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch
-from modeconnect.files.report import write_report
+from modeconnect.io.report import write_report
 from modeconnect.models import mlp
-from modeconnect.study import Study, barrier_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,7 +72,7 @@ def test_report_without_layerwise_has_only_the_curves(tmp_path: Path) -> None:
 
 def test_importing_modeconnect_does_not_import_matplotlib() -> None:
     code = (
-        "import sys, modeconnect, modeconnect.files.report, modeconnect.study; "
+        "import sys, modeconnect, modeconnect.io.report, modeconnect.barrier_studies; "
         "import modeconnect.progress; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
         "assert 'rich' not in sys.modules, 'rich imported'"

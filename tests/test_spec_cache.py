@@ -20,9 +20,9 @@ from zoo import ZOO, randomize_
 from zoo_vision import VISION
 
 from modeconnect.errors import ModeconnectError
-from modeconnect.files import spec_cache
-from modeconnect.files.spec_cache import cache_folder, cached_spec, read_cached
 from modeconnect.forward import ModelCall
+from modeconnect.io import spec_cache
+from modeconnect.io.spec_cache import cache_folder, cached_spec, read_cached
 from modeconnect.spec import PermutationSpec, derive_spec, spec_key
 
 ROUND_TRIP = ["mlp_seq", "resnet20", "grouped_conv", "groupnorm_cnn", "vit", "gpt"]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modeconnect.barrier_studies import barrier_study
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, evaluate, evaluate_examples
-from modeconnect.files.checkpoints import load_checkpoint, resolve_model
-from modeconnect.files.data import load_data
+from modeconnect.io.checkpoints import load_checkpoint, resolve_model
+from modeconnect.io.data import load_data
 from modeconnect.models import mlp
-from modeconnect.study import barrier_study
 
 SMALL = {"in_features": 6, "hidden": [10, 12], "out_features": 3}
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_activation import assert_same_weights
 from torch import nn
+from zoo import ZOO, randomize_
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.matching import get_method, match_weights, method_options, solve_assignment
@@ -20,13 +22,6 @@ from modeconnect.matching.assignment import SOLVERS
 from modeconnect.matching.weight import WeightSource
 from modeconnect.models import mlp
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
-
-try:  # works whether or not tests/ is a package
-    from tests.test_activation import assert_same_weights
-    from tests.zoo import ZOO, randomize_
-except ImportError:  # pragma: no cover - depends on pytest's import mode
-    from test_activation import assert_same_weights  # type: ignore[no-redef]
-    from zoo import ZOO, randomize_  # type: ignore[no-redef]
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 

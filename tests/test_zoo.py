@@ -7,11 +7,7 @@ import warnings
 
 import pytest
 import torch
-
-try:  # works whether or not tests/ is a package
-    from tests.zoo import HF_MODELS, ZOO, randomize_
-except ImportError:  # pragma: no cover - depends on pytest's import mode
-    from zoo import HF_MODELS, ZOO, randomize_  # type: ignore[no-redef]
+from zoo import HF_MODELS, ZOO, randomize_
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from zoo import randomize_, recovered, soundness  # noqa: E402
+from zoo import derived_specs, recovered, soundness  # noqa: E402
 from zoo_hf import CALLS, HF  # noqa: E402
 
 from modeconnect.spec import Coverage, derive_spec  # noqa: E402
@@ -48,17 +48,7 @@ NAMES = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in
 
 @pytest.fixture(scope="module")
 def derived():
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            model, inputs = HF[name]()
-            randomize_(model, seed=0)
-            call = CALLS.get(name)
-            cache[name] = (model, inputs, call, derive_spec(model, inputs, call=call))
-        return cache[name]
-
-    return get
+    return derived_specs(HF, CALLS)
 
 
 @pytest.mark.parametrize("name", NAMES)

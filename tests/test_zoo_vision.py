@@ -11,10 +11,10 @@ default; the others are marked ``slow``.
 from __future__ import annotations
 
 import pytest
-from zoo import randomize_, recovered, soundness
+from zoo import derived_specs, recovered, soundness
 from zoo_vision import VISION
 
-from modeconnect.spec import Coverage, derive_spec
+from modeconnect.spec import Coverage
 
 CLASSIFIER = {
     "tv_resnet18": "fc.weight",
@@ -36,21 +36,12 @@ NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in VI
 
 @pytest.fixture(scope="module")
 def derived():
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            model, inputs = VISION[name]()
-            randomize_(model, seed=0)
-            cache[name] = (model, inputs, derive_spec(model, inputs))
-        return cache[name]
-
-    return get
+    return derived_specs(VISION)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_random_permutations_keep_the_function(derived, name):
-    model, inputs, spec = derived(name)
+    model, inputs, _, spec = derived(name)
     assert len(spec.groups) == GROUPS[name]
     for seed in (1, 2):
         assert soundness(model, inputs, spec, seed) < 1e-5
@@ -58,14 +49,14 @@ def test_random_permutations_keep_the_function(derived, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_weight_matching_recovers_a_permuted_copy(derived, name):
-    model, _, spec = derived(name)
+    model, _, _, spec = derived(name)
     missed = recovered(spec, model.state_dict())
     assert missed == []
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_only_the_classifier_output_is_fixed(derived, name):
-    _, _, spec = derived(name)
+    _, _, _, spec = derived(name)
     coverage = Coverage.of(spec)
     assert dict(coverage.frozen_outputs) == {CLASSIFIER[name]: "model output"}
     assert not any(r.startswith("unsupported op") for r in coverage.reasons), coverage.reasons

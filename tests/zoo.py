@@ -2,6 +2,8 @@
 
 Every builder returns ``(model, example_input)``: the model in ``eval()`` mode with
 its default initialisation, and a tuple of positional arguments with batch size 2.
+:data:`ZOO` names each model with its class (or function) and the seed and shape of
+its input.
 Widths are tiny and deliberately distinct (8/12/16/20/24/...) so that accidental
 shape coincidences between unrelated axes are rare.
 
@@ -101,15 +103,14 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 # --------------------------------------------------------------------------- MLPs
 
 
-def mlp_seq() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    model = nn.Sequential(
+def mlp_seq() -> nn.Module:
+    return nn.Sequential(
         nn.Linear(12, 20),
         nn.ReLU(),
         nn.Linear(20, 24),
         nn.ReLU(),
         nn.Linear(24, 5),
     )
-    return model.eval(), (_x(1, 2, 12),)
 
 
 class MLPClass(nn.Module):
@@ -123,10 +124,6 @@ class MLPClass(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
-
-
-def mlp_class() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return MLPClass().eval(), (_x(2, 2, 12),)
 
 
 class LayerNormMLP(nn.Module):
@@ -144,16 +141,12 @@ class LayerNormMLP(nn.Module):
         return self.fc3(x)
 
 
-def layernorm_mlp() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return LayerNormMLP().eval(), (_x(3, 2, 12),)
-
-
 # --------------------------------------------------------------------------- CNNs
 
 
-def cnn_bn() -> tuple[nn.Module, tuple[Tensor, ...]]:
+def cnn_bn() -> nn.Module:
     # 8x8 input -> maxpool 4x4 -> avgpool 2x2 -> flatten 16*2*2 = 64 -> Linear.
-    model = nn.Sequential(
+    return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
@@ -168,11 +161,10 @@ def cnn_bn() -> tuple[nn.Module, tuple[Tensor, ...]]:
         nn.Flatten(),
         nn.Linear(16 * 2 * 2, 10),
     )
-    return model.eval(), (_x(4, 2, 3, 8, 8),)
 
 
-def cnn_adaptive() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    model = nn.Sequential(
+def cnn_adaptive() -> nn.Module:
+    return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
@@ -183,7 +175,6 @@ def cnn_adaptive() -> tuple[nn.Module, tuple[Tensor, ...]]:
         nn.Flatten(),
         nn.Linear(12, 10),
     )
-    return model.eval(), (_x(5, 2, 3, 10, 10),)
 
 
 class BasicBlock(nn.Module):
@@ -233,8 +224,11 @@ class ResNet20(nn.Module):
         return self.fc(x)
 
 
-def resnet20() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return ResNet20().eval(), (_x(6, 2, 3, 16, 16),)
+def downsample(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """A residual block's projection shortcut (1x1 conv, BatchNorm), where its shape changes."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
 
 class Bottleneck(nn.Module):
@@ -249,11 +243,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self.downsample = downsample(cin, cout, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -280,10 +270,6 @@ class BottleneckNet(nn.Module):
         x = self.layer1(x)
         x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
         return self.fc(x)
-
-
-def resnet_bottleneck() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return BottleneckNet().eval(), (_x(7, 2, 3, 12, 12),)
 
 
 class VGG11BN(nn.Module):
@@ -316,10 +302,6 @@ class VGG11BN(nn.Module):
         x = self.features(x)
         x = x.view(x.size(0), -1)
         return self.classifier(x)
-
-
-def vgg11_bn() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return VGG11BN().eval(), (_x(8, 2, 3, 32, 32),)
 
 
 class DenseLayer(nn.Module):
@@ -355,10 +337,6 @@ class DenseNetBlock(nn.Module):
         return self.fc(x)
 
 
-def densenet_block() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return DenseNetBlock().eval(), (_x(9, 2, 3, 8, 8),)
-
-
 class GroupedConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -380,10 +358,6 @@ class GroupedConvNet(nn.Module):
         return self.fc(x)
 
 
-def grouped_conv() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return GroupedConvNet().eval(), (_x(10, 2, 3, 8, 8),)
-
-
 class GroupNormCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -398,10 +372,6 @@ class GroupNormCNN(nn.Module):
         x = F.relu(self.gn2(self.conv2(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
-
-
-def groupnorm_cnn() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return GroupNormCNN().eval(), (_x(11, 2, 3, 8, 8),)
 
 
 # --------------------------------------------------------------------------- transformers
@@ -441,10 +411,6 @@ class TinyViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x)[:, 0])
-
-
-def vit() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return TinyViT().eval(), (_x(12, 2, 3, 16, 16),)
 
 
 class GPTBlock(nn.Module):
@@ -563,19 +529,24 @@ def hf_bert(
     return HFHidden(model).eval(), (ids,)
 
 
+def example(model: Callable[[], nn.Module], seed: int, shape: tuple[int, ...]) -> Builder:
+    """The builder of ``model()`` in eval mode with one normal input of ``shape`` from ``seed``."""
+    return lambda: (model().eval(), (_x(seed, *shape),))
+
+
 ZOO: dict[str, Builder] = {
-    "mlp_seq": mlp_seq,
-    "mlp_class": mlp_class,
-    "cnn_bn": cnn_bn,
-    "cnn_adaptive": cnn_adaptive,
-    "resnet20": resnet20,
-    "resnet_bottleneck": resnet_bottleneck,
-    "vgg11_bn": vgg11_bn,
-    "densenet_block": densenet_block,
-    "grouped_conv": grouped_conv,
-    "groupnorm_cnn": groupnorm_cnn,
-    "layernorm_mlp": layernorm_mlp,
-    "vit": vit,
+    "mlp_seq": example(mlp_seq, seed=1, shape=(2, 12)),
+    "mlp_class": example(MLPClass, seed=2, shape=(2, 12)),
+    "cnn_bn": example(cnn_bn, seed=4, shape=(2, 3, 8, 8)),
+    "cnn_adaptive": example(cnn_adaptive, seed=5, shape=(2, 3, 10, 10)),
+    "resnet20": example(ResNet20, seed=6, shape=(2, 3, 16, 16)),
+    "resnet_bottleneck": example(BottleneckNet, seed=7, shape=(2, 3, 12, 12)),
+    "vgg11_bn": example(VGG11BN, seed=8, shape=(2, 3, 32, 32)),
+    "densenet_block": example(DenseNetBlock, seed=9, shape=(2, 3, 8, 8)),
+    "grouped_conv": example(GroupedConvNet, seed=10, shape=(2, 3, 8, 8)),
+    "groupnorm_cnn": example(GroupNormCNN, seed=11, shape=(2, 3, 8, 8)),
+    "layernorm_mlp": example(LayerNormMLP, seed=3, shape=(2, 12)),
+    "vit": example(TinyViT, seed=12, shape=(2, 3, 16, 16)),
     "gpt": gpt,
     "hf_gpt2": hf_gpt2,
     "hf_bert": hf_bert,
@@ -621,6 +592,26 @@ def _floats(out: Any) -> list[Tensor]:
     from modeconnect.forward import output_tensors
 
     return output_tensors(out)
+
+
+def derived_specs(
+    builders: Mapping[str, Builder], calls: Mapping[str, Any] | None = None
+) -> Callable[[str], tuple[nn.Module, Any, Any, Any]]:
+    """``get(name)``: ``(model, inputs, call, spec)`` of the zoo model ``name``, randomised
+    (seed 0) and its spec derived with ``calls[name]``, each model once (a module fixture)."""
+    from modeconnect.spec import derive_spec
+
+    cache: dict[str, tuple[nn.Module, Any, Any, Any]] = {}
+
+    def get(name: str) -> tuple[nn.Module, Any, Any, Any]:
+        if name not in cache:
+            model, inputs = builders[name]()
+            randomize_(model, seed=0)
+            call = (calls or {}).get(name)
+            cache[name] = (model, inputs, call, derive_spec(model, inputs, call=call))
+        return cache[name]
+
+    return get
 
 
 def recovered(spec: Any, state: Mapping[str, Tensor], seed: int = 7) -> list[str]:

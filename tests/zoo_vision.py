@@ -10,22 +10,19 @@ LayerNorm via ``permute``, layer scale), ShuffleNetV2's channel shuffle, and Swi
 shifted windows (``pad``, ``roll``, window partition by ``view``/``permute``, a
 relative position bias gathered by ``index``, PatchMerging).
 
-Every builder returns ``(model, inputs)`` with the model in ``eval()`` mode.
+Every builder returns ``(model, inputs)`` with the model in ``eval()`` mode; :data:`VISION`
+names each model with its class and the seed and shape of its input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-Builder = Callable[[], tuple[nn.Module, tuple[Tensor, ...]]]
-
-
-def _image(seed: int, size: int = 32) -> tuple[Tensor, ...]:
-    return (torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)),)
+from zoo import Builder, downsample, example
 
 
 def stochastic_depth(x: Tensor, p: float, mode: str, training: bool = True) -> Tensor:
@@ -77,11 +74,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+        self.downsample = downsample(cin, planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -110,11 +103,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out)
-            )
+        self.downsample = downsample(cin, out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -165,14 +154,6 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-def resnet18() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return ResNet(BasicBlock).eval(), _image(21)
-
-
-def resnet50() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return ResNet(Bottleneck, widths=(4, 8)).eval(), _image(22)
-
-
 # --------------------------------------------------------------------------- MobileNetV2
 
 
@@ -216,10 +197,6 @@ class MobileNetV2(nn.Module):
         x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
         x = torch.flatten(x, 1)
         return self.classifier(x)
-
-
-def mobilenet_v2() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return MobileNetV2().eval(), _image(23)
 
 
 # ---------------------------------------------------------------- MobileNetV3, EfficientNet
@@ -293,10 +270,6 @@ class MobileNetV3(nn.Module):
         return self.classifier(x)
 
 
-def mobilenet_v3() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return MobileNetV3().eval(), _image(24)
-
-
 class MBConv(nn.Module):
     """EfficientNet's MBConv: expand (SiLU), depthwise (SiLU), SE (SiLU, sigmoid), project,
     stochastic depth, ``result += input``."""
@@ -342,10 +315,6 @@ class EfficientNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier(x)
-
-
-def efficientnet() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return EfficientNet().eval(), _image(25)
 
 
 # --------------------------------------------------------------------------- ConvNeXt
@@ -409,10 +378,6 @@ class ConvNeXt(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(self.features(x)))
-
-
-def convnext() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return ConvNeXt().eval(), _image(26)
 
 
 # --------------------------------------------------------------------------- ShuffleNetV2
@@ -491,10 +456,6 @@ class ShuffleNetV2(nn.Module):
         x = self.conv5(self.stages(x))
         x = x.mean([2, 3])
         return self.fc(x)
-
-
-def shufflenet_v2() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return ShuffleNetV2().eval(), _image(27)
 
 
 # --------------------------------------------------------------------------- Swin
@@ -664,19 +625,17 @@ class SwinTransformer(nn.Module):
         return self.head(x)
 
 
-def swin() -> tuple[nn.Module, tuple[Tensor, ...]]:
-    return SwinTransformer().eval(), _image(28, size=28)
-
-
 # --------------------------------------------------------------------------- registry
 
+IMAGES = (2, 3, 32, 32)  # the example input of all but Swin
+
 VISION: dict[str, Builder] = {
-    "tv_resnet18": resnet18,
-    "tv_resnet50": resnet50,
-    "tv_mobilenet_v2": mobilenet_v2,
-    "tv_mobilenet_v3": mobilenet_v3,
-    "tv_efficientnet": efficientnet,
-    "tv_convnext": convnext,
-    "tv_shufflenet_v2": shufflenet_v2,
-    "tv_swin": swin,
+    "tv_resnet18": example(partial(ResNet, BasicBlock), seed=21, shape=IMAGES),
+    "tv_resnet50": example(partial(ResNet, Bottleneck, widths=(4, 8)), seed=22, shape=IMAGES),
+    "tv_mobilenet_v2": example(MobileNetV2, seed=23, shape=IMAGES),
+    "tv_mobilenet_v3": example(MobileNetV3, seed=24, shape=IMAGES),
+    "tv_efficientnet": example(EfficientNet, seed=25, shape=IMAGES),
+    "tv_convnext": example(ConvNeXt, seed=26, shape=IMAGES),
+    "tv_shufflenet_v2": example(ShuffleNetV2, seed=27, shape=IMAGES),
+    "tv_swin": example(SwinTransformer, seed=28, shape=(2, 3, 28, 28)),
 }
