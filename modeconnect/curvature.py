@@ -49,6 +49,7 @@ from modeconnect.objective import (
     weights_of,
 )
 from modeconnect.progress import ProgressFn
+from modeconnect.records import record
 
 __all__ = [
     "NORMS",
@@ -95,14 +96,7 @@ class HessianSpectrum:
     seed: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "eigenvalues": list(self.eigenvalues),
-            "residuals": list(self.residuals),
-            "method": self.method,
-            "matvecs": self.matvecs,
-            "dimension": self.dimension,
-            "seed": self.seed,
-        }
+        return record(self)
 
 
 @dataclass(frozen=True)
@@ -115,12 +109,7 @@ class HessianTrace:
     seed: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "trace": self.trace,
-            "std_error": self.std_error,
-            "samples": self.samples,
-            "seed": self.seed,
-        }
+        return record(self)
 
 
 @dataclass(frozen=True)
@@ -135,14 +124,7 @@ class AdaptiveSharpness:
     steps: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sharpness": self.sharpness,
-            "loss": self.loss,
-            "rho": self.rho,
-            "norm": self.norm,
-            "adaptive": self.adaptive,
-            "steps": self.steps,
-        }
+        return record(self)
 
 
 @dataclass(frozen=True)

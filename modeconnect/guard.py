@@ -80,6 +80,7 @@ from torch import nn
 
 from .errors import ModeconnectError, NotEquivalent
 from .forward import eval_mode, output_tensors, run
+from .records import record
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -176,21 +177,7 @@ class Equivalence:
         return self.failed is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "max_abs_diff": self.max_abs_diff,
-            "max_rel_diff": self.max_rel_diff,
-            "tolerance": self.tolerance,
-            "passed": self.passed,
-            "failed": self.failed,
-            "precision": self.precision,
-            "resolution": self.resolution,
-            "limit": self.limit,
-            "agreement": self.agreement,
-            "contested": self.contested,
-            "rows": self.rows,
-            "magnitude": self.magnitude,
-            "variation": self.variation,
-        }
+        return record(self, passed=self.passed, failed=self.failed)
 
 
 class EquivalenceError(NotEquivalent):

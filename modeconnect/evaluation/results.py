@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from modeconnect.records import record
+
 __all__ = [
     "Barrier",
     "BootstrapBarrier",
@@ -109,7 +111,7 @@ class Barrier:
     definition: str
 
     def to_dict(self) -> dict[str, float | str]:
-        return {"loss": self.loss, "error": self.error, "definition": self.definition}
+        return record(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,7 +172,7 @@ class Interval:
     std: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"low": self.low, "high": self.high, "std": self.std}
+        return record(self)
 
 
 @dataclass(frozen=True)
