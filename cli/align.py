@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from modeconnect_cli import options as o
-from modeconnect_cli.commands import finish, library, main
+from modeconnect_cli.commands import finish, library, main, parsed
 from modeconnect_cli.format import format_align
 
 
@@ -53,5 +53,6 @@ def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:
-        report = align_files(a, b, trust=o.trust(opts), timings=timings, progress=bar, **opts)
+        options = parsed("AlignOptions", trust=o.trust(opts), timings=timings, progress=bar, **opts)
+        report = align_files(a, b, options)
     finish(format_align(report), report.timings, verbose)

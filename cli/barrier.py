@@ -47,7 +47,8 @@ def barrier(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:  #
     """Measure loss and error barriers between checkpoints A and B (naive and aligned)."""
     align_options = o.pop_method_options(opts, opts["align"])
     report = run_study(
-        "modeconnect.commands.barrier", "barrier_files", a, b, quiet=quiet, trust=o.trust(opts),
+        "modeconnect.commands.barrier", "barrier_files", "BarrierOptions",
+        a, b, quiet=quiet, trust=o.trust(opts),
         align_options=align_options, **opts,
     )  # fmt: skip
     finish(format_barrier(report), report.timings, verbose)

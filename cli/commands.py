@@ -117,15 +117,22 @@ def finish(text: str, timings: Any, verbose: bool) -> None:
         click.echo(format_timings(timings), err=True)
 
 
-def run_study(module: str, name: str, *args: Any, quiet: bool, **kwargs: Any) -> Any:
-    """``module.name(*args, command=..., progress=..., **kwargs)`` under progress bars.
+def parsed(options: str, **keywords: Any) -> Any:
+    """The command's options object, ``modeconnect.commands.options.<options>``, built once
+    from the parsed flags (an unknown one is a one-line error naming the valid ones)."""
+    cls, _ = library("modeconnect.commands.options", options)
+    return cls.from_keywords(keywords)
 
-    ``command`` is the command line as typed (for reports); the bars are drawn on a
-    terminal unless ``quiet``.
+
+def run_study(module: str, name: str, options: str, *args: Any, quiet: bool, **kwargs: Any) -> Any:
+    """``module.name(*args, <options>)`` under progress bars, the options parsed once.
+
+    The options get ``command``, the command line as typed (for reports), and
+    ``progress``: the bars, drawn on a terminal unless ``quiet``.
     """
     run, _ = library(module, name)
     from modeconnect.progress import ProgressBar
 
     command = command_line(click.get_current_context())
     with ProgressBar(quiet=quiet) as bar:
-        return run(*args, command=command, progress=bar, **kwargs)
+        return run(*args, parsed(options, command=command, progress=bar, **kwargs))

@@ -49,7 +49,8 @@ def curve(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """
     align_options = o.pop_method_options(opts, opts["align"])
     report = run_study(
-        "modeconnect.commands.curve", "curve_files", a, b, quiet=quiet, trust=o.trust(opts),
+        "modeconnect.commands.curve", "curve_files", "CurveOptions",
+        a, b, quiet=quiet, trust=o.trust(opts),
         align_options=align_options, **opts,
     )  # fmt: skip
     finish(format_curve(report), report.timings, verbose)

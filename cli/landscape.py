@@ -47,7 +47,8 @@ def landscape(checkpoint: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     norms; biases and normalisation parameters stay put. --seed draws them.
     """
     report = run_study(
-        "modeconnect.commands.landscape", "landscape_files", checkpoint, quiet=quiet,
+        "modeconnect.commands.landscape", "landscape_files", "LandscapeOptions",
+        checkpoint, quiet=quiet,
         trust=o.trust(opts), **opts,
     )  # fmt: skip
     finish(format_landscape(report), report.timings, verbose)

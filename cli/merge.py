@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from modeconnect_cli import options as o
-from modeconnect_cli.commands import finish, library, main
+from modeconnect_cli.commands import finish, library, main, parsed
 from modeconnect_cli.format import format_merge
 
 
@@ -46,5 +46,6 @@ def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any)
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:
-        report = merge_files(checkpoints, trust=o.trust(opts), progress=bar, **opts)
+        options = parsed("MergeOptions", trust=o.trust(opts), progress=bar, **opts)
+        report = merge_files(checkpoints, options)
     finish(format_merge(report), report.timings, verbose)

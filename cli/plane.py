@@ -41,7 +41,8 @@ def plane(a: str, b: str, c: str, verbose: bool, quiet: bool, **opts: Any) -> No
     --curve, C is a curve's bend and the curve is drawn as well.
     """
     report = run_study(
-        "modeconnect.commands.landscape", "plane_files", a, b, c, quiet=quiet, trust=o.trust(opts),
+        "modeconnect.commands.landscape", "plane_files", "PlaneOptions",
+        a, b, c, quiet=quiet, trust=o.trust(opts),
         **opts,
     )  # fmt: skip
     finish(format_plane(report), report.timings, verbose)

@@ -58,7 +58,8 @@ def sharpness(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: 
     does not.
     """
     report = run_study(
-        "modeconnect.commands.sharpness", "sharpness_files", checkpoints, quiet=quiet,
+        "modeconnect.commands.sharpness", "sharpness_files", "SharpnessOptions",
+        checkpoints, quiet=quiet,
         trust=o.trust(opts), **opts,
     )  # fmt: skip
     finish(format_sharpness(report), report.timings, verbose)

@@ -10,7 +10,7 @@ matching's working memory; the outputs (``--out DIR``, ``--merged DIR``) are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,19 +19,18 @@ import torch
 
 from modeconnect.alignment import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.bn import check_mode, renormalize
+from modeconnect.commands.options import AlignOptions
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Barrier, Curve, barrier_values
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.hf import model_bytes
-from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
 from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.progress import ProgressFn
 from modeconnect.spec import PermutationSpec
-from modeconnect.timing import Timings
 from modeconnect.views import Lerped
 
 __all__ = ["AlignReport", "align_files"]
@@ -88,30 +87,8 @@ def _perplexity_barrier(curve: Curve, bar: Barrier) -> dict[str, float]:
 def align_files(
     a_path: str | Path,
     b_path: str | Path,
-    *,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    data: str | None = None,
-    train: str | None = None,
-    bn: str = "none",
-    out: str | Path | None = None,
-    merged: str | Path | None = None,
-    json_path: str | Path | None = None,
-    alpha: float = 0.5,
-    steps: int = 25,
-    method: str = "weight",
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    permute_output: bool = False,
-    batch_size: int = 500,
-    force: bool = False,
-    timings: Timings | None = None,
-    device: str = "cpu",
-    dtype: str | torch.dtype | None = None,
-    block_size: int | None = None,
-    progress: ProgressFn | None = None,
-    **options: Any,
+    options: AlignOptions | None = None,
+    **keywords: Any,
 ) -> AlignReport:
     """Load two checkpoints, align B to A, evaluate on ``data``, and write the outputs asked for.
 
@@ -124,47 +101,46 @@ def align_files(
     example of text data); ``progress(task, done, total)`` hears of groups matched,
     curve points and shards written.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ModeconnectError(f"--alpha: must lie in [0, 1], got {alpha}; pass the weight of B")
-    where, eval_dtype = resolve_device(device), parse_dtype(dtype)
+    o = AlignOptions.build(options, keywords)
+    if not 0.0 <= o.alpha <= 1.0:
+        raise ModeconnectError(f"--alpha: must lie in [0, 1], got {o.alpha}; pass the weight of B")
+    where, eval_dtype = resolve_device(o.run.device), parse_dtype(o.run.dtype)
     session = open_session(
-        [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
-        data=data, train=train, batch_size=batch_size, input_shape=input_shape,
-        input_dtype=input_dtype, timings=timings, block_size=block_size,
-        seed=int(options.get("seed") or 0), progress=progress,
-        outputs=[("--out", out, "checkpoint"), ("--merged", merged, "checkpoint"),
-                 ("--json", json_path, "json")],
+        [a_path, b_path], o,
+        seed=int(o.method_options.get("seed") or 0),
+        outputs=[("--out", o.out, "checkpoint"), ("--merged", o.merged, "checkpoint"),
+                 ("--json", o.json_path, "json")],
     )  # fmt: skip
     net, (ca, cb), clock = session.model, session.checkpoints, session.timings
     stats = session.train if session.train is not None else session.data
-    check_mode(net, bn, session.train)
-    opts = method_options(method, options)
+    check_mode(net, o.bn, session.train)
+    opts = method_options(o.method, o.method_options)
     probe = tuple(x[:2] for x in session.probe)
     products = where if session.lazy or where.type != "cpu" else None  # the similarity's
 
     def matched(spec: PermutationSpec) -> AlignResult:
         with clock.phase("matching + guard"):
             return align(
-                net, ca.state_dict, cb.state_dict, method=method, inputs=session.probe,
-                data=stats, spec=spec, progress=progress, max_bytes=model_bytes(cb.state_dict),
-                device=products, **opts,
+                net, ca.state_dict, cb.state_dict, method=o.method, inputs=session.probe,
+                data=stats, spec=spec, progress=o.run.progress,
+                max_bytes=model_bytes(cb.state_dict), device=products, **opts,
             )  # fmt: skip
 
     # A cached spec is untrusted input: if the guard refuses it, it is derived again, once.
     result = with_untrusted_spec(
         matched,
-        lambda: cached_spec(net, probe, permute_output=permute_output),
-        lambda: forget_cached(net, probe, permute_output=permute_output),
+        lambda: cached_spec(net, probe, permute_output=o.permute_output),
+        lambda: forget_cached(net, probe, permute_output=o.permute_output),
         clock,
     )
     curves = None
     if session.data is not None:
         with clock.phase("evaluation"):
-            curves = _curves(session, result, steps, where, eval_dtype, progress)
+            curves = _curves(session, result, o.steps, where, eval_dtype, o.run.progress)
     meta = {
         "modeconnect.source_a": str(a_path),
         "modeconnect.source_b": str(b_path),
-        "modeconnect.method": method,
+        "modeconnect.method": o.method,
     }
     plan = session.outputs
     written: dict[str, Path] = {}
@@ -173,32 +149,32 @@ def align_files(
         written["out"] = plan.path("--out")
         role = {**meta, "modeconnect.role": "b aligned to a"}
         writes["out"] = session.checkpoint_writer(
-            written["out"], result.aligned, like=cb, metadata=role, progress=progress
+            written["out"], result.aligned, like=cb, metadata=role, progress=o.run.progress
         )
     if "--merged" in plan:
         with clock.phase("merge"):
             mixed: Mapping[str, torch.Tensor]
-            if session.lazy and method != "ot" and bn == "none":  # computed as it is written
-                mixed, role_name = Lerped(ca.state_dict, result.aligned, alpha), "merged"
+            if session.lazy and o.method != "ot" and o.bn == "none":  # computed as it is written
+                mixed, role_name = Lerped(ca.state_dict, result.aligned, o.alpha), "merged"
             else:
                 mixed, role_name = merge_pair(
-                    net, ca.state_dict, cb.state_dict, result, alpha, method, stats, opts
+                    net, ca.state_dict, cb.state_dict, result, o.alpha, o.method, stats, opts
                 )
                 mixed = renormalize(
-                    net, ca.state_dict, result.aligned, dict(mixed), session.train, mode=bn,
-                    alpha=alpha,
+                    net, ca.state_dict, result.aligned, dict(mixed), session.train, mode=o.bn,
+                    alpha=o.alpha,
                 )  # fmt: skip
         written["merged"] = plan.path("--merged")
-        info = {**meta, "modeconnect.alpha": str(alpha), "modeconnect.role": role_name,
-                "modeconnect.bn": bn}  # fmt: skip
+        info = {**meta, "modeconnect.alpha": str(o.alpha), "modeconnect.role": role_name,
+                "modeconnect.bn": o.bn}  # fmt: skip
         writes["merged"] = session.checkpoint_writer(
-            written["merged"], mixed, like=ca, metadata=info, progress=progress
+            written["merged"], mixed, like=ca, metadata=info, progress=o.run.progress
         )
     if "--json" in plan:
         written["json"] = plan.path("--json")
     report = AlignReport(
         Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, result, curves,
-        alpha, written,
+        o.alpha, written,
     )  # fmt: skip
     if "--json" in plan:
         writes["json"] = json_writer(report.to_dict())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -11,16 +11,15 @@ from typing import Any
 import torch
 
 from modeconnect.barrier_studies import Study, barrier_study
+from modeconnect.commands.options import BarrierOptions
 from modeconnect.commands.session import Session, open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, Scoring
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.data import Batch
-from modeconnect.io.references import NO_TRUST, Trust, import_callable
+from modeconnect.io.references import import_callable
 from modeconnect.io.report import stage_report
 from modeconnect.matching import method_options
-from modeconnect.progress import ProgressFn
-from modeconnect.timing import Timings
 
 __all__ = ["StudyReport", "barrier_files", "resolve_loss"]
 
@@ -122,26 +121,8 @@ def _shape(value: Any) -> str:
 def barrier_files(
     a_path: str | Path,
     b_path: str | Path,
-    *,
-    data: str,
-    train: str | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    permute_output: bool = False,
-    batch_size: int = 500,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    timings: Timings | None = None,
-    loss: str | ExampleLossFn | None = "ce",
-    align: str | None = "weight",
-    align_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    options: BarrierOptions | None = None,
+    **keywords: Any,
 ) -> StudyReport:
     """Load two checkpoints and the data, run :func:`~modeconnect.barrier_study`, write the
     results.
@@ -152,37 +133,35 @@ def barrier_files(
     ``layer_groups``, ``bootstrap``, ``seed``). Outputs are checked before any work
     and written together at the end.
     """
-    class_labels = loss in (None, "ce")
+    o = BarrierOptions.build(options, keywords)
+    class_labels = o.loss in (None, "ce")
     session = open_session(
-        [a_path, b_path], force=force, model=model, model_kwargs=model_kwargs, trust=trust,
-        data=data, train=train, batch_size=batch_size, input_shape=input_shape,
-        input_dtype=input_dtype, class_labels=class_labels, train_labels=class_labels,
-        timings=timings,
-        outputs=[("--report", report_dir, "report"), ("--json", json_path, "json")],
+        [a_path, b_path], o, class_labels=class_labels, train_labels=class_labels,
+        outputs=[("--report", o.report_dir, "report"), ("--json", o.json_path, "json")],
     )  # fmt: skip
     (ca, cb), clock = session.checkpoints, session.timings
-    method = None if align in (None, "none") else align
-    chosen = method_options(method, align_options or {})  # no method: no option may be given
-    study_align = {**chosen, "permute_output": permute_output, "inputs": session.probe}
+    method = None if o.align in (None, "none") else o.align
+    chosen = method_options(method, o.align_options or {})  # no method: no option may be given
+    study_align = {**chosen, "permute_output": o.permute_output, "inputs": session.probe}
     with clock.phase("study"):
         study = barrier_study(
             session.model, ca.state_dict, cb.state_dict, test=session.data or [],
-            train=session.train, align=method, align_options=study_align, progress=progress,
-            loss=resolve_loss(loss, session) or "ce", **options,
+            train=session.train, align=method, align_options=study_align, progress=o.run.progress,
+            loss=resolve_loss(o.loss, session) or "ce", **o.study,
         )  # fmt: skip
     examples = {"test": _count(session.data or [])}
     if session.train is not None:
         examples["train"] = _count(session.train)
     report = StudyReport(
         Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, study, examples,
-        command,
+        o.run.command,
     )  # fmt: skip
     plan = session.outputs
     written: dict[str, Path] = {}
     with clock.phase("writes"), plan.writing() as staging:
         if "--report" in plan:
             files = stage_report(
-                staging, study, plan.path("--report"), command=command, meta=report.to_dict()
+                staging, study, plan.path("--report"), command=o.run.command, meta=report.to_dict()
             )
             written.update(
                 {"report": files.html, **{f"plot_{k}": v for k, v in files.plots.items()}}

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.options import CurveOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
 from modeconnect.curve_fitting import CurveStudy, curve_study, get_curve
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation import ExampleLossFn
-from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.io.report import CURVE_PLOTS, curve_sections
 from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
 from modeconnect.objective import bn_correction
-from modeconnect.progress import ProgressFn
-from modeconnect.timing import Timings
 
 __all__ = ["curve_files"]
 
@@ -28,38 +23,8 @@ __all__ = ["curve_files"]
 def curve_files(
     a_path: str | Path,
     b_path: str | Path,
-    *,
-    train: str,
-    data: str,
-    curve: str = "bezier",
-    bends: int = 1,
-    align: str | None = None,
-    align_options: Mapping[str, Any] | None = None,
-    epochs: int = 20,
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    seed: int = 0,
-    steps: int = 25,
-    definition: str = "lerp",
-    bn: str = "auto",
-    max_bn_batches: int | None = None,
-    loss: str | ExampleLossFn | None = "ce",
-    bend: Sequence[str | Path] = (),
-    aligned: str | Path | None = None,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    permute_output: bool = False,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    timings: Timings | None = None,
+    options: CurveOptions | None = None,
+    **keywords: Any,
 ) -> FileReport[CurveStudy]:
     """Load A, B and the data, run :func:`~modeconnect.curve_fitting.curve_study`, write the
     results.
@@ -73,41 +38,41 @@ def curve_files(
     (``curve.png`` and ``report.html``). Every option and output is checked before
     the training starts.
     """
-    method = None if align in (None, "none") else str(align)
-    _check_options(steps, bends, bend, method, aligned)
-    get_curve(curve, bends)
-    class_labels = loss in (None, "ce")
+    o = CurveOptions.build(options, keywords)
+    method = None if o.align in (None, "none") else str(o.align)
+    _check_options(o.steps, o.bends, o.bend, method, o.aligned)
+    get_curve(o.curve, o.bends)
+    class_labels = o.loss in (None, "ce")
     outputs: list[tuple[str, str | Path | None, str]] = [
-        (f"--bend #{i + 1}" if len(bend) > 1 else "--bend", p, "checkpoint")
-        for i, p in enumerate(bend)
+        (f"--bend #{i + 1}" if len(o.bend) > 1 else "--bend", p, "checkpoint")
+        for i, p in enumerate(o.bend)
     ]
-    outputs += [("--aligned", aligned, "checkpoint"), ("--json", json_path, "json"),
-                ("--report", report_dir, "report")]  # fmt: skip
+    outputs += [("--aligned", o.aligned, "checkpoint"), ("--json", o.json_path, "json"),
+                ("--report", o.report_dir, "report")]  # fmt: skip
     session = open_study(
-        [a_path, b_path], outputs=outputs, plots=CURVE_PLOTS, force=force, model=model,
-        model_kwargs=model_kwargs, trust=trust, data=data, train=train, batch_size=batch_size,
-        input_shape=input_shape, input_dtype=input_dtype, class_labels=class_labels,
-        train_labels=class_labels, timings=timings,
+        [a_path, b_path], o, outputs=outputs, plots=CURVE_PLOTS, class_labels=class_labels,
+        train_labels=class_labels,
     )  # fmt: skip
-    bn_correction(session.model, bn, session.train, where="curve")  # refused before training
+    bn_correction(session.model, o.bn, session.train, where="curve")  # refused before training
     (ca, cb), train_data, test_data = session.checkpoints, session.train, session.data
-    seeded = {"seed": seed} if method is not None else {}  # without a method, none is given
-    chosen = method_options(method, {**seeded, **(align_options or {})})
+    seeded = {"seed": o.seed} if method is not None else {}  # without a method, none is given
+    chosen = method_options(method, {**seeded, **(o.align_options or {})})
     with session.timings.phase("study"):
         study = curve_study(
             session.model, ca.state_dict, cb.state_dict, train=train_data or [],
-            test=test_data or [], kind=curve, bends=bends, align=method,
-            align_options={**chosen, "permute_output": permute_output, "inputs": session.probe},
-            epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            batch_size=batch_size, seed=seed, steps=steps, definition=definition, bn=bn,
-            loss=resolve_loss(loss, session), max_bn_batches=max_bn_batches, progress=progress,
+            test=test_data or [], kind=o.curve, bends=o.bends, align=method,
+            align_options={**chosen, "permute_output": o.permute_output, "inputs": session.probe},
+            epochs=o.epochs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+            batch_size=o.inputs.batch_size, seed=o.seed, steps=o.steps, definition=o.definition,
+            bn=o.bn, loss=resolve_loss(o.loss, session), max_bn_batches=o.max_bn_batches,
+            progress=o.run.progress,
         )  # fmt: skip
     report = FileReport(
         {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs, study,
         {"test": count_examples(test_data or []), "train": count_examples(train_data or [])},
-        command,
+        o.run.command,
     )  # fmt: skip
-    files = _checkpoints(session, study, bend, aligned, a_path, b_path)
+    files = _checkpoints(session, study, o.bend, o.aligned, a_path, b_path)
     return write_study(session, report, title="Curve report", sections=curve_sections, files=files)
 
 

@@ -11,16 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.options import LandscapeOptions, PlaneOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
 from modeconnect.curve_fitting import curve_path, get_curve
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation import ExampleLossFn, PathFn, linear_path
+from modeconnect.evaluation import PathFn, linear_path
 from modeconnect.io.checkpoints import Checkpoint
-from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.io.report import (
     LANDSCAPE_PLOTS,
     PLANE_PLOTS,
@@ -28,8 +26,6 @@ from modeconnect.io.report import (
     plane_sections,
 )
 from modeconnect.landscape import LossSlice, LossSurface, plane_grid, slice_1d, surface_2d
-from modeconnect.progress import ProgressFn
-from modeconnect.timing import Timings
 
 __all__ = ["landscape_files", "plane_files"]
 
@@ -38,28 +34,8 @@ def plane_files(
     a_path: str | Path,
     b_path: str | Path,
     c_path: str | Path,
-    *,
-    data: str,
-    train: str | None = None,
-    resolution: int = 21,
-    margin: float = 0.2,
-    curve: str | None = None,
-    names: Sequence[str] | None = None,
-    bn: str = "auto",
-    max_bn_batches: int | None = None,
-    loss: str | ExampleLossFn | None = "ce",
-    batch_size: int = 500,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    timings: Timings | None = None,
+    options: PlaneOptions | None = None,
+    **keywords: Any,
 ) -> FileReport[LossSurface]:
     """Loss and error on the plane through A, B and C (:func:`~modeconnect.plane_grid`).
 
@@ -71,58 +47,34 @@ def plane_files(
     B that ``--aligned`` wrote), and the curve is drawn too.
     ``names`` label A, B, C (default ``A, B, C``, or ``A, B, bend``).
     """
-    labels = _names(names, ("A", "B", "bend" if curve else "C"))
-    if curve is not None:
-        get_curve(curve, 1)
-    session = _open(
-        [a_path, b_path, c_path], plots=PLANE_PLOTS, data=data, train=train, loss=loss,
-        batch_size=batch_size, json_path=json_path, report_dir=report_dir, model=model,
-        model_kwargs=model_kwargs, trust=trust, input_shape=input_shape,
-        input_dtype=input_dtype, force=force, timings=timings,
-    )  # fmt: skip
+    o = PlaneOptions.build(options, keywords)
+    labels = _names(o.names, ("A", "B", "bend" if o.curve else "C"))
+    if o.curve is not None:
+        get_curve(o.curve, 1)
+    session = _open([a_path, b_path, c_path], o, PLANE_PLOTS)
     ca, cb, cc = session.checkpoints
     paths: dict[str, PathFn] = {"line": linear_path(ca.state_dict, cb.state_dict)}
-    if curve is not None:
-        _check_bend(cc, cb, curve)
+    if o.curve is not None:
+        _check_bend(cc, cb, o.curve)
         paths["curve"] = curve_path(
-            get_curve(curve, 1), ca.state_dict, [cc.state_dict], cb.state_dict
+            get_curve(o.curve, 1), ca.state_dict, [cc.state_dict], cb.state_dict
         )
     with session.timings.phase("grid"):
         surface = plane_grid(
             session.model, ca.state_dict, cb.state_dict, cc.state_dict, session.data or [],
-            resolution=resolution, margin=margin, names=labels, paths=paths,
-            train=session.train, bn=bn, loss=resolve_loss(loss, session),
-            max_bn_batches=max_bn_batches, progress=progress,
+            resolution=o.resolution, margin=o.margin, names=labels, paths=paths,
+            train=session.train, bn=o.bn, loss=resolve_loss(o.loss, session),
+            max_bn_batches=o.max_bn_batches, progress=o.run.progress,
         )  # fmt: skip
     inputs = {"a": str(a_path), "b": str(b_path), "c": str(c_path)}
-    report = _report(session, inputs, surface, command)
+    report = _report(session, inputs, surface, o.run.command)
     return write_study(session, report, title="Plane report", sections=plane_sections)
 
 
 def landscape_files(
     checkpoint: str | Path,
-    *,
-    data: str,
-    train: str | None = None,
-    dims: int = 2,
-    seed: int = 0,
-    span: tuple[float, float] = (-1.0, 1.0),
-    resolution: int | None = None,
-    bn: str = "none",
-    max_bn_batches: int | None = None,
-    loss: str | ExampleLossFn | None = "ce",
-    batch_size: int = 500,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    timings: Timings | None = None,
+    options: LandscapeOptions | None = None,
+    **keywords: Any,
 ) -> FileReport[LossSlice | LossSurface]:
     """Loss and error along filter-normalised directions around one checkpoint (Li et al. 2018).
 
@@ -132,46 +84,40 @@ def landscape_files(
     drawn from ``seed``: one seed, one landscape. ``bn="reset"`` recomputes
     BatchNorm statistics on ``train`` at every point (default: the model's own).
     """
-    if dims not in LANDSCAPE_PLOTS:
-        raise ModeconnectError(f"landscape: --dims {dims!r} is not 1 or 2; pass one of them")
-    session = _open(
-        [checkpoint], plots=LANDSCAPE_PLOTS[dims], data=data, train=train, loss=loss,
-        batch_size=batch_size, json_path=json_path, report_dir=report_dir, model=model,
-        model_kwargs=model_kwargs, trust=trust, input_shape=input_shape,
-        input_dtype=input_dtype, force=force, timings=timings,
-    )  # fmt: skip
+    o = LandscapeOptions.build(options, keywords)
+    if o.dims not in LANDSCAPE_PLOTS:
+        raise ModeconnectError(f"landscape: --dims {o.dims!r} is not 1 or 2; pass one of them")
+    session = _open([checkpoint], o, LANDSCAPE_PLOTS[o.dims])
     (ckpt,) = session.checkpoints
     common: dict[str, Any] = {
-        "seed": seed, "span": span, "train": session.train, "bn": bn,
-        "loss": resolve_loss(loss, session),
-        "max_bn_batches": max_bn_batches, "progress": progress,
+        "seed": o.seed, "span": o.span, "train": session.train, "bn": o.bn,
+        "loss": resolve_loss(o.loss, session),
+        "max_bn_batches": o.max_bn_batches, "progress": o.run.progress,
     }  # fmt: skip
     result: LossSlice | LossSurface
     with session.timings.phase("grid"):
-        if dims == 1:
-            steps = resolution or 51
+        if o.dims == 1:
+            steps = o.resolution or 51
             result = slice_1d(session.model, ckpt.state_dict, session.data or [], steps=steps,
                               **common)  # fmt: skip
         else:
             result = surface_2d(session.model, ckpt.state_dict, session.data or [],
-                                resolution=resolution or 21, **common)  # fmt: skip
-    report = _report(session, {"checkpoint": str(checkpoint), "dims": dims}, result, command)
+                                resolution=o.resolution or 21, **common)  # fmt: skip
+    report = _report(
+        session, {"checkpoint": str(checkpoint), "dims": o.dims}, result, o.run.command
+    )
     return write_study(session, report, title="Landscape report", sections=landscape_sections)
 
 
 def _open(
     checkpoints: Sequence[str | Path],
-    *,
+    o: PlaneOptions | LandscapeOptions,
     plots: Sequence[str],
-    loss: str | ExampleLossFn | None,
-    json_path: str | Path | None,
-    report_dir: str | Path | None,
-    **options: Any,
 ) -> Session:
-    labels = loss in (None, "ce")
+    labels = o.loss in (None, "ce")
     return open_study(
-        checkpoints, plots=plots, class_labels=labels, train_labels=labels,
-        outputs=[("--json", json_path, "json"), ("--report", report_dir, "report")], **options,
+        checkpoints, o, plots=plots, class_labels=labels, train_labels=labels,
+        outputs=[("--json", o.json_path, "json"), ("--report", o.report_dir, "report")],
     )  # fmt: skip
 
 

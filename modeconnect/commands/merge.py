@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
+from modeconnect.commands.options import MergeOptions
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
@@ -33,7 +34,6 @@ from modeconnect.io.checkpoints import (
 )
 from modeconnect.io.data import Batch
 from modeconnect.io.hf import model_bytes
-from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
@@ -45,8 +45,6 @@ from modeconnect.merging import (
     normalize_weights,
     weighted_average,
 )
-from modeconnect.progress import ProgressFn
-from modeconnect.timing import Timings
 from modeconnect.views import Converted, Extended
 
 __all__ = ["MergeReport", "merge_files"]
@@ -95,29 +93,8 @@ def _metrics(m: Metrics) -> dict[str, float]:
 
 def merge_files(
     paths: Sequence[str | Path],
-    *,
-    out: str | Path,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    weights: Sequence[float] | None = None,
-    method: str = "weight",
-    reference: str | Path | None = None,
-    data: str | None = None,
-    train: str | None = None,
-    bn: str = "none",
-    json_path: str | Path | None = None,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    permute_output: bool = False,
-    batch_size: int = 500,
-    force: bool = False,
-    timings: Timings | None = None,
-    device: str = "cpu",
-    dtype: str | torch.dtype | None = None,
-    block_size: int | None = None,
-    progress: ProgressFn | None = None,
-    **options: Any,
+    options: MergeOptions | None = None,
+    **keywords: Any,
 ) -> MergeReport:
     """Load N checkpoints, merge them, evaluate on ``data``, and write the merged checkpoint.
 
@@ -131,35 +108,36 @@ def merge_files(
     and the evaluation, in ``dtype``; ``block_size`` cuts text data for a language
     model; ``progress(task, done, total)`` hears of groups matched and shards written.
     """
+    o = MergeOptions.build(options, keywords)
     if len(paths) < 2:
         raise ModeconnectError(
             f"merge: needs at least two checkpoints, got {len(paths)}; pass more checkpoints"
         )
-    w = normalize_weights(weights, len(paths))
-    stats_source = train if train is not None else data
-    check_merge_options(method, bn, stats_source is not None, options)
-    where, eval_dtype = resolve_device(device), parse_dtype(dtype)
+    w = normalize_weights(o.weights, len(paths))
+    stats_source = o.inputs.train if o.inputs.train is not None else o.inputs.data
+    check_merge_options(o.method, o.bn, stats_source is not None, o.method_options)
+    where, eval_dtype = resolve_device(o.run.device), parse_dtype(o.run.dtype)
     session = open_session(
-        paths, force=force, model=model, model_kwargs=model_kwargs, trust=trust, data=data,
-        train=train, batch_size=batch_size, input_shape=input_shape, input_dtype=input_dtype,
-        extra_inputs=[reference], timings=timings, block_size=block_size,
-        seed=int(options.get("seed") or 0), progress=progress,
-        outputs=[("--out", out, "checkpoint"), ("--json", json_path, "json")],
+        paths, o,
+        extra_inputs=[o.reference],
+        seed=int(o.method_options.get("seed") or 0),
+        outputs=[("--out", o.out, "checkpoint"), ("--json", o.json_path, "json")],
     )  # fmt: skip
-    ref_ckpt, ref = _load_reference(reference, session)
+    ref_ckpt, ref = _load_reference(o.reference, session)
     stats = session.train if session.train is not None else session.data
     sources = session.paths
-    rounds = options.pop("max_rounds", DEFAULT_MAX_ROUNDS)
-    seed = options.pop("seed", 0)
-    chosen = method_options(method, options) if method != NO_ALIGNMENT else {}
-    if session.lazy and method == "weight":  # bounded similarity, products on the device
+    given = dict(o.method_options)
+    rounds = given.pop("max_rounds", DEFAULT_MAX_ROUNDS)
+    seed = given.pop("seed", 0)
+    chosen = method_options(o.method, given) if o.method != NO_ALIGNMENT else {}
+    if session.lazy and o.method == "weight":  # bounded similarity, products on the device
         chosen.update(max_bytes=model_bytes(session.state_dicts[0]), device=where)
-    if progress is not None and method == "weight":
-        chosen["progress"] = progress
+    if o.run.progress is not None and o.method == "weight":
+        chosen["progress"] = o.run.progress
     with session.timings.phase("merge"):
         result = merge(
-            session.model, session.state_dicts, weights=w, method=method, reference=ref,
-            data=stats, inputs=session.probe, bn=bn, permute_output=permute_output,
+            session.model, session.state_dicts, weights=w, method=o.method, reference=ref,
+            data=stats, inputs=session.probe, bn=o.bn, permute_output=o.permute_output,
             labels=[str(p) for p in sources], max_rounds=rounds, seed=seed, **chosen,
         )  # fmt: skip
     report = MergeReport(sources, session.model_ref, session.model_kwargs, result)
@@ -170,13 +148,13 @@ def merge_files(
     written = {"out": plan.path("--out")}
     if "--json" in plan:
         written["json"] = plan.path("--json")
-    meta = _metadata(sources, result, reference)
+    meta = _metadata(sources, result, o.reference)
     with session.timings.phase("writes"), plan.writing() as staging:
         like = session.checkpoints[0]
         staging.write(
             written["out"],
             session.checkpoint_writer(
-                written["out"], result.state_dict, like=like, metadata=meta, progress=progress
+                written["out"], result.state_dict, like=like, metadata=meta, progress=o.run.progress
             ),
         )
         if "--json" in plan:

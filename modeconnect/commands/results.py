@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from modeconnect.commands.options import Options
 from modeconnect.commands.session import Session, input_files, open_session
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.data import Batch
@@ -60,13 +61,10 @@ class FileReport(Generic[R]):
 
 def open_study(
     checkpoints: Sequence[str | Path],
+    options: Options,
     *,
     outputs: Sequence[tuple[str, str | Path | None, str]],
     plots: Iterable[str],
-    force: bool = False,
-    model: str | None = None,
-    data: str | Path | None = None,
-    train: str | Path | None = None,
     **session: Any,
 ) -> Session:
     """:func:`~modeconnect.commands.session.open_session`, once the report's ``plots`` are checked.
@@ -76,11 +74,10 @@ def open_study(
     """
     report = next((p for _, p, kind in outputs if kind == "report" and p is not None), None)
     if report is not None:
-        inputs = input_files(checkpoints, data=[data, train], model=model)
-        check_report(report, plots, inputs=inputs, force=force)
-    return open_session(
-        checkpoints, outputs=outputs, force=force, model=model, data=data, train=train, **session
-    )
+        data = [options.inputs.data, options.inputs.train]
+        inputs = input_files(checkpoints, data=data, model=options.sources.model)
+        check_report(report, plots, inputs=inputs, force=options.force)
+    return open_session(checkpoints, options, outputs=outputs, **session)
 
 
 def count_examples(batches: Iterable[Batch]) -> int:

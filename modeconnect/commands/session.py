@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.choices import INPUT_DTYPES
+from modeconnect.commands.options import Options
 from modeconnect.errors import ModeconnectError
 from modeconnect.io.checkpoints import (
     Checkpoint,
@@ -50,7 +51,7 @@ from modeconnect.io.data import (
     load_data,
 )
 from modeconnect.io.hf import HFDirectory, directory_writer, lm_kind
-from modeconnect.io.references import NO_TRUST, Trust, reference_file
+from modeconnect.io.references import reference_file
 from modeconnect.io.targets import Fill, Outputs
 from modeconnect.probe import PROBE_SIZE, probe_inputs
 from modeconnect.progress import ProgressFn
@@ -170,52 +171,47 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def open_session(
     checkpoints: Sequence[str | Path],
+    options: Options,
     *,
     outputs: Sequence[tuple[str, str | Path | None, str]] = (),
-    force: bool = False,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    data: str | Path | None = None,
-    train: str | Path | None = None,
-    batch_size: int = 500,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
     class_labels: bool = True,
     train_labels: bool = False,
     extra_inputs: Sequence[str | Path | None] = (),
-    timings: Timings | None = None,
-    block_size: int | None = None,
     seed: int = 0,
-    progress: ProgressFn | None = None,
 ) -> Session:
     """Check the outputs, load and check everything a command reads (module docstring).
 
-    ``outputs`` are ``(option, path, kind)`` triples (``path`` ``None`` when not asked
-    for); ``extra_inputs`` are further files the command reads (a reference
-    checkpoint). ``class_labels`` / ``train_labels``: the labels of ``data`` / ``train``
-    must be class indices (a cross-entropy evaluation). ``block_size``: tokens per
-    example cut from text data; ``seed``: of a masked language model's masked positions;
-    ``progress`` hears of the shards read.
+    ``options`` are the command's (:mod:`modeconnect.commands.options`): its sources,
+    inputs, run and ``force``. ``outputs`` are ``(option, path, kind)`` triples (``path``
+    ``None`` when not asked for); ``extra_inputs`` are further files the command reads
+    (a reference checkpoint). ``class_labels`` / ``train_labels``: the labels of
+    ``data`` / ``train`` must be class indices (a cross-entropy evaluation); ``seed``:
+    of a masked language model's masked positions. The run's ``progress`` hears of the
+    shards read.
     """
-    timings = timings if timings is not None else Timings()
+    sources, inputs, run = options.sources, options.inputs, options.run
+    timings = run.clock()
     plan = Outputs.plan(
         outputs,
-        inputs=input_files([*checkpoints, *extra_inputs], data=[data, train], model=model),
-        force=force,
+        inputs=input_files(
+            [*checkpoints, *extra_inputs], data=[inputs.data, inputs.train], model=sources.model
+        ),
+        force=options.force,
         folders=bool(checkpoints) and all(Path(c).is_dir() for c in checkpoints),
     )
     with timings.phase("load"):
-        loaded = load_models(checkpoints, model, model_kwargs, trust=trust, progress=progress)
+        loaded = load_models(checkpoints, sources.model, sources.model_kwargs,
+                             trust=sources.trust, progress=run.progress)  # fmt: skip
         arch = loaded.architecture
         net = arch.model
         first = loaded.checkpoints[0] if loaded.checkpoints else None
-        language = _language(first, block_size)
-        reader = _Reader(net, first, batch_size, language)
-        evaluation = reader.load(data, class_labels)
-        training = reader.load(train, train_labels)
-        probe = choose_probe(net, evaluation or training, input_shape, parse_dtype(input_dtype))
-        if language is not None and input_shape is None:
+        language = _language(first, inputs.block_size)
+        reader = _Reader(net, first, inputs.batch_size, language)
+        evaluation = reader.load(inputs.data, class_labels)
+        training = reader.load(inputs.train, train_labels)
+        probe = choose_probe(net, evaluation or training, inputs.input_shape,
+                             parse_dtype(inputs.input_dtype))  # fmt: skip
+        if language is not None and inputs.input_shape is None:
             probe = tuple(x[: PROBE_SEQUENCES[0], : PROBE_SEQUENCES[1]] for x in probe)
         if first is not None and first.lazy:
             _first_pass(net, first, probe)

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.options import SharpnessOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.curvature import NORMS, SPECTRUM_METHODS, SharpnessStudy, sharpness_study
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation import ExampleLossFn
-from modeconnect.io.references import NO_TRUST, Trust
 from modeconnect.io.report import SHARPNESS_PLOTS, sharpness_sections
-from modeconnect.progress import ProgressFn
-from modeconnect.timing import Timings
 
 __all__ = ["MERGED", "sharpness_files"]
 
@@ -27,34 +22,8 @@ MERGED = "merged"
 
 def sharpness_files(
     paths: Sequence[str | Path],
-    *,
-    data: str,
-    names: Sequence[str] | None = None,
-    merge: str | None = None,
-    alpha: float = 0.5,
-    top_k: int = 1,
-    spectrum: str = "lanczos",
-    iterations: int | None = None,
-    trace_samples: int = 50,
-    rho: float = 0.5,
-    plain_rho: float = 0.05,
-    norm: str = "l2",
-    ascent_steps: int = 10,
-    seed: int = 0,
-    max_batches: int | None = None,
-    loss: str | ExampleLossFn | None = "ce",
-    batch_size: int = 500,
-    json_path: str | Path | None = None,
-    report_dir: str | Path | None = None,
-    model: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    trust: Trust = NO_TRUST,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | torch.dtype | None = None,
-    command: str | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    timings: Timings | None = None,
+    options: SharpnessOptions | None = None,
+    **keywords: Any,
 ) -> FileReport[SharpnessStudy]:
     """Every sharpness measure of each checkpoint, on ``data`` (``sharpness_study``).
 
@@ -68,29 +37,28 @@ def sharpness_files(
     ``norm`` ball of radius ``rho`` (relative to ``|θ|``), plain sharpness of radius
     ``plain_rho``, ``ascent_steps``, ``seed``, and ``max_batches`` of ``data`` per pass.
     """
-    merge = None if merge in (None, "none") else merge
-    labels = _names(names, len(paths), merge is not None)
-    _check_options(spectrum, norm, alpha)
-    class_labels = loss in (None, "ce")
+    o = SharpnessOptions.build(options, keywords)
+    merge = None if o.merge in (None, "none") else o.merge
+    labels = _names(o.names, len(paths), merge is not None)
+    _check_options(o.spectrum, o.norm, o.alpha)
+    class_labels = o.loss in (None, "ce")
     session = open_study(
-        paths, plots=SHARPNESS_PLOTS, force=force, model=model, model_kwargs=model_kwargs,
-        trust=trust, data=data, batch_size=batch_size, input_shape=input_shape,
-        input_dtype=input_dtype, class_labels=class_labels, timings=timings,
-        outputs=[("--json", json_path, "json"), ("--report", report_dir, "report")],
+        paths, o, plots=SHARPNESS_PLOTS, class_labels=class_labels,
+        outputs=[("--json", o.json_path, "json"), ("--report", o.report_dir, "report")],
     )  # fmt: skip
     states = dict(zip(labels, session.state_dicts, strict=True))
     with session.timings.phase("sharpness"):
         study = sharpness_study(
-            session.model, states, session.data or [], merge=merge, alpha=alpha,
-            progress=progress, k=top_k, method=spectrum, iterations=iterations,
-            trace_samples=trace_samples, rho=rho, plain_rho=plain_rho, norm=norm,
-            ascent_steps=ascent_steps, seed=seed, loss=resolve_loss(loss, session),
-            max_batches=max_batches,
+            session.model, states, session.data or [], merge=merge, alpha=o.alpha,
+            progress=o.run.progress, k=o.top_k, method=o.spectrum, iterations=o.iterations,
+            trace_samples=o.trace_samples, rho=o.rho, plain_rho=o.plain_rho, norm=o.norm,
+            ascent_steps=o.ascent_steps, seed=o.seed, loss=resolve_loss(o.loss, session),
+            max_batches=o.max_batches,
         )  # fmt: skip
     inputs = {"checkpoints": {name: str(p) for name, p in zip(labels, paths, strict=True)}}
     report = FileReport(
         inputs, session.model_ref, session.model_kwargs, study,
-        {"data": count_examples(session.data or [])}, command,
+        {"data": count_examples(session.data or [])}, o.run.command,
     )  # fmt: skip
     return write_study(session, report, title="Sharpness report", sections=sharpness_sections)
 
