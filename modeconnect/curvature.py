@@ -49,7 +49,7 @@ from modeconnect.objective import (
     weights_of,
 )
 from modeconnect.progress import ProgressFn
-from modeconnect.records import record
+from modeconnect.records import Record
 
 __all__ = [
     "NORMS",
@@ -80,7 +80,7 @@ NORMS = ("l2", "linf")
 
 
 @dataclass(frozen=True)
-class HessianSpectrum:
+class HessianSpectrum(Record):
     """The ``k`` largest Hessian eigenvalues found, with their residuals ``‖Hv − λv‖``.
 
     ``lanczos`` gives the largest (algebraic) eigenvalues in descending order;
@@ -95,12 +95,9 @@ class HessianSpectrum:
     dimension: int
     seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return record(self)
-
 
 @dataclass(frozen=True)
-class HessianTrace:
+class HessianTrace(Record):
     """Hutchinson's ``tr H`` from ``samples`` Rademacher probes, with standard error."""
 
     trace: float
@@ -108,12 +105,9 @@ class HessianTrace:
     samples: int
     seed: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return record(self)
-
 
 @dataclass(frozen=True)
-class AdaptiveSharpness:
+class AdaptiveSharpness(Record):
     """``L(θ + ε*) − L(θ)`` for the best ``ε*`` found with ``‖T⁻¹ε‖ ≤ rho``; ``T = |θ|`` or I."""
 
     sharpness: float
@@ -122,9 +116,6 @@ class AdaptiveSharpness:
     norm: str
     adaptive: bool
     steps: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return record(self)
 
 
 @dataclass(frozen=True)

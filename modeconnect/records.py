@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["record"]
+__all__ = ["Record", "record"]
 
 
 def record(result: Any, **extra: Any) -> dict[str, Any]:
@@ -38,3 +38,10 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     to_dict = getattr(value, "to_dict", None)
     return to_dict() if callable(to_dict) and not isinstance(value, type) else value
+
+
+class Record:
+    """A result dataclass whose JSON is its fields: ``to_dict()`` is :func:`record`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return record(self)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 
 from modeconnect.barrier_studies import Study, barrier_study
 from modeconnect.commands.options import BarrierOptions
+from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, Scoring
@@ -24,30 +25,21 @@ from modeconnect.matching import method_options
 __all__ = ["StudyReport", "barrier_files", "resolve_loss"]
 
 
-@dataclass(frozen=True)
-class StudyReport:
-    """What ``modeconnect barrier`` computed and wrote."""
+class StudyReport(FileReport[Study]):
+    """What ``modeconnect barrier`` computed and wrote: the :class:`FileReport` of a
+    :class:`~modeconnect.barrier_studies.Study`, whose parts keep their 0.2.0 names."""
 
-    a_path: Path
-    b_path: Path
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    study: Study
-    examples: Mapping[str, int]
-    command: str | None = None
-    written: Mapping[str, Path] = field(default_factory=dict)
-    timings: Mapping[str, float] = field(default_factory=dict)
+    @property
+    def study(self) -> Study:
+        return self.result
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": str(self.a_path),
-            "b": str(self.b_path),
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
-            "examples": dict(self.examples),
-            "command": self.command,
-            **self.study.to_dict(),
-            "outputs": {k: str(v) for k, v in self.written.items()},
-        }
+    @property
+    def a_path(self) -> Path:
+        return Path(self.inputs["a"])
+
+    @property
+    def b_path(self) -> Path:
+        return Path(self.inputs["b"])
 
 
 def resolve_loss(
@@ -152,10 +144,10 @@ def barrier_files(
     examples = {"test": _count(session.data or [])}
     if session.train is not None:
         examples["train"] = _count(session.train)
+    inputs = {"a": str(a_path), "b": str(b_path)}
     report = StudyReport(
-        Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, study, examples,
-        o.run.command,
-    )  # fmt: skip
+        inputs, session.model_ref, session.model_kwargs, study, examples, o.run.command
+    )
     plan = session.outputs
     written: dict[str, Path] = {}
     with clock.phase("writes"), plan.writing() as staging:

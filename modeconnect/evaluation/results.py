@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modeconnect.records import record
+from modeconnect.records import Record
 
 __all__ = [
     "Barrier",
@@ -103,15 +103,12 @@ class Curve:
 
 
 @dataclass(frozen=True)
-class Barrier:
+class Barrier(Record):
     """Barrier heights of one curve for the loss and the error, under ``definition``."""
 
     loss: float
     error: float
     definition: str
-
-    def to_dict(self) -> dict[str, float | str]:
-        return record(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,15 +161,12 @@ class ExampleCurve:
 
 
 @dataclass(frozen=True)
-class Interval:
+class Interval(Record):
     """A bootstrap interval ``[low, high]`` and the bootstrap standard deviation."""
 
     low: float
     high: float
     std: float
-
-    def to_dict(self) -> dict[str, float]:
-        return record(self)
 
 
 @dataclass(frozen=True)
