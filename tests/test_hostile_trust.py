@@ -191,3 +191,14 @@ def test_trusting_torch_lends_none_of_its_loaders(bench: Bench, ref: str) -> Non
     kwargs = {"repo_or_dir": "someorg/somerepo", "model": "evil", "f": str(bench.a)}
     for x in _both(bench, ref, kwargs):
         assert_refused(bench, bench.cli("spec", x, "--trust-module", "torch"), repr(ref))
+
+
+def test_refusals_are_typed_for_library_users(bench: Bench) -> None:
+    """A library user catches what they mean: an untrusted reference is UntrustedReference."""
+    from modeconnect.errors import ModeconnectError, UntrustedReference
+    from modeconnect.io.checkpoints import load_checkpoint, resolve_model
+
+    path = bench.pt_naming("evil.pt", "subprocess:run", {"args": "true"})
+    with pytest.raises(UntrustedReference, match="not a known architecture constructor"):
+        resolve_model([load_checkpoint(path)])
+    assert issubclass(UntrustedReference, ModeconnectError)

@@ -45,7 +45,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from modeconnect.errors import ModeconnectError, load_error_reason
+from modeconnect.errors import ModeconnectError, UntrustedReference, load_error_reason
 from modeconnect.io.links import refuse_outside_links
 from modeconnect.io.offline import offline
 from modeconnect.io.references import (
@@ -217,7 +217,7 @@ def _refuse_code(file: Path, config: Mapping[str, Any]) -> None:
     """A config that names its own code (``auto_map``, ``trust_remote_code``) is refused."""
     found = sorted(k for k in config if k in CODE_LOADING_KEYS)
     if found:
-        raise ModeconnectError(
+        raise UntrustedReference(
             f"{file}: {found[0]!r} asks for the model's own Python code (remote code), which "
             "modeconnect never runs from a checkpoint; use a model class of the installed "
             "transformers, or load the model yourself and save its state dict"

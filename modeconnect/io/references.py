@@ -64,7 +64,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, UntrustedReference
 from modeconnect.io.offline import offline
 
 __all__ = [
@@ -204,7 +204,7 @@ def check_file_reference(
             )
         return trust.modules
     how = f"--trust-module {top} or " if not _is_file_target(target) else ""
-    raise ModeconnectError(
+    raise UntrustedReference(
         f"{source}: names the model reference {ref!r}, which is not a known architecture "
         "constructor; a reference from a file could run any code, so it is refused; "
         f"if you trust this file, pass --model {ref} (or {how}--trust-model-ref)"
@@ -305,7 +305,7 @@ def _abstract(cls: Any) -> bool:
 
 def _require_concrete(name: str, source: str | Path, ref: str) -> None:
     if transformers_model_class(name) is None:
-        raise ModeconnectError(
+        raise UntrustedReference(
             f"{source}: names the model reference {ref!r}, an abstract base class of "
             "transformers that builds no model; name the model class itself "
             "(e.g. 'transformers:LlamaForCausalLM')"
@@ -344,7 +344,7 @@ def _check_level(level: Mapping[str, Any], path: str, source: str | Path) -> Non
     model_type = level.get("model_type")
     backbone = level.get("backbone")
     if backbone is not None and model_type != "timm_backbone":
-        raise ModeconnectError(
+        raise UntrustedReference(
             f"{source}: {key('backbone')} names the backbone {_short(backbone)}, which "
             "transformers would look up on the Hugging Face Hub while building the model; "
             "modeconnect never downloads, so this config is refused; give the backbone's own "
@@ -354,7 +354,7 @@ def _check_level(level: Mapping[str, Any], path: str, source: str | Path) -> Non
     timm_key = _TIMM_KEYS.get(str(model_type))
     timm_name = level.get(timm_key) if timm_key else None
     if timm_name is not None and not (isinstance(timm_name, str) and _TIMM_NAME.match(timm_name)):
-        raise ModeconnectError(
+        raise UntrustedReference(
             f"{source}: {key(str(timm_key))} names the timm model {_short(timm_name)}, a "
             "repository or path that timm would fetch or read; modeconnect never downloads, "
             "so this config is refused; name a timm architecture (e.g. 'resnet50')"
@@ -363,13 +363,13 @@ def _check_level(level: Mapping[str, Any], path: str, source: str | Path) -> Non
     if model_type == "timm_wrapper" and isinstance(model_args, Mapping):
         loaders = sorted(TIMM_LOADER_ARGS & set(model_args))
         if loaders:
-            raise ModeconnectError(
+            raise UntrustedReference(
                 f"{source}: {key('model_args')}.{loaders[0]} makes timm load or download "
                 "weights; modeconnect reads the weights from the checkpoint only, so this "
                 "config is refused; remove it"
             )
     if level.get("quantization_config") is not None:
-        raise ModeconnectError(
+        raise UntrustedReference(
             f"{source}: {key('quantization_config')} marks a quantized checkpoint, which "
             "modeconnect cannot align (and whose quantizer fetches kernels from the Hub); "
             "refused; use the unquantized checkpoint"
@@ -422,7 +422,7 @@ def check_plain_kwargs(kwargs: Mapping[str, Any], source: str | Path) -> None:
                         "keyword arguments must be plain JSON"
                     )
                 if key in CODE_LOADING_KEYS:
-                    raise ModeconnectError(
+                    raise UntrustedReference(
                         f"{source}: {where}.{key} would let the model constructor load code; "
                         "refused for keyword arguments read from a file; "
                         "pass --model-kwargs yourself if you trust it"
@@ -468,7 +468,7 @@ def build_model(
             factory = import_callable(ref)
             problem = _not_a_trusted_class(factory, modules) if modules else None
             if problem is not None:
-                raise ModeconnectError(
+                raise UntrustedReference(
                     f"model reference {ref!r}: {problem}; pass --model {ref} if you trust it"
                 )
             model = _call(ref, factory, arguments)
