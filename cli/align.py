@@ -26,8 +26,7 @@ from modeconnect_cli.format import format_align
     "Write (1-alpha)*A + alpha*aligned B (OT: the OT fusion); a file or, "
     "for checkpoint directories, a directory.",
 )
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Weight of B in --merged.")  # fmt: skip
+@o.ALPHA
 @o.STEPS
 @o.method()
 @o.METHOD_OPTIONS

@@ -16,10 +16,7 @@ from modeconnect_cli.format import format_barrier
 @click.argument("b", type=click.Path())
 @o.ARCHITECTURE
 @o.data(required=True)
-@click.option(
-    "--train", metavar="FILE|MODULE:CALLABLE",
-    help="Training data: a second split, and the statistics for --bn and alignment.",
-)  # fmt: skip
+@o.train("Training data: a second split, and the statistics for --bn and alignment.")
 @o.method("--align", allow_none=True)
 @o.METHOD_OPTIONS
 @click.option("--layerwise", is_flag=True, help="Layer-wise barriers (Adilova et al. 2024).")

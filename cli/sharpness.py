@@ -44,9 +44,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--ascent-steps", type=click.IntRange(min=1), default=10, show_default=True,
               help="Gradient ascent steps for each worst case.")  # fmt: skip
 @o.SEED_OPTION
-@click.option("--max-batches", type=click.IntRange(min=1), metavar="N",
-              help="Batches of --data per pass (each Hessian-vector product) "
-                   "[default: all].")  # fmt: skip
+@click.option("--batches-per-pass", "--max-batches", "max_batches", type=click.IntRange(min=1),
+              metavar="N", help="Batches of --data per pass (each Hessian-vector product) "
+              "[default: all]; --max-batches is its 0.2.0 name.")  # fmt: skip
 @o.LOSS
 @o.BATCH_SIZE
 @o.STUDY_OUTPUTS
