@@ -35,10 +35,12 @@ from modeconnect.evaluation import Batch
 from modeconnect.forward import Binding, batch_inputs, eval_mode, over_batches
 
 __all__ = [
+    "BN_CHOICES",
     "BN_MODES",
     "Correction",
     "LayerStats",
     "batchnorm_layers",
+    "bn_correction",
     "check_mode",
     "layer_statistics",
     "make_correction",
@@ -543,3 +545,49 @@ def renormalize(
     BatchNorm statistics of its own, ``mode="repair"`` folds REPAIR into its weights.
     """
     return make_correction(model, a, b, batches, mode=mode, max_batches=max_batches)(merged, alpha)
+
+
+# --------------------------------------------------------------------------- every evaluated point
+
+BN_CHOICES = ("auto", "reset", "none")
+"""How a study treats BatchNorm statistics at every point it evaluates."""
+
+
+def bn_correction(
+    model: nn.Module,
+    bn: str,
+    train: Iterable[Batch] | None,
+    *,
+    where: str,
+    max_batches: int | None = None,
+) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]] | None:
+    """The BatchNorm treatment of every evaluated state: a reset on ``train``, or ``None``.
+
+    ``bn="auto"`` resets when the model has BatchNorm layers with running
+    statistics (interpolated or perturbed statistics describe no model; Git
+    Re-Basin, Garipov et al. 2018 do the same), ``"reset"`` insists on it,
+    ``"none"`` keeps the statistics the state carries.
+    """
+    if bn not in BN_CHOICES:
+        raise ModeconnectError(
+            f"{where}: unknown bn {bn!r}; valid choices: {', '.join(BN_CHOICES)}"
+        )
+    has_bn = bool(batchnorm_layers(model))
+    if bn == "none" or (bn == "auto" and not has_bn):
+        return None
+    if not has_bn:
+        raise ModeconnectError(
+            f"{where}: bn='reset' but the model has no BatchNorm layer with running statistics; "
+            "use bn='none'"
+        )
+    if train is None:
+        raise ModeconnectError(
+            f"{where}: the model has BatchNorm layers, whose statistics are recomputed at every "
+            "evaluated point; pass training data (train=..., --train FILE) or bn='none'"
+        )
+    data = train
+
+    def reset(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return reset_batchnorm(model, state, data, max_batches=max_batches)
+
+    return reset

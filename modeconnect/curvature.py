@@ -34,13 +34,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from modeconnect.bn import bn_correction
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring, interpolate, loss_name
 from modeconnect.objective import (
     StateDict,
     Weights,
     batch_loss,
-    bn_correction,
     check_entries,
     check_positive,
     limited,

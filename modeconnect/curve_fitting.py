@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.barrier_studies import SplitResult
+from modeconnect.bn import bn_correction
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
@@ -48,7 +49,6 @@ from modeconnect.objective import (
     StateDict,
     Weights,
     batch_loss,
-    bn_correction,
     check_entries,
     check_positive,
     module_mode,

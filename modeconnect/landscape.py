@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modeconnect.bn import bn_correction
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, PathFn, evaluate_examples, loss_name
-from modeconnect.objective import StateDict, bn_correction, check_positive, weights_of
+from modeconnect.objective import StateDict, check_positive, weights_of
 from modeconnect.progress import ProgressFn
 
 __all__ = [

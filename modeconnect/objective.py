@@ -18,25 +18,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from modeconnect.bn import batchnorm_layers, reset_batchnorm
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, Scoring, get_scoring
 from modeconnect.evaluation.scoring import check_per_example
 from modeconnect.forward import Binding, eval_mode, over_batches
 
 __all__ = [
-    "BN_CHOICES",
     "StateDict",
     "Weights",
     "batch_loss",
-    "bn_correction",
     "check_positive",
     "loss_and_gradient",
     "module_mode",
@@ -44,7 +41,6 @@ __all__ = [
 ]
 
 StateDict = Mapping[str, Tensor]
-BN_CHOICES = ("auto", "reset", "none")
 """``auto``: reset BatchNorm statistics when the model has BatchNorm; ``reset``; ``none``."""
 
 
@@ -179,43 +175,3 @@ def check_positive(where: str, name: str, value: object, *, integer: bool = True
     if not ok or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
         kind = "int" if integer else "number"
         raise ModeconnectError(f"{where}: {name}={value!r} is not a positive {kind}; pass one")
-
-
-def bn_correction(
-    model: nn.Module,
-    bn: str,
-    train: Iterable[Batch] | None,
-    *,
-    where: str,
-    max_batches: int | None = None,
-) -> Callable[[StateDict], dict[str, Tensor]] | None:
-    """The BatchNorm treatment of every evaluated state: a reset on ``train``, or ``None``.
-
-    ``bn="auto"`` resets when the model has BatchNorm layers with running
-    statistics (interpolated or perturbed statistics describe no model; Git
-    Re-Basin, Garipov et al. 2018 do the same), ``"reset"`` insists on it,
-    ``"none"`` keeps the statistics the state carries.
-    """
-    if bn not in BN_CHOICES:
-        raise ModeconnectError(
-            f"{where}: unknown bn {bn!r}; valid choices: {', '.join(BN_CHOICES)}"
-        )
-    has_bn = bool(batchnorm_layers(model))
-    if bn == "none" or (bn == "auto" and not has_bn):
-        return None
-    if not has_bn:
-        raise ModeconnectError(
-            f"{where}: bn='reset' but the model has no BatchNorm layer with running statistics; "
-            "use bn='none'"
-        )
-    if train is None:
-        raise ModeconnectError(
-            f"{where}: the model has BatchNorm layers, whose statistics are recomputed at every "
-            "evaluated point; pass training data (train=..., --train FILE) or bn='none'"
-        )
-    data = train
-
-    def reset(state: StateDict) -> dict[str, Tensor]:
-        return reset_batchnorm(model, state, data, max_batches=max_batches)
-
-    return reset

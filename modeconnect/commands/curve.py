@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modeconnect.bn import bn_correction
 from modeconnect.commands.barrier import resolve_loss
 from modeconnect.commands.options import CurveOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
@@ -15,7 +16,6 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.io.report import CURVE_PLOTS, curve_sections
 from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
-from modeconnect.objective import bn_correction
 
 __all__ = ["curve_files"]
 
