@@ -40,6 +40,9 @@ MOVED: dict[str, str] = {
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Answers an old name with the module under its new name."""
 
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
+
     def find_spec(
         self, fullname: str, path: object = None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -54,10 +57,16 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self._specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The module ran under its new name already."""
+        """The module ran under its new name already; importing it under the old one
+        replaced its ``__spec__``, which is put back (the module is still the new one)."""
+        alias = module.__spec__.name if module.__spec__ is not None else None
+        if alias in self._specs:
+            module.__spec__ = self._specs.pop(alias)
 
 
 def install() -> None:

@@ -174,3 +174,20 @@ def test_the_type_checking_imports_name_every_export() -> None:
                 if isinstance(imp, ast.ImportFrom):
                     typed.update(a.asname or a.name for a in imp.names)
     assert typed == set(modeconnect._EXPORTS)
+
+
+@pytest.mark.parametrize("old", ["modeconnect.files.align", "modeconnect.pipeline"])
+def test_a_moved_module_imports_as_itself_with_a_warning(old: str) -> None:
+    """``import modeconnect.files.align`` is the module ``modeconnect.commands.align``: same
+    object, same name and spec, so patching or pickling through either name agrees."""
+    import importlib
+    import sys
+
+    from modeconnect._moved import MOVED
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="moved to"):
+        module = importlib.import_module(old)
+    new = importlib.import_module(MOVED[old])
+    assert module is new
+    assert new.__spec__ is not None and new.__spec__.name == new.__name__ == MOVED[old]
