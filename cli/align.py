@@ -34,10 +34,7 @@ from modeconnect_cli.format import format_align
 @o.bn()
 @o.BATCH_SIZE
 @o.LARGE_MODELS
-@o.JSON
-@o.FORCE
-@o.QUIET
-@o.VERBOSE
+@o.OUTPUTS
 def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Align checkpoint B's units to A's, verify, evaluate and write the results.
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from modeconnect_cli import options as o
-from modeconnect_cli.commands import finish, main, run_study
+from modeconnect_cli.commands import finish, main, run_aligned_study
 from modeconnect_cli.format import format_barrier
 
 
@@ -42,10 +42,13 @@ from modeconnect_cli.format import format_barrier
 @o.STUDY_OUTPUTS
 def barrier(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:  # fmt: skip
     """Measure loss and error barriers between checkpoints A and B (naive and aligned)."""
-    align_options = o.pop_method_options(opts, opts["align"])
-    report = run_study(
-        "modeconnect.commands.barrier", "barrier_files", "BarrierOptions",
-        a, b, quiet=quiet, trust=o.trust(opts),
-        align_options=align_options, **opts,
-    )  # fmt: skip
+    report = run_aligned_study(
+        "modeconnect.commands.barrier",
+        "barrier_files",
+        "BarrierOptions",
+        a,
+        b,
+        quiet=quiet,
+        opts=opts,
+    )
     finish(format_barrier(report), report.timings, verbose)

@@ -136,3 +136,17 @@ def run_study(module: str, name: str, options: str, *args: Any, quiet: bool, **k
     command = command_line(click.get_current_context())
     with ProgressBar(quiet=quiet) as bar:
         return run(*args, parsed(options, command=command, progress=bar, **kwargs))
+
+
+def run_aligned_study(
+    module: str, name: str, options: str, *args: Any, quiet: bool, opts: dict[str, Any]
+) -> Any:
+    """:func:`run_study` for a study that may align B first (``--align`` and its method
+    flags, which become ``align_options``)."""
+    from modeconnect_cli import options as o
+
+    align_options = o.pop_method_options(opts, opts["align"])
+    return run_study(
+        module, name, options, *args, quiet=quiet, trust=o.trust(opts),
+        align_options=align_options, **opts,
+    )  # fmt: skip

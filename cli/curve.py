@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from modeconnect_cli import options as o
-from modeconnect_cli.commands import finish, main, run_study
+from modeconnect_cli.commands import finish, main, run_aligned_study
 from modeconnect_cli.format import format_curve
 
 
@@ -47,10 +47,7 @@ def curve(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     evaluated at --steps values of t on --data and --train, with both barrier
     definitions (the JSON keys of `modeconnect barrier`).
     """
-    align_options = o.pop_method_options(opts, opts["align"])
-    report = run_study(
-        "modeconnect.commands.curve", "curve_files", "CurveOptions",
-        a, b, quiet=quiet, trust=o.trust(opts),
-        align_options=align_options, **opts,
-    )  # fmt: skip
+    report = run_aligned_study(
+        "modeconnect.commands.curve", "curve_files", "CurveOptions", a, b, quiet=quiet, opts=opts
+    )
     finish(format_curve(report), report.timings, verbose)

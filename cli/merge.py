@@ -32,10 +32,7 @@ from modeconnect_cli.format import format_merge
 @o.SEED_OPTION
 @o.BATCH_SIZE
 @o.LARGE_MODELS
-@o.JSON
-@o.FORCE
-@o.QUIET
-@o.VERBOSE
+@o.OUTPUTS
 def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any) -> None:
     """Align checkpoints A B [C ...] into one basis and write their weighted average.
 

@@ -399,6 +399,8 @@ VERBOSE = click.option("--verbose", "-v", is_flag=True,
                        help="Print where the time went (load, spec, matching, ...).")  # fmt: skip
 STUDY_OUTPUTS = group(JSON, REPORT, QUIET, FORCE, VERBOSE)
 """What every study (barrier, curve, plane, landscape, sharpness) writes and prints."""
+OUTPUTS = group(JSON, FORCE, QUIET, VERBOSE)
+"""What align and merge write and print besides their checkpoints."""
 
 
 def weights_option() -> Decorator:
