@@ -81,6 +81,7 @@ from torch import nn
 from .errors import ModeconnectError, NotEquivalent
 from .forward import eval_mode, output_tensors, run
 from .records import record
+from .views import Converted
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -237,7 +238,8 @@ def check_equivalence(
         return eq
     try:
         with _no_tf32():
-            wide = _compared(model, _Float32(original), _Float32(permuted),
+            wide = _compared(model, Converted(original, torch.float32),
+                             Converted(permuted, torch.float32),
                              tuple(_float32(x) for x in inputs), tolerance)  # fmt: skip
     except (RuntimeError, TypeError):  # a module that computes in its own dtype only
         return eq
@@ -260,27 +262,6 @@ def _compared(
     if [y.shape for y in ys] != [z.shape for z in zs]:
         return Equivalence(math.inf, math.inf, tol, limit=fmt.limit, precision=fmt.name)
     return _summary([_compare(y, z, tol) for y, z in zip(ys, zs) if y.numel()], tol, fmt)
-
-
-class _Float32(Mapping[str, torch.Tensor]):
-    """A state dict read with its floating tensors in float32, one tensor at a time."""
-
-    dtype = torch.float32
-
-    def __init__(self, weights: Mapping[str, torch.Tensor]) -> None:
-        self.weights = weights
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return _float32(self.weights[key])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.weights)
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.weights
 
 
 def _float32(x: Any) -> Any:

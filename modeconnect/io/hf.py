@@ -46,6 +46,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from modeconnect.errors import ModeconnectError, UntrustedReference, load_error_reason
+from modeconnect.io.jsonfile import read_json_file
 from modeconnect.io.links import refuse_outside_links
 from modeconnect.io.offline import offline
 from modeconnect.io.references import (
@@ -298,8 +299,6 @@ def _indexed(
 
 def _read_json(file: Path, fix: str) -> Any:
     """The JSON in ``file`` within bounds (depth, integer digits, size), else one line."""
-    from modeconnect.io.jsonfile import read_json_file
-
     return read_json_file(file, fix)
 
 

@@ -65,6 +65,7 @@ from types import ModuleType
 from typing import Any
 
 from modeconnect.errors import ModeconnectError, UntrustedReference
+from modeconnect.io.jsonfile import check_plain_value
 from modeconnect.io.offline import offline
 
 __all__ = [
@@ -198,7 +199,7 @@ def check_file_reference(
         with offline():
             problem = _not_a_trusted_class(import_callable(ref), trust.modules)
         if problem is not None:
-            raise ModeconnectError(
+            raise UntrustedReference(
                 f"{source}: the model reference {ref!r} {problem}; "
                 f"if you trust this file, pass --model {ref} (or --trust-model-ref)"
             )
@@ -211,7 +212,7 @@ def check_file_reference(
     )
 
 
-def _never_followed(ref: str, top: str, source: str | Path) -> ModeconnectError:
+def _never_followed(ref: str, top: str, source: str | Path) -> UntrustedReference:
     """modeconnect's internals and transformers' non-model names, whatever the trust."""
     if top == TRANSFORMERS:
         why = (
@@ -223,7 +224,7 @@ def _never_followed(ref: str, top: str, source: str | Path) -> ModeconnectError:
             "modeconnect's own functions are never followed from a file, only its example "
             f"models {sorted(BUILTIN)}"
         )
-    return ModeconnectError(
+    return UntrustedReference(
         f"{source}: names the model reference {ref!r}, which is not a known architecture "
         f"constructor; {why}, whatever --trust-module says; "
         f"if you trust this file, pass --model {ref} (or --trust-model-ref)"
@@ -410,7 +411,10 @@ def local_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_plain_kwargs(kwargs: Mapping[str, Any], source: str | Path) -> None:
-    """Require JSON values (no tensors, no objects) and no key that switches on code loading."""
+    """Require JSON values (no tensors, no objects) within the bounds of JSON read from files
+    (:func:`~modeconnect.io.jsonfile.check_plain_value`: depth, integer digits, size, no
+    container holding itself), and no key that switches on code loading."""
+    check_plain_value(kwargs, f"{source}: model_kwargs", "re-save it with plain JSON values")
     stack: list[tuple[str, Any]] = [("model_kwargs", kwargs)]
     while stack:
         where, value = stack.pop()

@@ -52,6 +52,7 @@ from torch import nn
 from modeconnect.errors import ModeconnectError
 from modeconnect.forward import ModelCall
 from modeconnect.guard import EquivalenceError
+from modeconnect.io.jsonfile import read_json_file
 from modeconnect.io.targets import staged_write
 from modeconnect.spec import PermutationSpec, derive_spec, spec_key
 from modeconnect.spec.trace import Inputs
@@ -186,11 +187,10 @@ def _path(
 def read_cached(path: Path, model: nn.Module) -> PermutationSpec | None:
     """The spec stored at ``path`` if it is valid and fits ``model``; else ``None``."""
     try:
-        if not path.is_file() or path.stat().st_size > MAX_BYTES:
+        if not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        spec = PermutationSpec.from_dict(data)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, ModeconnectError):
+        spec = PermutationSpec.from_dict(read_json_file(path, "a cache miss", limit=MAX_BYTES))
+    except (ModeconnectError, ValueError, RecursionError):  # unreadable, oversized, not a spec
         return None
     return spec if fits(spec, model) else None
 
