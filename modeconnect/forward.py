@@ -42,6 +42,7 @@ __all__ = [
     "computed_buffers",
     "eval_mode",
     "is_hugging_face",
+    "lm_kind",
     "model_call",
     "output_tensors",
     "over_batches",
@@ -125,7 +126,7 @@ def model_call(model: nn.Module) -> ModelCall:
     decoder = bool(getattr(config, "is_encoder_decoder", False)) and "decoder_input_ids" in accepted
     output = "logits" if _has_logits(model) else None
     masked = "attention_mask" in accepted
-    causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) and not decoder
+    causal = lm_kind(type(model).__name__) == "causal" and not decoder
     return ModelCall((main,), constants, decoder_inputs=decoder and main == "input_ids",
                      output=output, attention_mask=masked,
                      positions=masked and causal and "position_ids" in accepted)  # fmt: skip
@@ -317,3 +318,12 @@ def computed_buffers(model: nn.Module) -> dict[str, Tensor]:
     """Buffers the model computes itself and never saves (rotary frequencies, position ids)."""
     saved = set(model.state_dict(keep_vars=True))
     return {n: b for n, b in model.named_buffers(remove_duplicate=False) if n not in saved}
+
+
+def lm_kind(architecture: str) -> str | None:
+    """``"causal"`` or ``"masked"`` for a language-model head class name, else ``None``."""
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal"
+    if architecture.endswith("ForMaskedLM"):
+        return "masked"
+    return None

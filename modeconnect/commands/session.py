@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from modeconnect.choices import INPUT_DTYPES
 from modeconnect.commands.options import Options
 from modeconnect.errors import ModeconnectError
+from modeconnect.forward import lm_kind
 from modeconnect.io.checkpoints import (
     Checkpoint,
     checkpoint_writer,
@@ -50,7 +51,7 @@ from modeconnect.io.data import (
     is_data_reference,
     load_data,
 )
-from modeconnect.io.hf import HFDirectory, directory_writer, lm_kind
+from modeconnect.io.hf import HFDirectory, directory_writer
 from modeconnect.io.references import reference_file
 from modeconnect.io.targets import Fill, Outputs
 from modeconnect.probe import PROBE_SIZE, probe_inputs

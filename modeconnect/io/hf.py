@@ -69,7 +69,6 @@ __all__ = [
     "build_empty",
     "directory_writer",
     "is_hf_directory",
-    "lm_kind",
     "model_bytes",
     "load_tokenizer",
     "open_directory",
@@ -582,15 +581,6 @@ def model_bytes(state_dict: Mapping[str, Tensor]) -> int | None:
     if not isinstance(state_dict, LazyWeights):
         return None
     return sum(info.nbytes for info in state_dict.directory.tensors.values())
-
-
-def lm_kind(architecture: str) -> str | None:
-    """``"causal"`` or ``"masked"`` for a language-model head class name, else ``None``."""
-    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal"
-    if architecture.endswith("ForMaskedLM"):
-        return "masked"
-    return None
 
 
 # --------------------------------------------------------------------------- tokenizer
