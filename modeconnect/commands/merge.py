@@ -23,7 +23,7 @@ from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Metrics, evaluate
-from modeconnect.forward import computed_buffers
+from modeconnect.evaluation.interpolation import placed
 from modeconnect.io.checkpoints import (
     Checkpoint,
     check_same_architecture,
@@ -45,7 +45,6 @@ from modeconnect.merging import (
     normalize_weights,
     weighted_average,
 )
-from modeconnect.views import Converted, Extended
 
 __all__ = ["MergeReport", "merge_files"]
 
@@ -192,10 +191,9 @@ class _Evaluation:
         net = session.model
         if self.device.type == "cpu" and self.dtype is None:
             return evaluate(net, state_dict, batches, loss=session.scoring)
-        buffers = {k: v.to(self.device) for k, v in computed_buffers(net).items()}
-        moved = Extended(Converted(state_dict, self.dtype, self.device), buffers)
+        moved = placed(net, state_dict, device=self.device, dtype=self.dtype)
         on_device = moved_batches(batches, self.device, self.dtype)
-        return evaluate(net, dict(moved), on_device, loss=session.scoring)
+        return evaluate(net, moved, on_device, loss=session.scoring)
 
 
 def _with_metrics(

@@ -21,6 +21,7 @@ __all__ = [
     "interpolate",
     "is_interpolable",
     "linear_path",
+    "placed",
     "placed_path",
 ]
 
@@ -97,16 +98,29 @@ def placed_path(
 
     For checkpoints that stay on disk (lazy mappings) or an evaluation on another
     device or dtype: each tensor of a point is read, interpolated in the stored dtype,
-    converted and moved before the next is read, so building a point never holds more
-    than that point (and the model's computed buffers, moved once).
+    converted and moved before the next is read (:func:`placed`), so building a point
+    never holds more than that point.
     """
     check_pair(a, b)
-    buffers = {k: v if device is None else v.to(device) for k, v in computed_buffers(model).items()}
 
     def at(alpha: float) -> dict[str, Tensor]:
-        return dict(Extended(Converted(Lerped(a, b, float(alpha)), dtype, device), buffers))
+        return placed(model, Lerped(a, b, float(alpha)), device=device, dtype=dtype)
 
     return at
+
+
+def placed(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """``state`` read into a dict with its floating tensors in ``dtype`` on ``device``, one
+    tensor at a time, and the buffers the model computes itself (never saved: rotary
+    frequencies, position ids) moved along, so that the model runs there."""
+    buffers = {k: v if device is None else v.to(device) for k, v in computed_buffers(model).items()}
+    return dict(Extended(Converted(state, dtype, device), buffers))
 
 
 def is_interpolable(t: Tensor) -> bool:
