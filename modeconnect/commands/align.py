@@ -11,7 +11,7 @@ matching's working memory; the outputs (``--out DIR``, ``--merged DIR``) are
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from modeconnect.alignment import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.bn import check_mode, renormalize
 from modeconnect.commands.options import AlignOptions
+from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError
@@ -36,26 +37,17 @@ from modeconnect.views import Lerped
 __all__ = ["AlignReport", "align_files"]
 
 
-@dataclass(frozen=True)
-class AlignReport:
-    """Everything ``modeconnect align`` computed and wrote."""
+@dataclass(frozen=True, kw_only=True)
+class AlignReport(FileReport[AlignResult]):
+    """Everything ``modeconnect align`` computed and wrote: the :class:`FileReport` of an
+    :class:`~modeconnect.alignment.AlignResult`, with the curves and the merge weight."""
 
-    a_path: Path
-    b_path: Path
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    result: AlignResult
-    curves: CurvePair | None
-    alpha: float
-    written: Mapping[str, Path] = field(default_factory=dict)
-    timings: Mapping[str, float] = field(default_factory=dict)
+    curves: CurvePair | None = None
+    alpha: float = 0.5
 
-    def to_dict(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         res = self.result
         out: dict[str, Any] = {
-            "a": str(self.a_path),
-            "b": str(self.b_path),
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
             "alignment": res.alignment.to_dict(),
             "equivalence": res.equivalence.to_dict(),
             "spec": {
@@ -64,7 +56,6 @@ class AlignReport:
                 "fixed_axes": len(res.spec.fixed),
             },
             "alpha": self.alpha,
-            "outputs": {k: str(v) for k, v in self.written.items()},
         }
         if self.curves is not None:
             c = self.curves
@@ -173,15 +164,16 @@ def align_files(
     if "--json" in plan:
         written["json"] = plan.path("--json")
     report = AlignReport(
-        Path(a_path), Path(b_path), session.model_ref, session.model_kwargs, result, curves,
-        o.alpha, written,
+        files={"a": str(a_path), "b": str(b_path)}, model_ref=session.model_ref,
+        model_kwargs=session.model_kwargs, result=result, command=o.run.command,
+        written=written, curves=curves, alpha=o.alpha,
     )  # fmt: skip
     if "--json" in plan:
         writes["json"] = json_writer(report.to_dict())
     with clock.phase("writes"), plan.writing() as staging:
         for name, fill in writes.items():
             staging.write(written[name], fill)
-    return AlignReport(**{**report.__dict__, "timings": clock.to_dict()})
+    return replace(report, timings=clock.to_dict())
 
 
 def _curves(

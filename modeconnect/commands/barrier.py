@@ -33,14 +33,6 @@ class StudyReport(FileReport[Study]):
     def study(self) -> Study:
         return self.result
 
-    @property
-    def a_path(self) -> Path:
-        return Path(self.inputs["a"])
-
-    @property
-    def b_path(self) -> Path:
-        return Path(self.inputs["b"])
-
 
 def resolve_loss(
     loss: str | ExampleLossFn | Scoring | None, session: Session | None = None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from modeconnect.commands.barrier import resolve_loss
 from modeconnect.commands.options import CompareOptions
+from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import open_session
 from modeconnect.compare import Comparison, compare_methods
 from modeconnect.io.checkpoints import json_writer
@@ -16,24 +16,16 @@ from modeconnect.io.checkpoints import json_writer
 __all__ = ["CompareReport", "compare_files"]
 
 
-@dataclass(frozen=True)
-class CompareReport:
-    """What ``modeconnect compare`` computed and wrote."""
+class CompareReport(FileReport[Comparison]):
+    """What ``modeconnect compare`` computed and wrote: the :class:`FileReport` of a
+    :class:`~modeconnect.compare.Comparison`."""
 
-    a_path: Path
-    b_path: Path
-    model_ref: str
-    comparison: Comparison
-    written: Mapping[str, Path] = field(default_factory=dict)
-    timings: Mapping[str, float] = field(default_factory=dict)
+    @property
+    def comparison(self) -> Comparison:
+        return self.result
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": str(self.a_path),
-            "b": str(self.b_path),
-            "model": self.model_ref,
-            **self.comparison.to_dict(),
-        }
+        return {**super().to_dict(), "model": self.model_ref}  # its 0.2.0 shape: the reference
 
 
 def compare_files(
@@ -56,7 +48,10 @@ def compare_files(
             inputs=session.probe, permute_output=o.permute_output,
             loss=resolve_loss(None, session),
         )  # fmt: skip
-    report = CompareReport(Path(a_path), Path(b_path), session.model_ref, comparison)
+    report = CompareReport(
+        {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs,
+        comparison, command=o.run.command,
+    )  # fmt: skip
     if "--json" in session.outputs:
         written = {"json": session.outputs.path("--json")}
         report = replace(report, written=written)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
 from modeconnect.commands.options import MergeOptions
+from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
@@ -49,31 +50,26 @@ from modeconnect.merging import (
 __all__ = ["MergeReport", "merge_files"]
 
 
-@dataclass(frozen=True)
-class MergeReport:
-    """Everything ``modeconnect merge`` computed and wrote.
+@dataclass(frozen=True, kw_only=True)
+class MergeReport(FileReport[MergeResult]):
+    """Everything ``modeconnect merge`` computed and wrote: the :class:`FileReport` of a
+    :class:`~modeconnect.merging.MergeResult`, with the metrics when there was data.
 
     ``inputs`` holds each input's metrics on ``--data``; ``plain`` the metrics of
     the unaligned weighted average (for comparison); ``merged`` the output's.
     """
 
-    sources: tuple[Path, ...]
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    result: MergeResult
     inputs: tuple[Metrics, ...] | None = None
     plain: Metrics | None = None
     merged: Metrics | None = None
-    written: Mapping[str, Path] = field(default_factory=dict)
-    timings: Mapping[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "sources": [str(p) for p in self.sources],
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
-            "merge": self.result.to_dict(),
-            "outputs": {k: str(v) for k, v in self.written.items()},
-        }
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """The merged checkpoints, in order."""
+        return tuple(Path(p) for p in self.files["sources"])
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"merge": self.result.to_dict()}
         if self.inputs is not None:
             out["metrics"] = {
                 "inputs": [_metrics(m) for m in self.inputs],
@@ -139,7 +135,10 @@ def merge_files(
             data=stats, inputs=session.probe, bn=o.bn, permute_output=o.permute_output,
             labels=[str(p) for p in sources], max_rounds=rounds, seed=seed, **chosen,
         )  # fmt: skip
-    report = MergeReport(sources, session.model_ref, session.model_kwargs, result)
+    report = MergeReport(
+        files={"sources": [str(p) for p in sources]}, model_ref=session.model_ref,
+        model_kwargs=session.model_kwargs, result=result, command=o.run.command,
+    )  # fmt: skip
     if session.data is not None:
         with session.timings.phase("evaluation"):
             report = _with_metrics(report, session, stats, _Evaluation(where, eval_dtype))

@@ -1,4 +1,4 @@
-"""What ``curve``, ``plane``, ``landscape`` and ``sharpness`` share on files.
+"""What the commands share on files: one report type, and the study commands' writes.
 
 Each command opens its session with :func:`open_study` (every output checked before
 any work, the report folder's plot files included), runs one library function, and
@@ -28,33 +28,51 @@ class _Result(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-R = TypeVar("R", bound=_Result)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class FileReport(Generic[R]):
-    """What one command computed from files and wrote.
+    """What one command computed from files and wrote: the one report type of every command.
 
-    ``inputs`` are JSON-ready (``{"a": "a.pt", "b": "b.pt"}``); ``result`` is the
-    library's result, whose ``to_dict()`` fills the rest of the JSON.
+    ``files`` are the inputs, JSON-ready (``{"a": "a.pt", "b": "b.pt"}``, or
+    ``{"sources": [...]}``); ``result`` is the library's result. :meth:`to_dict` writes
+    the files, the model, the example counts, the command, then :meth:`body` (the
+    result's ``to_dict()`` unless a command adds its own parts) and the outputs. A
+    command's report subclasses this one only to add what it computed beside the result.
     """
 
-    inputs: Mapping[str, Any]
+    files: Mapping[str, Any]
     model_ref: str
     model_kwargs: Mapping[str, Any]
     result: R
-    examples: Mapping[str, int]
+    examples: Mapping[str, int] = field(default_factory=dict)
     command: str | None = None
     written: Mapping[str, Path] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def a_path(self) -> Path:
+        """The first checkpoint of a two-model command."""
+        return Path(self.files["a"])
+
+    @property
+    def b_path(self) -> Path:
+        """The second checkpoint of a two-model command."""
+        return Path(self.files["b"])
+
+    def body(self) -> dict[str, Any]:
+        """The JSON of what was computed (the result's ``to_dict()``)."""
+        result: _Result = self.result  # type: ignore[assignment]
+        return result.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            **self.inputs,
+            **self.files,
             "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
             "examples": dict(self.examples),
             "command": self.command,
-            **self.result.to_dict(),
+            **self.body(),
             "outputs": {k: str(v) for k, v in self.written.items()},
         }
 
