@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from modeconnect.errors import ERRORS  # torch-free
+
 __version__ = "0.3.0"
 
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -103,30 +105,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "merge": ("modeconnect.merging", "merge"),
     "fedavg": ("modeconnect.federated", "fedavg"),
     "aligned_fedavg": ("modeconnect.federated", "aligned_fedavg"),
+    # errors: one base class, and the kinds a caller may catch on their own
+    **{name: ("modeconnect.errors", name) for name in ERRORS},
 }
-
-_ERRORS = (
-    "ModeconnectError",
-    "NotEquivalent",
-    "NotFinite",
-    "OutputConflict",
-    "ShapeMismatch",
-    "UntrustedReference",
-)
-__all__ = [*_ERRORS, *sorted(_EXPORTS)]
+__all__ = sorted(_EXPORTS)
 
 from modeconnect import _moved  # noqa: E402  (torch-free)
 
 _moved.install()
-
-from modeconnect.errors import (  # noqa: E402  (torch-free)
-    ModeconnectError,
-    NotEquivalent,
-    NotFinite,
-    OutputConflict,
-    ShapeMismatch,
-    UntrustedReference,
-)
 
 
 def __getattr__(name: str) -> Any:
@@ -171,6 +157,14 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         PolyChain,
         curve_study,
         fit_curve,
+    )
+    from modeconnect.errors import (
+        ModeconnectError,
+        NotEquivalent,
+        NotFinite,
+        OutputConflict,
+        ShapeMismatch,
+        UntrustedReference,
     )
     from modeconnect.evaluation import (
         LOSSES,

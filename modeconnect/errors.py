@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import re
 
-__all__ = [
-    "MAX_MESSAGE",
+ERRORS = (
     "ModeconnectError",
     "NotEquivalent",
     "NotFinite",
     "OutputConflict",
     "ShapeMismatch",
     "UntrustedReference",
-    "load_error_reason",
-    "printable",
-]
+)
+"""The error classes, exported at the top level as well."""
+
+__all__ = ["ERRORS", "MAX_MESSAGE", *ERRORS, "load_error_reason", "printable"]
 
 MAX_MESSAGE = 2000
 """Characters of a message kept (its start and its end, where the advice is); a file can
