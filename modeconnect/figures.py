@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modeconnect.curvature import SharpnessStudy
 from modeconnect.curve_fitting import CurveStudy
 from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation import Curve
 from modeconnect.landscape import LossSlice, LossSurface
 
 __all__ = [
@@ -59,25 +61,50 @@ def figure_png(fig: Any, *, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def curve_figure(study: CurveStudy) -> Any:
-    """Loss (left) and error (right) along ``t`` for the line and the curve, every split."""
-    fig, (ax_loss, ax_err) = new_figure(10.0, 4.0, ncols=2)
-    kind = f"{study.fit.curve.name} curve"
-    for name, results in (("line", study.line), ("curve", study.curve)):
-        for split, result in results.items():
-            curve = result.curve
-            style = {"color": _PATH_COLORS[name], "linestyle": _SPLIT_STYLES.get(split, ":")}
-            label = f"{'straight line' if name == 'line' else kind} ({split})"
-            ax_loss.plot(curve.alphas, curve.losses, marker=".", label=label, **style)
-            ax_err.plot(curve.alphas, curve.errors, marker=".", label=label, **style)
-    ax_loss.set(xlabel="t  (0 = A, 1 = B)", ylabel=f"loss ({study.loss})", title="Loss along t")
-    ax_err.set(xlabel="t  (0 = A, 1 = B)", ylabel="error", title="Error along t")
-    for ax in (ax_loss, ax_err):
+def paths_figure(
+    lines: Iterable[tuple[str, str, Curve]],
+    *,
+    var: str,
+    loss: str,
+    second: str = "error",
+    colors: Mapping[str, str],
+    title: str,
+) -> Any:
+    """Loss (left) and ``second`` (``"error"`` or ``"accuracy"``, right) along ``var``.
+
+    ``lines`` are ``(name, split, curve)``: the colour is the name's, the line style the
+    split's (test solid, train dashed).
+    """
+    fig, (ax_loss, ax_other) = new_figure(10.0, 4.0, ncols=2)
+    values = {"error": "errors", "accuracy": "accuracies"}[second]
+    for name, split, curve in lines:
+        style = {"color": colors.get(name), "linestyle": _SPLIT_STYLES.get(split, ":")}
+        label = f"{name} ({split})"
+        ax_loss.plot(curve.alphas, curve.losses, marker=".", label=label, **style)
+        ax_other.plot(curve.alphas, getattr(curve, values), marker=".", label=label, **style)
+    ends = f"{var}  (0 = A, 1 = B)"
+    ax_loss.set(xlabel=ends, ylabel=f"loss ({loss})", title=f"Loss along {var}")
+    ax_other.set(xlabel=ends, ylabel=second, title=f"{second.capitalize()} along {var}")
+    for ax in (ax_loss, ax_other):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    aligned = "aligned B" if study.alignment is not None else "B as trained"
-    fig.suptitle(f"Straight line and {kind} from A to {aligned} (BatchNorm: {study.bn})")
+    fig.suptitle(title)
     return fig
+
+
+def curve_figure(study: CurveStudy) -> Any:
+    """Loss (left) and error (right) along ``t`` for the line and the curve, every split."""
+    kind = f"{study.fit.curve.name} curve"
+    names = {"line": "straight line", "curve": kind}
+    lines = [
+        (names[name], split, result.curve)
+        for name, results in (("line", study.line), ("curve", study.curve))
+        for split, result in results.items()
+    ]
+    aligned = "aligned B" if study.alignment is not None else "B as trained"
+    title = f"Straight line and {kind} from A to {aligned} (BatchNorm: {study.bn})"
+    colors = {names[k]: color for k, color in _PATH_COLORS.items()}
+    return paths_figure(lines, var="t", loss=study.loss, colors=colors, title=title)
 
 
 def surface_figure(surface: LossSurface, *, metric: str = "loss", title: str | None = None) -> Any:

@@ -73,7 +73,6 @@ __all__ = [
 
 T = TypeVar("T")
 _COLORS = {"naive": "#d62728", "aligned": "#1f77b4"}
-_STYLES = {"test": "-", "train": "--"}
 
 CURVE_PLOTS = ("curve",)
 PLANE_PLOTS = ("plane_loss", "plane_error")
@@ -178,22 +177,15 @@ def stage_page(
 
 def plot_curves(study: Study, path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """Loss (left) and accuracy (right) along α for every path and split; returns ``path``."""
-    from modeconnect.figures import new_figure
+    from modeconnect.figures import paths_figure
 
-    fig, (ax_loss, ax_acc) = new_figure(10.0, 4.0, ncols=2)
-    for name, pair in study.pairs.items():
-        for split, result in pair.splits.items():
-            curve = result.curve
-            style = {"color": _COLORS.get(name), "linestyle": _STYLES.get(split, ":")}
-            label = f"{name} ({split})"
-            ax_loss.plot(curve.alphas, curve.losses, marker=".", label=label, **style)
-            ax_acc.plot(curve.alphas, curve.accuracies, marker=".", label=label, **style)
-    ax_loss.set(xlabel="α  (0 = A, 1 = B)", ylabel=f"loss ({study.loss})", title="Loss along α")
-    ax_acc.set(xlabel="α  (0 = A, 1 = B)", ylabel="accuracy", title="Accuracy along α")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"Linear interpolation, BatchNorm/REPAIR: {study.bn}")
+    lines = [
+        (n, split, r.curve) for n, pair in study.pairs.items() for split, r in pair.splits.items()
+    ]
+    fig = paths_figure(
+        lines, var="α", loss=study.loss, second="accuracy", colors=_COLORS,
+        title=f"Linear interpolation, BatchNorm/REPAIR: {study.bn}",
+    )  # fmt: skip
     fig.savefig(path, dpi=110, format="png")
     return path
 
