@@ -288,6 +288,8 @@ class PlaneOptions(Options):
     max_bn_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+    ray: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,8 @@ class LandscapeOptions(Options):
     max_bn_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+    ray: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
