@@ -149,11 +149,13 @@ def map_chunks(
     sizes: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     task: str = "tasks",
+    each: Callable[[int, R], None] | None = None,
 ) -> list[R]:
     """``[fn(shared, chunk) for chunk in chunks]``, here or on ``cluster`` (module docstring).
 
     ``sizes`` (default: one per chunk) are the units each chunk counts for in
-    ``progress(task, done, total)``.
+    ``progress(task, done, total)``; ``each(index, result)`` is called as each chunk
+    finishes (e.g. to save it), in the order they finish.
     """
     weights = [1] * len(chunks) if sizes is None else list(sizes)
     if len(weights) != len(chunks):
@@ -169,6 +171,8 @@ def map_chunks(
         done, total = 0, sum(weights)
         for index, value in finished:
             results[index] = value
+            if each is not None:
+                each(index, value)
             done += weights[index]
             if progress is not None:
                 progress(task, done, total)

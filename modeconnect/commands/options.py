@@ -44,6 +44,7 @@ __all__ = [
     "SharpnessOptions",
     "Sources",
     "SpecOptions",
+    "SweepOptions",
 ]
 
 Opts = TypeVar("Opts", bound="Options")
@@ -331,3 +332,15 @@ class SharpnessOptions(Options):
     max_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+
+
+@dataclass(frozen=True)
+class SweepOptions(Options):
+    """``modeconnect sweep``: a config's pairs × methods × seeds, one table row each."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("data", "json_path")
+
+    csv_path: Path_ = None
+    permute_output: bool = False
+    ray: str | None = None
+    workers: int | None = None
