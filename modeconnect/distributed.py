@@ -210,14 +210,15 @@ def _result(ray: Any, future: Any) -> Any:
     try:
         return ray.get(future)
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.as_instanceof_cause()
-        if isinstance(cause, ModeconnectError):
-            raise ModeconnectError(str(cause.args[0]) if cause.args else str(cause)) from None
-        raise
-    except ray.exceptions.WorkerCrashedError:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ModeconnectError):  # a user error, typed and one line as here
+            raise cause from None
+        raise exc.as_instanceof_cause() from None
+    except ray.exceptions.RayError as exc:  # the worker or node died on every try
         raise ModeconnectError(
-            "a Ray worker died on every try of one task (killed, or out of memory); "
-            "use fewer --workers or a smaller --batch-size"
+            f"a Ray task failed on every try ({type(exc).__name__}: the worker was killed, "
+            "ran out of memory or lost its node); use fewer --workers or a smaller "
+            "--batch-size, or check the cluster"
         ) from None
 
 

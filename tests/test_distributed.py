@@ -123,6 +123,22 @@ def test_the_cli_landscape_with_ray_writes_the_local_numbers(files: Bench):
     assert (there["loss"], there["accuracy"]) == (here["loss"], here["accuracy"])
 
 
+def test_a_sweep_on_ray_has_the_local_rows(files: Bench):
+    import json
+
+    config = files.root / "sweep.json"
+    config.write_text(json.dumps({"pairs": [["a.pt", "b.pt"], ["a.pt", "c.pt"]], "steps": 3}))
+
+    def rows(name: str, *extra: str) -> list[dict]:
+        path = files.root / f"{name}.json"
+        code, out, err = run("sweep", config, "--data", files.test, "--json", path, *extra)
+        assert code == 0 and "(2 new, 0 from the table)" in out, err
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in
+                json.loads(path.read_text())["rows"]]  # fmt: skip
+
+    assert rows("there", "--ray", "auto") == rows("here")
+
+
 def test_a_killed_worker_costs_its_task_not_the_grid(tmp_path: Path):
     """Last of the cluster's tests (a new worker takes seconds to start). The loss kills
     its own worker process the first time a worker calls it; Ray runs

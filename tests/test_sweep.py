@@ -68,6 +68,23 @@ def test_the_table_resumes_where_it_stopped(files: Bench) -> None:
     assert code == 0 and "(0 new, 2 from the table)" in out and _table(files)["rows"] == rows
 
 
+def test_a_failed_row_keeps_the_rows_before_it_and_the_next_run_resumes(files: Bench) -> None:
+    (files.root / "d.pt").write_bytes(b"not a checkpoint")
+    broken = _config(files, pairs=[["a.pt", "b.pt"], ["a.pt", "d.pt"]])
+    code, out, err = _sweep(files, broken)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "d.pt" in err
+    (first,) = _table(files)["rows"]  # the row that finished was saved
+    files.c.replace(files.root / "d.pt")  # the user fixes the file and runs again
+    code, out, err = _sweep(files, broken)
+    assert code == 0 and "rows       2 (1 new, 1 from the table)" in out, err
+    assert _table(files)["rows"][0] == first
+    # A sweep whose only row fails writes no table at all.
+    (files.root / "table.json").unlink()
+    (files.root / "e.pt").write_bytes(b"nor this")
+    code, _, err = _sweep(files, _config(files, pairs=[["a.pt", "e.pt"]]))
+    assert code == 2 and "e.pt" in err and not (files.root / "table.json").exists()
+
+
 def test_a_table_of_other_settings_is_refused_and_force_starts_again(files: Bench) -> None:
     assert _sweep(files, _config(files))[0] == 0
     before = (files.root / "table.json").read_text()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +48,8 @@ __all__ = ["SweepPlan", "SweepReport", "read_sweep_config", "sweep_files"]
 
 KEYS = ("pairs", "methods", "seeds", "steps", "method_options")
 MAX_ROWS = 100_000
+SAVE_EVERY = 1.0
+"""Seconds between rewrites of the table while rows finish (and once at the end)."""
 MAX_STEPS = 10_001
 MAX_SEED = 2**63 - 1
 COLUMNS = (
@@ -336,18 +339,31 @@ def sweep_files(
                           run=Run(device=o.run.device, dtype=o.run.dtype),
                           steps=plan.steps, permute_output=o.permute_output)  # fmt: skip
 
-    def finished(index: int, row: dict[str, Any]) -> None:
-        rows[todo[index]] = row
+    unsaved = [True]  # (a new table, or a --csv to add, is written even with no new row)
+
+    def save() -> None:
         ordered = [rows[k] for k in plan.rows() if k in rows]
         _write(json_path, csv_path, header, ordered + _others(rows, plan))
+        unsaved[0], last[0] = False, time.monotonic()
+
+    last = [time.monotonic()]
+
+    def finished(index: int, row: dict[str, Any]) -> None:
+        rows[todo[index]], unsaved[0] = row, True
+        if time.monotonic() - last[0] >= SAVE_EVERY:
+            save()
 
     with clock.phase("rows"):
-        map_chunks(
-            _run_row, (base, plan.method_options), todo, cluster=cluster,
-            progress=o.run.progress, task="sweep", each=finished,
-        )  # fmt: skip
-    if not todo:  # nothing new: the table is rewritten only to add a missing --csv
-        _write(json_path, csv_path, header, [rows[k] for k in plan.rows()] + _others(rows, plan))
+        complete = False
+        try:
+            map_chunks(
+                _run_row, (base, plan.method_options), todo, cluster=cluster,
+                progress=o.run.progress, task="sweep", each=finished,
+            )  # fmt: skip
+            complete = True
+        finally:  # an error or an interruption keeps the rows that finished, if any
+            if unsaved[0] and (complete or len(rows) > len(done)):
+                save()
     written = {"json": json_path, **({"csv": csv_path} if csv_path else {})}
     table = tuple(rows[k] for k in plan.rows())
     return SweepReport(table, len(todo), len(plan.rows()) - len(todo), written, clock.to_dict())
