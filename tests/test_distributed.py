@@ -19,6 +19,7 @@ import torch
 from study_files import Bench, files_fixture, run  # noqa: F401 (the ``files`` fixture)
 
 import modeconnect as mc
+from modeconnect.compare import compare_methods
 from modeconnect.distributed import Cluster, cluster_from, map_chunks
 from modeconnect.errors import ModeconnectError
 from modeconnect.models import conv_net, mlp
@@ -121,6 +122,21 @@ def test_the_cli_landscape_with_ray_writes_the_local_numbers(files: Bench):
 
     here, there = grid("here"), grid("there", "--ray", "auto", "--workers", "2")
     assert (there["loss"], there["accuracy"]) == (here["loss"], here["accuracy"])
+
+
+def test_compare_on_ray_has_the_local_rows():
+    torch.manual_seed(0)
+    model = mlp(64, [16, 16], 10)
+    a, b = model.state_dict(), mlp(64, [16, 16], 10).state_dict()
+    data, _ = _digits(60)
+
+    def rows(cluster: Cluster | None) -> list[dict]:
+        found = compare_methods(model, a, b, data, methods=["weight", "ot"], steps=3,
+                                   cluster=cluster)  # fmt: skip
+        return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in found.rows]
+
+    here = rows(None)
+    assert rows(CLUSTER) == here and [r["method"] for r in here] == ["weight", "ot"]
 
 
 def test_a_sweep_on_ray_has_the_local_rows(files: Bench):

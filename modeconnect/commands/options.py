@@ -228,6 +228,8 @@ class CompareOptions(Options):
     steps: int = 25
     seed: int = 0
     permute_output: bool = False
+    ray: str | None = None
+    workers: int | None = None
 
     REST: ClassVar[str | None] = "method_options"
 
