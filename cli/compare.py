@@ -23,6 +23,7 @@ from modeconnect_cli.format import format_comparison
 @o.STEPS
 @o.SEED_OPTION
 @o.BATCH_SIZE
+@o.RAY
 @o.JSON
 @o.FORCE
 @o.VERBOSE

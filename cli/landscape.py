@@ -39,6 +39,7 @@ def _span(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float
 @o.MAX_BN_BATCHES
 @o.LOSS
 @o.BATCH_SIZE
+@o.RAY
 @o.STUDY_OUTPUTS
 def landscape(checkpoint: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Loss and error around CHECKPOINT along random filter-normalised directions.

@@ -8,12 +8,23 @@ command runs, so ``--help`` answers at once.
 
 from __future__ import annotations
 
-from modeconnect_cli import align, barrier, compare, curve, landscape, merge, plane, sharpness, spec
+from modeconnect_cli import (
+    align,
+    barrier,
+    compare,
+    curve,
+    landscape,
+    merge,
+    plane,
+    sharpness,
+    spec,
+    sweep,
+)
 from modeconnect_cli.commands import main
 
 __all__ = ["main"]
 
-_COMMANDS = (align, barrier, compare, curve, landscape, merge, plane, sharpness, spec)
+_COMMANDS = (align, barrier, compare, curve, landscape, merge, plane, sharpness, spec, sweep)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

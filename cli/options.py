@@ -434,6 +434,23 @@ LARGE_MODELS = group(DEVICE, DTYPE, BLOCK_SIZE)
 """Hugging Face directories and large models: devices, evaluation dtype, text blocks."""
 
 
+# --------------------------------------------------------------------------- past one machine
+
+RAY = group(
+    click.option(
+        "--ray", metavar="auto|ADDRESS",
+        help="Run the independent work (grid rows, compare's methods, sweep rows) on Ray: "
+             "auto starts a local cluster (or joins RAY_ADDRESS's), HOST:PORT joins a running "
+             'one. Same numbers as without it. Needs pip install "modeconnect[ray]".',
+    ),
+    click.option(
+        "--workers", type=click.IntRange(min=1), metavar="N",
+        help="CPUs of the local Ray cluster (--ray auto) [default: all].",
+    ),
+)  # fmt: skip
+"""Ray: where independent tasks run (modeconnect.distributed)."""
+
+
 # --------------------------------------------------------------------------- running a command
 
 

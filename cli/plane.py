@@ -33,6 +33,7 @@ from modeconnect_cli.format import format_plane
 @o.MAX_BN_BATCHES
 @o.LOSS
 @o.BATCH_SIZE
+@o.RAY
 @o.STUDY_OUTPUTS
 def plane(a: str, b: str, c: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Loss and error on a grid over the plane through A, B and C, with the line A-B drawn.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .alignment import align, compare_interpolations
+from .distributed import Cluster, map_chunks
 from .errors import ModeconnectError
 from .evaluation import Barrier
 from .matching import METHODS, get_method, method_options, route_options
@@ -103,6 +104,7 @@ def compare_methods(
     inputs: Sequence[Any] | None = None,
     permute_output: bool = False,
     loss: Any = None,
+    cluster: Cluster | None = None,
 ) -> Comparison:
     """Align B to A with each method in ``methods`` (default: all registered) and evaluate.
 
@@ -112,32 +114,33 @@ def compare_methods(
     that none of them takes raises (:func:`~modeconnect.matching.route_options`);
     ``seed`` goes to every method. The spec is
     derived once and shared. ``loss`` scores the curves (as ``interpolation_curve``'s).
+    With ``cluster`` (:class:`~modeconnect.distributed.Cluster`) each method is a Ray task
+    (the same rows, but for the measured seconds).
     """
     names = _methods(methods)
     routed = route_options(names, {**dict(options or {}), "seed": seed})
     stats_data = train if train is not None else data
     probe = probe_inputs(model, inputs, stats_data)
     spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
-    rows = []
-    for name in names:
-        opts = routed[name]
-        result = align(model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **opts)
-        curves = compare_interpolations(
-            model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss
-        )
-        al = result.alignment
-        rows.append(
-            MethodResult(
-                name,
-                al.seconds,
-                al.objective,
-                al.iterations,
-                curves.naive_barrier,
-                curves.aligned_barrier,
-                dict(al.params),
-            )  # fmt: skip
-        )
+    shared = (model, a, b, data, stats_data, probe, spec, routed, steps, definition, loss)
+    rows = map_chunks(_method_row, shared, names, cluster=cluster, task="methods")
     return Comparison(tuple(rows), definition, steps)
+
+
+def _method_row(shared: tuple[Any, ...], name: str) -> MethodResult:
+    """One method on the pair (here, or as a Ray task): align, then both curves."""
+    model, a, b, data, stats_data, probe, spec, routed, steps, definition, loss = shared
+    result = align(
+        model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **routed[name]
+    )
+    curves = compare_interpolations(
+        model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss
+    )
+    al = result.alignment
+    return MethodResult(
+        name, al.seconds, al.objective, al.iterations, curves.naive_barrier,
+        curves.aligned_barrier, dict(al.params),
+    )  # fmt: skip
 
 
 __all__ = [

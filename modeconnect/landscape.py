@@ -15,7 +15,9 @@
 
 Each point is evaluated as :func:`modeconnect.evaluation` does (mean loss, top-1
 accuracy), with BatchNorm statistics recomputed at each point when asked
-(``bn="auto"`` does so for planes of models with BatchNorm).
+(``bn="auto"`` does so for planes of models with BatchNorm). With ``cluster``
+(:class:`~modeconnect.distributed.Cluster`) the rows are evaluated on Ray, each by the
+same code as here, so the numbers are the same to the bit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.bn import bn_correction
+from modeconnect.distributed import Cluster, map_chunks
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch, LossChoice, PathFn, evaluate_examples, loss_name
 from modeconnect.objective import StateDict, check_positive, weights_of
@@ -220,6 +223,7 @@ def plane_grid(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    cluster: Cluster | None = None,
 ) -> LossSurface:
     """Loss and accuracy on a ``resolution × resolution`` grid over the plane through three models.
 
@@ -243,8 +247,8 @@ def plane_grid(
     py = [xy[1] for xy in basis.coordinates]
     xs = _span(min(px), max(px), margin, resolution)
     ys = _span(min(py), max(py), margin, resolution)
-    loss_grid, acc_grid = _evaluate_grid(
-        model, basis.point, xs, ys, batches, loss, reset, progress, "plane"
+    loss_grid, acc_grid = _grid_on(
+        cluster, model, basis.point, xs, ys, batches, loss, reset, progress, "plane"
     )
     steps = tuple(i / (path_steps - 1) for i in range(path_steps))
     projected = {
@@ -331,6 +335,7 @@ def slice_1d(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    cluster: Cluster | None = None,
 ) -> LossSlice:
     """``L(θ + x·d)`` and accuracy at ``steps`` evenly spaced ``x`` over ``span``.
 
@@ -349,8 +354,8 @@ def slice_1d(
     def point(x: float, y: float) -> dict[str, Tensor]:
         return _shifted(state, [(direction, x)])
 
-    loss_grid, acc_grid = _evaluate_grid(
-        model, point, xs, (0.0,), batches, loss, reset, progress, "slice"
+    loss_grid, acc_grid = _grid_on(
+        cluster, model, point, xs, (0.0,), batches, loss, reset, progress, "slice"
     )
     params = {"seed": seed, "span": list(span), "steps": steps, "bn": bn, "loss": loss_name(loss)}
     return LossSlice(xs, loss_grid[0], acc_grid[0], params)
@@ -370,6 +375,7 @@ def surface_2d(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    cluster: Cluster | None = None,
 ) -> LossSurface:
     """``L(θ + x·d_1 + y·d_2)`` on a ``resolution × resolution`` grid over ``span × span``.
 
@@ -394,8 +400,8 @@ def surface_2d(
     def point(x: float, y: float) -> dict[str, Tensor]:
         return _shifted(state, [(d1, x), (d2, y)])
 
-    loss_grid, acc_grid = _evaluate_grid(
-        model, point, axis, axis, batches, loss, reset, progress, "surface"
+    loss_grid, acc_grid = _grid_on(
+        cluster, model, point, axis, axis, batches, loss, reset, progress, "surface"
     )
     return LossSurface(
         kind="filter_normalized",
@@ -421,6 +427,46 @@ def _grid(span: tuple[float, float], n: int, where: str) -> tuple[float, ...]:
     if n == 1:
         return (0.0,)
     return tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
+
+
+# --------------------------------------------------------------------------- on a cluster
+
+Grid = tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]
+Tile = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def _grid_on(cluster: Cluster | None, *args: Any) -> Grid:
+    """``_evaluate_grid(*args)``, here or on ``cluster`` one tile (a row, or a run of one
+    row's columns) per task; each tile goes through :func:`_evaluate_grid` as the local
+    run does, and the model, data, states and BatchNorm reset travel once
+    (:func:`~modeconnect.distributed.map_chunks`)."""
+    model, point, xs, ys, batches, loss, reset, progress, task = args
+    if cluster is None or iter(batches) is batches:  # (a one-shot iterator: the same refusal)
+        return _evaluate_grid(*args)
+    tiles = _tiles(tuple(xs), tuple(ys), cluster.workers or 4)
+    parts = map_chunks(
+        _evaluate_tile, (model, point, batches, loss, reset, task), tiles, cluster=cluster,
+        sizes=[len(tx) * len(ty) for tx, ty in tiles], progress=progress, task=task,
+    )  # fmt: skip
+    if len(ys) > 1:  # one row per tile
+        return tuple(p[0][0] for p in parts), tuple(p[1][0] for p in parts)
+    loss_row = tuple(v for p in parts for v in p[0][0])
+    acc_row = tuple(v for p in parts for v in p[1][0])
+    return (loss_row,), (acc_row,)
+
+
+def _tiles(xs: tuple[float, ...], ys: tuple[float, ...], workers: int) -> list[Tile]:
+    """Rows of the grid; a grid of one row is cut into runs of about ``len/(4·workers)``."""
+    if len(ys) > 1:
+        return [(xs, (y,)) for y in ys]
+    size = max(1, -(-len(xs) // (4 * workers)))
+    return [(xs[i : i + size], ys) for i in range(0, len(xs), size)]
+
+
+def _evaluate_tile(shared: tuple[Any, ...], tile: Tile) -> Grid:
+    model, point, batches, loss, reset, task = shared
+    xs, ys = tile
+    return _evaluate_grid(model, point, xs, ys, batches, loss, reset, None, task)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -41,7 +41,7 @@ def test_a_command_default_survives_keywords_for_the_same_shared_value() -> None
 
 def test_an_unknown_keyword_lists_the_ones_the_command_takes() -> None:
     with pytest.raises(ModeconnectError, match=r"unknown options alpha, colour; the command takes "
-                       r"batch_size, .*margin, .*trust$"):  # fmt: skip
+                       r"batch_size, .*margin, .*trust, workers$"):  # fmt: skip
         opts.PlaneOptions.from_keywords({"data": "d", "colour": "red", "alpha": 1.0})
 
 

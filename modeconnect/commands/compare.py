@@ -11,6 +11,7 @@ from modeconnect.commands.options import CompareOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import open_session
 from modeconnect.compare import Comparison, compare_methods
+from modeconnect.distributed import cluster_from
 from modeconnect.io.checkpoints import json_writer
 
 __all__ = ["CompareReport", "compare_files"]
@@ -37,6 +38,7 @@ def compare_files(
     """Load two checkpoints and the data, run :func:`~modeconnect.compare.compare_methods`,
     and write the table as JSON if asked."""
     o = CompareOptions.build(options, keywords)
+    cluster = cluster_from(o.ray, o.workers)
     session = open_session(
         [a_path, b_path], o, outputs=[("--json", o.json_path, "json")],
     )  # fmt: skip
@@ -46,7 +48,7 @@ def compare_files(
             session.model, ca.state_dict, cb.state_dict, session.data or [], methods=o.methods,
             steps=o.steps, seed=o.seed, train=session.train, options=o.method_options,
             inputs=session.probe, permute_output=o.permute_output,
-            loss=resolve_loss(None, session),
+            loss=resolve_loss(None, session), cluster=cluster,
         )  # fmt: skip
     report = CompareReport(
         {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs,

@@ -16,6 +16,7 @@ from modeconnect.commands.options import LandscapeOptions, PlaneOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
 from modeconnect.curve_fitting import curve_path, get_curve
+from modeconnect.distributed import cluster_from
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import PathFn, linear_path
 from modeconnect.io.checkpoints import Checkpoint
@@ -48,6 +49,7 @@ def plane_files(
     ``names`` label A, B, C (default ``A, B, C``, or ``A, B, bend``).
     """
     o = PlaneOptions.build(options, keywords)
+    cluster = cluster_from(o.ray, o.workers)
     labels = _names(o.names, ("A", "B", "bend" if o.curve else "C"))
     if o.curve is not None:
         get_curve(o.curve, 1)
@@ -64,7 +66,7 @@ def plane_files(
             session.model, ca.state_dict, cb.state_dict, cc.state_dict, session.data or [],
             resolution=o.resolution, margin=o.margin, names=labels, paths=paths,
             train=session.train, bn=o.bn, loss=resolve_loss(o.loss, session),
-            max_bn_batches=o.max_bn_batches, progress=o.run.progress,
+            max_bn_batches=o.max_bn_batches, progress=o.run.progress, cluster=cluster,
         )  # fmt: skip
     inputs = {"a": str(a_path), "b": str(b_path), "c": str(c_path)}
     report = _report(session, inputs, surface, o.run.command)
@@ -85,6 +87,7 @@ def landscape_files(
     BatchNorm statistics on ``train`` at every point (default: the model's own).
     """
     o = LandscapeOptions.build(options, keywords)
+    cluster = cluster_from(o.ray, o.workers)
     if o.dims not in LANDSCAPE_PLOTS:
         raise ModeconnectError(f"landscape: --dims {o.dims!r} is not 1 or 2; pass one of them")
     session = _open([checkpoint], o, LANDSCAPE_PLOTS[o.dims])
@@ -92,7 +95,7 @@ def landscape_files(
     common: dict[str, Any] = {
         "seed": o.seed, "span": o.span, "train": session.train, "bn": o.bn,
         "loss": resolve_loss(o.loss, session),
-        "max_bn_batches": o.max_bn_batches, "progress": o.run.progress,
+        "max_bn_batches": o.max_bn_batches, "progress": o.run.progress, "cluster": cluster,
     }  # fmt: skip
     result: LossSlice | LossSurface
     with session.timings.phase("grid"):

@@ -44,6 +44,7 @@ __all__ = [
     "SharpnessOptions",
     "Sources",
     "SpecOptions",
+    "SweepOptions",
 ]
 
 Opts = TypeVar("Opts", bound="Options")
@@ -227,6 +228,8 @@ class CompareOptions(Options):
     steps: int = 25
     seed: int = 0
     permute_output: bool = False
+    ray: str | None = None
+    workers: int | None = None
 
     REST: ClassVar[str | None] = "method_options"
 
@@ -288,6 +291,8 @@ class PlaneOptions(Options):
     max_bn_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+    ray: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,8 @@ class LandscapeOptions(Options):
     max_bn_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+    ray: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -327,3 +334,15 @@ class SharpnessOptions(Options):
     max_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
+
+
+@dataclass(frozen=True)
+class SweepOptions(Options):
+    """``modeconnect sweep``: a config's pairs × methods × seeds, one table row each."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("data", "json_path")
+
+    csv_path: Path_ = None
+    permute_output: bool = False
+    ray: str | None = None
+    workers: int | None = None
