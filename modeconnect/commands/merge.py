@@ -34,6 +34,7 @@ from modeconnect.io.checkpoints import (
 )
 from modeconnect.io.data import Batch
 from modeconnect.io.hf import model_bytes
+from modeconnect.fusion.declared import FUSION_NAMES
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
@@ -108,6 +109,15 @@ def merge_files(
     model; ``progress(task, done, total)`` hears of groups matched and shards written.
     """
     o = MergeOptions.build(options, keywords)
+    if o.method in FUSION_NAMES:  # other widths, within-model merges, a universe basis
+        from modeconnect.commands.fuse import fuse_files
+
+        return fuse_files(paths, o)  # type: ignore[return-value]
+    if o.width is not None:
+        raise ModeconnectError(
+            f"merge: --width needs a fusion method (--method {' or '.join(FUSION_NAMES)}); "
+            f"method {o.method!r} keeps every width"
+        )
     if len(paths) < 2:
         raise ModeconnectError(
             f"merge: needs at least two checkpoints, got {len(paths)}; pass more checkpoints"

@@ -9,7 +9,9 @@ matrices per group with the chosen method, and carries every tensor through them
 * ``"zip"``: ZipIt! (Stoica et al. 2024), greedy merging by correlation within and
   across models (:mod:`~modeconnect.fusion.zip`); with one model it compresses it;
 * ``"otfusion"``: OT fusion with unequal marginals (Singh & Jaggi 2020), soft or
-  hardened (:mod:`~modeconnect.fusion.transport`).
+  hardened (:mod:`~modeconnect.fusion.transport`);
+* ``"universe"``: models of one width permuted into one universe basis by
+  Frank-Wolfe (C2M3-style, :mod:`~modeconnect.fusion.universe`), then averaged.
 
 The fused model is the object evaluated: it is not claimed to compute what any
 input computes, and no equivalence guard applies to it.
@@ -31,12 +33,13 @@ from ..spec import Concat, Leaf, PermutationSpec, Product, derive_spec
 from .features import JointStatistics, joint_statistics
 from .maps import GroupMap, corresponding_groups, fuse_state_dicts, target_shapes
 from .transport import transport_map
+from .universe import universe_map
 from .zip import zip_map
 
 StateDict = Mapping[str, Tensor]
 Widths = int | Mapping[str, int] | None
 
-FUSION_METHODS = ("zip", "otfusion")
+FUSION_METHODS = ("zip", "otfusion", "universe")
 """The fusion methods :func:`fuse` runs."""
 
 __all__ = ["FUSION_METHODS", "FusionResult", "fuse", "resolve_widths", "width_groups"]
@@ -144,6 +147,13 @@ def _group_map(
     sizes = stats.sizes[g]
     if method == "zip":
         return zip_map(corr, sizes, target, alpha=options["alpha"], beta=options["beta"])
+    if method == "universe":
+        if target != sizes[0]:
+            raise ModeconnectError(
+                f"universe matching keeps the width: group {g} cannot become {target} wide; "
+                "use --method otfusion or zip to change widths"
+            )
+        return universe_map(corr, sizes, weights, iterations=options["iterations"])
     return transport_map(corr, stats.live(g), sizes, target, weights,
                          hard=options["transport"] == "hard", iterations=options["iterations"])  # fmt: skip
 
@@ -218,7 +228,7 @@ def fuse(
     names = corresponding_groups(specs, labels)
     target = resolve_widths(specs[0], widths)
     stats = joint_statistics(models, state_dicts, specs, names, data, max_batches=max_batches)
-    options = {"alpha": alpha, "beta": beta} if method == "zip" else {"transport": transport, "iterations": iterations}
+    options = _options(method, alpha, beta, transport, iterations)
     maps: dict[str, GroupMap] = {}
     for g in specs[0].groups:
         if g in stats.correlation:
@@ -230,6 +240,14 @@ def fuse(
     _check_shapes(fused, target_shapes(specs[0], target))
     inputs_w = tuple({g: s.groups[n[g]].size for g in specs[0].groups} for s, n in zip(specs, names, strict=True))
     return FusionResult(fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w)
+
+
+def _options(method: str, alpha: float, beta: float, transport: str, iterations: int) -> dict[str, Any]:
+    if method == "zip":
+        return {"alpha": alpha, "beta": beta}
+    if method == "universe":
+        return {"iterations": iterations}
+    return {"transport": transport, "iterations": iterations}
 
 
 def _check_shapes(fused: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
