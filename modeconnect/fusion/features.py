@@ -72,7 +72,13 @@ def _correlation(mom: _Moments) -> Tensor:
     denom = torch.where(live[:, None] & live[None, :], std[:, None] * std[None, :], torch.ones(()))
     corr = torch.where(live[:, None] & live[None, :], mom.co / denom, torch.zeros(()))
     corr = corr.clamp(-1.0, 1.0)
-    corr.diagonal().copy_(live.double())
+    # Constant units are identical features when their values agree (two dead units, two
+    # saturated ones): correlation 1, so ZipIt! merges them first and exactly.
+    flat = ~live
+    scale = float(mom.mean.abs().max().clamp_min(1e-300))
+    same = (mom.mean[:, None] - mom.mean[None, :]).abs() <= 1e-9 * scale
+    corr = torch.where(flat[:, None] & flat[None, :] & same, torch.ones(()), corr)
+    corr.diagonal().fill_(1.0)
     return corr
 
 

@@ -48,26 +48,24 @@ def zip_clusters(
         raise ModeconnectError(f"zip: target width {target} must lie in 1..{total} (the units of all models)")
     sims = corr.double().clone()
     sims.fill_diagonal_(float("-inf"))
+    link = sims.clone()  # minimum linkage without alpha or budgets: the fallback
     origin = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(list(sizes)))
     cluster = torch.arange(total)
     active = torch.ones(total, dtype=torch.bool)
     budget = [int((total - target) // len(sizes) * beta + 1e-9)] * len(sizes)
     exhausted = torch.zeros(total, total, dtype=torch.bool)
     for _ in range(total - target):
-        masked = sims.masked_fill(exhausted, float("-inf"))
-        best = int(masked.argmax())
-        if masked.view(-1)[best] == float("-inf"):
-            exhausted.zero_()  # the budgets leave no pair: lift them
-            masked = sims
-            best = int(masked.argmax())
-        u, v = divmod(best, total)
-        u, v = min(u, v), max(u, v)
+        u, v = _best(sims.masked_fill(exhausted, float("-inf")))
+        if u < 0:  # alpha and the budgets leave no pair: lift them
+            u, v = _best(link)
         cluster[cluster == v] = u
         active[v] = False
-        merged = torch.minimum(sims[u], sims[v]) * alpha if alpha > 0 else torch.full_like(sims[u], float("-inf"))
-        sims[u], sims[:, u] = merged, merged
-        sims[v], sims[:, v] = float("-inf"), float("-inf")
-        sims[u, u] = float("-inf")
+        for mat, factor in ((sims, alpha), (link, 1.0)):
+            row = torch.minimum(mat[u], mat[v])
+            row = row * factor if factor > 0 else torch.full_like(row, float("-inf"))
+            mat[u], mat[:, u] = row, row
+            mat[v], mat[:, v] = float("-inf"), float("-inf")
+            mat[u, u] = float("-inf")
         if origin[u] == origin[v] and len(sizes) > 1:
             m = int(origin[u])
             budget[m] -= 1
@@ -76,6 +74,15 @@ def zip_clusters(
                 exhausted |= same[:, None] & same[None, :]
     roots = torch.unique(cluster[active])
     return torch.searchsorted(roots, cluster)
+
+
+def _best(sims: Tensor) -> tuple[int, int]:
+    """The pair ``(u < v)`` of highest similarity, or ``(-1, -1)`` if every entry is ``-inf``."""
+    best = int(sims.argmax())
+    if sims.view(-1)[best] == float("-inf"):
+        return -1, -1
+    u, v = divmod(best, sims.shape[1])
+    return min(u, v), max(u, v)
 
 
 def cluster_map(clusters: Tensor, sizes: Sequence[int], target: int) -> GroupMap:
