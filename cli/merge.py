@@ -43,13 +43,18 @@ def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any)
     """
     if opts["method"] not in FUSION_NAMES:
         o.check_method_flags([opts["method"]], opts)
-    merge_files, _ = library("modeconnect.commands.merge", "merge_files")
+    fusion = opts["method"] in FUSION_NAMES
+    merge_files, _ = (
+        library("modeconnect.commands.fuse", "fuse_files")
+        if fusion
+        else library("modeconnect.commands.merge", "merge_files")
+    )
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:
         options = parsed("MergeOptions", trust=o.trust(opts), progress=bar, **opts)
         report = merge_files(checkpoints, options)
-    text = format_fusion(report) if opts["method"] in FUSION_NAMES else format_merge(report)
+    text = format_fusion(report) if fusion else format_merge(report)
     finish(text, report.timings, verbose)
 
 
@@ -66,6 +71,8 @@ def format_fusion(report: Any) -> str:
         lines += ["", f"{'':>10} {'weight':>7} {'loss':>8} {'acc':>8}  source"]
         for path, w, m in zip(report.sources, res.weights, report.inputs, strict=True):
             lines.append(f"{'input':>10} {w:7.3f} {m.loss:8.4f} {m.accuracy:8.2%}  {path}")
-        lines.append(f"{'merged':>10} {'':7} {report.merged.loss:8.4f} {report.merged.accuracy:8.2%}")
+        lines.append(
+            f"{'merged':>10} {'':7} {report.merged.loss:8.4f} {report.merged.accuracy:8.2%}"
+        )
     lines += [f"wrote      {name}: {path}" for name, path in report.written.items()]
     return "\n".join(lines)

@@ -25,7 +25,9 @@ def _state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _data(n: int = 128, features: int = 6, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _data(
+    n: int = 128, features: int = 6, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(n, features, generator=g), torch.zeros(n, dtype=torch.long))]
 
@@ -46,6 +48,7 @@ def _outputs(model, sd, x):
         return model.eval()(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["soft", "hard"])
 @pytest.mark.parametrize("extra", [[1, 5], [4, 0]])
 def test_fusing_a_zero_padded_wider_copy_recovers_the_model(transport, extra):
@@ -56,10 +59,17 @@ def test_fusing_a_zero_padded_wider_copy_recovers_the_model(transport, extra):
     data = _data()
     for order in ([small, wide], [wide, small]):
         sds = [a, b] if order[0] is small else [b, a]
-        out = fuse(order, sds, data=data, transport=transport, widths=dict(zip(["P0", "P1"], hidden)))
+        out = fuse(
+            order, sds, data=data, transport=transport, widths=dict(zip(["P0", "P1"], hidden))
+        )
         assert out.widths == {"P0": 5, "P1": 7}
         x = data[0][0]
-        assert_close(_outputs(mlp(6, hidden, 3), out.state_dict, x), _outputs(small, a, x), atol=1e-5, rtol=1e-5)
+        assert_close(
+            _outputs(mlp(6, hidden, 3), out.state_dict, x),
+            _outputs(small, a, x),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_every_method_fuses_permuted_copies_into_the_model():
@@ -71,7 +81,12 @@ def test_every_method_fuses_permuted_copies_into_the_model():
     for method in ("otfusion", "zip", "universe"):
         out = fuse([model, model], [a, b], data=data, method=method)
         x = data[0][0]
-        assert_close(_outputs(mlp(6, [8, 8], 3), out.state_dict, x), _outputs(model, a, x), atol=1e-5, rtol=1e-5)
+        assert_close(
+            _outputs(mlp(6, [8, 8], 3), out.state_dict, x),
+            _outputs(model, a, x),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def _duplicated(seed: int) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
@@ -92,8 +107,12 @@ def test_zip_merges_duplicated_units_of_one_model_exactly(seed):
     x = data[0][0]
     narrow = mlp(6, [8, 6], 3)
     assert_close(_outputs(narrow, out.state_dict, x), _outputs(model, sd, x), atol=1e-5, rtol=1e-5)
-    plain = fuse([model], [sd], data=data, method="zip", widths={"P0": 7, "P1": 6})  # one real merge
-    assert not torch.allclose(_outputs(mlp(6, [7, 6], 3), plain.state_dict, x), _outputs(model, sd, x), atol=1e-3)
+    plain = fuse(
+        [model], [sd], data=data, method="zip", widths={"P0": 7, "P1": 6}
+    )  # one real merge
+    assert not torch.allclose(
+        _outputs(mlp(6, [7, 6], 3), plain.state_dict, x), _outputs(model, sd, x), atol=1e-3
+    )
 
 
 def test_zip_on_a_conv_net_with_batchnorm_merges_duplicated_channels_exactly():
@@ -128,18 +147,27 @@ def test_universe_maps_are_cycle_consistent_and_recover_permuted_copies():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(6, 50, generator=g, dtype=torch.float64)
     perms = [torch.arange(6)] + [torch.randperm(6, generator=g) for _ in range(3)]
-    feats = torch.cat([base[p] + 0.05 * torch.randn(6, 50, generator=g, dtype=torch.float64) for p in perms])
+    feats = torch.cat(
+        [base[p] + 0.05 * torch.randn(6, 50, generator=g, dtype=torch.float64) for p in perms]
+    )
     corr = torch.corrcoef(feats)
     universe = universe_permutations(corr, [6] * 4)
     maps = pairwise_maps(universe)
     assert cycle_error(maps, 4) == 0.0
-    for j in range(1, 4):  # unit f of model 0 is base unit f; model j holds it at perms[j].argsort()[f]
+    for j in range(
+        1, 4
+    ):  # unit f of model 0 is base unit f; model j holds it at perms[j].argsort()[f]
         assert torch.equal(maps[(0, j)], perms[j].argsort())
     noisy = torch.corrcoef(torch.randn(18, 20, generator=g, dtype=torch.float64))
     direct = {
-        (j, k): torch.as_tensor(__import__("scipy.optimize").optimize.linear_sum_assignment(
-            noisy[6 * j : 6 * j + 6, 6 * k : 6 * k + 6].numpy(), maximize=True)[1])
-        for j in range(3) for k in range(3) if j != k
+        (j, k): torch.as_tensor(
+            __import__("scipy.optimize").optimize.linear_sum_assignment(
+                noisy[6 * j : 6 * j + 6, 6 * k : 6 * k + 6].numpy(), maximize=True
+            )[1]
+        )
+        for j in range(3)
+        for k in range(3)
+        if j != k
     }
     measured = cycle_error(direct, 3)  # measured, not asserted: pairwise maps need not compose
     assert 0.0 <= measured <= 1.0

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from modeconnect.commands.merge import MergeReport
 from modeconnect.commands.options import MergeOptions
 from modeconnect.commands.session import open_session
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation import Metrics, evaluate
+from modeconnect.evaluation import evaluate
 from modeconnect.fusion import fusion_options
-from modeconnect.fusion.core import FusionResult, fuse
+from modeconnect.fusion.core import fuse
 from modeconnect.io.checkpoints import (
     Checkpoint,
     check_state_dict,
@@ -39,35 +40,7 @@ from modeconnect.io.checkpoints import (
 from modeconnect.merging import normalize_weights
 from modeconnect.spec import PermutationSpec
 
-__all__ = ["FuseReport", "fuse_files", "fused_kwargs", "parse_widths", "width_slots"]
-
-
-@dataclass(frozen=True)
-class FuseReport:
-    """What a fusion computed and wrote; ``inputs`` / ``merged`` are metrics on ``--data``."""
-
-    sources: tuple[Path, ...]
-    model_ref: str
-    model_kwargs: Mapping[str, Any]
-    result: FusionResult
-    inputs: tuple[Metrics, ...] | None = None
-    merged: Metrics | None = None
-    written: Mapping[str, Path] = field(default_factory=dict)
-    timings: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "sources": [str(p) for p in self.sources],
-            "model": {"ref": self.model_ref, "kwargs": dict(self.model_kwargs)},
-            "merge": self.result.to_dict(),
-            "outputs": {k: str(v) for k, v in self.written.items()},
-        }
-        if self.inputs is not None and self.merged is not None:
-            out["metrics"] = {
-                "inputs": [{"loss": m.loss, "accuracy": m.accuracy} for m in self.inputs],
-                "merged": {"loss": self.merged.loss, "accuracy": self.merged.accuracy},
-            }
-        return out
+__all__ = ["fuse_files", "fused_kwargs", "parse_widths", "width_slots"]
 
 
 def parse_widths(text: str | int | Mapping[str, int] | None) -> int | dict[str, int] | None:
@@ -128,12 +101,20 @@ def width_slots(
     slots: dict[Slot, tuple[str, ...]] = {}
     for key, index, value in _int_slots(kwargs):
         try:
-            grown = {k: tuple(v.shape) for k, v in build(_with(kwargs, (key, index), value + 1)).state_dict().items()}
+            grown = {
+                k: tuple(v.shape)
+                for k, v in build(_with(kwargs, (key, index), value + 1)).state_dict().items()
+            }
         except (ModeconnectError, TypeError, ValueError, RuntimeError):
             continue
         if grown.keys() != base.keys():
             continue
-        moved = {(k, ax) for k in base for ax, (x, y) in enumerate(zip(base[k], grown[k], strict=False)) if x != y}
+        moved = {
+            (k, ax)
+            for k in base
+            for ax, (x, y) in enumerate(zip(base[k], grown[k], strict=False))
+            if x != y
+        }
         groups = tuple(dict.fromkeys(owned[m].name for m in moved if m in owned))
         if moved and all(m in owned for m in moved):
             slots[(key, index)] = groups
@@ -180,7 +161,7 @@ def _other(path: Path, options: MergeOptions, ref: str) -> tuple[Checkpoint, nn.
     return in_model_dtypes(arch.model, ckpt), arch.model
 
 
-def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> FuseReport:
+def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeReport:
     """Fuse checkpoints of one family (widths may differ) with ``options.method``.
 
     ``--width`` (``options.width``) chooses the fused widths; ``--train`` (else
@@ -217,8 +198,11 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> FuseReport
     sds: list[Mapping[str, Tensor]] = [c.state_dict for c in ckpts]
     stats = session.train if session.train is not None else session.data
     with session.timings.phase("merge"):
-        result = fuse(models, sds, data=stats, method=o.method, widths=widths, weights=w,
-                      inputs=session.probe, labels=[str(c.path) for c in ckpts], **chosen)  # fmt: skip
+        result = fuse(
+            models, sds, data=stats, method=o.method, widths=widths, weights=w,
+            inputs=session.probe, labels=[str(c.path) for c in ckpts], **chosen,
+        )  # fmt: skip
+
     def build(kw: Mapping[str, Any]) -> nn.Module:
         with torch.device("meta"):
             return resolve_model(ckpts[:1], session.model_ref, kw, trust=o.sources.trust).model
@@ -227,11 +211,15 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> FuseReport
     kwargs = fused_kwargs(ckpts[0].model_kwargs, slots, result.widths)
     target = resolve_model(ckpts[:1], session.model_ref, kwargs, trust=o.sources.trust).model
     _check_target(target, result.state_dict, session.model_ref, kwargs)
-    report = FuseReport(tuple(c.path for c in ckpts), session.model_ref, kwargs, result)
+    report = MergeReport(tuple(c.path for c in ckpts), session.model_ref, kwargs, result)
     if session.data is not None:
         with session.timings.phase("evaluation"):
-            inputs = tuple(evaluate(m, c.state_dict, session.data) for m, c in zip(models, ckpts, strict=True))
-            report = replace(report, inputs=inputs, merged=evaluate(target, result.state_dict, session.data))
+            inputs = tuple(
+                evaluate(m, c.state_dict, session.data) for m, c in zip(models, ckpts, strict=True)
+            )
+            report = replace(
+                report, inputs=inputs, merged=evaluate(target, result.state_dict, session.data)
+            )
     plan = session.outputs
     written = {"out": plan.path("--out")}
     if "--json" in plan:
@@ -245,15 +233,19 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> FuseReport
         "modeconnect.equivalence_guard": "not applicable (the fused model is the evaluated object)",
     }
     with session.timings.phase("writes"), plan.writing() as staging:
-        fill = checkpoint_writer(written["out"], restore_dtypes(result.state_dict, ckpts[0].dtypes),
-                                 model_ref=session.model_ref, model_kwargs=kwargs, metadata=meta)  # fmt: skip
+        fill = checkpoint_writer(
+            written["out"], restore_dtypes(result.state_dict, ckpts[0].dtypes),
+            model_ref=session.model_ref, model_kwargs=kwargs, metadata=meta,
+        )  # fmt: skip
         staging.write(written["out"], fill)
         if "--json" in plan:
             staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
     return replace(report, written=written, timings=session.timings.to_dict())
 
 
-def _check_target(model: nn.Module, state_dict: Mapping[str, Tensor], ref: str, kwargs: Mapping[str, Any]) -> None:
+def _check_target(
+    model: nn.Module, state_dict: Mapping[str, Tensor], ref: str, kwargs: Mapping[str, Any]
+) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for key, t in state_dict.items():
         if expected.get(key) != tuple(t.shape):

@@ -24,6 +24,8 @@ from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Metrics, evaluate
 from modeconnect.evaluation.interpolation import placed
+from modeconnect.fusion.core import FusionResult
+from modeconnect.fusion.declared import FUSION_NAMES
 from modeconnect.io.checkpoints import (
     Checkpoint,
     check_same_architecture,
@@ -34,7 +36,6 @@ from modeconnect.io.checkpoints import (
 )
 from modeconnect.io.data import Batch
 from modeconnect.io.hf import model_bytes
-from modeconnect.fusion.declared import FUSION_NAMES
 from modeconnect.matching import method_options
 from modeconnect.merging import (
     DEFAULT_MAX_ROUNDS,
@@ -61,7 +62,7 @@ class MergeReport:
     sources: tuple[Path, ...]
     model_ref: str
     model_kwargs: Mapping[str, Any]
-    result: MergeResult
+    result: MergeResult | FusionResult
     inputs: tuple[Metrics, ...] | None = None
     plain: Metrics | None = None
     merged: Metrics | None = None
@@ -109,14 +110,10 @@ def merge_files(
     model; ``progress(task, done, total)`` hears of groups matched and shards written.
     """
     o = MergeOptions.build(options, keywords)
-    if o.method in FUSION_NAMES:  # other widths, within-model merges, a universe basis
-        from modeconnect.commands.fuse import fuse_files
-
-        return fuse_files(paths, o)  # type: ignore[return-value]
-    if o.width is not None:
+    if o.method in FUSION_NAMES or o.width is not None:
         raise ModeconnectError(
-            f"merge: --width needs a fusion method (--method {' or '.join(FUSION_NAMES)}); "
-            f"method {o.method!r} keeps every width"
+            f"merge: --width and the fusion methods ({', '.join(FUSION_NAMES)}) run through "
+            f"modeconnect.commands.fuse.fuse_files; method {o.method!r} keeps every width"
         )
     if len(paths) < 2:
         raise ModeconnectError(

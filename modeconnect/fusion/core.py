@@ -62,6 +62,8 @@ class FusionResult:
     seconds: float
     spec: PermutationSpec
     input_widths: tuple[dict[str, int], ...]
+    bn: str = "none"
+    """BatchNorm statistics are carried through the merge matrices (never reset here)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no tensors)."""
@@ -135,12 +137,18 @@ def resolve_widths(spec: PermutationSpec, widths: Widths) -> dict[str, int]:
     return {**sizes, **chosen}
 
 
-def _spec_for(model: nn.Module, probe: Sequence[Any], given: PermutationSpec | None) -> PermutationSpec:
+def _spec_for(
+    model: nn.Module, probe: Sequence[Any], given: PermutationSpec | None
+) -> PermutationSpec:
     return given if given is not None else derive_spec(model, tuple(x[:2] for x in probe))
 
 
 def _group_map(
-    method: str, stats: JointStatistics, g: str, target: int, weights: Sequence[float],
+    method: str,
+    stats: JointStatistics,
+    g: str,
+    target: int,
+    weights: Sequence[float],
     options: Mapping[str, Any],
 ) -> GroupMap:
     corr = stats.correlation[g] / stats.sites[g]
@@ -154,8 +162,10 @@ def _group_map(
                 "use --method otfusion or zip to change widths"
             )
         return universe_map(corr, sizes, weights, iterations=options["iterations"])
-    return transport_map(corr, stats.live(g), sizes, target, weights,
-                         hard=options["transport"] == "hard", iterations=options["iterations"])  # fmt: skip
+    hard = options["transport"] == "hard"
+    return transport_map(
+        corr, stats.live(g), sizes, target, weights, hard=hard, iterations=options["iterations"]
+    )
 
 
 def _identity_map(sizes: Sequence[int], weights: Sequence[float], g: str) -> GroupMap:
@@ -205,7 +215,8 @@ def fuse(
     >>> small, wide = mlp(4, [6], 3), mlp(4, [9], 3)
     >>> a = small.state_dict()
     >>> b = {k: torch.zeros_like(v) for k, v in wide.state_dict().items()}
-    >>> b["1.weight"][:6], b["1.bias"][:6], b["3.weight"][:, :6] = a["1.weight"], a["1.bias"], a["3.weight"]
+    >>> b["1.weight"][:6], b["1.bias"][:6] = a["1.weight"], a["1.bias"]
+    >>> b["3.weight"][:, :6] = a["3.weight"]
     >>> b["3.bias"] = a["3.bias"].clone()
     >>> data = [(torch.randn(64, 4), torch.zeros(64, dtype=torch.long))]
     >>> out = fuse([small, wide], [a, b], data=data)
@@ -214,7 +225,9 @@ def fuse(
     """
     start = time.perf_counter()
     if method not in FUSION_METHODS:
-        raise ModeconnectError(f"unknown fusion method {method!r}; valid: {', '.join(FUSION_METHODS)}")
+        raise ModeconnectError(
+            f"unknown fusion method {method!r}; valid: {', '.join(FUSION_METHODS)}"
+        )
     if transport not in ("soft", "hard"):
         raise ModeconnectError(f"transport={transport!r} must be 'soft' or 'hard'")
     if len(models) != len(state_dicts) or not models:
@@ -222,7 +235,9 @@ def fuse(
     labels = list(labels) if labels is not None else [f"model {j}" for j in range(len(models))]
     w = normalize_weights(weights, len(state_dicts))
     for m, sd, label in zip(models, state_dicts, labels, strict=True):
-        check_state_dicts([sd], [label], against=m.state_dict(), against_label=f"{label}'s architecture")
+        check_state_dicts(
+            [sd], [label], against=m.state_dict(), against_label=f"{label}'s architecture"
+        )
     probe = probe_inputs(models[0], inputs, data)
     specs = [_spec_for(m, probe, specs[j] if specs else None) for j, m in enumerate(models)]
     names = corresponding_groups(specs, labels)
@@ -234,15 +249,23 @@ def fuse(
         if g in stats.correlation:
             maps[g] = _group_map(method, stats, g, target[g], w, options)
         else:
-            maps[g] = _identity_map([specs[j].groups[names[j][g]].size for j in range(len(specs))], w, g)
+            maps[g] = _identity_map(
+                [specs[j].groups[names[j][g]].size for j in range(len(specs))], w, g
+            )
             target[g] = maps[g].width
     fused = fuse_state_dicts(state_dicts, specs, names, maps, w)
     _check_shapes(fused, target_shapes(specs[0], target))
-    inputs_w = tuple({g: s.groups[n[g]].size for g in specs[0].groups} for s, n in zip(specs, names, strict=True))
-    return FusionResult(fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w)
+    inputs_w = tuple(
+        {g: s.groups[n[g]].size for g in specs[0].groups} for s, n in zip(specs, names, strict=True)
+    )
+    return FusionResult(
+        fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
+    )
 
 
-def _options(method: str, alpha: float, beta: float, transport: str, iterations: int) -> dict[str, Any]:
+def _options(
+    method: str, alpha: float, beta: float, transport: str, iterations: int
+) -> dict[str, Any]:
     if method == "zip":
         return {"alpha": alpha, "beta": beta}
     if method == "universe":
@@ -253,4 +276,6 @@ def _options(method: str, alpha: float, beta: float, transport: str, iterations:
 def _check_shapes(fused: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
     for key, shape in shapes.items():
         if key in fused and tuple(fused[key].shape) != shape:
-            raise ModeconnectError(f"fused tensor {key!r} has shape {tuple(fused[key].shape)}, expected {shape}")
+            raise ModeconnectError(
+                f"fused tensor {key!r} has shape {tuple(fused[key].shape)}, expected {shape}"
+            )

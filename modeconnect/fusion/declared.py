@@ -88,5 +88,7 @@ def fusion_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
         else:
             taken[param.name] = value
     if foreign:
-        raise unknown_options([MethodInfo(info.name, info.module, info.function, info.params)], foreign)
+        raise unknown_options(
+            [MethodInfo(info.name, info.module, info.function, info.params)], foreign
+        )
     return taken

@@ -83,7 +83,9 @@ def _correlation(mom: _Moments) -> Tensor:
 
 
 def _plain(obs: Sequence[Observation]) -> dict[tuple[str, tuple[int, ...]], Observation]:
-    return {(o.node, o.dims): o for o in obs if isinstance(o.layout, Leaf) and o.layout.over is None}
+    return {
+        (o.node, o.dims): o for o in obs if isinstance(o.layout, Leaf) and o.layout.over is None
+    }
 
 
 def joint_statistics(
@@ -113,7 +115,9 @@ def joint_statistics(
         if all(site in p and p[site].layout.group == names[j][g]  # type: ignore[union-attr]
                for j, p in enumerate(per_model)):  # fmt: skip
             wanted.append((g, site))
-    sizes = {g: tuple(specs[j].groups[names[j][g]].size for j in range(len(specs))) for g, _ in wanted}
+    sizes = {
+        g: tuple(specs[j].groups[names[j][g]].size for j in range(len(specs))) for g, _ in wanted
+    }
     moms = [_Moments(sum(sizes[g])) for g, _ in wanted]
     nodes = list(dict.fromkeys(site[0] for _, site in wanted))
     batches = 0
@@ -121,7 +125,7 @@ def joint_statistics(
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         outs = [r.run(sd, inputs, nodes) for r, sd in zip(runners, state_dicts, strict=True)]
-        for (g, site), mom in zip(wanted, moms, strict=True):
+        for (_, site), mom in zip(wanted, moms, strict=True):
             units = [per_model[j][site].units(outs[j][site[0]]) for j in range(len(models))]
             mom.update(torch.cat(units, dim=1))
         batches += 1

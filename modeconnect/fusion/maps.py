@@ -40,7 +40,8 @@ __all__ = ["GroupMap", "corresponding_groups", "fuse_state_dicts", "target_shape
 
 @dataclass(frozen=True)
 class GroupMap:
-    """One group's merge matrices ``merge[j]`` ``(t, n_j)`` and unmerge ``unmerge[j]`` ``(n_j, t)``."""
+    """One group's merge matrices ``merge[j]`` ``(t, n_j)`` and unmerge ones ``unmerge[j]``
+    ``(n_j, t)``, one of each per model."""
 
     merge: tuple[Tensor, ...]
     unmerge: tuple[Tensor, ...]
@@ -51,7 +52,9 @@ class GroupMap:
         return int(self.merge[0].shape[0])
 
 
-def corresponding_groups(specs: Sequence[PermutationSpec], labels: Sequence[str]) -> list[dict[str, str]]:
+def corresponding_groups(
+    specs: Sequence[PermutationSpec], labels: Sequence[str]
+) -> list[dict[str, str]]:
     """For each spec, its group name for each group of ``specs[0]`` (matched by members).
 
     Models of one family have the same tensors with the same group structure and may
@@ -140,7 +143,9 @@ def _apply(t: Tensor, axis: int, layout: Layout, mats: Mapping[str, Tensor]) -> 
         return (moved @ mat.T.to(moved.dtype)).movedim(-1, axis)
     if isinstance(layout, Concat):
         parts = torch.split(t, [p.size for p in layout.parts], dim=axis)
-        return torch.cat([_apply(x, axis, p, mats) for x, p in zip(parts, layout.parts, strict=True)], dim=axis)
+        return torch.cat(
+            [_apply(x, axis, p, mats) for x, p in zip(parts, layout.parts, strict=True)], dim=axis
+        )
     if isinstance(layout, Product):
         sizes = [f.size for f in layout.factors]
         shape = list(t.shape)
@@ -169,8 +174,13 @@ def _has_group(layout: Layout, maps: Mapping[str, object]) -> bool:
 
 
 def _carried(
-    t: Tensor, key: str, spec: PermutationSpec, names: Mapping[str, str],
-    maps: Mapping[str, GroupMap], j: int, weight: float,
+    t: Tensor,
+    key: str,
+    spec: PermutationSpec,
+    names: Mapping[str, str],
+    maps: Mapping[str, GroupMap],
+    j: int,
+    weight: float,
 ) -> Tensor:
     """Model ``j``'s tensor ``key`` in the target basis (its share of the fused tensor)."""
     source = spec.aliases.get(key, key)

@@ -86,7 +86,9 @@ def transport_map(
     """
     total = sum(sizes)
     if corr.shape != (total, total) or live.shape != (total,):
-        raise ModeconnectError(f"ot fusion: statistics {tuple(corr.shape)} do not match widths {list(sizes)}")
+        raise ModeconnectError(
+            f"ot fusion: statistics {tuple(corr.shape)} do not match widths {list(sizes)}"
+        )
     corr = corr.double()
     bounds = np.cumsum([0, *sizes]).tolist()
     a = torch.full((target,), 1.0 / target, dtype=torch.float64)
@@ -109,7 +111,9 @@ def transport_map(
     return _harden(plans, marg, weights, target) if hard else _soft(plans, marg, weights, a)
 
 
-def _soft(plans: Sequence[Tensor], marg: Sequence[Tensor], weights: Sequence[float], a: Tensor) -> GroupMap:
+def _soft(
+    plans: Sequence[Tensor], marg: Sequence[Tensor], weights: Sequence[float], a: Tensor
+) -> GroupMap:
     merge = tuple(weights[j] * p / a[:, None] for j, p in enumerate(plans))
     unmerge = tuple(
         torch.where(m[:, None] > 0, p.T / m.clamp_min(1e-300)[:, None], torch.zeros(()))
@@ -118,7 +122,9 @@ def _soft(plans: Sequence[Tensor], marg: Sequence[Tensor], weights: Sequence[flo
     return GroupMap(merge, unmerge)
 
 
-def _harden(plans: Sequence[Tensor], marg: Sequence[Tensor], weights: Sequence[float], target: int) -> GroupMap:
+def _harden(
+    plans: Sequence[Tensor], marg: Sequence[Tensor], weights: Sequence[float], target: int
+) -> GroupMap:
     onehots = []
     for p in plans:
         dest = p.argmax(0)

@@ -82,15 +82,17 @@ def universe_permutations(
     return [_lap(pj) for pj in p]
 
 
-def universe_map(corr: Tensor, sizes: Sequence[int], weights: Sequence[float], *, iterations: int = 100) -> GroupMap:
+def universe_map(
+    corr: Tensor, sizes: Sequence[int], weights: Sequence[float], *, iterations: int = 100
+) -> GroupMap:
     """Merge ``w_j P_jᵀ`` and unmerge ``P_j``: the weighted average in the universe basis."""
     perms = universe_permutations(corr, sizes, iterations=iterations)
     return GroupMap(tuple(w * p.T for w, p in zip(weights, perms, strict=True)), tuple(perms))
 
 
 def pairwise_maps(perms: Sequence[Tensor]) -> dict[tuple[int, int], Tensor]:
-    """Index maps ``(j, k) -> idx`` with ``idx[f]`` = model ``k``'s unit matched to ``j``'s unit ``f``,
-    from universe permutation matrices (``P_j P_kᵀ``)."""
+    """Index maps ``(j, k) -> idx``: ``idx[f]`` is model ``k``'s unit matched to model ``j``'s
+    unit ``f``, from universe permutation matrices (``P_j P_kᵀ``)."""
     return {
         (j, k): (perms[j] @ perms[k].T).argmax(1)
         for j in range(len(perms)) for k in range(len(perms)) if j != k

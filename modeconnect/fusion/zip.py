@@ -43,9 +43,13 @@ def zip_clusters(
     """
     total = sum(sizes)
     if corr.shape != (total, total):
-        raise ModeconnectError(f"zip: correlation {tuple(corr.shape)} does not match widths {list(sizes)}")
+        raise ModeconnectError(
+            f"zip: correlation {tuple(corr.shape)} does not match widths {list(sizes)}"
+        )
     if not 1 <= target <= total:
-        raise ModeconnectError(f"zip: target width {target} must lie in 1..{total} (the units of all models)")
+        raise ModeconnectError(
+            f"zip: target width {target} must lie in 1..{total} (the units of all models)"
+        )
     sims = corr.double().clone()
     sims.fill_diagonal_(float("-inf"))
     link = sims.clone()  # minimum linkage without alpha or budgets: the fallback

@@ -1,0 +1,105 @@
+"""``modeconnect merge --method zip|otfusion|universe``: widths, outputs that load back, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from modeconnect.evaluation import evaluate
+from modeconnect.io.checkpoints import load_checkpoint, resolve_model, save_checkpoint
+from modeconnect.models import mlp
+from modeconnect_cli.main import main
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DATA = str(CHECKPOINTS / "digits_test.pt")
+MODEL = "modeconnect.models:mlp"
+
+
+def _save(path: Path, hidden: list[int], seed: int, model: str = MODEL) -> Path:
+    torch.manual_seed(seed)
+    net = mlp(64, hidden, 10)
+    kwargs = {"in_features": 64, "hidden": hidden, "out_features": 10}
+    save_checkpoint(path, net.state_dict(), model_ref=model, model_kwargs=kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("widths")
+    return _save(folder / "wide.pt", [16, 12], 0), _save(folder / "narrow.pt", [8, 6], 1)
+
+
+def _run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_otfusion_across_widths_writes_a_checkpoint_that_loads_back(pair, tmp_path):
+    out, report = tmp_path / "fused.pt", tmp_path / "fused.json"
+    result = _run(
+        "merge", *pair, "--method", "otfusion", "--width", "P0=10,P1=6", "--transport", "hard",
+        "--train", DATA, "--data", DATA, "--out", out, "--json", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not applicable" in result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_ref == MODEL and ckpt.model_kwargs["hidden"] == [10, 6]
+    model = resolve_model([ckpt]).model
+    model.load_state_dict(ckpt.state_dict)
+    record = json.loads(report.read_text())
+    assert record["merge"]["widths"] == {"P0": 10, "P1": 6}
+    assert record["merge"]["equivalence_guard"].startswith("not applicable")
+    batches = [(x, y) for x, y in [torch.load(DATA, weights_only=True).values()]]
+    accuracy = evaluate(model, ckpt.state_dict, batches).accuracy
+    assert accuracy == pytest.approx(record["metrics"]["merged"]["accuracy"], abs=1e-6)
+
+
+def test_zip_self_merge_compresses_one_model(pair, tmp_path):
+    out = tmp_path / "small.pt"
+    result = _run("merge", pair[0], "--method", "zip", "--width", "5", "--zip-alpha", "0.3",
+                  "--train", DATA, "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_kwargs["hidden"] == [5, 5]
+    assert ckpt.state_dict["1.weight"].shape == (5, 64)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--width", "8"], "keeps every width"),
+        (["--method", "zip", "--transport", "hard"], "takes no option 'transport'"),
+        (["--method", "zip", "--width", "P7=3"], "unknown groups"),
+        (["--method", "universe"], "keeps the width|one width"),
+    ],
+)
+def test_fusion_errors_are_one_line_and_write_nothing(pair, tmp_path, extra, message):
+    out = tmp_path / "x.pt"
+    result = _run("merge", *pair, "--train", DATA, "--out", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and re.search(message, result.output)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_mismatched_families_exit_2_with_one_line(pair, tmp_path):
+    other = _save(tmp_path / "class.pt", [16, 12], 2, model="modeconnect.models:MLP")
+    out = tmp_path / "x.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeconnect_cli.main", "merge", str(pair[0]), str(other),
+         "--method", "otfusion", "--train", DATA, "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and "one architecture family" in lines[0] and "Traceback" not in proc.stderr
+    )
+    assert not out.exists()
