@@ -201,3 +201,21 @@ def test_declared_parameters_are_keywords_of_fuse():
         for param in info.params:
             assert param.name in signature, (info.name, param.name)
             assert signature[param.name].default == param.default, (info.name, param.name)
+
+
+def test_cca_merge_of_linearly_mixed_copies_is_the_model():
+    """B computes A's units through an invertible diagonal scaling of layer 1 (ReLU is
+    positively homogeneous) and a permutation of layer 2: CCA's linear maps undo it."""
+    model = mlp(6, [8, 8], 3)
+    spec = derive_spec(model, (torch.randn(2, 6),))
+    a = _state(model, 0)
+    b = apply_permutation(a, spec, random_permutation(spec, seed=5))
+    scale = torch.linspace(0.5, 2.0, 8)
+    b["1.weight"], b["1.bias"] = b["1.weight"] * scale[:, None], b["1.bias"] * scale
+    b["3.weight"] = b["3.weight"] / scale[None, :]
+    data = _data(2000)
+    out = fuse([model, model], [a, b], data=data, method="cca", reg=1e-9)
+    x = data[0][0][:200]
+    assert_close(
+        _outputs(mlp(6, [8, 8], 3), out.state_dict, x), _outputs(model, a, x), atol=1e-3, rtol=1e-3
+    )

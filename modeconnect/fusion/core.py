@@ -11,7 +11,9 @@ matrices per group with the chosen method, and carries every tensor through them
 * ``"otfusion"``: OT fusion with unequal marginals (Singh & Jaggi 2020), soft or
   hardened (:mod:`~modeconnect.fusion.transport`);
 * ``"universe"``: models of one width permuted into one universe basis by
-  Frank-Wolfe (C2M3-style, :mod:`~modeconnect.fusion.universe`), then averaged.
+  Frank-Wolfe (C2M3-style, :mod:`~modeconnect.fusion.universe`), then averaged;
+* ``"cca"``: CCA Merge (Horoi et al. 2024), linear maps into the first model's basis
+  (:mod:`~modeconnect.fusion.cca`).
 
 The fused model is the object evaluated: it is not claimed to compute what any
 input computes, and no equivalence guard applies to it.
@@ -30,6 +32,7 @@ from ..errors import ModeconnectError
 from ..merging import check_state_dicts, normalize_weights
 from ..probe import probe_inputs
 from ..spec import Concat, Leaf, PermutationSpec, Product, derive_spec
+from .cca import cca_map
 from .features import JointStatistics, joint_statistics
 from .maps import GroupMap, corresponding_groups, fuse_state_dicts, target_shapes
 from .transport import transport_map
@@ -39,7 +42,7 @@ from .zip import zip_map
 StateDict = Mapping[str, Tensor]
 Widths = int | Mapping[str, int] | None
 
-FUSION_METHODS = ("zip", "otfusion", "universe")
+FUSION_METHODS = ("zip", "otfusion", "universe", "cca")
 """The fusion methods :func:`fuse` runs."""
 
 __all__ = ["FUSION_METHODS", "FusionResult", "fuse", "resolve_widths", "width_groups"]
@@ -155,12 +158,14 @@ def _group_map(
     sizes = stats.sizes[g]
     if method == "zip":
         return zip_map(corr, sizes, target, alpha=options["alpha"], beta=options["beta"])
-    if method == "universe":
+    if method in ("universe", "cca"):
         if target != sizes[0]:
             raise ModeconnectError(
-                f"universe matching keeps the width: group {g} cannot become {target} wide; "
+                f"{method} keeps the first model's width: group {g} cannot become {target} wide; "
                 "use --method otfusion or zip to change widths"
             )
+        if method == "cca":
+            return cca_map(stats.covariance[g] / stats.sites[g], sizes, weights, reg=options["reg"])
         return universe_map(corr, sizes, weights, iterations=options["iterations"])
     hard = options["transport"] == "hard"
     return transport_map(
@@ -194,6 +199,7 @@ def fuse(
     beta: float = 1.0,
     transport: str = "soft",
     iterations: int = 10,
+    reg: float = 0.1,
     max_batches: int | None = None,
     labels: Sequence[str] | None = None,
 ) -> FusionResult:
@@ -202,7 +208,8 @@ def fuse(
 
     ``data`` feeds the activation statistics; ``weights`` (default equal) weigh the
     models; ``alpha`` / ``beta`` are ZipIt!'s knobs, ``transport`` (``soft`` or ``hard``)
-    and ``iterations`` OT fusion's. Raises :class:`~modeconnect.ModeconnectError` for
+    and ``iterations`` OT fusion's (and the universe's Frank-Wolfe), ``reg`` CCA Merge's
+    (``method="cca"``). Raises :class:`~modeconnect.ModeconnectError` for
     models of different families, bad widths or options.
 
     Examples
@@ -243,7 +250,7 @@ def fuse(
     names = corresponding_groups(specs, labels)
     target = resolve_widths(specs[0], widths)
     stats = joint_statistics(models, state_dicts, specs, names, data, max_batches=max_batches)
-    options = _options(method, alpha, beta, transport, iterations)
+    options = _options(method, alpha, beta, transport, iterations, reg)
     maps: dict[str, GroupMap] = {}
     for g in specs[0].groups:
         if g in stats.correlation:
@@ -264,8 +271,10 @@ def fuse(
 
 
 def _options(
-    method: str, alpha: float, beta: float, transport: str, iterations: int
+    method: str, alpha: float, beta: float, transport: str, iterations: int, reg: float
 ) -> dict[str, Any]:
+    if method == "cca":
+        return {"reg": reg}
     if method == "zip":
         return {"alpha": alpha, "beta": beta}
     if method == "universe":

@@ -54,8 +54,18 @@ FUSION_INFOS: tuple[MethodInfo, ...] = (
         summary="N models of one width permuted into one universe basis by Frank-Wolfe "
                 "(C2M3-style, Crisostomi et al. 2024); cycle-consistent maps.",
     ),
+    MethodInfo(
+        "cca", _MODULE, "fuse",
+        params=(
+            Param("reg", float, 0.1, "CCA Merge: covariance regularisation, relative to the "
+                  "mean variance.", min=0, flag="--cca-reg"),
+            MAX_BATCHES,
+        ),
+        summary="CCA Merge (Horoi et al. 2024): linear maps from canonical correlation of "
+                "activations into the first model's basis; not a permutation.",
+    ),
 )  # fmt: skip
-"""The fusion methods, declared (``merge --method zip|otfusion|universe``)."""
+"""The fusion methods, declared (``merge --method zip|otfusion|universe|cca``)."""
 
 FUSION_NAMES: tuple[str, ...] = tuple(i.name for i in FUSION_INFOS)
 
