@@ -113,6 +113,8 @@ def class_split(seeds: Sequence[int], epochs: int, width: int, tr: Any, te: Any)
             te,
         )
         row["otfusion soft"] = accuracy(width, fuse([model, model], [a, b], data=tr).state_dict, te)
+        cca = fuse([model, model], [a, b], data=tr, method="cca")
+        row["cca"] = accuracy(width, cca.state_dict, te)
         runs.append(row)
     return {"width": width, "accuracy": summarise(runs), "runs": runs}
 
@@ -137,6 +139,9 @@ def width_fusion(
                              ("zip", {"method": "zip"})):  # fmt: skip
                 out = fuse(models, [a, b], data=tr, widths=t, **kw)
                 row[f"{name} @ {t}"] = accuracy(t, out.state_dict, te)
+        row[f"cca @ {wide}"] = accuracy(
+            wide, fuse(models, [a, b], data=tr, method="cca").state_dict, te
+        )
         runs.append(row)
     return {"widths": [wide, narrow], "targets": targets, "accuracy": summarise(runs), "runs": runs}
 
@@ -213,6 +218,7 @@ def n_way(seeds: Sequence[int], epochs: int, width: int, n: int, tr: Any, te: An
             "plain average": accuracy(width, mc.merge(model, sds, method="none").state_dict, te),
             "MergeMany (weight matching)": accuracy(width, many.state_dict, te),
             "universe (C2M3-style, activations)": accuracy(width, uni.state_dict, te),
+            "cca": accuracy(width, fuse([model] * n, sds, data=tr, method="cca").state_dict, te),
         }
         runs.append(row)
         cycle: dict[str, float] = {}
@@ -233,6 +239,37 @@ def n_way(seeds: Sequence[int], epochs: int, width: int, n: int, tr: Any, te: An
 # --------------------------------------------------------------------------- driver
 
 
+def _plot(numbers: dict[str, Any], path: Path) -> None:
+    """Accuracy against width for the self-merge compression study."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc, targets = numbers["accuracy"], numbers["targets"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    curves = (
+        ("zip @ {}", "o-"), ("otfusion @ {}", "s-"), ("zip @ {} + 1 epoch", "o--"),
+        ("otfusion @ {} + 1 epoch", "s--"), ("trained from scratch @ {}", "k:"),
+    )  # fmt: skip
+    for label, fmt in curves:
+        means = [acc[label.format(t)]["mean"] for t in targets]
+        stds = [acc[label.format(t)]["std"] for t in targets]
+        ax.errorbar(targets, means, yerr=stds, fmt=fmt, capsize=3, label=label.format("w"))
+    ax.axhline(
+        acc[f"original ({numbers['width']})"]["mean"], color="grey", lw=0.8, label="original"
+    )
+    ax.set(
+        xlabel="hidden width", ylabel="test accuracy", xscale="log", title="self-merge compression"
+    )
+    ax.set_xticks(targets, [str(t) for t in targets])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(out: Path, quick: bool) -> dict[str, Any]:
     seeds = [0] if quick else [0, 1, 2]
     epochs = 2 if quick else 10
@@ -246,6 +283,7 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         ),
         "n_way": n_way(seeds, epochs, small, 4, tr, te),
     }
+    _plot(record["compression"], out / "merging_compression.png")
     command = [
         "python",
         "examples/science_merging.py",
