@@ -219,3 +219,30 @@ def test_cca_merge_of_linearly_mixed_copies_is_the_model():
     assert_close(
         _outputs(mlp(6, [8, 8], 3), out.state_dict, x), _outputs(model, a, x), atol=1e-3, rtol=1e-3
     )
+
+
+def test_partial_zipping_spans_the_ensemble_and_the_full_zip():
+    """Depth 0 is the average of the models' outputs; full depth is the full zip; between,
+    a wider model of the same family (one head per model) that runs as a plain mlp."""
+    model = mlp(6, [8, 7], 3)
+    a, b = _state(model, 0), _state(model, 1)
+    data = _data()
+    x = data[0][0]
+    ensemble = (_outputs(model, a, x) + _outputs(model, b, x)) / 2
+    none = fuse([model, model], [a, b], data=data, method="zip", zip_until=0)
+    assert none.widths == {"P0": 16, "P1": 14}
+    assert_close(_outputs(mlp(6, [16, 14], 3), none.state_dict, x), ensemble, atol=1e-5, rtol=1e-5)
+    full = fuse([model, model], [a, b], data=data, method="zip")
+    deep = fuse([model, model], [a, b], data=data, method="zip", zip_until=2)
+    for key in full.state_dict:
+        assert torch.equal(full.state_dict[key], deep.state_dict[key])
+    half = fuse([model, model], [a, b], data=data, method="zip", zip_until=0.5)
+    assert half.widths == {"P0": 8, "P1": 14}
+    head = half.state_dict["3.weight"]  # rows 0-6: A's layer 2, rows 7-13: B's, reading the zip
+    assert head.shape == (14, 8)
+    out = _outputs(mlp(6, [8, 14], 3), half.state_dict, x)
+    assert not torch.allclose(out, ensemble, atol=1e-3) and not torch.allclose(
+        out, _outputs(model, full.state_dict, x), atol=1e-3
+    )
+    with pytest.raises(ModeconnectError, match="zip_until"):
+        fuse([model, model], [a, b], data=data, method="zip", zip_until=-1)

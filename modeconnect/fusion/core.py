@@ -34,7 +34,7 @@ from ..probe import probe_inputs
 from ..spec import Concat, Leaf, PermutationSpec, Product, derive_spec
 from .cca import cca_map
 from .features import JointStatistics, joint_statistics
-from .maps import GroupMap, corresponding_groups, fuse_state_dicts, target_shapes
+from .maps import GroupMap, concat_map, corresponding_groups, fuse_state_dicts, target_shapes
 from .transport import transport_map
 from .universe import universe_map
 from .zip import zip_map
@@ -200,6 +200,7 @@ def fuse(
     transport: str = "soft",
     iterations: int = 10,
     reg: float = 0.1,
+    zip_until: float | None = None,
     max_batches: int | None = None,
     labels: Sequence[str] | None = None,
 ) -> FusionResult:
@@ -209,8 +210,13 @@ def fuse(
     ``data`` feeds the activation statistics; ``weights`` (default equal) weigh the
     models; ``alpha`` / ``beta`` are ZipIt!'s knobs, ``transport`` (``soft`` or ``hard``)
     and ``iterations`` OT fusion's (and the universe's Frank-Wolfe), ``reg`` CCA Merge's
-    (``method="cca"``). Raises :class:`~modeconnect.ModeconnectError` for
-    models of different families, bad widths or options.
+    (``method="cca"``). ``zip_until`` (partial zipping, ZipIt! §4.3) merges only the
+    first groups in the spec's order (a count, or a fraction of them if below 1) and
+    keeps every model's own units in the others, side by side: the result is a wider
+    model of the same family whose later layers are block-diagonal, i.e. one head per
+    model, with the outputs averaged (``0``: the ensemble of the models' outputs).
+    Raises :class:`~modeconnect.ModeconnectError` for models of different families, bad
+    widths or options.
 
     Examples
     --------
@@ -251,9 +257,15 @@ def fuse(
     target = resolve_widths(specs[0], widths)
     stats = joint_statistics(models, state_dicts, specs, names, data, max_batches=max_batches)
     options = _options(method, alpha, beta, transport, iterations, reg)
+    if zip_until is not None:
+        options["zip_until"] = zip_until
     maps: dict[str, GroupMap] = {}
+    zipped = _zipped_groups(specs[0], zip_until)
     for g in specs[0].groups:
-        if g in stats.correlation:
+        if g not in zipped:  # partial zipping: each model keeps its own units
+            maps[g] = concat_map([specs[j].groups[names[j][g]].size for j in range(len(specs))])
+            target[g] = maps[g].width
+        elif g in stats.correlation:
             maps[g] = _group_map(method, stats, g, target[g], w, options)
         else:
             maps[g] = _identity_map(
@@ -268,6 +280,19 @@ def fuse(
     return FusionResult(
         fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
     )
+
+
+def _zipped_groups(spec: PermutationSpec, zip_until: float | None) -> set[str]:
+    """The groups merged under partial zipping: the first ``zip_until`` (or that fraction)."""
+    names = list(spec.groups)
+    if zip_until is None:
+        return set(names)
+    if isinstance(zip_until, bool) or not zip_until >= 0 or zip_until != zip_until:
+        raise ModeconnectError(
+            f"zip_until={zip_until!r} must be a count >= 0 or a fraction in (0, 1)"
+        )
+    count = round(zip_until * len(names)) if 0 < zip_until < 1 else int(zip_until)
+    return set(names[:count])
 
 
 def _options(

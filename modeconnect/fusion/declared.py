@@ -32,6 +32,10 @@ FUSION_INFOS: tuple[MethodInfo, ...] = (
             Param("beta", float, 1.0, "ZipIt!'s beta: each model's budget of merges within "
                   "itself, as a fraction of the merges per model (0: only across models).",
                   min=0, max=1, flag="--zip-beta"),
+            Param("zip_until", float, None, "Partial zipping: merge only the first groups in the "
+                  "spec's order (a count, or a fraction below 1); later layers stay one head "
+                  "per model, side by side, outputs averaged [default: all].",
+                  min=0, flag="--zip-until"),
             MAX_BATCHES,
         ),
         summary="ZipIt! (Stoica et al. 2024): merge features by activation correlation "

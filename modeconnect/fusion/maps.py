@@ -35,7 +35,7 @@ from ..spec import Concat, Fixed, Layout, Leaf, PermutationSpec, Product
 
 StateDict = Mapping[str, Tensor]
 
-__all__ = ["GroupMap", "corresponding_groups", "fuse_state_dicts", "target_shapes"]
+__all__ = ["GroupMap", "concat_map", "corresponding_groups", "fuse_state_dicts", "target_shapes"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,25 @@ def _check_fixed(first: PermutationSpec, spec: PermutationSpec, a: str, b: str) 
                     f"{b}: tensor {key!r} axis {axis} has size {y.size} but {a}'s has {x.size} "
                     "and no width group owns it; only hidden widths may differ"
                 )
+
+
+def concat_map(sizes: Sequence[int]) -> GroupMap:
+    """Every model's units kept side by side (width ``Σ n_j``): model ``j``'s block holds its
+    own units unchanged, so layers between such groups become block-diagonal (one head
+    per model). Partial zipping uses it for the groups it does not merge.
+
+    >>> concat_map([1, 2]).merge[1]
+    tensor([[0., 0.],
+            [1., 0.],
+            [0., 1.]], dtype=torch.float64)
+    """
+    total, out, start = sum(sizes), [], 0
+    for n in sizes:
+        m = torch.zeros(total, n, dtype=torch.float64)
+        m[start : start + n] = torch.eye(n, dtype=torch.float64)
+        out.append(m)
+        start += n
+    return GroupMap(tuple(out), tuple(m.T for m in out))
 
 
 def target_shapes(spec: PermutationSpec, widths: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
