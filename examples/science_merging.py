@@ -1,6 +1,7 @@
 """Merging models that are not the same, on the digits: four studies, several seeds.
 
-1. **ZipIt! on a class split**: A trained on digits 0-4, B on 5-9 (10-way heads).
+1. **ZipIt! on a class split**: A trained on digits 0-4, B on 5-9 (10-way heads), with
+   partial zipping at each depth.
 2. **Width fusion**: hidden 2x64 with 2x32, fused at 32, 48 and 64.
 3. **Self-merge compression**: one 2x128 model zipped (or OT-fused) down to 96..16 units,
    without retraining and after one epoch of training.
@@ -45,6 +46,15 @@ def accuracy(width: int, sd: StateDict, batches: Sequence[Any]) -> float:
     model.eval()
     with torch.no_grad():
         right = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    return right / sum(len(y) for _, y in batches)
+
+
+def accuracy_of(widths: dict[str, int], sd: StateDict, batches: Sequence[Any]) -> float:
+    """Accuracy of an mlp whose two hidden groups have ``widths`` (P0, P1)."""
+    model = mlp(64, [widths["P0"], widths["P1"]], 10)
+    model.load_state_dict(sd)
+    with torch.no_grad():
+        right = sum(int((model.eval()(x).argmax(1) == y).sum()) for x, y in batches)
     return right / sum(len(y) for _, y in batches)
 
 
@@ -100,19 +110,17 @@ def class_split(seeds: Sequence[int], epochs: int, width: int, tr: Any, te: Any)
         row = {
             "A (0-4)": accuracy(width, a, te),
             "B (5-9)": accuracy(width, b, te),
-            "ensemble": ensemble([(width, a), (width, b)], te),
+            "ensemble (mean softmax)": ensemble([(width, a), (width, b)], te),
             "plain average": accuracy(width, mc.merge(model, [a, b], method="none").state_dict, te),
             "weight matching + average": accuracy(width, weight_merge(width, [a, b], tr), te),
         }
         for beta in (0.0, 0.5, 1.0):
             z = fuse([model, model], [a, b], data=tr, method="zip", beta=beta)
             row[f"zip (beta {beta:g})"] = accuracy(width, z.state_dict, te)
-        row["zip at 2x width (beta 1)"] = accuracy(
-            2 * width,
-            fuse([model, model], [a, b], data=tr, method="zip", widths=2 * width).state_dict,
-            te,
-        )
         row["otfusion soft"] = accuracy(width, fuse([model, model], [a, b], data=tr).state_dict, te)
+        for depth in (0, 1):  # partial zipping: 0 groups zipped (ensemble), 1 of 2
+            part = fuse([model, model], [a, b], data=tr, method="zip", zip_until=depth)
+            row[f"zip until depth {depth}"] = accuracy_of(part.widths, part.state_dict, te)
         cca = fuse([model, model], [a, b], data=tr, method="cca")
         row["cca"] = accuracy(width, cca.state_dict, te)
         runs.append(row)

@@ -71,6 +71,18 @@ def test_zip_self_merge_compresses_one_model(pair, tmp_path):
     assert ckpt.state_dict["1.weight"].shape == (5, 64)
 
 
+def test_partial_zip_writes_a_wider_model_of_the_family(pair, tmp_path):
+    out = tmp_path / "heads.pt"
+    result = _run(
+        "merge", *pair, "--method", "zip", "--zip-until", "1", "--train", DATA, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_kwargs["hidden"] == [16, 18]  # layer 1 zipped at A's width; 12 + 6 heads
+    model = resolve_model([ckpt]).model
+    model.load_state_dict(ckpt.state_dict)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
