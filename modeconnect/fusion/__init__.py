@@ -6,7 +6,8 @@
   C2M3-style);
 * :mod:`~modeconnect.fusion.maps`: merge/unmerge matrices carried through every tensor;
 * :mod:`~modeconnect.fusion.universe`: the universe permutations and the
-  cycle-consistency error of pairwise maps.
+  cycle-consistency error of pairwise maps;
+* :func:`fused_fedavg`: federated averaging of clients of different widths.
 
 No equivalence guard applies to a fused model: it is the evaluated object.
 Importing this package loads no numerics; the names below load on first use.
@@ -27,6 +28,7 @@ _LAZY = {
     "width_groups": "core",
     "GroupMap": "maps",
     "fuse_state_dicts": "maps",
+    "fused_fedavg": "federated",
     "cycle_error": "universe",
     "universe_permutations": "universe",
 }
@@ -47,6 +49,7 @@ __all__ = [
     "cycle_error",
     "fuse",
     "fuse_state_dicts",
+    "fused_fedavg",
     "fusion_info",
     "fusion_options",
     "resolve_widths",
