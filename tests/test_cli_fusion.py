@@ -89,7 +89,7 @@ def test_partial_zip_writes_a_wider_model_of_the_family(pair, tmp_path):
         (["--width", "8"], "keeps every width"),
         (["--method", "zip", "--transport", "hard"], "takes no option 'transport'"),
         (["--method", "zip", "--width", "P7=3"], "unknown groups"),
-        (["--method", "universe"], "keeps the width|one width"),
+        (["--method", "universe"], "keeps the first model.s width|one width"),
     ],
 )
 def test_fusion_errors_are_one_line_and_write_nothing(pair, tmp_path, extra, message):

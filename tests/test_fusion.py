@@ -189,7 +189,9 @@ def test_mismatched_families_and_bad_widths_raise_one_line_errors():
         resolve_widths(spec, {"P9": 3})
     with pytest.raises(ModeconnectError, match="positive integer"):
         resolve_widths(spec, {"P0": 0})
-    with pytest.raises(ModeconnectError, match="keeps the width"):
+    with pytest.raises(ModeconnectError, match="exceeds the 10 units"):
+        fuse([a, a], [a.state_dict()] * 2, data=_data(), widths={"P0": 11})
+    with pytest.raises(ModeconnectError, match="keeps the first model.s width"):
         fuse([a, a], [a.state_dict()] * 2, data=_data(), method="universe", widths=4)
     with pytest.raises(ModeconnectError, match="takes no option 'transport'"):
         fusion_options("zip", {"transport": "hard"})

@@ -79,6 +79,7 @@ Slot = tuple[str, "int | None"]
 
 
 def _with(kwargs: Mapping[str, Any], slot: Slot, value: int) -> dict[str, Any]:
+    """A copy of ``kwargs`` (lists copied) with ``slot`` set to ``value``."""
     out = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
     key, index = slot
     if index is None:
@@ -130,7 +131,7 @@ def fused_kwargs(
     ...              ("hidden", 1): ["P1"]}, {"P0": 48, "P1": 40})
     {'hidden': [48, 40], 'in_features': 64}
     """
-    out = _with(kwargs, next(iter(slots)), 0) if slots else dict(kwargs)
+    out = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
     for slot, groups in slots.items():
         targets = sorted({widths[g] for g in groups})
         if len(targets) != 1:

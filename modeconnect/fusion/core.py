@@ -255,6 +255,7 @@ def fuse(
     specs = [_spec_for(m, probe, specs[j] if specs else None) for j, m in enumerate(models)]
     names = corresponding_groups(specs, labels)
     target = resolve_widths(specs[0], widths)
+    _check_targets(target, specs, names, labels)
     stats = joint_statistics(models, state_dicts, specs, names, data, max_batches=max_batches)
     options = _options(method, alpha, beta, transport, iterations, reg)
     if zip_until is not None:
@@ -280,6 +281,22 @@ def fuse(
     return FusionResult(
         fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
     )
+
+
+def _check_targets(
+    target: Mapping[str, int],
+    specs: Sequence[PermutationSpec],
+    names: Sequence[Mapping[str, str]],
+    labels: Sequence[str],
+) -> None:
+    """A fused group can hold at most every unit of every model (ZipIt! merges none then)."""
+    for g, t in target.items():
+        total = sum(s.groups[n[g]].size for s, n in zip(specs, names, strict=True))
+        if t > total:
+            raise ModeconnectError(
+                f"width {t} for group {g} exceeds the {total} units that {', '.join(labels)} "
+                f"hold together; choose a width up to {total}"
+            )
 
 
 def _zipped_groups(spec: PermutationSpec, zip_until: float | None) -> set[str]:
