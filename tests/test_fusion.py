@@ -248,3 +248,17 @@ def test_partial_zipping_spans_the_ensemble_and_the_full_zip():
     )
     with pytest.raises(ModeconnectError, match="zip_until"):
         fuse([model, model], [a, b], data=data, method="zip", zip_until=-1)
+
+
+@pytest.mark.parametrize("transport", ["soft", "hard"])
+def test_a_conv_net_with_batchnorm_fuses_with_its_zero_padded_wider_copy(transport):
+    """Channels reach the head through a Flatten (channels x positions): the maps act on the
+    channel factor of the head's input axis."""
+    small, wide = conv_net(1, [4, 6], 3, image_size=8), conv_net(1, [7, 6], 3, image_size=8)
+    a = _state(small, 0)
+    a["2.running_var"].uniform_(0.5, 2.0)
+    b = _padded(a, _state(wide, 1), [4, 6])
+    data = _data(64, 64)
+    out = fuse([wide, small], [b, a], data=data, transport=transport, widths={"P0": 4})
+    x = data[0][0]
+    assert_close(_outputs(small, out.state_dict, x), _outputs(small, a, x), atol=1e-4, rtol=1e-4)
