@@ -257,6 +257,7 @@ def test_a_conv_net_with_batchnorm_fuses_with_its_zero_padded_wider_copy(transpo
     small, wide = conv_net(1, [4, 6], 3, image_size=8), conv_net(1, [7, 6], 3, image_size=8)
     a = _state(small, 0)
     a["2.running_var"].uniform_(0.5, 2.0)
+    a["2.bias"] = a["2.bias"].abs() + 3.0  # every channel active: dead ones carry no mass
     b = _padded(a, _state(wide, 1), [4, 6])
     data = _data(64, 64)
     out = fuse([wide, small], [b, a], data=data, transport=transport, widths={"P0": 4})

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ModeconnectError
@@ -154,7 +153,6 @@ def _group_map(
     target: int,
     weights: Sequence[float],
     options: Mapping[str, Any],
-    weighted: Tensor | None = None,
 ) -> GroupMap:
     corr = stats.correlation[g] / stats.sites[g]
     sizes = stats.sizes[g]
@@ -171,17 +169,13 @@ def _group_map(
         return universe_map(corr, sizes, weights, iterations=options["iterations"])
     hard = options["transport"] == "hard"
     return transport_map(
-        corr,
-        stats.live(g) | weighted if weighted is not None else stats.live(g),
-        sizes,
-        target,
-        weights,
-        hard=hard,
-        iterations=options["iterations"],
+        corr, stats.live(g), sizes, target, weights, hard=hard, iterations=options["iterations"]
     )
 
 
 def _identity_map(sizes: Sequence[int], weights: Sequence[float], g: str) -> GroupMap:
+    import torch
+
     if len(set(sizes)) != 1:
         raise ModeconnectError(
             f"group {g} differs in width ({list(sizes)}) but no activation site shows its units "
@@ -273,13 +267,7 @@ def fuse(
             maps[g] = concat_map([specs[j].groups[names[j][g]].size for j in range(len(specs))])
             target[g] = maps[g].width
         elif g in stats.correlation:
-            weighted = torch.cat(
-                [
-                    _has_weights(sd, s, n[g])
-                    for sd, s, n in zip(state_dicts, specs, names, strict=True)
-                ]
-            )
-            maps[g] = _group_map(method, stats, g, target[g], w, options, weighted)
+            maps[g] = _group_map(method, stats, g, target[g], w, options)
         else:
             maps[g] = _identity_map(
                 [specs[j].groups[names[j][g]].size for j in range(len(specs))], w, g
@@ -293,18 +281,6 @@ def fuse(
     return FusionResult(
         fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
     )
-
-
-def _has_weights(sd: StateDict, spec: PermutationSpec, group: str) -> Tensor:
-    """Units with a nonzero weight producing them (a zero-padded unit has none)."""
-    found = torch.zeros(spec.groups[group].size, dtype=torch.bool)
-    for m in spec.groups[group].members:
-        axes = spec.weight_outputs.get(m.key, ())
-        layout = spec.layouts[m.key][m.axis]
-        if m.axis in axes and isinstance(layout, Leaf) and m.key in sd:
-            t = sd[m.key].movedim(m.axis, 0).reshape(layout.size, -1)
-            found |= (t != 0).any(1)
-    return found
 
 
 def _check_targets(

@@ -8,9 +8,8 @@ Wasserstein barycenter of the models' units: ``y_c = Σ_f W[c, f] z_f``, and
     T_j = argmin_{T 1 = a, Tᵀ 1 = b_j} ⟨T, C_j⟩,   C_j[c, f] = ‖y_c - z_f‖²
 
 with ``a`` uniform over the ``t`` target units and ``b_j`` uniform over model ``j``'s
-live units (a unit whose activation is identically zero and whose producing weights are
-all zero, such as zero padding, gets no mass: the marginals are unequal whenever the
-widths or the live counts differ). POT's exact ``ot.emd``
+live units (a unit whose activation is identically zero gets no mass: the marginals
+are unequal whenever the widths or the live counts differ). POT's exact ``ot.emd``
 solves each plan; the barycenter is then ``y_c = Σ_j w_j Σ_f T_j[c, f] z_f / a_c``,
 and the two steps alternate (``iterations``). The barycenter starts from the first
 model of the target width (A's units when fusing at A's width), else from ZipIt!'s
@@ -77,7 +76,7 @@ def transport_map(
     """The OT fusion maps of one group (module docstring).
 
     ``corr`` ``(O, O)`` is the correlation of the concatenated units, ``live`` ``(O,)``
-    marks the units that carry mass, ``weights`` the models' weights (summing to 1).
+    marks units with any activation, ``weights`` the models' weights (summing to 1).
 
     >>> import torch
     >>> corr = torch.eye(4)
