@@ -263,3 +263,34 @@ def test_a_conv_net_with_batchnorm_fuses_with_its_zero_padded_wider_copy(transpo
     out = fuse([wide, small], [b, a], data=data, transport=transport, widths={"P0": 4})
     x = data[0][0]
     assert_close(_outputs(small, out.state_dict, x), _outputs(small, a, x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_llama_with_a_zero_padded_wider_intermediate_size_fuses_back():
+    """Hugging Face configs that differ in ``intermediate_size``: only the MLP groups change
+    width; the residual stream, heads and head dims are fused at their width (identity
+    maps for the per-head groups, with the model weight entering each tensor once)."""
+    transformers = pytest.importorskip("transformers")
+
+    def llama(inter: int) -> torch.nn.Module:
+        config = transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=inter, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        )  # fmt: skip
+        return transformers.LlamaForCausalLM(config).eval()
+
+    small, wide = llama(24), llama(30)
+    torch.manual_seed(0)
+    a = {
+        k: v.normal_(0, 0.3) if not k.endswith("norm.weight") else v
+        for k, v in small.state_dict().items()
+    }
+    b = _padded(a, wide.state_dict(), [])
+    x = torch.randint(0, 64, (8, 12))
+    spec_groups = width_groups(derive_spec(small, (x[:2],)))
+    out = fuse([wide, small], [b, a], data=[(x, x)], widths=dict.fromkeys(spec_groups[1:], 24))
+    assert set(spec_groups) == {"P0", "P4", "P8"} and out.widths["P4"] == 24
+    fused = llama(24)
+    fused.load_state_dict(out.state_dict)
+    with torch.no_grad():
+        assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)

@@ -24,7 +24,7 @@ any input computes, and no equivalence guard applies to it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -150,11 +150,8 @@ def _apply(t: Tensor, axis: int, layout: Layout, mats: Mapping[str, Tensor]) -> 
     if isinstance(layout, Fixed):
         return t
     if isinstance(layout, Leaf):
-        if layout.over is not None:
-            raise ModeconnectError(
-                f"group {layout.group} has one permutation per block of {layout.over} (heads, "
-                "GroupNorm groups); merging such groups across widths is not supported"
-            )
+        # A per-block group (head dims inside heads) gets one map for every block: fusion
+        # keeps such groups at their width with identity maps (``w_j I``), never merges them.
         mat = mats.get(layout.group)
         if mat is None:
             return t
@@ -192,6 +189,30 @@ def _has_group(layout: Layout, maps: Mapping[str, object]) -> bool:
     return False
 
 
+class _Producing(Mapping[str, Tensor]):
+    """Model ``j``'s merge matrices for one tensor's producing axes. The model's weight is in
+    each merge matrix; when several groups produce one tensor (heads × head dims), it must
+    enter once: the first group met gives its merge matrix, the others theirs with each
+    row scaled to sum to 1 (``w_j I`` becomes ``I``)."""
+
+    def __init__(self, merge: Mapping[str, Tensor]) -> None:
+        self.merge, self.used = merge, False
+
+    def __getitem__(self, group: str) -> Tensor:
+        m = self.merge[group]
+        if self.used:
+            sums = m.sum(1, keepdim=True)
+            m = torch.where(sums != 0, m / torch.where(sums != 0, sums, 1.0), 0.0)
+        self.used = True
+        return m
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.merge)
+
+    def __len__(self) -> int:
+        return len(self.merge)
+
+
 def _carried(
     t: Tensor,
     key: str,
@@ -208,7 +229,7 @@ def _carried(
     if layouts is None:
         return x * weight
     own = {names[g]: m for g, m in maps.items()}
-    merge = {g: m.merge[j] for g, m in own.items()}
+    merge = _Producing({g: m.merge[j] for g, m in own.items()})
     unmerge = {g: m.unmerge[j].T for g, m in own.items()}
     produced = False
     for axis, layout in enumerate(layouts):
