@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from modeconnect.evaluation import evaluate
 from modeconnect.io.checkpoints import load_checkpoint, resolve_model, save_checkpoint
-from modeconnect.models import mlp
+from modeconnect.models import MLP, mlp
 from modeconnect_cli.main import main
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -24,7 +24,7 @@ MODEL = "modeconnect.models:mlp"
 
 def _save(path: Path, hidden: list[int], seed: int, model: str = MODEL) -> Path:
     torch.manual_seed(seed)
-    net = mlp(64, hidden, 10)
+    net = (MLP if model.endswith(":MLP") else mlp)(64, hidden, 10)
     kwargs = {"in_features": 64, "hidden": hidden, "out_features": 10}
     save_checkpoint(path, net.state_dict(), model_ref=model, model_kwargs=kwargs)
     return path

@@ -26,17 +26,17 @@ from modeconnect.commands.session import open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import evaluate
 from modeconnect.fusion import fusion_options
-from modeconnect.fusion.core import fuse
+from modeconnect.fusion.core import FusionResult, fuse
 from modeconnect.io.checkpoints import (
     Checkpoint,
-    check_state_dict,
     checkpoint_writer,
-    in_model_dtypes,
     json_writer,
-    load_checkpoint,
+    load_models,
     resolve_model,
     restore_dtypes,
 )
+from modeconnect.io.hf import directory_writer
+from modeconnect.io.targets import Fill, Outputs
 from modeconnect.merging import normalize_weights
 from modeconnect.spec import PermutationSpec
 
@@ -64,28 +64,36 @@ def parse_widths(text: str | int | Mapping[str, int] | None) -> int | dict[str, 
         ) from None
 
 
-def _int_slots(kwargs: Mapping[str, Any]) -> list[tuple[str, int | None, int]]:
-    """Every int in ``kwargs``: (keyword, list index or None, value)."""
-    slots: list[tuple[str, int | None, int]] = []
-    for key, value in kwargs.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            slots.append((key, None, value))
-        elif isinstance(value, (list, tuple)):
-            slots += [(key, i, v) for i, v in enumerate(value) if isinstance(v, int)]
-    return slots
+Slot = tuple[Any, ...]
+"""Where an int sits in the constructor keywords: a path of keys and list indices."""
 
 
-Slot = tuple[str, "int | None"]
+def _int_slots(value: Any, path: Slot = ()) -> list[tuple[Slot, int]]:
+    """Every int in ``value`` (keywords, a Hugging Face ``config`` dict, lists), with its path."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [(path, value)]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _int_slots(v, (*path, k))]
+    if isinstance(value, (list, tuple)):
+        return [s for i, v in enumerate(value) for s in _int_slots(v, (*path, i))]
+    return []
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
 
 
 def _with(kwargs: Mapping[str, Any], slot: Slot, value: int) -> dict[str, Any]:
-    """A copy of ``kwargs`` (lists copied) with ``slot`` set to ``value``."""
-    out = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
-    key, index = slot
-    if index is None:
-        out[key] = value
-    else:
-        out[key][index] = value
+    """A copy of ``kwargs`` (containers copied) with the int at ``slot`` set to ``value``."""
+    out = _copy(kwargs)
+    inner = out
+    for step in slot[:-1]:
+        inner = inner[step]
+    inner[slot[-1]] = value
     return out
 
 
@@ -100,14 +108,12 @@ def width_slots(
     base = {k: tuple(v.shape) for k, v in build(kwargs).state_dict().items()}
     owned = {(m.key, m.axis): g for g in spec.groups.values() for m in g.members}
     slots: dict[Slot, tuple[str, ...]] = {}
-    for key, index, value in _int_slots(kwargs):
+    for slot, value in _int_slots(kwargs):
         try:
-            grown = {
-                k: tuple(v.shape)
-                for k, v in build(_with(kwargs, (key, index), value + 1)).state_dict().items()
-            }
-        except (ModeconnectError, TypeError, ValueError, RuntimeError):
+            model = build(_with(kwargs, slot, value + 1))
+        except (ModeconnectError, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
             continue
+        grown = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if grown.keys() != base.keys():
             continue
         moved = {
@@ -118,7 +124,7 @@ def width_slots(
         }
         groups = tuple(dict.fromkeys(owned[m].name for m in moved if m in owned))
         if moved and all(m in owned for m in moved):
-            slots[(key, index)] = groups
+            slots[slot] = groups
     return slots
 
 
@@ -131,11 +137,11 @@ def fused_kwargs(
     ...              ("hidden", 1): ["P1"]}, {"P0": 48, "P1": 40})
     {'hidden': [48, 40], 'in_features': 64}
     """
-    out = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+    out = _copy(kwargs)
     for slot, groups in slots.items():
         targets = sorted({widths[g] for g in groups})
         if len(targets) != 1:
-            name = slot[0] if slot[1] is None else f"{slot[0]}[{slot[1]}]"
+            name = ".".join(str(step) for step in slot)
             raise ModeconnectError(
                 f"model keyword {name} sets the width of groups {list(groups)}, which get "
                 f"widths {targets}; give those groups one width (--width)"
@@ -145,21 +151,20 @@ def fused_kwargs(
 
 
 def _other(path: Path, options: MergeOptions, ref: str) -> tuple[Checkpoint, nn.Module]:
-    ckpt = load_checkpoint(path)
-    if ckpt.lazy:
-        raise ModeconnectError(
-            f"{path}: fusing checkpoint directories is not supported; save the model as a "
-            ".pt or .safetensors file"
-        )
+    """Checkpoint ``path`` with the model it names (its own widths), checked against it."""
     src = options.sources
-    arch = resolve_model([ckpt], src.model, src.model_kwargs, trust=src.trust)
-    if arch.ref != ref:
+    loaded = load_models([path], src.model, src.model_kwargs, trust=src.trust)
+    if loaded.architecture.ref != ref:
         raise ModeconnectError(
-            f"{path}: names model {arch.ref} but the first checkpoint names {ref}; fused "
-            "models must come from one architecture family (one constructor)"
+            f"{path}: names model {loaded.architecture.ref} but the first checkpoint names "
+            f"{ref}; fused models must come from one architecture family (one constructor)"
         )
-    check_state_dict(arch.model, ckpt)
-    return in_model_dtypes(arch.model, ckpt), arch.model
+    return loaded.checkpoints[0], loaded.architecture.model
+
+
+def _in_memory(ckpt: Checkpoint) -> Mapping[str, Tensor]:
+    """A checkpoint directory's tensors read into memory (fusion needs every tensor at once)."""
+    return dict(ckpt.state_dict.items()) if ckpt.lazy else ckpt.state_dict
 
 
 def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeReport:
@@ -188,15 +193,10 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
         paths[:1], o, extra_inputs=list(paths[1:]),
         outputs=[("--out", o.out, "checkpoint"), ("--json", o.json_path, "json")],
     )  # fmt: skip
-    if session.lazy:
-        raise ModeconnectError(
-            f"{session.paths[0]}: fusing checkpoint directories is not supported; save the "
-            "model as a .pt or .safetensors file"
-        )
     others = [_other(Path(p), o, session.model_ref) for p in paths[1:]]
     ckpts = [session.checkpoints[0], *(c for c, _ in others)]
     models = [session.model, *(m for _, m in others)]
-    sds: list[Mapping[str, Tensor]] = [c.state_dict for c in ckpts]
+    sds = [_in_memory(c) for c in ckpts]
     stats = session.train if session.train is not None else session.data
     with session.timings.phase("merge"):
         result = fuse(
@@ -210,17 +210,17 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
 
     slots = width_slots(build, ckpts[0].model_kwargs, result.spec)
     kwargs = fused_kwargs(ckpts[0].model_kwargs, slots, result.widths)
-    target = resolve_model(ckpts[:1], session.model_ref, kwargs, trust=o.sources.trust).model
+    target = build(kwargs)  # on the meta device: evaluation feeds it the fused tensors
     _check_target(target, result.state_dict, session.model_ref, kwargs)
     report = MergeReport(tuple(c.path for c in ckpts), session.model_ref, kwargs, result)
     if session.data is not None:
         with session.timings.phase("evaluation"):
             inputs = tuple(
-                evaluate(m, c.state_dict, session.data) for m, c in zip(models, ckpts, strict=True)
+                evaluate(m, sd, session.data, loss=session.scoring)
+                for m, sd in zip(models, sds, strict=True)
             )
-            report = replace(
-                report, inputs=inputs, merged=evaluate(target, result.state_dict, session.data)
-            )
+            merged = evaluate(target, result.state_dict, session.data, loss=session.scoring)
+            report = replace(report, inputs=inputs, merged=merged)
     plan = session.outputs
     written = {"out": plan.path("--out")}
     if "--json" in plan:
@@ -234,14 +234,42 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
         "modeconnect.equivalence_guard": "not applicable (the fused model is the evaluated object)",
     }
     with session.timings.phase("writes"), plan.writing() as staging:
-        fill = checkpoint_writer(
-            written["out"], restore_dtypes(result.state_dict, ckpts[0].dtypes),
-            model_ref=session.model_ref, model_kwargs=kwargs, metadata=meta,
-        )  # fmt: skip
+        fill = _writer(plan, written["out"], result, ckpts[0], session.model_ref, kwargs, meta)
         staging.write(written["out"], fill)
         if "--json" in plan:
             staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
     return replace(report, written=written, timings=session.timings.to_dict())
+
+
+def _writer(
+    plan: Outputs,
+    path: Path,
+    result: FusionResult,
+    like: Checkpoint,
+    ref: str,
+    kwargs: Mapping[str, Any],
+    meta: Mapping[str, str],
+) -> Fill:
+    """A checkpoint file naming the constructor with ``kwargs``, or, for a folder target, a
+    ``save_pretrained`` directory like ``like``'s whose ``config.json`` has the fused widths."""
+    if not plan.is_folder_path(path):
+        return checkpoint_writer(
+            path, restore_dtypes(result.state_dict, like.dtypes), model_ref=ref,
+            model_kwargs=kwargs, metadata=meta,
+        )  # fmt: skip
+    if like.directory is None or "config" not in kwargs:
+        raise ModeconnectError(
+            f"--out {path}: a folder output needs checkpoint directories as inputs; name a "
+            ".pt or .safetensors file"
+        )
+    shards = directory_writer(result.state_dict, like.directory, dtypes=like.dtypes, metadata=meta)
+
+    def fill(folder: Path) -> None:
+        shards(folder)
+        text = json.dumps(kwargs["config"], indent=2, sort_keys=True) + "\n"
+        (folder / "config.json").write_text(text, encoding="utf-8")
+
+    return fill
 
 
 def _check_target(
@@ -251,7 +279,8 @@ def _check_target(
     for key, t in state_dict.items():
         if expected.get(key) != tuple(t.shape):
             raise ModeconnectError(
-                f"{ref} with kwargs {dict(kwargs)} has {key!r} of shape {expected.get(key)} but "
+                f"{ref} with kwargs {str(dict(kwargs))[:200]} has {key!r} of shape "
+                f"{expected.get(key)} but "
                 f"the fusion made {tuple(t.shape)}; the constructor's keywords do not set these "
                 "widths, so the output cannot name its model"
             )

@@ -248,9 +248,7 @@ def fuse(
     labels = list(labels) if labels is not None else [f"model {j}" for j in range(len(models))]
     w = normalize_weights(weights, len(state_dicts))
     for m, sd, label in zip(models, state_dicts, labels, strict=True):
-        check_state_dicts(
-            [sd], [label], against=m.state_dict(), against_label=f"{label}'s architecture"
-        )
+        _check_fits(m, sd, label)
     probe = probe_inputs(models[0], inputs, data)
     specs = [_spec_for(m, probe, specs[j] if specs else None) for j, m in enumerate(models)]
     names = corresponding_groups(specs, labels)
@@ -281,6 +279,20 @@ def fuse(
     return FusionResult(
         fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
     )
+
+
+def _check_fits(model: nn.Module, sd: StateDict, label: str) -> None:
+    """``sd`` has ``model``'s keys and shapes (the model may live on the meta device) and
+    finite values."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - sd.keys()), sorted(sd.keys() - expected.keys())
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+                  if unexpected else f"{wrong[0]!r} is {tuple(sd[wrong[0]].shape)}, the model's "
+                  f"{expected[wrong[0]]}")  # fmt: skip
+        raise ModeconnectError(f"{label}: does not fit its model ({detail}); pass its own model")
+    check_state_dicts([sd], [label])
 
 
 def _check_targets(
