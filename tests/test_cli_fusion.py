@@ -115,3 +115,34 @@ def test_mismatched_families_exit_2_with_one_line(pair, tmp_path):
         len(lines) == 1 and "one architecture family" in lines[0] and "Traceback" not in proc.stderr
     )
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_hugging_face_directories_of_other_intermediate_size_fuse_to_a_directory(tmp_path):
+    """A LLaMA and a copy whose MLPs are zero-padded from 24 to 40 units: the fusion at A's
+    width is A again, written as a save_pretrained directory whose config says so."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    small, wide = hf.llama(0, intermediate_size=24), hf.llama(1, intermediate_size=40)
+    a = small.state_dict()
+    padded = {}
+    for key, t in wide.state_dict().items():
+        padded[key] = torch.zeros_like(t)
+        padded[key][tuple(slice(0, s) for s in a[key].shape)] = a[key]
+    wide.load_state_dict(padded)
+    hf.save(small, tmp_path / "a", tokenizer=True)
+    hf.save(wide, tmp_path / "b", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    out = tmp_path / "fused"
+    result = _run("merge", tmp_path / "b", tmp_path / "a", "--method", "otfusion", "--width",
+                  "P4=24,P8=24", "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 24
+    from transformers import AutoModelForCausalLM
+
+    fused = AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(0, hf.VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)

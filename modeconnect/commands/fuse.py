@@ -129,16 +129,22 @@ def width_slots(
 
 
 def fused_kwargs(
-    kwargs: Mapping[str, Any], slots: Mapping[Slot, Sequence[str]], widths: Mapping[str, int]
+    kwargs: Mapping[str, Any],
+    slots: Mapping[Slot, Sequence[str]],
+    widths: Mapping[str, int],
+    own: Mapping[str, int],
 ) -> dict[str, Any]:
-    """Model 0's constructor keywords with each width slot set to its groups' fused width.
+    """Model 0's constructor keywords (its group widths ``own``) with each width slot whose
+    groups change set to their fused width.
 
     >>> fused_kwargs({"hidden": [64, 64], "in_features": 64}, {("hidden", 0): ["P0"],
-    ...              ("hidden", 1): ["P1"]}, {"P0": 48, "P1": 40})
+    ...              ("hidden", 1): ["P1"]}, {"P0": 48, "P1": 40}, {"P0": 64, "P1": 64})
     {'hidden': [48, 40], 'in_features': 64}
     """
     out = _copy(kwargs)
     for slot, groups in slots.items():
+        if all(widths[g] == own[g] for g in groups):
+            continue  # e.g. a head count: its groups keep model 0's sizes
         targets = sorted({widths[g] for g in groups})
         if len(targets) != 1:
             name = ".".join(str(step) for step in slot)
@@ -209,9 +215,8 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
             return resolve_model(ckpts[:1], session.model_ref, kw, trust=o.sources.trust).model
 
     slots = width_slots(build, ckpts[0].model_kwargs, result.spec)
-    kwargs = fused_kwargs(ckpts[0].model_kwargs, slots, result.widths)
-    target = build(kwargs)  # on the meta device: evaluation feeds it the fused tensors
-    _check_target(target, result.state_dict, session.model_ref, kwargs)
+    kwargs = fused_kwargs(ckpts[0].model_kwargs, slots, result.widths, result.input_widths[0])
+    _check_target(build(kwargs), result.state_dict, session.model_ref, kwargs)
     report = MergeReport(tuple(c.path for c in ckpts), session.model_ref, kwargs, result)
     if session.data is not None:
         with session.timings.phase("evaluation"):
@@ -219,7 +224,8 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
                 evaluate(m, sd, session.data, loss=session.scoring)
                 for m, sd in zip(models, sds, strict=True)
             )
-            merged = evaluate(target, result.state_dict, session.data, loss=session.scoring)
+            target = resolve_model(ckpts[:1], session.model_ref, kwargs, trust=o.sources.trust)
+            merged = evaluate(target.model, result.state_dict, session.data, loss=session.scoring)
             report = replace(report, inputs=inputs, merged=merged)
     plan = session.outputs
     written = {"out": plan.path("--out")}
