@@ -9,6 +9,7 @@ alignment registry. This module imports click and nothing heavy (no torch), so
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -20,6 +21,7 @@ import click
 
 from modeconnect.choices import DEVICES, EVAL_DTYPES, INPUT_DTYPES
 from modeconnect.errors import MAX_MESSAGE, ModeconnectError, printable
+from modeconnect.fusion.declared import FUSION_INFOS
 from modeconnect.matching import METHOD_NAMES, METHODS, MethodInfo, Param
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -246,9 +248,16 @@ def resolution(default: int | None, help: str) -> Decorator:
 # --------------------------------------------------------------------------- alignment
 
 
-def method(name: str = "--method", allow_none: bool = False, default: str = "weight") -> Decorator:
-    """The alignment method, a choice of the registry (plus ``none`` where it makes sense)."""
+def method(
+    name: str = "--method",
+    allow_none: bool = False,
+    default: str = "weight",
+    extra: Sequence[str] = (),
+) -> Decorator:
+    """The alignment method, a choice of the registry (plus ``none`` where it makes sense,
+    and the ``extra`` names: ``merge``'s fusion methods)."""
     choices = (*METHOD_NAMES, NO_ALIGNMENT) if allow_none else METHOD_NAMES
+    choices = (*choices, *extra)
     dest = "method" if name == "--method" else name.lstrip("-")
     return click.option(
         name, dest, type=click.Choice(choices), default=default, show_default=True,
@@ -321,6 +330,19 @@ def method_flags(infos: Sequence[MethodInfo]) -> tuple[Decorator, dict[str, str]
 METHOD_OPTIONS, METHOD_FLAGS = method_flags([METHODS.info(name) for name in METHOD_NAMES])
 """Every built-in method's flags (``--restarts``, ``--ot-solver``, ...), from their
 declarations in :mod:`modeconnect.matching`; and each flag's destination -> the flag."""
+FUSION_OPTIONS, FUSION_FLAGS = method_flags(
+    [
+        dataclasses.replace(i, params=tuple(p for p in i.params if p.key not in METHOD_FLAGS))
+        for i in FUSION_INFOS
+    ]
+)
+"""``merge``'s fusion methods' flags (``--zip-alpha``, ``--transport``, ...), from their
+declarations in :mod:`modeconnect.fusion.declared`."""
+WIDTH = click.option(
+    "--width", default=None, metavar="N|GROUP=N,...",
+    help="Fused widths (fusion methods): one number for every group that can change width, "
+         "or group=width pairs (see 'modeconnect spec'); default: the first model's.",
+)  # fmt: skip
 METHOD_OPTION_NAMES = tuple(METHOD_FLAGS)
 """The destinations of the method flags (``restarts``, ``ot_solver``, ...)."""
 

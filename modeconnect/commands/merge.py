@@ -25,6 +25,8 @@ from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Metrics, evaluate
 from modeconnect.evaluation.interpolation import placed
+from modeconnect.fusion.core import FusionResult
+from modeconnect.fusion.declared import FUSION_NAMES
 from modeconnect.io.checkpoints import (
     Checkpoint,
     check_same_architecture,
@@ -51,7 +53,7 @@ __all__ = ["MergeReport", "merge_files"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeReport(FileReport[MergeResult]):
+class MergeReport(FileReport[MergeResult | FusionResult]):
     """Everything ``modeconnect merge`` computed and wrote: the :class:`FileReport` of a
     :class:`~modeconnect.merging.MergeResult`, with the metrics when there was data.
 
@@ -104,6 +106,11 @@ def merge_files(
     model; ``progress(task, done, total)`` hears of groups matched and shards written.
     """
     o = MergeOptions.build(options, keywords)
+    if o.method in FUSION_NAMES or o.width is not None:
+        raise ModeconnectError(
+            f"merge: --width and the fusion methods ({', '.join(FUSION_NAMES)}) run through "
+            f"modeconnect.commands.fuse.fuse_files; method {o.method!r} keeps every width"
+        )
     if len(paths) < 2:
         raise ModeconnectError(
             f"merge: needs at least two checkpoints, got {len(paths)}; pass more checkpoints"

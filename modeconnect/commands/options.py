@@ -213,6 +213,8 @@ class MergeOptions(Options):
     reference: Any = None
     bn: str = "none"
     permute_output: bool = False
+    width: Any = None
+    """Fused widths (``--width``): a number, ``group=width`` pairs, or None (the first model's)."""
 
     REST: ClassVar[str | None] = "method_options"
 

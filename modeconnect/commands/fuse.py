@@ -1,0 +1,295 @@
+"""``merge --method zip|otfusion|universe`` on files: models of one family, any widths.
+
+The first checkpoint opens the session (its architecture, the data, the probe, the
+checked outputs); every other checkpoint is built from its own model reference,
+which must name the same constructor (its width keywords may differ). The fused
+checkpoint names that constructor with the fused widths (found by matching each
+width keyword to the group whose widths it sets, then checked by building the
+model), so it loads back with modeconnect. No equivalence guard applies to the
+fused model: it is the evaluated object, and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modeconnect.commands.merge import MergeReport
+from modeconnect.commands.options import MergeOptions
+from modeconnect.commands.session import open_session
+from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation import evaluate
+from modeconnect.fusion import fusion_options
+from modeconnect.fusion.core import FusionResult, fuse
+from modeconnect.io.checkpoints import (
+    Checkpoint,
+    checkpoint_writer,
+    json_writer,
+    load_models,
+    resolve_model,
+    restore_dtypes,
+)
+from modeconnect.io.hf import directory_writer
+from modeconnect.io.targets import Fill, Outputs
+from modeconnect.merging import normalize_weights
+from modeconnect.spec import PermutationSpec
+
+__all__ = ["fuse_files", "fused_kwargs", "parse_widths", "width_slots"]
+
+
+def parse_widths(text: str | int | Mapping[str, int] | None) -> int | dict[str, int] | None:
+    """``--width``: ``None`` (the first model's), ``"48"`` (every group that can change
+    width) or ``"P0=48,P1=32"`` (those groups).
+
+    >>> parse_widths("48"), parse_widths("P0=48, P1=32")
+    (48, {'P0': 48, 'P1': 32})
+    """
+    if text is None or isinstance(text, (int, Mapping)):
+        return text if not isinstance(text, Mapping) else dict(text)
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return int(text)
+        pairs = [part.split("=") for part in text.split(",") if part.strip()]
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError:
+        raise ModeconnectError(
+            f"--width {text!r}: give a number (48) or group=width pairs (P0=48,P1=32)"
+        ) from None
+
+
+Slot = tuple[Any, ...]
+"""Where an int sits in the constructor keywords: a path of keys and list indices."""
+
+
+def _int_slots(value: Any, path: Slot = ()) -> list[tuple[Slot, int]]:
+    """Every int in ``value`` (keywords, a Hugging Face ``config`` dict, lists), with its path."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [(path, value)]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _int_slots(v, (*path, k))]
+    if isinstance(value, (list, tuple)):
+        return [s for i, v in enumerate(value) for s in _int_slots(v, (*path, i))]
+    return []
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _with(kwargs: Mapping[str, Any], slot: Slot, value: int) -> dict[str, Any]:
+    """A copy of ``kwargs`` (containers copied) with the int at ``slot`` set to ``value``."""
+    out = _copy(kwargs)
+    inner = out
+    for step in slot[:-1]:
+        inner = inner[step]
+    inner[slot[-1]] = value
+    return out
+
+
+def width_slots(
+    build: Callable[[Mapping[str, Any]], nn.Module],
+    kwargs: Mapping[str, Any],
+    spec: PermutationSpec,
+) -> dict[Slot, tuple[str, ...]]:
+    """Which constructor keyword sets which groups' widths, found by building the model
+    (on the meta device) with each int keyword one larger: a keyword is a width slot if
+    only the axes of some groups grow, and it sets exactly those groups."""
+    base = {k: tuple(v.shape) for k, v in build(kwargs).state_dict().items()}
+    owned = {(m.key, m.axis): g for g in spec.groups.values() for m in g.members}
+    slots: dict[Slot, tuple[str, ...]] = {}
+    for slot, value in _int_slots(kwargs):
+        try:
+            model = build(_with(kwargs, slot, value + 1))
+        except (ModeconnectError, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
+            continue
+        grown = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if grown.keys() != base.keys():
+            continue
+        moved = {
+            (k, ax)
+            for k in base
+            for ax, (x, y) in enumerate(zip(base[k], grown[k], strict=False))
+            if x != y
+        }
+        groups = tuple(dict.fromkeys(owned[m].name for m in moved if m in owned))
+        if moved and all(m in owned for m in moved):
+            slots[slot] = groups
+    return slots
+
+
+def fused_kwargs(
+    kwargs: Mapping[str, Any],
+    slots: Mapping[Slot, Sequence[str]],
+    widths: Mapping[str, int],
+    own: Mapping[str, int],
+) -> dict[str, Any]:
+    """Model 0's constructor keywords (its group widths ``own``) with each width slot whose
+    groups change set to their fused width.
+
+    >>> fused_kwargs({"hidden": [64, 64], "in_features": 64}, {("hidden", 0): ["P0"],
+    ...              ("hidden", 1): ["P1"]}, {"P0": 48, "P1": 40}, {"P0": 64, "P1": 64})
+    {'hidden': [48, 40], 'in_features': 64}
+    """
+    out = _copy(kwargs)
+    for slot, groups in slots.items():
+        if all(widths[g] == own[g] for g in groups):
+            continue  # e.g. a head count: its groups keep model 0's sizes
+        targets = sorted({widths[g] for g in groups})
+        if len(targets) != 1:
+            name = ".".join(str(step) for step in slot)
+            raise ModeconnectError(
+                f"model keyword {name} sets the width of groups {list(groups)}, which get "
+                f"widths {targets}; give those groups one width (--width)"
+            )
+        out = _with(out, slot, targets[0])
+    return out
+
+
+def _other(path: Path, options: MergeOptions, ref: str) -> tuple[Checkpoint, nn.Module]:
+    """Checkpoint ``path`` with the model it names (its own widths), checked against it."""
+    src = options.sources
+    loaded = load_models([path], src.model, src.model_kwargs, trust=src.trust)
+    if loaded.architecture.ref != ref:
+        raise ModeconnectError(
+            f"{path}: names model {loaded.architecture.ref} but the first checkpoint names "
+            f"{ref}; fused models must come from one architecture family (one constructor)"
+        )
+    return loaded.checkpoints[0], loaded.architecture.model
+
+
+def _in_memory(ckpt: Checkpoint) -> Mapping[str, Tensor]:
+    """A checkpoint directory's tensors read into memory (fusion needs every tensor at once)."""
+    return dict(ckpt.state_dict.items()) if ckpt.lazy else ckpt.state_dict
+
+
+def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeReport:
+    """Fuse checkpoints of one family (widths may differ) with ``options.method``.
+
+    ``--width`` (``options.width``) chooses the fused widths; ``--train`` (else
+    ``--data``) feeds the activation statistics; ``--data`` evaluates each input and
+    the fusion. The output names the constructor with the fused widths.
+    """
+    o = options
+    if not paths or (o.method == "universe" and len(paths) < 2):
+        raise ModeconnectError(
+            f"merge --method {o.method}: needs {'two' if o.method == 'universe' else 'one'} "
+            f"or more checkpoints, got {len(paths)}"
+        )
+    if o.reference is not None or o.bn != "none":
+        raise ModeconnectError(
+            f"merge --method {o.method}: --reference and --bn apply to permutation merges; "
+            "leave them out"
+        )
+    given = {k: v for k, v in o.method_options.items() if k not in ("seed", "max_rounds")}
+    chosen = fusion_options(o.method, given)
+    widths = parse_widths(o.width)
+    w = normalize_weights(o.weights, len(paths))
+    session = open_session(
+        paths[:1], o, extra_inputs=list(paths[1:]),
+        outputs=[("--out", o.out, "checkpoint"), ("--json", o.json_path, "json")],
+    )  # fmt: skip
+    others = [_other(Path(p), o, session.model_ref) for p in paths[1:]]
+    ckpts = [session.checkpoints[0], *(c for c, _ in others)]
+    models = [session.model, *(m for _, m in others)]
+    sds = [_in_memory(c) for c in ckpts]
+    stats = session.train if session.train is not None else session.data
+    with session.timings.phase("merge"):
+        result = fuse(
+            models, sds, data=stats, method=o.method, widths=widths, weights=w,
+            inputs=session.probe, labels=[str(c.path) for c in ckpts], **chosen,
+        )  # fmt: skip
+
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        with torch.device("meta"):
+            return resolve_model(ckpts[:1], session.model_ref, kw, trust=o.sources.trust).model
+
+    slots = width_slots(build, ckpts[0].model_kwargs, result.spec)
+    kwargs = fused_kwargs(ckpts[0].model_kwargs, slots, result.widths, result.input_widths[0])
+    _check_target(build(kwargs), result.state_dict, session.model_ref, kwargs)
+    report = MergeReport(
+        files={"sources": [str(c.path) for c in ckpts]}, model_ref=session.model_ref,
+        model_kwargs=kwargs, result=result, command=o.run.command,
+    )  # fmt: skip
+    if session.data is not None:
+        with session.timings.phase("evaluation"):
+            inputs = tuple(
+                evaluate(m, sd, session.data, loss=session.scoring)
+                for m, sd in zip(models, sds, strict=True)
+            )
+            target = resolve_model(ckpts[:1], session.model_ref, kwargs, trust=o.sources.trust)
+            merged = evaluate(target.model, result.state_dict, session.data, loss=session.scoring)
+            report = replace(report, inputs=inputs, merged=merged)
+    plan = session.outputs
+    written = {"out": plan.path("--out")}
+    if "--json" in plan:
+        written["json"] = plan.path("--json")
+    meta = {
+        "modeconnect.role": "merged",
+        "modeconnect.sources": json.dumps([str(c.path) for c in ckpts]),
+        "modeconnect.weights": json.dumps(list(result.weights)),
+        "modeconnect.method": result.method,
+        "modeconnect.widths": json.dumps(result.widths),
+        "modeconnect.equivalence_guard": "not applicable (the fused model is the evaluated object)",
+    }
+    with session.timings.phase("writes"), plan.writing() as staging:
+        fill = _writer(plan, written["out"], result, ckpts[0], session.model_ref, kwargs, meta)
+        staging.write(written["out"], fill)
+        if "--json" in plan:
+            staging.write(written["json"], json_writer(replace(report, written=written).to_dict()))
+    return replace(report, written=written, timings=session.timings.to_dict())
+
+
+def _writer(
+    plan: Outputs,
+    path: Path,
+    result: FusionResult,
+    like: Checkpoint,
+    ref: str,
+    kwargs: Mapping[str, Any],
+    meta: Mapping[str, str],
+) -> Fill:
+    """A checkpoint file naming the constructor with ``kwargs``, or, for a folder target, a
+    ``save_pretrained`` directory like ``like``'s whose ``config.json`` has the fused widths."""
+    if not plan.is_folder_path(path):
+        return checkpoint_writer(
+            path, restore_dtypes(result.state_dict, like.dtypes), model_ref=ref,
+            model_kwargs=kwargs, metadata=meta,
+        )  # fmt: skip
+    if like.directory is None or "config" not in kwargs:
+        raise ModeconnectError(
+            f"--out {path}: a folder output needs checkpoint directories as inputs; name a "
+            ".pt or .safetensors file"
+        )
+    shards = directory_writer(result.state_dict, like.directory, dtypes=like.dtypes, metadata=meta)
+
+    def fill(folder: Path) -> None:
+        shards(folder)
+        text = json.dumps(kwargs["config"], indent=2, sort_keys=True) + "\n"
+        (folder / "config.json").write_text(text, encoding="utf-8")
+
+    return fill
+
+
+def _check_target(
+    model: nn.Module, state_dict: Mapping[str, Tensor], ref: str, kwargs: Mapping[str, Any]
+) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, t in state_dict.items():
+        if expected.get(key) != tuple(t.shape):
+            raise ModeconnectError(
+                f"{ref} with kwargs {str(dict(kwargs))[:200]} has {key!r} of shape "
+                f"{expected.get(key)} but "
+                f"the fusion made {tuple(t.shape)}; the constructor's keywords do not set these "
+                "widths, so the output cannot name its model"
+            )

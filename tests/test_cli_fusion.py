@@ -1,0 +1,148 @@
+"""``modeconnect merge --method zip|otfusion|universe``: widths, outputs that load back, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from modeconnect.evaluation import evaluate
+from modeconnect.io.checkpoints import load_checkpoint, resolve_model, save_checkpoint
+from modeconnect.models import MLP, mlp
+from modeconnect_cli.main import main
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DATA = str(CHECKPOINTS / "digits_test.pt")
+MODEL = "modeconnect.models:mlp"
+
+
+def _save(path: Path, hidden: list[int], seed: int, model: str = MODEL) -> Path:
+    torch.manual_seed(seed)
+    net = (MLP if model.endswith(":MLP") else mlp)(64, hidden, 10)
+    kwargs = {"in_features": 64, "hidden": hidden, "out_features": 10}
+    save_checkpoint(path, net.state_dict(), model_ref=model, model_kwargs=kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("widths")
+    return _save(folder / "wide.pt", [16, 12], 0), _save(folder / "narrow.pt", [8, 6], 1)
+
+
+def _run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_otfusion_across_widths_writes_a_checkpoint_that_loads_back(pair, tmp_path):
+    out, report = tmp_path / "fused.pt", tmp_path / "fused.json"
+    result = _run(
+        "merge", *pair, "--method", "otfusion", "--width", "P0=10,P1=6", "--transport", "hard",
+        "--train", DATA, "--data", DATA, "--out", out, "--json", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not applicable" in result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_ref == MODEL and ckpt.model_kwargs["hidden"] == [10, 6]
+    model = resolve_model([ckpt]).model
+    model.load_state_dict(ckpt.state_dict)
+    record = json.loads(report.read_text())
+    assert record["merge"]["widths"] == {"P0": 10, "P1": 6}
+    assert record["merge"]["equivalence_guard"].startswith("not applicable")
+    batches = [(x, y) for x, y in [torch.load(DATA, weights_only=True).values()]]
+    accuracy = evaluate(model, ckpt.state_dict, batches).accuracy
+    assert accuracy == pytest.approx(record["metrics"]["merged"]["accuracy"], abs=1e-6)
+
+
+def test_zip_self_merge_compresses_one_model(pair, tmp_path):
+    out = tmp_path / "small.pt"
+    result = _run("merge", pair[0], "--method", "zip", "--width", "5", "--zip-alpha", "0.3",
+                  "--train", DATA, "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_kwargs["hidden"] == [5, 5]
+    assert ckpt.state_dict["1.weight"].shape == (5, 64)
+
+
+def test_partial_zip_writes_a_wider_model_of_the_family(pair, tmp_path):
+    out = tmp_path / "heads.pt"
+    result = _run(
+        "merge", *pair, "--method", "zip", "--zip-until", "1", "--train", DATA, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_kwargs["hidden"] == [16, 18]  # layer 1 zipped at A's width; 12 + 6 heads
+    model = resolve_model([ckpt]).model
+    model.load_state_dict(ckpt.state_dict)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--width", "8"], "keeps every width"),
+        (["--method", "zip", "--transport", "hard"], "takes no option 'transport'"),
+        (["--method", "zip", "--width", "P7=3"], "unknown groups"),
+        (["--method", "universe"], "keeps the first model.s width|one width"),
+    ],
+)
+def test_fusion_errors_are_one_line_and_write_nothing(pair, tmp_path, extra, message):
+    out = tmp_path / "x.pt"
+    result = _run("merge", *pair, "--train", DATA, "--out", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and re.search(message, result.output)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_mismatched_families_exit_2_with_one_line(pair, tmp_path):
+    other = _save(tmp_path / "class.pt", [16, 12], 2, model="modeconnect.models:MLP")
+    out = tmp_path / "x.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeconnect_cli.main", "merge", str(pair[0]), str(other),
+         "--method", "otfusion", "--train", DATA, "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and "one architecture family" in lines[0] and "Traceback" not in proc.stderr
+    )
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_hugging_face_directories_of_other_intermediate_size_fuse_to_a_directory(tmp_path):
+    """A LLaMA and a copy whose MLPs are zero-padded from 24 to 40 units: the fusion at A's
+    width is A again, written as a save_pretrained directory whose config says so."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    small, wide = hf.llama(0, intermediate_size=24), hf.llama(1, intermediate_size=40)
+    a = small.state_dict()
+    padded = {}
+    for key, t in wide.state_dict().items():
+        padded[key] = torch.zeros_like(t)
+        padded[key][tuple(slice(0, s) for s in a[key].shape)] = a[key]
+    wide.load_state_dict(padded)
+    hf.save(small, tmp_path / "a", tokenizer=True)
+    hf.save(wide, tmp_path / "b", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    out = tmp_path / "fused"
+    result = _run("merge", tmp_path / "b", tmp_path / "a", "--method", "otfusion", "--width",
+                  "P4=24,P8=24", "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 24
+    from transformers import AutoModelForCausalLM
+
+    fused = AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(0, hf.VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,296 @@
+"""Fusion across widths (OT with unequal marginals), ZipIt!, and the universe basis."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.testing import assert_close
+
+from modeconnect.errors import ModeconnectError
+from modeconnect.fusion import FUSION_INFOS, fuse, fusion_options, resolve_widths, width_groups
+from modeconnect.fusion.universe import cycle_error, pairwise_maps, universe_permutations
+from modeconnect.fusion.zip import zip_clusters
+from modeconnect.models import MLP, conv_net, mlp
+from modeconnect.spec import apply_permutation, derive_spec, random_permutation
+
+
+def _state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _data(
+    n: int = 128, features: int = 6, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, features, generator=g), torch.zeros(n, dtype=torch.long))]
+
+
+def _padded(sd: dict[str, torch.Tensor], wide: dict[str, torch.Tensor], hidden: list[int]) -> dict:
+    """``wide``'s shapes holding ``sd`` in its first units and zeros (dead units) elsewhere."""
+    out = {}
+    for key, t in wide.items():
+        z = torch.zeros_like(t)
+        z[tuple(slice(0, s) for s in sd[key].shape)] = sd[key]
+        out[key] = z
+    return out
+
+
+def _outputs(model, sd, x):
+    model.load_state_dict(sd)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["soft", "hard"])
+@pytest.mark.parametrize("extra", [[1, 5], [4, 0]])
+def test_fusing_a_zero_padded_wider_copy_recovers_the_model(transport, extra):
+    hidden = [5, 7]
+    small, wide = mlp(6, hidden, 3), mlp(6, [h + e for h, e in zip(hidden, extra)], 3)
+    a = _state(small, 0)
+    b = _padded(a, _state(wide, 1), hidden)
+    data = _data()
+    for order in ([small, wide], [wide, small]):
+        sds = [a, b] if order[0] is small else [b, a]
+        out = fuse(
+            order, sds, data=data, transport=transport, widths=dict(zip(["P0", "P1"], hidden))
+        )
+        assert out.widths == {"P0": 5, "P1": 7}
+        x = data[0][0]
+        assert_close(
+            _outputs(mlp(6, hidden, 3), out.state_dict, x),
+            _outputs(small, a, x),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_every_method_fuses_permuted_copies_into_the_model():
+    model = mlp(6, [8, 8], 3)
+    spec = derive_spec(model, (torch.randn(2, 6),))
+    a = _state(model, 0)
+    b = apply_permutation(a, spec, random_permutation(spec, seed=3))
+    data = _data()
+    for method in ("otfusion", "zip", "universe"):
+        out = fuse([model, model], [a, b], data=data, method=method)
+        x = data[0][0]
+        assert_close(
+            _outputs(mlp(6, [8, 8], 3), out.state_dict, x),
+            _outputs(model, a, x),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def _duplicated(seed: int) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """An MLP 6 -> 9 -> 7 -> 3 whose hidden units 0 and 4 (layer 1) and 2 and 6 (layer 2)
+    are copies of each other (same incoming weights and bias)."""
+    model = mlp(6, [9, 7], 3)
+    sd = _state(model, seed)
+    sd["1.weight"][4], sd["1.bias"][4] = sd["1.weight"][0], sd["1.bias"][0]
+    sd["3.weight"][6], sd["3.bias"][6] = sd["3.weight"][2], sd["3.bias"][2]
+    return sd, model
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_zip_merges_duplicated_units_of_one_model_exactly(seed):
+    sd, model = _duplicated(seed)
+    data = _data(256)
+    out = fuse([model], [sd], data=data, method="zip", widths={"P0": 8, "P1": 6})
+    x = data[0][0]
+    narrow = mlp(6, [8, 6], 3)
+    assert_close(_outputs(narrow, out.state_dict, x), _outputs(model, sd, x), atol=1e-5, rtol=1e-5)
+    plain = fuse(
+        [model], [sd], data=data, method="zip", widths={"P0": 7, "P1": 6}
+    )  # one real merge
+    assert not torch.allclose(
+        _outputs(mlp(6, [7, 6], 3), plain.state_dict, x), _outputs(model, sd, x), atol=1e-3
+    )
+
+
+def test_zip_on_a_conv_net_with_batchnorm_merges_duplicated_channels_exactly():
+    model = conv_net(1, [4, 6], 3, image_size=8)
+    sd = _state(model, 0)
+    sd["2.running_var"].uniform_(0.5, 2.0)
+    for key in ("1.weight", "1.bias", "2.weight", "2.bias", "2.running_mean", "2.running_var"):
+        sd[key][3] = sd[key][1]
+    data = _data(64, 64)
+    out = fuse([model], [sd], data=data, method="zip", widths={"P0": 3})
+    x = data[0][0]
+    narrow = conv_net(1, [3, 6], 3, image_size=8)
+    assert_close(_outputs(narrow, out.state_dict, x), _outputs(model, sd, x), atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=3), st.data())
+def test_zip_clusters_cover_every_feature_with_target_clusters(sizes, data):
+    total = sum(sizes)
+    target = data.draw(st.integers(1, total))
+    g = torch.Generator().manual_seed(total * 7 + target)
+    x = torch.randn(total, 12, generator=g, dtype=torch.float64)
+    corr = torch.corrcoef(x).reshape(total, total)
+    alpha = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    beta = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    clusters = zip_clusters(corr, sizes, target, alpha=alpha, beta=beta)
+    assert clusters.shape == (total,)
+    assert sorted(set(clusters.tolist())) == list(range(target))
+
+
+def test_universe_maps_are_cycle_consistent_and_recover_permuted_copies():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 50, generator=g, dtype=torch.float64)
+    perms = [torch.arange(6)] + [torch.randperm(6, generator=g) for _ in range(3)]
+    feats = torch.cat(
+        [base[p] + 0.05 * torch.randn(6, 50, generator=g, dtype=torch.float64) for p in perms]
+    )
+    corr = torch.corrcoef(feats)
+    universe = universe_permutations(corr, [6] * 4)
+    maps = pairwise_maps(universe)
+    assert cycle_error(maps, 4) == 0.0
+    for j in range(
+        1, 4
+    ):  # unit f of model 0 is base unit f; model j holds it at perms[j].argsort()[f]
+        assert torch.equal(maps[(0, j)], perms[j].argsort())
+    noisy = torch.corrcoef(torch.randn(18, 20, generator=g, dtype=torch.float64))
+    direct = {
+        (j, k): torch.as_tensor(
+            __import__("scipy.optimize").optimize.linear_sum_assignment(
+                noisy[6 * j : 6 * j + 6, 6 * k : 6 * k + 6].numpy(), maximize=True
+            )[1]
+        )
+        for j in range(3)
+        for k in range(3)
+        if j != k
+    }
+    measured = cycle_error(direct, 3)  # measured, not asserted: pairwise maps need not compose
+    assert 0.0 <= measured <= 1.0
+    assert cycle_error(pairwise_maps(universe_permutations(noisy, [6] * 3)), 3) == 0.0
+
+
+def test_mismatched_families_and_bad_widths_raise_one_line_errors():
+    a, b = mlp(6, [5, 7], 3), MLP(6, [5, 7], 3)
+    with pytest.raises(ModeconnectError, match="one architecture family") as err:
+        fuse([a, b], [a.state_dict(), b.state_dict()], data=_data())
+    assert "\n" not in str(err.value)
+    c = mlp(6, [5, 7], 4)
+    with pytest.raises(ModeconnectError, match="only hidden widths may differ"):
+        fuse([a, c], [a.state_dict(), c.state_dict()], data=_data())
+    spec = derive_spec(a, (torch.randn(2, 6),))
+    assert width_groups(spec) == ("P0", "P1")
+    assert resolve_widths(spec, 4) == {"P0": 4, "P1": 4}
+    with pytest.raises(ModeconnectError, match="unknown groups"):
+        resolve_widths(spec, {"P9": 3})
+    with pytest.raises(ModeconnectError, match="positive integer"):
+        resolve_widths(spec, {"P0": 0})
+    with pytest.raises(ModeconnectError, match="exceeds the 10 units"):
+        fuse([a, a], [a.state_dict()] * 2, data=_data(), widths={"P0": 11})
+    with pytest.raises(ModeconnectError, match="keeps the first model.s width"):
+        fuse([a, a], [a.state_dict()] * 2, data=_data(), method="universe", widths=4)
+    with pytest.raises(ModeconnectError, match="takes no option 'transport'"):
+        fusion_options("zip", {"transport": "hard"})
+
+
+def test_declared_parameters_are_keywords_of_fuse():
+    signature = inspect.signature(fuse).parameters
+    for info in FUSION_INFOS:
+        for param in info.params:
+            assert param.name in signature, (info.name, param.name)
+            assert signature[param.name].default == param.default, (info.name, param.name)
+
+
+def test_cca_merge_of_linearly_mixed_copies_is_the_model():
+    """B computes A's units through an invertible diagonal scaling of layer 1 (ReLU is
+    positively homogeneous) and a permutation of layer 2: CCA's linear maps undo it."""
+    model = mlp(6, [8, 8], 3)
+    spec = derive_spec(model, (torch.randn(2, 6),))
+    a = _state(model, 0)
+    b = apply_permutation(a, spec, random_permutation(spec, seed=5))
+    scale = torch.linspace(0.5, 2.0, 8)
+    b["1.weight"], b["1.bias"] = b["1.weight"] * scale[:, None], b["1.bias"] * scale
+    b["3.weight"] = b["3.weight"] / scale[None, :]
+    data = _data(2000)
+    out = fuse([model, model], [a, b], data=data, method="cca", reg=1e-9)
+    x = data[0][0][:200]
+    assert_close(
+        _outputs(mlp(6, [8, 8], 3), out.state_dict, x), _outputs(model, a, x), atol=1e-3, rtol=1e-3
+    )
+
+
+def test_partial_zipping_spans_the_ensemble_and_the_full_zip():
+    """Depth 0 is the average of the models' outputs; full depth is the full zip; between,
+    a wider model of the same family (one head per model) that runs as a plain mlp."""
+    model = mlp(6, [8, 7], 3)
+    a, b = _state(model, 0), _state(model, 1)
+    data = _data()
+    x = data[0][0]
+    ensemble = (_outputs(model, a, x) + _outputs(model, b, x)) / 2
+    none = fuse([model, model], [a, b], data=data, method="zip", zip_until=0)
+    assert none.widths == {"P0": 16, "P1": 14}
+    assert_close(_outputs(mlp(6, [16, 14], 3), none.state_dict, x), ensemble, atol=1e-5, rtol=1e-5)
+    full = fuse([model, model], [a, b], data=data, method="zip")
+    deep = fuse([model, model], [a, b], data=data, method="zip", zip_until=2)
+    for key in full.state_dict:
+        assert torch.equal(full.state_dict[key], deep.state_dict[key])
+    half = fuse([model, model], [a, b], data=data, method="zip", zip_until=0.5)
+    assert half.widths == {"P0": 8, "P1": 14}
+    head = half.state_dict["3.weight"]  # rows 0-6: A's layer 2, rows 7-13: B's, reading the zip
+    assert head.shape == (14, 8)
+    out = _outputs(mlp(6, [8, 14], 3), half.state_dict, x)
+    assert not torch.allclose(out, ensemble, atol=1e-3) and not torch.allclose(
+        out, _outputs(model, full.state_dict, x), atol=1e-3
+    )
+    with pytest.raises(ModeconnectError, match="zip_until"):
+        fuse([model, model], [a, b], data=data, method="zip", zip_until=-1)
+
+
+@pytest.mark.parametrize("transport", ["soft", "hard"])
+def test_a_conv_net_with_batchnorm_fuses_with_its_zero_padded_wider_copy(transport):
+    """Channels reach the head through a Flatten (channels x positions): the maps act on the
+    channel factor of the head's input axis."""
+    small, wide = conv_net(1, [4, 6], 3, image_size=8), conv_net(1, [7, 6], 3, image_size=8)
+    a = _state(small, 0)
+    a["2.running_var"].uniform_(0.5, 2.0)
+    a["2.bias"] = a["2.bias"].abs() + 3.0  # every channel active: dead ones carry no mass
+    b = _padded(a, _state(wide, 1), [4, 6])
+    data = _data(64, 64)
+    out = fuse([wide, small], [b, a], data=data, transport=transport, widths={"P0": 4})
+    x = data[0][0]
+    assert_close(_outputs(small, out.state_dict, x), _outputs(small, a, x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_llama_with_a_zero_padded_wider_intermediate_size_fuses_back():
+    """Hugging Face configs that differ in ``intermediate_size``: only the MLP groups change
+    width; the residual stream, heads and head dims are fused at their width (identity
+    maps for the per-head groups, with the model weight entering each tensor once)."""
+    transformers = pytest.importorskip("transformers")
+
+    def llama(inter: int) -> torch.nn.Module:
+        config = transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=inter, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        )  # fmt: skip
+        return transformers.LlamaForCausalLM(config).eval()
+
+    small, wide = llama(24), llama(30)
+    torch.manual_seed(0)
+    a = {
+        k: v.normal_(0, 0.3) if not k.endswith("norm.weight") else v
+        for k, v in small.state_dict().items()
+    }
+    b = _padded(a, wide.state_dict(), [])
+    x = torch.randint(0, 64, (8, 12))
+    spec_groups = width_groups(derive_spec(small, (x[:2],)))
+    out = fuse([wide, small], [b, a], data=[(x, x)], widths=dict.fromkeys(spec_groups[1:], 24))
+    assert set(spec_groups) == {"P0", "P4", "P8"} and out.widths["P4"] == 24
+    fused = llama(24)
+    fused.load_state_dict(out.state_dict)
+    with torch.no_grad():
+        assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
