@@ -1,0 +1,260 @@
+"""Alignment under the full symmetry group: permutations, and rotations of residual streams.
+
+:func:`align_full` is what :func:`modeconnect.alignment.align` runs for
+``symmetry="full"``:
+
+1. **classes** (:func:`~modeconnect.symmetry.residual.residual_streams`): which groups
+   are residual streams, refused back to permutations (with the reason) where a norm
+   weight cannot be folded (:func:`~modeconnect.symmetry.transform.foldable`) or a
+   random rotation of B's stream changes B's outputs on the probe;
+2. **fold** A's and B's norm weights into their readers (both keep their function);
+3. **permutations** of every group by the base method (``weight`` for ``weight`` and
+   ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
+   run leaves the stream's own permutation to the rotation;
+4. **rotation** of each stream: orthogonal Procrustes on the weights (alternating with
+   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least ``rtol``, at
+   most :data:`ROUNDS` rounds), or on the stream's activations over ``data``; then, for
+   ``learned``, the rotation learned on the loss at the midpoint (or random α);
+5. **guard**: aligned B must compute B's function on the probe.
+
+Aligned B is written as B's architecture and config (norm weights 1); A's folded copy
+(``reference``) is the other end of the path: interpolate and merge with it, not with A.
+Both models are read into memory (a lazy checkpoint is materialised).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ..forward import eval_mode
+from ..guard import Equivalence, check_equivalence, require_equivalence
+from ..matching import Alignment, get_method, takes
+from ..progress import ProgressFn
+from ..spec import PermutationSpec, apply_permutation
+from ..spec.trace import trace
+from .learned import learn_rotations
+from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
+from .residual import PERMUTATION, ResidualStream, residual_streams
+from .transform import fold, foldable, random_rotation, rotate
+
+StateDict = Mapping[str, torch.Tensor]
+ROUNDS = 3
+"""Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """How one group was aligned: its class, solver, objective, conditioning and time."""
+
+    group: str
+    cls: str
+    solver: str
+    objective: float | None
+    condition: float
+    seconds: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "class": self.cls, "solver": self.solver,
+                "objective": self.objective, "condition_number": self.condition,
+                "seconds": self.seconds, "reason": self.reason}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FullAlignment:
+    """Aligned B (folded, rotated, permuted), A's folded copy, and the record of each group."""
+
+    alignment: Alignment
+    reference: dict[str, torch.Tensor]
+    aligned: dict[str, torch.Tensor]
+    equivalence: Equivalence
+    groups: tuple[GroupRecord, ...]
+    rotations: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``symmetry`` section of the JSON report."""
+        return {"symmetry": "full", "groups": [g.to_dict() for g in self.groups]}
+
+
+def stream_classes(
+    model: nn.Module,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    a: StateDict,
+    b: StateDict,
+) -> list[ResidualStream]:
+    """The residual streams of ``spec`` with their class for these weights (refusals kept)."""
+    short = tuple(x[:2] for x in probe)
+    streams = residual_streams(model, short, spec, trace(model, short))
+    out = []
+    for s in streams.values():
+        if s.cls != PERMUTATION:
+            reason = foldable(a, s, "A") or foldable(b, s, "B") or _rotation_check(model, b, s, spec, probe)
+            s = s.refused(reason) if reason else s
+        out.append(s)
+    return out
+
+
+def _rotation_check(
+    model: nn.Module, b: StateDict, s: ResidualStream, spec: PermutationSpec, probe: Sequence[Any]
+) -> str | None:
+    turned = rotate(fold(b, s, spec.aliases), s, random_rotation(s, seed=12345), spec.aliases)
+    eq = check_equivalence(model, b, turned, probe)
+    if eq.passed:
+        return None
+    return (f"a random rotation of the stream changed B's outputs (relative difference "
+            f"{eq.max_rel_diff:.2g}): an op on it does not commute with rotations")  # fmt: skip
+
+
+def align_full(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    *,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    method: str = "weight",
+    data: Iterable[Any] | None = None,
+    tolerance: float | None = None,
+    progress: ProgressFn | None = None,
+    loss: Any = None,
+    **options: Any,
+) -> FullAlignment:
+    """Align B to A under the full symmetry group (module docstring); the guard verifies.
+
+    ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
+    ``alpha`` (``None``: random α) and ``max_batches`` for itself, and ``loss`` scores it.
+    """
+    start = time.perf_counter()
+    a, b = dict(a), dict(b)
+    own = {k: options.pop(k) for k in ("epochs", "lr", "alpha") if k in options}
+    if method == "learned":
+        own.setdefault("max_batches", options.pop("max_batches", None))
+    with eval_mode(model):
+        streams = stream_classes(model, spec, probe, a, b)
+        active = [s for s in streams if s.cls != PERMUTATION]
+        fa, fb = dict(a), dict(b)
+        for s in active:
+            fa, fb = fold(fa, s, spec.aliases), fold(fb, s, spec.aliases)
+        base = "weight" if method == "learned" else method
+        match = get_method(base)
+        if progress is not None and takes(base, "progress"):
+            options["progress"] = progress
+        clock = time.perf_counter()
+        records: list[GroupRecord] = []
+        rotations: dict[str, torch.Tensor] = {}
+        if base == "weight":
+            alignment, aligned, rotations, objectives = _weight_rounds(
+                spec, fa, fb, active, match, options
+            )
+            solver = "orthogonal Procrustes (SVD), alternating with weight matching"
+        else:
+            alignment = match(spec, fa, fb, model=model, data=data, **options)
+            # activations: the stream's rotation is found on its own, from its activations
+            perm = {**alignment.perm, **{s.group: torch.arange(s.size) for s in active}}
+            aligned = apply_permutation(fb, spec, perm)
+            objectives = {}
+            for s in active:
+                m = activation_cross(model, fa, aligned, s, data or [], progress=progress,
+                                     max_batches=options.get("max_batches"))  # fmt: skip
+                rotations[s.group] = procrustes(m, s.fixes_ones)
+                objectives[s.group] = alignment_objective(m, rotations[s.group])
+                aligned = rotate(aligned, s, rotations[s.group], spec.aliases)
+            solver = "activation Procrustes (SVD)"
+        seconds = time.perf_counter() - clock
+        perm = dict(alignment.perm)
+        for s in active:
+            q = rotations[s.group]
+            records.append(GroupRecord(s.group, s.cls, solver, objectives[s.group], _condition(q),
+                                       seconds, s.reason))  # fmt: skip
+        if method == "learned" and active:
+            clock = time.perf_counter()
+            learned = learn_rotations(model, fa, aligned, active, data or [], loss=loss,
+                                      seed=int(options.get("seed", 0)), aliases=spec.aliases,
+                                      progress=progress, **_learn_options(own))  # fmt: skip
+            for s in active:
+                q = learned.rotations[s.group]
+                aligned = rotate(aligned, s, q, spec.aliases)
+                rotations[s.group] = q @ rotations[s.group]
+            seconds = time.perf_counter() - clock
+            records = [replace(r, solver=f"{r.solver} + learned (orthogonal parametrisation, "
+                                         f"Adam)", objective=learned.losses[-1] if learned.losses
+                               else None, seconds=r.seconds + seconds) for r in records]  # fmt: skip
+        kw = {} if tolerance is None else {"tolerance": tolerance}
+        eq = check_equivalence(model, b, aligned, probe, **kw)
+    require_equivalence(eq)
+    records += _permutation_records(spec, streams, seconds, base)
+    alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
+                        params={**alignment.params, **own, "symmetry": "full"})  # fmt: skip
+    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations)
+
+
+def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in own.items() if k in ("epochs", "lr", "alpha") and v is not None}
+
+
+def _weight_rounds(
+    spec: PermutationSpec,
+    fa: StateDict,
+    fb: StateDict,
+    streams: Sequence[ResidualStream],
+    match: Any,
+    options: Mapping[str, Any],
+) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+    """Procrustes for the streams, alternating with weight matching of the other groups.
+
+    Each round rotates every stream to best fit A (with the permutations found so far),
+    then matches the permutations again on the rotated B (each stream's own permutation
+    left to its rotation); the rounds stop when the total inner product ``Σ_W ⟨W_A, W_B'⟩``
+    gains less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. Returns the first
+    round's alignment, aligned B, each stream's composed rotation and its objective.
+    """
+    aligned = dict(fb)
+    rotations = {s.group: torch.eye(s.size, dtype=torch.float64) for s in streams}
+    objectives: dict[str, float] = {}
+    first: Alignment | None = None
+    best = -float("inf")
+    for _ in range(ROUNDS):
+        for s in streams:
+            m = weight_cross(fa, aligned, s)
+            q = procrustes(m, s.fixes_ones)
+            objectives[s.group] = alignment_objective(m, q)
+            aligned = rotate(aligned, s, q, spec.aliases)
+            rotations[s.group] = q @ rotations[s.group]
+        found = match(spec, fa, aligned, **options)
+        first = first or found
+        kept = {s.group: torch.arange(s.size) for s in streams}
+        candidate = apply_permutation(aligned, spec, {**found.perm, **kept})
+        value = _inner(fa, candidate)
+        if value <= best + 1e-4 * abs(best):
+            break
+        aligned, best = candidate, value
+    return cast(Alignment, first), aligned, rotations, objectives
+
+
+def _inner(a: StateDict, b: StateDict) -> float:
+    return float(sum((a[k].double() * b[k].double()).sum() for k in a
+                     if a[k].is_floating_point() and a[k].shape == b[k].shape))  # fmt: skip
+
+
+def _condition(q: torch.Tensor) -> float:
+    return float(torch.linalg.cond(q.double()))
+
+
+def _permutation_records(
+    spec: PermutationSpec,
+    streams: Sequence[ResidualStream],
+    seconds: float,
+    base: str,
+) -> list[GroupRecord]:
+    refused = {s.group: s.reason for s in streams if s.cls == PERMUTATION}
+    rotated = {s.group for s in streams if s.cls != PERMUTATION}
+    return [GroupRecord(name, PERMUTATION, f"{base} matching (linear assignment)", None, 1.0,
+                        seconds, refused.get(name, "units behind elementwise nonlinearities"))
+            for name in spec.groups if name not in rotated]  # fmt: skip
