@@ -121,10 +121,12 @@ def compare_methods(
     rows = []
     for name in names:
         opts = routed[name]
-        result = align(model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **opts)
+        result = align(model, a, b, method=name, inputs=probe, data=stats_data, spec=spec,
+                       loss=loss, **opts)  # fmt: skip
         curves = compare_interpolations(
-            model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss
-        )
+            model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss,
+            start=result.start(a),
+        )  # fmt: skip
         al = result.alignment
         rows.append(
             MethodResult(

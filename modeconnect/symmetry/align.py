@@ -129,13 +129,12 @@ def align_full(
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
 
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
-    ``alpha`` (``None``: random α) and ``max_batches`` for itself, and ``loss`` scores it.
+    ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    own = {k: options.pop(k) for k in ("epochs", "lr", "alpha") if k in options}
-    if method == "learned":
-        own.setdefault("max_batches", options.pop("max_batches", None))
+    own = {k: options.pop(k) for k in ("epochs", "lr", "random_alpha", "max_batches")
+           if method == "learned" and k in options}  # fmt: skip
     with eval_mode(model):
         streams = stream_classes(model, spec, probe, a, b)
         active = [s for s in streams if s.cls != PERMUTATION]
@@ -175,7 +174,8 @@ def align_full(
                                        seconds, s.reason))  # fmt: skip
         if method == "learned" and active:
             clock = time.perf_counter()
-            learned = learn_rotations(model, fa, aligned, active, data or [], loss=loss,
+            batches = list(data or [])[: own.get("max_batches") or None]
+            learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
                                       progress=progress, **_learn_options(own))  # fmt: skip
             for s in active:
@@ -196,7 +196,8 @@ def align_full(
 
 
 def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in own.items() if k in ("epochs", "lr", "alpha") and v is not None}
+    out = {k: v for k, v in own.items() if k in ("epochs", "lr") and v is not None}
+    return {**out, "alpha": None if own.get("random_alpha") else 0.5}
 
 
 def _weight_rounds(
@@ -256,5 +257,5 @@ def _permutation_records(
     refused = {s.group: s.reason for s in streams if s.cls == PERMUTATION}
     rotated = {s.group for s in streams if s.cls != PERMUTATION}
     return [GroupRecord(name, PERMUTATION, f"{base} matching (linear assignment)", None, 1.0,
-                        seconds, refused.get(name, "units behind elementwise nonlinearities"))
+                        seconds, refused.get(name, "not a residual stream: no norm reads it"))
             for name in spec.groups if name not in rotated]  # fmt: skip

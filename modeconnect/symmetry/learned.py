@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ModeconnectError
 from ..evaluation.scoring import get_scoring
 from ..forward import batch_inputs, run
 from ..progress import ProgressFn
@@ -35,6 +36,30 @@ class Learned:
 
     rotations: dict[str, torch.Tensor]
     losses: tuple[float, ...]
+
+
+def match_learned(
+    spec: Any,
+    a: StateDict,
+    b: StateDict,
+    *,
+    seed: int = 0,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    random_alpha: bool = False,
+    max_batches: int | None = None,
+    model: Any = None,
+    data: Any = None,
+) -> Any:
+    """The registry's entry for ``learned``: its parameters, declared. The method learns
+    rotations, which a permutation alignment cannot hold, so it runs only through
+    :func:`modeconnect.alignment.align` (``method="learned"``), which aligns under the full
+    symmetry (:func:`modeconnect.symmetry.align.align_full`)."""
+    raise ModeconnectError(
+        "method 'learned' learns rotations of the residual stream: call "
+        "modeconnect.align(model, a, b, method='learned', data=...) (or the CLI's "
+        "--method learned), which aligns under the full symmetry"
+    )
 
 
 def _orthogonal(n: int) -> nn.Module:
