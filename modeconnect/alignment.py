@@ -113,9 +113,13 @@ def align(
     if spec is None:
         spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     if symmetry not in SYMMETRIES:
-        raise ModeconnectError(f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}")
+        raise ModeconnectError(
+            f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
+        )
     if symmetry == "full" or method == "learned":
-        return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss, options)
+        return _align_full(
+            model, a, b, spec, probe, method, data, tolerance, progress, loss, options
+        )
     match = get_method(method)
     context = {"progress": progress, "max_bytes": max_bytes, "device": device}
     options.update({k: v for k, v in context.items() if v is not None and takes(method, k)})

@@ -135,5 +135,6 @@ def test_cli_compare_unknown_method_exits_2():
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: Invalid value for '--methods': 'zipit' is not one of 'weight', 'activation', 'ot', 'learned'"
+        "Error: Invalid value for '--methods': 'zipit' is not one of 'weight', 'activation', "
+        "'ot', 'learned'"
     )

@@ -60,9 +60,10 @@ def test_full_symmetry_round_trips_through_from_pretrained(tmp_path: Path, famil
     assert result.exit_code == 0, result.output
     assert "aligned B == B" in result.stdout
     aligned = _loaded(out)
-    assert json.loads((out / "config.json").read_text())["architectures"] == json.loads(
-        (b / "config.json").read_text()
-    )["architectures"]
+    assert (
+        json.loads((out / "config.json").read_text())["architectures"]
+        == json.loads((b / "config.json").read_text())["architectures"]
+    )
     torch.testing.assert_close(_logits(out), _logits(b), rtol=1e-4, atol=1e-4)
     assert all(bool((w == 1).all()) for w in _norms(aligned))  # folded
     assert all(bool((w == 1).all()) for w in _norms(_loaded(merged)))  # merged with A folded

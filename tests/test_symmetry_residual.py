@@ -123,14 +123,16 @@ def test_folding_then_unfolding_round_trips(seed, scale):
     for k in state:
         torch.testing.assert_close(back[k], state[k], rtol=1e-5, atol=1e-6)
     y, z = _logits(model, state), _logits(model, folded)
-    assert float((y - z).abs().max()) <= 1e-5 * float(y.abs().max())
+    assert float((y - z).abs().max()) <= 1e-4 * float(y.abs().max())  # b / g: float32 cancels
 
 
 def test_procrustes_fixing_ones_keeps_the_ones_direction():
     m = torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     q = procrustes(m, fixes_ones=True)
     torch.testing.assert_close(q @ q.T, torch.eye(6, dtype=torch.float64))
-    torch.testing.assert_close(q @ torch.ones(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(
+        q @ torch.ones(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize(

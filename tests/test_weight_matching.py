@@ -300,7 +300,9 @@ def test_registered_method_is_found_and_listed():
     register_method("noop", match_weights)
     try:
         assert get_method("noop") is match_weights and "noop" in METHODS
-        with pytest.raises(ModeconnectError, match="valid methods: activation, learned, noop, ot, weight"):
+        with pytest.raises(
+            ModeconnectError, match="valid methods: activation, learned, noop, ot, weight"
+        ):
             get_method("magic")
     finally:
         del METHODS["noop"]

@@ -165,8 +165,8 @@ def align_files(
                     net, ca.state_dict, cb.state_dict, result, o.alpha, o.method, stats, opts
                 )
                 mixed = renormalize(
-                    net, result.start(ca.state_dict), result.aligned, dict(mixed), session.train, mode=o.bn,
-                    alpha=o.alpha,
+                    net, result.start(ca.state_dict), result.aligned, dict(mixed), session.train,
+                    mode=o.bn, alpha=o.alpha,
                 )  # fmt: skip
         written["merged"] = plan.path("--merged")
         info = {**meta, "modeconnect.alpha": str(o.alpha), "modeconnect.role": role_name,

@@ -13,7 +13,14 @@ and alignment under the full symmetry group (Theus et al. 2025, arXiv 2506.22712
 
 from __future__ import annotations
 
-from .residual import ORTHOGONAL, ORTHOGONAL_ONES, PERMUTATION, Norm, ResidualStream, residual_streams
+from .residual import (
+    ORTHOGONAL,
+    ORTHOGONAL_ONES,
+    PERMUTATION,
+    Norm,
+    ResidualStream,
+    residual_streams,
+)
 from .transform import fold, foldable, norm_weights, random_rotation, rotate, unfold
 
 __all__ = [

@@ -95,7 +95,11 @@ def stream_classes(
     out = []
     for s in streams.values():
         if s.cls != PERMUTATION:
-            reason = foldable(a, s, "A") or foldable(b, s, "B") or _rotation_check(model, b, s, spec, probe)
+            reason = (
+                foldable(a, s, "A")
+                or foldable(b, s, "B")
+                or _rotation_check(model, b, s, spec, probe)
+            )
             s = s.refused(reason) if reason else s
         out.append(s)
     return out
@@ -133,8 +137,8 @@ def align_full(
     """
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    own = {k: options.pop(k) for k in ("epochs", "lr", "random_alpha", "max_batches")
-           if method == "learned" and k in options}  # fmt: skip
+    mine = ("epochs", "lr", "random_alpha", "max_batches") if method == "learned" else ()
+    own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
         streams = stream_classes(model, spec, probe, a, b)
         active = [s for s in streams if s.cls != PERMUTATION]
@@ -183,9 +187,10 @@ def align_full(
                 aligned = rotate(aligned, s, q, spec.aliases)
                 rotations[s.group] = q @ rotations[s.group]
             seconds = time.perf_counter() - clock
-            records = [replace(r, solver=f"{r.solver} + learned (orthogonal parametrisation, "
-                                         f"Adam)", objective=learned.losses[-1] if learned.losses
-                               else None, seconds=r.seconds + seconds) for r in records]  # fmt: skip
+            last = learned.losses[-1] if learned.losses else None
+            how = " + learned (orthogonal parametrisation, Adam)"
+            records = [replace(r, solver=r.solver + how, objective=last,
+                               seconds=r.seconds + seconds) for r in records]  # fmt: skip
         kw = {} if tolerance is None else {"tolerance": tolerance}
         eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
@@ -221,7 +226,7 @@ def _weight_rounds(
     objectives: dict[str, float] = {}
     first: Alignment | None = None
     best = -float("inf")
-    for _ in range(ROUNDS):
+    for _ in range(ROUNDS if streams else 1):
         for s in streams:
             m = weight_cross(fa, aligned, s)
             q = procrustes(m, s.fixes_ones)

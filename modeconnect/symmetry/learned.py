@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -122,7 +122,7 @@ def learn_rotations(
 
 
 def _rotation(stream: ResidualStream, layer: nn.Module) -> torch.Tensor:
-    q: torch.Tensor = layer.weight
+    q = cast(torch.Tensor, layer.weight)
     return embed_ones(q) if stream.fixes_ones else q
 
 

@@ -162,7 +162,9 @@ def _norm_use(uses: Any) -> tuple[str, torch.fx.Node, str] | None:
             return "layernorm", node, "weight" if where == 2 else "bias"
         if target == "aten.rms_norm.default" and where == 2:
             return "rmsnorm", node, "weight"
-        if target == "aten.mul.Tensor" and _is_rms(node.args[1 - where] if where in (0, 1) else None):
+        if target == "aten.mul.Tensor" and _is_rms(
+            node.args[1 - where] if where in (0, 1) else None
+        ):
             return "rmsnorm", node, "weight"
     return None
 
@@ -209,7 +211,9 @@ def _classify(
             if target == "aten.embedding.default" and where == 0:
                 embeddings.add(key)
             elif target not in ("aten.linear.default", "aten.addmm.default"):
-                return base.refused(f"{key} is used by {target}, which a rotation does not commute with")
+                return base.refused(
+                    f"{key} is used by {target}, which a rotation does not commute with"
+                )
         rotated.append((key, axis))
     out: list[Norm] = []
     for entry in norms.values():

@@ -54,14 +54,18 @@ def foldable(state: StateDict, stream: ResidualStream, what: str = "B") -> str |
             return f"{what}'s norm weight {norm.weight} has non-finite entries"
         if norm.tied:
             if bool((g != g[0]).any()):
-                return (f"{what}'s norm weight {norm.weight} is not constant and is read by an "
-                        "embedding tied to the output head: folding it would change the embedding")  # fmt: skip
+                return (
+                    f"{what}'s norm weight {norm.weight} is not constant and is read by an "
+                    "embedding tied to the output head: folding it would change the embedding"
+                )
         elif bool((g == 0).any()):
             return f"{what}'s norm weight {norm.weight} has zero entries: it cannot be folded back"
     return None
 
 
-def fold(state: StateDict, stream: ResidualStream, aliases: Mapping[str, str] = {}) -> dict[str, torch.Tensor]:
+def fold(
+    state: StateDict, stream: ResidualStream, aliases: Mapping[str, str] = {}
+) -> dict[str, torch.Tensor]:
     """``state`` with every (untied) norm weight folded into its readers; the same function.
 
     >>> import torch
@@ -75,17 +79,9 @@ def fold(state: StateDict, stream: ResidualStream, aliases: Mapping[str, str] = 
     reason = foldable(state, stream)
     if reason is not None:
         raise ModeconnectError(f"cannot fold the norms of group {stream.group}: {reason}")
-    out = dict(state)
-    for norm in stream.norms:
-        if norm.tied:
-            continue
-        g = state[norm.weight]
-        for key, axis in norm.readers:
-            out[key] = _scaled(out[key], axis, g)
-        out[norm.weight] = torch.ones_like(g)
-        if norm.bias is not None:
-            out[norm.bias] = (state[norm.bias].double() / g.double()).to(state[norm.bias].dtype)
-    return _with_aliases(out, aliases)
+    weights = {n.weight: state[n.weight] for n in stream.norms if not n.tied}
+    ones = {k: torch.ones_like(g) for k, g in weights.items()}
+    return _moved(state, stream, weights, ones, aliases)
 
 
 def unfold(
@@ -94,17 +90,30 @@ def unfold(
     weights: Mapping[str, torch.Tensor],
     aliases: Mapping[str, str] = {},
 ) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`fold`: ``weights`` (from :func:`norm_weights`) go back into the norms."""
+    """The inverse of :func:`fold`: ``weights`` (:func:`norm_weights`) go back into the norms."""
+    return _moved(state, stream, {k: 1.0 / g.double() for k, g in weights.items()}, weights,
+                  aliases)  # fmt: skip
+
+
+def _moved(
+    state: StateDict,
+    stream: ResidualStream,
+    scale: Mapping[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
+    aliases: Mapping[str, str],
+) -> dict[str, torch.Tensor]:
+    """Readers times ``scale`` along their input axis, norm weights set to ``new``, and
+    LayerNorm biases divided by ``scale`` (each by its norm's entry)."""
     out = dict(state)
     for norm in stream.norms:
-        if norm.tied:
+        if norm.weight not in scale:
             continue
-        g = weights[norm.weight]
+        g = scale[norm.weight].double()
         for key, axis in norm.readers:
-            out[key] = _scaled(out[key], axis, 1.0 / g.double())
-        out[norm.weight] = g.clone()
+            out[key] = _scaled(out[key], axis, g)
+        out[norm.weight] = new[norm.weight].clone()
         if norm.bias is not None:
-            out[norm.bias] = (state[norm.bias].double() * g.double()).to(state[norm.bias].dtype)
+            out[norm.bias] = (state[norm.bias].double() / g).to(state[norm.bias].dtype)
     return _with_aliases(out, aliases)
 
 
@@ -126,7 +135,9 @@ def rotate(
     return _with_aliases(out, aliases)
 
 
-def _with_aliases(out: dict[str, torch.Tensor], aliases: Mapping[str, str]) -> dict[str, torch.Tensor]:
+def _with_aliases(
+    out: dict[str, torch.Tensor], aliases: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
     for alias, source in aliases.items():
         if alias in out and source in out:
             out[alias] = out[source]
