@@ -124,9 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=("llama", "gpt2", "both"), default="llama",
                         help="which pair(s): tiny Llamas, tiny GPT-2s, or both")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4, help="learned: passes over train")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model")
+    parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
     args = parser.parse_args(argv)
-    args.steps, args.layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 3_000_000)
+    steps, layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 3_000_000)
+    args.steps, args.layers = args.steps or steps, args.layers or layers
     args.eval_blocks, args.train_blocks = (16, 32) if args.quick else (64, 256)
     torch.set_num_threads(1)
     text, held = tiny_lms.corpus(limit)
