@@ -9,9 +9,10 @@ seconds of the alignment:
 
 * naive (no alignment);
 * permutation: weight matching, and activation matching (``--symmetry permutation``);
-* full, weight-based: Procrustes on the residual stream alternating with weight matching;
-* full, activation-based: Procrustes on the residual stream's activations over train blocks;
-* full, learned: the rotation learned on the midpoint loss over train blocks.
+* orthogonal, weight-based: Procrustes on the residual stream alternating with weight
+  matching; activation-based: Procrustes on the residual stream's activations;
+* full: the same, then invertible per-head V·O maps (least squares on the weights);
+* full, learned: the rotation learned on the midpoint loss over train blocks, then V·O.
 
 Run: ``python benchmarks/bench_symmetry.py --out results/transformers_symmetry.json``
 (``--quick``: a smoke run of a few minutes). It prints the table with each row's share
@@ -80,6 +81,8 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
     runs = [
         ("permutation, weight", dict(method="weight")),
         ("permutation, activation", dict(method="activation")),
+        ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
+        ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
         ("full, weight", dict(method="weight", symmetry="full")),
         ("full, activation", dict(method="activation", symmetry="full")),
         ("full, learned", dict(method="learned", epochs=args.epochs, lr=args.lr)),
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
     args = parser.parse_args(argv)
-    steps, layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 3_000_000)
+    steps, layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 1_000_000)
     args.steps, args.layers = args.steps or steps, args.layers or layers
     args.eval_blocks, args.train_blocks = (16, 32) if args.quick else (64, 256)
     torch.set_num_threads(1)

@@ -377,10 +377,11 @@ def pop_method_options(
 
 
 SYMMETRY = click.option(
-    "--symmetry", type=click.Choice(("permutation", "full")), default="permutation",
-    show_default=True,
-    help="Symmetry group aligned under: permutations, or 'full' (also rotates transformers' "
-         "residual streams, norms folded into their readers; --method learned implies it).",
+    "--symmetry", type=click.Choice(("permutation", "orthogonal", "full")),
+    default="permutation", show_default=True,
+    help="Symmetry group aligned under: permutations; 'orthogonal' also rotates transformers' "
+         "residual streams (norms folded into their readers); 'full' also maps each "
+         "attention head's value dims. --method learned implies full.",
 )  # fmt: skip
 
 

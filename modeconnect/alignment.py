@@ -23,8 +23,9 @@ from .spec import PermutationSpec, apply_permutation, derive_spec
 from .views import Permuted
 
 StateDict = Mapping[str, torch.Tensor]
-SYMMETRIES = ("permutation", "full")
-"""``symmetry=``: permutations only (0.3.0), or every class the graph admits."""
+SYMMETRIES = ("permutation", "orthogonal", "full")
+"""``symmetry=``: permutations only (0.3.0); also residual-stream rotations; or every class
+the graph admits (also invertible per-head V·O maps)."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,10 @@ def align(
         raise ModeconnectError(
             f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
         )
-    if symmetry == "full" or method == "learned":
-        return _align_full(
-            model, a, b, spec, probe, method, data, tolerance, progress, loss, options
-        )
+    if symmetry != "permutation" or method == "learned":
+        full = "full" if symmetry == "permutation" else symmetry  # learned implies full
+        return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss,
+                           {**options, "symmetry": full})  # fmt: skip
     match = get_method(method)
     context = {"progress": progress, "max_bytes": max_bytes, "device": device}
     options.update({k: v for k, v in context.items() if v is not None and takes(method, k)})

@@ -40,10 +40,13 @@ from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
+from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
 from .residual import PERMUTATION, ResidualStream, residual_streams
 from .transform import fold, foldable, random_rotation, rotate
 
 StateDict = Mapping[str, torch.Tensor]
+INVERTIBLE = "invertible-per-head"
+"""The V·O class: one invertible map per (key/value) head."""
 ROUNDS = 3
 """Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
 
@@ -79,7 +82,8 @@ class FullAlignment:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``symmetry`` section of the JSON report."""
-        return {"symmetry": "full", "groups": [g.to_dict() for g in self.groups]}
+        return {"symmetry": self.alignment.params.get("symmetry", "full"),
+                "groups": [g.to_dict() for g in self.groups]}  # fmt: skip
 
 
 def stream_classes(
@@ -128,10 +132,15 @@ def align_full(
     tolerance: float | None = None,
     progress: ProgressFn | None = None,
     loss: Any = None,
+    symmetry: str = "full",
+    max_condition: float = 100.0,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
 
+    ``symmetry="orthogonal"`` rotates the residual streams only; ``"full"`` also maps each
+    attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
+    most ``max_condition``, after the rotations and the learning).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -176,6 +185,9 @@ def align_full(
             q = rotations[s.group]
             records.append(GroupRecord(s.group, s.cls, solver, objectives[s.group], _condition(q),
                                        seconds, s.reason))  # fmt: skip
+        found: list[GroupRecord] = []
+        if symmetry == "full":
+            aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
@@ -191,13 +203,52 @@ def align_full(
             how = " + learned (orthogonal parametrisation, Adam)"
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
+        if symmetry == "full":
+            records += found
         kw = {} if tolerance is None else {"tolerance": tolerance}
         eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
-    records += _permutation_records(spec, streams, seconds, base)
+    records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
     alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
-                        params={**alignment.params, **own, "symmetry": "full"})  # fmt: skip
+                        params={**alignment.params, **own, "symmetry": symmetry})  # fmt: skip
     return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations)
+
+
+def _head_maps(
+    model: nn.Module,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    fa: StateDict,
+    aligned: dict[str, torch.Tensor],
+    max_condition: float,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
+    """Aligned B with each V·O group's per-head maps solved and applied; their records.
+
+    A group is trusted only if random well-conditioned maps leave B's outputs unchanged on
+    the probe (else it keeps its permutations, and its record says why).
+    """
+    records = []
+    for group in head_maps(spec, aligned):
+        clock = time.perf_counter()
+        sizes = factor_sizes(spec, group)
+        gen = torch.Generator().manual_seed(54321)
+        shape = (group.heads, group.size, group.size)
+        trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
+        eq = check_equivalence(model, aligned, apply_head_maps(aligned, group, trial, sizes), probe)
+        if not eq.passed:
+            records.append(GroupRecord(group.group, PERMUTATION, "weight matching", None, 1.0,
+                                       0.0, "random per-head maps changed B's outputs on the "
+                                       "probe: not a V·O group"))  # fmt: skip
+            continue
+        maps, conditions = solve_head_maps(fa, aligned, group, sizes, max_condition)
+        aligned = apply_head_maps(aligned, group, maps, sizes)
+        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
+                       for k, *_ in group.members)  # fmt: skip
+        records.append(GroupRecord(
+            group.group, INVERTIBLE, "least squares on V and O (Sylvester), polar fallback",
+            residual, max(conditions), time.perf_counter() - clock,
+            "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
+    return aligned, records
 
 
 def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,9 +309,10 @@ def _permutation_records(
     streams: Sequence[ResidualStream],
     seconds: float,
     base: str,
+    done: set[str],
 ) -> list[GroupRecord]:
     refused = {s.group: s.reason for s in streams if s.cls == PERMUTATION}
     rotated = {s.group for s in streams if s.cls != PERMUTATION}
     return [GroupRecord(name, PERMUTATION, f"{base} matching (linear assignment)", None, 1.0,
                         seconds, refused.get(name, "not a residual stream: no norm reads it"))
-            for name in spec.groups if name not in rotated]  # fmt: skip
+            for name in spec.groups if name not in rotated | done]  # fmt: skip
