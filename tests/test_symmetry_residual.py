@@ -201,3 +201,57 @@ def test_learned_rotation_lowers_the_midpoint_loss_deterministically():
 
     assert midpoint(learned) < midpoint(weight) - 0.05
     assert all(torch.equal(learned.aligned[k], again.aligned[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- V·O heads
+
+
+def _head_setup(name: str):
+    from modeconnect.symmetry.heads import factor_sizes, head_maps
+
+    model, spec, _ = setup(name)
+    groups = head_maps(spec, model.state_dict())
+    return model, spec, groups, [factor_sizes(spec, g) for g in groups]
+
+
+def _random_maps(group, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(group.heads, group.size, group.size, generator=gen)
+    return torch.eye(group.size) + 0.5 * noise / group.size**0.5
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_random_per_head_value_maps_leave_the_outputs_unchanged(name):
+    from modeconnect.symmetry.heads import apply_head_maps
+
+    model, spec, groups, sizes = _head_setup(name)
+    assert len(groups) == 2  # one V·O group per layer; Q·K groups have no reader
+    assert all(g.heads == 2 for g in groups)  # GQA: one map per key/value head
+    state = model.state_dict()
+    mapped = dict(state)
+    for g, s in zip(groups, sizes):
+        mapped = apply_head_maps(mapped, g, _random_maps(g, 1), s)
+    changed = max(float((mapped[k] - state[k]).abs().max()) for k in state)
+    assert changed > 0.1
+    y, z = _logits(model, state), _logits(model, mapped)
+    assert float((y - z).abs().max()) <= 1e-5 * float(y.abs().max())
+
+
+def test_per_head_least_squares_recovers_a_mapped_copy_and_bounds_the_condition():
+    from modeconnect.symmetry.heads import apply_head_maps, solve_head_maps
+
+    model, spec, groups, sizes = _head_setup("qwen2")
+    a = model.state_dict()
+    b = dict(a)
+    for g, s in zip(groups, sizes):
+        b = apply_head_maps(b, g, _random_maps(g, 2), s)
+    back = dict(b)
+    for g, s in zip(groups, sizes):
+        maps, conditions = solve_head_maps(a, back, g, s)
+        assert all(1 <= c <= 100 for c in conditions)
+        back = apply_head_maps(back, g, maps, s)
+    for k in a:
+        torch.testing.assert_close(back[k], a[k], rtol=1e-4, atol=1e-5)
+    g, s = groups[0], sizes[0]
+    _, bounded = solve_head_maps(a, b, g, s, max_condition=1.0 + 1e-9)
+    assert bounded == [1.0] * g.heads  # the polar fallback: orthogonal maps
