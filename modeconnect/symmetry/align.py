@@ -38,9 +38,9 @@ from ..matching import Alignment, get_method, takes
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
+from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
-from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
 from .residual import PERMUTATION, ResidualStream, residual_streams
 from .transform import fold, foldable, random_rotation, rotate
 
