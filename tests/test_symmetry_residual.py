@@ -255,3 +255,21 @@ def test_per_head_least_squares_recovers_a_mapped_copy_and_bounds_the_condition(
     g, s = groups[0], sizes[0]
     _, bounded = solve_head_maps(a, b, g, s, max_condition=1.0 + 1e-9)
     assert bounded == [1.0] * g.heads  # the polar fallback: orthogonal maps
+
+
+def test_an_mlp_under_the_full_symmetry_is_aligned_as_under_permutations():
+    import modeconnect as mc
+    from modeconnect.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(in_features=4, hidden=[8, 8], out_features=3)
+    a = model.state_dict()
+    b = mlp(in_features=4, hidden=[8, 8], out_features=3).state_dict()
+    x = (torch.randn(16, 4),)
+    plain = mc.align(model, a, b, inputs=x)
+    full = mc.align(model, a, b, inputs=x, symmetry="full")
+    assert plain.symmetry is None and plain.reference is None
+    assert all(torch.equal(full.aligned[k], plain.aligned[k]) for k in a)
+    assert {g["class"] for g in full.symmetry["groups"]} == {"permutation"}
+    with pytest.raises(mc.ModeconnectError, match="symmetry: unknown 'affine'"):
+        mc.align(model, a, b, inputs=x, symmetry="affine")
