@@ -68,11 +68,20 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
     nets = {}
     for tag, seed in (("a", 0), ("b", 1)):
         net = make(seed, args.layers)
+        saved = None if args.models is None else args.models / f"{name}_{tag}.pt"
+        if saved is not None and saved.exists():
+            net.load_state_dict(torch.load(saved, weights_only=True))
+            nets[tag] = net.eval()
+            print(f"{name} {tag}: loaded {saved}", flush=True)
+            continue
         start = time.perf_counter()
         last = tiny_lms.train(net, ids, seed, args.steps, batch=16)
         print(f"{name} {tag}: trained {args.steps} steps, last loss {last:.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
         nets[tag] = net.eval()
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), saved)
     model = nets["a"]
     a, b = nets["a"].state_dict(), nets["b"].state_dict()
     test = [(x, x) for x in blocks(held, args.eval_blocks, 2).split(8)]
@@ -84,6 +93,10 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
         ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
         ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
         ("full, weight", dict(method="weight", symmetry="full")),
+        (
+            "full (orthogonal heads), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0),
+        ),
         ("full, activation", dict(method="activation", symmetry="full")),
         ("full, learned", dict(method="learned", epochs=args.epochs, lr=args.lr)),
     ]
@@ -127,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=("llama", "gpt2", "both"), default="llama",
                         help="which pair(s): tiny Llamas, tiny GPT-2s, or both")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4, help="learned: passes over train")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="keep the trained models here (loaded if present)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
     parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
