@@ -124,10 +124,10 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
 def table(name: str, rows: dict[str, Any]) -> str:
     lines = [
         f"\n{name}",
-        f"{'':26}{'barrier':>9}{'share':>8}{'ppl(0.5)':>10}{'seconds':>9}{'x wm':>7}",
+        f"{'':34}{'barrier':>9}{'share':>8}{'ppl(0.5)':>10}{'seconds':>9}{'x wm':>7}",
     ]
     for label, r in rows.items():
-        lines.append(f"{label:26}{r['barrier']:9.3f}{r['share_of_naive']:8.0%}"
+        lines.append(f"{label:34}{r['barrier']:9.3f}{r['share_of_naive']:8.0%}"
                      f"{r['perplexity_mid']:10.2f}{r['seconds']:9.1f}"
                      f"{r['time_vs_weight_matching']:7.2f}")  # fmt: skip
     return "\n".join(lines)
