@@ -98,6 +98,10 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
             dict(method="weight", symmetry="full", max_condition=1.0),
         ),
         ("full, activation", dict(method="activation", symmetry="full")),
+        (
+            "orthogonal, learned",
+            dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
+        ),
         ("full, learned", dict(method="learned", epochs=args.epochs, lr=args.lr)),
     ]
     for label, kw in runs:
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         tok = tiny_lms.tokenizer(text, Path(folder))
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     held_ids = torch.tensor(tok(held[:150_000])["input_ids"], dtype=torch.long)
-    numbers: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+    numbers: dict[str, Any] = {"settings": settings}
     if args.family in ("llama", "both"):
         numbers["llama"] = study("llama", tiny_lms.model, ids, held_ids, args)
         print(table("tiny Llama (RMSNorm, RoPE, SwiGLU)", numbers["llama"]))
