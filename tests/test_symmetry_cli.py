@@ -98,3 +98,14 @@ def test_learned_method_on_directories(tmp_path: Path) -> None:
 def test_an_unknown_symmetry_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["align", "a", "b", "--symmetry", "affine"])
     assert result.exit_code == 2 and "affine" in result.output
+
+
+def test_align_help_lists_the_symmetries_and_the_learned_flags() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "modeconnect_cli.main", "align", "--help"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    text = " ".join(out.split())
+    assert "--symmetry [permutation|orthogonal|full]" in text
+    assert "--learn-epochs" in text and "--learn-lr" in text and "[learned]" in text
