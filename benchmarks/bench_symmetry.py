@@ -102,7 +102,7 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
             "orthogonal, learned",
             dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
         ),
-        ("full, learned", dict(method="learned", epochs=args.epochs, lr=args.lr)),
+        ("full, learned", dict(method="learned", symmetry="full", epochs=args.epochs, lr=args.lr)),
     ]
     for label, kw in runs:
         start = time.perf_counter()

@@ -381,7 +381,7 @@ SYMMETRY = click.option(
     default="permutation", show_default=True,
     help="Symmetry group aligned under: permutations; 'orthogonal' also rotates transformers' "
          "residual streams (norms folded into their readers); 'full' also maps each "
-         "attention head's value dims. --method learned implies full.",
+         "attention head's value dims. --method learned implies orthogonal.",
 )  # fmt: skip
 
 

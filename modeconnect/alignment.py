@@ -83,7 +83,7 @@ def align(
     memory reads lazy checkpoints in their stored dtype (bfloat16: half the bytes).
     Raises :class:`~modeconnect.errors.NotEquivalent` if aligned B differs from B.
 
-    ``symmetry="full"`` (and ``method="learned"``, which implies it) also rotates the
+    ``symmetry="orthogonal"`` or ``"full"`` (``method="learned"`` implies the first) rotates the
     residual streams of transformers (:func:`modeconnect.symmetry.align.align_full`):
     aligned B has its norms folded, and :attr:`AlignResult.reference` is A folded the
     same way, the other end of the path; ``loss`` scores the learned method.
@@ -118,7 +118,8 @@ def align(
             f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
         )
     if symmetry != "permutation" or method == "learned":
-        full = "full" if symmetry == "permutation" else symmetry  # learned implies full
+        # learned implies the orthogonal class (measured better than full: science/transformers)
+        full = "orthogonal" if symmetry == "permutation" else symmetry
         return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss,
                            {**options, "symmetry": full})  # fmt: skip
     match = get_method(method)

@@ -87,7 +87,7 @@ _BUILTIN: tuple[MethodInfo, ...] = (
             MAX_BATCHES,
         ),
         summary="Weight matching, then residual-stream rotations learned on the loss at the "
-                "path's midpoint (implies --symmetry full; Theus et al. 2025).",
+                "path's midpoint (implies --symmetry orthogonal; Theus et al. 2025).",
     ),
 )  # fmt: skip
 """The built-in methods, declared: one entry per method."""

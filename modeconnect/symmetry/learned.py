@@ -58,7 +58,7 @@ def match_learned(
     raise ModeconnectError(
         "method 'learned' learns rotations of the residual stream: call "
         "modeconnect.align(model, a, b, method='learned', data=...) (or the CLI's "
-        "--method learned), which aligns under the full symmetry"
+        "--method learned), which also rotates the residual stream"
     )
 
 
