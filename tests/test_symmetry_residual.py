@@ -273,3 +273,5 @@ def test_an_mlp_under_the_full_symmetry_is_aligned_as_under_permutations():
     assert {g["class"] for g in full.symmetry["groups"]} == {"permutation"}
     with pytest.raises(mc.ModeconnectError, match="symmetry: unknown 'affine'"):
         mc.align(model, a, b, inputs=x, symmetry="affine")
+    with pytest.raises(mc.ModeconnectError, match="learns the rotation on data: pass --train"):
+        mc.align(model, a, b, inputs=x, method="learned")

@@ -32,6 +32,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import ModeconnectError
 from ..forward import eval_mode
 from ..guard import Equivalence, check_equivalence, require_equivalence
 from ..matching import Alignment, get_method, takes
@@ -144,6 +145,10 @@ def align_full(
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
+    if method == "learned" and data is None:
+        raise ModeconnectError(
+            "method 'learned' learns the rotation on data: pass --train (or --data) batches"
+        )
     start = time.perf_counter()
     a, b = dict(a), dict(b)
     mine = ("epochs", "lr", "random_alpha", "max_batches") if method == "learned" else ()
