@@ -7,8 +7,9 @@ and alignment under the full symmetry group (Theus et al. 2025, arXiv 2506.22712
 * :mod:`.transform` — :func:`fold`, :func:`unfold`, :func:`rotate`,
   :func:`random_rotation`;
 * :mod:`.procrustes` — orthogonal Procrustes from weights or streamed activations;
+* :mod:`.heads` — invertible per-head V·O maps (least squares, condition bounded);
 * :mod:`.learned` — the rotation learned on the loss along the path;
-* :mod:`.align` — :func:`align_full`, the pipeline under ``--symmetry full``.
+* :mod:`.align` — :func:`align_full`, the pipeline under ``--symmetry orthogonal|full``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Alignment under the full symmetry group: permutations, and rotations of residual streams.
+"""Alignment under larger symmetry groups: permutations, rotations of residual streams and
+(``full``) invertible per-head V·O maps.
 
 :func:`align_full` is what :func:`modeconnect.alignment.align` runs for
-``symmetry="full"``:
+``symmetry="orthogonal"`` or ``"full"`` (and ``method="learned"``):
 
 1. **classes** (:func:`~modeconnect.symmetry.residual.residual_streams`): which groups
    are residual streams, refused back to permutations (with the reason) where a norm
@@ -12,10 +13,12 @@
    ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
    run leaves the stream's own permutation to the rotation;
 4. **rotation** of each stream: orthogonal Procrustes on the weights (alternating with
-   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least ``rtol``, at
-   most :data:`ROUNDS` rounds), or on the stream's activations over ``data``; then, for
-   ``learned``, the rotation learned on the loss at the midpoint (or random α);
-5. **guard**: aligned B must compute B's function on the probe.
+   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least 1e-4 of
+   itself, at most :data:`ROUNDS` rounds), or on the stream's activations over ``data``;
+5. **heads** (``full``): each V·O group's per-head maps by least squares
+   (:mod:`~modeconnect.symmetry.heads`), after a random map passed on the probe;
+6. **learned**: the rotation learned on the loss at the midpoint (or a random α);
+7. **guard**: aligned B must compute B's function on the probe.
 
 Aligned B is written as B's architecture and config (norm weights 1); A's folded copy
 (``reference``) is the other end of the path: interpolate and merge with it, not with A.
