@@ -107,3 +107,14 @@ def test_align_help_lists_the_symmetries_and_the_learned_flags() -> None:
     text = " ".join(out.split())
     assert "--symmetry [permutation|orthogonal|full]" in text
     assert "--learn-epochs" in text and "--learn-lr" in text and "[learned]" in text
+
+
+@pytest.mark.slow
+def test_spec_shows_each_residual_streams_class(tmp_path: Path) -> None:
+    path = hf.save(gpt2(0), tmp_path / "g")
+    report = tmp_path / "spec.json"
+    result = CliRunner().invoke(main, ["spec", str(path), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "class orthogonal-ones: LayerNorm subtracts the mean" in result.stdout
+    classes = json.loads(report.read_text())["classes"]
+    assert [c["class"] for c in classes.values()] == ["orthogonal-ones"]

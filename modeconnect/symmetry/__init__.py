@@ -18,13 +18,17 @@ from .residual import (
     ORTHOGONAL,
     ORTHOGONAL_ONES,
     PERMUTATION,
+    ClassifiedSpec,
     Norm,
     ResidualStream,
+    classified,
     residual_streams,
 )
 from .transform import fold, foldable, norm_weights, random_rotation, rotate, unfold
 
 __all__ = [
+    "ClassifiedSpec",
+    "classified",
     "ORTHOGONAL",
     "ORTHOGONAL_ONES",
     "PERMUTATION",

@@ -38,7 +38,7 @@ align_full` checks a random rotation before it trusts the class.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -264,3 +264,23 @@ def _readers(out: torch.fx.Node) -> list[tuple[torch.fx.Node, int]] | str:
             else:
                 return f"its output feeds {target}, not only linear layers"
     return found
+
+
+@dataclass(frozen=True)
+class ClassifiedSpec(PermutationSpec):
+    """A spec with each residual stream's class from the graph (``modeconnect spec``).
+
+    ``classes`` maps a group to ``{"class", "reason"}``; groups not listed are
+    permutations. The weights' own checks (zero norm entries, a tied head behind a
+    varying norm) come at alignment.
+    """
+
+    classes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+def classified(spec: PermutationSpec, model: nn.Module, inputs: Inputs) -> ClassifiedSpec:
+    """``spec`` with the classes :func:`residual_streams` reads from ``model``'s graph."""
+    streams = residual_streams(model, inputs, spec)
+    classes = {g: {"class": s.cls, "reason": s.reason} for g, s in streams.items()}
+    fields = {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+    return ClassifiedSpec(**fields, classes=classes)
