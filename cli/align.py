@@ -29,6 +29,7 @@ from modeconnect_cli.format import format_align
 @o.ALPHA
 @o.STEPS
 @o.method()
+@o.SYMMETRY
 @o.METHOD_OPTIONS
 @o.SEED_OPTION
 @o.bn()

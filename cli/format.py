@@ -65,9 +65,12 @@ def barrier_table(curves: Any) -> list[str]:
 def format_spec(spec: Any) -> str:
     """The coverage line, then every group with its members, then every fixed axis."""
     lines = [format_coverage(spec), f"{len(spec.groups)} permutation groups"]
+    classes = getattr(spec, "classes", {})
     for g in spec.groups.values():
         inner = f" (one per block of {g.batch_over})" if g.batch_over else ""
-        lines.append(f"  {g.name}  size {g.size}{inner}")
+        known = classes.get(g.name)
+        kind = f"  class {known['class']}: {known['reason']}" if known else ""
+        lines.append(f"  {g.name}  size {g.size}{inner}{kind}")
         for m in g.members:
             lines.append(f"      {m.key}  axis {m.axis}")
     if spec.fixed:

@@ -398,6 +398,15 @@ def pop_method_options(
     return {k: v for k in METHOD_FLAGS if (v := opts.pop(k, None)) is not None}
 
 
+SYMMETRY = click.option(
+    "--symmetry", type=click.Choice(("permutation", "orthogonal", "full")),
+    default="permutation", show_default=True,
+    help="Symmetry group aligned under: permutations; 'orthogonal' also rotates transformers' "
+         "residual streams (norms folded into their readers); 'full' also maps each "
+         "attention head's value dims. --method learned implies orthogonal.",
+)  # fmt: skip
+
+
 ALPHA = click.option(
     "--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
     help="Weight of B in the merge: (1-alpha)*A + alpha*B.",

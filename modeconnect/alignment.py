@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from .errors import ModeconnectError
 from .evaluation import Barrier, Curve, barrier, interpolate, interpolation_curve
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import Alignment, get_method, takes
@@ -22,6 +23,9 @@ from .spec import PermutationSpec, apply_permutation, derive_spec
 from .views import Permuted
 
 StateDict = Mapping[str, torch.Tensor]
+SYMMETRIES = ("permutation", "orthogonal", "full")
+"""``symmetry=``: permutations only (0.3.0); also residual-stream rotations; or every class
+the graph admits (also invertible per-head V·O maps)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class AlignResult:
     alignment: Alignment
     aligned: dict[str, torch.Tensor]
     equivalence: Equivalence
+    reference: dict[str, torch.Tensor] | None = None
+    """Under ``symmetry="full"``: A with its norms folded (A's function), the path's other end."""
+    symmetry: Mapping[str, Any] | None = None
+    """Under ``symmetry="full"``: each group's class, solver, objective, conditioning, seconds."""
+
+    def start(self, a: StateDict) -> StateDict:
+        """The path's A end: :attr:`reference` under the full symmetry, else ``a``."""
+        return a if self.reference is None else self.reference
 
 
 def align(
@@ -53,6 +65,8 @@ def align(
     progress: ProgressFn | None = None,
     max_bytes: int | None = None,
     device: torch.device | None = None,
+    symmetry: str = "permutation",
+    loss: Any = None,
     **options: Any,
 ) -> AlignResult:
     """Permute B's units into A's basis and verify that B's function is unchanged.
@@ -68,6 +82,11 @@ def align(
     its products run) go to the methods that declare them. A method that bounds its
     memory reads lazy checkpoints in their stored dtype (bfloat16: half the bytes).
     Raises :class:`~modeconnect.errors.NotEquivalent` if aligned B differs from B.
+
+    ``symmetry="orthogonal"`` or ``"full"`` (``method="learned"`` implies the first) rotates the
+    residual streams of transformers (:func:`modeconnect.symmetry.align.align_full`):
+    aligned B has its norms folded, and :attr:`AlignResult.reference` is A folded the
+    same way, the other end of the path; ``loss`` scores the learned method.
 
     Examples
     --------
@@ -94,6 +113,15 @@ def align(
     probe = probe_inputs(model, inputs, data)
     if spec is None:
         spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
+    if symmetry not in SYMMETRIES:
+        raise ModeconnectError(
+            f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
+        )
+    if symmetry != "permutation" or method == "learned":
+        # learned implies the orthogonal class (measured better than full: science/transformers)
+        full = "orthogonal" if symmetry == "permutation" else symmetry
+        return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss,
+                           {**options, "symmetry": full})  # fmt: skip
     match = get_method(method)
     context = {"progress": progress, "max_bytes": max_bytes, "device": device}
     options.update({k: v for k, v in context.items() if v is not None and takes(method, k)})
@@ -111,6 +139,27 @@ def align(
     require_equivalence(eq)
     # A read-only view stands in for the dict: every reader only indexes it.
     return AlignResult(spec, alignment, cast(dict[str, torch.Tensor], aligned), eq)
+
+
+def _align_full(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    method: str,
+    data: Iterable[Batch] | None,
+    tolerance: float | None,
+    progress: ProgressFn | None,
+    loss: Any,
+    options: dict[str, Any],
+) -> AlignResult:
+    from .symmetry.align import align_full
+
+    full = align_full(model, a, b, spec=spec, probe=probe, method=method, data=data,
+                      tolerance=tolerance, progress=progress, loss=loss, **options)  # fmt: skip
+    return AlignResult(spec, full.alignment, full.aligned, full.equivalence, full.reference,
+                       full.to_dict())  # fmt: skip
 
 
 def _as_stored(state_dict: StateDict) -> StateDict:
@@ -142,8 +191,12 @@ def compare_interpolations(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    start: StateDict | None = None,
 ) -> CurvePair:
     """Curves from A to naive B and from A to aligned B, with their barriers.
+
+    ``start`` replaces A at the aligned curve's start (A folded, under the full symmetry:
+    :meth:`AlignResult.start`).
 
     ``loss`` is :func:`~modeconnect.evaluation.interpolation_curve`'s (default: the
     classifier cross-entropy; a language model's scoring for a language model). Lazy
@@ -151,13 +204,14 @@ def compare_interpolations(
     :func:`~modeconnect.evaluation.interpolation_curve` says.
     """
 
-    def curve(other: StateDict, task: str) -> Curve:
+    def curve(other: StateDict, task: str, first: StateDict = a) -> Curve:
         return interpolation_curve(
-            model, a, other, data, steps=steps, loss=loss, device=device, dtype=dtype,
+            model, first, other, data, steps=steps, loss=loss, device=device, dtype=dtype,
             progress=progress, task=task,
         )  # fmt: skip
 
-    naive, after = curve(b, "naive curve"), curve(aligned, "aligned curve")
+    naive = curve(b, "naive curve")
+    after = curve(aligned, "aligned curve", a if start is None else start)
     return CurvePair(naive, after, barrier(naive, definition), barrier(after, definition))
 
 
@@ -176,7 +230,7 @@ def merge_pair(
     ``data`` are the activation statistics' batches for OT with activation costs;
     ``options`` the method's own (as for :func:`align`).
     """
-    if method == "ot":
+    if method == "ot" and result.reference is None:
         from .matching.ot import fuse_ot
 
         fused = fuse_ot(
@@ -184,4 +238,4 @@ def merge_pair(
             model=model, data=data, **options,
         )  # fmt: skip
         return fused, "merged (OT fusion)"
-    return interpolate(a, result.aligned, alpha), "merged"
+    return interpolate(result.start(a), result.aligned, alpha), "merged"

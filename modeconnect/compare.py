@@ -131,11 +131,13 @@ def _method_row(shared: tuple[Any, ...], name: str) -> MethodResult:
     """One method on the pair (here, or as a Ray task): align, then both curves."""
     model, a, b, data, stats_data, probe, spec, routed, steps, definition, loss = shared
     result = align(
-        model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, **routed[name]
-    )
+        model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, loss=loss,
+        **routed[name],
+    )  # fmt: skip
     curves = compare_interpolations(
-        model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss
-    )
+        model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss,
+        start=result.start(a),
+    )  # fmt: skip
     al = result.alignment
     return MethodResult(
         name, al.seconds, al.objective, al.iterations, curves.naive_barrier,

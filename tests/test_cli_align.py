@@ -321,7 +321,7 @@ def test_unknown_method_is_a_usage_error_listing_the_registry(tmp_path):
     last = result.output.strip().splitlines()[-1]  # click's usage lines first, the error last
     assert (
         last == "Error: Invalid value for '--method': 'magic' is not one of 'weight', "
-        "'activation', 'ot'."
+        "'activation', 'ot', 'learned'."
     )
 
 

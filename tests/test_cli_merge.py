@@ -148,7 +148,8 @@ def _other_width(path: Path) -> None:
          r"tensor '3\.weight' has shape \(8, 16\) in the checkpoint but \(12, 16\) in the model"),
         (None, ["--weights", "1,2"], r"got 2 weights \[1\.0, 2\.0\] for 3 models"),
         (None, ["--weights", "1,x"], "expected comma-separated numbers"),
-        (None, ["--method", "nope"], "'nope' is not one of 'weight', 'activation', 'ot', 'none'"),
+        (None, ["--method", "nope"],
+         "'nope' is not one of 'weight', 'activation', 'ot', 'learned', 'none'"),
         (None, ["--bn", "reset"], "pass data"),
     ],
 )  # fmt: skip

@@ -41,13 +41,13 @@ def test_all_methods_registered():
 def test_unknown_method_lists_valid_names():
     with pytest.raises(ModeconnectError, match=r"unknown alignment method 'nope'; valid methods: "):
         get_method("nope")
-    with pytest.raises(ModeconnectError, match=r"activation, ot, weight"):
+    with pytest.raises(ModeconnectError, match=r"activation, learned, ot, weight"):
         get_method("nope")
 
 
 def test_compare_rejects_unknown_method_before_any_work(digits):
     model, a, b, test, _ = digits
-    with pytest.raises(ModeconnectError, match="valid methods: activation, ot, weight"):
+    with pytest.raises(ModeconnectError, match="valid methods: activation, learned, ot, weight"):
         compare_methods(model, a, b, test, methods=["weight", "sinkhorn"])
 
 
@@ -135,5 +135,6 @@ def test_cli_compare_unknown_method_exits_2():
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "Error: Invalid value for '--methods': 'zipit' is not one of 'weight', 'activation', 'ot'"
+        "Error: Invalid value for '--methods': 'zipit' is not one of 'weight', 'activation', "
+        "'ot', 'learned'"
     )

@@ -250,7 +250,8 @@ def test_cli_flags_come_from_the_declarations():
     assert o.METHOD_FLAGS == {
         "restarts": "--restarts", "rtol": "--rtol", "statistic": "--statistic",
         "max_batches": "--max-batches", "ot_solver": "--ot-solver", "reg": "--reg",
-        "cost": "--cost",
+        "cost": "--cost", "learn_epochs": "--learn-epochs", "learn_lr": "--learn-lr",
+        "random_alpha": "--random-alpha",
     }  # fmt: skip
     declared = {f for name in METHOD_NAMES for f in method_info(name).flags}
     assert set(o.METHOD_FLAGS.values()) == declared

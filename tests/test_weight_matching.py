@@ -289,8 +289,8 @@ def test_method_options_takes_each_methods_own_and_refuses_the_others():
 def test_registry_names_and_lazy_lookup():
     from modeconnect.matching import METHOD_NAMES, METHODS
 
-    assert METHOD_NAMES == ("weight", "activation", "ot")
-    assert list(METHODS)[:3] == list(METHOD_NAMES) and "weight" in METHODS
+    assert METHOD_NAMES == ("weight", "activation", "ot", "learned")
+    assert list(METHODS)[:4] == list(METHOD_NAMES) and "weight" in METHODS
     assert METHODS["weight"] is match_weights is get_method("weight")
 
 
@@ -300,7 +300,9 @@ def test_registered_method_is_found_and_listed():
     register_method("noop", match_weights)
     try:
         assert get_method("noop") is match_weights and "noop" in METHODS
-        with pytest.raises(ModeconnectError, match="valid methods: activation, noop, ot, weight"):
+        with pytest.raises(
+            ModeconnectError, match="valid methods: activation, learned, noop, ot, weight"
+        ):
             get_method("magic")
     finally:
         del METHODS["noop"]
@@ -327,7 +329,7 @@ def test_matching_package_imports_no_numerics():
         [sys.executable, "-c", _IMPORT_MATCHING_ALONE, str(root)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert out.stdout.strip() == "weight,activation,ot []", out.stdout + out.stderr
+    assert out.stdout.strip() == "weight,activation,ot,learned []", out.stdout + out.stderr
 
 
 def _imports_torch(module: str) -> bool:

@@ -57,6 +57,8 @@ class AlignReport(FileReport[AlignResult]):
             },
             "alpha": self.alpha,
         }
+        if res.symmetry is not None:
+            out["symmetry"] = dict(res.symmetry)
         if self.curves is not None:
             c = self.curves
             for name, bar, curve in (("naive", c.naive_barrier, c.naive),
@@ -114,7 +116,8 @@ def align_files(
             return align(
                 net, ca.state_dict, cb.state_dict, method=o.method, inputs=session.probe,
                 data=stats, spec=spec, progress=o.run.progress,
-                max_bytes=model_bytes(cb.state_dict), device=products, **opts,
+                max_bytes=model_bytes(cb.state_dict), device=products, symmetry=o.symmetry,
+                loss=session.scoring, **opts,
             )  # fmt: skip
 
     # A cached spec is untrusted input: if the guard refuses it, it is derived again, once.
@@ -146,14 +149,15 @@ def align_files(
         with clock.phase("merge"):
             mixed: Mapping[str, torch.Tensor]
             if session.lazy and o.method != "ot" and o.bn == "none":  # computed as it is written
-                mixed, role_name = Lerped(ca.state_dict, result.aligned, o.alpha), "merged"
+                start = result.start(ca.state_dict)
+                mixed, role_name = Lerped(start, result.aligned, o.alpha), "merged"
             else:
                 mixed, role_name = merge_pair(
                     net, ca.state_dict, cb.state_dict, result, o.alpha, o.method, stats, opts
                 )
                 mixed = renormalize(
-                    net, ca.state_dict, result.aligned, dict(mixed), session.train, mode=o.bn,
-                    alpha=o.alpha,
+                    net, result.start(ca.state_dict), result.aligned, dict(mixed), session.train,
+                    mode=o.bn, alpha=o.alpha,
                 )  # fmt: skip
         written["merged"] = plan.path("--merged")
         info = {**meta, "modeconnect.alpha": str(o.alpha), "modeconnect.role": role_name,
@@ -191,5 +195,5 @@ def _curves(
     return compare_interpolations(
         session.model, ca.state_dict, cb.state_dict, result.aligned, data, steps=steps,
         loss=session.scoring, progress=progress, dtype=dtype,
-        device=device if elsewhere else None,
+        device=device if elsewhere else None, start=result.start(ca.state_dict),
     )  # fmt: skip

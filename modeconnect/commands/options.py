@@ -195,6 +195,7 @@ class AlignOptions(Options):
     bn: str = "none"
     alpha: float = 0.5
     steps: int = 25
+    symmetry: str = "permutation"
     out: Path_ = None
     merged: Path_ = None
 

@@ -10,7 +10,7 @@ from modeconnect.commands.session import open_session
 from modeconnect.errors import ModeconnectError
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.spec_cache import cached_spec
-from modeconnect.spec import PermutationSpec
+from modeconnect.symmetry import ClassifiedSpec, classified
 
 __all__ = ["spec_files"]
 
@@ -19,8 +19,9 @@ def spec_files(
     checkpoint: str | Path | None,
     options: SpecOptions | None = None,
     **keywords: Any,
-) -> PermutationSpec:
-    """The spec of ``checkpoint``'s architecture (or of ``model``), written as JSON if asked."""
+) -> ClassifiedSpec:
+    """The spec of ``checkpoint``'s architecture (or of ``model``), written as JSON if asked;
+    with each residual stream's symmetry class (``classes``; the JSON's ``classes``)."""
     o = SpecOptions.build(options, keywords)
     if checkpoint is None and o.sources.model is None:
         raise ModeconnectError("spec: no architecture given; pass a checkpoint or --model")
@@ -30,7 +31,9 @@ def spec_files(
     )  # fmt: skip
     probe = tuple(x[:2] for x in session.probe)
     spec = cached_spec(session.model, probe, permute_output=o.permute_output, refresh=True)
+    spec = classified(spec, session.model, probe)
     if "--json" in session.outputs:
+        summary = {**spec.summary(), "classes": dict(spec.classes)}
         with session.outputs.writing() as staging:
-            staging.write(session.outputs.path("--json"), json_writer(spec.summary()))
+            staging.write(session.outputs.path("--json"), json_writer(summary))
     return spec

@@ -75,6 +75,20 @@ _BUILTIN: tuple[MethodInfo, ...] = (
         summary="OTFusion (Singh & Jaggi 2020): permutations from hardened "
                 "optimal-transport plans.",
     ),
+    MethodInfo(
+        "learned", "modeconnect.symmetry.learned", "match_learned",
+        params=(
+            Param("epochs", int, 1, "Passes over --train learning the residual rotation.",
+                  min=1, flag="--learn-epochs"),
+            Param("lr", float, 1e-3, "Adam's learning rate for the residual rotation.",
+                  min=0, min_open=True, flag="--learn-lr"),
+            Param("random_alpha", bool, False, "Learn at a random α per step instead of the "
+                  "midpoint.", flag="--random-alpha"),
+            MAX_BATCHES,
+        ),
+        summary="Weight matching, then residual-stream rotations learned on the loss at the "
+                "path's midpoint (implies --symmetry orthogonal; Theus et al. 2025).",
+    ),
 )  # fmt: skip
 """The built-in methods, declared: one entry per method."""
 

@@ -1,0 +1,177 @@
+"""Transformers beyond permutations: the midpoint loss barrier under each symmetry and solver.
+
+Two tiny Llamas (``examples/tiny_lms.py``'s corpus, tokenizer, model and training:
+CPython's standard library, byte-level BPE of 2048 tokens, hidden 128) trained from
+different seeds, and optionally two tiny GPT-2s (LayerNorm, GELU, learned positions,
+untied head) trained the same way. For each, on held-out 128-token blocks, the loss at
+α = 0.5 and its barrier ``L(½A + ½B') − ½(L(A) + L(B))`` (nats per token), with the
+seconds of the alignment:
+
+* naive (no alignment);
+* permutation: weight matching, and activation matching (``--symmetry permutation``);
+* orthogonal, weight-based: Procrustes on the residual stream alternating with weight
+  matching; activation-based: Procrustes on the residual stream's activations;
+* full: the same, then invertible per-head V·O maps (least squares on the weights);
+* full, learned: the rotation learned on the midpoint loss over train blocks, then V·O.
+
+Run: ``python benchmarks/bench_symmetry.py --out results/transformers_symmetry.json``
+(``--quick``: a smoke run of a few minutes). It prints the table with each row's share
+of the naive barrier and its time relative to weight matching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import tiny_lms  # noqa: E402
+
+import modeconnect as mc  # noqa: E402
+from modeconnect.provenance import write_result  # noqa: E402
+
+
+def gpt2(seed: int, layers: int) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=tiny_lms.VOCAB, n_embd=128, n_layer=layers, n_head=4,
+                        n_positions=tiny_lms.CONTEXT, tie_word_embeddings=False,
+                        bos_token_id=0, eos_token_id=0)  # fmt: skip
+    config.use_cache = False
+    return GPT2LMHeadModel(config)
+
+
+def blocks(ids: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, len(ids) - tiny_lms.CONTEXT, (n,), generator=gen)
+    return torch.stack([ids[s : s + tiny_lms.CONTEXT] for s in start.tolist()])
+
+
+def midpoint_loss(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[str, float]:
+    curve = mc.interpolation_curve(model, a, b, data, alphas=[0.0, 0.5, 1.0], loss="causal_lm")
+    losses = [p.loss for p in curve.points]
+    return {"loss_a": losses[0], "loss_mid": losses[1], "loss_b": losses[2],
+            "barrier": losses[1] - 0.5 * (losses[0] + losses[2]),
+            "perplexity_mid": float(torch.tensor(losses[1]).exp())}  # fmt: skip
+
+
+def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any) -> dict[str, Any]:
+    nets = {}
+    for tag, seed in (("a", 0), ("b", 1)):
+        net = make(seed, args.layers)
+        saved = None if args.models is None else args.models / f"{name}_{tag}.pt"
+        if saved is not None and saved.exists():
+            net.load_state_dict(torch.load(saved, weights_only=True))
+            nets[tag] = net.eval()
+            print(f"{name} {tag}: loaded {saved}", flush=True)
+            continue
+        start = time.perf_counter()
+        last = tiny_lms.train(net, ids, seed, args.steps, batch=16)
+        print(f"{name} {tag}: trained {args.steps} steps, last loss {last:.3f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        nets[tag] = net.eval()
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), saved)
+    model = nets["a"]
+    a, b = nets["a"].state_dict(), nets["b"].state_dict()
+    test = [(x, x) for x in blocks(held, args.eval_blocks, 2).split(8)]
+    train = [(x, x) for x in blocks(ids, args.train_blocks, 3).split(8)]
+    rows: dict[str, Any] = {"naive": {**midpoint_loss(model, a, b, test), "seconds": 0.0}}
+    runs = [
+        ("permutation, weight", dict(method="weight")),
+        ("permutation, activation", dict(method="activation")),
+        ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
+        ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
+        ("full, weight", dict(method="weight", symmetry="full")),
+        (
+            "full (orthogonal heads), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0),
+        ),
+        ("full, activation", dict(method="activation", symmetry="full")),
+        (
+            "orthogonal, learned",
+            dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
+        ),
+        ("full, learned", dict(method="learned", symmetry="full", epochs=args.epochs, lr=args.lr)),
+    ]
+    for label, kw in runs:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = mc.align(
+                model, a, b, data=train, inputs=(test[0][0][:2],), loss="causal_lm", **kw
+            )
+        seconds = time.perf_counter() - start
+        rows[label] = {**midpoint_loss(model, result.start(a), result.aligned, test),
+                       "seconds": seconds, "guard_passed": result.equivalence.passed}  # fmt: skip
+        if result.symmetry is not None:
+            rows[label]["classes"] = {g["group"]: g["class"] for g in result.symmetry["groups"]
+                                      if g["class"] != "permutation"}  # fmt: skip
+        print(f"{name} {label}: barrier {rows[label]['barrier']:.3f} ({seconds:.1f} s)", flush=True)
+    naive, weight_seconds = rows["naive"]["barrier"], rows["permutation, weight"]["seconds"]
+    for row in rows.values():
+        row["share_of_naive"] = row["barrier"] / naive if naive else None
+        row["time_vs_weight_matching"] = row["seconds"] / weight_seconds
+    return rows
+
+
+def table(name: str, rows: dict[str, Any]) -> str:
+    lines = [
+        f"\n{name}",
+        f"{'':34}{'barrier':>9}{'share':>8}{'ppl(0.5)':>10}{'seconds':>9}{'x wm':>7}",
+    ]
+    for label, r in rows.items():
+        lines.append(f"{label:34}{r['barrier']:9.3f}{r['share_of_naive']:8.0%}"
+                     f"{r['perplexity_mid']:10.2f}{r['seconds']:9.1f}"
+                     f"{r['time_vs_weight_matching']:7.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (write_result)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--family", choices=("llama", "gpt2", "both"), default="llama",
+                        help="which pair(s): tiny Llamas, tiny GPT-2s, or both")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=4, help="learned: passes over train")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="keep the trained models here (loaded if present)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model")
+    parser.add_argument("--layers", type=int, default=None, help="layers per model")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
+    args = parser.parse_args(argv)
+    steps, layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 1_000_000)
+    args.steps, args.layers = args.steps or steps, args.layers or layers
+    args.eval_blocks, args.train_blocks = (16, 32) if args.quick else (64, 256)
+    torch.set_num_threads(1)
+    text, held = tiny_lms.corpus(limit)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tok = tiny_lms.tokenizer(text, Path(folder))
+    ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
+    held_ids = torch.tensor(tok(held[:150_000])["input_ids"], dtype=torch.long)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+    numbers: dict[str, Any] = {"settings": settings}
+    if args.family in ("llama", "both"):
+        numbers["llama"] = study("llama", tiny_lms.model, ids, held_ids, args)
+        print(table("tiny Llama (RMSNorm, RoPE, SwiGLU)", numbers["llama"]))
+    if args.family in ("gpt2", "both"):
+        numbers["gpt2"] = study("gpt2", gpt2, ids, held_ids, args)
+        print(table("tiny GPT-2 (LayerNorm, GELU, learned positions)", numbers["gpt2"]))
+    if args.out is not None:
+        write_result(args.out, numbers, seeds=[0, 1, 2, 3], command=["python", *sys.argv])
+
+
+if __name__ == "__main__":
+    main()

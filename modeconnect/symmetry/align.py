@@ -1,0 +1,326 @@
+"""Alignment under larger symmetry groups: permutations, rotations of residual streams and
+(``full``) invertible per-head V·O maps.
+
+:func:`align_full` is what :func:`modeconnect.alignment.align` runs for
+``symmetry="orthogonal"`` or ``"full"`` (and ``method="learned"``):
+
+1. **classes** (:func:`~modeconnect.symmetry.residual.residual_streams`): which groups
+   are residual streams, refused back to permutations (with the reason) where a norm
+   weight cannot be folded (:func:`~modeconnect.symmetry.transform.foldable`) or a
+   random rotation of B's stream changes B's outputs on the probe;
+2. **fold** A's and B's norm weights into their readers (both keep their function);
+3. **permutations** of every group by the base method (``weight`` for ``weight`` and
+   ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
+   run leaves the stream's own permutation to the rotation;
+4. **rotation** of each stream: orthogonal Procrustes on the weights (alternating with
+   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least 1e-4 of
+   itself, at most :data:`ROUNDS` rounds), or on the stream's activations over ``data``;
+5. **heads** (``full``): each V·O group's per-head maps by least squares
+   (:mod:`~modeconnect.symmetry.heads`), after a random map passed on the probe;
+6. **learned**: the rotation learned on the loss at the midpoint (or a random α);
+7. **guard**: aligned B must compute B's function on the probe.
+
+Aligned B is written as B's architecture and config (norm weights 1); A's folded copy
+(``reference``) is the other end of the path: interpolate and merge with it, not with A.
+Both models are read into memory (a lazy checkpoint is materialised).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ..errors import ModeconnectError
+from ..forward import eval_mode
+from ..guard import Equivalence, check_equivalence, require_equivalence
+from ..matching import Alignment, get_method, takes
+from ..progress import ProgressFn
+from ..spec import PermutationSpec, apply_permutation
+from ..spec.trace import trace
+from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
+from .learned import learn_rotations
+from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
+from .residual import PERMUTATION, ResidualStream, residual_streams
+from .transform import fold, foldable, random_rotation, rotate
+
+StateDict = Mapping[str, torch.Tensor]
+INVERTIBLE = "invertible-per-head"
+"""The V·O class: one invertible map per (key/value) head."""
+ROUNDS = 3
+"""Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """How one group was aligned: its class, solver, objective, conditioning and time."""
+
+    group: str
+    cls: str
+    solver: str
+    objective: float | None
+    condition: float
+    seconds: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "class": self.cls, "solver": self.solver,
+                "objective": self.objective, "condition_number": self.condition,
+                "seconds": self.seconds, "reason": self.reason}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FullAlignment:
+    """Aligned B (folded, rotated, permuted), A's folded copy, and the record of each group."""
+
+    alignment: Alignment
+    reference: dict[str, torch.Tensor]
+    aligned: dict[str, torch.Tensor]
+    equivalence: Equivalence
+    groups: tuple[GroupRecord, ...]
+    rotations: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``symmetry`` section of the JSON report."""
+        return {"symmetry": self.alignment.params.get("symmetry", "full"),
+                "groups": [g.to_dict() for g in self.groups]}  # fmt: skip
+
+
+def stream_classes(
+    model: nn.Module,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    a: StateDict,
+    b: StateDict,
+) -> list[ResidualStream]:
+    """The residual streams of ``spec`` with their class for these weights (refusals kept)."""
+    short = tuple(x[:2] for x in probe)
+    streams = residual_streams(model, short, spec, trace(model, short))
+    out = []
+    for s in streams.values():
+        if s.cls != PERMUTATION:
+            reason = (
+                foldable(a, s, "A")
+                or foldable(b, s, "B")
+                or _rotation_check(model, b, s, spec, probe)
+            )
+            s = s.refused(reason) if reason else s
+        out.append(s)
+    return out
+
+
+def _rotation_check(
+    model: nn.Module, b: StateDict, s: ResidualStream, spec: PermutationSpec, probe: Sequence[Any]
+) -> str | None:
+    turned = rotate(fold(b, s, spec.aliases), s, random_rotation(s, seed=12345), spec.aliases)
+    eq = check_equivalence(model, b, turned, probe)
+    if eq.passed:
+        return None
+    return (f"a random rotation of the stream changed B's outputs (relative difference "
+            f"{eq.max_rel_diff:.2g}): an op on it does not commute with rotations")  # fmt: skip
+
+
+def align_full(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    *,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    method: str = "weight",
+    data: Iterable[Any] | None = None,
+    tolerance: float | None = None,
+    progress: ProgressFn | None = None,
+    loss: Any = None,
+    symmetry: str = "full",
+    max_condition: float = 100.0,
+    **options: Any,
+) -> FullAlignment:
+    """Align B to A under the full symmetry group (module docstring); the guard verifies.
+
+    ``symmetry="orthogonal"`` rotates the residual streams only; ``"full"`` also maps each
+    attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
+    most ``max_condition``, after the rotations and the learning).
+    ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
+    ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
+    """
+    if method == "learned" and data is None:
+        raise ModeconnectError(
+            "method 'learned' learns the rotation on data: pass --train (or --data) batches"
+        )
+    start = time.perf_counter()
+    a, b = dict(a), dict(b)
+    mine = ("epochs", "lr", "random_alpha", "max_batches") if method == "learned" else ()
+    own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
+    with eval_mode(model):
+        streams = stream_classes(model, spec, probe, a, b)
+        active = [s for s in streams if s.cls != PERMUTATION]
+        fa, fb = dict(a), dict(b)
+        for s in active:
+            fa, fb = fold(fa, s, spec.aliases), fold(fb, s, spec.aliases)
+        base = "weight" if method == "learned" else method
+        match = get_method(base)
+        if progress is not None and takes(base, "progress"):
+            options["progress"] = progress
+        clock = time.perf_counter()
+        records: list[GroupRecord] = []
+        rotations: dict[str, torch.Tensor] = {}
+        if base == "weight":
+            alignment, aligned, rotations, objectives = _weight_rounds(
+                spec, fa, fb, active, match, options
+            )
+            solver = "orthogonal Procrustes (SVD), alternating with weight matching"
+        else:
+            alignment = match(spec, fa, fb, model=model, data=data, **options)
+            # activations: the stream's rotation is found on its own, from its activations
+            perm = {**alignment.perm, **{s.group: torch.arange(s.size) for s in active}}
+            aligned = apply_permutation(fb, spec, perm)
+            objectives = {}
+            for s in active:
+                m = activation_cross(model, fa, aligned, s, data or [], progress=progress,
+                                     max_batches=options.get("max_batches"))  # fmt: skip
+                rotations[s.group] = procrustes(m, s.fixes_ones)
+                objectives[s.group] = alignment_objective(m, rotations[s.group])
+                aligned = rotate(aligned, s, rotations[s.group], spec.aliases)
+            solver = "activation Procrustes (SVD)"
+        seconds = time.perf_counter() - clock
+        perm = dict(alignment.perm)
+        for s in active:
+            q = rotations[s.group]
+            records.append(GroupRecord(s.group, s.cls, solver, objectives[s.group], _condition(q),
+                                       seconds, s.reason))  # fmt: skip
+        found: list[GroupRecord] = []
+        if symmetry == "full":
+            aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
+        if method == "learned" and active:
+            clock = time.perf_counter()
+            batches = list(data or [])[: own.get("max_batches") or None]
+            learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
+                                      seed=int(options.get("seed", 0)), aliases=spec.aliases,
+                                      progress=progress, **_learn_options(own))  # fmt: skip
+            for s in active:
+                q = learned.rotations[s.group]
+                aligned = rotate(aligned, s, q, spec.aliases)
+                rotations[s.group] = q @ rotations[s.group]
+            seconds = time.perf_counter() - clock
+            last = learned.losses[-1] if learned.losses else None
+            how = " + learned (orthogonal parametrisation, Adam)"
+            records = [replace(r, solver=r.solver + how, objective=last,
+                               seconds=r.seconds + seconds) for r in records]  # fmt: skip
+        if symmetry == "full":
+            records += found
+        kw = {} if tolerance is None else {"tolerance": tolerance}
+        eq = check_equivalence(model, b, aligned, probe, **kw)
+    require_equivalence(eq)
+    records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
+    alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
+                        params={**alignment.params, **own, "symmetry": symmetry})  # fmt: skip
+    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations)
+
+
+def _head_maps(
+    model: nn.Module,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    fa: StateDict,
+    aligned: dict[str, torch.Tensor],
+    max_condition: float,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
+    """Aligned B with each V·O group's per-head maps solved and applied; their records.
+
+    A group is trusted only if random well-conditioned maps leave B's outputs unchanged on
+    the probe (else it keeps its permutations, and its record says why).
+    """
+    records = []
+    for group in head_maps(spec, aligned):
+        clock = time.perf_counter()
+        sizes = factor_sizes(spec, group)
+        gen = torch.Generator().manual_seed(54321)
+        shape = (group.heads, group.size, group.size)
+        trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
+        eq = check_equivalence(model, aligned, apply_head_maps(aligned, group, trial, sizes), probe)
+        if not eq.passed:
+            records.append(GroupRecord(group.group, PERMUTATION, "weight matching", None, 1.0,
+                                       0.0, "random per-head maps changed B's outputs on the "
+                                       "probe: not a V·O group"))  # fmt: skip
+            continue
+        maps, conditions = solve_head_maps(fa, aligned, group, sizes, max_condition)
+        aligned = apply_head_maps(aligned, group, maps, sizes)
+        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
+                       for k, *_ in group.members)  # fmt: skip
+        records.append(GroupRecord(
+            group.group, INVERTIBLE, "least squares on V and O (Sylvester), polar fallback",
+            residual, max(conditions), time.perf_counter() - clock,
+            "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
+    return aligned, records
+
+
+def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in own.items() if k in ("epochs", "lr") and v is not None}
+    return {**out, "alpha": None if own.get("random_alpha") else 0.5}
+
+
+def _weight_rounds(
+    spec: PermutationSpec,
+    fa: StateDict,
+    fb: StateDict,
+    streams: Sequence[ResidualStream],
+    match: Any,
+    options: Mapping[str, Any],
+) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+    """Procrustes for the streams, alternating with weight matching of the other groups.
+
+    Each round rotates every stream to best fit A (with the permutations found so far),
+    then matches the permutations again on the rotated B (each stream's own permutation
+    left to its rotation); the rounds stop when the total inner product ``Σ_W ⟨W_A, W_B'⟩``
+    gains less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. Returns the first
+    round's alignment, aligned B, each stream's composed rotation and its objective.
+    """
+    aligned = dict(fb)
+    rotations = {s.group: torch.eye(s.size, dtype=torch.float64) for s in streams}
+    objectives: dict[str, float] = {}
+    first: Alignment | None = None
+    best = -float("inf")
+    for _ in range(ROUNDS if streams else 1):
+        for s in streams:
+            m = weight_cross(fa, aligned, s)
+            q = procrustes(m, s.fixes_ones)
+            objectives[s.group] = alignment_objective(m, q)
+            aligned = rotate(aligned, s, q, spec.aliases)
+            rotations[s.group] = q @ rotations[s.group]
+        found = match(spec, fa, aligned, **options)
+        first = first or found
+        kept = {s.group: torch.arange(s.size) for s in streams}
+        candidate = apply_permutation(aligned, spec, {**found.perm, **kept})
+        value = _inner(fa, candidate)
+        if value <= best + 1e-4 * abs(best):
+            break
+        aligned, best = candidate, value
+    return cast(Alignment, first), aligned, rotations, objectives
+
+
+def _inner(a: StateDict, b: StateDict) -> float:
+    return float(sum((a[k].double() * b[k].double()).sum() for k in a
+                     if a[k].is_floating_point() and a[k].shape == b[k].shape))  # fmt: skip
+
+
+def _condition(q: torch.Tensor) -> float:
+    return float(torch.linalg.cond(q.double()))
+
+
+def _permutation_records(
+    spec: PermutationSpec,
+    streams: Sequence[ResidualStream],
+    seconds: float,
+    base: str,
+    done: set[str],
+) -> list[GroupRecord]:
+    refused = {s.group: s.reason for s in streams if s.cls == PERMUTATION}
+    rotated = {s.group for s in streams if s.cls != PERMUTATION}
+    return [GroupRecord(name, PERMUTATION, f"{base} matching (linear assignment)", None, 1.0,
+                        seconds, refused.get(name, "not a residual stream: no norm reads it"))
+            for name in spec.groups if name not in rotated | done]  # fmt: skip

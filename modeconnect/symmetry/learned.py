@@ -1,0 +1,142 @@
+"""The residual rotation learned on the loss along the linear path.
+
+``min_Q E_batch L((1-α) θ_A + α Q·θ_B)`` over orthogonal ``Q`` (one per residual stream),
+with ``α = 0.5`` (the midpoint) or drawn uniformly per step. ``Q = Q₀ · O(P)`` where
+``Q₀`` is the closed-form start (weight or activation Procrustes) and ``O`` is
+:func:`torch.nn.utils.parametrizations.orthogonal` of a square matrix started at the
+identity; a LayerNorm stream's ``O`` acts on the complement of all-ones. Adam, ``lr``,
+``epochs`` passes over the data; seeded (α's draws) and deterministic on CPU.
+In the spirit of Theus et al. 2025 (arXiv 2506.22712), where the transformations are
+learned to lower the barrier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ..errors import ModeconnectError
+from ..evaluation.scoring import get_scoring
+from ..forward import batch_inputs, run
+from ..progress import ProgressFn
+from .procrustes import procrustes
+from .residual import ResidualStream
+from .transform import embed_ones, rotate
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Learned:
+    """The learned rotations (float64, re-orthogonalised), and the loss of each epoch."""
+
+    rotations: dict[str, torch.Tensor]
+    losses: tuple[float, ...]
+
+
+def match_learned(
+    spec: Any,
+    a: StateDict,
+    b: StateDict,
+    *,
+    seed: int = 0,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    random_alpha: bool = False,
+    max_batches: int | None = None,
+    model: Any = None,
+    data: Any = None,
+) -> Any:
+    """The registry's entry for ``learned``: its parameters, declared. The method learns
+    rotations, which a permutation alignment cannot hold, so it runs only through
+    :func:`modeconnect.alignment.align` (``method="learned"``), which aligns under the full
+    symmetry (:func:`modeconnect.symmetry.align.align_full`)."""
+    raise ModeconnectError(
+        "method 'learned' learns rotations of the residual stream: call "
+        "modeconnect.align(model, a, b, method='learned', data=...) (or the CLI's "
+        "--method learned), which also rotates the residual stream"
+    )
+
+
+def _orthogonal(n: int) -> nn.Module:
+    layer = nn.Linear(n, n, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(n, dtype=torch.float64))
+    return nn.utils.parametrizations.orthogonal(layer)
+
+
+def learn_rotations(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    streams: Sequence[ResidualStream],
+    data: Iterable[Any],
+    *,
+    loss: Any = None,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    alpha: float | None = 0.5,
+    seed: int = 0,
+    aliases: Mapping[str, str] = {},
+    progress: ProgressFn | None = None,
+) -> Learned:
+    """Rotations ``Q`` (one per stream) that lower the loss of ``(1-α) a + α Q·b`` on ``data``.
+
+    ``a`` and ``b`` are folded (:func:`~modeconnect.symmetry.fold`); ``alpha=None`` draws
+    α uniformly from [0, 1] at each step (a generator seeded with ``seed``); ``loss`` is a
+    :func:`~modeconnect.evaluation.scoring.get_scoring` choice (``"causal_lm"``).
+    """
+    batches = list(data)
+    scoring = get_scoring(loss, model)
+    gen = torch.Generator().manual_seed(seed)
+    layers = {s.group: _orthogonal(s.size - 1 if s.fixes_ones else s.size) for s in streams}
+    params = [p for m in layers.values() for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
+    b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+    losses: list[float] = []
+    total = epochs * len(batches)
+    for epoch in range(epochs):
+        summed = 0.0
+        for i, batch in enumerate(batches):
+            inputs, target = scoring.prepare(batch, i)
+            t = float(torch.rand((), generator=gen)) if alpha is None else alpha
+            state = _path_point(a32, b32, streams, layers, t, aliases)
+            value = scoring.summed(run(model, state, batch_inputs((inputs, target))), target)
+            value = value / scoring.count(target)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            summed += float(value.detach())
+            if progress is not None:
+                progress("learned rotation", epoch * len(batches) + i + 1, total)
+        losses.append(summed / max(len(batches), 1))
+    with torch.no_grad():
+        rotations = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones)
+                     for s in streams}  # fmt: skip
+    return Learned(rotations, tuple(losses))
+
+
+def _rotation(stream: ResidualStream, layer: nn.Module) -> torch.Tensor:
+    q = cast(torch.Tensor, layer.weight)
+    return embed_ones(q) if stream.fixes_ones else q
+
+
+def _path_point(
+    a: StateDict,
+    b: StateDict,
+    streams: Sequence[ResidualStream],
+    layers: Mapping[str, nn.Module],
+    alpha: float,
+    aliases: Mapping[str, str],
+) -> dict[str, torch.Tensor]:
+    """``(1-α) a + α Q·b`` with gradients to the rotations (other tensors are constants)."""
+    rotated: Mapping[str, torch.Tensor] = b
+    for s in streams:
+        rotated = rotate(rotated, s, _rotation(s, layers[s.group]).float(), aliases)
+    return {k: torch.lerp(v, rotated[k], alpha) if v.is_floating_point() else v
+            for k, v in a.items()}  # fmt: skip

@@ -1,0 +1,104 @@
+"""Orthogonal Procrustes for a residual stream: from weights, or from activations.
+
+``Q* = argmax_{Q orthogonal} tr(Qᵀ M) = U Vᵀ`` for ``M = U S Vᵀ`` (Schönemann 1966).
+With a LayerNorm the maps must fix the all-ones direction: ``Q = 11ᵀ/n + H R Hᵀ`` with
+``H`` an orthonormal basis of its complement, and ``R`` the Procrustes solution of
+``Hᵀ M H``.
+
+* weights: ``M = Σ_W A_W B_Wᵀ`` over the stream's tensors, each with its stream axis
+  first and the rest flattened: the orthogonal analogue of weight matching's
+  similarity ``Σ_W ⟨W_A, π(W_B)⟩``;
+* activations: ``M = Σ_t x_A(t) x_B(t)ᵀ``, the uncentred cross-moment of the stream
+  at every norm's input (the stream itself), streamed over the data in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..forward import batch_inputs, run
+from ..progress import ProgressFn
+from .residual import ResidualStream
+from .transform import embed_ones, ones_basis
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+def procrustes(m: torch.Tensor, fixes_ones: bool = False) -> torch.Tensor:
+    """The orthogonal ``Q`` maximising ``tr(Qᵀ m)`` (fixing all-ones if asked), float64.
+
+    >>> import torch
+    >>> q = procrustes(torch.tensor([[0.0, 2.0], [3.0, 0.0]]))
+    >>> q.tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    m = m.double()
+    if fixes_ones:
+        h = ones_basis(m.shape[0])
+        return embed_ones(procrustes(h.T @ m @ h))
+    u, _, vh = torch.linalg.svd(m)
+    return u @ vh
+
+
+def alignment_objective(m: torch.Tensor, q: torch.Tensor) -> float:
+    """``tr(Qᵀ M)``: what :func:`procrustes` maximises."""
+    return float((q.double() * m.double()).sum())
+
+
+def weight_cross(a: StateDict, b: StateDict, stream: ResidualStream) -> torch.Tensor:
+    """``Σ_W A_W B_Wᵀ`` over the stream's tensors (stream axis first), float64 ``(n, n)``."""
+    m = torch.zeros(stream.size, stream.size, dtype=torch.float64)
+    for key, axis in stream.rotated:
+        ta = a[key].double().movedim(axis, 0).reshape(stream.size, -1)
+        tb = b[key].double().movedim(axis, 0).reshape(stream.size, -1)
+        m += ta @ tb.T
+    return m
+
+
+def activation_cross(
+    model: nn.Module,
+    a: StateDict,
+    b: StateDict,
+    stream: ResidualStream,
+    data: Iterable[Any],
+    *,
+    max_batches: int | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """``Σ_t x_A(t) x_B(t)ᵀ`` of the stream at every norm's input, over ``data``, float64."""
+    m = torch.zeros(stream.size, stream.size, dtype=torch.float64)
+    batches = list(data) if max_batches is None else [b for _, b in zip(range(max_batches), data)]
+    for i, batch in enumerate(batches):
+        inputs = batch_inputs(batch)
+        xa, xb = _stream(model, a, stream, inputs), _stream(model, b, stream, inputs)
+        for u, v in zip(xa, xb):
+            m += u.T @ v
+        if progress is not None:
+            progress("residual activations", i + 1, len(batches))
+    return m
+
+
+def _stream(
+    model: nn.Module, state: StateDict, stream: ResidualStream, inputs: Any
+) -> list[torch.Tensor]:
+    """The stream at each norm's input, ``(tokens, n)`` float64, in the norms' order."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for norm in stream.norms:
+        module = model.get_submodule(norm.weight.rpartition(".")[0])
+
+        def hook(_m: nn.Module, args: Any, name: str = norm.weight) -> None:
+            seen[name] = args[0].detach().double().reshape(-1, stream.size)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            run(model, state, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [seen[n.weight] for n in stream.norms if n.weight in seen]
