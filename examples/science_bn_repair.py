@@ -17,11 +17,10 @@ Run from the repository root (about two minutes on one core)::
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train, write
+from science_common import digits, main, norm_mlp, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
@@ -88,7 +87,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     runs = [
         measure(norm, width, tuple(seeds), config)
@@ -97,9 +96,15 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         for seeds in config["pairs"]
     ]
     rows = summarise(runs)
-    record = {"study": "bn_repair", "config": config, "runs": runs, "summary": rows}
-    write(out, "bn_repair", record, {"bn_repair": figure(rows)})
-    return record
+    seeds = sorted({s for pair in config["pairs"] for s in pair})
+    record = {"study": "bn_repair", "config": config, "seeds": seeds, "runs": runs,
+              "summary": rows}  # fmt: skip
+    return record, draw(record)
+
+
+def draw(record: dict[str, Any]) -> dict[str, Any]:
+    """The figure, from the stored record."""
+    return {"bn_repair": figure(record["summary"])}
 
 
 def report(record: dict[str, Any]) -> str:
@@ -115,4 +120,4 @@ def report(record: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "bn_repair", run, report, draw)

@@ -26,11 +26,10 @@ Run from the repository root (about 30 s on one core)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train, write
+from science_common import digits, main, norm_mlp, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
@@ -63,14 +62,16 @@ def layer_rows(result: mc.Study, pair: str) -> list[dict[str, Any]]:
     return rows
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     train_data, test_data = digits("train"), digits("test")
 
     def make() -> torch.nn.Module:
         return norm_mlp([config["width"]] * config["depth"])
 
-    record: dict[str, Any] = {"study": "layerwise", "config": config, "settings": {}}
+    seeds = sorted({s for pair in PAIRS.values() for seed in pair for s in seed})
+    record: dict[str, Any] = {"study": "layerwise", "config": config, "seeds": seeds,
+                              "settings": {}}  # fmt: skip
     for name, seeds in PAIRS.items():
         a, b = (
             train(make, s, train_data, order_seed=o, epochs=config["epochs"], lr=config["lr"])
@@ -88,7 +89,12 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
                 "mid_accuracy": result.midpoint.accuracy,
                 "layers": layer_rows(study, pair),
             }
-    figures = {
+    return record, draw(record)
+
+
+def draw(record: dict[str, Any]) -> dict[str, Any]:
+    """The two figures, from the stored record."""
+    return {
         "layerwise_barriers": panels(
             record, BARRIER_LINES, ("full_barrier", "whole model"),
             ylabel="lerp loss barrier (nats), rest from A",
@@ -98,8 +104,6 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
             ylabel="test accuracy at α = 0.5, rest from A", ylim=(0, 1.02),
         ),
     }  # fmt: skip
-    write(out, "layerwise", record, figures)
-    return record
 
 
 BARRIER_LINES = [
@@ -150,4 +154,4 @@ def report(record: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "layerwise", run, report, draw)
