@@ -28,7 +28,7 @@ from modeconnect.figures import new_figure
 NORMS = {"none": "repair", "layer": "repair", "batch": "reset"}  # norm -> its correction
 FULL: dict[str, Any] = {
     "widths": [32, 128],
-    "pairs": [(1, 2), (3, 4)],
+    "pairs": [(1, 2), (3, 4), (5, 6)],
     "epochs": 20,
     "depth": 4,
     "lr": 0.05,
@@ -69,6 +69,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for key in [k for k, v in group[0].items() if isinstance(v, float)]:
                 row[key] = statistics.fmean(r[key] for r in group)
             row["recovered"] = 1 - row["aligned_corrected"] / row["aligned_plain"]
+            per_pair = [1 - r["aligned_corrected"] / r["aligned_plain"] for r in group]
+            row["pairs"] = len(group)
+            row["recovered_std"] = statistics.stdev(per_pair) if len(group) > 1 else 0.0
             rows.append(row)
     return rows
 
@@ -111,11 +114,11 @@ def report(record: dict[str, Any]) -> str:
     return table(
         [[r["norm"], r["width"], r["correction"], f"{r['endpoint_acc']:.1%}",
           f"{r['naive_plain']:.3f} → {r['naive_corrected']:.3f}",
-          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}", f"{r['recovered']:.0%}",
+          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}", f"{r['recovered']:.0%} ± {r['recovered_std']:.0%}",
           f"{r['aligned_plain_mid_acc']:.1%} → {r['aligned_corrected_mid_acc']:.1%}"]
          for r in record["summary"]],
         ["norm", "width", "correction", "endpoint acc", "naive barrier", "aligned barrier",
-         "aligned barrier removed", "aligned acc at α=0.5"],
+         "aligned barrier removed (± sd over pairs)", "aligned acc at α=0.5"],
     )  # fmt: skip
 
 
