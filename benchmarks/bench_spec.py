@@ -38,6 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stored import add_out, store  # noqa: E402
 
 from modeconnect.io.spec_cache import cached_spec  # noqa: E402
 from modeconnect.spec import Coverage, derive_spec  # noqa: E402
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--inplace", action="store_true")
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="model names to run")
+    add_out(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -154,12 +158,15 @@ def main() -> None:
             print(f"  {name}: cold {rows[-1]['cold']:.2f} s", file=sys.stderr)
     print(f"torch {torch.__version__}, 1 thread, median of {args.repeat}\n")
     print(_table(rows))
+    numbers: dict[str, Any] = {"repeat": args.repeat, "models": rows}
     if args.inplace:
         from zoo_vision import VISION
 
         table = [{"model": n, **inplace_comparison(VISION[n], args.repeat)} for n in VISION]
         print("\nIn-place ops: read as their out-of-place twins vs functionalised first\n")
         print(_table(table))
+        numbers["inplace"] = table
+    store(args.out, numbers)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def report(record: dict[str, Any]) -> str:
     return table(
         [[r["norm"], r["width"], r["correction"], f"{r['endpoint_acc']:.1%}",
           f"{r['naive_plain']:.3f} → {r['naive_corrected']:.3f}",
-          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}", f"{r['recovered']:.0%} ± {r['recovered_std']:.0%}",
+          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}",
+          f"{r['recovered']:.0%} ± {r['recovered_std']:.0%}",
           f"{r['aligned_plain_mid_acc']:.1%} → {r['aligned_corrected_mid_acc']:.1%}"]
          for r in record["summary"]],
         ["norm", "width", "correction", "endpoint acc", "naive barrier", "aligned barrier",

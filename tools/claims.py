@@ -1,0 +1,301 @@
+"""Which documented numbers come from which stored result, and whether they still agree.
+
+A *table check* pairs a Markdown table in README.md or ``docs/`` with the table a study's
+own ``report()`` prints from its stored result (``results/*.json``): both are parsed, rows
+are taken in order, columns matched by header, and every number in a documented cell must
+equal the stored one to within one unit of the coarser printed digit (``36%`` against a
+stored 0.3649 passes, against 0.41 fails). A *sentence check* does the same for one
+quantitative sentence, with a function that computes its numbers from the stored result.
+
+``tests/test_results.py`` asserts that every check passes (a stale number is a failing
+test) and ``python -m tools.reproduce`` reruns the studies and prints the checks that moved.
+
+>>> [(p.value, p.unit) for p in printed("0.229 → 0.145, −23%")]
+[(0.229, 0.001), (0.145, 0.001), (-23.0, 1.0)]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_NUMBER = re.compile(r"[−-]?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Printed:
+    """A number as printed: its value and one unit of its last digit."""
+
+    value: float
+    unit: float
+
+
+def printed(text: str) -> list[Printed]:
+    """Every number in ``text`` (``−`` is a minus sign, ``%`` keeps the printed value)."""
+    found = []
+    for match in _NUMBER.finditer(text):
+        token = match.group().replace("−", "-")
+        decimals = len(token.split(".")[1]) if "." in token else 0
+        found.append(Printed(float(token), 10.0**-decimals))
+    return found
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Markdown table: the heading it sits under, its header and its rows of cells."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def tables(text: str) -> list[Table]:
+    """The Markdown tables of ``text``, in order."""
+    found: list[Table] = []
+    heading = ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        if (
+            line.startswith("|")
+            and i + 1 < len(lines)
+            and re.match(r"^\|[-:|\s]+\|$", lines[i + 1])
+        ):
+            header = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            found.append(Table(heading, header, rows))
+            continue
+        i += 1
+    return found
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One documented number against the stored one."""
+
+    doc: str
+    where: str
+    documented: float | None
+    stored: float | None
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        if self.documented is None or self.stored is None:
+            return False
+        return abs(self.documented - self.stored) <= self.tolerance * (1 + 1e-9)
+
+    def __str__(self) -> str:
+        state = "ok" if self.ok else "MOVED"
+        return (
+            f"{state}: {self.doc} {self.where}: documented {self.documented}, "
+            f"stored {self.stored} (tolerance {self.tolerance:g})"
+        )
+
+
+def _compare(doc: str, where: str, documented: str, stored: str) -> Iterator[Finding]:
+    mine, theirs = printed(documented), printed(stored)
+    if len(mine) != len(theirs):
+        yield Finding(doc, f"{where}: {documented!r} against {stored!r}", None, None, 0.0)
+        return
+    for d, s in zip(mine, theirs, strict=True):
+        yield Finding(doc, where, d.value, s.value, max(d.unit, s.unit))
+
+
+def load_record(result: str, root: Path = ROOT) -> dict[str, Any]:
+    """The stored numbers of ``results/...`` (raises FileNotFoundError naming the file)."""
+    path = root / result
+    body = json.loads(path.read_text(encoding="utf-8"))
+    numbers = body["numbers"]
+    if not isinstance(numbers, dict):
+        raise ValueError(f"{path}: not a stored result")
+    return numbers
+
+
+def script_module(script: str, root: Path = ROOT) -> Any:
+    """Import ``examples/x.py`` (or ``benchmarks/x.py``) as a module, its folder on the path."""
+    path = root / script
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(f"_claims_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """Documented table ``doc_index`` under ``heading`` in ``doc`` against table
+    ``report_index`` of ``script``'s ``report()`` on the stored ``result``."""
+
+    doc: str
+    heading: str
+    result: str
+    script: str
+    doc_index: int = 0
+    report_index: int = 0
+
+    def findings(self, root: Path = ROOT) -> list[Finding]:
+        """One finding per documented number (an unmatched table or row is one failure)."""
+        where = f"table under '{self.heading}' #{self.doc_index}"
+        candidates = [
+            t for t in tables((root / self.doc).read_text(encoding="utf-8"))
+            if t.heading.startswith(self.heading)
+        ]  # fmt: skip
+        record = load_record(self.result, root)
+        expected = tables(script_module(self.script, root).report(record))
+        if self.doc_index >= len(candidates) or self.report_index >= len(expected):
+            return [Finding(self.doc, f"{where}: table not found", None, None, 0.0)]
+        doc_table, stored = candidates[self.doc_index], expected[self.report_index]
+        if len(doc_table.rows) != len(stored.rows):
+            return [Finding(self.doc, f"{where}: {len(doc_table.rows)} rows, stored "
+                            f"{len(stored.rows)}", None, None, 0.0)]  # fmt: skip
+        columns = {name: j for j, name in enumerate(stored.header)}
+        found: list[Finding] = []
+        for row, stored_row in zip(doc_table.rows, stored.rows, strict=True):
+            for name, cell in zip(doc_table.header, row, strict=False):
+                column = _column(name, columns)
+                if column is None:
+                    continue
+                label = f"{where} row '{row[0]} {row[1] if len(row) > 1 else ''}'".strip()
+                found += _compare(self.doc, f"{label} [{name}]", cell, stored_row[column])
+        return found
+
+
+def _column(name: str, columns: dict[str, int]) -> int | None:
+    if name in columns:
+        return columns[name]
+    # A documented header may drop the report's parenthesised note.
+    for stored, j in columns.items():
+        if stored.split(" (")[0] == name:
+            return j
+    return None
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    """The numbers captured by ``pattern`` in ``doc`` against ``values(record)``."""
+
+    doc: str
+    pattern: str
+    result: str
+    values: Callable[[dict[str, Any]], Sequence[float]]
+
+    def findings(self, root: Path = ROOT) -> list[Finding]:
+        """One finding per captured number."""
+        text = " ".join((root / self.doc).read_text(encoding="utf-8").split())
+        match = re.search(self.pattern, text)
+        if match is None:
+            return [Finding(self.doc, f"sentence /{self.pattern}/ not found", None, None, 0.0)]
+        stored = list(self.values(load_record(self.result, root)))
+        if len(stored) != len(match.groups()):
+            return [Finding(self.doc, f"/{self.pattern}/: {len(stored)} values", None, None, 0)]
+        found = []
+        for group, value in zip(match.groups(), stored, strict=True):
+            (number,) = printed(group)
+            found.append(Finding(self.doc, f"/{self.pattern}/", number.value, value, number.unit))
+        return found
+
+
+Check = TableCheck | SentenceCheck
+
+
+def _pct(x: float) -> float:
+    return 100 * x
+
+
+def _bn(record: dict[str, Any], norm: str) -> list[dict[str, Any]]:
+    return [r for r in record["summary"] if r["norm"] == norm]
+
+
+def _range(values: Sequence[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
+def _curves(record: dict[str, Any], run: str, path: str) -> dict[str, Any]:
+    (row,) = [r for r in record["rows"] if r["run"] == run and r["path"] == path]
+    return row
+
+
+def _sharp(record: dict[str, Any], pair: str, model: str) -> dict[str, Any]:
+    return record["results"][pair]["models"][model]
+
+
+def _ratio(record: dict[str, Any], key: str) -> float:
+    a, scaled = _sharp(record, "3x512", "A"), _sharp(record, "3x512", "A rescaled")
+    return (
+        float(scaled[key] / a[key])
+        if key != "top_eigenvalue"
+        else float(scaled["spectrum"]["eigenvalues"][0] / a["spectrum"]["eigenvalues"][0])
+    )
+
+
+SCIENCE = "docs/science.md"
+CHECKS: list[Check] = [
+    TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
+               "examples/science_width.py"),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
+               "examples/science_layerwise.py", 0, 0),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
+               "examples/science_layerwise.py", 1, 1),
+    TableCheck(SCIENCE, "3. BatchNorm reset", "results/science_bn_repair.json",
+               "examples/science_bn_repair.py"),
+    TableCheck(SCIENCE, "4. Curves", "results/science_curves.json", "examples/science_curves.py"),
+    TableCheck(SCIENCE, "5. Sharpness", "results/science_sharpness.json",
+               "examples/science_sharpness.py"),
+    SentenceCheck(SCIENCE, r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
+                  "results/science_bn_repair.json",
+                  lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
+    SentenceCheck("README.md", r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
+                  "results/science_bn_repair.json",
+                  lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
+    SentenceCheck("README.md", r"test error barrier falls from ([\d.]+) % on the line to "
+                  r"([\d.]+) %", "results/science_curves.json",
+                  lambda r: [_pct(_curves(r, "bezier", "line")["test_error_barrier"]),
+                             _pct(_curves(r, "bezier", "curve")["test_error_barrier"])]),
+    SentenceCheck(SCIENCE, r"test error barrier falls from ([\d.]+) % on the line to "
+                  r"([\d.]+) % \(Bezier\) and ([\d.]+) % \(chain\)", "results/science_curves.json",
+                  lambda r: [_pct(_curves(r, "bezier", "line")["test_error_barrier"]),
+                             _pct(_curves(r, "bezier", "curve")["test_error_barrier"]),
+                             _pct(_curves(r, "polychain", "curve")["test_error_barrier"])]),
+    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× A's, its trace ([\d.]+)× and its "
+                  r"plain sharpness ([\d.]+)×", "results/science_sharpness.json",
+                  lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
+                             _ratio(r, "plain_sharpness")]),
+]  # fmt: skip
+
+
+def run_checks(checks: Sequence[Check] = CHECKS, root: Path = ROOT) -> list[Finding]:
+    """Every finding of every check; a missing result file is one failed finding."""
+    found: list[Finding] = []
+    for check in checks:
+        try:
+            found += check.findings(root)
+        except (OSError, KeyError, ValueError) as err:
+            found.append(Finding(check.doc, f"{check.result}: {err}", None, None, 0.0))
+    return found
+
+
+def moved(findings: Sequence[Finding]) -> list[Finding]:
+    """The findings whose documented number is beyond its tolerance of the stored one."""
+    return [f for f in findings if not f.ok]
