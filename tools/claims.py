@@ -16,6 +16,7 @@ test) and ``python -m tools.reproduce`` reruns the studies and prints the checks
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -130,9 +131,10 @@ def load_record(result: str, root: Path = ROOT) -> dict[str, Any]:
     return numbers
 
 
-def script_module(script: str, root: Path = ROOT) -> Any:
-    """Import ``examples/x.py`` (or ``benchmarks/x.py``) as a module, its folder on the path."""
-    path = root / script
+@functools.cache
+def script_module(script: str) -> Any:
+    """Import ``examples/x.py`` (or ``benchmarks/x.py``) of this checkout as a module."""
+    path = ROOT / script
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -163,7 +165,7 @@ class TableCheck:
             if t.heading.startswith(self.heading)
         ]  # fmt: skip
         record = load_record(self.result, root)
-        expected = tables(script_module(self.script, root).report(record))
+        expected = tables(script_module(self.script).report(record))
         if self.doc_index >= len(candidates) or self.report_index >= len(expected):
             return [Finding(self.doc, f"{where}: table not found", None, None, 0.0)]
         doc_table, stored = candidates[self.doc_index], expected[self.report_index]
@@ -269,6 +271,22 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
                   "results/science_bn_repair.json",
                   lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
+    SentenceCheck("README.md", r"REPAIR (\d+)–(\d+) % on width-32 plain and LayerNorm nets .*?"
+                  r"\(LayerNorm (\d+) %; plain ([−-]\d+) %", "results/science_bn_repair.json",
+                  lambda r: [*_range([_pct(x["recovered"]) for x in r["summary"]
+                                      if x["width"] == 32 and x["norm"] != "batch"]),
+                             _pct(_bn(r, "layer")[1]["recovered"]),
+                             _pct(_bn(r, "none")[1]["recovered"])]),
+    SentenceCheck(SCIENCE, r"REPAIR removes less here \((\d+)–(\d+) % at width 32\).*?"
+                  r"(\d+) % with LayerNorm.*?\(([\d.]+) → ([\d.]+) nats, ([−-]\d+) % ± (\d+) %",
+                  "results/science_bn_repair.json",
+                  lambda r: [*_range([_pct(x["recovered"]) for x in r["summary"]
+                                      if x["width"] == 32 and x["norm"] != "batch"]),
+                             _pct(_bn(r, "layer")[1]["recovered"]),
+                             _bn(r, "none")[1]["aligned_plain"],
+                             _bn(r, "none")[1]["aligned_corrected"],
+                             _pct(_bn(r, "none")[1]["recovered"]),
+                             _pct(_bn(r, "none")[1]["recovered_std"])]),
     SentenceCheck("README.md", r"test error barrier falls from ([\d.]+) % on the line to "
                   r"([\d.]+) %", "results/science_curves.json",
                   lambda r: [_pct(_curves(r, "bezier", "line")["test_error_barrier"]),

@@ -1,0 +1,118 @@
+"""Documented numbers agree with the stored results they come from (``results/*.json``).
+
+Every check in :data:`tools.claims.CHECKS` pairs a table or sentence in README.md or
+``docs/`` with a stored result; a documented number must equal the stored one to within
+one unit of its last printed digit (``36 %`` passes against 0.3649, fails against 0.41).
+A number edited by hand, or a result rerun without updating the docs, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools import claims  # noqa: E402
+
+
+def _label(check: claims.Check) -> str:
+    if isinstance(check, claims.TableCheck):
+        return f"{check.doc}:{check.heading}#{check.doc_index}"
+    return f"{check.doc}:{check.pattern[:40]}"
+
+
+@pytest.mark.parametrize("check", claims.CHECKS, ids=_label)
+def test_documented_numbers_match_the_stored_result(check: claims.Check) -> None:
+    findings = check.findings()
+    assert findings, "the check compared nothing"
+    moved = claims.moved(findings)
+    assert not moved, "\n".join(str(f) for f in moved[:10])
+
+
+@pytest.mark.parametrize("result", sorted({c.result for c in claims.CHECKS}))
+def test_every_backing_result_records_its_provenance(result: str) -> None:
+    body = json.loads((ROOT / result).read_text(encoding="utf-8"))
+    prov = body["provenance"]
+    assert prov["command"].startswith("python ")
+    assert len(prov["commit"]) >= 40
+    assert {"torch", "modeconnect", "numpy"} <= set(prov["versions"])
+    assert prov["machine"]["cores"] >= 1 and prov["machine"]["cpu"]
+    assert prov["seeds"], "a science result names its seeds"
+
+
+def _bn_check() -> claims.TableCheck:
+    (check,) = [c for c in claims.CHECKS
+                if isinstance(c, claims.TableCheck) and c.heading.startswith("3. BatchNorm")]
+    return check  # fmt: skip
+
+
+def test_a_stale_table_number_fails(tmp_path: Path) -> None:
+    """Copy the docs and the result, change one documented number: the check reports it."""
+    check = _bn_check()
+    for rel in (check.doc, check.result):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / check.script).parent.mkdir(parents=True, exist_ok=True)
+    assert not claims.moved(check.findings(tmp_path))
+    doc = tmp_path / check.doc
+    text = doc.read_text(encoding="utf-8")
+    table = [t for t in claims.tables(text) if t.heading.startswith(check.heading)][0]
+    row = "| " + " | ".join(table.rows[0]) + " |"
+    cell = table.rows[0][3]  # endpoint accuracy, e.g. "96.5%"
+    (number,) = claims.printed(cell)
+    stale = row.replace(cell, f"{number.value + 0.3:.1f}%", 1)
+    doc.write_text(text.replace(row, stale, 1), encoding="utf-8")
+    moved = claims.moved(check.findings(tmp_path))
+    assert len(moved) == 1 and "endpoint acc" in moved[0].where
+
+
+def test_a_stale_sentence_number_fails(tmp_path: Path) -> None:
+    (check,) = [c for c in claims.CHECKS
+                if isinstance(c, claims.SentenceCheck) and c.doc == "README.md"
+                and "BatchNorm" in c.pattern]  # fmt: skip
+    for rel in (check.doc, check.result):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+    found = check.findings(tmp_path)
+    assert len(found) == 2 and not claims.moved(found)
+    text = (tmp_path / check.doc).read_text(encoding="utf-8")
+    old = f"removes {found[0].documented:.0f}–"
+    assert old in text
+    (tmp_path / check.doc).write_text(
+        text.replace(old, f"removes {found[0].documented - 2:.0f}–"), encoding="utf-8"
+    )
+    assert len(claims.moved(check.findings(tmp_path))) == 1
+
+
+def test_a_missing_result_is_reported_not_skipped(tmp_path: Path) -> None:
+    check = _bn_check()
+    (tmp_path / check.doc).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / check.doc).write_text((ROOT / check.doc).read_text(encoding="utf-8"))
+    found = claims.run_checks([check], tmp_path)
+    assert len(found) == 1 and not found[0].ok and check.result in found[0].where
+
+
+@given(
+    st.lists(st.tuples(st.integers(-10**6, 10**6), st.integers(0, 5)), min_size=1, max_size=6)
+)
+def test_printed_numbers_round_trip(values: list[tuple[int, int]]) -> None:
+    """Numbers joined with the separators the tables use parse back, with their digit unit."""
+    texts = [f"{m / 10**d:.{d}f}".replace("-", "−") for m, d in values]
+    parsed = claims.printed(" → ".join(t + ("%" if i % 2 else "") for i, t in enumerate(texts)))
+    assert [p.unit for p in parsed] == [10.0**-d for _, d in values]
+    assert [p.value for p in parsed] == pytest.approx([m / 10**d for m, d in values])
+
+
+def test_tables_parse_header_rows_and_heading() -> None:
+    text = "# A\n\ntext\n\n## 2. B\n\n| x | y |\n|---|---|\n| 1 | 2.5 → 3 |\n| a | b |\n\nafter"
+    (table,) = claims.tables(text)
+    assert table.heading == "2. B"
+    assert table.header == ["x", "y"]
+    assert table.rows == [["1", "2.5 → 3"], ["a", "b"]]
