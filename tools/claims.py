@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -226,6 +227,16 @@ def _pct(x: float) -> float:
     return 100 * x
 
 
+def _floor(x: float) -> float:
+    """``x`` rounded down to one decimal: the number an "above x" sentence states."""
+    return math.floor(10 * x) / 10
+
+
+def _width(record: dict[str, Any], width: int) -> dict[str, Any]:
+    (row,) = [r for r in record["summary"] if r["width"] == width]
+    return row
+
+
 def _bn(record: dict[str, Any], norm: str) -> list[dict[str, Any]]:
     return [r for r in record["summary"] if r["norm"] == norm]
 
@@ -265,6 +276,16 @@ CHECKS: list[Check] = [
     TableCheck(SCIENCE, "4. Curves", "results/science_curves.json", "examples/science_curves.py"),
     TableCheck(SCIENCE, "5. Sharpness", "results/science_sharpness.json",
                "examples/science_sharpness.py"),
+    SentenceCheck("README.md", r"aligned barrier falls with width \(([\d.]+) nats at width 16 to "
+                  r"([\d.]+) at 128 and ([\d.]+) at 256", "results/science_width.json",
+                  lambda r: [_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)]),
+    SentenceCheck(SCIENCE, r"aligned barrier falls from ([\d.]+) nats at width 16 to ([\d.]+) at "
+                  r"width 128 and ([\d.]+) at 256 \(test; train ([\d.]+) and ([\d.]+)\) while "
+                  r"the naive one stays above ([\d.]+) nats", "results/science_width.json",
+                  lambda r: [*(_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)),
+                             _width(r, 128)["aligned_train_loss"],
+                             _width(r, 256)["aligned_train_loss"],
+                             _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
     SentenceCheck(SCIENCE, r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
                   "results/science_bn_repair.json",
                   lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
