@@ -125,7 +125,8 @@ def main(
     result, plots = outputs(args.out, name, args.plots)
     write_result(result, record, seeds=record.get("seeds", ()), command=["python", *sys.argv])
     if plots is not None:
-        save_figures(plots, figures)
+        # Drawn from the stored file where the figures need only its numbers.
+        save_figures(plots, figures if draw is None else draw(read_result(result)))
     print(report(record))
     print(f"wrote {result} ({time.perf_counter() - start:.1f} s)")
 

@@ -121,7 +121,7 @@ def panels(
     record: dict[str, Any], lines: list[tuple[str, str, str]], reference: tuple[str, str], **axes
 ) -> Any:
     """One panel per pair: the ``lines`` over the layers, a horizontal ``reference`` line."""
-    settings = record["settings"]
+    settings = ordered(record)
     fig, all_axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
     for ax, (label, data) in zip(all_axes, settings.items(), strict=True):
         ks = [r["layer"] for r in data["layers"]]
@@ -134,9 +134,15 @@ def panels(
     return fig
 
 
+def ordered(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings in the order of the docs (a stored result sorts its keys)."""
+    order = ["naive", "aligned", "same init"]
+    return {k: record["settings"][k] for k in sorted(record["settings"], key=order.index)}
+
+
 def report(record: dict[str, Any]) -> str:
     parts = []
-    for label, data in record["settings"].items():
+    for label, data in ordered(record).items():
         parts.append(
             f"{label}: whole-model barrier {data['full_barrier']:.3f}, test accuracy of A "
             f"{data['a_accuracy']:.1%}, of the average {data['mid_accuracy']:.1%}"

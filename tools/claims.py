@@ -227,6 +227,17 @@ def _pct(x: float) -> float:
     return 100 * x
 
 
+def _layer_head(record: dict[str, Any], label: str) -> list[float]:
+    data = record["settings"][label]
+    return [data["full_barrier"], _pct(data["a_accuracy"]), _pct(data["mid_accuracy"])]
+
+
+def _peak(data: dict[str, Any]) -> list[float]:
+    cumulative = [r["cumulative_full"] for r in data["layers"]]
+    k = max(range(len(cumulative)), key=cumulative.__getitem__)
+    return [cumulative[k], k + 1, len(cumulative), data["full_barrier"]]
+
+
 def _floor(x: float) -> float:
     """``x`` rounded down to one decimal: the number an "above x" sentence states."""
     return math.floor(10 * x) / 10
@@ -271,6 +282,17 @@ CHECKS: list[Check] = [
                "examples/science_layerwise.py", 0, 0),
     TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
                "examples/science_layerwise.py", 1, 1),
+    SentenceCheck(SCIENCE, r"Naive pair \(whole-model barrier ([\d.]+); A ([\d.]+) %, the average "
+                  r"of all layers ([\d.]+) %\)", "results/science_layerwise.json",
+                  lambda r: _layer_head(r, "naive")),
+    SentenceCheck(SCIENCE, r"Aligned pair \(whole-model barrier ([\d.]+); the average ([\d.]+) %",
+                  "results/science_layerwise.json", lambda r: _layer_head(r, "aligned")[::2]),
+    SentenceCheck(SCIENCE, r"Same initialisation \(whole-model barrier ([\d.]+); the average "
+                  r"([\d.]+) %", "results/science_layerwise.json",
+                  lambda r: _layer_head(r, "same init")[::2]),
+    SentenceCheck(SCIENCE, r"peaks in the middle \(([\d.]+) nats at layer (\d) of (\d), against "
+                  r"([\d.]+) for the whole model\)", "results/science_layerwise.json",
+                  lambda r: _peak(r["settings"]["aligned"])),
     TableCheck(SCIENCE, "3. BatchNorm reset", "results/science_bn_repair.json",
                "examples/science_bn_repair.py"),
     TableCheck(SCIENCE, "4. Curves", "results/science_curves.json", "examples/science_curves.py"),
