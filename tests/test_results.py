@@ -48,8 +48,11 @@ def test_every_backing_result_records_its_provenance(result: str) -> None:
 
 
 def _bn_check() -> claims.TableCheck:
-    (check,) = [c for c in claims.CHECKS
-                if isinstance(c, claims.TableCheck) and c.heading.startswith("3. BatchNorm")]
+    (check,) = [
+        c
+        for c in claims.CHECKS
+        if isinstance(c, claims.TableCheck) and c.heading.startswith("3. BatchNorm")
+    ]
     return check  # fmt: skip
 
 
@@ -99,9 +102,7 @@ def test_a_missing_result_is_reported_not_skipped(tmp_path: Path) -> None:
     assert len(found) == 1 and not found[0].ok and check.result in found[0].where
 
 
-@given(
-    st.lists(st.tuples(st.integers(-10**6, 10**6), st.integers(0, 5)), min_size=1, max_size=6)
-)
+@given(st.lists(st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 5)), min_size=1, max_size=6))
 def test_printed_numbers_round_trip(values: list[tuple[int, int]]) -> None:
     """Numbers joined with the separators the tables use parse back, with their digit unit."""
     texts = [f"{m / 10**d:.{d}f}".replace("-", "−") for m, d in values]
