@@ -151,6 +151,16 @@ def save_figures(folder: Path, figures: dict[str, Any]) -> None:
         fig.savefig(folder / f"{fig_name}.png", dpi=110)
 
 
+def ordered(items: dict[str, Any], order: Sequence[str]) -> list[tuple[str, Any]]:
+    """``items`` in the docs' order (a stored result sorts its keys); unknown keys last.
+
+    >>> ordered({"b": 1, "z": 0, "a": 2}, ["b", "a"])
+    [('b', 1), ('a', 2), ('z', 0)]
+    """
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(items.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0]))
+
+
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """A Markdown table (the form docs/science.md uses)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

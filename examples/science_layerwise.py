@@ -29,13 +29,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train
+from science_common import digits, main, norm_mlp, ordered, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
 FULL: dict[str, Any] = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05}
 QUICK: dict[str, Any] = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05}
+ORDER = ["naive", "aligned", "same init"]  # the docs' order of the settings
 PAIRS = {"naive": ((1, 1), (2, 2)), "same init": ((1, 1), (1, 2))}  # (init seed, order seed)
 
 
@@ -121,7 +122,7 @@ def panels(
     record: dict[str, Any], lines: list[tuple[str, str, str]], reference: tuple[str, str], **axes
 ) -> Any:
     """One panel per pair: the ``lines`` over the layers, a horizontal ``reference`` line."""
-    settings = ordered(record)
+    settings = dict(ordered(record["settings"], ORDER))
     fig, all_axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
     for ax, (label, data) in zip(all_axes, settings.items(), strict=True):
         ks = [r["layer"] for r in data["layers"]]
@@ -134,15 +135,9 @@ def panels(
     return fig
 
 
-def ordered(record: dict[str, Any]) -> dict[str, Any]:
-    """The settings in the order of the docs (a stored result sorts its keys)."""
-    order = ["naive", "aligned", "same init"]
-    return {k: record["settings"][k] for k in sorted(record["settings"], key=order.index)}
-
-
 def report(record: dict[str, Any]) -> str:
     parts = []
-    for label, data in ordered(record).items():
+    for label, data in ordered(record["settings"], ORDER):
         parts.append(
             f"{label}: whole-model barrier {data['full_barrier']:.3f}, test accuracy of A "
             f"{data['a_accuracy']:.1%}, of the average {data['mid_accuracy']:.1%}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from science_common import ROOT, digits, main, table
+from science_common import ROOT, digits, main, ordered, table
 
 import modeconnect as mc
 from modeconnect.curvature import sharpness_study
@@ -99,14 +99,17 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     return record, figures
 
 
+MODELS = ["A", "B", "A rescaled", "merged", "merged + 2 epochs"]
+
+
 def report(record: dict[str, Any]) -> str:
     return table(
         [[label, name, f"{m['loss']:.5f}",
           ", ".join(f"{v:.4f}" for v in m["spectrum"]["eigenvalues"]),
           f"{m['trace']:.3f} ± {m['hutchinson']['std_error']:.3f}", f"{m['plain_sharpness']:.5f}",
           f"{m['adaptive_sharpness']:.5f}"]
-         for label, result in record["results"].items()
-         for name, m in result["models"].items()],
+         for label, result in ordered(record["results"], ["3x512", "3x128"])
+         for name, m in ordered(result["models"], MODELS)],
         ["pair", "model", "train loss", "top eigenvalues", "trace", "plain (ρ=0.05)",
          "adaptive (ρ=0.5)"],
     )  # fmt: skip

@@ -114,7 +114,7 @@ def test_a_curve_connects_unaligned_endpoints(tmp_path):
 @pytest.mark.slow
 def test_adaptive_sharpness_ignores_a_function_preserving_rescaling(tmp_path):
     models = _run("sharpness", tmp_path)["results"]["3x512"]["models"]
-    assert list(models) == ["A", "B", "A rescaled", "merged"]
+    assert set(models) == {"A", "B", "A rescaled", "merged"}
     a, scaled = models["A"], models["A rescaled"]
     assert scaled["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert scaled["adaptive_sharpness"] == pytest.approx(a["adaptive_sharpness"], rel=1e-2)
