@@ -146,7 +146,7 @@ def test_bad_partition_and_hidden_are_explained():
 
 
 def test_settings_read_the_run_config_of_the_app():
-    import tomllib
+    from toml_compat import tomllib
 
     config = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     defaults = Settings.from_run_config(config["config"])
