@@ -64,8 +64,14 @@ def tables(text: str) -> list[Table]:
     heading = ""
     lines = text.splitlines()
     i = 0
+    fenced = False
     while i < len(lines):
         line = lines[i]
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced:
+            i += 1
+            continue
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
         if (
@@ -314,6 +320,11 @@ CHECKS: list[Check] = [
                              _width(r, 128)["aligned_train_loss"],
                              _width(r, 256)["aligned_train_loss"],
                              _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
+    TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
+               "examples/bn_reset_digits.py"),
+    SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",
+                  "results/bn_reset_digits.json",
+                  lambda r: [_pct(x) for x in r["endpoint_accuracy"]]),
     SentenceCheck(SCIENCE, r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
                   "results/science_bn_repair.json",
                   lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
