@@ -164,6 +164,8 @@ class TableCheck:
     doc_index: int = 0
     report_index: int = 0
     report_rows: tuple[int, ...] | None = None  # the report's rows the doc shows (all)
+    doc_rows: tuple[int, ...] | None = None  # the doc's rows this result backs (all)
+    skip: tuple[str, ...] = ()  # columns not checked (benchmark timings)
 
     def findings(self, root: Path = ROOT) -> list[Finding]:
         """One finding per documented number (an unmatched table or row is one failure)."""
@@ -181,6 +183,9 @@ class TableCheck:
             stored = Table(
                 stored.heading, stored.header, [stored.rows[i] for i in self.report_rows]
             )
+        if self.doc_rows is not None:
+            mine = [doc_table.rows[i] for i in self.doc_rows]
+            doc_table = Table(doc_table.heading, doc_table.header, mine)
         if len(doc_table.rows) != len(stored.rows):
             return [Finding(self.doc, f"{where}: {len(doc_table.rows)} rows, stored "
                             f"{len(stored.rows)}", None, None, 0.0)]  # fmt: skip
@@ -189,7 +194,7 @@ class TableCheck:
         for row, stored_row in zip(doc_table.rows, stored.rows, strict=True):
             for name, cell in zip(doc_table.header, row, strict=False):
                 column = _column(name, columns)
-                if column is None:
+                if column is None or name in self.skip:
                     continue
                 label = f"{where} row '{row[0]} {row[1] if len(row) > 1 else ''}'".strip()
                 found += _compare(self.doc, f"{label} [{name}]", cell, stored_row[column])
