@@ -254,6 +254,12 @@ def _peak(data: dict[str, Any]) -> list[float]:
     return [cumulative[k], k + 1, len(cumulative), data["full_barrier"]]
 
 
+def _single(record: dict[str, Any], pair: str) -> list[float]:
+    from tools.readme_runs import single_layer_range
+
+    return single_layer_range(record, pair)
+
+
 def _floor(x: float) -> float:
     """``x`` rounded down to one decimal: the number an "above x" sentence states."""
     return math.floor(10 * x) / 10
@@ -325,6 +331,12 @@ CHECKS: list[Check] = [
                              _width(r, 128)["aligned_train_loss"],
                              _width(r, 256)["aligned_train_loss"],
                              _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
+    TableCheck("README.md", "Alignment methods", "results/readme_compare.json",
+               "tools/readme_runs.py"),
+    SentenceCheck("README.md", r"every single layer carries a barrier of ([\d.]+)–([\d.]+) nats on "
+                  r"its own; after alignment none exceeds ([\d.]+)",
+                  "results/readme_layerwise.json",
+                  lambda r: [*_single(r, "naive"), _single(r, "aligned")[1]]),
     TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
                "examples/bn_reset_digits.py"),
     SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",

@@ -20,6 +20,7 @@ from modeconnect.provenance import write_result
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("checkpoints/mlp_a.pt", "checkpoints/mlp_b.pt")
 DATA = ("--data", "checkpoints/digits_test.pt", "--train", "checkpoints/digits_train.pt")
+# (tools.reproduce reads the .json names below to see which results it rewrites)
 RUNS = {
     "results/readme_compare.json": ("compare", *PAIR, *DATA),
     "results/readme_layerwise.json": ("barrier", *PAIR, *DATA, "--layerwise", "--quiet"),
@@ -57,7 +58,7 @@ def report(numbers: dict[str, Any]) -> str:
 
 def single_layer_range(numbers: dict[str, Any], pair: str) -> list[float]:
     """Smallest and largest barrier of one layer moved alone (from A, or from B)."""
-    layers = numbers[pair]["layerwise"]
+    layers = [layer for layer in numbers["layerwise"] if layer["pair"] == pair]
     values = [layer[v]["barrier"]["loss"] for layer in layers for v in ("from_a", "from_b")]
     return [min(values), max(values)]
 

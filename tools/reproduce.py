@@ -72,6 +72,7 @@ RUNS: list[Run] = [
         "results/mnist_scale_digits.json"), 3.0),
     Run("federated_digits", ("python", "federated_digits.py", "--out",
         "../results/federated_digits.json"), 0.5, "examples"),
+    Run("readme_runs", ("python", "-m", "tools.readme_runs"), 6.0),
     Run("bench_spec_budget", ("python", "benchmarks/bench_spec.py", "--budget", "--out",
         "results/bench_spec_budget.json"), 0.5),
     Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
