@@ -260,6 +260,24 @@ def _single(record: dict[str, Any], pair: str) -> list[float]:
     return single_layer_range(record, pair)
 
 
+def _mnist(record: dict[str, Any]) -> list[float]:
+    """Naive and aligned loss barrier and accuracy at α = 0.5 of the MNIST-scale run."""
+    out = []
+    for pair in ("naive", "aligned"):
+        data = record["report"][pair]
+        middle = min(data["curve"], key=lambda p: abs(p["alpha"] - 0.5))
+        out += [data["barrier"]["loss"], _pct(middle["accuracy"])]
+    return out
+
+
+def _rebasin(record: dict[str, Any]) -> list[float]:
+    """Wall and CPU speed-ups, both objectives, the exact mode's speed-ups (digits pair)."""
+    (rows,) = record["pairs"].values()
+    ref, ours, exact = rows["rebasin 0.0.47"], rows["modeconnect"], rows["modeconnect rtol=0"]
+    return [ref["wall"] / ours["wall"], ref["cpu"] / ours["cpu"], ours["objective"],
+            ref["objective"], ref["wall"] / exact["wall"], ref["cpu"] / exact["cpu"]]  # fmt: skip
+
+
 def _floor(x: float) -> float:
     """``x`` rounded down to one decimal: the number an "above x" sentence states."""
     return math.floor(10 * x) / 10
@@ -337,6 +355,15 @@ CHECKS: list[Check] = [
                   r"its own; after alignment none exceeds ([\d.]+)",
                   "results/readme_layerwise.json",
                   lambda r: [*_single(r, "naive"), _single(r, "aligned")[1]]),
+    SentenceCheck("README.md", r"the naive loss barrier of ([\d.]+) nats \(([\d.]+) % accuracy at "
+                  r"α = 0.5\) drops to ([\d.]+) \(([\d.]+) %\)", "results/mnist_scale_digits.json",
+                  lambda r: _mnist(r)),
+    SentenceCheck("README.md", r"on the digits pair ([\d.]+)–([\d.]+)× faster \(wall / CPU time.*?"
+                  r"objective \(([\d.]+) against ([\d.]+)\); in exact mode \(`rtol=0`\) "
+                  r"([\d.]+)–([\d.]+)×", "results/bench_rebasin.json", lambda r: _rebasin(r)),
+    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)–(\d+)× faster than the "
+                  r"`rebasin` package", "results/bench_rebasin.json",
+                  lambda r: [math.floor(x) for x in _rebasin(r)[:2]]),
     TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
                "examples/bn_reset_digits.py"),
     SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",
