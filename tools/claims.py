@@ -278,6 +278,30 @@ def _rebasin(record: dict[str, Any]) -> list[float]:
             ref["objective"], ref["wall"] / exact["wall"], ref["cpu"] / exact["cpu"]]  # fmt: skip
 
 
+def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
+    """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
+    return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
+
+
+def _identity(record: dict[str, Any]) -> list[float]:
+    """Aggregations where alignment moved no unit, and all aggregations (AlignedFedAvg)."""
+    moved, total = (sum(r["AlignedFedAvg"]["rounds_with_moves"][i] for r in record["summary"])
+                    for i in (0, 1))  # fmt: skip
+    return [total - moved, total]
+
+
+def _one_shot(record: dict[str, Any], alpha: float, key: str) -> float:
+    shots = [s for s in record["one_shot"] if s["alpha"] == alpha]
+    if key == "clients":
+        return _pct(sum(sum(s["clients"]) / len(s["clients"]) for s in shots) / len(shots))
+    return _pct(sum(s[key] for s in shots) / len(shots))
+
+
+def _one_shot_gains(record: dict[str, Any]) -> list[float]:
+    return sorted(_one_shot(record, a, "AlignedFedAvg") - _one_shot(record, a, "FedAvg")
+                  for a in (0.1, 0.5))  # fmt: skip
+
+
 def _floor(x: float) -> float:
     """``x`` rounded down to one decimal: the number an "above x" sentence states."""
     return math.floor(10 * x) / 10
@@ -315,6 +339,9 @@ def _ratio(record: dict[str, Any], key: str) -> float:
 
 
 SCIENCE = "docs/science.md"
+FEDERATED = "docs/federated.md"
+MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
+MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
                "examples/science_width.py"),
@@ -364,6 +391,34 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)–(\d+)× faster than the "
                   r"`rebasin` package", "results/bench_rebasin.json",
                   lambda r: [math.floor(x) for x in _rebasin(r)[:2]]),
+    TableCheck(FEDERATED, "Main grid", MAIN, "examples/federated_rounds.py", skip=(MS,)),
+    TableCheck(FEDERATED, "Narrow net", NARROW, "examples/federated_rounds.py", skip=(MS,)),
+    TableCheck(FEDERATED, "One shot", MAIN, "examples/federated_rounds.py", report_index=1,
+               doc_rows=(0, 1)),
+    TableCheck(FEDERATED, "One shot", NARROW, "examples/federated_rounds.py", report_index=1,
+               doc_rows=(2, 3)),
+    SentenceCheck(FEDERATED, r"weight matching kept every unit in place in (\d+) of (\d+) "
+                  r"aggregations", MAIN, _identity),
+    SentenceCheck(FEDERATED, r"MergeMany lifts the merge from ([\d.]+) % to ([\d.]+) % "
+                  r"\(α 0.5, the level of the average client, ([\d.]+) %\) and from "
+                  r"([\d.]+) % to ([\d.]+) % \(α 0.1\)", MAIN,
+                  lambda r: [_one_shot(r, 0.5, "FedAvg"), _one_shot(r, 0.5, "AlignedFedAvg"),
+                             _one_shot(r, 0.5, "clients"), _one_shot(r, 0.1, "FedAvg"),
+                             _one_shot(r, 0.1, "AlignedFedAvg")]),
+    SentenceCheck("README.md", r"\| FedAvg, final test accuracy \| "
+                  r"([\d.]+) / ([\d.]+) / ([\d.]+) % \| ([\d.]+) / ([\d.]+) / ([\d.]+) % \|", MAIN,
+                  lambda r: _fed_rows(r, "FedAvg", "final")),
+    SentenceCheck("README.md", r"\| AlignedFedAvg \| ([\d.]+) / ([\d.]+) / ([\d.]+) % "
+                  r"\| ([\d.]+) / ([\d.]+) / ([\d.]+) % \|", MAIN,
+                  lambda r: _fed_rows(r, "AlignedFedAvg", "final")),
+    SentenceCheck("README.md", r"\| one shot, clients trained apart: FedAvg → aligned \| "
+                  r"([\d.]+) → ([\d.]+) % \| ([\d.]+) → ([\d.]+) % \|", MAIN,
+                  lambda r: [_one_shot(r, a, k) for a in (0.1, 0.5)
+                             for k in ("FedAvg", "AlignedFedAvg")]),
+    SentenceCheck("README.md", r"the permutation is the identity in (\d+) of (\d+) rounds", MAIN,
+                  _identity),
+    SentenceCheck("README.md", r"one-shot merges: \+(\d+) to \+(\d+) points", MAIN,
+                  _one_shot_gains),
     TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
                "examples/bn_reset_digits.py"),
     SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",
