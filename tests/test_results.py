@@ -138,3 +138,36 @@ def test_reproduce_check_reports_no_moved_number() -> None:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert " 0 moved beyond their tolerance" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_benchmark_stores_its_numbers_with_provenance(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "bench_spec_budget.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_spec.py"), "--budget", "--repeat", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = json.loads(out.read_text(encoding="utf-8"))
+    numbers, prov = body["numbers"], body["provenance"]
+    assert len(numbers["resnet20_seconds"]) == 1
+    assert numbers["median"] == numbers["resnet20_seconds"][0]
+    assert numbers["budget"] == 5.0
+    assert numbers["met"] == (numbers["median"] < 5.0)
+    assert "bench_spec.py --budget --repeat 1 --out" in prov["command"]
+
+
+@pytest.mark.slow
+def test_a_study_redraws_its_plot_from_the_stored_result(tmp_path: Path) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "science_bn_repair.py"), "--plot-from",
+         str(ROOT / "results" / "science_bn_repair.json"), "--plots", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "bn_repair.png").stat().st_size > 10_000
+    assert "| batch | 128 | reset |" in done.stdout  # the table, from the stored numbers
