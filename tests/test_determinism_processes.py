@@ -38,8 +38,8 @@ def _run(folder: Path, threads: int, command: str, *args: object) -> None:
 def _report(path: Path) -> Any:
     def strip(obj: Any) -> Any:
         if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items()
-                    if "seconds" not in k and k not in ("outputs", "profile", "command")}  # fmt: skip
+            dropped = ("outputs", "profile", "command")
+            return {k: strip(v) for k, v in obj.items() if "seconds" not in k and k not in dropped}
         if isinstance(obj, list):
             return [strip(v) for v in obj]
         return obj
