@@ -341,6 +341,7 @@ def _ratio(record: dict[str, Any], key: str) -> float:
 SCIENCE = "docs/science.md"
 FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
+TINY = "results/tiny_lms.json"
 MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
@@ -419,6 +420,20 @@ CHECKS: list[Check] = [
                   _identity),
     SentenceCheck("README.md", r"one-shot merges: \+(\d+) to \+(\d+) points", MAIN,
                   _one_shot_gains),
+    SentenceCheck("README.md", r"\| naive \| ([\d.]+) \| ([\d.]+) \| \| aligned \| ([\d.]+) \| "
+                  r"([\d.]+) \|", TINY,
+                  lambda r: [r["naive_barrier"], r["naive_midpoint_perplexity"],
+                             r["aligned_barrier"], r["aligned_midpoint_perplexity"]]),
+    SentenceCheck("README.md", r"Endpoints: perplexity ([\d.]+) \(A\) and ([\d.]+) \(B\); "
+                  r"`modeconnect merge A B` gives ([\d.]+) against ([\d.]+) for the plain "
+                  r"average\. "
+                  r"Alignment removes (\d+) % of the barrier.*?a ([\d.]+)-nat barrier remains",
+                  TINY, lambda r: [r["perplexity_a"], r["perplexity_b"], r["merge_perplexity"],
+                                   r["plain_average_perplexity"], _pct(r["barrier_removed"]),
+                                   r["aligned_barrier"]]),
+    SentenceCheck("README.md", r"alignment removes (\d+) % ± 5 points of a ([\d.]+)-nat barrier",
+                  "results/tiny_lms_quick.json",
+                  lambda r: [_pct(r["barrier_removed"]), r["naive_barrier"]]),
     TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
                "examples/bn_reset_digits.py"),
     SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",
