@@ -148,6 +148,7 @@ def script_module(script: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"_claims_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
