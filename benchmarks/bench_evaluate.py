@@ -41,6 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stored import add_out, store  # noqa: E402
 
 from modeconnect.bn import make_correction  # noqa: E402
 from modeconnect.evaluation import (  # noqa: E402
@@ -315,7 +318,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of N (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_out(parser)
     args = parser.parse_args()
+    numbers: dict[str, Any] = {"threads": torch.get_num_threads(), "steps": args.steps,
+                               "repeats": args.repeats, "device": args.device}  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
     alphas = [i / (args.steps - 1) for i in range(args.steps)]
@@ -329,12 +335,18 @@ def main() -> None:
     print(f"{'model':<30} {'reference s':>12} {'curve s':>8} {'ratio':>6} {'examples s':>11} ratio")
     for case in CASES:
         t_ref, t_curve, t_ex = bench_curves(case, alphas, args.repeats, args.device)
+        numbers.setdefault("curves", {})[case.name] = {
+            "reference_s": t_ref, "curve_s": t_curve, "examples_s": t_ex
+        }  # fmt: skip
         ratios = f"{t_curve:>8.3f} {t_curve / t_ref:>6.2f} {t_ex:>11.3f} {t_ex / t_ref:>6.2f}"
         print(f"{case.name:<30} {t_ref:>12.3f} {ratios}")
     print("\n2. layer-wise (from_a, from_b, cumulative per module): recompute all vs reuse")
     print(f"{'model':<30} {'naive s':>8} {'reuse s':>8} {'ratio':>6} {'points evaluated':>20}")
     for case in (MLP, CNN):
         (t_naive, t_ours), used, total = bench_layerwise(case, alphas, args.repeats, args.device)
+        numbers.setdefault("layerwise", {})[case.name] = {
+            "naive_s": t_naive, "reuse_s": t_ours, "points": [used, total]
+        }  # fmt: skip
         points = f"{used} of {total}"
         print(
             f"{case.name:<30} {t_naive:>8.3f} {t_ours:>8.3f} {t_ours / t_naive:>6.2f} {points:>20}"
@@ -342,6 +354,7 @@ def main() -> None:
     print("\n3. BatchNorm reset at every alpha: hand-written loop vs example_curves + bn reset")
     print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
     t_ref, t_ours = bench_reset(CNN, alphas, args.repeats, args.device)
+    numbers["bn_reset"] = {CNN.name: {"reference_s": t_ref, "modeconnect_s": t_ours}}
     print(f"{CNN.name:<30} {t_ref:>12.3f} {t_ours:>14.3f} {t_ours / t_ref:>6.2f}")
     print("\n4. causal LM: hand-written loop vs example_curve(loss='causal_lm')")
     lm = bench_causal_lm(alphas, args.repeats, args.device)
@@ -351,7 +364,9 @@ def main() -> None:
         name = "gpt2 2x64, 128 x 32 tokens"
         print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
         print(f"{name:<30} {lm[0]:>12.3f} {lm[1]:>14.3f} {lm[1] / lm[0]:>6.2f}")
+        numbers["causal_lm"] = {name: {"reference_s": lm[0], "modeconnect_s": lm[1]}}
     print("\nall agree with their references (losses to rtol 1e-5 / 1e-4, accuracies to 1 example)")
+    store(args.out, numbers)
 
 
 if __name__ == "__main__":

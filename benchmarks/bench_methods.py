@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probes import probes  # noqa: E402
+from stored import add_out, store  # noqa: E402
 
 import modeconnect as mc  # noqa: E402
 from modeconnect.matching import activation as act_mod  # noqa: E402
@@ -123,7 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    add_out(parser)
     args = parser.parse_args()
+    numbers: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "runs": []}
     torch.set_num_threads(args.threads)
     pairs = [digits_mlp(), digits_cnn()]
     print(f"threads {args.threads}, best of {args.repeats}")
@@ -138,10 +141,12 @@ def main() -> None:
             total = r["seconds"]
             shares = [r.get(k, 0.0) / total for k in ("assign", "transport", "stats")]
             other = 1.0 - sum(shares)
+            numbers["runs"].append({"pair": pair.name, "method": label, **r})
             print(
                 f"{pair.name:<20} {label:<20} {total:8.2f} {shares[0]:7.0%} {shares[1]:9.0%} "
                 f"{shares[2]:6.0%} {other:6.0%} {r['sweeps']:6d}"
             )
+    store(args.out, numbers)
 
 
 if __name__ == "__main__":

@@ -41,15 +41,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pairs import CACHE, Pair, by_name  # noqa: E402
+from stored import add_out, store  # noqa: E402
 
 from modeconnect.matching import match_weights  # noqa: E402
 from modeconnect.spec import apply_permutation  # noqa: E402
@@ -163,7 +165,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    add_out(parser)
     args = parser.parse_args()
+    numbers: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "pairs": {}}
     torch.set_num_threads(args.threads)
     have_rebasin = args.rebasin_python.exists()
     if not have_rebasin:
@@ -179,6 +183,7 @@ def main() -> None:
         python = args.rebasin_python if have_rebasin else None
         rows = compare(pair, python, args.repeats, args.threads)
         ref = rows.get("rebasin 0.0.47")
+        numbers["pairs"][pair.name] = {label: asdict(t) for label, t in rows.items()}
         for label, t in rows.items():
             ratio = f"{ref.cpu / t.cpu:8.1f}x {ref.wall / t.wall:9.1f}x" if ref else ""
             sweeps = "" if t.sweeps is None else str(t.sweeps)
@@ -186,6 +191,8 @@ def main() -> None:
                   f"{t.objective:10.3f} {ratio}")  # fmt: skip
         print(f"# {pair.name}: {time.perf_counter() - start:.0f} s, "
               f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    numbers["rebasin_measured"] = have_rebasin
+    store(args.out, numbers)
 
 
 if __name__ == "__main__":

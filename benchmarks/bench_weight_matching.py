@@ -48,7 +48,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pairs import CACHE, Pair, by_name, test_data  # noqa: E402
 from probes import probes  # noqa: E402
+from stored import add_out, store  # noqa: E402
 
 from modeconnect.matching import assignment as assignment_mod  # noqa: E402
 from modeconnect.matching import match_weights  # noqa: E402
@@ -315,6 +316,7 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--tolerances", type=float, nargs="+", help="measure these rtol instead")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    add_out(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.tolerances:
@@ -336,6 +338,19 @@ def main() -> None:
     print_runs(rows)
     print()
     print_solvers(tables)
+    numbers = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "runs": [
+            {"pair": pair.name, "real": pair.real, "cpu_s": run.cpu, "wall_s": run.wall,
+             "floor_s": run.floor, "objective": run.objective, "profile": run.profile,
+             "buckets": run.buckets,
+             "reference": None if ref is None else asdict(ref)}
+            for pair, run, ref in rows
+        ],
+        "solvers": {pair.name: table for pair, table in tables},
+    }  # fmt: skip
+    store(args.out, numbers, seeds=args.seeds)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from modeconnect.barrier_studies import Study, barrier_study  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.io.data import load_data  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
+from modeconnect.provenance import write_result  # noqa: E402
 
 MODEL = "modeconnect.models:conv_net"
 MODEL_KWARGS: dict[str, Any] = {"in_channels": 1, "channels": [16, 32], "num_classes": 10}
@@ -95,22 +96,43 @@ def run(out: Path | None = None, *, epochs: int = 6, steps: int = 11) -> dict[st
     return compare(states, steps=steps)
 
 
+def report(numbers: dict[str, Any]) -> str:
+    """The README's table, from the stored numbers."""
+    lines = ["| `--bn` | path | loss barrier | error barrier | acc at α = 0.5 |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in numbers["rows"]:
+        error, mid = 100 * r["error_barrier"], 100 * r["mid_accuracy"]
+        lines.append(
+            f"| {r['bn']} | {r['path']} | {r['loss_barrier']:.4f} | {error:.2f} % | {mid:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write conv_a.pt and conv_b.pt here")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=11, help="alphas on each curve")
+    parser.add_argument(
+        "--result", type=Path, help="also store the numbers with provenance (results/NAME.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     studies = run(args.out, epochs=args.epochs, steps=args.steps)
     print(f"{'bn':6} {'path':8} {'loss barrier':>13} {'error barrier':>14} {'acc@0.5':>8}")
+    numbers: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps, "rows": []}
     for bn, study in studies.items():
         for name, pair in study.pairs.items():
             bar, mid = pair.test.barriers["lerp"], pair.test.midpoint
             print(f"{bn:6} {name:8} {bar.loss:13.4f} {bar.error:14.2%} {mid.accuracy:8.2%}")
+            row = {"bn": bn, "path": name, "loss_barrier": bar.loss, "error_barrier": bar.error}
+            numbers["rows"].append({**row, "mid_accuracy": mid.accuracy})
     a, b = studies["none"].naive.test.endpoints
     print(f"endpoints: A {a.accuracy:.2%}, B {b.accuracy:.2%} test accuracy")
+    numbers["endpoint_accuracy"] = [a.accuracy, b.accuracy]
+    if args.result is not None:
+        write_result(args.result, numbers, seeds=SEEDS.values(), command=["python", *sys.argv])
     if args.out is not None:
         print(f"wrote {args.out / 'conv_a.pt'} and {args.out / 'conv_b.pt'}")
     print(f"{time.perf_counter() - start:.1f} s")

@@ -36,7 +36,6 @@ prints the tables in Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -68,6 +67,7 @@ import modeconnect as mc  # noqa: E402
 from modeconnect.evaluation import Metrics, evaluate  # noqa: E402
 from modeconnect.integrations.flower import AlignedFedAvg  # noqa: E402
 from modeconnect.merging import merge  # noqa: E402
+from modeconnect.provenance import read_result, write_result  # noqa: E402
 
 CLIENTS = 4
 METHODS = {"FedAvg": "none", "AlignedFedAvg": "weight"}
@@ -340,7 +340,9 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for the JSON and the plot")
+    p.add_argument("--out", type=Path, help="folder for the JSON and the plot, or the result .json")
+    p.add_argument("--plot", type=Path, help="draw the plot here (default: in the --out folder)")
+    p.add_argument("--plot-from", type=Path, help="draw --plot from this stored result; no run")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--epochs", type=int, nargs="+", default=[1, 5, 20])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5])
@@ -354,16 +356,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="2 rounds, E=1, α=0.5, 2 seeds, a 32-unit MLP: a smoke test",
     )
     args = p.parse_args(argv)
+    if args.out is None and args.plot_from is None:
+        p.error("--out is required (a folder, or the result .json)")
+    if args.plot_from is not None and args.plot is None:
+        p.error("--plot-from needs --plot (the PNG to draw)")
     if args.quick:
         args.rounds, args.epochs, args.alphas, args.seeds = 2, [1], [0.5], [0, 1]
         args.hidden, args.one_shot_epochs = "32", 2
     return args
 
 
+def report(record: dict[str, Any]) -> str:
+    """The Markdown tables of a stored result (docs/federated.md shows them)."""
+    return markdown_tables(record["summary"], record["one_shot"])
+
+
+def draw(record: dict[str, Any], path: Path) -> None:
+    """The accuracy-per-round plot of a stored result."""
+    settings = record["settings"]
+    hidden = "×".join(map(str, settings["hidden"]))
+    title = (
+        f"{CLIENTS} clients, non-IID digits, MLP {hidden}, lr {settings['lr']}: FedAvg vs "
+        f"AlignedFedAvg (mean ± std over {len(settings['seeds'])} seeds)"
+    )
+    plot(record["runs"], path, title)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.plot_from is not None:
+        record = read_result(args.plot_from)
+        draw(record, args.plot)
+        print(f"drew {args.plot} from {args.plot_from}")
+        return record
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a small, busy CPU
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.suffix == ".json":
+        target, picture = args.out, args.plot
+    else:
+        target, picture = (
+            args.out / "federated_rounds.json",
+            args.plot or (args.out / "federated_rounds.png"),
+        )
     base = Settings(
         num_server_rounds=args.rounds,
         lr=args.lr,
@@ -417,17 +450,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "markdown": tables,
         "seconds": time.perf_counter() - start,
     }
-    (args.out / "federated_rounds.json").write_text(json.dumps(result, indent=1) + "\n")
-    hidden = "×".join(map(str, base.hidden))
-    title = (
-        f"{CLIENTS} clients, non-IID digits, MLP {hidden}, lr {args.lr}: FedAvg vs "
-        f"AlignedFedAvg (mean ± std over {len(args.seeds)} seeds)"
-    )
-    plot(runs, args.out / "federated_rounds.png", title)
-    print(
-        f"\nwrote {args.out / 'federated_rounds.json'} and federated_rounds.png "
-        f"in {result['seconds']:.0f} s"
-    )
+    write_result(target, result, seeds=args.seeds, command=["python", *sys.argv])
+    if picture is not None:
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        draw(read_result(target), picture)  # the plot is drawn from what was stored
+    print(f"\nwrote {target}{f' and {picture}' if picture else ''} in {result['seconds']:.0f} s")
     return result
 
 

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from modeconnect.commands.align import AlignReport, align_files  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
+from modeconnect.provenance import write_result  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"
 MODEL_KWARGS: dict[str, Any] = {"in_features": 784, "hidden": [512, 512, 512], "out_features": 10}
@@ -222,6 +223,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seeds", type=int, nargs=2, default=[1, 2], help="seeds of A and B")
     parser.add_argument("--steps", type=int, default=25, help="alphas on each curve")
+    parser.add_argument(
+        "--result", type=Path, help="also store the numbers with provenance (results/NAME.json)"
+    )
     args = parser.parse_args()
     if args.lr is None:
         args.lr = 0.05 if args.optimizer == "sgd" else 1e-3
@@ -236,6 +240,9 @@ def main() -> None:
         print(f"wrote      mlp_a.pt, mlp_b.pt, test.pt in {args.out}")
     print_report(report)
     print(f"total      {_since(start)}")
+    if args.result is not None:
+        numbers = {"quick": args.quick, "epochs": args.epochs, "report": report.to_dict()}
+        write_result(args.result, numbers, seeds=args.seeds, command=["python", *sys.argv])
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ Run from the repository root (about two minutes on one core)::
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train, write
+from science_common import digits, main, norm_mlp, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
@@ -29,7 +28,7 @@ from modeconnect.figures import new_figure
 NORMS = {"none": "repair", "layer": "repair", "batch": "reset"}  # norm -> its correction
 FULL: dict[str, Any] = {
     "widths": [32, 128],
-    "pairs": [(1, 2), (3, 4)],
+    "pairs": [(1, 2), (3, 4), (5, 6)],
     "epochs": 20,
     "depth": 4,
     "lr": 0.05,
@@ -70,6 +69,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for key in [k for k, v in group[0].items() if isinstance(v, float)]:
                 row[key] = statistics.fmean(r[key] for r in group)
             row["recovered"] = 1 - row["aligned_corrected"] / row["aligned_plain"]
+            per_pair = [1 - r["aligned_corrected"] / r["aligned_plain"] for r in group]
+            row["pairs"] = len(group)
+            row["recovered_std"] = statistics.stdev(per_pair) if len(group) > 1 else 0.0
             rows.append(row)
     return rows
 
@@ -88,7 +90,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     runs = [
         measure(norm, width, tuple(seeds), config)
@@ -97,22 +99,29 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         for seeds in config["pairs"]
     ]
     rows = summarise(runs)
-    record = {"study": "bn_repair", "config": config, "runs": runs, "summary": rows}
-    write(out, "bn_repair", record, {"bn_repair": figure(rows)})
-    return record
+    seeds = sorted({s for pair in config["pairs"] for s in pair})
+    record = {"study": "bn_repair", "config": config, "seeds": seeds, "runs": runs,
+              "summary": rows}  # fmt: skip
+    return record, draw(record)
+
+
+def draw(record: dict[str, Any]) -> dict[str, Any]:
+    """The figure, from the stored record."""
+    return {"bn_repair": figure(record["summary"])}
 
 
 def report(record: dict[str, Any]) -> str:
     return table(
         [[r["norm"], r["width"], r["correction"], f"{r['endpoint_acc']:.1%}",
           f"{r['naive_plain']:.3f} → {r['naive_corrected']:.3f}",
-          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}", f"{r['recovered']:.0%}",
+          f"{r['aligned_plain']:.3f} → {r['aligned_corrected']:.3f}",
+          f"{r['recovered']:.0%} ± {r['recovered_std']:.0%}",
           f"{r['aligned_plain_mid_acc']:.1%} → {r['aligned_corrected_mid_acc']:.1%}"]
          for r in record["summary"]],
         ["norm", "width", "correction", "endpoint acc", "naive barrier", "aligned barrier",
-         "aligned barrier removed", "aligned acc at α=0.5"],
+         "aligned barrier removed (± sd over pairs)", "aligned acc at α=0.5"],
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "bn_repair", run, report, draw)

@@ -9,7 +9,6 @@ SGD (momentum 0.9), a cosine schedule and seeded initialisation and batch order.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from modeconnect.provenance import read_result, write_result  # noqa: E402
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 StateDict = dict[str, torch.Tensor]
@@ -87,29 +88,77 @@ def train(
 
 def main(
     doc: str,
-    run: Callable[[Path, bool], dict[str, Any]],
+    name: str,
+    run: Callable[[bool], tuple[dict[str, Any], dict[str, Any]]],
     report: Callable[[dict[str, Any]], str],
+    draw: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
-    """The command line of every study: ``--out DIR`` and ``--quick`` (reduced size, for the
-    tests); one torch thread; ``run(out, quick)`` writes the JSON and plots and returns the
-    record, ``report(record)`` is the Markdown table printed."""
+    """The command line of every study.
+
+    ``--out`` is a folder (``name.json`` and the PNGs go in it) or a ``.json`` file (the
+    stored result, e.g. ``results/science_width.json``; plots go to ``--plots`` if given).
+    ``--quick`` runs a reduced size (for the tests). ``--plot-from FILE`` draws the plots
+    from a stored result instead of running (studies whose figures need only the stored
+    numbers). One torch thread; ``run(quick)`` returns the record and its figures,
+    ``report(record)`` is the Markdown table printed.
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="write JSON and PNG here")
+    parser.add_argument("--out", type=Path, help="folder for JSON and PNG, or the result .json")
     parser.add_argument("--quick", action="store_true", help="reduced size (for the tests)")
+    parser.add_argument("--plots", type=Path, help="draw the PNGs here (default: --out folder)")
+    parser.add_argument("--plot-from", type=Path, help="draw the plots from this stored result")
     args = parser.parse_args()
+    if args.plot_from is not None:
+        if draw is None:
+            parser.error(f"{name}: its plots need the fitted models; run it with --out instead")
+        record = read_result(args.plot_from)
+        plots = args.plots or args.plot_from.parent
+        save_figures(plots, draw(record))
+        print(report(record))
+        print(f"drew {plots}/ from {args.plot_from}")
+        return
+    if args.out is None:
+        parser.error("--out is required (a folder, or the result .json)")
     torch.set_num_threads(1)
     start = time.perf_counter()
-    record = run(args.out, args.quick)
+    record, figures = run(args.quick)
+    result, plots = outputs(args.out, name, args.plots)
+    write_result(result, record, seeds=record.get("seeds", ()), command=["python", *sys.argv])
+    if plots is not None:
+        # Drawn from the stored file where the figures need only its numbers.
+        save_figures(plots, figures if draw is None else draw(read_result(result)))
     print(report(record))
-    print(f"wrote {args.out}/ ({time.perf_counter() - start:.1f} s)")
+    print(f"wrote {result} ({time.perf_counter() - start:.1f} s)")
 
 
-def write(out: Path, name: str, record: dict[str, Any], figures: dict[str, Any]) -> None:
-    """``out/name.json`` and ``out/<figure>.png`` for each figure."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+def outputs(out: Path, name: str, plots: Path | None) -> tuple[Path, Path | None]:
+    """Where the result and the plots go: ``out`` as a ``.json`` file or as a folder.
+
+    >>> outputs(Path("results/science_width.json"), "width", None)
+    (PosixPath('results/science_width.json'), None)
+    >>> outputs(Path("runs/width"), "width", None)
+    (PosixPath('runs/width/width.json'), PosixPath('runs/width'))
+    """
+    if out.suffix == ".json":
+        return out, plots
+    return out / f"{name}.json", plots or out
+
+
+def save_figures(folder: Path, figures: dict[str, Any]) -> None:
+    """``folder/<figure>.png`` for each figure."""
+    folder.mkdir(parents=True, exist_ok=True)
     for fig_name, fig in figures.items():
-        fig.savefig(out / f"{fig_name}.png", dpi=110)
+        fig.savefig(folder / f"{fig_name}.png", dpi=110)
+
+
+def ordered(items: dict[str, Any], order: Sequence[str]) -> list[tuple[str, Any]]:
+    """``items`` in the docs' order (a stored result sorts its keys); unknown keys last.
+
+    >>> ordered({"b": 1, "z": 0, "a": 2}, ["b", "a"])
+    [('b', 1), ('a', 2), ('z', 0)]
+    """
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(items.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0]))
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

@@ -17,10 +17,9 @@ Run from the repository root (about a minute on one core)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from science_common import ROOT, digits, main, table, write
+from science_common import ROOT, digits, main, table
 
 import modeconnect as mc
 from modeconnect.curve_fitting import CurveStudy, curve_study
@@ -53,7 +52,7 @@ def row(name: str, study: CurveStudy, path: str) -> dict[str, Any]:
     }
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     a, b = mc.load(ROOT / "checkpoints/mlp_a.pt"), mc.load(ROOT / "checkpoints/mlp_b.pt")
     model = mc.resolve_model([a, b]).model
@@ -81,12 +80,12 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     record = {
         "study": "curves",
         "config": config,
+        "seeds": [0],
         "rows": rows,
         "fits": {name: s.to_dict() for name, s in fits.items()},
         "plane": plane.to_dict(),
     }
-    write(out, "curves", record, figures)
-    return record
+    return record, figures
 
 
 def report(record: dict[str, Any]) -> str:
@@ -100,4 +99,4 @@ def report(record: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "curves", run, report)

@@ -26,17 +26,17 @@ Run from the repository root (about 30 s on one core)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train, write
+from science_common import digits, main, norm_mlp, ordered, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
 FULL: dict[str, Any] = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05}
 QUICK: dict[str, Any] = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05}
+ORDER = ["naive", "aligned", "same init"]  # the docs' order of the settings
 PAIRS = {"naive": ((1, 1), (2, 2)), "same init": ((1, 1), (1, 2))}  # (init seed, order seed)
 
 
@@ -63,14 +63,16 @@ def layer_rows(result: mc.Study, pair: str) -> list[dict[str, Any]]:
     return rows
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     train_data, test_data = digits("train"), digits("test")
 
     def make() -> torch.nn.Module:
         return norm_mlp([config["width"]] * config["depth"])
 
-    record: dict[str, Any] = {"study": "layerwise", "config": config, "settings": {}}
+    seeds = sorted({s for pair in PAIRS.values() for seed in pair for s in seed})
+    record: dict[str, Any] = {"study": "layerwise", "config": config, "seeds": seeds,
+                              "settings": {}}  # fmt: skip
     for name, seeds in PAIRS.items():
         a, b = (
             train(make, s, train_data, order_seed=o, epochs=config["epochs"], lr=config["lr"])
@@ -88,7 +90,12 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
                 "mid_accuracy": result.midpoint.accuracy,
                 "layers": layer_rows(study, pair),
             }
-    figures = {
+    return record, draw(record)
+
+
+def draw(record: dict[str, Any]) -> dict[str, Any]:
+    """The two figures, from the stored record."""
+    return {
         "layerwise_barriers": panels(
             record, BARRIER_LINES, ("full_barrier", "whole model"),
             ylabel="lerp loss barrier (nats), rest from A",
@@ -98,8 +105,6 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
             ylabel="test accuracy at α = 0.5, rest from A", ylim=(0, 1.02),
         ),
     }  # fmt: skip
-    write(out, "layerwise", record, figures)
-    return record
 
 
 BARRIER_LINES = [
@@ -117,7 +122,7 @@ def panels(
     record: dict[str, Any], lines: list[tuple[str, str, str]], reference: tuple[str, str], **axes
 ) -> Any:
     """One panel per pair: the ``lines`` over the layers, a horizontal ``reference`` line."""
-    settings = record["settings"]
+    settings = dict(ordered(record["settings"], ORDER))
     fig, all_axes = new_figure(4.2 * len(settings), 3.8, ncols=len(settings))
     for ax, (label, data) in zip(all_axes, settings.items(), strict=True):
         ks = [r["layer"] for r in data["layers"]]
@@ -132,7 +137,7 @@ def panels(
 
 def report(record: dict[str, Any]) -> str:
     parts = []
-    for label, data in record["settings"].items():
+    for label, data in ordered(record["settings"], ORDER):
         parts.append(
             f"{label}: whole-model barrier {data['full_barrier']:.3f}, test accuracy of A "
             f"{data['a_accuracy']:.1%}, of the average {data['mid_accuracy']:.1%}"
@@ -150,4 +155,4 @@ def report(record: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "layerwise", run, report, draw)

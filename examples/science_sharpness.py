@@ -19,11 +19,10 @@ ascent steps). Run from the repository root (about a minute on one core)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import ROOT, digits, main, table, write
+from science_common import ROOT, digits, main, ordered, table
 
 import modeconnect as mc
 from modeconnect.curvature import sharpness_study
@@ -87,7 +86,7 @@ def states_of(pair: tuple[str, str], config: dict[str, Any], data: list) -> tupl
     return model, states
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     train_data = digits("train")
     results, figures = {}, {}
@@ -96,9 +95,11 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         study = sharpness_study(model, states, train_data, seed=0, **config["options"])
         results[label] = study.to_dict()
         figures[f"sharpness_{label}"] = sharpness_figure(study)
-    record = {"study": "sharpness", "config": config, "results": results}
-    write(out, "sharpness", record, figures)
-    return record
+    record = {"study": "sharpness", "config": config, "seeds": [0], "results": results}
+    return record, figures
+
+
+MODELS = ["A", "B", "A rescaled", "merged", "merged + 2 epochs"]
 
 
 def report(record: dict[str, Any]) -> str:
@@ -107,12 +108,12 @@ def report(record: dict[str, Any]) -> str:
           ", ".join(f"{v:.4f}" for v in m["spectrum"]["eigenvalues"]),
           f"{m['trace']:.3f} ± {m['hutchinson']['std_error']:.3f}", f"{m['plain_sharpness']:.5f}",
           f"{m['adaptive_sharpness']:.5f}"]
-         for label, result in record["results"].items()
-         for name, m in result["models"].items()],
+         for label, result in ordered(record["results"], ["3x512", "3x128"])
+         for name, m in ordered(result["models"], MODELS)],
         ["pair", "model", "train loss", "top eigenvalues", "trace", "plain (ρ=0.05)",
          "adaptive (ρ=0.5)"],
     )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "sharpness", run, report)

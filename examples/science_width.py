@@ -17,11 +17,10 @@ Run from the repository root (about a minute on one core)::
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, table, train, write
+from science_common import digits, main, norm_mlp, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
@@ -87,7 +86,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def run(out: Path, quick: bool) -> dict[str, Any]:
+def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     runs = [
         measure(BASE * m, tuple(seeds), config["epochs"])
@@ -95,9 +94,14 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
         for seeds in config["pairs"]
     ]
     rows = summarise(runs)
-    record = {"study": "width", "config": config, "runs": runs, "summary": rows}
-    write(out, "width", record, {"width": figure(rows)})
-    return record
+    seeds = sorted({s for pair in config["pairs"] for s in pair})
+    record = {"study": "width", "config": config, "seeds": seeds, "runs": runs, "summary": rows}
+    return record, draw(record)
+
+
+def draw(record: dict[str, Any]) -> dict[str, Any]:
+    """The figure, from the stored record."""
+    return {"width": figure(record["summary"])}
 
 
 def report(record: dict[str, Any]) -> str:
@@ -113,4 +117,4 @@ def report(record: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    main(__doc__, "width", run, report, draw)

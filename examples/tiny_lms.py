@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from modeconnect.provenance import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 2048
 CONTEXT = 128
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoints, JSON reports")
     parser.add_argument("--quick", action="store_true", help="tiny run for the tests")
+    parser.add_argument(
+        "--result", type=Path, help="also store the numbers with provenance (results/NAME.json)"
+    )
     args = parser.parse_args(argv)
     steps, layers, limit = (30, 2, 300_000) if args.quick else (600, 4, 3_000_000)
     out = args.out
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out / "merge", "--json", out / "merge.json", "--force")  # fmt: skip
     result = summary(out, trained, time.perf_counter() - started)
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.result is not None:
+        write_result(args.result, result, seeds=[0, 1], command=["python", *sys.argv])
     return result
 
 
@@ -161,6 +168,9 @@ def summary(out: Path, trained: float, total: float) -> dict[str, Any]:
         points = aligned[curve]["curve"]
         return float(next(p["perplexity"] for p in points if p["alpha"] == 0.5))
 
+    def barrier(curve: str) -> float:
+        return float(aligned[curve]["barrier"]["loss"])
+
     curve = aligned["naive"]["curve"]
     result = {
         "perplexity_a": curve[0]["perplexity"],
@@ -171,6 +181,7 @@ def summary(out: Path, trained: float, total: float) -> dict[str, Any]:
         "aligned_midpoint_perplexity": mid("aligned"),
         "merge_perplexity": merged["metrics"]["merged"]["perplexity"],
         "plain_average_perplexity": merged["metrics"]["plain_average"]["perplexity"],
+        "barrier_removed": 1 - barrier("aligned") / barrier("naive"),
         "train_seconds": trained,
         "total_seconds": total,
     }

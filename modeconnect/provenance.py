@@ -84,6 +84,9 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     return numbers
 
 
+OUTPUTS = ("results", "*.png", "*.md")  # what a run writes or documents, not code
+
+
 def _git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -94,8 +97,20 @@ def _git_commit() -> str | None:
             timeout=10,
             check=True,
         )
+        # Stored results, plots and prose do not change a number: a run of ``reproduce``
+        # that has already rewritten some of them still records a clean commit.
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":(exclude){p}" for p in OUTPUTS),
+            ],
             capture_output=True,
             text=True,
             timeout=10,

@@ -7,6 +7,7 @@ import pkgutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import modeconnect as mc
 
@@ -42,7 +43,7 @@ def test_every_package_is_shipped() -> None:
     """A package missing from pyproject's list is left out of the wheel (installs break)."""
     from pathlib import Path
 
-    import tomllib
+    from toml_compat import tomllib
 
     root = Path(__file__).resolve().parents[1]
     listed = set(
@@ -58,8 +59,22 @@ def test_every_package_is_shipped() -> None:
 def test_the_package_and_its_metadata_agree_on_the_version() -> None:
     from pathlib import Path
 
-    import tomllib
+    from toml_compat import tomllib
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert mc.__version__ == project["version"]
+
+
+def test_the_tests_run_on_every_python_the_package_claims() -> None:
+    """``requires-python >= 3.10`` while the tests read TOML: the ``test`` extra brings the
+    tomli backport where the standard library has no ``tomllib`` (Python 3.10)."""
+    from toml_compat import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.10"
+    test_extra = project["optional-dependencies"]["test"]
+    assert "tomli>=2; python_version < '3.11'" in test_extra
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "Python ≥ 3.10" in readme

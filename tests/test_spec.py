@@ -139,13 +139,12 @@ def test_wrong_permutation_is_caught_by_guard(specs):
     assert not check_equivalence(model, state, broken, inputs).passed
 
 
-def test_spec_is_fast_and_linear(specs):
-    import time
-
-    model, inputs, _ = specs("resnet20")
-    start = time.perf_counter()
-    derive_spec(model, inputs)
-    assert time.perf_counter() - start < 5.0  # generous: CI machines are shared
+def test_spec_derivation_is_repeatable(specs):
+    """Deriving resnet20's spec twice gives the same groups and members. (Its speed, under
+    5 s cold, is a benchmark: ``benchmarks/bench_spec.py --budget``, not a test on a
+    shared machine.)"""
+    model, inputs, spec = specs("resnet20")
+    assert derive_spec(model, inputs).to_dict() == spec.to_dict()
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,0 +1,173 @@
+"""Documented numbers agree with the stored results they come from (``results/*.json``).
+
+Every check in :data:`tools.claims.CHECKS` pairs a table or sentence in README.md or
+``docs/`` with a stored result; a documented number must equal the stored one to within
+one unit of its last printed digit (``36 %`` passes against 0.3649, fails against 0.41).
+A number edited by hand, or a result rerun without updating the docs, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools import claims  # noqa: E402
+
+
+def _label(check: claims.Check) -> str:
+    if isinstance(check, claims.TableCheck):
+        return f"{check.doc}:{check.heading}#{check.doc_index}"
+    return f"{check.doc}:{check.pattern[:40]}"
+
+
+@pytest.mark.parametrize("check", claims.CHECKS, ids=_label)
+def test_documented_numbers_match_the_stored_result(check: claims.Check) -> None:
+    findings = check.findings()
+    assert findings, "the check compared nothing"
+    moved = claims.moved(findings)
+    assert not moved, "\n".join(str(f) for f in moved[:10])
+
+
+@pytest.mark.parametrize("result", sorted({c.result for c in claims.CHECKS}))
+def test_every_backing_result_records_its_provenance(result: str) -> None:
+    body = json.loads((ROOT / result).read_text(encoding="utf-8"))
+    prov = body["provenance"]
+    assert prov["command"].split()[0] in ("python", "modeconnect")
+    assert len(prov["commit"]) >= 40
+    assert {"torch", "modeconnect", "numpy"} <= set(prov["versions"])
+    assert prov["machine"]["cores"] >= 1 and prov["machine"]["cpu"]
+    if not result.startswith("results/bench_"):  # a benchmark times; a study names its seeds
+        assert prov["seeds"], "a study's result names its seeds"
+
+
+def _bn_check() -> claims.TableCheck:
+    (check,) = [
+        c
+        for c in claims.CHECKS
+        if isinstance(c, claims.TableCheck) and c.heading.startswith("3. BatchNorm")
+    ]
+    return check  # fmt: skip
+
+
+def test_a_stale_table_number_fails(tmp_path: Path) -> None:
+    """Copy the docs and the result, change one documented number: the check reports it."""
+    check = _bn_check()
+    for rel in (check.doc, check.result):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / check.script).parent.mkdir(parents=True, exist_ok=True)
+    assert not claims.moved(check.findings(tmp_path))
+    doc = tmp_path / check.doc
+    text = doc.read_text(encoding="utf-8")
+    table = [t for t in claims.tables(text) if t.heading.startswith(check.heading)][0]
+    row = "| " + " | ".join(table.rows[0]) + " |"
+    cell = table.rows[0][3]  # endpoint accuracy, e.g. "96.5%"
+    (number,) = claims.printed(cell)
+    stale = row.replace(cell, f"{number.value + 0.3:.1f}%", 1)
+    doc.write_text(text.replace(row, stale, 1), encoding="utf-8")
+    moved = claims.moved(check.findings(tmp_path))
+    assert len(moved) == 1 and "endpoint acc" in moved[0].where
+
+
+def test_a_stale_sentence_number_fails(tmp_path: Path) -> None:
+    (check,) = [c for c in claims.CHECKS
+                if isinstance(c, claims.SentenceCheck) and c.doc == "README.md"
+                and "BatchNorm" in c.pattern]  # fmt: skip
+    for rel in (check.doc, check.result):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+    found = check.findings(tmp_path)
+    assert len(found) == 2 and not claims.moved(found)
+    text = (tmp_path / check.doc).read_text(encoding="utf-8")
+    old = f"removes {found[0].documented:.0f}–"
+    assert old in text
+    (tmp_path / check.doc).write_text(
+        text.replace(old, f"removes {found[0].documented - 2:.0f}–"), encoding="utf-8"
+    )
+    assert len(claims.moved(check.findings(tmp_path))) == 1
+
+
+def test_a_missing_result_is_reported_not_skipped(tmp_path: Path) -> None:
+    check = _bn_check()
+    (tmp_path / check.doc).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / check.doc).write_text((ROOT / check.doc).read_text(encoding="utf-8"))
+    found = claims.run_checks([check], tmp_path)
+    assert len(found) == 1 and not found[0].ok and check.result in found[0].where
+
+
+@given(st.lists(st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 5)), min_size=1, max_size=6))
+def test_printed_numbers_round_trip(values: list[tuple[int, int]]) -> None:
+    """Numbers joined with the separators the tables use parse back, with their digit unit."""
+    texts = [f"{m / 10**d:.{d}f}".replace("-", "−") for m, d in values]
+    parsed = claims.printed(" → ".join(t + ("%" if i % 2 else "") for i, t in enumerate(texts)))
+    assert [p.unit for p in parsed] == [10.0**-d for _, d in values]
+    assert [p.value for p in parsed] == pytest.approx([m / 10**d for m, d in values])
+
+
+def test_tables_parse_header_rows_and_heading() -> None:
+    text = "# A\n\ntext\n\n## 2. B\n\n| x | y |\n|---|---|\n| 1 | 2.5 → 3 |\n| a | b |\n\nafter"
+    (table,) = claims.tables(text)
+    assert table.heading == "2. B"
+    assert table.header == ["x", "y"]
+    assert table.rows == [["1", "2.5 → 3"], ["a", "b"]]
+
+
+def test_reproduce_reruns_every_backing_result() -> None:
+    """Each stored result a documented number relies on is rewritten by ``reproduce``."""
+    from tools import readme_runs, reproduce
+
+    written = {c for r in reproduce.RUNS for c in r.command if c.endswith(".json")}
+    written |= set(readme_runs.RUNS)
+    written = {w.removeprefix("../") for w in written}
+    assert {c.result for c in claims.CHECKS} <= written
+
+
+@pytest.mark.slow
+def test_reproduce_check_reports_no_moved_number() -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "tools.reproduce", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " 0 moved beyond their tolerance" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_benchmark_stores_its_numbers_with_provenance(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "bench_spec_budget.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_spec.py"), "--budget", "--repeat", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = json.loads(out.read_text(encoding="utf-8"))
+    numbers, prov = body["numbers"], body["provenance"]
+    assert len(numbers["resnet20_seconds"]) == 1
+    assert numbers["median"] == numbers["resnet20_seconds"][0]
+    assert numbers["budget"] == 5.0
+    assert numbers["met"] == (numbers["median"] < 5.0)
+    assert "bench_spec.py --budget --repeat 1 --out" in prov["command"]
+
+
+@pytest.mark.slow
+def test_a_study_redraws_its_plot_from_the_stored_result(tmp_path: Path) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "science_bn_repair.py"), "--plot-from",
+         str(ROOT / "results" / "science_bn_repair.json"), "--plots", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "bn_repair.png").stat().st_size > 10_000
+    assert "| batch | 128 | reset |" in done.stdout  # the table, from the stored numbers

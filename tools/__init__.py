@@ -1,0 +1,1 @@
+"""Maintainer tools: the documented-numbers check (:mod:`tools.claims`) and ``reproduce``."""

@@ -1,0 +1,494 @@
+"""Which documented numbers come from which stored result, and whether they still agree.
+
+A *table check* pairs a Markdown table in README.md or ``docs/`` with the table a study's
+own ``report()`` prints from its stored result (``results/*.json``): both are parsed, rows
+are taken in order, columns matched by header, and every number in a documented cell must
+equal the stored one to within one unit of the coarser printed digit (``36%`` against a
+stored 0.3649 passes, against 0.41 fails). A *sentence check* does the same for one
+quantitative sentence, with a function that computes its numbers from the stored result.
+
+``tests/test_results.py`` asserts that every check passes (a stale number is a failing
+test) and ``python -m tools.reproduce`` reruns the studies and prints the checks that moved.
+
+>>> [(p.value, p.unit) for p in printed("0.229 → 0.145, −23%")]
+[(0.229, 0.001), (0.145, 0.001), (-23.0, 1.0)]
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+_NUMBER = re.compile(r"[−-]?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Printed:
+    """A number as printed: its value and one unit of its last digit."""
+
+    value: float
+    unit: float
+
+
+def printed(text: str) -> list[Printed]:
+    """Every number in ``text`` (``−`` is a minus sign, ``%`` keeps the printed value)."""
+    found = []
+    for match in _NUMBER.finditer(text):
+        token = match.group().replace("−", "-")
+        decimals = len(token.split(".")[1]) if "." in token else 0
+        found.append(Printed(float(token), 10.0**-decimals))
+    return found
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Markdown table: the heading it sits under, its header and its rows of cells."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def tables(text: str) -> list[Table]:
+    """The Markdown tables of ``text``, in order."""
+    found: list[Table] = []
+    heading = ""
+    lines = text.splitlines()
+    i = 0
+    fenced = False
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced:
+            i += 1
+            continue
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        if (
+            line.startswith("|")
+            and i + 1 < len(lines)
+            and re.match(r"^\|[-:|\s]+\|$", lines[i + 1])
+        ):
+            header = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            found.append(Table(heading, header, rows))
+            continue
+        i += 1
+    return found
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One documented number against the stored one."""
+
+    doc: str
+    where: str
+    documented: float | None
+    stored: float | None
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        if self.documented is None or self.stored is None:
+            return False
+        return abs(self.documented - self.stored) <= self.tolerance * (1 + 1e-9)
+
+    def __str__(self) -> str:
+        state = "ok" if self.ok else "MOVED"
+        return (
+            f"{state}: {self.doc} {self.where}: documented {self.documented}, "
+            f"stored {self.stored} (tolerance {self.tolerance:g})"
+        )
+
+
+def _compare(doc: str, where: str, documented: str, stored: str) -> Iterator[Finding]:
+    mine, theirs = printed(documented), printed(stored)
+    if len(mine) != len(theirs):
+        yield Finding(doc, f"{where}: {documented!r} against {stored!r}", None, None, 0.0)
+        return
+    for d, s in zip(mine, theirs, strict=True):
+        yield Finding(doc, where, d.value, s.value, max(d.unit, s.unit))
+
+
+def load_record(result: str, root: Path = ROOT) -> dict[str, Any]:
+    """The stored numbers of ``results/...`` (raises FileNotFoundError naming the file)."""
+    path = root / result
+    body = json.loads(path.read_text(encoding="utf-8"))
+    numbers = body["numbers"]
+    if not isinstance(numbers, dict):
+        raise ValueError(f"{path}: not a stored result")
+    return numbers
+
+
+@functools.cache
+def script_module(script: str) -> Any:
+    """Import ``examples/x.py`` (or ``benchmarks/x.py``) of this checkout as a module."""
+    path = ROOT / script
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(f"_claims_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """Documented table ``doc_index`` under ``heading`` in ``doc`` against table
+    ``report_index`` of ``script``'s ``report()`` on the stored ``result``."""
+
+    doc: str
+    heading: str
+    result: str
+    script: str
+    doc_index: int = 0
+    report_index: int = 0
+    report_rows: tuple[int, ...] | None = None  # the report's rows the doc shows (all)
+    doc_rows: tuple[int, ...] | None = None  # the doc's rows this result backs (all)
+    skip: tuple[str, ...] = ()  # columns not checked (benchmark timings)
+
+    def findings(self, root: Path = ROOT) -> list[Finding]:
+        """One finding per documented number (an unmatched table or row is one failure)."""
+        where = f"table under '{self.heading}' #{self.doc_index}"
+        candidates = [
+            t for t in tables((root / self.doc).read_text(encoding="utf-8"))
+            if t.heading.startswith(self.heading)
+        ]  # fmt: skip
+        record = load_record(self.result, root)
+        expected = tables(script_module(self.script).report(record))
+        if self.doc_index >= len(candidates) or self.report_index >= len(expected):
+            return [Finding(self.doc, f"{where}: table not found", None, None, 0.0)]
+        doc_table, stored = candidates[self.doc_index], expected[self.report_index]
+        if self.report_rows is not None:
+            stored = Table(
+                stored.heading, stored.header, [stored.rows[i] for i in self.report_rows]
+            )
+        if self.doc_rows is not None:
+            mine = [doc_table.rows[i] for i in self.doc_rows]
+            doc_table = Table(doc_table.heading, doc_table.header, mine)
+        if len(doc_table.rows) != len(stored.rows):
+            return [Finding(self.doc, f"{where}: {len(doc_table.rows)} rows, stored "
+                            f"{len(stored.rows)}", None, None, 0.0)]  # fmt: skip
+        columns = {name: j for j, name in enumerate(stored.header)}
+        found: list[Finding] = []
+        for row, stored_row in zip(doc_table.rows, stored.rows, strict=True):
+            for name, cell in zip(doc_table.header, row, strict=False):
+                column = _column(name, columns)
+                if column is None or name in self.skip:
+                    continue
+                label = f"{where} row '{row[0]} {row[1] if len(row) > 1 else ''}'".strip()
+                found += _compare(self.doc, f"{label} [{name}]", cell, stored_row[column])
+        return found
+
+
+def _column(name: str, columns: dict[str, int]) -> int | None:
+    if name in columns:
+        return columns[name]
+    # A documented header may drop the report's parenthesised note.
+    for stored, j in columns.items():
+        if stored.split(" (")[0] == name:
+            return j
+    return None
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    """The numbers captured by ``pattern`` in ``doc`` against ``values(record)``."""
+
+    doc: str
+    pattern: str
+    result: str
+    values: Callable[[dict[str, Any]], Sequence[float]]
+
+    def findings(self, root: Path = ROOT) -> list[Finding]:
+        """One finding per captured number."""
+        text = " ".join((root / self.doc).read_text(encoding="utf-8").split())
+        match = re.search(self.pattern, text)
+        if match is None:
+            return [Finding(self.doc, f"sentence /{self.pattern}/ not found", None, None, 0.0)]
+        stored = list(self.values(load_record(self.result, root)))
+        if len(stored) != len(match.groups()):
+            return [Finding(self.doc, f"/{self.pattern}/: {len(stored)} values", None, None, 0)]
+        found = []
+        for group, value in zip(match.groups(), stored, strict=True):
+            (number,) = printed(group)
+            found.append(Finding(self.doc, f"/{self.pattern}/", number.value, value, number.unit))
+        return found
+
+
+Check = TableCheck | SentenceCheck
+
+
+def _pct(x: float) -> float:
+    return 100 * x
+
+
+def _layer_head(record: dict[str, Any], label: str) -> list[float]:
+    data = record["settings"][label]
+    return [data["full_barrier"], _pct(data["a_accuracy"]), _pct(data["mid_accuracy"])]
+
+
+def _peak(data: dict[str, Any]) -> list[float]:
+    cumulative = [r["cumulative_full"] for r in data["layers"]]
+    k = max(range(len(cumulative)), key=cumulative.__getitem__)
+    return [cumulative[k], k + 1, len(cumulative), data["full_barrier"]]
+
+
+def _single(record: dict[str, Any], pair: str) -> list[float]:
+    from tools.readme_runs import single_layer_range
+
+    return single_layer_range(record, pair)
+
+
+def _mnist(record: dict[str, Any]) -> list[float]:
+    """Naive and aligned loss barrier and accuracy at α = 0.5 of the MNIST-scale run."""
+    out = []
+    for pair in ("naive", "aligned"):
+        data = record["report"][pair]
+        middle = min(data["curve"], key=lambda p: abs(p["alpha"] - 0.5))
+        out += [data["barrier"]["loss"], _pct(middle["accuracy"])]
+    return out
+
+
+def _rebasin(record: dict[str, Any]) -> list[float]:
+    """Wall and CPU speed-ups, both objectives, the exact mode's speed-ups (digits pair)."""
+    (rows,) = record["pairs"].values()
+    ref, ours, exact = rows["rebasin 0.0.47"], rows["modeconnect"], rows["modeconnect rtol=0"]
+    return [ref["wall"] / ours["wall"], ref["cpu"] / ours["cpu"], ours["objective"],
+            ref["objective"], ref["wall"] / exact["wall"], ref["cpu"] / exact["cpu"]]  # fmt: skip
+
+
+def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
+    """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
+    return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
+
+
+def _identity(record: dict[str, Any]) -> list[float]:
+    """Aggregations where alignment moved no unit, and all aggregations (AlignedFedAvg)."""
+    moved, total = (sum(r["AlignedFedAvg"]["rounds_with_moves"][i] for r in record["summary"])
+                    for i in (0, 1))  # fmt: skip
+    return [total - moved, total]
+
+
+def _one_shot(record: dict[str, Any], alpha: float, key: str) -> float:
+    shots = [s for s in record["one_shot"] if s["alpha"] == alpha]
+    if key == "clients":
+        return _pct(sum(sum(s["clients"]) / len(s["clients"]) for s in shots) / len(shots))
+    return _pct(sum(s[key] for s in shots) / len(shots))
+
+
+def _one_shot_gains(record: dict[str, Any]) -> list[float]:
+    return sorted(_one_shot(record, a, "AlignedFedAvg") - _one_shot(record, a, "FedAvg")
+                  for a in (0.1, 0.5))  # fmt: skip
+
+
+def _floor(x: float) -> float:
+    """``x`` rounded down to one decimal: the number an "above x" sentence states."""
+    return math.floor(10 * x) / 10
+
+
+def _width(record: dict[str, Any], width: int) -> dict[str, Any]:
+    (row,) = [r for r in record["summary"] if r["width"] == width]
+    return row
+
+
+def _bn(record: dict[str, Any], norm: str) -> list[dict[str, Any]]:
+    return [r for r in record["summary"] if r["norm"] == norm]
+
+
+def _range(values: Sequence[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
+def _curves(record: dict[str, Any], run: str, path: str) -> dict[str, Any]:
+    (row,) = [r for r in record["rows"] if r["run"] == run and r["path"] == path]
+    return row
+
+
+def _sharp(record: dict[str, Any], pair: str, model: str) -> dict[str, Any]:
+    return record["results"][pair]["models"][model]
+
+
+def _ratio(record: dict[str, Any], key: str) -> float:
+    a, scaled = _sharp(record, "3x512", "A"), _sharp(record, "3x512", "A rescaled")
+    return (
+        float(scaled[key] / a[key])
+        if key != "top_eigenvalue"
+        else float(scaled["spectrum"]["eigenvalues"][0] / a["spectrum"]["eigenvalues"][0])
+    )
+
+
+SCIENCE = "docs/science.md"
+FEDERATED = "docs/federated.md"
+MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
+TINY = "results/tiny_lms.json"
+MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
+CHECKS: list[Check] = [
+    TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
+               "examples/science_width.py"),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
+               "examples/science_layerwise.py", 0, 0),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
+               "examples/science_layerwise.py", 1, 1),
+    SentenceCheck(SCIENCE, r"Naive pair \(whole-model barrier ([\d.]+); A ([\d.]+) %, the average "
+                  r"of all layers ([\d.]+) %\)", "results/science_layerwise.json",
+                  lambda r: _layer_head(r, "naive")),
+    SentenceCheck(SCIENCE, r"Aligned pair \(whole-model barrier ([\d.]+); the average ([\d.]+) %",
+                  "results/science_layerwise.json", lambda r: _layer_head(r, "aligned")[::2]),
+    SentenceCheck(SCIENCE, r"Same initialisation \(whole-model barrier ([\d.]+); the average "
+                  r"([\d.]+) %", "results/science_layerwise.json",
+                  lambda r: _layer_head(r, "same init")[::2]),
+    SentenceCheck(SCIENCE, r"peaks in the middle \(([\d.]+) nats at layer (\d) of (\d), against "
+                  r"([\d.]+) for the whole model\)", "results/science_layerwise.json",
+                  lambda r: _peak(r["settings"]["aligned"])),
+    TableCheck(SCIENCE, "3. BatchNorm reset", "results/science_bn_repair.json",
+               "examples/science_bn_repair.py"),
+    TableCheck(SCIENCE, "4. Curves", "results/science_curves.json", "examples/science_curves.py",
+               report_rows=(0, 1, 3, 4, 5)),
+    TableCheck(SCIENCE, "5. Sharpness", "results/science_sharpness.json",
+               "examples/science_sharpness.py"),
+    SentenceCheck("README.md", r"aligned barrier falls with width \(([\d.]+) nats at width 16 to "
+                  r"([\d.]+) at 128 and ([\d.]+) at 256", "results/science_width.json",
+                  lambda r: [_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)]),
+    SentenceCheck(SCIENCE, r"aligned barrier falls from ([\d.]+) nats at width 16 to ([\d.]+) at "
+                  r"width 128 and ([\d.]+) at 256 \(test; train ([\d.]+) and ([\d.]+)\) while "
+                  r"the naive one stays above ([\d.]+) nats", "results/science_width.json",
+                  lambda r: [*(_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)),
+                             _width(r, 128)["aligned_train_loss"],
+                             _width(r, 256)["aligned_train_loss"],
+                             _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
+    TableCheck("README.md", "Alignment methods", "results/readme_compare.json",
+               "tools/readme_runs.py"),
+    SentenceCheck("README.md", r"every single layer carries a barrier of ([\d.]+)–([\d.]+) nats on "
+                  r"its own; after alignment none exceeds ([\d.]+)",
+                  "results/readme_layerwise.json",
+                  lambda r: [*_single(r, "naive"), _single(r, "aligned")[1]]),
+    SentenceCheck("README.md", r"the naive loss barrier of ([\d.]+) nats \(([\d.]+) % accuracy at "
+                  r"α = 0.5\) drops to ([\d.]+) \(([\d.]+) %\)", "results/mnist_scale_digits.json",
+                  lambda r: _mnist(r)),
+    SentenceCheck("README.md", r"on the digits pair ([\d.]+)–([\d.]+)× faster \(wall / CPU time.*?"
+                  r"objective \(([\d.]+) against ([\d.]+)\); in exact mode \(`rtol=0`\) "
+                  r"([\d.]+)–([\d.]+)×", "results/bench_rebasin.json", lambda r: _rebasin(r)),
+    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)–(\d+)× faster than the "
+                  r"`rebasin` package", "results/bench_rebasin.json",
+                  lambda r: [math.floor(x) for x in _rebasin(r)[:2]]),
+    TableCheck(FEDERATED, "Main grid", MAIN, "examples/federated_rounds.py", skip=(MS,)),
+    TableCheck(FEDERATED, "Narrow net", NARROW, "examples/federated_rounds.py", skip=(MS,)),
+    TableCheck(FEDERATED, "One shot", MAIN, "examples/federated_rounds.py", report_index=1,
+               doc_rows=(0, 1)),
+    TableCheck(FEDERATED, "One shot", NARROW, "examples/federated_rounds.py", report_index=1,
+               doc_rows=(2, 3)),
+    SentenceCheck(FEDERATED, r"weight matching kept every unit in place in (\d+) of (\d+) "
+                  r"aggregations", MAIN, _identity),
+    SentenceCheck(FEDERATED, r"MergeMany lifts the merge from ([\d.]+) % to ([\d.]+) % "
+                  r"\(α 0.5, the level of the average client, ([\d.]+) %\) and from "
+                  r"([\d.]+) % to ([\d.]+) % \(α 0.1\)", MAIN,
+                  lambda r: [_one_shot(r, 0.5, "FedAvg"), _one_shot(r, 0.5, "AlignedFedAvg"),
+                             _one_shot(r, 0.5, "clients"), _one_shot(r, 0.1, "FedAvg"),
+                             _one_shot(r, 0.1, "AlignedFedAvg")]),
+    SentenceCheck("README.md", r"\| FedAvg, final test accuracy \| "
+                  r"([\d.]+) / ([\d.]+) / ([\d.]+) % \| ([\d.]+) / ([\d.]+) / ([\d.]+) % \|", MAIN,
+                  lambda r: _fed_rows(r, "FedAvg", "final")),
+    SentenceCheck("README.md", r"\| AlignedFedAvg \| ([\d.]+) / ([\d.]+) / ([\d.]+) % "
+                  r"\| ([\d.]+) / ([\d.]+) / ([\d.]+) % \|", MAIN,
+                  lambda r: _fed_rows(r, "AlignedFedAvg", "final")),
+    SentenceCheck("README.md", r"\| one shot, clients trained apart: FedAvg → aligned \| "
+                  r"([\d.]+) → ([\d.]+) % \| ([\d.]+) → ([\d.]+) % \|", MAIN,
+                  lambda r: [_one_shot(r, a, k) for a in (0.1, 0.5)
+                             for k in ("FedAvg", "AlignedFedAvg")]),
+    SentenceCheck("README.md", r"the permutation is the identity in (\d+) of (\d+) rounds", MAIN,
+                  _identity),
+    SentenceCheck("README.md", r"one-shot merges: \+(\d+) to \+(\d+) points", MAIN,
+                  _one_shot_gains),
+    SentenceCheck("README.md", r"\| naive \| ([\d.]+) \| ([\d.]+) \| \| aligned \| ([\d.]+) \| "
+                  r"([\d.]+) \|", TINY,
+                  lambda r: [r["naive_barrier"], r["naive_midpoint_perplexity"],
+                             r["aligned_barrier"], r["aligned_midpoint_perplexity"]]),
+    SentenceCheck("README.md", r"Endpoints: perplexity ([\d.]+) \(A\) and ([\d.]+) \(B\); "
+                  r"`modeconnect merge A B` gives ([\d.]+) against ([\d.]+) for the plain "
+                  r"average\. "
+                  r"Alignment removes (\d+) % of the barrier.*?a ([\d.]+)-nat barrier remains",
+                  TINY, lambda r: [r["perplexity_a"], r["perplexity_b"], r["merge_perplexity"],
+                                   r["plain_average_perplexity"], _pct(r["barrier_removed"]),
+                                   r["aligned_barrier"]]),
+    SentenceCheck("README.md", r"alignment removes (\d+) % ± 5 points of a ([\d.]+)-nat barrier",
+                  "results/tiny_lms_quick.json",
+                  lambda r: [_pct(r["barrier_removed"]), r["naive_barrier"]]),
+    TableCheck("README.md", "Barrier studies", "results/bn_reset_digits.json",
+               "examples/bn_reset_digits.py"),
+    SentenceCheck("README.md", r"\(test split, 25 α; endpoints ([\d.]+) % and ([\d.]+) %\)",
+                  "results/bn_reset_digits.json",
+                  lambda r: [_pct(x) for x in r["endpoint_accuracy"]]),
+    SentenceCheck(SCIENCE, r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
+                  "results/science_bn_repair.json",
+                  lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
+    SentenceCheck("README.md", r"BatchNorm reset removes (\d+)–(\d+) % of the aligned barrier",
+                  "results/science_bn_repair.json",
+                  lambda r: _range([_pct(x["recovered"]) for x in _bn(r, "batch")])),
+    SentenceCheck("README.md", r"REPAIR (\d+)–(\d+) % on width-32 plain and LayerNorm nets .*?"
+                  r"\(LayerNorm (\d+) %; plain ([−-]\d+) %", "results/science_bn_repair.json",
+                  lambda r: [*_range([_pct(x["recovered"]) for x in r["summary"]
+                                      if x["width"] == 32 and x["norm"] != "batch"]),
+                             _pct(_bn(r, "layer")[1]["recovered"]),
+                             _pct(_bn(r, "none")[1]["recovered"])]),
+    SentenceCheck(SCIENCE, r"REPAIR removes less here \((\d+)–(\d+) % at width 32\).*?"
+                  r"(\d+) % with LayerNorm.*?\(([\d.]+) → ([\d.]+) nats, ([−-]\d+) % ± (\d+) %",
+                  "results/science_bn_repair.json",
+                  lambda r: [*_range([_pct(x["recovered"]) for x in r["summary"]
+                                      if x["width"] == 32 and x["norm"] != "batch"]),
+                             _pct(_bn(r, "layer")[1]["recovered"]),
+                             _bn(r, "none")[1]["aligned_plain"],
+                             _bn(r, "none")[1]["aligned_corrected"],
+                             _pct(_bn(r, "none")[1]["recovered"]),
+                             _pct(_bn(r, "none")[1]["recovered_std"])]),
+    SentenceCheck("README.md", r"joins unaligned endpoints with a ([\d.]+) % error barrier against "
+                  r"([\d.]+) % on the line", "results/science_curves.json",
+                  lambda r: [_pct(_curves(r, "bezier", "curve")["test_error_barrier"]),
+                             _pct(_curves(r, "bezier", "line")["test_error_barrier"])]),
+    SentenceCheck(SCIENCE, r"test error barrier falls from ([\d.]+) % on the line to "
+                  r"([\d.]+) % \(Bezier\) and ([\d.]+) % \(chain\)", "results/science_curves.json",
+                  lambda r: [_pct(_curves(r, "bezier", "line")["test_error_barrier"]),
+                             _pct(_curves(r, "bezier", "curve")["test_error_barrier"]),
+                             _pct(_curves(r, "polychain", "curve")["test_error_barrier"])]),
+    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× A's, its trace ([\d.]+)× and its "
+                  r"plain sharpness ([\d.]+)×", "results/science_sharpness.json",
+                  lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
+                             _ratio(r, "plain_sharpness")]),
+]  # fmt: skip
+
+
+def run_checks(checks: Sequence[Check] = CHECKS, root: Path = ROOT) -> list[Finding]:
+    """Every finding of every check; a missing result file is one failed finding."""
+    found: list[Finding] = []
+    for check in checks:
+        try:
+            found += check.findings(root)
+        except (OSError, KeyError, ValueError) as err:
+            found.append(Finding(check.doc, f"{check.result}: {err}", None, None, 0.0))
+    return found
+
+
+def moved(findings: Sequence[Finding]) -> list[Finding]:
+    """The findings whose documented number is beyond its tolerance of the stored one."""
+    return [f for f in findings if not f.ok]

@@ -1,0 +1,124 @@
+"""Rerun the studies and benchmarks behind the documented numbers, then say what moved.
+
+    python -m tools.reproduce              # everything that fits a CPU in under an hour
+    python -m tools.reproduce --only science_bn_repair federated_rounds_quick
+    python -m tools.reproduce --check      # no runs: compare the docs with results/ now
+    python -m tools.reproduce --list       # the runs, their commands and expected minutes
+
+Each run rewrites its ``results/*.json`` (numbers with command, commit, versions,
+machine, seeds and date) and the plots drawn from it. Then every check of
+:mod:`tools.claims` (the same ones ``tests/test_results.py`` asserts) compares the
+README and ``docs/`` with the stored numbers, and each documented number that moved
+beyond its tolerance (one unit of its last printed digit) is printed; the exit code is 1
+if any did. Minutes are from a shared 2-core machine, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.claims import ROOT, moved, run_checks
+
+REBASIN_PYTHON = Path("/tmp/rebasin-venv/bin/python")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One script run: its name, its command (from the repository root), minutes."""
+
+    name: str
+    command: tuple[str, ...]
+    minutes: float
+    cwd: str = "."
+
+
+def _science(study: str, minutes: float) -> list[Run]:
+    script = f"examples/science_{study}.py"
+    return [
+        Run(f"science_{study}", ("python", script, "--out", f"results/science_{study}.json",
+                                 "--plots", "docs/science"), minutes),
+        Run(f"science_{study}_quick", ("python", script, "--quick", "--out",
+                                       f"results/science_{study}_quick.json"), 0.5),
+    ]  # fmt: skip
+
+
+RUNS: list[Run] = [
+    *_science("width", 2.5),
+    *_science("layerwise", 1.5),
+    *_science("bn_repair", 1.0),
+    *_science("curves", 3.0),
+    *_science("sharpness", 6.0),
+    Run("federated_rounds_quick", ("python", "federated_rounds.py", "--quick", "--out",
+        "../results/federated_rounds_quick.json"), 0.5, "examples"),
+    Run("federated_rounds_main", ("python", "federated_rounds.py", "--out",
+        "../results/federated_rounds_main.json", "--plot", "../docs/federated_rounds.png"),
+        8.0, "examples"),
+    Run("federated_rounds_narrow", ("python", "federated_rounds.py", "--out",
+        "../results/federated_rounds_narrow.json", "--plot",
+        "../docs/federated_rounds_narrow.png", "--hidden", "16", "--lr", "0.1", "--epochs",
+        "20", "50"), 6.0, "examples"),
+    Run("tiny_lms_quick", ("python", "examples/tiny_lms.py", "--quick", "--out",
+        "runs/reproduce/tiny_lms_quick", "--result", "results/tiny_lms_quick.json"), 1.5),
+    Run("tiny_lms", ("python", "examples/tiny_lms.py", "--out", "runs/reproduce/tiny_lms",
+        "--result", "results/tiny_lms.json"), 12.0),
+    Run("bn_reset_digits", ("python", "examples/bn_reset_digits.py", "--steps", "25",
+        "--result", "results/bn_reset_digits.json"), 1.0),
+    Run("mnist_scale_digits", ("python", "examples/mnist_scale_digits.py", "--result",
+        "results/mnist_scale_digits.json"), 3.0),
+    Run("federated_digits", ("python", "federated_digits.py", "--out",
+        "../results/federated_digits.json"), 0.5, "examples"),
+    Run("readme_runs", ("python", "-m", "tools.readme_runs"), 6.0),
+    Run("bench_spec_budget", ("python", "benchmarks/bench_spec.py", "--budget", "--out",
+        "results/bench_spec_budget.json"), 0.5),
+    Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
+        "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0),
+]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these (see --list)")
+    parser.add_argument("--check", action="store_true", help="no runs; compare docs and results")
+    parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    args = parser.parse_args(argv)
+    chosen = [r for r in RUNS if args.only is None or r.name in args.only]
+    unknown = set(args.only or ()) - {r.name for r in RUNS}
+    if unknown:
+        parser.error(f"unknown run(s) {sorted(unknown)}; --list names them")
+    if args.list:
+        for r in RUNS:
+            where = "" if r.cwd == "." else f"(cd {r.cwd}) "
+            print(f"{r.name:26} ~{r.minutes:4.1f} min  {where}{' '.join(r.command)}")
+        print(f"{'total':26} ~{sum(r.minutes for r in RUNS):4.1f} min")
+        return 0
+    failed = []
+    if not args.check:
+        for r in chosen:
+            start = time.perf_counter()
+            print(f"[{r.name}] {' '.join(r.command)}", flush=True)
+            command = [sys.executable if c == "python" else c for c in r.command]
+            done = subprocess.run(command, cwd=ROOT / r.cwd, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode:
+                failed.append(r.name)
+                print(f"[{r.name}] FAILED after {seconds:.0f} s:\n{done.stderr[-2000:]}")
+            else:
+                print(f"[{r.name}] done in {seconds:.0f} s", flush=True)
+    findings = run_checks()
+    drifted = moved(findings)
+    print(f"\n{len(findings)} documented numbers checked against results/: "
+          f"{len(drifted)} moved beyond their tolerance")  # fmt: skip
+    for f in drifted:
+        print(f"  {f}")
+    if failed:
+        print(f"runs that failed: {', '.join(failed)}")
+    return 1 if drifted or failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
