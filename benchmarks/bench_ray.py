@@ -122,6 +122,28 @@ def run_case(name: str, case: tuple[Any, Any, list, int], repeats: int) -> dict[
     return out
 
 
+CASES = {"digits": "digits MLP", "wide": "64-512-512-512-10"}
+
+
+def report(numbers: dict[str, Any]) -> str:
+    """The table of ``docs/architecture.md`` (Past one machine) from the stored result."""
+    header = ["row", "1 worker / local (best of 3 pairs)", "1 worker: median ratio (pairs)",
+              "2 workers / local (best)", "2 workers: median ratio (pairs)"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for case, label in CASES.items():
+        if case not in numbers:
+            continue
+        r, cells = numbers[case], [label]
+        for n in WORKERS:
+            each = r[f"ratios_ray_{n}_vs_local_1_each"]
+            cells += [
+                f"{r[f'ray_workers_{n}']:.1f} s / {r[f'local_threads_1_beside_{n}']:.1f} s",
+                f"{r[f'ratio_ray_{n}_vs_local_1']:.2f}× ({min(each):.2f}–{max(each):.2f})",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -137,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             name, {k: round(v, 3) if isinstance(v, float) else v for k, v in numbers[name].items()}
         )
-    write_result(args.out, numbers, seeds=[0])
+    write_result(args.out, numbers, seeds=[0], command=["python", *sys.argv])
+    print(report(numbers))
     return numbers
 
 

@@ -137,6 +137,58 @@ def table(name: str, rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ORDER = (
+    "naive", "permutation, weight", "permutation, activation", "orthogonal, weight",
+    "orthogonal, activation", "full, weight", "full (orthogonal heads), weight",
+    "full, activation", "orthogonal, learned", "full, learned",
+)  # fmt: skip
+FAMILIES = {"llama": "Tiny Llamas", "gpt2": "Tiny GPT-2s"}
+
+
+def _same(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    return all(x[k] == y[k] for k in ("barrier", "perplexity_mid"))
+
+
+def report(record: dict[str, Any]) -> str:
+    """The Markdown table of ``docs/science/transformers.md`` for each family in ``record``.
+
+    Rows in the order the study runs them, then any other stored row (sorted). Where
+    ``full`` found no V·O group its row equals ``orthogonal``'s: the two are one row
+    (``orthogonal (= full)``) with both timings, ``a / b``.
+    """
+    parts = []
+    for family, title in FAMILIES.items():
+        rows = record.get(family)
+        if rows is None:
+            continue
+        labels = [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER))
+        lines = []
+        for label in labels:
+            r = rows[label]
+            twin = label.replace("orthogonal", "full", 1) if label.startswith("orth") else None
+            if (
+                label.startswith("full")
+                and label.replace("full", "orthogonal", 1) in rows
+                and _same(r, rows[label.replace("full", "orthogonal", 1)])
+            ):
+                continue  # shown with its orthogonal twin
+            both = [r] + ([rows[twin]] if twin in rows and _same(r, rows[twin]) else [])
+            timed = label != "naive"
+            lines.append([
+                label + (" (= full)" if len(both) > 1 else ""), f"{r['barrier']:.3f}",
+                f"{r['share_of_naive']:.0%}", f"{r['perplexity_mid']:.1f}",
+                " / ".join(f"{x['seconds']:.1f}" for x in both) if timed else "–",
+                " / ".join(f"{x['time_vs_weight_matching']:.2f}" for x in both)
+                if timed else "–",
+            ])  # fmt: skip
+        header = ["row", "loss barrier at α = 0.5", "share of naive", "perplexity at α = 0.5",
+                  "seconds (benchmark)", "× weight matching (benchmark)"]  # fmt: skip
+        parts.append(f"## {title}\n\n" + "\n".join(
+            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(c) + " |" for c in lines]))  # fmt: skip
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results JSON (write_result)")
@@ -171,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table("tiny GPT-2 (LayerNorm, GELU, learned positions)", numbers["gpt2"]))
     if args.out is not None:
         write_result(args.out, numbers, seeds=[0, 1, 2, 3], command=["python", *sys.argv])
+    print(report(numbers))
 
 
 if __name__ == "__main__":

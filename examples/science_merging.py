@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from science_common import ROOT, digits, main, table, train
+from science_common import ROOT, digits, table, train
 
 sys.path.insert(0, str(ROOT))
 
@@ -306,18 +306,93 @@ def run(out: Path, quick: bool) -> dict[str, Any]:
     return record
 
 
+def cell(stats: dict[str, float], digits: int = 3) -> str:
+    """``mean ± std`` as the docs print it; exactly zero (both) prints as ``0``."""
+    if stats["mean"] == 0 and stats["std"] == 0:
+        return "0"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _rows(acc: dict[str, Any], keys: Sequence[str | tuple[str, ...]], digits: int = 3) -> str:
+    """One row per entry of ``keys``: a key, or several shown ``a / b / c`` in one cell."""
+    rows = [
+        [k if isinstance(k, str) else " / ".join(k),
+         " / ".join(cell(acc[x], digits) for x in ((k,) if isinstance(k, str) else k))]
+        for k in keys
+    ]  # fmt: skip
+    return table(rows, ["row", "test accuracy"])
+
+
+def fusions(targets: Sequence[int]) -> list[tuple[str, ...]]:
+    """The keys of OT soft / OT hard / zip at each target width (one table row each)."""
+    return [(f"otfusion soft @ {t}", f"otfusion hard @ {t}", f"zip @ {t}") for t in targets]
+
+
+def report_class_split(numbers: dict[str, Any]) -> str:
+    """The class-split table of ``docs/science/merging.md`` from its stored result."""
+    keys = ["A (0-4)", "B (5-9)", "ensemble (mean softmax)", "plain average",
+            "weight matching + average", "otfusion soft", "cca", "zip (beta 0)",
+            "zip (beta 0.5)", "zip (beta 1)", "zip until depth 0", "zip until depth 1"]  # fmt: skip
+    return _rows(numbers["accuracy"], keys)
+
+
+def report_width_fusion(numbers: dict[str, Any]) -> str:
+    """The width-fusion table of ``docs/science/merging.md`` from its stored result."""
+    a, b = numbers["widths"]
+    keys = [f"A ({a})", f"B ({b})", "better parent", "ensemble", *fusions(numbers["targets"]),
+            f"cca @ {a}"]  # fmt: skip
+    return _rows(numbers["accuracy"], keys)
+
+
+def report_compression(numbers: dict[str, Any]) -> str:
+    """The self-merge compression table of ``docs/science/merging.md``."""
+    acc, width = numbers["accuracy"], numbers["width"]
+    rows = [[f"{width} (original)", cell(acc[f"original ({width})"]), "", "", "", ""]]
+    for t in numbers["targets"]:
+        rows.append([str(t), *(cell(acc[k.format(t)]) for k in (
+            "zip @ {}", "zip @ {} + 1 epoch", "otfusion @ {}", "otfusion @ {} + 1 epoch",
+            "trained from scratch @ {}"))])  # fmt: skip
+    return table(rows, ["width", "zip", "zip + 1 epoch", "OT", "OT + 1 epoch",
+                        "trained from scratch"])  # fmt: skip
+
+
+def report_n_way(numbers: dict[str, Any]) -> str:
+    """The N-way tables of ``docs/science/merging.md``: accuracies, then cycle errors."""
+    keys = ["best endpoint", "mean endpoint", "ensemble", "plain average",
+            "MergeMany (weight matching)", "universe (C2M3-style, activations)", "cca"]  # fmt: skip
+    cycles, groups = numbers["cycle_error"], ("P0", "P1")
+    maps = [
+        "direct pairwise weight matching",
+        "MergeMany induced maps",
+        "universe maps",
+        "MergeMany vs direct (disagreeing units)",
+        "universe vs direct (disagreeing units)",
+    ]
+    rows = [[m, *(cell(cycles[f"{g} {m}"]) for g in groups)] for m in maps]
+    return _rows(numbers["accuracy"], keys) + "\n\n" + table(rows, ["row", "layer 1", "layer 2"])
+
+
+REPORTS = {"class_split": report_class_split, "width_fusion": report_width_fusion,
+           "compression": report_compression, "n_way": report_n_way}  # fmt: skip
+
+
 def report(record: dict[str, Any]) -> str:
-    parts = []
-    for name, numbers in record.items():
-        rows = [[k, f"{v['mean']:.3f} ± {v['std']:.3f}"] for k, v in numbers["accuracy"].items()]
-        parts.append(f"### {name}\n\n" + table(rows, ["model", "test accuracy (mean ± std)"]))
-        if "cycle_error" in numbers:
-            rows = [
-                [k, f"{v['mean']:.3f} ± {v['std']:.3f}"] for k, v in numbers["cycle_error"].items()
-            ]
-            parts.append(table(rows, ["maps", "cycle error / disagreement (mean ± std)"]))
-    return "\n\n".join(parts)
+    """Every study's tables (``record``: study name to its stored numbers)."""
+    return "\n\n".join(f"### {name}\n\n" + REPORTS[name](numbers)
+                         for name, numbers in record.items())  # fmt: skip
+
+
+def cli() -> None:
+    """``--out FOLDER`` (the four ``merging_*.json`` and the plot), ``--quick``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the results")
+    parser.add_argument("--quick", action="store_true", help="reduced size (for the tests)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(report(run(args.out, args.quick)))
 
 
 if __name__ == "__main__":
-    main(__doc__, run, report)
+    cli()

@@ -120,8 +120,17 @@ def main() -> None:
     )  # fmt: skip
     command = ["python", "examples/science_merging_mnist.py", *sys.argv[1:]]
     write_result(args.out / "merging_mnist_scale.json", numbers, seeds=args.seeds, command=command)
-    for k, v in numbers["accuracy"].items():
-        print(f"| {k} | {v['mean']:.4f} ± {v['std']:.4f} |")
+    print(report(numbers))
+
+
+def report(numbers: dict[str, Any]) -> str:
+    """The MNIST-scale table of ``docs/science/merging.md`` from the stored result."""
+    from science_merging import _rows, fusions
+
+    selfs = [(f"self-merge zip 512 -> {t}", f"self-merge otfusion 512 -> {t}")
+             for t in (384, 256, 128)]  # fmt: skip
+    keys = ["A (3x512)", "B (3x256)", "ensemble", *fusions((256, 384, 512)), *selfs]
+    return _rows(numbers["accuracy"], keys, digits=4)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ class TableCheck:
     report_rows: tuple[int, ...] | None = None  # the report's rows the doc shows (all)
     doc_rows: tuple[int, ...] | None = None  # the doc's rows this result backs (all)
     skip: tuple[str, ...] = ()  # columns not checked (benchmark timings)
+    report: str = "report"  # the script's function printing the table from the record
 
     def findings(self, root: Path = ROOT) -> list[Finding]:
         """One finding per documented number (an unmatched table or row is one failure)."""
@@ -176,7 +177,7 @@ class TableCheck:
             if t.heading.startswith(self.heading)
         ]  # fmt: skip
         record = load_record(self.result, root)
-        expected = tables(script_module(self.script).report(record))
+        expected = tables(getattr(script_module(self.script), self.report)(record))
         if self.doc_index >= len(candidates) or self.report_index >= len(expected):
             return [Finding(self.doc, f"{where}: table not found", None, None, 0.0)]
         doc_table, stored = candidates[self.doc_index], expected[self.report_index]
@@ -205,9 +206,9 @@ class TableCheck:
 def _column(name: str, columns: dict[str, int]) -> int | None:
     if name in columns:
         return columns[name]
-    # A documented header may drop the report's parenthesised note.
+    # A documented header may drop the report's parenthesised note, or add its own.
     for stored, j in columns.items():
-        if stored.split(" (")[0] == name:
+        if stored.split(" (")[0] in (name, name.split(" (")[0]):
             return j
     return None
 
@@ -220,6 +221,7 @@ class SentenceCheck:
     pattern: str
     result: str
     values: Callable[[dict[str, Any]], Sequence[float]]
+    also: tuple[str, ...] = ()  # more results whose numbers join the record
 
     def findings(self, root: Path = ROOT) -> list[Finding]:
         """One finding per captured number."""
@@ -227,7 +229,10 @@ class SentenceCheck:
         match = re.search(self.pattern, text)
         if match is None:
             return [Finding(self.doc, f"sentence /{self.pattern}/ not found", None, None, 0.0)]
-        stored = list(self.values(load_record(self.result, root)))
+        record = load_record(self.result, root)
+        for extra in self.also:
+            record = {**record, **load_record(extra, root)}
+        stored = list(self.values(record))
         if len(stored) != len(match.groups()):
             return [Finding(self.doc, f"/{self.pattern}/: {len(stored)} values", None, None, 0)]
         found = []
@@ -339,7 +344,33 @@ def _ratio(record: dict[str, Any], key: str) -> float:
     )
 
 
+def _sym(record: dict[str, Any], family: str) -> dict[str, Any]:
+    return dict(record[family])
+
+
+def _share(record: dict[str, Any], family: str, row: str) -> float:
+    """A row's barrier as a percentage of the naive one (transformer symmetry)."""
+    return _pct(record[family][row]["share_of_naive"])
+
+
+def _sym_losses(record: dict[str, Any], family: str) -> list[float]:
+    naive = record[family]["naive"]
+    return [naive["loss_a"], naive["loss_b"]]
+
+
+def _rotated(record: dict[str, Any], family: str) -> list[str]:
+    """The rows aligned under ``orthogonal`` or ``full``, weight- or activation-based."""
+    return [k for k in record[family] if k.startswith(("orthogonal", "full"))
+            and k.endswith((", weight", ", activation"))]  # fmt: skip
+
+
 SCIENCE = "docs/science.md"
+TRANSFORMERS, MERGING = "docs/science/transformers.md", "docs/science/merging.md"
+ARCHITECTURE = "docs/architecture.md"
+SYM_LLAMA = "results/transformers_symmetry.json"
+SYM_GPT2 = "results/transformers_symmetry_gpt2.json"
+BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
+SYM_TIMES = ("seconds (benchmark)", "× weight matching (benchmark)")  # not checked
 FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
 TINY = "results/tiny_lms.json"
@@ -475,6 +506,60 @@ CHECKS: list[Check] = [
                   r"plain sharpness ([\d.]+)×", "results/science_sharpness.json",
                   lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
                              _ratio(r, "plain_sharpness")]),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_LLAMA, BENCH_SYM, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 1, skip=SYM_TIMES),
+    SentenceCheck(TRANSFORMERS, r"200 steps each \(held-out loss A ([\d.]+), B ([\d.]+)\);",
+                  SYM_LLAMA, lambda r: _sym_losses(r, "llama")),
+    SentenceCheck(TRANSFORMERS, r"untied head \(a tied one is refused, see above\); 200 steps "
+                  r"each \(held-out loss A ([\d.]+), B ([\d.]+)\)", SYM_GPT2,
+                  lambda r: _sym_losses(r, "gpt2")),
+    SentenceCheck(TRANSFORMERS, r"GPT-2's barrier falls from (\d+) % \(permutations\) to (\d+) % "
+                  r"of the naive one, the Llamas' from (\d+) % to (\d+)–(\d+) %", SYM_LLAMA,
+                  lambda r: [_share(r, "gpt2", "permutation, weight"),
+                             _share(r, "gpt2", "orthogonal, weight"),
+                             _share(r, "llama", "permutation, weight"),
+                             *_range([_share(r, "llama", f"orthogonal, {m}")
+                                      for m in ("weight", "activation")])], also=(SYM_GPT2,)),
+    SentenceCheck(TRANSFORMERS, r"the Llamas keep (\d+) % of the naive barrier", SYM_LLAMA,
+                  lambda r: [_share(r, "llama", "orthogonal, learned")]),
+    SentenceCheck(TRANSFORMERS, r"met for the GPT-2s \((\d+) %, weight-based; activation-based "
+                  r"([\d.]+) %\) and not for the Llamas \((\d+) % at best\)", SYM_LLAMA,
+                  lambda r: [_share(r, "gpt2", "full, weight"),
+                             _share(r, "gpt2", "full, activation"),
+                             min(_share(r, "llama", k) for k in _rotated(r, "llama"))],
+                  also=(SYM_GPT2,)),
+    SentenceCheck(TRANSFORMERS, r"is met for the GPT-2s \(([−-]\d+) %\) and not for the Llamas "
+                  r"\((\d+) %\)", SYM_LLAMA,
+                  lambda r: [_share(r, "gpt2", "full, learned"),
+                             _share(r, "llama", "orthogonal, learned")], also=(SYM_GPT2,)),
+    SentenceCheck(TRANSFORMERS, r"Llamas \((\d+) % → (\d+) % weight-based, (\d+) % → (\d+) % "
+                  r"activation-based\), and orthogonal per-head maps do not help either "
+                  r"\((\d+) %\)", SYM_LLAMA,
+                  lambda r: [_share(r, "llama", k) for k in (
+                      "orthogonal, weight", "full, weight", "orthogonal, activation",
+                      "full, activation", "full (orthogonal heads), weight")]),
+    SentenceCheck(TRANSFORMERS, r"weight-based `full` took ([\d.]+)–([\d.]+)× the time of weight "
+                  r"matching.*?Activation-based alignment costs ([\d.]+)–([\d.]+)×", SYM_LLAMA,
+                  lambda r: [*_range([_sym(r, f)[k]["time_vs_weight_matching"]
+                                      for f in ("llama", "gpt2") for k in _sym(r, f)
+                                      if k.startswith("full") and k.endswith(", weight")]),
+                             *_range([_sym(r, f)[k]["time_vs_weight_matching"]
+                                      for f in ("llama", "gpt2") for k in _sym(r, f)
+                                      if k.endswith(", activation")])], also=(SYM_GPT2,)),
+    TableCheck(MERGING, "1. ZipIt! on a class split", "results/merging_class_split.json",
+               MERGE_SCRIPT, report="report_class_split"),
+    TableCheck(MERGING, "2. Width fusion", "results/merging_width_fusion.json", MERGE_SCRIPT,
+               report="report_width_fusion"),
+    TableCheck(MERGING, "At MNIST scale", "results/merging_mnist_scale.json",
+               "examples/science_merging_mnist.py"),
+    TableCheck(MERGING, "3. Self-merge compression", "results/merging_compression.json",
+               MERGE_SCRIPT, report="report_compression"),
+    TableCheck(MERGING, "4. N-way merging", "results/merging_n_way.json", MERGE_SCRIPT,
+               report="report_n_way"),
+    TableCheck(MERGING, "4. N-way merging", "results/merging_n_way.json", MERGE_SCRIPT, 1, 1,
+               report="report_n_way"),
+    TableCheck(ARCHITECTURE, "Past one machine", "results/bench_ray.json",
+               "benchmarks/bench_ray.py"),
 ]  # fmt: skip
 
 
