@@ -364,9 +364,29 @@ def _rotated(record: dict[str, Any], family: str) -> list[str]:
             and k.endswith((", weight", ", activation"))]  # fmt: skip
 
 
+def _acc(record: dict[str, Any], key: str) -> float:
+    """Mean test accuracy of ``key`` (merging studies)."""
+    return float(record["accuracy"][key]["mean"])
+
+
+def _points(record: dict[str, Any], above: str, below: str) -> float:
+    """How many accuracy points ``below`` is under ``above``."""
+    return _pct(_acc(record, above) - _acc(record, below))
+
+
+def _fusions_at(width: int) -> list[str]:
+    """The keys of OT soft, OT hard and zip fused at ``width``."""
+    return [f"otfusion soft @ {width}", f"otfusion hard @ {width}", f"zip @ {width}"]
+
+
+def _ray(record: dict[str, Any], key: str) -> list[float]:
+    """``key`` of each Ray benchmark case."""
+    return [record[case][key] for case in ("digits", "wide")]
+
+
 SCIENCE = "docs/science.md"
 TRANSFORMERS, MERGING = "docs/science/transformers.md", "docs/science/merging.md"
-ARCHITECTURE = "docs/architecture.md"
+ARCHITECTURE, RAY = "docs/architecture.md", "results/bench_ray.json"
 SYM_LLAMA = "results/transformers_symmetry.json"
 SYM_GPT2 = "results/transformers_symmetry_gpt2.json"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
@@ -560,6 +580,60 @@ CHECKS: list[Check] = [
                report="report_n_way"),
     TableCheck(ARCHITECTURE, "Past one machine", "results/bench_ray.json",
                "benchmarks/bench_ray.py"),
+    SentenceCheck(ARCHITECTURE, r"the best pairs were at ([\d.]+)–([\d.]+)×, the medians "
+                  r"([\d.]+)–([\d.]+)×\. Two workers were ([\d.]+)× \(digits\) and ([\d.]+)× "
+                  r"\(wide\) faster than one", RAY,
+                  lambda r: [*_range([min(x) for x in _ray(r, "ratios_ray_2_vs_local_1_each")]),
+                             *_range(_ray(r, "ratio_ray_2_vs_local_1")),
+                             *_ray(r, "speedup_2_vs_1_workers")]),
+    SentenceCheck(ARCHITECTURE, r"starting a local cluster took (\d+)–(\d+) s, and the first grid "
+                  r"on a fresh cluster (\d+)–(\d+) s", RAY,
+                  lambda r: [*_range(_ray(r, "ray_start_1") + _ray(r, "ray_start_2")),
+                             *_range(_ray(r, "ray_workers_1_cold")
+                                     + _ray(r, "ray_workers_2_cold"))]),
+    SentenceCheck(ARCHITECTURE, r"2 torch threads took (\d+)–(\d+) s for the same grids "
+                  r"\(against (\d+)–(\d+) s with 1 thread\)", RAY,
+                  lambda r: [*_range(_ray(r, "local_threads_2_once")),
+                             *_range(_ray(r, "local_threads_1_once"))]),
+    SentenceCheck(MERGING, r"ZipIt! at one model's width comes within 1 point of the ensemble "
+                  r"\(([\d.]+) against ([\d.]+)\), where the merges .*? lose (\d+)–(\d+) points;"
+                  r".*?\(β = 0: ([\d.]+)\).*?matches the logit ensemble \(([\d.]+)\).*?the plain "
+                  r"average \(([\d.]+)\) beats weight matching \+ average \(([\d.]+)\)",
+                  "results/merging_class_split.json",
+                  lambda r: [_acc(r, "zip (beta 1)"), _acc(r, "ensemble (mean softmax)"),
+                             *_range([_points(r, "ensemble (mean softmax)", k) for k in (
+                                 "weight matching + average", "otfusion soft", "cca")]),
+                             _acc(r, "zip (beta 0)"), _acc(r, "zip until depth 1"),
+                             _acc(r, "plain average"), _acc(r, "weight matching + average")]),
+    SentenceCheck(MERGING, r"the best, zip at 64, is ([\d.]+) points below it \(([\d.]+) against "
+                  r"([\d.]+)\), and fusing down to the narrow model's width costs ([\d.]+)–"
+                  r"([\d.]+) points", "results/merging_width_fusion.json",
+                  lambda r: [_points(r, "better parent", "zip @ 64"), _acc(r, "zip @ 64"),
+                             _acc(r, "better parent"),
+                             *_range([_points(r, "better parent", k) for k in _fusions_at(32)])]),
+    SentenceCheck(MERGING, r"the best fusion \(OT hard at 512, ([\d.]+)\) stays ([\d.]+) points "
+                  r"under the better parent \(([\d.]+)\).*?by a quarter costs ([\d.]+) points "
+                  r"\(zip\), by half (\d+) point", "results/merging_mnist_scale.json",
+                  lambda r: [_acc(r, "otfusion hard @ 512"),
+                             _points(r, "better parent", "otfusion hard @ 512"),
+                             _acc(r, "better parent"),
+                             _points(r, "A (3x512)", "self-merge zip 512 -> 384"),
+                             _points(r, "A (3x512)", "self-merge zip 512 -> 256")]),
+    SentenceCheck(MERGING, r"OT fusion keeps more than zipping \(([\d.]+) against ([\d.]+) at 32"
+                  r"\).*?stays ahead \(([\d.]+)–([\d.]+) points at 32 and 16\)",
+                  "results/merging_compression.json",
+                  lambda r: [_acc(r, "otfusion @ 32"), _acc(r, "zip @ 32"),
+                             *(min(_points(r, f"trained from scratch @ {t}", f"{m} @ {t} + 1 epoch")
+                                   for m in ("zip", "otfusion")) for t in (32, 16))]),
+    SentenceCheck(MERGING, r"\((\d+)–(\d+) % of units do not come back around a triangle\).*?"
+                  r"\*\*MergeMany measures better\*\* \(([\d.]+) against ([\d.]+)\).*?the best "
+                  r"merge here \(([\d.]+)\), still ([\d.]+) points under the best endpoint",
+                  "results/merging_n_way.json",
+                  lambda r: [*(_pct(r["cycle_error"][f"{g} direct pairwise weight matching"]
+                                    ["mean"]) for g in ("P0", "P1")),
+                             _acc(r, "MergeMany (weight matching)"),
+                             _acc(r, "universe (C2M3-style, activations)"), _acc(r, "cca"),
+                             _points(r, "best endpoint", "cca")]),
 ]  # fmt: skip
 
 

@@ -1,6 +1,8 @@
 """Rerun the studies and benchmarks behind the documented numbers, then say what moved.
 
     python -m tools.reproduce              # everything that fits a CPU in under an hour
+    python -m tools.reproduce --all        # and the long runs (MNIST-scale fusion,
+                                           # transformer symmetry, Ray): ~35 min more
     python -m tools.reproduce --only science_bn_repair federated_rounds_quick
     python -m tools.reproduce --check      # no runs: compare the docs with results/ now
     python -m tools.reproduce --list       # the runs, their commands and expected minutes
@@ -35,6 +37,13 @@ class Run:
     command: tuple[str, ...]
     minutes: float
     cwd: str = "."
+    writes: tuple[str, ...] = ()  # results it writes into an ``--out`` folder
+    long: bool = False  # past the hour: only with --all or --only
+
+    def results(self) -> set[str]:
+        """The ``results/*.json`` this run rewrites (relative to the repository root)."""
+        named = {c.removeprefix("../") for c in self.command if c.endswith(".json")}
+        return named | set(self.writes)
 
 
 def _science(study: str, minutes: float) -> list[Run]:
@@ -77,6 +86,20 @@ RUNS: list[Run] = [
         "results/bench_spec_budget.json"), 0.5),
     Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
         "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0),
+    Run("science_merging", ("python", "examples/science_merging.py", "--out", "results"), 2.5,
+        writes=tuple(f"results/merging_{s}.json"
+                     for s in ("class_split", "width_fusion", "compression", "n_way"))),
+    Run("science_merging_mnist", ("python", "examples/science_merging_mnist.py", "--out",
+        "results"), 10.5, writes=("results/merging_mnist_scale.json",), long=True),
+    Run("transformers_symmetry", ("python", "benchmarks/bench_symmetry.py", "--family", "llama",
+        "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", "--out", "results/transformers_symmetry.json"), 9.0,
+        long=True),
+    Run("transformers_symmetry_gpt2", ("python", "benchmarks/bench_symmetry.py", "--family",
+        "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--out",
+        "results/transformers_symmetry_gpt2.json"), 7.0, long=True),
+    Run("bench_ray", ("python", "benchmarks/bench_ray.py", "--repeats", "3", "--out",
+        "results/bench_ray.json"), 8.0, long=True),
 ]  # fmt: skip
 
 
@@ -85,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these (see --list)")
     parser.add_argument("--check", action="store_true", help="no runs; compare docs and results")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--all", action="store_true", help="also the long runs (over the hour)")
     args = parser.parse_args(argv)
-    chosen = [r for r in RUNS if args.only is None or r.name in args.only]
+    chosen = [r for r in RUNS if r.name in args.only] if args.only else [
+        r for r in RUNS if args.all or not r.long]  # fmt: skip
     unknown = set(args.only or ()) - {r.name for r in RUNS}
     if unknown:
         parser.error(f"unknown run(s) {sorted(unknown)}; --list names them")
     if args.list:
         for r in RUNS:
             where = "" if r.cwd == "." else f"(cd {r.cwd}) "
-            print(f"{r.name:26} ~{r.minutes:4.1f} min  {where}{' '.join(r.command)}")
-        print(f"{'total':26} ~{sum(r.minutes for r in RUNS):4.1f} min")
+            flag = " (long: --all)" if r.long else ""
+            print(f"{r.name:26} ~{r.minutes:4.1f} min  {where}{' '.join(r.command)}{flag}")
+        short = sum(r.minutes for r in RUNS if not r.long)
+        print(f"{'total':26} ~{short:4.1f} min, with --all ~{sum(r.minutes for r in RUNS):.1f}")
         return 0
     failed = []
     if not args.check:
