@@ -58,13 +58,16 @@ def _bn_check() -> claims.TableCheck:
     return check  # fmt: skip
 
 
+def _copy(tmp_path: Path, *rels: str) -> None:
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+
+
 def test_a_stale_table_number_fails(tmp_path: Path) -> None:
     """Copy the docs and the result, change one documented number: the check reports it."""
     check = _bn_check()
-    for rel in (check.doc, check.result):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
-    (tmp_path / check.script).parent.mkdir(parents=True, exist_ok=True)
+    _copy(tmp_path, check.doc, check.result)
     assert not claims.moved(check.findings(tmp_path))
     doc = tmp_path / check.doc
     text = doc.read_text(encoding="utf-8")
@@ -82,9 +85,7 @@ def test_a_stale_sentence_number_fails(tmp_path: Path) -> None:
     (check,) = [c for c in claims.CHECKS
                 if isinstance(c, claims.SentenceCheck) and c.doc == "README.md"
                 and "BatchNorm" in c.pattern]  # fmt: skip
-    for rel in (check.doc, check.result):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+    _copy(tmp_path, check.doc, check.result)
     found = check.findings(tmp_path)
     assert len(found) == 2 and not claims.moved(found)
     text = (tmp_path / check.doc).read_text(encoding="utf-8")
@@ -94,6 +95,53 @@ def test_a_stale_sentence_number_fails(tmp_path: Path) -> None:
         text.replace(old, f"removes {found[0].documented - 2:.0f}–"), encoding="utf-8"
     )
     assert len(claims.moved(check.findings(tmp_path))) == 1
+
+
+def _table_check(doc: str, heading: str, index: int = 0) -> claims.TableCheck:
+    (check,) = [c for c in claims.CHECKS if isinstance(c, claims.TableCheck) and c.doc == doc
+                and c.heading.startswith(heading) and c.doc_index == index]  # fmt: skip
+    return check
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading", "column"),
+    [("docs/science/transformers.md", "Measured on tiny", "loss barrier at α = 0.5"),
+     ("docs/science/merging.md", "2. Width fusion", "test accuracy"),
+     ("docs/architecture.md", "Past one machine", "1 worker: median ratio (pairs)")],
+)  # fmt: skip
+def test_a_stale_number_in_a_later_doc_fails(
+    tmp_path: Path, doc: str, heading: str, column: str
+) -> None:
+    """One documented number in the second row moved by 3 units of its last digit."""
+    check = _table_check(doc, heading)
+    _copy(tmp_path, check.doc, check.result)
+    assert claims.findings_ok(check.findings(tmp_path))
+    text = (tmp_path / doc).read_text(encoding="utf-8")
+    table = [t for t in claims.tables(text) if t.heading.startswith(heading)][0]
+    row, j = table.rows[1], table.header.index(column)
+    first = claims.printed(row[j])[0]
+    match = claims._NUMBER.search(row[j])
+    assert match is not None
+    token = match.group()
+    decimals = len(token.split(".")[1]) if "." in token else 0
+    stale = row[j].replace(token, f"{first.value + 3 * first.unit:.{decimals}f}", 1)
+    line = "| " + " | ".join(row) + " |"
+    assert line in text
+    (tmp_path / doc).write_text(text.replace(line, line.replace(row[j], stale, 1), 1))
+    moved = claims.moved(check.findings(tmp_path))
+    assert len(moved) == 1 and f"[{column}]" in moved[0].where, moved
+
+
+def test_a_stored_row_the_doc_lacks_fails(tmp_path: Path) -> None:
+    """The transformer table reads every stored row: one more there, not in the doc, fails."""
+    check = _table_check("docs/science/transformers.md", "Measured on tiny")
+    _copy(tmp_path, check.doc, check.result)
+    body = json.loads((tmp_path / check.result).read_text(encoding="utf-8"))
+    rows = body["numbers"]["llama"]
+    rows["orthogonal, another solver"] = dict(rows["orthogonal, weight"], barrier=0.2)
+    (tmp_path / check.result).write_text(json.dumps(body), encoding="utf-8")
+    (found,) = check.findings(tmp_path)
+    assert not found.ok and "10 rows, stored 11" in found.where
 
 
 def test_a_missing_result_is_reported_not_skipped(tmp_path: Path) -> None:

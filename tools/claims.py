@@ -648,6 +648,11 @@ def run_checks(checks: Sequence[Check] = CHECKS, root: Path = ROOT) -> list[Find
     return found
 
 
+def findings_ok(findings: Sequence[Finding]) -> bool:
+    """Whether some number was compared and none moved."""
+    return bool(findings) and not moved(findings)
+
+
 def moved(findings: Sequence[Finding]) -> list[Finding]:
     """The findings whose documented number is beyond its tolerance of the stored one."""
     return [f for f in findings if not f.ok]
