@@ -219,3 +219,20 @@ def test_a_study_redraws_its_plot_from_the_stored_result(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "bn_repair.png").stat().st_size > 10_000
     assert "| batch | 128 | reset |" in done.stdout  # the table, from the stored numbers
+
+
+@pytest.mark.slow
+def test_the_merging_study_prints_the_tables_it_stores(tmp_path: Path) -> None:
+    """``science_merging.py --quick`` runs, and its printed tables are the stored ones'."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "science_merging.py"), "--quick", "--out",
+         str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    module = claims.script_module("examples/science_merging.py")
+    names = ("class_split", "width_fusion", "compression", "n_way")
+    record = {n: claims.load_record(f"merging_{n}.json", tmp_path) for n in names}
+    assert module.report(record) in done.stdout
+    assert len(claims.tables(done.stdout)) == 5  # n_way has two
