@@ -379,7 +379,7 @@ def _fusions_at(width: int) -> list[str]:
     return [f"otfusion soft @ {width}", f"otfusion hard @ {width}", f"zip @ {width}"]
 
 
-def _ray(record: dict[str, Any], key: str) -> list[float]:
+def _ray(record: dict[str, Any], key: str) -> list[Any]:
     """``key`` of each Ray benchmark case."""
     return [record[case][key] for case in ("digits", "wide")]
 

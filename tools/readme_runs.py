@@ -33,7 +33,7 @@ def run(result: str, args: tuple[str, ...]) -> None:
     command = ["modeconnect", "--threads", "1", *args]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        argv = [sys.executable, "-m", "modeconnect_cli.main", *command[1:], "--json", report]
+        argv = [sys.executable, "-m", "modeconnect_cli.main", *command[1:], "--json", str(report)]
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
