@@ -348,6 +348,19 @@ def test_zero_padded_clients_aggregate_back_to_the_model():
                _reply(3, _padded(sd, [11, 20]), 25, sd)]  # fmt: skip
     arrays, _ = _width_strategy("global").aggregate_train(1, replies)
     assert_close(arrays.to_torch_state_dict(), sd, atol=1e-5, rtol=0)
+    calls = []
+
+    def model_for(arrays):  # the user's own constructor, called for each client's widths
+        from modeconnect.models import mlp
+
+        calls.append(arrays["1.weight"].shape[0])
+        net = mlp(6, [arrays["1.weight"].shape[0], arrays["3.weight"].shape[0]], 3)
+        net.load_state_dict(arrays)
+        return net
+
+    built, _ = _width_strategy("global", model_for=model_for).aggregate_train(1, replies)
+    assert_close(built.to_torch_state_dict(), arrays.to_torch_state_dict())
+    assert calls == [10, 14, 11, 10]  # three clients, then the global model
 
 
 def test_client_of_another_family_is_left_out_with_one_line(flwr_log):
