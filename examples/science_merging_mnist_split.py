@@ -15,8 +15,6 @@ No equivalence guard applies to a merged model (it is the evaluated object).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,12 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnist_scale_digits import make_data  # noqa: E402
-from science_merging_mnist import accuracy, logits, net, train  # noqa: E402
+from science_merging_mnist import accuracy, cli, logits, net, summarised, train  # noqa: E402
 
 import modeconnect as mc  # noqa: E402
 from modeconnect.fusion import fuse  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
-from modeconnect.provenance import write_result  # noqa: E402
 
 WIDTH = 512
 
@@ -85,36 +82,13 @@ def run(seeds: list[int], epochs: int, n_train: int, n_test: int) -> dict[str, A
         row["seconds"] = time.perf_counter() - start
         runs.append(row)
         print(seed, row, flush=True)
-    keys = [k for k in runs[0] if k != "seconds"]
-    summary = {
-        k: {"mean": statistics.fmean(r[k] for r in runs),
-            "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0}
-        for k in keys
-    }  # fmt: skip
-    return {"accuracy": summary, "runs": runs}
+    return summarised(runs)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="3k/1k images, 2 epochs")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    n_train, n_test = (3000, 1000) if args.quick else (20_000, 5_000)
-    epochs = 2 if args.quick else args.epochs
-    numbers = run(args.seeds, epochs, n_train, n_test)
-    numbers.update(
-        epochs=epochs, train_images=n_train, test_images=n_test, width=WIDTH,
-        equivalence_guard="not applicable: each merged model is the evaluated object",
-        data="MNIST-scale stand-in of examples/mnist_scale_digits.py; A: digits 0-4, B: 5-9",
-    )  # fmt: skip
-    command = ["python", "examples/science_merging_mnist_split.py", *sys.argv[1:]]
-    name = "merging_mnist_class_split.json"
-    write_result(args.out / name, numbers, seeds=args.seeds, command=command)
-    for k, v in numbers["accuracy"].items():
-        print(f"| {k} | {v['mean']:.4f} ± {v['std']:.4f} |")
+    data = "MNIST-scale stand-in of examples/mnist_scale_digits.py; A: digits 0-4, B: 5-9"
+    cli(__doc__ or "", run, "merging_mnist_class_split.json", width=WIDTH, data=data,
+        equivalence_guard="not applicable: each merged model is the evaluated object")  # fmt: skip
 
 
 if __name__ == "__main__":
