@@ -64,8 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from flwr.serverapp.strategy import FedAvg
 
     class AlignedFedAvg(FedAvg):
-        """What type checkers see: the class built by :func:`_build`, with its signature
-        (naming FedAvg itself would reject ``model``, ``method`` and the rest)."""
+        """What type checkers see: the class built by :func:`_build` (naming FedAvg itself
+        would reject ``model``, ``method`` and the rest; the keywords are documented there)."""
 
         model: nn.Module
         method: str
@@ -75,19 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
         aggregation_seconds: dict[int, float]
         last_fusion: Any
 
-        def __init__(
-            self,
-            model: nn.Module,
-            *,
-            method: str = "weight",
-            reference: str = "global",
-            align_options: Mapping[str, Any] | None = None,
-            widths: str | int | Mapping[str, int] | None = None,
-            fusion: str = "otfusion",
-            fusion_options: Mapping[str, Any] | None = None,
-            model_for: Callable[[Mapping[str, Tensor]], nn.Module] | None = None,
-            **fedavg_kwargs: Any,
-        ) -> None: ...
+        def __init__(self, model: nn.Module, **options: Any) -> None: ...
 
         def aggregate_state_dicts(
             self, state_dicts: Sequence[Mapping[str, Tensor]], num_examples: Sequence[float]
