@@ -356,11 +356,15 @@ def report_compression(numbers: dict[str, Any]) -> str:
                         "trained from scratch"])  # fmt: skip
 
 
-def report_n_way(numbers: dict[str, Any]) -> str:
-    """The N-way tables of ``docs/science/merging.md``: accuracies, then cycle errors."""
-    keys = ["best endpoint", "mean endpoint", "ensemble", "plain average",
+def report_n_way(numbers: dict[str, Any], digits: int = 3) -> str:
+    """The N-way tables of ``docs/science/merging.md``: accuracies, then cycle errors
+    (one column per hidden layer)."""
+    acc = numbers["accuracy"]
+    ensemble = "ensemble" if "ensemble" in acc else "ensemble (mean softmax)"
+    keys = ["best endpoint", "mean endpoint", ensemble, "plain average",
             "MergeMany (weight matching)", "universe (C2M3-style, activations)", "cca"]  # fmt: skip
-    cycles, groups = numbers["cycle_error"], ("P0", "P1")
+    cycles = numbers["cycle_error"]
+    groups = sorted({k.split()[0] for k in cycles}, key=lambda g: int(g[1:]))
     maps = [
         "direct pairwise weight matching",
         "MergeMany induced maps",
@@ -369,7 +373,8 @@ def report_n_way(numbers: dict[str, Any]) -> str:
         "universe vs direct (disagreeing units)",
     ]
     rows = [[m, *(cell(cycles[f"{g} {m}"]) for g in groups)] for m in maps]
-    return _rows(numbers["accuracy"], keys) + "\n\n" + table(rows, ["row", "layer 1", "layer 2"])
+    layers = [f"layer {i + 1}" for i in range(len(groups))]
+    return _rows(acc, keys, digits) + "\n\n" + table(rows, ["row", *layers])
 
 
 REPORTS = {"class_split": report_class_split, "width_fusion": report_width_fusion,

@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,11 @@ def run(seeds: list[int], epochs: int, n_train: int, n_test: int) -> dict[str, A
         row["seconds"] = time.perf_counter() - start
         runs.append(row)
         print(seed, row, flush=True)
+    return summarised(runs)
+
+
+def summarised(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean and std over seeds of every number of the runs but their seconds."""
     keys = [k for k in runs[0] if k != "seconds"]
     summary = {
         k: {"mean": statistics.fmean(r[k] for r in runs),
@@ -102,8 +108,16 @@ def run(seeds: list[int], epochs: int, n_train: int, n_test: int) -> dict[str, A
     return {"accuracy": summary, "runs": runs}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(
+    doc: str,
+    run_fn: Callable[..., dict[str, Any]],
+    name: str,
+    report: Callable[[dict[str, Any]], str],
+    **notes: Any,
+) -> None:
+    """Parse the common flags, run ``run_fn(seeds, epochs, n_train, n_test)``, store the
+    numbers in ``OUT/name`` with their provenance, and print ``report(numbers)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=10)
@@ -112,25 +126,27 @@ def main() -> None:
     torch.set_num_threads(1)
     n_train, n_test = (3000, 1000) if args.quick else (20_000, 5_000)
     epochs = 2 if args.quick else args.epochs
-    numbers = run(args.seeds, epochs, n_train, n_test)
-    numbers.update(
-        epochs=epochs, train_images=n_train, test_images=n_test,
-        equivalence_guard="not applicable: each fused model is the evaluated object",
-        data="MNIST-scale stand-in of examples/mnist_scale_digits.py",
-    )  # fmt: skip
-    command = ["python", "examples/science_merging_mnist.py", *sys.argv[1:]]
-    write_result(args.out / "merging_mnist_scale.json", numbers, seeds=args.seeds, command=command)
+    numbers = run_fn(args.seeds, epochs, n_train, n_test)
+    numbers.update(epochs=epochs, train_images=n_train, test_images=n_test, **notes)
+    command = ["python", f"examples/{Path(sys.argv[0]).name}", *sys.argv[1:]]
+    write_result(args.out / name, numbers, seeds=args.seeds, command=command)
     print(report(numbers))
 
 
 def report(numbers: dict[str, Any]) -> str:
-    """The MNIST-scale table of ``docs/science/merging.md`` from the stored result."""
+    """The MNIST-scale width-fusion table of ``docs/science/merging.md`` (stored result)."""
     from science_merging import _rows, fusions
 
     selfs = [(f"self-merge zip 512 -> {t}", f"self-merge otfusion 512 -> {t}")
              for t in (384, 256, 128)]  # fmt: skip
     keys = ["A (3x512)", "B (3x256)", "ensemble", *fusions((256, 384, 512)), *selfs]
     return _rows(numbers["accuracy"], keys, digits=4)
+
+
+def main() -> None:
+    cli(__doc__ or "", run, "merging_mnist_scale.json", report,
+        equivalence_guard="not applicable: each fused model is the evaluated object",
+        data="MNIST-scale stand-in of examples/mnist_scale_digits.py")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -146,3 +146,30 @@ def test_hugging_face_directories_of_other_intermediate_size_fuse_to_a_directory
     x = torch.randint(0, hf.VOCAB, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_align_across_widths_is_one_line_that_points_to_merge_width(pair, tmp_path):
+    wide, narrow = pair
+    out = tmp_path / "aligned.pt"
+    for args in ((wide, narrow), (narrow, wide)):
+        result = _run("align", *args, "--out", out)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert "merge A B --method otfusion|zip --width N" in lines[0]
+        assert "'1.weight' is " in lines[0] and not out.exists()
+    wide_bytes = wide.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeconnect_cli.main", "align", str(wide), str(narrow),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"Error: align maps B's units one-to-one onto A's at one width, but {narrow} differs "
+        f"from {wide} in width ('1.weight' is (8, 64) in B, (16, 64) in A); to fuse models of "
+        "different widths use modeconnect merge A B --method otfusion|zip --width N (no "
+        "equivalence guard applies to a fused model)"
+    )
+    assert wide.read_bytes() == wide_bytes and not out.exists()

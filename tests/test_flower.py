@@ -279,3 +279,152 @@ def test_in_process_round_trip(flwr_log):
     assert (plain["1.weight"] - start["1.weight"]).abs().max() > 0.1
     assert "Received error in reply from node 3: out of memory" in flwr_log.text
     assert result.evaluate_metrics_clientapp[2]["accuracy"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- across widths
+
+X = torch.randn(96, 6, generator=torch.Generator().manual_seed(5))
+DATA = [(X, torch.zeros(96, dtype=torch.long))]
+
+
+def _padded(sd: dict[str, torch.Tensor], hidden: list[int]) -> dict[str, torch.Tensor]:
+    """``sd`` (a small_net) zero-padded to an MLP of ``hidden`` widths: the same function."""
+    from modeconnect.models import mlp
+
+    out = {k: torch.zeros_like(v) for k, v in mlp(6, hidden, 3).state_dict().items()}
+    for k, v in sd.items():
+        out[k][tuple(slice(0, n) for n in v.shape)] = v
+    return out
+
+
+def _seeded(hidden: list[int], seed: int) -> dict[str, torch.Tensor]:
+    from modeconnect.models import mlp
+
+    torch.manual_seed(seed)
+    return dict(mlp(6, hidden, 3).state_dict())
+
+
+def _live_state(seed: int) -> dict[str, torch.Tensor]:
+    """A small_net whose hidden units are all active on ``X`` (OT fusion gives mass only to
+    units active on the server's data: a unit dead there may be merged away)."""
+    sd = small_state(seed)
+    sd["1.bias"], sd["3.bias"] = sd["1.bias"] + 1.0, sd["3.bias"] + 1.0
+    return sd
+
+
+def _width_strategy(widths, **kwargs) -> AlignedFedAvg:
+    return AlignedFedAvg(small_net(), widths=widths, fusion_options={"data": DATA}, **kwargs)
+
+
+@pytest.mark.slow
+def test_clients_of_two_widths_fuse_into_the_chosen_width():
+    from modeconnect.fusion import fused_fedavg
+    from modeconnect.models import mlp
+
+    narrow, wide = small_state(1), _seeded([14, 16], 2)
+    replies = [_reply(1, narrow, 30, narrow), _reply(2, wide, 10, narrow)]
+    for widths, hidden in (("widest", [14, 16]), ("global", [10, 12]), (13, [13, 13]),
+                           ({"P1": 20}, [10, 20])):  # fmt: skip
+        strategy = _width_strategy(widths)
+        arrays, metrics = strategy.aggregate_train(1, replies)
+        got = arrays.to_torch_state_dict()
+        net = mlp(6, hidden, 3)
+        net.load_state_dict(got)  # strict: the global model has the chosen widths
+        out = net(X)
+        assert out.shape == (96, 3) and bool(torch.isfinite(out).all())
+        assert torch.equal(strategy.model(X), out)  # the strategy's model follows
+        assert strategy.last_fusion.widths == {"P0": hidden[0], "P1": hidden[1]}
+        assert metrics["train_loss"] == pytest.approx(1 * 0.75 + 2 * 0.25)
+    models = [small_net(), mlp(6, [14, 16], 3)]
+    expected = fused_fedavg(models, [narrow, wide], [30, 10], data=DATA,
+                            widths={"P0": 14, "P1": 16})  # fmt: skip
+    assert_close(_width_strategy("widest").aggregate_state_dicts([narrow, wide], [30, 10]),
+                 expected.state_dict)  # fmt: skip
+
+
+def test_zero_padded_clients_aggregate_back_to_the_model():
+    sd = _live_state(0)
+    replies = [_reply(1, sd, 30, sd), _reply(2, _padded(sd, [14, 16]), 10, sd),
+               _reply(3, _padded(sd, [11, 20]), 25, sd)]  # fmt: skip
+    arrays, _ = _width_strategy("global").aggregate_train(1, replies)
+    assert_close(arrays.to_torch_state_dict(), sd, atol=1e-5, rtol=0)
+    calls = []
+
+    def model_for(arrays):  # the user's own constructor, called for each client's widths
+        from modeconnect.models import mlp
+
+        calls.append(arrays["1.weight"].shape[0])
+        net = mlp(6, [arrays["1.weight"].shape[0], arrays["3.weight"].shape[0]], 3)
+        net.load_state_dict(arrays)
+        return net
+
+    built, _ = _width_strategy("global", model_for=model_for).aggregate_train(1, replies)
+    assert_close(built.to_torch_state_dict(), arrays.to_torch_state_dict())
+    assert calls == [10, 14, 11, 10]  # three clients, then the global model
+
+
+def test_client_of_another_family_is_left_out_with_one_line(flwr_log):
+    sd = _live_state(0)
+    other = _seeded([10, 12], 3)
+    other["1.weight"] = torch.randn(10, 7)  # seven inputs, not six
+    deeper = dict(_padded(sd, [10, 12]))
+    deeper["7.weight"] = torch.randn(3, 3)
+    replies = [_reply(1, sd, 30, sd), _reply(2, other, 10, sd), _reply(3, deeper, 10, sd),
+               _reply(4, _padded(sd, [14, 16]), 10, sd)]  # fmt: skip
+    arrays, _ = _width_strategy("global").aggregate_train(4, replies)
+    assert_close(arrays.to_torch_state_dict(), sd, atol=1e-5, rtol=0)
+    lines = [r.getMessage() for r in flwr_log.records if r.levelno == logging.WARNING]
+    assert (
+        "AlignedFedAvg round 4: leaving out the reply from node 2: its arrays are not of the "
+        "model's family: '1.weight' has shape (10, 7), the model at widths {'P0': 10, 'P1': 12} "
+        "has (10, 6)"
+    ) in lines
+    assert (
+        "AlignedFedAvg round 4: leaving out the reply from node 3: its arrays are not of the "
+        "model's family (missing [], unexpected ['7.weight'])"
+    ) in lines
+    assert all("\n" not in line for line in lines)
+
+
+def test_width_options_are_checked():
+    from modeconnect.errors import ModeconnectError
+
+    with pytest.raises(ModeconnectError, match=r"widths= needs fusion_options=\{'data'"):
+        AlignedFedAvg(small_net(), widths="widest")
+    with pytest.raises(ModeconnectError, match="widths='biggest' is not one of global, widest"):
+        _width_strategy("biggest")
+    with pytest.raises(ModeconnectError, match="fusion='universe': clients of different widths"):
+        _width_strategy("widest", fusion="universe")
+    with pytest.raises(ModeconnectError, match="width 0 must be a positive integer"):
+        _width_strategy({"P0": 0})
+
+
+def test_round_trip_across_widths_grows_the_global_model():
+    """Round 1: one client brings a wider copy; the global model grows to it and is
+    broadcast; round 2: every client trains the global architecture."""
+    from modeconnect.models import mlp
+
+    app, received = ClientApp(), []
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        sd = dict(msg.content["arrays"].to_torch_state_dict())
+        received.append((context.node_id, sd["1.weight"].shape[0], sd["3.weight"].shape[0]))
+        if context.node_id == 2 and sd["1.weight"].shape[0] == 10:
+            sd = _padded(sd, [14, 16])  # joins with a wider model of the same function
+        content = RecordDict({"arrays": ArrayRecord(sd),
+                              "metrics": MetricRecord({"num-examples": 10})})  # fmt: skip
+        return Message(content, reply_to=msg)
+
+    strategy = _width_strategy("widest", min_available_nodes=2, min_train_nodes=2,
+                               fraction_evaluate=0.0)  # fmt: skip
+    start = _live_state(0)
+    result = strategy.start(grid=InProcessGrid(app, [1, 2]), initial_arrays=ArrayRecord(start),
+                            num_rounds=2)  # fmt: skip
+    # Round 1 broadcasts the start; round 2 the grown global model, to every client.
+    assert sorted(received) == [(1, 10, 12), (1, 14, 16), (2, 10, 12), (2, 14, 16)]
+    final = result.arrays.to_torch_state_dict()
+    assert_close(final, strategy.last_fusion.state_dict)
+    net = mlp(6, [14, 16], 3)
+    net.load_state_dict(final)
+    assert bool(torch.isfinite(net(X)).all())

@@ -294,3 +294,46 @@ def test_llama_with_a_zero_padded_wider_intermediate_size_fuses_back():
     fused.load_state_dict(out.state_dict)
     with torch.no_grad():
         assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=3))
+def test_state_widths_reads_any_widths_and_the_model_is_rebuilt_at_them(hidden):
+    from modeconnect.fusion import resized_model, state_widths
+
+    spec = derive_spec(mlp(4, [5] * len(hidden), 3), (torch.randn(2, 4),))
+    other = mlp(4, hidden, 3)
+    assert state_widths(spec, width_groups(spec), other.state_dict()) == {
+        f"P{i}": h for i, h in enumerate(hidden)
+    }
+    base = mlp(4, [5] * len(hidden), 3)
+    rebuilt = resized_model(base, other.state_dict(), (torch.randn(2, 4),))
+    x = torch.randn(7, 4)
+    assert torch.equal(rebuilt(x), other(x))
+    assert all(tuple(v.shape) == (5,) for k, v in base.state_dict().items() if k == "1.bias")
+
+
+class _FixedView(torch.nn.Module):
+    """Reads its hidden layer through a hard-coded width: cannot be rebuilt wider."""
+
+    def __init__(self, width: int = 5) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, width), torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).relu().reshape(-1, 5))
+
+
+def test_resized_model_that_cannot_be_rebuilt_says_so_in_one_line():
+    from modeconnect.fusion import resized_model
+
+    wide = {k: torch.zeros(v.shape[0] + 2 if k.startswith("a") else v.shape[0],
+                           *([v.shape[1] + 2] if k == "b.weight" else list(v.shape[1:])))
+            for k, v in _FixedView().state_dict().items()}  # fmt: skip
+    with pytest.raises(ModeconnectError) as err:
+        resized_model(_FixedView(), wide, (torch.randn(2, 4),))
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith("_FixedView could not be rebuilt at the arrays' widths (")
+    assert str(err.value).endswith(
+        "pass model_for=, a function that builds the model for a state dict"
+    )

@@ -1,8 +1,8 @@
 """Rerun the studies and benchmarks behind the documented numbers, then say what moved.
 
     python -m tools.reproduce              # everything that fits a CPU in under an hour
-    python -m tools.reproduce --all        # and the long runs (MNIST-scale fusion,
-                                           # transformer symmetry, Ray): ~35 min more
+    python -m tools.reproduce --all        # and the long runs (MNIST-scale merging,
+                                           # transformer symmetry, Ray): ~46 min more
     python -m tools.reproduce --only science_bn_repair federated_rounds_quick
     python -m tools.reproduce --check      # no runs: compare the docs with results/ now
     python -m tools.reproduce --list       # the runs, their commands and expected minutes
@@ -91,6 +91,10 @@ RUNS: list[Run] = [
                      for s in ("class_split", "width_fusion", "compression", "n_way"))),
     Run("science_merging_mnist", ("python", "examples/science_merging_mnist.py", "--out",
         "results"), 10.5, writes=("results/merging_mnist_scale.json",), long=True),
+    Run("science_merging_mnist_split", ("python", "examples/science_merging_mnist_split.py",
+        "--out", "results"), 5.0, writes=("results/merging_mnist_class_split.json",), long=True),
+    Run("science_merging_mnist_nway", ("python", "examples/science_merging_mnist_nway.py",
+        "--out", "results"), 6.0, writes=("results/merging_mnist_n_way.json",), long=True),
     Run("transformers_symmetry", ("python", "benchmarks/bench_symmetry.py", "--family", "llama",
         "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
         "runs/reproduce/symmetry_llama", "--out", "results/transformers_symmetry.json"), 9.0,

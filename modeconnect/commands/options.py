@@ -281,16 +281,13 @@ class CurveOptions(Options):
 
 
 @dataclass(frozen=True)
-class PlaneOptions(Options):
-    """``modeconnect plane``: the loss on the plane through three models."""
+class _GridOptions(Options):
+    """What a grid of loss values takes beside its points: BatchNorm handling, the loss,
+    the report folder, and the Ray cluster its rows may run on."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("data",)
 
-    resolution: int = 21
-    margin: float = 0.2
-    curve: str | None = None
-    names: Sequence[str] | None = None
-    bn: str = "auto"
+    bn: str = "none"
     max_bn_batches: int | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
@@ -299,21 +296,24 @@ class PlaneOptions(Options):
 
 
 @dataclass(frozen=True)
-class LandscapeOptions(Options):
-    """``modeconnect landscape``: filter-normalised slices around one model."""
+class PlaneOptions(_GridOptions):
+    """``modeconnect plane``: the loss on the plane through three models."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("data",)
+    resolution: int = 21
+    margin: float = 0.2
+    curve: str | None = None
+    names: Sequence[str] | None = None
+    bn: str = "auto"
+
+
+@dataclass(frozen=True)
+class LandscapeOptions(_GridOptions):
+    """``modeconnect landscape``: filter-normalised slices around one model."""
 
     dims: int = 2
     seed: int = 0
     span: tuple[float, float] = (-1.0, 1.0)
     resolution: int | None = None
-    bn: str = "none"
-    max_bn_batches: int | None = None
-    loss: Any = "ce"
-    report_dir: Path_ = None
-    ray: str | None = None
-    workers: int | None = None
 
 
 @dataclass(frozen=True)

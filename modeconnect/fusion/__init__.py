@@ -7,7 +7,9 @@
 * :mod:`~modeconnect.fusion.maps`: merge/unmerge matrices carried through every tensor;
 * :mod:`~modeconnect.fusion.universe`: the universe permutations and the
   cycle-consistency error of pairwise maps;
-* :func:`fused_fedavg`: federated averaging of clients of different widths.
+* :func:`fused_fedavg`: federated averaging of clients of different widths;
+  :func:`state_widths` and :func:`resized_model` read a client's widths from its arrays
+  and rebuild the model at them.
 
 No equivalence guard applies to a fused model: it is the evaluated object.
 Importing this package loads no numerics; the names below load on first use.
@@ -29,6 +31,8 @@ _LAZY = {
     "GroupMap": "maps",
     "fuse_state_dicts": "maps",
     "fused_fedavg": "federated",
+    "resized_model": "resize",
+    "state_widths": "resize",
     "cycle_error": "universe",
     "universe_permutations": "universe",
 }
@@ -52,7 +56,9 @@ __all__ = [
     "fused_fedavg",
     "fusion_info",
     "fusion_options",
+    "resized_model",
     "resolve_widths",
+    "state_widths",
     "universe_permutations",
     "width_groups",
 ]
