@@ -390,6 +390,17 @@ ARCHITECTURE, RAY = "docs/architecture.md", "results/bench_ray.json"
 SYM_LLAMA = "results/transformers_symmetry.json"
 SYM_GPT2 = "results/transformers_symmetry_gpt2.json"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
+MNIST_SPLIT = "results/merging_mnist_class_split.json"
+MNIST_NWAY = "results/merging_mnist_n_way.json"
+UNIVERSE, MERGE_MANY = "universe (C2M3-style, activations)", "MergeMany (weight matching)"
+
+
+def _deepest(record: dict[str, Any]) -> str:
+    """The full zip of the class split: its deepest ``zip until depth``."""
+    return max((k for k in record["accuracy"] if k.startswith("zip until depth ")),
+               key=lambda k: int(k.rsplit(" ", 1)[1]))  # fmt: skip
+
+
 SYM_TIMES = ("seconds (benchmark)", "× weight matching (benchmark)")  # not checked
 FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
@@ -572,11 +583,11 @@ CHECKS: list[Check] = [
                report="report_width_fusion"),
     TableCheck(MERGING, "At MNIST scale: 3×512 with 3×256", "results/merging_mnist_scale.json",
                "examples/science_merging_mnist.py"),
-    TableCheck(MERGING, "At MNIST scale: two 3×512", "results/merging_mnist_class_split.json",
+    TableCheck(MERGING, "At MNIST scale: two 3×512", MNIST_SPLIT,
                "examples/science_merging_mnist_split.py"),
-    TableCheck(MERGING, "At MNIST scale: four 3×512", "results/merging_mnist_n_way.json",
+    TableCheck(MERGING, "At MNIST scale: four 3×512", MNIST_NWAY,
                "examples/science_merging_mnist_nway.py"),
-    TableCheck(MERGING, "At MNIST scale: four 3×512", "results/merging_mnist_n_way.json",
+    TableCheck(MERGING, "At MNIST scale: four 3×512", MNIST_NWAY,
                "examples/science_merging_mnist_nway.py", 1, 1),
     TableCheck(MERGING, "3. Self-merge compression", "results/merging_compression.json",
                MERGE_SCRIPT, report="report_compression"),
@@ -584,6 +595,26 @@ CHECKS: list[Check] = [
                report="report_n_way"),
     TableCheck(MERGING, "4. N-way merging", "results/merging_n_way.json", MERGE_SCRIPT, 1, 1,
                report="report_n_way"),
+    SentenceCheck(MERGING, r"the full zip at one model's width \(([\d.]+)\) is ([\d.]+) points "
+                  r"under the ensemble \(([\d.]+)\) and (\d+) points over weight matching \+ "
+                  r"average \(([\d.]+),.*?OT fusion, which maps B's units onto A's without "
+                  r"merging within a model, loses (\d+) points", MNIST_SPLIT,
+                  lambda r: [_acc(r, _deepest(r)),
+                             _points(r, "ensemble (mean softmax)", _deepest(r)),
+                             _acc(r, "ensemble (mean softmax)"),
+                             _points(r, _deepest(r), "weight matching + average"),
+                             _acc(r, "weight matching + average"),
+                             _points(r, "ensemble (mean softmax)", "otfusion soft")]),
+    SentenceCheck(MERGING, r"the universe basis catches up with MergeMany: ([\d.]+) against "
+                  r"([\d.]+),.*?\(universe ahead by ([\d.]+) and ([\d.]+) points in seeds 1 and "
+                  r"2\).*?\((\d+)–(\d+) % of units do not come back around a triangle\)\. CCA is "
+                  r"again the best merge \(([\d.]+)\), ([\d.]+) points under the best endpoint",
+                  MNIST_NWAY,
+                  lambda r: [_acc(r, UNIVERSE), _acc(r, MERGE_MANY),
+                             *(_pct(run[UNIVERSE] - run[MERGE_MANY]) for run in r["runs"]),
+                             *_range([_pct(v["mean"]) for k, v in r["cycle_error"].items()
+                                      if k.endswith(" direct pairwise weight matching")]),
+                             _acc(r, "cca"), _points(r, "best endpoint", "cca")]),
     TableCheck(ARCHITECTURE, "Past one machine", "results/bench_ray.json",
                "benchmarks/bench_ray.py"),
     SentenceCheck(ARCHITECTURE, r"the best pairs were at ([\d.]+)–([\d.]+)×, the medians "
