@@ -615,6 +615,10 @@ CHECKS: list[Check] = [
                              *_range([_pct(v["mean"]) for k, v in r["cycle_error"].items()
                                       if k.endswith(" direct pairwise weight matching")]),
                              _acc(r, "cca"), _points(r, "best endpoint", "cca")]),
+    SentenceCheck(FEDERATED, r"fusing 2×64 with 2×32 lost ([\d.]+)–([\d.]+) points against the "
+                  r"better client", "results/merging_width_fusion.json",
+                  lambda r: _range([_points(r, "better parent", k) for k in r["accuracy"]
+                                    if " @ " in k])),
     TableCheck(ARCHITECTURE, "Past one machine", "results/bench_ray.json",
                "benchmarks/bench_ray.py"),
     SentenceCheck(ARCHITECTURE, r"the best pairs were at ([\d.]+)–([\d.]+)×, the medians "
