@@ -51,6 +51,7 @@ from modeconnect.evaluation import (
     barrier,
     barrier_definition,
     check_pair,
+    corrected_path,
     example_curves,
     get_scoring,
     is_interpolable,
@@ -393,12 +394,9 @@ class _Cache:
             x0 = {**self.a, **{k: self.b[k] for k in from_b}}
             x1 = {**x0, **{k: self.b[k] for k in moving}}
             path = linear_path(x0, x1)
-            correct = self.correction(x0, x1) if self.correction is not None else None
-
-            def point(alpha: float) -> Mapping[str, Tensor]:
-                state = path(alpha)
-                return state if correct is None else correct(state, alpha)
-
+            point = path
+            if self.correction is not None:
+                point = corrected_path(path, self.correction(x0, x1))
             found = example_curves(
                 self.model, point, missing, {"data": self.batches},
                 loss=self.loss, alpha_batch=self.alpha_batch,
