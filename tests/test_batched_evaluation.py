@@ -47,6 +47,14 @@ def _model(seed: int, widths: list[int], norm: bool) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
+def _bn_model(seed: int, conv: bool, widths: list[int]) -> tuple[nn.Module, tuple[int, ...]]:
+    """A small sequential model with BatchNorm and the shape of one input."""
+    torch.manual_seed(seed)
+    if conv:
+        return conv_net(in_channels=1, channels=[3, 4], num_classes=3, image_size=4), (1, 4, 4)
+    return _model(seed, widths, norm=True), (widths[0],)
+
+
 def _state(model: nn.Module, seed: int, dtype: torch.dtype) -> dict[str, Tensor]:
     torch.manual_seed(seed)
     out = {}
@@ -72,6 +80,7 @@ def _assert_rows_close(got: mc.ExampleCurve, want: mc.ExampleCurve, tol: float) 
         torch.testing.assert_close(g.count, w.count)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
@@ -115,13 +124,7 @@ def test_k_points_per_pass_equal_the_per_point_loop(
 def test_batchnorm_reset_of_many_states_equals_one_at_a_time(
     seed: int, states: int, batches: int, max_batches: int | None, conv: bool
 ) -> None:
-    torch.manual_seed(seed)
-    if conv:
-        model: nn.Module = conv_net(in_channels=1, channels=[3, 4], num_classes=3, image_size=4)
-        shape: tuple[int, ...] = (1, 4, 4)
-    else:
-        model = _model(seed, [4, 6, 3], norm=True)
-        shape = (4,)
+    model, shape = _bn_model(seed, conv, [4, 6, 3])
     sds = [_state(model, seed + i, torch.float32) for i in range(states)]
     x = torch.randn(8 * batches, *shape)
     y = torch.randint(0, 3, (8 * batches,))
@@ -214,3 +217,41 @@ def test_cli_points_per_pass_gives_the_same_barriers(files: Bench) -> None:
         assert q["loss"] == pytest.approx(p["loss"], rel=1e-5, abs=1e-7)
     code, _, err = run("barrier", files.a, files.b, "--data", files.test, "--points-per-pass", "0")
     assert code == 2 and "--points-per-pass" in err
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), reset=st.booleans(), conv=st.booleans())
+def test_layerwise_from_the_cached_prefix_equals_the_whole_model(
+    seed: int, reset: bool, conv: bool
+) -> None:
+    model, shape = _bn_model(seed, conv, [4, 6, 5, 3])
+    a, b = _state(model, seed + 1, torch.float32), _state(model, seed + 2, torch.float32)
+    x, y = torch.randn(24, *shape), torch.randint(0, 3, (24,))
+    test = list(zip(x[:16].split(8), y[:16].split(8), strict=True))
+    train = list(zip(x[8:].split(8), y[8:].split(8), strict=True))
+
+    def factory(x0: dict, x1: dict) -> BatchNormReset:
+        return BatchNormReset(model, train, 1)
+
+    correction = factory if reset else None
+    common = {"steps": 5, "correction": correction, "alpha_batch": 1}
+    cached = mc.layerwise_barriers(model, a, b, test, cache_prefix=True, **common)
+    whole = mc.layerwise_barriers(model, a, b, test, cache_prefix=False, **common)
+    assert cached.evaluated == whole.evaluated
+    for got, want in zip(cached.layers, whole.layers, strict=True):
+        for variant in ("from_a", "from_b", "cumulative"):
+            g, w = getattr(got, variant).curve, getattr(want, variant).curve
+            torch.testing.assert_close(g.losses, w.losses, rtol=1e-5, atol=1e-6)
+            assert g.accuracies == w.accuracies
+
+
+def test_only_sequential_models_and_later_children_are_cut() -> None:
+    model = _model(0, [4, 6, 5, 3], norm=False)  # children 0 Linear, 1 ReLU, 2 Linear, ...
+    cut = mc.layerwise.split_prefix(model, {"2.weight"}, None)
+    assert (
+        cut is not None and cut.names == {"0", "1"} and list(cut.suffix._modules) == ["2", "3", "4"]
+    )
+    assert mc.layerwise.split_prefix(model, {"0.weight", "2.weight"}, None) is None
+    assert mc.layerwise.split_prefix(nn.ModuleList(model), {"2.weight"}, None) is None
+    assert mc.layerwise.split_prefix(model, {"2.weight"}, lambda s, t: s) is None
