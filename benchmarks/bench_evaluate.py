@@ -43,6 +43,7 @@ import argparse
 import copy
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -423,9 +424,10 @@ Timed = tuple[Callable[[], Any], int, bool]
 """(run the path, points evaluated, whether each point also makes a training pass)."""
 
 
-def _paths(case: FloorCase, steps: int) -> dict[str, Timed]:
+def _paths(case: FloorCase, steps: int, layer_steps: int) -> dict[str, Timed]:
     model, a, b, test, train, grid = case.model, case.a, case.b, case.test, case.train, case.grid
     alphas = [i / (steps - 1) for i in range(steps)]
+    layer_alphas = [i / (layer_steps - 1) for i in range(layer_steps)]
     g = torch.Generator().manual_seed(0)
     c = {k: v + 0.5 * (b[k] - v) + 0.01 * torch.randn(v.shape, generator=g)
          if v.is_floating_point() else v for k, v in a.items()}  # fmt: skip
@@ -440,7 +442,7 @@ def _paths(case: FloorCase, steps: int) -> dict[str, Timed]:
         return example_curve(model, a, b, test, alphas=alphas, alpha_batch=None)
 
     def layerwise() -> Any:
-        return layerwise_barriers(model, a, b, test, alphas=alphas, alpha_batch=None)
+        return layerwise_barriers(model, a, b, test, alphas=layer_alphas, alpha_batch=None)
 
     def reset_curve() -> Any:
         correct = make_correction(model, a, b, train, mode="reset")
@@ -451,14 +453,16 @@ def _paths(case: FloorCase, steps: int) -> dict[str, Timed]:
         "landscape": (landscape, grid * grid, False),
         "plane": (plane, grid * grid, False),
         f"curve {steps}": (curve, steps, False),
-        "layer-wise": (layerwise, layerwise().evaluated, False),
+        f"layer-wise {layer_steps}": (layerwise, layerwise().evaluated, False),
     }
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         paths[f"bn-reset curve {steps}"] = (reset_curve, steps, True)
     return paths
 
 
-def bench_floor(cases: list[FloorCase], steps: int, repeats: int) -> list[dict[str, Any]]:
+def bench_floor(
+    cases: list[FloorCase], steps: int, layer_steps: int, repeats: int
+) -> list[dict[str, Any]]:
     """Every path of every case against its floor; one row each."""
     rows = []
     for case in cases:
@@ -466,7 +470,7 @@ def bench_floor(cases: list[FloorCase], steps: int, repeats: int) -> list[dict[s
         macs = _macs(case.model, x[:1]) * sum(len(t[0]) for t in case.test)
         train_macs = _macs(case.model, x[:1]) * sum(len(t[0]) for t in case.train)
         rate = _matmul_rate(len(x))
-        for name, (fn, points, training) in _paths(case, steps).items():
+        for name, (fn, points, training) in _paths(case, steps, layer_steps).items():
             ref = copy.deepcopy(case.model)
             train = case.train if training else None
             floor = functools.partial(_floor, ref, case.a, case.test, points, train)
@@ -508,6 +512,12 @@ def main() -> None:
         help="landscape/plane points per axis: digits, mnist-scale, cnn",
     )
     parser.add_argument("--floor-repeats", type=int, default=1, help="best of N in section 5")
+    parser.add_argument(
+        "--layer-steps",
+        type=int,
+        default=25,
+        help="alphas of section 5's layer-wise barriers (default 25)",
+    )
     parser.add_argument("--out", type=Path, help="write section 5's table here (JSON)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -540,9 +550,10 @@ def _section_floor(args: argparse.Namespace) -> None:
         _random_case("mnist-scale 784-512x3-10, 10k ex", MNIST_SCALE, mnist),
         _random_case("cnn 3x16x16 conv16-conv32 BN, 1k ex", CNN, cnn),
     ]
-    rows = bench_floor(cases, args.steps, args.floor_repeats)
+    rows = bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats)
     if args.out is not None:
         numbers = {"rows": rows, "threads": torch.get_num_threads(), "steps": args.steps,
+                   "layer_steps": args.layer_steps, "load_average": os.getloadavg(),
                    "grid": {"digits": digits, "mnist_scale": mnist, "cnn": cnn}}  # fmt: skip
         write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)
         print(f"wrote {args.out}")
