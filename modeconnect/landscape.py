@@ -586,16 +586,19 @@ class _Shifts:
         self.origin = origin
         keys = dict.fromkeys(k for d in directions for k in d)
         self.base = {k: _wide(origin[k].detach()) for k in keys}
-        self.directions = [{k: t.to(self.base[k].dtype) for k, t in d.items()} for d in directions]
+        # Zero directions (biases of filter-normalised ones) move nothing: skipped.
+        self.directions = [
+            {k: t.to(self.base[k].dtype) for k, t in d.items() if bool(t.any())} for d in directions
+        ]
 
     def __call__(self, *coefficients: float) -> Vector:
         active = [(d, float(c)) for d, c in zip(self.directions, coefficients) if c != 0.0]
         out = dict(self.origin)
         for key in dict.fromkeys(k for d, _ in active for k in d):
-            total = self.base[key]
-            for d, c in active:
-                if key in d:
-                    total = torch.add(total, d[key], alpha=c)
+            moves = [(d[key], c) for d, c in active if key in d]
+            total = torch.add(self.base[key], moves[0][0], alpha=moves[0][1])
+            for d, c in moves[1:]:
+                total.add_(d, alpha=c)  # a new tensor already: one allocation per key
             out[key] = total.to(self.origin[key].dtype)
         return out
 
