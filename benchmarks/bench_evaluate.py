@@ -17,10 +17,23 @@ Three sections, each a ratio against a reference in the same process (below 1 is
 4. **Causal language model** (needs ``transformers``): a small random GPT-2, the
    reference loop loads each α and computes ``F.cross_entropy`` on the shifted
    logits; against :func:`example_curve` with ``loss="causal_lm"``.
+5. **The FLOP floor** (issue 22): every evaluation path (landscape, plane, 25-point
+   curve, layer-wise barriers, BatchNorm-reset curve) on the digits pair (500
+   examples), an MNIST-scale 3x512 MLP (10 000 examples) and a BatchNorm CNN, against
+   the same number of forward passes with the weights already in place (a model
+   loaded once, ``model(x)``, the loss and the argmax per batch; for the reset curve
+   also a training-mode pass over the training batches per point), timed in the same
+   run, in CPU seconds of the process (and wall seconds). The ratio to the floor is
+   what modeconnect adds per point (below 1: it runs
+   fewer or cheaper passes, e.g. the cached prefix of layer-wise paths); the matmul
+   fraction is the model's multiply-adds per CPU second over those of a float32
+   ``(batch, 512) @ (512, 512)`` GEMM timed in the same run. ``--out`` writes the
+   table with :func:`modeconnect.provenance.write_result`.
 
 Run from the repository root::
 
     python benchmarks/bench_evaluate.py [--steps 25] [--repeats 3] [--threads N] [--device cpu]
+    python benchmarks/bench_evaluate.py --sections floor --out results/bench_evaluate.json
 
 Each row is the best of ``--repeats`` interleaved runs.
 """
@@ -29,6 +42,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import functools
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,19 +58,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stored import add_out, store  # noqa: E402
-
+import modeconnect as mc  # noqa: E402
 from modeconnect.bn import make_correction  # noqa: E402
 from modeconnect.evaluation import (  # noqa: E402
     Batch,
+    corrected_path,
     example_curve,
     example_curves,
     interpolation_curve,
     linear_path,
 )
 from modeconnect.layerwise import layer_groups, layerwise_barriers  # noqa: E402
+from modeconnect.models import mlp  # noqa: E402
+from modeconnect.provenance import write_result  # noqa: E402
 
 Rows = list[tuple[float, float]]
 
@@ -310,6 +328,194 @@ def bench_causal_lm(alphas: list[float], repeats: int, device: str) -> list[floa
     return times
 
 
+# --------------------------------------------------------------------------- 5. the floor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class FloorCase:
+    """A model pair and its data for the floor section; ``grid``: points per landscape axis."""
+
+    name: str
+    model: nn.Module
+    a: dict[str, Tensor]
+    b: dict[str, Tensor]
+    test: list[Batch]
+    train: list[Batch]
+    grid: int
+
+
+def _digits_case(grid: int) -> FloorCase:
+    ckpt = {n: torch.load(ROOT / f"checkpoints/mlp_{n}.pt", weights_only=True) for n in "ab"}
+    data = {n: torch.load(ROOT / f"checkpoints/digits_{n}.pt", weights_only=True)
+            for n in ("test", "train")}  # fmt: skip
+    model = mlp(**ckpt["a"]["model_kwargs"])
+    test = [(data["test"]["x"], data["test"]["y"])]
+    train = list(zip(data["train"]["x"].split(500), data["train"]["y"].split(500), strict=True))
+    a, b = (ckpt[n]["state_dict"] for n in "ab")
+    return FloorCase("digits 64-512x3-10, 500 ex", model, a, b, test, train, grid)
+
+
+def _random_case(name: str, case: Case, grid: int) -> FloorCase:
+    a, b = _state_dict(case, 0, "cpu"), _state_dict(case, 1, "cpu")
+    return FloorCase(name, case.build(), a, b, _data(case, "cpu"), _data(case, "cpu", 2), grid)
+
+
+MNIST_SCALE = Case("mnist-scale", lambda: _mlp(784, 512, 512, 512, 10), (784,), 10_000, 500)
+
+
+def _floor_pass(model: nn.Module, batches: list[Batch]) -> None:
+    for x, y in batches:
+        out = model(x)
+        F.cross_entropy(out, y, reduction="none")
+        out.argmax(1)
+
+
+def _floor(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    test: list[Batch],
+    points: int,
+    train: list[Batch] | None = None,
+) -> float:
+    """Seconds for ``points`` evaluations (and training-mode passes) with weights in place."""
+    model.load_state_dict(state)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(points):
+            if train is not None:
+                model.train()
+                _floor_pass(model, train)
+            model.eval()
+            _floor_pass(model, test)
+    return time.perf_counter() - start
+
+
+def _macs(model: nn.Module, x: Tensor) -> int:
+    """Multiply-adds of one forward pass on ``x`` (Linear and Conv layers)."""
+    total = [0]
+
+    def hook(module: nn.Module, args: Any, out: Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            total[0] += out.numel() * module.in_features
+        elif isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * math.prod(module.kernel_size)
+            total[0] += out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+def _matmul_rate(rows: int, seconds: float = 1.0) -> float:
+    """Multiply-adds per CPU second of a float32 GEMM ``(rows, 512) @ (512, 512)``."""
+    x, w = torch.randn(rows, 512), torch.randn(512, 512)
+    x @ w
+    count, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
+        x @ w
+        count += 1
+    return count * rows * 512 * 512 / (time.process_time() - start)
+
+
+def _best_cpu_of(repeats: int, *runs: Callable[[], Any]) -> tuple[list[float], list[float]]:
+    """Best CPU seconds (this process, all threads) and best wall seconds of each run.
+
+    CPU time is what a run costs; on a machine shared with other jobs it moves far
+    less with their load than wall time, which waits for the cores.
+    """
+    cpu, wall = [float("inf")] * len(runs), [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start, clock = time.process_time(), time.perf_counter()
+            run()
+            cpu[i] = min(cpu[i], time.process_time() - start)
+            wall[i] = min(wall[i], time.perf_counter() - clock)
+    return cpu, wall
+
+
+Timed = tuple[Callable[[], Any], int, bool]
+"""(run the path, points evaluated, whether each point also makes a training pass)."""
+
+
+def _paths(case: FloorCase, steps: int, layer_steps: int) -> dict[str, Timed]:
+    model, a, b, test, train, grid = case.model, case.a, case.b, case.test, case.train, case.grid
+    alphas = [i / (steps - 1) for i in range(steps)]
+    layer_alphas = [i / (layer_steps - 1) for i in range(layer_steps)]
+    g = torch.Generator().manual_seed(0)
+    c = {k: v + 0.5 * (b[k] - v) + 0.01 * torch.randn(v.shape, generator=g)
+         if v.is_floating_point() else v for k, v in a.items()}  # fmt: skip
+
+    def landscape() -> Any:
+        return mc.surface_2d(model, a, test, resolution=grid, seed=0)
+
+    def plane() -> Any:
+        return mc.plane_grid(model, a, b, c, test, resolution=grid, bn="none")
+
+    def curve() -> Any:
+        return example_curve(model, a, b, test, alphas=alphas, alpha_batch=None)
+
+    def layerwise() -> Any:
+        return layerwise_barriers(model, a, b, test, alphas=layer_alphas, alpha_batch=None)
+
+    def reset_curve() -> Any:
+        correct = make_correction(model, a, b, train, mode="reset")
+        path = corrected_path(linear_path(a, b), correct)
+        return example_curves(model, path, alphas, {"test": test}, alpha_batch=None)
+
+    paths = {
+        "landscape": (landscape, grid * grid, False),
+        "plane": (plane, grid * grid, False),
+        f"curve {steps}": (curve, steps, False),
+        f"layer-wise {layer_steps}": (layerwise, layerwise().evaluated, False),
+    }
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        paths[f"bn-reset curve {steps}"] = (reset_curve, steps, True)
+    return paths
+
+
+def bench_floor(
+    cases: list[FloorCase],
+    steps: int,
+    layer_steps: int,
+    repeats: int,
+    done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+) -> list[dict[str, Any]]:
+    """Every path of every case against its floor; one row each (``done(rows)`` after each)."""
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        x = case.test[0][0]
+        macs = _macs(case.model, x[:1]) * sum(len(t[0]) for t in case.test)
+        train_macs = _macs(case.model, x[:1]) * sum(len(t[0]) for t in case.train)
+        rate = _matmul_rate(len(x))
+        for name, (fn, points, training) in _paths(case, steps, layer_steps).items():
+            ref = copy.deepcopy(case.model)
+            train = case.train if training else None
+            floor = functools.partial(_floor, ref, case.a, case.test, points, train)
+            (c_floor, c_ours), (t_floor, t_ours) = _best_cpu_of(repeats, floor, fn)
+            work = (macs + (train_macs if training else 0)) * points
+            row = {
+                "case": case.name, "path": name, "points": points,
+                "floor_cpu_s": c_floor, "modeconnect_cpu_s": c_ours, "ratio": c_ours / c_floor,
+                "floor_wall_s": t_floor, "modeconnect_wall_s": t_ours,
+                "wall_ratio": t_ours / t_floor,
+                "matmul_fraction": work / c_ours / rate,
+                "floor_matmul_fraction": work / c_floor / rate,
+                "gemm_macs_per_cpu_s": rate,
+            }  # fmt: skip
+            rows.append(row)
+            done(rows)
+            ratio, fraction = c_ours / c_floor, work / c_ours / rate
+            print(f"{case.name:<36} {name:<20} {points:>6} {c_floor:>8.2f} {c_ours:>8.2f} "
+                  f"{ratio:>6.2f} {t_ours / t_floor:>6.2f} {fraction:>8.2f}",
+                  flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Time modeconnect's evaluation against plain loops."
@@ -318,10 +524,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of N (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    add_out(parser)
+    parser.add_argument(
+        "--sections",
+        default="curves,layerwise,reset,lm,floor",
+        help="comma-separated: curves, layerwise, reset, lm, floor",
+    )
+    parser.add_argument(
+        "--grid",
+        type=int,
+        nargs=3,
+        default=[21, 5, 5],
+        metavar="N",
+        help="landscape/plane points per axis: digits, mnist-scale, cnn",
+    )
+    parser.add_argument("--floor-repeats", type=int, default=1, help="best of N in section 5")
+    parser.add_argument(
+        "--mnist-examples",
+        type=int,
+        default=10_000,
+        help="examples of section 5's MNIST-scale case (default 10 000)",
+    )
+    parser.add_argument(
+        "--layer-steps",
+        type=int,
+        default=25,
+        help="alphas of section 5's layer-wise barriers (default 25)",
+    )
+    parser.add_argument("--out", type=Path, help="write section 5's table here (JSON)")
     args = parser.parse_args()
-    numbers: dict[str, Any] = {"threads": torch.get_num_threads(), "steps": args.steps,
-                               "repeats": args.repeats, "device": args.device}  # fmt: skip
+    sections = set(args.sections.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     alphas = [i / (args.steps - 1) for i in range(args.steps)]
@@ -329,44 +560,83 @@ def main() -> None:
         f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
         f"{args.steps} alphas, best of {args.repeats}"
     )
+    if "curves" in sections:
+        _section_curves(alphas, args.repeats, args.device)
+    if "layerwise" in sections:
+        _section_layerwise(alphas, args.repeats, args.device)
+    if "reset" in sections:
+        _section_reset(alphas, args.repeats, args.device)
+    if "lm" in sections:
+        _section_lm(alphas, args.repeats, args.device)
+    if "floor" in sections:
+        _section_floor(args)
+
+
+def _section_floor(args: argparse.Namespace) -> None:
+    print("\n5. every path against the FLOP floor (same forward passes, weights in place)")
+    print(f"{'model':<36} {'path':<20} {'points':>6} {'floor':>8} {'ours':>8} {'ratio':>6} "
+          f"{'wall':>6} {'matmul':>8}   (CPU seconds; wall: the wall-time ratio)")  # fmt: skip
+    digits, mnist, cnn = args.grid
+    scale = dataclasses.replace(MNIST_SCALE, examples=args.mnist_examples)
+    cases = [
+        _digits_case(digits),
+        _random_case(f"mnist-scale 784-512x3-10, {scale.examples} ex", scale, mnist),
+        _random_case("cnn 3x16x16 conv16-conv32 BN, 1k ex", CNN, cnn),
+    ]
+    grids = {"digits": digits, "mnist_scale": mnist, "cnn": cnn}
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        if args.out is None:
+            return
+        numbers = {"rows": rows, "threads": torch.get_num_threads(), "steps": args.steps,
+                   "layer_steps": args.layer_steps, "load_average": os.getloadavg(),
+                   "mnist_scale_examples": scale.examples, "grid": grids}  # fmt: skip
+        write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)
+
+    bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats, write)
+    if args.out is not None:
+        print(f"wrote {args.out}")
+
+
+def _section_curves(alphas: list[float], repeats: int, device: str) -> None:
     print(
         "\n1. curves: reference loop vs interpolation_curve (mean) and example_curve (per example)"
     )
     print(f"{'model':<30} {'reference s':>12} {'curve s':>8} {'ratio':>6} {'examples s':>11} ratio")
     for case in CASES:
-        t_ref, t_curve, t_ex = bench_curves(case, alphas, args.repeats, args.device)
-        numbers.setdefault("curves", {})[case.name] = {
-            "reference_s": t_ref, "curve_s": t_curve, "examples_s": t_ex
-        }  # fmt: skip
+        t_ref, t_curve, t_ex = bench_curves(case, alphas, repeats, device)
         ratios = f"{t_curve:>8.3f} {t_curve / t_ref:>6.2f} {t_ex:>11.3f} {t_ex / t_ref:>6.2f}"
         print(f"{case.name:<30} {t_ref:>12.3f} {ratios}")
+
+
+def _section_layerwise(alphas: list[float], repeats: int, device: str) -> None:
     print("\n2. layer-wise (from_a, from_b, cumulative per module): recompute all vs reuse")
     print(f"{'model':<30} {'naive s':>8} {'reuse s':>8} {'ratio':>6} {'points evaluated':>20}")
     for case in (MLP, CNN):
-        (t_naive, t_ours), used, total = bench_layerwise(case, alphas, args.repeats, args.device)
-        numbers.setdefault("layerwise", {})[case.name] = {
-            "naive_s": t_naive, "reuse_s": t_ours, "points": [used, total]
-        }  # fmt: skip
+        (t_naive, t_ours), used, total = bench_layerwise(case, alphas, repeats, device)
         points = f"{used} of {total}"
         print(
             f"{case.name:<30} {t_naive:>8.3f} {t_ours:>8.3f} {t_ours / t_naive:>6.2f} {points:>20}"
         )
+
+
+def _section_reset(alphas: list[float], repeats: int, device: str) -> None:
     print("\n3. BatchNorm reset at every alpha: hand-written loop vs example_curves + bn reset")
     print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
-    t_ref, t_ours = bench_reset(CNN, alphas, args.repeats, args.device)
-    numbers["bn_reset"] = {CNN.name: {"reference_s": t_ref, "modeconnect_s": t_ours}}
+    t_ref, t_ours = bench_reset(CNN, alphas, repeats, device)
     print(f"{CNN.name:<30} {t_ref:>12.3f} {t_ours:>14.3f} {t_ours / t_ref:>6.2f}")
+
+
+def _section_lm(alphas: list[float], repeats: int, device: str) -> None:
     print("\n4. causal LM: hand-written loop vs example_curve(loss='causal_lm')")
-    lm = bench_causal_lm(alphas, args.repeats, args.device)
+    lm = bench_causal_lm(alphas, repeats, device)
     if lm is None:
         print("skipped: transformers is not installed")
     else:
         name = "gpt2 2x64, 128 x 32 tokens"
         print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
         print(f"{name:<30} {lm[0]:>12.3f} {lm[1]:>14.3f} {lm[1] / lm[0]:>6.2f}")
-        numbers["causal_lm"] = {name: {"reference_s": lm[0], "modeconnect_s": lm[1]}}
     print("\nall agree with their references (losses to rtol 1e-5 / 1e-4, accuracies to 1 example)")
-    store(args.out, numbers)
 
 
 if __name__ == "__main__":

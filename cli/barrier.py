@@ -26,6 +26,8 @@ from modeconnect_cli.format import format_barrier
     "Layer groups as module prefixes (default: one per module); join with +.",
 )
 @o.bn()
+@o.MAX_BN_BATCHES
+@o.POINTS_PER_PASS
 @o.STEPS
 @o.DEFINITION
 @click.option(

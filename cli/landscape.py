@@ -37,6 +37,7 @@ def _span(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float
 @o.SEED_OPTION
 @o.bn(("none", "reset"))
 @o.MAX_BN_BATCHES
+@o.POINTS_PER_PASS
 @o.LOSS
 @o.BATCH_SIZE
 @o.RAY

@@ -219,6 +219,11 @@ MAX_BN_BATCHES = click.option(
     "--max-bn-batches", type=click.IntRange(min=1), metavar="N",
     help="Batches of --train for each BatchNorm reset [default: all].",
 )  # fmt: skip
+POINTS_PER_PASS = click.option(
+    "--points-per-pass", type=click.IntRange(min=1), metavar="K",
+    help="Parameter points (alphas, grid points) evaluated in one vectorised pass "
+         "[default: from the model, the data and a memory budget; 1: one by one].",
+)  # fmt: skip
 LOSS = click.option(
     "--loss", default="ce", show_default=True, metavar="ce|mse|MODULE:CALLABLE",
     help="Loss: cross-entropy, squared error, or a callable of per-example losses.",

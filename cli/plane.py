@@ -31,6 +31,7 @@ from modeconnect_cli.format import format_plane
 @o.names_option("--names", "A,B,C", "Labels of the three models [default: A,B,C or A,B,bend].")
 @o.bn(("auto", "reset", "none"), default="auto")
 @o.MAX_BN_BATCHES
+@o.POINTS_PER_PASS
 @o.LOSS
 @o.BATCH_SIZE
 @o.RAY

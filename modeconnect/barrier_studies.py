@@ -40,6 +40,7 @@ from modeconnect.evaluation import (
     barrier_definition,
     bootstrap_barrier,
     check_pair,
+    corrected_path,
     example_curves,
     get_scoring,
     linear_path,
@@ -289,12 +290,7 @@ def _study_pair(
         return make_correction(model, x0, x1, train, mode=bn, max_batches=max_bn_batches)
 
     path = linear_path(a, b)
-    correct = factory(a, b) if bn != "none" else None
-
-    def point(alpha: float) -> Mapping[str, Tensor]:
-        state = path(alpha)
-        return state if correct is None else correct(state, alpha)
-
+    point = corrected_path(path, factory(a, b)) if bn != "none" else path
     curves = example_curves(
         model, point, grid, splits, loss=loss, alpha_batch=alpha_batch,
         progress=progress, task="curve",

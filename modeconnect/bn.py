@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ from modeconnect.forward import Binding, batch_inputs, eval_mode, over_batches
 __all__ = [
     "BN_CHOICES",
     "BN_MODES",
+    "BatchNormReset",
     "Correction",
     "LayerStats",
     "batchnorm_layers",
@@ -48,6 +50,7 @@ __all__ = [
     "repair",
     "repair_layers",
     "reset_batchnorm",
+    "reset_batchnorm_many",
 ]
 
 BN_MODES = ("none", "reset", "repair")
@@ -56,6 +59,8 @@ BN_MODES = ("none", "reset", "repair")
 StateDict = Mapping[str, Tensor]
 Correction = Callable[[StateDict, float], dict[str, Tensor]]
 """``correct(state, α) -> state``: the correction of the model at ``α`` on a path."""
+
+R = TypeVar("R")
 
 _DEAD = 1e-7
 """Units whose merged std is below this fraction of the layer's largest are only shifted."""
@@ -168,6 +173,21 @@ def reset_batchnorm(
         return dict(state_dict)
     fresh = _fresh_statistics(norms, binding.bind(state_dict))
     params = binding.bind({**state_dict, **fresh})
+    _statistics_pass(model, norms, lambda before: _run(model, params, batches, max_batches, before))
+    return _with_statistics(binding, state_dict, fresh, norms)
+
+
+def _statistics_pass(
+    model: nn.Module,
+    norms: Sequence[tuple[str, nn.modules.batchnorm._BatchNorm]],
+    run: Callable[[Callable[[Any], None]], R],
+) -> R:
+    """``run(before)`` in eval mode with the BatchNorm layers training, under no_grad.
+
+    ``before(batch)`` sets every BatchNorm's momentum to ``b / (b_1 + ... + b)`` for a
+    batch of ``b`` examples: the exact cumulative average over examples. The momenta
+    and training flags are restored afterwards.
+    """
     seen = [0]
 
     def before(batch: Any) -> None:
@@ -181,11 +201,103 @@ def reset_batchnorm(
         try:
             for _, bn in norms:
                 bn.train()
-            _run(model, params, batches, max_batches, before)
+            return run(before)
         finally:
             for bn, momentum in momenta:
                 bn.momentum = momentum
-    return _with_statistics(binding, state_dict, fresh, norms)
+
+
+def reset_batchnorm_many(
+    model: nn.Module,
+    states: Sequence[StateDict],
+    batches: Iterable[Batch],
+    *,
+    max_batches: int | None = None,
+) -> list[dict[str, Tensor]]:
+    """:func:`reset_batchnorm` of several states in one pass over ``batches``.
+
+    The states' weights and fresh statistics are stacked and the training-mode pass
+    runs once under :func:`torch.func.vmap`, so the training data is read once for
+    all of them. The first time a model goes through here, the first state is also
+    reset on its own and compared (:func:`_reset_agrees`); a model whose stacked
+    pass differs or raises is reset state by state, as it is for one state.
+    """
+    binding = Binding.of(model)
+    for state in states:
+        binding.check(state)
+    _check_max_batches(max_batches)
+    norms = batchnorm_layers(model)
+    if len(states) < 2 or not norms or _RESET_AGREES.get(model) is False:
+        return [reset_batchnorm(model, s, batches, max_batches=max_batches) for s in states]
+    try:
+        fresh = _stacked_statistics(model, binding, norms, states, batches, max_batches)
+    except ModeconnectError:
+        raise
+    except Exception:  # an op vmap cannot batch: state by state
+        _RESET_AGREES[model] = False
+        fresh = None
+    if fresh is not None and model not in _RESET_AGREES:
+        alone = reset_batchnorm(model, states[0], batches, max_batches=max_batches)
+        _RESET_AGREES[model] = all(
+            torch.allclose(fresh[0][k].double(), alone[k].double(), rtol=1e-4, atol=1e-5)
+            for k in fresh[0]
+        )
+    if fresh is None or not _RESET_AGREES[model]:
+        return [reset_batchnorm(model, s, batches, max_batches=max_batches) for s in states]
+    return [_with_statistics(binding, s, f, norms) for s, f in zip(states, fresh, strict=True)]
+
+
+_RESET_AGREES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Per model: whether the stacked BatchNorm reset equals the one state at a time."""
+
+
+def _stacked_statistics(
+    model: nn.Module,
+    binding: Binding,
+    norms: Sequence[tuple[str, nn.modules.batchnorm._BatchNorm]],
+    states: Sequence[StateDict],
+    batches: Iterable[Batch],
+    max_batches: int | None,
+) -> list[dict[str, Tensor]]:
+    """Fresh running statistics of every state, from one vmapped training-mode pass."""
+    fresh = [_fresh_statistics(norms, binding.bind(s)) for s in states]
+    counters = {k: v for k, v in fresh[0].items() if k.endswith("num_batches_tracked")}
+    params = [binding.bind({**s, **f, **counters}) for s, f in zip(states, fresh, strict=True)]
+    shared = {k: v for k, v in params[0].items() if all(p[k] is v for p in params)}
+    moving = [k for k in params[0] if k not in shared]
+    stacked = {k: torch.stack([p[k] for p in params]) for k in moving}
+    wanted = [k for k in fresh[0] if k not in counters]
+
+    def stacked_pass(before: Callable[[Any], None]) -> dict[str, Tensor]:
+        def one(p: dict[str, Tensor]) -> dict[str, Tensor]:
+            full = {**shared, **p}
+            _run(model, full, batches, max_batches, before)
+            return {k: full[k] for k in wanted}
+
+        out: dict[str, Tensor] = torch.func.vmap(one, randomness="same")(stacked)
+        return out
+
+    out = _statistics_pass(model, norms, stacked_pass)
+    return [{**{k: out[k][j] for k in wanted}, **counters} for j in range(len(states))]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNormReset:
+    """The BatchNorm reset of every evaluated point: ``reset(state)`` or ``reset(state, α)``,
+    and :meth:`many` for a chunk of points in one pass over the training data."""
+
+    model: nn.Module
+    batches: Iterable[Batch]
+    max_batches: int | None = None
+
+    def __call__(self, state: StateDict, alpha: float | None = None) -> dict[str, Tensor]:
+        return reset_batchnorm(self.model, state, self.batches, max_batches=self.max_batches)
+
+    def many(
+        self, states: Sequence[StateDict], alphas: Sequence[float] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """:func:`reset_batchnorm_many` of ``states`` (the same as one by one, to tolerance)."""
+        return reset_batchnorm_many(self.model, states, self.batches, max_batches=self.max_batches)
 
 
 def _fresh_statistics(
@@ -514,7 +626,7 @@ def make_correction(
         return lambda state, alpha: dict(state)
     train = batches
     if mode == "reset":
-        return lambda state, alpha: reset_batchnorm(model, state, train, max_batches=max_batches)
+        return BatchNormReset(model, train, max_batches)
     stats = (
         layer_statistics(model, a, train, max_batches=max_batches),
         layer_statistics(model, b, train, max_batches=max_batches),
@@ -560,7 +672,7 @@ def bn_correction(
     *,
     where: str,
     max_batches: int | None = None,
-) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]] | None:
+) -> BatchNormReset | None:
     """The BatchNorm treatment of every evaluated state: a reset on ``train``, or ``None``.
 
     ``bn="auto"`` resets when the model has BatchNorm layers with running
@@ -585,9 +697,4 @@ def bn_correction(
             f"{where}: the model has BatchNorm layers, whose statistics are recomputed at every "
             "evaluated point; pass training data (train=..., --train FILE) or bn='none'"
         )
-    data = train
-
-    def reset(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return reset_batchnorm(model, state, data, max_batches=max_batches)
-
-    return reset
+    return BatchNormReset(model, train, max_batches)

@@ -39,6 +39,7 @@ from modeconnect.evaluation import (
     PathFn,
     Scoring,
     barrier,
+    corrected_path,
     example_curves,
     get_scoring,
     interpolate,
@@ -441,6 +442,7 @@ def evaluate_path(
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
     task: str = "path",
+    points_per_pass: int | None = 1,
 ) -> dict[str, SplitResult]:
     """Loss and accuracy along ``path`` at ``steps`` evenly spaced ``t`` (0 and 1 included).
 
@@ -448,7 +450,8 @@ def evaluate_path(
     and the barriers under every definition of :func:`modeconnect.barrier`
     (``lerp``, ``mean``): the numbers and JSON keys of ``modeconnect barrier``.
     With BatchNorm (``bn="auto"``/``"reset"``) each state's statistics are
-    recomputed on ``train`` before it is evaluated.
+    recomputed on ``train`` before it is evaluated, ``points_per_pass`` points at a
+    time (see :func:`~modeconnect.evaluation.example_curves`'s ``alpha_batch``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3 or steps % 2 == 0:
         raise ModeconnectError(
@@ -458,11 +461,11 @@ def evaluate_path(
     reset = bn_correction(model, bn, train, where="curve", max_batches=max_bn_batches)
     grid = tuple(i / (steps - 1) for i in range(steps))
 
-    def corrected(t: float) -> dict[str, Tensor]:
-        state = dict(path(t))
-        return state if reset is None else reset(state)
-
-    curves = example_curves(model, corrected, grid, splits, loss=loss, progress=progress, task=task)
+    point = path if reset is None else corrected_path(path, reset)
+    curves = example_curves(
+        model, point, grid, splits, loss=loss, progress=progress, task=task,
+        alpha_batch=points_per_pass,
+    )  # fmt: skip
     out: dict[str, SplitResult] = {}
     for name, examples in curves.items():
         curve = examples.curve()
@@ -532,6 +535,7 @@ def curve_study(
     max_bn_batches: int | None = None,
     align_options: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    points_per_pass: int | None = 1,
 ) -> CurveStudy:
     """Everything ``modeconnect curve`` measures: align (optional), fit, evaluate line and curve.
 
@@ -564,6 +568,7 @@ def curve_study(
     common: dict[str, Any] = {
         "steps": steps, "train": train, "bn": bn, "loss": loss,
         "max_bn_batches": max_bn_batches, "progress": progress,
+        "points_per_pass": points_per_pass,
     }  # fmt: skip
     line = evaluate_path(model, linear_path(a, b), splits, task="line", **common)
     on_curve = evaluate_path(model, fit.path(), splits, task=kind, **common)

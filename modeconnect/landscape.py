@@ -15,13 +15,16 @@
 
 Each point is evaluated as :func:`modeconnect.evaluation` does (mean loss, top-1
 accuracy), with BatchNorm statistics recomputed at each point when asked
-(``bn="auto"`` does so for planes of models with BatchNorm). With ``cluster``
-(:class:`~modeconnect.distributed.Cluster`) the rows are evaluated on Ray, each by the
-same code as here, so the numbers are the same to the bit.
+(``bn="auto"`` does so for planes of models with BatchNorm). Points go through
+:func:`modeconnect.evaluation.point_rows`, ``points_per_pass`` of them in one
+vectorised pass (default: chosen from the model and the data; ``1``: one by one). With
+``cluster`` (:class:`~modeconnect.distributed.Cluster`) the rows are evaluated on Ray, each
+by the same code as here, so the numbers are the same to the bit.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,10 +33,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modeconnect.bn import bn_correction
+from modeconnect.bn import BatchNormReset, bn_correction
 from modeconnect.distributed import Cluster, map_chunks
 from modeconnect.errors import ModeconnectError
-from modeconnect.evaluation import Batch, LossChoice, PathFn, evaluate_examples, loss_name
+from modeconnect.evaluation import (
+    Batch,
+    ExampleResults,
+    LossChoice,
+    PathFn,
+    get_scoring,
+    loss_name,
+    point_rows,
+)
+from modeconnect.evaluation.engine import Pass
+from modeconnect.forward import eval_mode
 from modeconnect.objective import StateDict, check_positive, weights_of
 from modeconnect.progress import ProgressFn
 
@@ -137,8 +150,13 @@ class PlaneBasis:
         return tuple(self.u)
 
     def point(self, x: float, y: float) -> dict[str, Tensor]:
-        """``θ_A + x·u + y·v`` in each tensor's dtype (summed in float64); ``(0, 0)`` is ``θ_A``."""
-        return _shifted(self.origin, [(self.u, x), (self.v, y)])
+        """``θ_A + x·u + y·v`` in each tensor's dtype (summed in float32, float64 for float64
+        tensors); ``(0, 0)`` is ``θ_A``."""
+        return self._shifts(x, y)
+
+    @functools.cached_property
+    def _shifts(self) -> _Shifts:
+        return _Shifts(self.origin, [self.u, self.v])
 
     def project(self, state: StateDict) -> tuple[float, float]:
         """Coordinates ``(⟨θ − θ_A, u⟩, ⟨θ − θ_A, v⟩)`` of ``state``'s orthogonal projection."""
@@ -223,6 +241,7 @@ def plane_grid(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    points_per_pass: int | None = None,
     cluster: Cluster | None = None,
 ) -> LossSurface:
     """Loss and accuracy on a ``resolution × resolution`` grid over the plane through three models.
@@ -248,7 +267,17 @@ def plane_grid(
     xs = _span(min(px), max(px), margin, resolution)
     ys = _span(min(py), max(py), margin, resolution)
     loss_grid, acc_grid = _grid_on(
-        cluster, model, basis.point, xs, ys, batches, loss, reset, progress, "plane"
+        cluster,
+        model,
+        basis.point,
+        xs,
+        ys,
+        batches,
+        loss,
+        reset,
+        progress,
+        "plane",
+        points_per_pass,
     )
     steps = tuple(i / (path_steps - 1) for i in range(path_steps))
     projected = {
@@ -335,6 +364,7 @@ def slice_1d(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    points_per_pass: int | None = None,
     cluster: Cluster | None = None,
 ) -> LossSlice:
     """``L(θ + x·d)`` and accuracy at ``steps`` evenly spaced ``x`` over ``span``.
@@ -351,11 +381,13 @@ def slice_1d(
     reset = bn_correction(model, bn, train, where="slice_1d", max_batches=max_bn_batches)
     xs = _grid(span, steps, "slice_1d")
 
+    shifts = _Shifts(state, [direction])
+
     def point(x: float, y: float) -> dict[str, Tensor]:
-        return _shifted(state, [(direction, x)])
+        return shifts(x)
 
     loss_grid, acc_grid = _grid_on(
-        cluster, model, point, xs, (0.0,), batches, loss, reset, progress, "slice"
+        cluster, model, point, xs, (0.0,), batches, loss, reset, progress, "slice", points_per_pass
     )
     params = {"seed": seed, "span": list(span), "steps": steps, "bn": bn, "loss": loss_name(loss)}
     return LossSlice(xs, loss_grid[0], acc_grid[0], params)
@@ -375,6 +407,7 @@ def surface_2d(
     loss: LossChoice = None,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    points_per_pass: int | None = None,
     cluster: Cluster | None = None,
 ) -> LossSurface:
     """``L(θ + x·d_1 + y·d_2)`` on a ``resolution × resolution`` grid over ``span × span``.
@@ -397,11 +430,20 @@ def surface_2d(
     reset = bn_correction(model, bn, train, where="surface_2d", max_batches=max_bn_batches)
     axis = _grid(span, resolution, "surface_2d")
 
-    def point(x: float, y: float) -> dict[str, Tensor]:
-        return _shifted(state, [(d1, x), (d2, y)])
+    point = _Shifts(state, [d1, d2])
 
     loss_grid, acc_grid = _grid_on(
-        cluster, model, point, axis, axis, batches, loss, reset, progress, "surface"
+        cluster,
+        model,
+        point,
+        axis,
+        axis,
+        batches,
+        loss,
+        reset,
+        progress,
+        "surface",
+        points_per_pass,
     )
     return LossSurface(
         kind="filter_normalized",
@@ -429,46 +471,6 @@ def _grid(span: tuple[float, float], n: int, where: str) -> tuple[float, ...]:
     return tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
 
 
-# --------------------------------------------------------------------------- on a cluster
-
-Grid = tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]
-Tile = tuple[tuple[float, ...], tuple[float, ...]]
-
-
-def _grid_on(cluster: Cluster | None, *args: Any) -> Grid:
-    """``_evaluate_grid(*args)``, here or on ``cluster`` one tile (a row, or a run of one
-    row's columns) per task; each tile goes through :func:`_evaluate_grid` as the local
-    run does, and the model, data, states and BatchNorm reset travel once
-    (:func:`~modeconnect.distributed.map_chunks`)."""
-    model, point, xs, ys, batches, loss, reset, progress, task = args
-    if cluster is None or iter(batches) is batches:  # (a one-shot iterator: the same refusal)
-        return _evaluate_grid(*args)
-    tiles = _tiles(tuple(xs), tuple(ys), cluster.workers or 4)
-    parts = map_chunks(
-        _evaluate_tile, (model, point, batches, loss, reset, task), tiles, cluster=cluster,
-        sizes=[len(tx) * len(ty) for tx, ty in tiles], progress=progress, task=task,
-    )  # fmt: skip
-    if len(ys) > 1:  # one row per tile
-        return tuple(p[0][0] for p in parts), tuple(p[1][0] for p in parts)
-    loss_row = tuple(v for p in parts for v in p[0][0])
-    acc_row = tuple(v for p in parts for v in p[1][0])
-    return (loss_row,), (acc_row,)
-
-
-def _tiles(xs: tuple[float, ...], ys: tuple[float, ...], workers: int) -> list[Tile]:
-    """Rows of the grid; a grid of one row is cut into runs of about ``len/(4·workers)``."""
-    if len(ys) > 1:
-        return [(xs, (y,)) for y in ys]
-    size = max(1, -(-len(xs) // (4 * workers)))
-    return [(xs[i : i + size], ys) for i in range(0, len(xs), size)]
-
-
-def _evaluate_tile(shared: tuple[Any, ...], tile: Tile) -> Grid:
-    model, point, batches, loss, reset, task = shared
-    xs, ys = tile
-    return _evaluate_grid(model, point, xs, ys, batches, loss, reset, None, task)
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -479,33 +481,43 @@ def _evaluate_grid(
     ys: Sequence[float],
     batches: Iterable[Batch],
     loss: LossChoice,
-    reset: Callable[[StateDict], dict[str, Tensor]] | None,
+    reset: BatchNormReset | None,
     progress: ProgressFn | None,
     task: str,
+    points_per_pass: int | None = None,
 ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
-    """Mean loss and accuracy at every ``point(x, y)``, rows over ``ys``, columns over ``xs``."""
+    """Mean loss and accuracy at every ``point(x, y)``, rows over ``ys``, columns over ``xs``.
+
+    Every point goes through :func:`~modeconnect.evaluation.point_rows`: ``k`` points
+    per pass (``points_per_pass``; ``None``: chosen from the model and the data), their
+    BatchNorm statistics reset together (:meth:`BatchNormReset.many`). The point
+    ``(0, 0)`` (the model itself) runs alone, so it equals its own evaluation exactly.
+    """
     if iter(batches) is batches:
         raise ModeconnectError(
             f"{task}: batches is a one-shot iterator but every grid point needs a pass; "
             "pass a list of (x, y) batches or a DataLoader"
         )
-    losses, accs = [], []
-    total, done = len(xs) * len(ys), 0
-    for y in ys:
-        row_loss, row_acc = [], []
-        for x in xs:
-            state = point(x, y)
-            metrics = evaluate_examples(
-                model, state if reset is None else reset(state), batches, loss
-            ).metrics()
-            row_loss.append(metrics.loss)
-            row_acc.append(metrics.accuracy)
-            done += 1
-            if progress is not None:
-                progress(task, done, total)
-        losses.append(tuple(row_loss))
-        accs.append(tuple(row_acc))
-    return tuple(losses), tuple(accs)
+    coords = [(x, y) for y in ys for x in xs]
+
+    def build(idx: Sequence[int]) -> list[dict[str, Tensor]]:
+        states = [point(*coords[i]) for i in idx]
+        if reset is None:
+            return states
+        return reset.many(states) if len(states) > 1 else [reset(s) for s in states]
+
+    scoring = get_scoring(loss, model)
+    runner = Pass.of(model, scoring, per_example=True)
+    alone = [i for i, xy in enumerate(coords) if xy == (0.0, 0.0)]
+    with eval_mode(model), torch.no_grad():
+        raw = point_rows(
+            runner, build, len(coords), {"data": batches}, points_per_pass, progress, task, alone
+        )["data"]
+    metrics = [ExampleResults(*rows, per_token=scoring.per_token).metrics() for rows in raw]
+    n = len(xs)
+    losses = tuple(tuple(m.loss for m in metrics[j * n : (j + 1) * n]) for j in range(len(ys)))
+    accs = tuple(tuple(m.accuracy for m in metrics[j * n : (j + 1) * n]) for j in range(len(ys)))
+    return losses, accs
 
 
 # --------------------------------------------------------------------------- vector helpers
@@ -555,16 +567,82 @@ def _axpy(x: Mapping[str, Tensor], y: Mapping[str, Tensor], alpha: float) -> Vec
 
 
 def _shifted(origin: StateDict, moves: Sequence[tuple[Mapping[str, Tensor], float]]) -> Vector:
-    """``origin + Σ c·d`` over ``moves = [(d, c), ...]``, summed in float64; no move: ``origin``."""
-    active = [(d, float(c)) for d, c in moves if c != 0.0]
-    if not active:
-        return dict(origin)
-    out = dict(origin)
-    for key in dict.fromkeys(k for d, _ in active for k in d):
-        value = origin[key]
-        total = value.detach().to(torch.float64)
-        for d, c in active:
-            if key in d:
-                total = total + c * d[key].to(torch.float64)
-        out[key] = total.to(value.dtype)
-    return out
+    """``origin + Σ c·d`` over ``moves = [(d, c), ...]`` (:class:`_Shifts`); no move: ``origin``."""
+    return _Shifts(origin, [d for d, _ in moves])(*(c for _, c in moves))
+
+
+class _Shifts:
+    """``(c_1, c_2, ...) -> origin + Σ c_i·d_i`` for the many points of a grid.
+
+    Summed in float32 (float64 for float64 tensors) with fused ``add(alpha=c)`` and
+    cast to each tensor's dtype; the directions are converted once, not per point.
+    Building a point this way costs a few passes over the weights, against a pass
+    over the data for evaluating it (the float64 sums it replaces took as long as
+    the evaluation on the digits pair).
+    """
+
+    def __init__(self, origin: StateDict, directions: Sequence[Mapping[str, Tensor]]) -> None:
+        self.origin = origin
+        keys = dict.fromkeys(k for d in directions for k in d)
+        self.base = {k: _wide(origin[k].detach()) for k in keys}
+        # Zero directions (biases of filter-normalised ones) move nothing: skipped.
+        self.directions = [
+            {k: t.to(self.base[k].dtype) for k, t in d.items() if bool(t.any())} for d in directions
+        ]
+
+    def __call__(self, *coefficients: float) -> Vector:
+        active = [(d, float(c)) for d, c in zip(self.directions, coefficients) if c != 0.0]
+        out = dict(self.origin)
+        for key in dict.fromkeys(k for d, _ in active for k in d):
+            moves = [(d[key], c) for d, c in active if key in d]
+            total = torch.add(self.base[key], moves[0][0], alpha=moves[0][1])
+            for d, c in moves[1:]:
+                total.add_(d, alpha=c)  # a new tensor already: one allocation per key
+            out[key] = total.to(self.origin[key].dtype)
+        return out
+
+
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is float64: the dtype points are summed in."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+
+
+# --------------------------------------------------------------------------- on a cluster
+
+Grid = tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]
+Tile = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def _grid_on(cluster: Cluster | None, *args: Any) -> Grid:
+    """``_evaluate_grid(*args)``, here or on ``cluster`` one tile (a row, or a run of one
+    row's columns) per task; each tile goes through :func:`_evaluate_grid` as the local
+    run does, and the model, data, states and BatchNorm reset travel once
+    (:func:`~modeconnect.distributed.map_chunks`)."""
+    model, point, xs, ys, batches, loss, reset, progress, task, per_pass = args
+    if cluster is None or iter(batches) is batches:  # (a one-shot iterator: the same refusal)
+        return _evaluate_grid(*args)
+    tiles = _tiles(tuple(xs), tuple(ys), cluster.workers or 4)
+    shared = (model, point, batches, loss, reset, task, per_pass)
+    parts = map_chunks(
+        _evaluate_tile, shared, tiles, cluster=cluster,
+        sizes=[len(tx) * len(ty) for tx, ty in tiles], progress=progress, task=task,
+    )  # fmt: skip
+    if len(ys) > 1:  # one row per tile
+        return tuple(p[0][0] for p in parts), tuple(p[1][0] for p in parts)
+    loss_row = tuple(v for p in parts for v in p[0][0])
+    acc_row = tuple(v for p in parts for v in p[1][0])
+    return (loss_row,), (acc_row,)
+
+
+def _tiles(xs: tuple[float, ...], ys: tuple[float, ...], workers: int) -> list[Tile]:
+    """Rows of the grid; a grid of one row is cut into runs of about ``len/(4·workers)``."""
+    if len(ys) > 1:
+        return [(xs, (y,)) for y in ys]
+    size = max(1, -(-len(xs) // (4 * workers)))
+    return [(xs[i : i + size], ys) for i in range(0, len(xs), size)]
+
+
+def _evaluate_tile(shared: tuple[Any, ...], tile: Tile) -> Grid:
+    model, point, batches, loss, reset, task, per_pass = shared
+    xs, ys = tile
+    return _evaluate_grid(model, point, xs, ys, batches, loss, reset, None, task, per_pass)

@@ -29,12 +29,16 @@ once, and the full curve passed in by the caller is not evaluated again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from modeconnect.bn import BatchNormReset, batchnorm_layers, reset_batchnorm
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
@@ -51,12 +55,14 @@ from modeconnect.evaluation import (
     barrier,
     barrier_definition,
     check_pair,
+    corrected_path,
     example_curves,
     get_scoring,
     is_interpolable,
     linear_path,
     midpoint,
 )
+from modeconnect.forward import eval_mode, over_batches
 from modeconnect.progress import ProgressFn
 
 __all__ = [
@@ -230,6 +236,7 @@ def layerwise_barriers(
     full: ExampleCurve | None = None,
     alpha_batch: int | None = 1,
     progress: ProgressFn | None = None,
+    cache_prefix: bool = True,
 ) -> LayerwiseResult:
     """Layer-wise barriers of ``a`` → ``b`` on ``batches`` (see the module docstring).
 
@@ -240,6 +247,9 @@ def layerwise_barriers(
     :func:`modeconnect.bn.make_correction`). ``full`` is the full curve on the
     same grid and data, if already computed (e.g. by
     :func:`modeconnect.barrier_studies.barrier_study`), so it is not evaluated again.
+    ``cache_prefix``: on a sequential model, the children before the first one a path
+    moves run once per path, not once per point (:func:`split_prefix`); the results
+    equal the whole model's to float tolerance.
 
     Examples
     --------
@@ -276,7 +286,9 @@ def layerwise_barriers(
     if 0.5 not in grid:
         grid = tuple(sorted({*grid, 0.5}))
     chosen = _resolve_groups(a, groups)
-    cache = _Cache(model, a, b, batches, grid, get_scoring(loss, model), correction, alpha_batch)
+    cache = _Cache(
+        model, a, b, batches, grid, get_scoring(loss, model), correction, alpha_batch, cache_prefix
+    )
     universe = frozenset(k for k, v in a.items() if is_interpolable(v))
     if full is not None:
         cache.seed(frozenset(), universe, full)
@@ -358,10 +370,11 @@ class _Cache:
         loss: Scoring,
         correction: CorrectionFactory | None,
         alpha_batch: int | None,
+        cache_prefix: bool = True,
     ) -> None:
         self.model, self.a, self.b, self.batches = model, a, b, batches
         self.grid, self.loss, self.correction = grid, loss, correction
-        self.alpha_batch = alpha_batch
+        self.alpha_batch, self.cache_prefix = alpha_batch, cache_prefix
         self.results: dict[_Key, ExampleResults] = {}
         self.evaluated = 0
 
@@ -392,18 +405,122 @@ class _Cache:
         if missing:
             x0 = {**self.a, **{k: self.b[k] for k in from_b}}
             x1 = {**x0, **{k: self.b[k] for k in moving}}
-            path = linear_path(x0, x1)
-            correct = self.correction(x0, x1) if self.correction is not None else None
-
-            def point(alpha: float) -> Mapping[str, Tensor]:
-                state = path(alpha)
-                return state if correct is None else correct(state, alpha)
-
-            found = example_curves(
-                self.model, point, missing, {"data": self.batches},
-                loss=self.loss, alpha_batch=self.alpha_batch,
-            )["data"]  # fmt: skip
+            found = self._evaluate(x0, x1, moving | from_b, missing)
             for alpha, result in zip(found.alphas, found.results, strict=True):
                 self.results.setdefault(self.key(from_b, moving, alpha), result)
             self.evaluated += len(missing)
         return ExampleCurve(self.grid, tuple(self.results[k] for k in keys))
+
+    def _evaluate(
+        self, x0: StateDict, x1: StateDict, moved: frozenset[str], alphas: Sequence[float]
+    ) -> ExampleCurve:
+        """The path ``x0 -> x1`` at ``alphas``: from the cached output of the unchanged prefix
+        (:func:`split_prefix`) where the model allows, else whole."""
+        correct = self.correction(x0, x1) if self.correction is not None else None
+        cut = split_prefix(self.model, moved, correct) if self.cache_prefix else None
+        if cut is not None and not cut.fits(x0, self.batches, correct):
+            cut = None
+        model: nn.Module = self.model
+        batches: Iterable[Batch] = self.batches
+        point: Any = linear_path(x0, x1)
+        if cut is not None:
+            model = cut.suffix
+            batches, point = cut.inputs(x0, x1, self.batches, correct)
+        elif correct is not None:
+            point = corrected_path(point, correct)
+        found = example_curves(
+            model, point, alphas, {"data": batches}, loss=self.loss, alpha_batch=self.alpha_batch
+        )
+        return found["data"]
+
+
+@dataclass(frozen=True, eq=False)
+class Prefix:
+    """A sequential model cut before its first child that moves on a layer-wise path.
+
+    Every point of such a path runs the same ``prefix`` (children before the cut, with
+    ``x0``'s tensors) on the same data: its outputs are computed once, and the points
+    run only ``suffix`` on them. With a BatchNorm reset the prefix's statistics are
+    reset once and its training-mode outputs on the training data are kept too, on
+    which each point's suffix statistics are reset: the same numbers as the whole
+    model's reset, without the prefix's share of the forward passes.
+    """
+
+    prefix: nn.Sequential
+    suffix: nn.Sequential
+    names: frozenset[str]
+
+    def fits(self, x0: StateDict, batches: Iterable[Batch], correct: Any) -> bool:
+        """Whether the cached outputs stay under :data:`PREFIX_BYTES` (estimated from the
+        first batch; data of unknown length is not cached)."""
+        splits = [batches, *([correct.batches] if isinstance(correct, BatchNormReset) else [])]
+        if not all(isinstance(s, Sized) for s in splits):
+            return False
+        first = next(iter(batches), None)
+        if first is None:
+            return False
+        head = {k: v for k, v in x0.items() if k.partition(".")[0] in self.names}
+        with eval_mode(self.prefix), torch.no_grad():
+            (out,) = over_batches(self.prefix, head, [first], lambda out, b: out)
+        size = out.numel() * out.element_size() if isinstance(out, Tensor) else PREFIX_BYTES
+        return size * sum(len(s) for s in splits if isinstance(s, Sized)) <= PREFIX_BYTES
+
+    def inputs(
+        self, x0: StateDict, x1: StateDict, batches: Iterable[Batch], correct: Any
+    ) -> tuple[list[Any], Any]:
+        """The prefix's outputs on ``batches`` (as ``(h, y)``) and the suffix's path."""
+        head = {k: v for k, v in x0.items() if k.partition(".")[0] in self.names}
+        tail = [k for k in x0 if k.partition(".")[0] not in self.names]
+        path: Any = linear_path({k: x0[k] for k in tail}, {k: x1[k] for k in tail})
+        if isinstance(correct, BatchNormReset):
+            kept = training_outputs(self.prefix, head, correct.batches, correct.max_batches)
+            path = corrected_path(path, BatchNormReset(self.suffix, kept))
+            head = reset_batchnorm(
+                self.prefix, head, correct.batches, max_batches=correct.max_batches
+            )
+        with eval_mode(self.prefix), torch.no_grad():
+            cached = over_batches(self.prefix, head, batches, lambda out, b: (out, b[1]))
+        return cached, path
+
+
+PREFIX_BYTES = 2**30
+"""Cached prefix outputs (evaluation and training data together) stay under this size."""
+
+
+def split_prefix(model: nn.Module, moved: Iterable[str], correct: Any) -> Prefix | None:
+    """The cut of ``model`` before the first top-level child holding a ``moved`` key.
+
+    ``None`` where nothing is gained or it would not be exact: a model that is not an
+    ``nn.Sequential``, a path that moves the first child, or a correction other than
+    a BatchNorm reset (REPAIR measures the whole model).
+    """
+    if type(model) is not nn.Sequential or (
+        correct is not None and not isinstance(correct, BatchNormReset)
+    ):
+        return None
+    names = [n for n, _ in model.named_children()]
+    tops = {k.partition(".")[0] for k in moved}
+    first = next((i for i, n in enumerate(names) if n in tops), 0)
+    if first == 0:
+        return None
+    children = list(model.named_children())
+    prefix = nn.Sequential(OrderedDict(children[:first]))
+    suffix = nn.Sequential(OrderedDict(children[first:]))
+    return Prefix(prefix, suffix, frozenset(names[:first]))
+
+
+def training_outputs(
+    model: nn.Module, state: StateDict, batches: Iterable[Batch], max_batches: int | None
+) -> list[Any]:
+    """``(model(x), y)`` for the first ``max_batches`` batches, BatchNorm layers normalising
+    with batch statistics (training mode), as during a BatchNorm reset; ``state``'s
+    running statistics are not written (the pass runs on copies)."""
+    copies = {k: v.clone() if k.endswith(("running_mean", "running_var")) else v
+              for k, v in state.items()}  # fmt: skip
+    norms = [m for _, m in batchnorm_layers(model)]
+    with eval_mode(model), torch.no_grad():
+        for bn in norms:
+            bn.train()
+        return over_batches(
+            model, copies, itertools.islice(batches, max_batches), lambda out, b: (out, b[1])
+        )

@@ -131,7 +131,8 @@ def barrier_files(
         study = barrier_study(
             session.model, ca.state_dict, cb.state_dict, test=session.data or [],
             train=session.train, align=method, align_options=study_align, progress=o.run.progress,
-            loss=resolve_loss(o.loss, session) or "ce", **o.study,
+            loss=resolve_loss(o.loss, session) or "ce", alpha_batch=o.run.points_per_pass,
+            **o.study,
         )  # fmt: skip
     examples = {"test": _count(session.data or [])}
     if session.train is not None:

@@ -65,7 +65,7 @@ def curve_files(
             epochs=o.epochs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
             batch_size=o.inputs.batch_size, seed=o.seed, steps=o.steps, definition=o.definition,
             bn=o.bn, loss=resolve_loss(o.loss, session), max_bn_batches=o.max_bn_batches,
-            progress=o.run.progress,
+            progress=o.run.progress, points_per_pass=o.run.points_per_pass,
         )  # fmt: skip
     report = FileReport(
         {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs, study,

@@ -67,6 +67,7 @@ def plane_files(
             resolution=o.resolution, margin=o.margin, names=labels, paths=paths,
             train=session.train, bn=o.bn, loss=resolve_loss(o.loss, session),
             max_bn_batches=o.max_bn_batches, progress=o.run.progress, cluster=cluster,
+            points_per_pass=o.run.points_per_pass,
         )  # fmt: skip
     inputs = {"a": str(a_path), "b": str(b_path), "c": str(c_path)}
     report = _report(session, inputs, surface, o.run.command)
@@ -96,6 +97,7 @@ def landscape_files(
         "seed": o.seed, "span": o.span, "train": session.train, "bn": o.bn,
         "loss": resolve_loss(o.loss, session),
         "max_bn_batches": o.max_bn_batches, "progress": o.run.progress, "cluster": cluster,
+        "points_per_pass": o.run.points_per_pass,
     }  # fmt: skip
     result: LossSlice | LossSurface
     with session.timings.phase("grid"):

@@ -82,6 +82,8 @@ class Run:
     progress: ProgressFn | None = None
     timings: Timings | None = None
     command: str | None = None
+    points_per_pass: int | None = None
+    """Parameter points per vectorised pass (``None``: chosen from the model and the data)."""
 
     def clock(self) -> Timings:
         """The timings to record into (a new one when none was given)."""

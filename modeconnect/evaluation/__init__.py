@@ -7,8 +7,9 @@ The modules read like the concepts:
 * :mod:`~modeconnect.evaluation.scoring`: scorings by name (``"ce"``, ``"mse"``,
   ``"causal_lm"``, ``"masked_lm"``) and the batch convention;
 * :mod:`~modeconnect.evaluation.interpolation`: the path ``θ(α) = (1-α)·θ_A + α·θ_B``;
-* :mod:`~modeconnect.evaluation.engine`: scored forward passes, α batched with
-  ``vmap``, the timing probe;
+* :mod:`~modeconnect.evaluation.engine`: scored forward passes, many parameter
+  points per pass with ``vmap`` (:func:`point_rows`), checked against the per-point
+  pass;
 * :mod:`~modeconnect.evaluation.curves`: :func:`evaluate`, :func:`interpolation_curve`
   and their per-example forms;
 * :mod:`~modeconnect.evaluation.barriers`: barrier definitions and bootstrap intervals.
@@ -32,7 +33,13 @@ from modeconnect.evaluation.curves import (
     interpolation_curve,
     midpoint,
 )
-from modeconnect.evaluation.engine import auto_alpha_batch
+from modeconnect.evaluation.engine import (
+    CorrectedPath,
+    auto_alpha_batch,
+    corrected_path,
+    point_rows,
+    points_per_pass,
+)
 from modeconnect.evaluation.interpolation import (
     PathFn,
     check_pair,
@@ -74,6 +81,7 @@ __all__ = [
     "Barrier",
     "Batch",
     "BootstrapBarrier",
+    "CorrectedPath",
     "CausalLMScoring",
     "ClassifierScoring",
     "Curve",
@@ -95,6 +103,7 @@ __all__ = [
     "barrier_values",
     "bootstrap_barrier",
     "check_pair",
+    "corrected_path",
     "cross_entropy",
     "evaluate",
     "evaluate_examples",
@@ -107,5 +116,7 @@ __all__ = [
     "linear_path",
     "loss_name",
     "midpoint",
+    "point_rows",
+    "points_per_pass",
     "squared_error",
 ]

@@ -21,8 +21,9 @@ Speed: states that are identical (the same tensors) are evaluated once, and
 endpoints are always evaluated on their own, so they equal :func:`evaluate`
 exactly. ``alpha_batch=k`` evaluates ``k`` α in one pass with
 :func:`torch.func.vmap` over stacked weights (faster for small models without
-convolutions); ``alpha_batch=None`` lets a timed probe decide. The default is one
-α per pass, so that results never depend on timing.
+convolutions); ``alpha_batch=None`` chooses ``k`` from the model and the data
+(:func:`~modeconnect.evaluation.engine.points_per_pass`), never from timing. The
+default is one α per pass.
 """
 
 from __future__ import annotations
@@ -212,8 +213,10 @@ def example_curves(
     Each state is built once and evaluated on every split. Points at ``α = 0`` and
     ``α = 1`` are evaluated on their own, so they equal :func:`evaluate_examples`
     exactly; the others ``alpha_batch`` at a time in one vectorised pass (``1``, the
-    default: one ``α`` per pass; ``None``: chosen by a timed probe, see
-    :func:`~modeconnect.evaluation.engine.auto_alpha_batch`).
+    default: one ``α`` per pass; ``None``: chosen from the model and the data, see
+    :func:`~modeconnect.evaluation.engine.points_per_pass`). ``path`` may be a
+    :class:`~modeconnect.evaluation.engine.CorrectedPath`, whose correction (a
+    BatchNorm reset) then runs for a chunk of points in one pass.
     ``progress(task, done, len(alphas))`` is called as points complete.
     """
     grid = tuple(float(t) for t in alphas)

@@ -9,14 +9,15 @@ defines them. Everything stays on the device until the pass ends.
 :func:`path_rows` evaluates a path ``α -> θ(α)`` on several splits: identical
 states (the same tensors) once, endpoints on their own (so they equal a single
 evaluation exactly), the other points ``alpha_batch`` at a time in one
-:func:`torch.func.vmap` pass over stacked weights, or as a timed probe decides.
+:func:`torch.func.vmap` pass over stacked weights. :func:`point_rows` is the same
+for any set of points (planes, landscape grids): the one batched evaluation path.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Mapping, Sequence, Sized
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +28,24 @@ from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.interpolation import PathFn
 from modeconnect.evaluation.results import Metrics, perplexity
 from modeconnect.evaluation.scoring import LossFn, Scoring, check_per_example
-from modeconnect.forward import Binding, ModelCall, model_call, over_batches
+from modeconnect.forward import Binding, ModelCall, batch_inputs, model_call, over_batches
 from modeconnect.progress import ProgressFn
 
 __all__ = [
     "MAX_ALPHA_BATCH",
+    "SMALL_PASS",
     "STACK_BYTES",
+    "CorrectedPath",
     "Pass",
     "Rows",
     "auto_alpha_batch",
     "check_reiterable",
+    "corrected_path",
     "path_rows",
     "metrics",
+    "point_rows",
+    "points_per_pass",
+    "vmap_agrees",
 ]
 
 MAX_ALPHA_BATCH = 16
@@ -205,14 +212,12 @@ def metrics(rows: Rows, per_token: bool = False) -> Metrics:
 
 
 def auto_alpha_batch(model: nn.Module) -> int:
-    """The most ``α`` one vectorised pass may stack when the caller does not say.
+    """The most points one vectorised pass may stack, from the memory budget.
 
     ``1`` for models with convolutions: ``vmap`` turns a convolution into a grouped
     one, measured 1.2-1.7x slower on CPU (``benchmarks/bench_evaluate.py``).
     Otherwise :data:`MAX_ALPHA_BATCH`, fewer if the stacked weights would exceed
-    :data:`STACK_BYTES`; :func:`path_rows` then times one chunk both ways and
-    keeps vectorising only if it pays (it does when per-batch overhead dominates:
-    small models, small batches; see :data:`_PROBE_SIZE`).
+    :data:`STACK_BYTES`.
     """
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return 1
@@ -221,17 +226,33 @@ def auto_alpha_batch(model: nn.Module) -> int:
     return max(1, min(MAX_ALPHA_BATCH, STACK_BYTES // max(size, 1)))
 
 
-_VMAP_GAIN = 0.8
-"""Vectorising is kept when it costs less than this fraction of one-by-one per state."""
-_PROBE_SIZE = 8
-"""States in the probe chunk: one alone, seven stacked. Per state, against one alone, on a
-2-core CPU: a 64-64-10 MLP at batch 32 took 0.74 / 0.43 / 0.34 of the time stacking
-3 / 8 / 16 α with per-example losses and 1.25 / 0.63 / 0.45 with summed ones (slower
-``nll_loss`` batching rule); a 784-512-512-10 MLP at batch 500 took 1.05-1.15. Seven
-stacked tell them apart; a wrong guess costs under one extra pass."""
-_COMPUTE_BOUND = 2e-3
-"""Seconds per batch above which a pass is compute-bound and stacking α is not tried
-(the 64-64-10 MLP above took 0.06 ms per batch, the 784-512-512-10 one 5 ms)."""
+SMALL_PASS = 4e6
+"""Multiply-adds per batch (weights × rows) below which stacking points pays. Per point,
+against one alone, on a 2-core CPU: a 64-64-10 MLP at batch 32 (1.5e5) took 0.34-0.45
+of the time stacking 16 points; a 784-512-512-10 MLP at batch 500 (3.4e8) 1.05-1.15,
+where the pass is compute-bound and one larger GEMM gains nothing."""
+
+
+def points_per_pass(model: nn.Module, batches: Iterable[Any]) -> int:
+    """How many points one pass evaluates when the caller does not say: a rule, not a clock.
+
+    :func:`auto_alpha_batch`'s memory bound where one batch is small work (weights ×
+    rows under :data:`SMALL_PASS`: per-call overhead dominates and one ``bmm``
+    replaces many small products), else ``1`` (compute-bound: the FLOP floor is
+    reached point by point). The choice depends on the model and the data only, so
+    results never depend on timing.
+    """
+    k = auto_alpha_batch(model)
+    first = next(iter(batches), None)
+    if k == 1 or first is None:
+        return 1
+    inputs = batch_inputs(first)
+    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+    if x is None or x.ndim == 0:
+        return 1
+    rows = x.numel() // x.shape[-1] if x.is_floating_point() and x.ndim > 1 else x.numel()
+    weights = sum(p.numel() for p in model.parameters())
+    return k if weights * rows < SMALL_PASS else 1
 
 
 def path_rows(
@@ -245,43 +266,158 @@ def path_rows(
 ) -> dict[str, list[Rows]]:
     """Raw pass rows for every ``α`` and split (the caller sets eval mode, no_grad).
 
-    Endpoints (α = 0, 1) run alone; the other points in chunks of ``k``. With
-    ``alpha_batch=None`` the first chunk is a probe (:data:`_PROBE_SIZE` distinct
-    states): one alone, the rest stacked, timed; later chunks use the faster way.
+    Endpoints (α = 0, 1) run alone; the other points in chunks of ``k``
+    (:func:`point_rows`). ``path`` may be a :class:`CorrectedPath`, whose correction
+    then runs for a whole chunk at once.
+    """
+    alone = [i for i, t in enumerate(alphas) if t in (0.0, 1.0)]
+    if isinstance(path, CorrectedPath):
+        corrected = path
+
+        def build(idx: Sequence[int]) -> list[Mapping[str, Tensor]]:
+            return corrected.build([alphas[i] for i in idx])
+    else:
+
+        def build(idx: Sequence[int]) -> list[Mapping[str, Tensor]]:
+            return [path(alphas[i]) for i in idx]
+
+    return point_rows(runner, build, len(alphas), splits, alpha_batch, progress, task, alone)
+
+
+@dataclass(frozen=True, eq=False)
+class CorrectedPath:
+    """``α -> correct(path(α), α)``, whose correction can also run for many points at once.
+
+    ``correct_many(states, alphas)`` (a BatchNorm reset of several states in one pass
+    over the training data, :func:`modeconnect.bn.reset_batchnorm_many`) must return
+    what ``correct`` returns for each, to float tolerance; without it the points are
+    corrected one by one.
+    """
+
+    path: PathFn
+    correct: Callable[[Mapping[str, Tensor], float], Mapping[str, Tensor]]
+    correct_many: (
+        Callable[[Sequence[Mapping[str, Tensor]], Sequence[float]], list[Mapping[str, Tensor]]]
+        | None
+    ) = None
+
+    def __call__(self, alpha: float) -> Mapping[str, Tensor]:
+        return self.correct(self.path(alpha), alpha)
+
+    def build(self, alphas: Sequence[float]) -> list[Mapping[str, Tensor]]:
+        """The corrected states at ``alphas``: together when there are several and it can."""
+        if len(alphas) > 1 and self.correct_many is not None:
+            return self.correct_many([self.path(t) for t in alphas], alphas)
+        return [self(t) for t in alphas]
+
+
+def corrected_path(path: PathFn, correct: Callable[..., Mapping[str, Tensor]]) -> CorrectedPath:
+    """``α -> correct(path(α), α)`` as a :class:`CorrectedPath`, batched where ``correct``
+    has a ``many(states, alphas)`` method (:class:`modeconnect.bn.BatchNormReset`)."""
+    return CorrectedPath(path, correct, getattr(correct, "many", None))
+
+
+def point_rows(
+    runner: Pass,
+    build: Callable[[Sequence[int]], Sequence[Mapping[str, Tensor]]],
+    count: int,
+    splits: Mapping[str, Iterable[Any]],
+    k_given: int | None,
+    progress: ProgressFn | None,
+    task: str,
+    alone: Sequence[int] = (),
+) -> dict[str, list[Rows]]:
+    """Raw pass rows of ``count`` parameter points on every split: the one batched path.
+
+    ``build(indices)`` returns the states of those points (a line, a trained curve,
+    a plane, a grid); each chunk of points is built, evaluated on every split and
+    dropped before the next, so one chunk of models is alive at a time. Points in
+    ``alone`` run on their own (endpoints, so they equal a single evaluation exactly).
+    The others run ``k`` at a time in one :func:`torch.func.vmap` pass over stacked
+    weights: ``k = k_given`` if given (``--points-per-pass``), else
+    :func:`points_per_pass` (a memory budget and a rule for when stacking pays).
+    Before the first stacked pass on a model, :func:`vmap_agrees` checks on one batch
+    that the stacked pass equals the per-point one; where it does not (or ``vmap``
+    raises), every point runs alone.
     """
     if not splits:
         raise ModeconnectError(
             "evaluate: no data to evaluate; pass at least one split of (x, y) batches"
         )
     for batches in splits.values():
-        check_reiterable(batches, len(alphas))
+        check_reiterable(batches, count)
     binding = Binding.of(runner.model)
-    k = auto_alpha_batch(runner.model) if alpha_batch is None else _check_alpha_batch(alpha_batch)
-    probing = alpha_batch is None and k > 1
-    inner = [i for i, t in enumerate(alphas) if t not in (0.0, 1.0)]
-    chunks = [[i] for i, t in enumerate(alphas) if t in (0.0, 1.0)]
+    if k_given is None:
+        k = points_per_pass(runner.model, next(iter(splits.values())))
+    else:
+        k = _check_alpha_batch(k_given)
+    single = set(alone)
+    inner = [i for i in range(count) if i not in single]
+    chunks = [[i] for i in range(count) if i in single]
+    chunks += [inner[i : i + k] for i in range(0, len(inner), k)]
     out: dict[str, dict[int, Rows]] = {name: {} for name in splits}
-    pos = done = 0
-    while chunks or pos < len(inner):
-        if chunks:
-            idx = chunks.pop(0)
-        else:
-            size = min(k, _PROBE_SIZE) if probing else k
-            idx, pos = inner[pos : pos + size], pos + size
-        states = [binding.checked(path(alphas[i])) for i in idx]
+    done = 0
+    for idx in chunks:
+        states = [binding.checked(s) for s in build(idx)]
         for name, batches in splits.items():
-            if probing and _distinct(states) >= 3:
-                rows, faster = _probe(runner, states, batches)
-                probing, k = False, k if faster else 1
-            else:
-                rows, worked = _evaluate_chunk(runner, states, batches, k > 1)
-                k = k if worked else 1
+            if len(idx) > 1 and _distinct(states) > 1 and not vmap_agrees(runner, states, batches):
+                k = 1
+            rows, worked = _evaluate_chunk(runner, states, batches, k > 1)
+            k = k if worked else 1
             out[name].update(zip(idx, rows, strict=True))
         del states  # before the next chunk is built: one chunk of models alive at a time
         done += len(idx)
         if progress is not None:
-            progress(task, done, len(alphas))
-    return {name: [rows[i] for i in range(len(alphas))] for name, rows in out.items()}
+            progress(task, done, count)
+    return {name: [rows[i] for i in range(count)] for name, rows in out.items()}
+
+
+_AGREES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Per model: whether a stacked pass equals the per-point one (:func:`vmap_agrees`)."""
+
+
+def vmap_agrees(
+    runner: Pass, states: Sequence[Mapping[str, Tensor]], batches: Iterable[Any]
+) -> bool:
+    """Whether evaluating ``states[:2]`` stacked equals evaluating each alone, on one batch.
+
+    The test that decides, once per model, between the batched path and the per-point
+    one: a model ``vmap`` cannot run raises, and one it runs differently (a forward
+    that reads its weights outside ``functional_call``'s reach) gives other losses;
+    both fall back to one point per pass. Losses must agree to 256 units in the last
+    place of the model's dtype (at most 10 %), relative to their size.
+    """
+    known = _AGREES.get(runner.model)
+    if known is not None:
+        return known
+    first = next(iter(batches), None)
+    distinct = list({tuple(map(id, s.values())): s for s in states}.values())[:2]
+    if first is None or len(distinct) < 2:
+        return True
+    dtype = next((t.dtype for t in distinct[0].values() if t.is_floating_point()), torch.float32)
+    try:
+        stacked = runner.run_stacked(distinct, [first])
+        alone = [runner.run(s, [first]) for s in distinct]
+        # Losses and counts; hits may flip at a near-tie of the argmax, legitimately.
+        agrees = all(
+            _close(stacked[r][j], alone[j][r], dtype) for j in range(len(distinct)) for r in (0, 2)
+        )
+    except ModeconnectError:
+        raise
+    except Exception:  # data-dependent control flow, in-place updates, unsupported ops
+        agrees = False
+    _AGREES[runner.model] = agrees
+    return agrees
+
+
+def _close(x: Tensor, y: Tensor, dtype: torch.dtype) -> bool:
+    if x.shape != y.shape:
+        return False
+    if not x.is_floating_point():
+        return bool(torch.equal(x, y))
+    scale = 1.0 + float(y.abs().max()) if y.numel() else 1.0
+    tol = scale * min(256 * torch.finfo(dtype).eps, 0.1)
+    return bool(torch.allclose(x.double(), y.double(), rtol=0.0, atol=tol, equal_nan=True))
 
 
 def check_reiterable(batches: Iterable[Any], passes: int) -> None:
@@ -303,36 +439,6 @@ def _check_alpha_batch(alpha_batch: int) -> int:
 
 def _distinct(states: Sequence[dict[str, Tensor]]) -> int:
     return len({tuple(map(id, s.values())) for s in states})
-
-
-def _batch_count(batches: Iterable[Any]) -> int | None:
-    try:
-        return len(batches) if isinstance(batches, Sized) else None
-    except TypeError:  # a DataLoader over an IterableDataset has no length
-        return None
-
-
-def _probe(
-    runner: Pass, states: Sequence[dict[str, Tensor]], batches: Iterable[Any]
-) -> tuple[list[Rows], bool]:
-    """Evaluate ``states[0]`` alone and the rest stacked; is stacking faster per state?
-
-    A pass slower than :data:`_COMPUTE_BOUND` seconds per batch is compute-bound:
-    stacking cannot pay, so the rest run one by one and nothing is spent on trying.
-    """
-    start = time.perf_counter()
-    first, _ = _evaluate_chunk(runner, states[:1], batches, False)
-    float(first[0][0][-1])  # synchronise (GPU) before reading the clock
-    single = time.perf_counter() - start
-    count = _batch_count(batches)
-    if count is not None and single > _COMPUTE_BOUND * max(count, 1):
-        rest, _ = _evaluate_chunk(runner, states[1:], batches, False)
-        return first + rest, False
-    middle = time.perf_counter()
-    rest, worked = _evaluate_chunk(runner, states[1:], batches, True)
-    float(rest[-1][0][-1])
-    per_state = (time.perf_counter() - middle) / (len(states) - 1)
-    return first + rest, worked and per_state < _VMAP_GAIN * single
 
 
 def _evaluate_chunk(
