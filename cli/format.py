@@ -182,12 +182,18 @@ def _layer_rows(name: str, result: Any) -> list[str]:
 
 def format_comparison(comparison: Any) -> str:
     """One plain-text table: method, seconds, objective, naive and aligned barriers."""
-    head = f"{'method':<12}{'seconds':>9}{'objective':>13}{'loss barrier':>24}{'error barrier':>22}"
-    lines = [head, f"{'':<34}{'naive -> aligned':>24}{'naive -> aligned':>22}"]
+    named = any(r.symmetry is not None for r in comparison.rows)  # a column per symmetry
+    sym = (lambda r: f"{r.symmetry or '':<13}") if named else (lambda r: "")
+    pad = " " * 13 if named else ""
+    head = f"{'method':<12}{'symmetry':<13}" if named else f"{'method':<12}"
+    head += f"{'seconds':>9}{'objective':>13}{'loss barrier':>24}{'error barrier':>22}"
+    lines = [head, f"{'':<34}{pad}{'naive -> aligned':>24}{'naive -> aligned':>22}"]
     for r in comparison.rows:
         loss = f"{r.naive.loss:.4f} -> {r.aligned.loss:.4f}"
         err = f"{r.naive.error:.2%} -> {r.aligned.error:.2%}"
-        lines.append(f"{r.method:<12}{r.seconds:>9.2f}{r.objective:>13.6g}{loss:>24}{err:>22}")
+        lines.append(
+            f"{r.method:<12}{sym(r)}{r.seconds:>9.2f}{r.objective:>13.6g}{loss:>24}{err:>22}"
+        )
     lines.append(f"barriers: {comparison.definition}, {comparison.steps} interpolation points")
     return "\n".join(lines)
 
