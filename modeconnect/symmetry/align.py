@@ -45,6 +45,16 @@ from ..spec.trace import trace
 from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
+from .qk import (
+    QKClass,
+    QKGroup,
+    apply_qk_maps,
+    qk_class,
+    qk_groups,
+    random_map,
+    rotary_dims,
+    solve_qk_maps,
+)
 from .residual import PERMUTATION, ResidualStream, residual_streams
 from .transform import fold, foldable, random_rotation, rotate
 
@@ -196,6 +206,8 @@ def align_full(
         found: list[GroupRecord] = []
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
+            aligned, qk = _qk_maps(model, spec, probe, fa, aligned, max_condition)
+            found += qk
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
@@ -256,6 +268,40 @@ def _head_maps(
             group.group, INVERTIBLE, "least squares on V and O (Sylvester), polar fallback",
             residual, max(conditions), time.perf_counter() - clock,
             "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
+    return aligned, records
+
+
+def _qk_maps(
+    model: nn.Module,
+    spec: PermutationSpec,
+    probe: Sequence[Any],
+    fa: StateDict,
+    aligned: dict[str, torch.Tensor],
+    max_condition: float,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
+    """Aligned B with each Q·K group's per-head maps (:mod:`~modeconnect.symmetry.qk`): the
+    largest class a random map of which keeps B's outputs on the probe; their records."""
+    records = []
+    for group in qk_groups(spec, aligned):
+        clock = time.perf_counter()
+
+        def passes(cls: QKClass, group: QKGroup = group, b: StateDict = aligned) -> bool:
+            trial = random_map(cls, group.head_dim, group.kv_heads, seed=54321)
+            return check_equivalence(model, b, apply_qk_maps(b, group, trial), probe).passed
+
+        found = qk_class(group, rotary_dims(model, group.head_dim), passes)
+        if isinstance(found, str):
+            records.append(GroupRecord(f"{group.group}.qk", PERMUTATION, "weight matching",
+                                       None, 1.0, 0.0, found))  # fmt: skip
+            continue
+        maps, conditions = solve_qk_maps(fa, aligned, group, found, max_condition)
+        aligned = apply_qk_maps(aligned, group, maps)
+        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
+                       for k in (*group.q, *group.k))  # fmt: skip
+        records.append(GroupRecord(
+            f"{group.group}.qk", found.cls, "least squares on Q and K (closed form per pair, "
+            "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
+            time.perf_counter() - clock, found.reason))  # fmt: skip
     return aligned, records
 
 
