@@ -206,7 +206,8 @@ def align_full(
         found: list[GroupRecord] = []
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
-            aligned, qk = _qk_maps(model, spec, probe, fa, aligned, max_condition)
+            groups = qk_groups(spec, aligned)
+            aligned, qk = _qk_maps(model, probe, fa, aligned, groups, max_condition)
             found += qk
         if method == "learned" and active:
             clock = time.perf_counter()
@@ -272,17 +273,13 @@ def _head_maps(
 
 
 def _qk_maps(
-    model: nn.Module,
-    spec: PermutationSpec,
-    probe: Sequence[Any],
-    fa: StateDict,
-    aligned: dict[str, torch.Tensor],
-    max_condition: float,
-) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
+    model: nn.Module, probe: Sequence[Any], fa: StateDict, aligned: dict[str, torch.Tensor],
+    groups: Sequence[QKGroup], max_condition: float,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
     """Aligned B with each Q·K group's per-head maps (:mod:`~modeconnect.symmetry.qk`): the
     largest class a random map of which keeps B's outputs on the probe; their records."""
     records = []
-    for group in qk_groups(spec, aligned):
+    for group in groups:
         clock = time.perf_counter()
 
         def passes(cls: QKClass, group: QKGroup = group, b: StateDict = aligned) -> bool:

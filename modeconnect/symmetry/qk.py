@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..spec import Fixed, Leaf, PermutationSpec, Product
+from ..spec import Concat, Fixed, Leaf, PermutationSpec, Product
 from .heads import _sylvester
 
 StateDict = Mapping[str, torch.Tensor]
@@ -83,7 +83,11 @@ def qk_groups(spec: PermutationSpec, state: StateDict) -> list[QKGroup]:
             if not (writer and m.axis == 0 and isinstance(layout, Product)):
                 continue
             f = layout.factors
-            shaped = isinstance(f[-1], Fixed) and isinstance(f[0], Leaf) and f[0].group == name
+            dims = f[-1]
+            head = isinstance(dims, Fixed) or (
+                isinstance(dims, Concat) and isinstance(dims.parts[0], Fixed)
+            )  # all fixed, or rotary dims fixed and the others permuted (partial rotary)
+            shaped = head and isinstance(f[0], Leaf) and f[0].group == name
             if shaped and all(isinstance(x, Leaf) for x in f[1:-1]) and len(f) <= 3:
                 sizes = tuple(x.size for x in f)
                 rows.setdefault(m.key.rsplit(".", 1)[0], []).append((m.key, sizes))
@@ -109,10 +113,13 @@ def rotary_dims(model: nn.Module, head_dim: int) -> int:
         return head_dim
     if isinstance(getattr(config, "rotary_dim", None), int):
         return int(config.rotary_dim)
-    for name in ("partial_rotary_factor", "rotary_pct"):
-        value = getattr(config, name, None)
-        if isinstance(value, int | float) and 0 < value <= 1:
-            return int(head_dim * value)
+    rope = getattr(config, "rope_parameters", None)
+    places = [config, *([rope] if isinstance(rope, Mapping) else [])]
+    for where in places:
+        for name in ("partial_rotary_factor", "rotary_pct"):
+            value = where.get(name) if isinstance(where, Mapping) else getattr(where, name, None)
+            if isinstance(value, int | float) and 0 < value <= 1:
+                return int(head_dim * value)
     return head_dim
 
 
