@@ -148,13 +148,16 @@ def align_full(
     loss: Any = None,
     symmetry: str = "full",
     max_condition: float = 100.0,
+    qk: bool = True,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
 
     ``symmetry="orthogonal"`` rotates the residual streams only; ``"full"`` also maps each
     attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
-    most ``max_condition``, after the rotations and the learning).
+    most ``max_condition``, after the rotations and the learning) and, unless ``qk`` is
+    false, each head's query·key dims by maps that commute with rotary embeddings
+    (:mod:`~modeconnect.symmetry.qk`).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -206,9 +209,9 @@ def align_full(
         found: list[GroupRecord] = []
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
-            groups = qk_groups(spec, aligned)
-            aligned, qk = _qk_maps(model, probe, fa, aligned, groups, max_condition)
-            found += qk
+            groups = qk_groups(spec, aligned) if qk else []
+            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, max_condition)
+            found += qk_records
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
