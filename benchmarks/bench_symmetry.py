@@ -96,6 +96,10 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
         ("full, weight", dict(method="weight", symmetry="full")),
         ("full (V·O only, no Q·K), weight", dict(method="weight", symmetry="full", qk=False)),
         (
+            "full (orthogonal heads, no Q·K), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0, qk=False),
+        ),
+        (
             "full (orthogonal heads), weight",
             dict(method="weight", symmetry="full", max_condition=1.0),
         ),

@@ -214,6 +214,9 @@ def format_merge(report: Any) -> str:
     if res.equivalence:
         worst = max(e.max_rel_diff for e in res.equivalence)
         lines.append(f"guard      every permuted model == its original (max rel diff {worst:.2e})")
+    if getattr(res, "symmetry", None):
+        lines.append("symmetry   " + res.symmetry[0].get("symmetry", "full")
+                     + f" (aligned to {res.reference}, which enters folded)")  # fmt: skip
     if report.inputs is not None:
         lines += ["", f"{'':>10} {'weight':>7} {'loss':>8} {'acc':>8}  source"]
         for path, w, m in zip(report.sources, res.weights, report.inputs, strict=True):

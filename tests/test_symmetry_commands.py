@@ -36,13 +36,14 @@ def test_merge_under_full_symmetry_at_weight_zero_is_folded_a(
 ) -> None:
     a, b, ids = pair
     out, report = tmp_path / "m", tmp_path / "m.json"
-    _run("merge", a, b, "--symmetry", "full", "--weights", "1,0", "--out", out,
-         "--json", report, "--data", ids)  # fmt: skip
+    text = _run("merge", a, b, "--symmetry", "full", "--weights", "1,0", "--out", out,
+                "--json", report, "--data", ids)  # fmt: skip
     merged = _loaded(out)
     assert all(bool((w == 1).all()) for w in _norms(merged))  # A folded, not A
     torch.testing.assert_close(_logits(out), _logits(a), rtol=1e-4, atol=1e-4)
     data = json.loads(report.read_text())["merge"]
     assert data["reference"] == "model 0" and len(data["equivalence"]) == 2
+    assert "symmetry   full (aligned to model 0, which enters folded)" in text
     assert all(e["passed"] for e in data["equivalence"])
     (record,) = data["symmetry"]
     assert record["model"] == 1 and record["symmetry"] == "full"
