@@ -56,6 +56,7 @@ from .qk import (
     solve_qk_maps,
 )
 from .residual import PERMUTATION, ResidualStream, residual_streams
+from .ste import learn_permutations
 from .transform import fold, foldable, random_rotation, rotate
 
 StateDict = Mapping[str, torch.Tensor]
@@ -167,7 +168,8 @@ def align_full(
         )
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    mine = ("epochs", "lr", "random_alpha", "max_batches") if method == "learned" else ()
+    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations")
+    mine = learn_keys if method == "learned" else ()
     own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
         streams = stream_classes(model, spec, probe, a, b)
@@ -212,6 +214,11 @@ def align_full(
             groups = qk_groups(spec, aligned) if qk else []
             aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, max_condition)
             found += qk_records
+        if method == "learned" and own.get("permutations") == "ste":
+            seed = int(options.get("seed", 0))
+            aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
+                                progress)  # fmt: skip
+            found += ste
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
@@ -227,8 +234,7 @@ def align_full(
             how = " + learned (orthogonal parametrisation, Adam)"
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
-        if symmetry == "full":
-            records += found
+        records += found
         kw = {} if tolerance is None else {"tolerance": tolerance}
         eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
@@ -303,6 +309,27 @@ def _qk_maps(
             "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
             time.perf_counter() - clock, found.reason))  # fmt: skip
     return aligned, records
+
+
+def _ste(
+    model: nn.Module, spec: PermutationSpec, fa: StateDict, aligned: dict[str, torch.Tensor],
+    active: Sequence[ResidualStream], match: Any, data: Iterable[Any] | None, loss: Any,
+    seed: int, own: Mapping[str, Any], progress: ProgressFn | None,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
+    """Aligned B permuted again by the straight-through estimator (``alignment.perm`` stays
+    weight matching's start); the permutation groups' records say so."""
+    clock = time.perf_counter()
+    batches = list(data or [])[: own.get("max_batches") or None]
+    ste = learn_permutations(model, spec, fa, aligned, batches, match,
+                             kept=[s.group for s in active], loss=loss, seed=seed,
+                             progress=progress, **_learn_options(own))  # fmt: skip
+    aligned = apply_permutation(aligned, spec, ste.perm)
+    seconds = time.perf_counter() - clock
+    last = ste.losses[-1] if ste.losses else None
+    return aligned, [GroupRecord(
+        "permutations", PERMUTATION, "learned (straight-through estimator, Git Re-Basin "
+        "algorithm 3; weight matching as the projection)", last, 1.0, seconds,
+        "every permutation group but the rotated streams, learned on the path's loss")]  # fmt: skip
 
 
 def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
