@@ -109,6 +109,16 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
             dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
         ),
         ("full, learned", dict(method="learned", symmetry="full", epochs=args.epochs, lr=args.lr)),
+        (
+            "orthogonal, learned + STE permutations",
+            dict(
+                method="learned",
+                symmetry="orthogonal",
+                epochs=args.epochs,
+                lr=args.lr,
+                permutations="ste",
+            ),
+        ),
     ]
     for label, kw in [
         r for r in runs if not args.only or r[0] in {*args.only, "permutation, weight"}
