@@ -11,7 +11,8 @@ seconds of the alignment:
 * permutation: weight matching, and activation matching (``--symmetry permutation``);
 * orthogonal, weight-based: Procrustes on the residual stream alternating with weight
   matching; activation-based: Procrustes on the residual stream's activations;
-* full: the same, then invertible per-head V·O maps (least squares on the weights);
+* full: the same, then invertible per-head V·O maps and Q·K maps that commute with RoPE
+  (least squares on the weights); and without the Q·K maps, to measure them;
 * full, learned: the rotation learned on the midpoint loss over train blocks, then V·O.
 
 Run: ``python benchmarks/bench_symmetry.py --out results/transformers_symmetry.json``
@@ -93,6 +94,11 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
         ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
         ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
         ("full, weight", dict(method="weight", symmetry="full")),
+        ("full (V·O only, no Q·K), weight", dict(method="weight", symmetry="full", qk=False)),
+        (
+            "full (orthogonal heads, no Q·K), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0, qk=False),
+        ),
         (
             "full (orthogonal heads), weight",
             dict(method="weight", symmetry="full", max_condition=1.0),
@@ -103,8 +109,20 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
             dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
         ),
         ("full, learned", dict(method="learned", symmetry="full", epochs=args.epochs, lr=args.lr)),
+        (
+            "orthogonal, learned + STE permutations",
+            dict(
+                method="learned",
+                symmetry="orthogonal",
+                epochs=args.epochs,
+                lr=args.lr,
+                permutations="ste",
+            ),
+        ),
     ]
-    for label, kw in runs:
+    for label, kw in [
+        r for r in runs if not args.only or r[0] in {*args.only, "permutation, weight"}
+    ]:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -201,6 +219,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
     parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="run only this row (repeatable; weight matching always runs)",
+    )
     args = parser.parse_args(argv)
     steps, layers, limit = (60, 2, 300_000) if args.quick else (600, 4, 1_000_000)
     args.steps, args.layers = args.steps or steps, args.layers or layers

@@ -19,6 +19,7 @@ from modeconnect_cli.format import format_barrier
 @o.train("Training data: a second split, and the statistics for --bn and alignment.")
 @o.method("--align", allow_none=True)
 @o.METHOD_OPTIONS
+@o.SYMMETRY
 @click.option("--layerwise", is_flag=True, help="Layer-wise barriers (Adilova et al. 2024).")
 @o.names_option(
     "--layer-groups",

@@ -19,6 +19,7 @@ from modeconnect_cli.format import format_comparison
 @o.TRAIN
 @click.option("--methods", callback=o.choices_csv(o.METHOD_NAMES), metavar="NAME,...",
               help="Methods to run, comma-separated (default: all).")  # fmt: skip
+@o.SYMMETRIES
 @o.METHOD_OPTIONS
 @o.STEPS
 @o.SEED_OPTION

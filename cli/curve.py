@@ -22,6 +22,7 @@ from modeconnect_cli.format import format_curve
               help="Trainable control points between A and B.")  # fmt: skip
 @o.method("--align", allow_none=True, default=o.NO_ALIGNMENT)
 @o.METHOD_OPTIONS
+@o.SYMMETRY
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Passes over --train.")  # fmt: skip
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05,

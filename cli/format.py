@@ -182,12 +182,18 @@ def _layer_rows(name: str, result: Any) -> list[str]:
 
 def format_comparison(comparison: Any) -> str:
     """One plain-text table: method, seconds, objective, naive and aligned barriers."""
-    head = f"{'method':<12}{'seconds':>9}{'objective':>13}{'loss barrier':>24}{'error barrier':>22}"
-    lines = [head, f"{'':<34}{'naive -> aligned':>24}{'naive -> aligned':>22}"]
+    named = any(r.symmetry is not None for r in comparison.rows)  # a column per symmetry
+    sym = (lambda r: f"{r.symmetry or '':<13}") if named else (lambda r: "")
+    pad = " " * 13 if named else ""
+    head = f"{'method':<12}{'symmetry':<13}" if named else f"{'method':<12}"
+    head += f"{'seconds':>9}{'objective':>13}{'loss barrier':>24}{'error barrier':>22}"
+    lines = [head, f"{'':<34}{pad}{'naive -> aligned':>24}{'naive -> aligned':>22}"]
     for r in comparison.rows:
         loss = f"{r.naive.loss:.4f} -> {r.aligned.loss:.4f}"
         err = f"{r.naive.error:.2%} -> {r.aligned.error:.2%}"
-        lines.append(f"{r.method:<12}{r.seconds:>9.2f}{r.objective:>13.6g}{loss:>24}{err:>22}")
+        lines.append(
+            f"{r.method:<12}{sym(r)}{r.seconds:>9.2f}{r.objective:>13.6g}{loss:>24}{err:>22}"
+        )
     lines.append(f"barriers: {comparison.definition}, {comparison.steps} interpolation points")
     return "\n".join(lines)
 
@@ -208,6 +214,9 @@ def format_merge(report: Any) -> str:
     if res.equivalence:
         worst = max(e.max_rel_diff for e in res.equivalence)
         lines.append(f"guard      every permuted model == its original (max rel diff {worst:.2e})")
+    if getattr(res, "symmetry", None):
+        lines.append("symmetry   " + res.symmetry[0].get("symmetry", "full")
+                     + f" (aligned to {res.reference}, which enters folded)")  # fmt: skip
     if report.inputs is not None:
         lines += ["", f"{'':>10} {'weight':>7} {'loss':>8} {'acc':>8}  source"]
         for path, w, m in zip(report.sources, res.weights, report.inputs, strict=True):

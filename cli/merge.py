@@ -23,6 +23,7 @@ from modeconnect_cli.format import format_merge
 @o.weights_option()
 @o.method(allow_none=True, extra=FUSION_NAMES)
 @o.METHOD_OPTIONS
+@o.SYMMETRY
 @o.FUSION_OPTIONS
 @o.WIDTH
 @click.option("--reference", type=click.Path(),

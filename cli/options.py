@@ -412,6 +412,14 @@ SYMMETRY = click.option(
 )  # fmt: skip
 
 
+SYMMETRIES = click.option(
+    "--symmetry", "symmetries", callback=choices_csv(("permutation", "orthogonal", "full")),
+    metavar="NAME,...",
+    help="Symmetries to compare, comma-separated (permutation, orthogonal, full): a row per "
+         "method and symmetry (default: each method as align runs it, today's table).",
+)  # fmt: skip
+
+
 ALPHA = click.option(
     "--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
     help="Weight of B in the merge: (1-alpha)*A + alpha*B.",

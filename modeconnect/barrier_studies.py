@@ -152,6 +152,8 @@ class Study:
         if self.alignment is not None:
             out["alignment"] = self.alignment.alignment.to_dict()
             out["equivalence"] = self.alignment.equivalence.to_dict()
+            if self.alignment.symmetry is not None:
+                out["symmetry"] = dict(self.alignment.symmetry)
         for name, pair in self.pairs.items():
             out[name] = pair.to_dict(self.definition)
         out["layerwise"] = [
@@ -231,10 +233,11 @@ def barrier_study(
         options = {"seed": seed, **(align_options or {})}
         alignment = align_models(model, a, b, method=method, data=train or test, **options)
         targets["aligned"] = alignment.aligned
+    starts = {"aligned": alignment.start(a)} if alignment is not None else {}  # A folded
     pairs = {}
     for name, target in targets.items():
         pairs[name] = _study_pair(
-            model, a, target, name, grid, splits, train,
+            model, starts.get(name, a), target, name, grid, splits, train,
             bn=bn, definition=definition, loss=scoring, layerwise=layerwise,
             layer_groups=layer_groups, bootstrap=bootstrap, confidence=confidence,
             seed=seed, alpha_batch=alpha_batch, max_bn_batches=max_bn_batches,

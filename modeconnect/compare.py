@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .alignment import align, compare_interpolations
+from .alignment import SYMMETRIES, align, compare_interpolations
 from .distributed import Cluster, map_chunks
 from .errors import ModeconnectError
 from .evaluation import Barrier
@@ -37,10 +37,14 @@ class MethodResult:
     naive: Barrier
     aligned: Barrier
     params: Mapping[str, Any] = field(default_factory=dict)
+    symmetry: str | None = None
+    """The symmetry aligned under, when the comparison names symmetries (else ``None``)."""
 
     def to_dict(self) -> dict[str, Any]:
+        sym = {} if self.symmetry is None else {"symmetry": self.symmetry}
         return {
             "method": self.method,
+            **sym,
             "seconds": self.seconds,
             "objective": self.objective,
             "iterations": self.iterations,
@@ -58,9 +62,10 @@ class Comparison:
     definition: str
     steps: int
 
-    def row(self, method: str) -> MethodResult:
+    def row(self, method: str, symmetry: str | None = None) -> MethodResult:
+        """The first row of ``method`` (under ``symmetry``, when given)."""
         for r in self.rows:
-            if r.method == method:
+            if r.method == method and symmetry in (None, r.symmetry):
                 return r
         raise ModeconnectError(
             f"no row for method {method!r}; methods compared: {', '.join(self.methods)}"
@@ -105,6 +110,7 @@ def compare_methods(
     permute_output: bool = False,
     loss: Any = None,
     cluster: Cluster | None = None,
+    symmetries: Sequence[str] | None = None,
 ) -> Comparison:
     """Align B to A with each method in ``methods`` (default: all registered) and evaluate.
 
@@ -115,24 +121,45 @@ def compare_methods(
     ``seed`` goes to every method. The spec is
     derived once and shared. ``loss`` scores the curves (as ``interpolation_curve``'s).
     With ``cluster`` (:class:`~modeconnect.distributed.Cluster`) each method is a Ray task
-    (the same rows, but for the measured seconds).
+    (the same rows, but for the measured seconds). ``symmetries`` (names of
+    :data:`~modeconnect.alignment.SYMMETRIES`) give a row per method and symmetry, in
+    that order, each recording its symmetry; ``None`` runs each method as it is by default.
     """
     names = _methods(methods)
+    syms = _symmetries(symmetries)
     routed = route_options(names, {**dict(options or {}), "seed": seed})
     stats_data = train if train is not None else data
     probe = probe_inputs(model, inputs, stats_data)
     spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)
     shared = (model, a, b, data, stats_data, probe, spec, routed, steps, definition, loss)
-    rows = map_chunks(_method_row, shared, names, cluster=cluster, task="methods")
+    chunks = [(name, sym) for name in names for sym in syms]
+    rows = map_chunks(_method_row, shared, chunks, cluster=cluster, task="methods")
     return Comparison(tuple(rows), definition, steps)
 
 
-def _method_row(shared: tuple[Any, ...], name: str) -> MethodResult:
-    """One method on the pair (here, or as a Ray task): align, then both curves."""
+def _symmetries(symmetries: Sequence[str] | None) -> list[str | None]:
+    """The symmetries compared, each once (``[None]``: the methods' default)."""
+    if symmetries is None:
+        return [None]
+    names = list(dict.fromkeys(symmetries))
+    bad = [s for s in names if s not in SYMMETRIES]
+    if bad or not names:
+        raise ModeconnectError(
+            f"compare: unknown symmetry {', '.join(map(repr, bad)) or '(none given)'}; "
+            f"choose from {', '.join(SYMMETRIES)}"
+        )
+    return list(names)
+
+
+def _method_row(shared: tuple[Any, ...], chunk: tuple[str, str | None]) -> MethodResult:
+    """One method under one symmetry on the pair (here, or as a Ray task): align, then both
+    curves (the aligned one from A folded, under a larger symmetry)."""
     model, a, b, data, stats_data, probe, spec, routed, steps, definition, loss = shared
+    name, sym = chunk
+    under: dict[str, Any] = {} if sym is None else {"symmetry": sym}
     result = align(
         model, a, b, method=name, inputs=probe, data=stats_data, spec=spec, loss=loss,
-        **routed[name],
+        **routed[name], **under,
     )  # fmt: skip
     curves = compare_interpolations(
         model, a, b, result.aligned, data, steps=steps, definition=definition, loss=loss,
@@ -141,7 +168,7 @@ def _method_row(shared: tuple[Any, ...], name: str) -> MethodResult:
     al = result.alignment
     return MethodResult(
         name, al.seconds, al.objective, al.iterations, curves.naive_barrier,
-        curves.aligned_barrier, dict(al.params),
+        curves.aligned_barrier, dict(al.params), sym,
     )  # fmt: skip
 
 

@@ -501,6 +501,8 @@ class CurveStudy:
         if self.alignment is not None:
             out["alignment"] = self.alignment.alignment.to_dict()
             out["equivalence"] = self.alignment.equivalence.to_dict()
+            if self.alignment.symmetry is not None:
+                out["symmetry"] = dict(self.alignment.symmetry)
         for name, results in (("line", self.line), ("curve", self.curve)):
             first = next(iter(results.values()))
             out[name] = {
@@ -558,7 +560,7 @@ def curve_study(
         import modeconnect as mc
 
         alignment = mc.align(model, a, b, method=str(align), data=train, **(align_options or {}))
-        b = alignment.aligned
+        a, b = alignment.start(a), alignment.aligned  # A folded, under a larger symmetry
     fit = fit_curve(
         model, a, b, train, kind=kind, bends=bends, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, batch_size=batch_size, seed=seed, loss=loss,

@@ -104,10 +104,15 @@ class MergeResult:
     equivalence: tuple[Equivalence, ...] = ()
     spec: PermutationSpec | None = None
     bn: str = "none"
+    symmetry: tuple[Mapping[str, Any], ...] | None = None
+    """Under a larger symmetry (``symmetry=``): each aligned model's record (class, solver,
+    objective, conditioning, seconds per group); ``None`` for permutations."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no tensors)."""
+        sym = {} if self.symmetry is None else {"symmetry": [dict(r) for r in self.symmetry]}
         return {
+            **sym,
             "method": self.method,
             "reference": self.reference,
             "weights": list(self.weights),
@@ -426,6 +431,7 @@ def merge(
     permute_output: bool = False,
     tolerance: float | None = None,
     labels: Sequence[str] | None = None,
+    symmetry: str = "permutation",
     **opts: Any,
 ) -> MergeResult:
     """Align ``state_dicts`` into one basis and return ``θ = Σ_j w_j π_j(θ_j)``.
@@ -439,6 +445,10 @@ def merge(
     activation-based methods, the probe batch of the guard and, with
     ``bn="reset"``, the BatchNorm statistics pass (Jordan et al. 2023). ``inputs``
     is an explicit probe batch. ``labels`` name the models in error messages.
+    ``symmetry`` (``"orthogonal"`` or ``"full"``, as :func:`~modeconnect.alignment.align`'s)
+    aligns every model to the reference (default: the model MergeMany would anchor on)
+    under that group and averages them with the reference folded (its function; the guard
+    checks it and every aligned model).
 
     Raises :class:`~modeconnect.ModeconnectError` for mismatched keys, shapes or
     dtypes, non-finite values, bad weights, an unknown method, or a permuted model
@@ -477,7 +487,17 @@ def merge(
     perms: list[Permutation] = [{} for _ in sds]
     eqs: list[Equivalence] = []
     rounds, converged = 0, True
-    if method == NO_ALIGNMENT:
+    records = None
+    if symmetry != "permutation":
+        if method == NO_ALIGNMENT:
+            raise ModeconnectError(
+                f"merge: symmetry={symmetry!r} needs an alignment method; pass one (e.g. weight)"
+            )
+        if reference is None:  # MergeMany's anchor, fixed
+            reference = max(range(len(sds)), key=lambda j: (w[j], -j))
+        under = _Symmetric(model, reference, data, inputs, spec, permute_output, seed, tolerance)
+        merged, perms, eqs, records = under.merge(sds, w, method, symmetry, labels, opts)
+    elif method == NO_ALIGNMENT:
         merged = weighted_average(sds, w)
     else:
         probe = probe_inputs(model, inputs, data)
@@ -504,7 +524,66 @@ def merge(
         equivalence=tuple(eqs),
         spec=spec,
         bn=bn,
+        symmetry=records,
     )
+
+
+@dataclass(frozen=True)
+class _Symmetric:
+    """Every model aligned to a fixed reference under a larger symmetry, then averaged."""
+
+    model: nn.Module
+    reference: int | StateDict
+    data: Iterable[Batch] | None
+    inputs: Sequence[Any] | None
+    spec: PermutationSpec | None
+    permute_output: bool
+    seed: int
+    tolerance: float | None
+
+    def merge(
+        self,
+        sds: Sequence[StateDict],
+        w: Sequence[float],
+        method: str,
+        symmetry: str,
+        labels: Sequence[str] | None,
+        opts: Mapping[str, Any],
+    ) -> tuple[dict[str, Tensor], list[Permutation], list[Equivalence], tuple[dict[str, Any], ...]]:
+        """The average of the aligned models (the reference folded), their permutations,
+        the guard's checks and each alignment's symmetry record."""
+        from .alignment import align
+
+        ref = sds[self.reference] if isinstance(self.reference, int) else self.reference
+        fixed = self.reference if isinstance(self.reference, int) else None
+        moved = list(sds)
+        perms: list[Permutation] = [{} for _ in sds]
+        eqs: list[Equivalence | None] = [None] * len(sds)
+        records: list[dict[str, Any]] = []
+        folded: StateDict = ref
+        for j in (j for j in range(len(sds)) if j != fixed):
+            res = align(self.model, ref, sds[j], method=method, data=self.data,
+                        inputs=self.inputs, spec=self.spec, permute_output=self.permute_output,
+                        seed=self.seed, tolerance=self.tolerance, symmetry=symmetry,
+                        **opts)  # fmt: skip
+            start = res.start(ref)
+            if records and not _same(folded, start):
+                raise ModeconnectError(
+                    f"merge: under symmetry={symmetry!r} the reference folds differently for "
+                    f"{labels[j] if labels else f'model {j}'} (a stream refused for one model "
+                    "only); merge these models under symmetry='permutation'"
+                )
+            folded, moved[j], eqs[j] = start, res.aligned, res.equivalence
+            perms[j] = dict(res.alignment.perm)
+            records.append({"model": j, **dict(res.symmetry or {})})
+        if fixed is not None:  # the reference enters folded: its function, checked
+            probe = probe_inputs(self.model, self.inputs, self.data)
+            kw = {} if self.tolerance is None else {"tolerance": self.tolerance}
+            eq = check_equivalence(self.model, sds[fixed], folded, probe, **kw)
+            require_equivalence(eq, what=f"folded {labels[fixed] if labels else f'model {fixed}'}")
+            moved[fixed], eqs[fixed] = folded, eq
+        checked = [e for e in eqs if e is not None]
+        return weighted_average(moved, w), perms, checked, tuple(records)
 
 
 def check_merge_options(method: str, bn: str, has_data: bool, options: Mapping[str, Any]) -> None:

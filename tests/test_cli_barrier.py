@@ -119,7 +119,7 @@ def test_an_unknown_method_is_a_usage_error_whose_last_line_lists_the_choices(
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
         "Error: Invalid value for '--align': 'magic' is not one of 'weight', 'activation', "
-        "'ot', 'none'."
+        "'ot', 'learned', 'none'."
     )
 
 

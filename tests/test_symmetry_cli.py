@@ -73,7 +73,11 @@ def test_full_symmetry_round_trips_through_from_pretrained(tmp_path: Path, famil
     # GPT-2's fused q/k/v projection keeps its heads at permutations
     assert len(heads) == (0 if family == "gpt2" else 2)  # one V·O group per layer
     assert all(1 <= g["condition_number"] <= 100 for g in heads)
-    assert {g["class"] for g in groups[1:]} - {"invertible-per-head"} == {"permutation"}
+    qk = [g for g in groups if g["class"] == "complex-per-rotary-pair"]  # Q·K under RoPE
+    assert len(qk) == (0 if family == "gpt2" else 2)
+    assert all(1 <= g["condition_number"] <= 100 for g in qk)
+    rest = {g["class"] for g in groups[1:]} - {"invertible-per-head", "complex-per-rotary-pair"}
+    assert rest == {"permutation"}
 
 
 @pytest.mark.slow

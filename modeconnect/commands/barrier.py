@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from modeconnect.alignment import SYMMETRIES
 from modeconnect.barrier_studies import Study, barrier_study
 from modeconnect.commands.options import BarrierOptions
 from modeconnect.commands.results import FileReport
@@ -72,6 +73,26 @@ def _language_loss(loss: str | ExampleLossFn | Scoring | None, session: Session)
     )
 
 
+def symmetry_option(symmetry: str, method: str | None, flag: str = "--align") -> dict[str, str]:
+    """The ``symmetry`` keyword of the study's alignment: none for permutations (today's
+    call, unchanged); an error for an unknown name or a larger symmetry without ``--align``.
+
+    >>> symmetry_option("permutation", None), symmetry_option("full", "weight")
+    ({}, {'symmetry': 'full'})
+    """
+    if symmetry not in SYMMETRIES:
+        raise ModeconnectError(
+            f"--symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
+        )
+    if symmetry == "permutation":
+        return {}
+    if method is None:
+        raise ModeconnectError(
+            f"--symmetry {symmetry}: needs an alignment; pass {flag} METHOD (e.g. weight)"
+        )
+    return {"symmetry": symmetry}
+
+
 def _reported(ref: str, fn: Any) -> ExampleLossFn:
     """``fn``, with any error it raises (outputs it cannot take) as one line naming ``ref``."""
     if not callable(fn):
@@ -126,7 +147,8 @@ def barrier_files(
     (ca, cb), clock = session.checkpoints, session.timings
     method = None if o.align in (None, "none") else o.align
     chosen = method_options(method, o.align_options or {})  # no method: no option may be given
-    study_align = {**chosen, "permute_output": o.permute_output, "inputs": session.probe}
+    study_align = {**chosen, "permute_output": o.permute_output, "inputs": session.probe,
+                   **symmetry_option(o.symmetry, method)}  # fmt: skip
     with clock.phase("study"):
         study = barrier_study(
             session.model, ca.state_dict, cb.state_dict, test=session.data or [],

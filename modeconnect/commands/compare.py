@@ -48,7 +48,7 @@ def compare_files(
             session.model, ca.state_dict, cb.state_dict, session.data or [], methods=o.methods,
             steps=o.steps, seed=o.seed, train=session.train, options=o.method_options,
             inputs=session.probe, permute_output=o.permute_output,
-            loss=resolve_loss(None, session), cluster=cluster,
+            loss=resolve_loss(None, session), cluster=cluster, symmetries=o.symmetries,
         )  # fmt: skip
     report = CompareReport(
         {"a": str(a_path), "b": str(b_path)}, session.model_ref, session.model_kwargs,

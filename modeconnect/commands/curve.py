@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from modeconnect.bn import bn_correction
-from modeconnect.commands.barrier import resolve_loss
+from modeconnect.commands.barrier import resolve_loss, symmetry_option
 from modeconnect.commands.options import CurveOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
 from modeconnect.commands.session import Session
@@ -61,7 +61,8 @@ def curve_files(
         study = curve_study(
             session.model, ca.state_dict, cb.state_dict, train=train_data or [],
             test=test_data or [], kind=o.curve, bends=o.bends, align=method,
-            align_options={**chosen, "permute_output": o.permute_output, "inputs": session.probe},
+            align_options={**chosen, "permute_output": o.permute_output, "inputs": session.probe,
+                           **symmetry_option(o.symmetry, method)},  # fmt: skip
             epochs=o.epochs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
             batch_size=o.inputs.batch_size, seed=o.seed, steps=o.steps, definition=o.definition,
             bn=o.bn, loss=resolve_loss(o.loss, session), max_bn_batches=o.max_bn_batches,

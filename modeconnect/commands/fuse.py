@@ -186,10 +186,10 @@ def fuse_files(paths: Sequence[str | Path], options: MergeOptions) -> MergeRepor
             f"merge --method {o.method}: needs {'two' if o.method == 'universe' else 'one'} "
             f"or more checkpoints, got {len(paths)}"
         )
-    if o.reference is not None or o.bn != "none":
+    if o.reference is not None or o.bn != "none" or o.symmetry != "permutation":
         raise ModeconnectError(
-            f"merge --method {o.method}: --reference and --bn apply to permutation merges; "
-            "leave them out"
+            f"merge --method {o.method}: --reference, --bn and --symmetry apply to "
+            "permutation merges; leave them out"
         )
     given = {k: v for k, v in o.method_options.items() if k not in ("seed", "max_rounds")}
     chosen = fusion_options(o.method, given)

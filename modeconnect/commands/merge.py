@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from modeconnect.bn import reset_batchnorm
+from modeconnect.commands.barrier import symmetry_option
 from modeconnect.commands.options import MergeOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session, parse_dtype
@@ -136,11 +137,15 @@ def merge_files(
         chosen.update(max_bytes=model_bytes(session.state_dicts[0]), device=where)
     if o.run.progress is not None and o.method == "weight":
         chosen["progress"] = o.run.progress
+    under: dict[str, Any] = symmetry_option(
+        o.symmetry, None if o.method == NO_ALIGNMENT else o.method, "--method"
+    )
     with session.timings.phase("merge"):
         result = merge(
             session.model, session.state_dicts, weights=w, method=o.method, reference=ref,
             data=stats, inputs=session.probe, bn=o.bn, permute_output=o.permute_output,
-            labels=[str(p) for p in sources], max_rounds=rounds, seed=seed, **chosen,
+            labels=[str(p) for p in sources], max_rounds=rounds, seed=seed,
+            **under, **chosen,
         )  # fmt: skip
     report = MergeReport(
         files={"sources": [str(p) for p in sources]}, model_ref=session.model_ref,

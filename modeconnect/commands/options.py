@@ -218,6 +218,7 @@ class MergeOptions(Options):
     permute_output: bool = False
     width: Any = None
     """Fused widths (``--width``): a number, ``group=width`` pairs, or None (the first model's)."""
+    symmetry: str = "permutation"
 
     REST: ClassVar[str | None] = "method_options"
 
@@ -235,6 +236,8 @@ class CompareOptions(Options):
     permute_output: bool = False
     ray: str | None = None
     workers: int | None = None
+    symmetries: Sequence[str] | None = None
+    """Symmetries compared (``--symmetry a,b``): a row per method and symmetry; None: today's."""
 
     REST: ClassVar[str | None] = "method_options"
 
@@ -250,6 +253,7 @@ class BarrierOptions(Options):
     align: str | None = "weight"
     align_options: Mapping[str, Any] | None = None
     permute_output: bool = False
+    symmetry: str = "permutation"
     study: Mapping[str, Any] = field(default_factory=dict)
 
     REST: ClassVar[str | None] = "study"
@@ -280,6 +284,7 @@ class CurveOptions(Options):
     aligned: Path_ = None
     report_dir: Path_ = None
     permute_output: bool = False
+    symmetry: str = "permutation"
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ _BUILTIN: tuple[MethodInfo, ...] = (
                   min=0, min_open=True, flag="--learn-lr"),
             Param("random_alpha", bool, False, "Learn at a random α per step instead of the "
                   "midpoint.", flag="--random-alpha"),
+            Param("permutations", str, "fixed", "Permutations: weight matching's (fixed), or "
+                  "then learned by the straight-through estimator (ste; Git Re-Basin alg. 3).",
+                  choices=("fixed", "ste"), flag="--learn-permutations"),
             MAX_BATCHES,
         ),
         summary="Weight matching, then residual-stream rotations learned on the loss at the "

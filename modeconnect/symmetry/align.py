@@ -45,7 +45,18 @@ from ..spec.trace import trace
 from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
+from .qk import (
+    QKClass,
+    QKGroup,
+    apply_qk_maps,
+    qk_class,
+    qk_groups,
+    random_map,
+    rotary_dims,
+    solve_qk_maps,
+)
 from .residual import PERMUTATION, ResidualStream, residual_streams
+from .ste import learn_permutations
 from .transform import fold, foldable, random_rotation, rotate
 
 StateDict = Mapping[str, torch.Tensor]
@@ -138,13 +149,16 @@ def align_full(
     loss: Any = None,
     symmetry: str = "full",
     max_condition: float = 100.0,
+    qk: bool = True,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
 
     ``symmetry="orthogonal"`` rotates the residual streams only; ``"full"`` also maps each
     attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
-    most ``max_condition``, after the rotations and the learning).
+    most ``max_condition``, after the rotations and the learning) and, unless ``qk`` is
+    false, each head's query·key dims by maps that commute with rotary embeddings
+    (:mod:`~modeconnect.symmetry.qk`).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -154,7 +168,8 @@ def align_full(
         )
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    mine = ("epochs", "lr", "random_alpha", "max_batches") if method == "learned" else ()
+    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations")
+    mine = learn_keys if method == "learned" else ()
     own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
         streams = stream_classes(model, spec, probe, a, b)
@@ -196,6 +211,14 @@ def align_full(
         found: list[GroupRecord] = []
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
+            groups = qk_groups(spec, aligned) if qk else []
+            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, max_condition)
+            found += qk_records
+        if method == "learned" and own.get("permutations") == "ste":
+            seed = int(options.get("seed", 0))
+            aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
+                                progress)  # fmt: skip
+            found += ste
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
@@ -211,8 +234,7 @@ def align_full(
             how = " + learned (orthogonal parametrisation, Adam)"
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
-        if symmetry == "full":
-            records += found
+        records += found
         kw = {} if tolerance is None else {"tolerance": tolerance}
         eq = check_equivalence(model, b, aligned, probe, **kw)
     require_equivalence(eq)
@@ -257,6 +279,57 @@ def _head_maps(
             residual, max(conditions), time.perf_counter() - clock,
             "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
     return aligned, records
+
+
+def _qk_maps(
+    model: nn.Module, probe: Sequence[Any], fa: StateDict, aligned: dict[str, torch.Tensor],
+    groups: Sequence[QKGroup], max_condition: float,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
+    """Aligned B with each Q·K group's per-head maps (:mod:`~modeconnect.symmetry.qk`): the
+    largest class a random map of which keeps B's outputs on the probe; their records."""
+    records = []
+    for group in groups:
+        clock = time.perf_counter()
+
+        def passes(cls: QKClass, group: QKGroup = group, b: StateDict = aligned) -> bool:
+            trial = random_map(cls, group.head_dim, group.kv_heads, seed=54321)
+            return check_equivalence(model, b, apply_qk_maps(b, group, trial), probe).passed
+
+        found = qk_class(group, rotary_dims(model, group.head_dim), passes)
+        if isinstance(found, str):
+            records.append(GroupRecord(f"{group.group}.qk", PERMUTATION, "weight matching",
+                                       None, 1.0, 0.0, found))  # fmt: skip
+            continue
+        maps, conditions = solve_qk_maps(fa, aligned, group, found, max_condition)
+        aligned = apply_qk_maps(aligned, group, maps)
+        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
+                       for k in (*group.q, *group.k))  # fmt: skip
+        records.append(GroupRecord(
+            f"{group.group}.qk", found.cls, "least squares on Q and K (closed form per pair, "
+            "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
+            time.perf_counter() - clock, found.reason))  # fmt: skip
+    return aligned, records
+
+
+def _ste(
+    model: nn.Module, spec: PermutationSpec, fa: StateDict, aligned: dict[str, torch.Tensor],
+    active: Sequence[ResidualStream], match: Any, data: Iterable[Any] | None, loss: Any,
+    seed: int, own: Mapping[str, Any], progress: ProgressFn | None,
+) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
+    """Aligned B permuted again by the straight-through estimator (``alignment.perm`` stays
+    weight matching's start); the permutation groups' records say so."""
+    clock = time.perf_counter()
+    batches = list(data or [])[: own.get("max_batches") or None]
+    ste = learn_permutations(model, spec, fa, aligned, batches, match,
+                             kept=[s.group for s in active], loss=loss, seed=seed,
+                             progress=progress, **_learn_options(own))  # fmt: skip
+    aligned = apply_permutation(aligned, spec, ste.perm)
+    seconds = time.perf_counter() - clock
+    last = ste.losses[-1] if ste.losses else None
+    return aligned, [GroupRecord(
+        "permutations", PERMUTATION, "learned (straight-through estimator, Git Re-Basin "
+        "algorithm 3; weight matching as the projection)", last, 1.0, seconds,
+        "every permutation group but the rotated streams, learned on the path's loss")]  # fmt: skip
 
 
 def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:

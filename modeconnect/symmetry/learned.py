@@ -12,7 +12,7 @@ learned to lower the barrier.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,6 +47,7 @@ def match_learned(
     epochs: int = 1,
     lr: float = 1e-3,
     random_alpha: bool = False,
+    permutations: str = "fixed",
     max_batches: int | None = None,
     model: Any = None,
     data: Any = None,
@@ -98,6 +99,33 @@ def learn_rotations(
     opt = torch.optim.Adam(params, lr=lr)
     a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
     b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+
+    def point(t: float) -> dict[str, torch.Tensor]:
+        return _path_point(a32, b32, streams, layers, t, aliases)
+
+    losses = descend(model, batches, scoring, opt, point, epochs=epochs, alpha=alpha, gen=gen,
+                     progress=progress, task="learned rotation")  # fmt: skip
+    with torch.no_grad():
+        rotations = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones)
+                     for s in streams}  # fmt: skip
+    return Learned(rotations, losses)
+
+
+def descend(
+    model: nn.Module,
+    batches: Sequence[Any],
+    scoring: Any,
+    opt: torch.optim.Optimizer,
+    point: Callable[[float], Mapping[str, torch.Tensor]],
+    *,
+    epochs: int,
+    alpha: float | None,
+    gen: torch.Generator,
+    progress: ProgressFn | None,
+    task: str,
+) -> tuple[float, ...]:
+    """``epochs`` passes of ``opt`` on the loss at ``point(α)`` (α fixed, or drawn from
+    ``gen`` per step when ``None``); each epoch's mean loss."""
     losses: list[float] = []
     total = epochs * len(batches)
     for epoch in range(epochs):
@@ -105,7 +133,7 @@ def learn_rotations(
         for i, batch in enumerate(batches):
             inputs, target = scoring.prepare(batch, i)
             t = float(torch.rand((), generator=gen)) if alpha is None else alpha
-            state = _path_point(a32, b32, streams, layers, t, aliases)
+            state = point(t)
             value = scoring.summed(run(model, state, batch_inputs((inputs, target))), target)
             value = value / scoring.count(target)
             opt.zero_grad()
@@ -113,12 +141,9 @@ def learn_rotations(
             opt.step()
             summed += float(value.detach())
             if progress is not None:
-                progress("learned rotation", epoch * len(batches) + i + 1, total)
+                progress(task, epoch * len(batches) + i + 1, total)
         losses.append(summed / max(len(batches), 1))
-    with torch.no_grad():
-        rotations = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones)
-                     for s in streams}  # fmt: skip
-    return Learned(rotations, tuple(losses))
+    return tuple(losses)
 
 
 def _rotation(stream: ResidualStream, layer: nn.Module) -> torch.Tensor:
