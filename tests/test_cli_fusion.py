@@ -168,8 +168,8 @@ def test_align_across_widths_is_one_line_that_points_to_merge_width(pair, tmp_pa
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
         f"Error: align maps B's units one-to-one onto A's at one width, but {narrow} differs "
-        f"from {wide} in width ('1.weight' is (8, 64) in B, (16, 64) in A); to fuse models of "
-        "different widths use modeconnect merge A B --method otfusion|zip --width N (no "
-        "equivalence guard applies to a fused model)"
+        f"from {wide} in width (5 tensors, e.g. '1.weight' is (8, 64) in B, (16, 64) in A); to "
+        "fuse models of different widths use modeconnect merge A B --method otfusion|zip "
+        "--width N (no equivalence guard applies to a fused model)"
     )
     assert wide.read_bytes() == wide_bytes and not out.exists()

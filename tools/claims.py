@@ -389,6 +389,8 @@ TRANSFORMERS, MERGING = "docs/science/transformers.md", "docs/science/merging.md
 ARCHITECTURE, RAY = "docs/architecture.md", "results/bench_ray.json"
 SYM_LLAMA = "results/transformers_symmetry.json"
 SYM_GPT2 = "results/transformers_symmetry_gpt2.json"
+SYM_QK = "results/transformers_symmetry_qk.json"
+SYM_STE = "results/transformers_symmetry_ste.json"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
 MNIST_NWAY = "results/merging_mnist_n_way.json"
@@ -538,7 +540,9 @@ CHECKS: list[Check] = [
                   lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
                              _ratio(r, "plain_sharpness")]),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_LLAMA, BENCH_SYM, skip=SYM_TIMES),
-    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 1, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_QK, BENCH_SYM, 1, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_STE, BENCH_SYM, 2, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 3, skip=SYM_TIMES),
     SentenceCheck(TRANSFORMERS, r"200 steps each \(held-out loss A ([\d.]+), B ([\d.]+)\);",
                   SYM_LLAMA, lambda r: _sym_losses(r, "llama")),
     SentenceCheck(TRANSFORMERS, r"untied head \(a tied one is refused, see above\); 200 steps "
@@ -559,9 +563,12 @@ CHECKS: list[Check] = [
                              _share(r, "gpt2", "full, activation"),
                              min(_share(r, "llama", k) for k in _rotated(r, "llama"))],
                   also=(SYM_GPT2,)),
-    SentenceCheck(TRANSFORMERS, r"is met for the GPT-2s \(([−-]\d+) %\) and not for the Llamas "
-                  r"\((\d+) %\)", SYM_LLAMA,
+    SentenceCheck(TRANSFORMERS, r"is met for the GPT-2s \(([−-]\d+) %\), and for the Llamas only\s+"
+                  r"with the permutations learned too \((\d+) %; the rotation alone: (\d+) %\)",
+                  SYM_LLAMA,
                   lambda r: [_share(r, "gpt2", "full, learned"),
+                             _pct(load_record(SYM_STE)["llama"][
+                                 "orthogonal, learned + STE permutations"]["share_of_naive"]),
                              _share(r, "llama", "orthogonal, learned")], also=(SYM_GPT2,)),
     SentenceCheck(TRANSFORMERS, r"Llamas \((\d+) % → (\d+) % weight-based, (\d+) % → (\d+) % "
                   r"activation-based\), and orthogonal per-head maps do not help either "

@@ -79,15 +79,22 @@ def _refuse_other_widths(a_path: str | Path, b_path: str | Path) -> None:
         return
     if a.state_dict.keys() != b.state_dict.keys():
         return
-    for key in a.state_dict:
-        shape_a, shape_b = _stored_shape(a, key), _stored_shape(b, key)
-        if len(shape_a) == len(shape_b) and shape_a != shape_b:
-            raise ModeconnectError(
-                f"align maps B's units one-to-one onto A's at one width, but {b.path} differs "
-                f"from {a.path} in width ({key!r} is {shape_b} in B, {shape_a} in A); to fuse "
-                "models of different widths use modeconnect merge A B --method otfusion|zip "
-                "--width N (no equivalence guard applies to a fused model)"
-            ) from None
+    differ = [
+        (key, _stored_shape(a, key), _stored_shape(b, key))
+        for key in a.state_dict
+        if len(_stored_shape(a, key)) == len(_stored_shape(b, key))
+        and _stored_shape(a, key) != _stored_shape(b, key)
+    ]
+    # A change of width resizes every tensor of a group together; one tensor of another
+    # shape is a broken checkpoint, which the caller's own error describes.
+    if len(differ) >= 2:
+        key, shape_a, shape_b = differ[0]
+        raise ModeconnectError(
+            f"align maps B's units one-to-one onto A's at one width, but {b.path} differs "
+            f"from {a.path} in width ({len(differ)} tensors, e.g. {key!r} is {shape_b} in B, "
+            f"{shape_a} in A); to fuse models of different widths use modeconnect merge A B "
+            "--method otfusion|zip --width N (no equivalence guard applies to a fused model)"
+        ) from None
 
 
 def _stored_shape(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
