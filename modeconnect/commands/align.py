@@ -25,8 +25,8 @@ from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError, OutputConflict, UntrustedReference
 from modeconnect.evaluation import Barrier, Curve, barrier_values
-from modeconnect.io.checkpoints import Checkpoint, json_writer, load_checkpoint
-from modeconnect.io.hf import LazyWeights, model_bytes
+from modeconnect.io.checkpoints import json_writer, load_checkpoint, stored_shape
+from modeconnect.io.hf import model_bytes
 from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
 from modeconnect.io.targets import Fill
 from modeconnect.matching import method_options
@@ -79,12 +79,8 @@ def _refuse_other_widths(a_path: str | Path, b_path: str | Path) -> None:
         return
     if a.state_dict.keys() != b.state_dict.keys():
         return
-    differ = [
-        (key, _stored_shape(a, key), _stored_shape(b, key))
-        for key in a.state_dict
-        if len(_stored_shape(a, key)) == len(_stored_shape(b, key))
-        and _stored_shape(a, key) != _stored_shape(b, key)
-    ]
+    shapes = [(key, stored_shape(a, key), stored_shape(b, key)) for key in a.state_dict]
+    differ = [(key, sa, sb) for key, sa, sb in shapes if len(sa) == len(sb) and sa != sb]
     # A change of width resizes every tensor of a group together; one tensor of another
     # shape is a broken checkpoint, which the caller's own error describes.
     if len(differ) >= 2:
@@ -95,11 +91,6 @@ def _refuse_other_widths(a_path: str | Path, b_path: str | Path) -> None:
             f"{shape_a} in A); to fuse models of different widths use modeconnect merge A B "
             "--method otfusion|zip --width N (no equivalence guard applies to a fused model)"
         ) from None
-
-
-def _stored_shape(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
-    weights = ckpt.state_dict
-    return weights.shape(key) if isinstance(weights, LazyWeights) else tuple(weights[key].shape)
 
 
 def _perplexity_barrier(curve: Curve, bar: Barrier) -> dict[str, float]:

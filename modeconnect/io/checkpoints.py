@@ -73,6 +73,7 @@ __all__ = [
     "checkpoint_writer",
     "json_writer",
     "load_models",
+    "stored_shape",
     "in_model_dtypes",
     "resolve_model",
     "restore_dtypes",
@@ -655,7 +656,7 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             "check --model and --model-kwargs"
         )
     for key, reference in expected.items():
-        shape, floating = _shape_of(ckpt, key), _dtype_of(ckpt, key).is_floating_point
+        shape, floating = stored_shape(ckpt, key), _dtype_of(ckpt, key).is_floating_point
         if shape != _shape(reference):
             raise ShapeMismatch(
                 f"{_where(ckpt, key)}: tensor {key!r} has shape {shape} in the checkpoint "
@@ -671,7 +672,8 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         _check_finite(ckpt)
 
 
-def _shape_of(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
+def stored_shape(ckpt: Checkpoint, key: str) -> tuple[int, ...]:
+    """The shape of ``key`` as stored (a directory's from its headers, without reading it)."""
     weights = ckpt.state_dict
     return weights.shape(key) if isinstance(weights, LazyWeights) else _shape(weights[key])
 
@@ -746,7 +748,7 @@ def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:
             "both checkpoints must come from the same architecture"
         )
     for key in sorted(a.state_dict):
-        shape_a, shape_b = _shape_of(a, key), _shape_of(b, key)
+        shape_a, shape_b = stored_shape(a, key), stored_shape(b, key)
         if shape_a != shape_b:
             raise ShapeMismatch(
                 f"tensor {key!r} has shape {shape_a} in {a.path} but {shape_b} in {b.path}; "
