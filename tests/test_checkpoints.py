@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, ShapeMismatch
 from modeconnect.io import checkpoints as mio
 from modeconnect.io.checkpoints import (
     Checkpoint,
@@ -641,10 +641,31 @@ def test_check_state_dict_non_finite(tmp_path: Path) -> None:
 def test_check_same_architecture(tmp_path: Path) -> None:
     a, b = _mlp_ckpt(tmp_path / "a.pt"), _mlp_ckpt(tmp_path / "b.pt")
     check_same_architecture(a, b)
-    wide = _mlp_ckpt(tmp_path / "wide.pt", width=6)
-    pattern = rf"tensor '0.bias' has shape \(4,\) in {_esc(a.path)} but \(6,\) in {_esc(wide.path)}"
-    with pytest.raises(ModeconnectError, match=pattern):
+    broken = Checkpoint(tmp_path / "broken.pt", {**b.state_dict, "0.bias": torch.zeros(6)})
+    pattern = (
+        rf"tensor '0.bias' has shape \(4,\) in {_esc(a.path)} but \(6,\) in {_esc(broken.path)}"
+    )
+    with pytest.raises(ShapeMismatch, match=pattern):
+        check_same_architecture(a, broken)
+
+
+def test_another_width_is_named_by_the_shared_checks(tmp_path: Path) -> None:
+    """Every tensor of the hidden group resized: both checks name the change of width and
+    ``merge --width``, once, without a second read of either file."""
+    a, wide = _mlp_ckpt(tmp_path / "a.pt"), _mlp_ckpt(tmp_path / "wide.pt", width=6)
+    pattern = (
+        rf"^{_esc(wide.path)} differs from {_esc(a.path)} in width \(3 tensors, e\.g\. "
+        r"'0\.bias' is \(6,\) in B, \(4,\) in A\); .*merge A B --method otfusion\|zip --width N"
+    )
+    with pytest.raises(ShapeMismatch, match=pattern):
         check_same_architecture(a, wide)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    pattern = (
+        rf"{_esc(wide.path)}: tensor '0.weight' has shape \(6, 3\) in the checkpoint but "
+        r"\(4, 3\) in the model, and 2 more tensors differ: the checkpoint is another width"
+    )
+    with pytest.raises(ShapeMismatch, match=pattern):
+        check_state_dict(model, wide)
 
 
 def test_check_same_architecture_keys(tmp_path: Path) -> None:

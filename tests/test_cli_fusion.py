@@ -158,7 +158,7 @@ def test_align_across_widths_is_one_line_that_points_to_merge_width(pair, tmp_pa
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.output
         assert "merge A B --method otfusion|zip --width N" in lines[0]
-        assert "'1.weight' is " in lines[0] and not out.exists()
+        assert "'1.bias' is " in lines[0] and not out.exists()
     wide_bytes = wide.read_bytes()
     proc = subprocess.run(
         [sys.executable, "-m", "modeconnect_cli.main", "align", str(wide), str(narrow),
@@ -167,9 +167,9 @@ def test_align_across_widths_is_one_line_that_points_to_merge_width(pair, tmp_pa
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
-        f"Error: align maps B's units one-to-one onto A's at one width, but {narrow} differs "
-        f"from {wide} in width (5 tensors, e.g. '1.weight' is (8, 64) in B, (16, 64) in A); to "
-        "fuse models of different widths use modeconnect merge A B --method otfusion|zip "
+        f"Error: {narrow} differs from {wide} in width (5 tensors, e.g. '1.bias' is (8,) in B, "
+        "(16,) in A); aligning, interpolating and averaging map units one-to-one at one width: "
+        "to fuse models of different widths use modeconnect merge A B --method otfusion|zip "
         "--width N (no equivalence guard applies to a fused model)"
     )
     assert wide.read_bytes() == wide_bytes and not out.exists()

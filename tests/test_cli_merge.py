@@ -145,7 +145,8 @@ def _other_width(path: Path) -> None:
     [
         (_nonfinite, [], r"tensor '1\.weight' \(16, 64\) has 1 non-finite values"),
         (_other_width, ["--model", MODEL, "--model-kwargs", json.dumps(KWARGS)],
-         r"tensor '3\.weight' has shape \(8, 16\) in the checkpoint but \(12, 16\) in the model"),
+         r"bad\.pt differs from .*m0\.pt in width \(3 tensors, e\.g\. '3\.bias' is \(8,\) in B, "
+         r"\(12,\) in A\); .* merge A B --method otfusion\|zip --width N"),
         (None, ["--weights", "1,2"], r"got 2 weights \[1\.0, 2\.0\] for 3 models"),
         (None, ["--weights", "1,x"], "expected comma-separated numbers"),
         (None, ["--method", "nope"],

@@ -23,9 +23,9 @@ from modeconnect.commands.options import AlignOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
-from modeconnect.errors import ModeconnectError, OutputConflict, UntrustedReference
+from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Barrier, Curve, barrier_values
-from modeconnect.io.checkpoints import json_writer, load_checkpoint, stored_shape
+from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.hf import model_bytes
 from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
 from modeconnect.io.targets import Fill
@@ -68,31 +68,6 @@ class AlignReport(FileReport[AlignResult]):
         return out
 
 
-def _refuse_other_widths(a_path: str | Path, b_path: str | Path) -> None:
-    """When A and B hold the same tensors at other sizes, raise the one line that says
-    why ``align`` cannot take them and names ``merge --width``; otherwise return (the
-    caller re-raises its own error). ``align`` maps B's units one-to-one onto A's under
-    the equivalence guard, which a change of width cannot keep."""
-    try:
-        a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    except ModeconnectError:
-        return
-    if a.state_dict.keys() != b.state_dict.keys():
-        return
-    shapes = [(key, stored_shape(a, key), stored_shape(b, key)) for key in a.state_dict]
-    differ = [(key, sa, sb) for key, sa, sb in shapes if len(sa) == len(sb) and sa != sb]
-    # A change of width resizes every tensor of a group together; one tensor of another
-    # shape is a broken checkpoint, which the caller's own error describes.
-    if len(differ) >= 2:
-        key, shape_a, shape_b = differ[0]
-        raise ModeconnectError(
-            f"align maps B's units one-to-one onto A's at one width, but {b.path} differs "
-            f"from {a.path} in width ({len(differ)} tensors, e.g. {key!r} is {shape_b} in B, "
-            f"{shape_a} in A); to fuse models of different widths use modeconnect merge A B "
-            "--method otfusion|zip --width N (no equivalence guard applies to a fused model)"
-        ) from None
-
-
 def _perplexity_barrier(curve: Curve, bar: Barrier) -> dict[str, float]:
     """A language model's barrier in perplexity (same definition), or nothing."""
     ppl = [p.perplexity for p in curve.points]
@@ -123,17 +98,12 @@ def align_files(
     if not 0.0 <= o.alpha <= 1.0:
         raise ModeconnectError(f"--alpha: must lie in [0, 1], got {o.alpha}; pass the weight of B")
     where, eval_dtype = resolve_device(o.run.device), parse_dtype(o.run.dtype)
-    try:
-        session = open_session(
-            [a_path, b_path], o,
-            seed=int(o.method_options.get("seed") or 0),
-            outputs=[("--out", o.out, "checkpoint"), ("--merged", o.merged, "checkpoint"),
-                     ("--json", o.json_path, "json")],
-        )  # fmt: skip
-    except ModeconnectError as exc:
-        if not isinstance(exc, (UntrustedReference, OutputConflict)):  # those come first
-            _refuse_other_widths(a_path, b_path)
-        raise
+    session = open_session(
+        [a_path, b_path], o,
+        seed=int(o.method_options.get("seed") or 0),
+        outputs=[("--out", o.out, "checkpoint"), ("--merged", o.merged, "checkpoint"),
+                 ("--json", o.json_path, "json")],
+    )  # fmt: skip
     net, (ca, cb), clock = session.model, session.checkpoints, session.timings
     stats = session.train if session.train is not None else session.data
     check_mode(net, o.bn, session.train)

@@ -67,6 +67,7 @@ __all__ = [
     "LoadedModels",
     "build_model",
     "check_same_architecture",
+    "check_same_width",
     "check_state_dict",
     "import_callable",
     "load_checkpoint",
@@ -542,6 +543,8 @@ def load_models(
     full read, the finite check, reports its shards to ``progress``.
     """
     ckpts = [load_checkpoint(p) for p in paths]
+    for ckpt in ckpts[1:]:  # first: names both files where each names its own widths
+        check_same_width(ckpts[0], ckpt)
     arch = _architecture(ckpts, model_ref, model_kwargs, trust)
     ckpts = [_named_for(arch.model, c) for c in ckpts]
     for ckpt in ckpts:
@@ -655,12 +658,20 @@ def check_state_dict(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             f"{_key_sets(('missing keys', missing), ('unexpected keys', unexpected))}; "
             "check --model and --model-kwargs"
         )
+    shapes = {key: (_shape(t), stored_shape(ckpt, key)) for key, t in expected.items()}
+    resized = _resized(shapes)
     for key, reference in expected.items():
-        shape, floating = stored_shape(ckpt, key), _dtype_of(ckpt, key).is_floating_point
+        shape, floating = shapes[key][1], _dtype_of(ckpt, key).is_floating_point
         if shape != _shape(reference):
+            other_width = (
+                f", and {len(resized) - 1} more tensors differ: the checkpoint is another "
+                f"width of this architecture; {FUSE_HINT}"
+                if len(resized) >= 2
+                else ""
+            )
             raise ShapeMismatch(
                 f"{_where(ckpt, key)}: tensor {key!r} has shape {shape} in the checkpoint "
-                f"but {_shape(reference)} in the model; check --model-kwargs"
+                f"but {_shape(reference)} in the model{other_width}; check --model-kwargs"
             )
         if floating != reference.is_floating_point():
             raise ShapeMismatch(
@@ -747,10 +758,55 @@ def check_same_architecture(a: Checkpoint, b: Checkpoint) -> None:
             f"{_key_sets((f'only in {a.path.name}', only_a), (f'only in {b.path.name}', only_b))}; "
             "both checkpoints must come from the same architecture"
         )
-    for key in sorted(a.state_dict):
-        shape_a, shape_b = stored_shape(a, key), stored_shape(b, key)
+    shapes = check_same_width(a, b)
+    for key, (shape_a, shape_b) in shapes.items():
         if shape_a != shape_b:
             raise ShapeMismatch(
                 f"tensor {key!r} has shape {shape_a} in {a.path} but {shape_b} in {b.path}; "
                 "both checkpoints must come from the same architecture"
             )
+
+
+def check_same_width(
+    a: Checkpoint, b: Checkpoint
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Refuse ``b`` when it is another width of ``a``'s architecture; the shapes of their
+    common keys (sorted) otherwise.
+
+    One line names the change (how many tensors, one of them with both shapes) and
+    ``merge --width``, the command that takes such models.
+    """
+    common = sorted(a.state_dict.keys() & b.state_dict.keys())
+    shapes = {key: (stored_shape(a, key), stored_shape(b, key)) for key in common}
+    resized = _resized(shapes)
+    if len(resized) >= 2:
+        key, (shape_a, shape_b) = resized[0]
+        raise ShapeMismatch(
+            f"{b.path} differs from {a.path} in width ({len(resized)} tensors, e.g. {key!r} "
+            f"is {shape_b} in B, {shape_a} in A); aligning, interpolating and averaging map "
+            f"units one-to-one at one width: {FUSE_HINT}"
+        )
+    return shapes
+
+
+FUSE_HINT = (
+    "to fuse models of different widths use modeconnect merge A B --method otfusion|zip "
+    "--width N (no equivalence guard applies to a fused model)"
+)
+"""What to do with checkpoints that are other widths of one architecture."""
+
+
+def _resized(
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+) -> list[tuple[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """The tensors whose two shapes differ in size but not in rank, in ``shapes``' order.
+
+    A change of width resizes every tensor of a permutation group together, so two or
+    more of them mark another width of the architecture; a single one is a broken
+    tensor, which the caller names on its own.
+    """
+    return [
+        (k, pair)
+        for k, pair in shapes.items()
+        if pair[0] != pair[1] and len(pair[0]) == len(pair[1])
+    ]
