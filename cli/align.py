@@ -50,6 +50,6 @@ def align(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:
-        options = parsed("AlignOptions", trust=o.trust(opts), timings=timings, progress=bar, **opts)
+        options = parsed("AlignOptions", timings=timings, progress=bar, **opts)
         report = align_files(a, b, options)
     finish(format_align(report), report.timings, verbose)

@@ -27,8 +27,7 @@ from modeconnect_cli.format import format_barrier
     "Layer groups as module prefixes (default: one per module); join with +.",
 )
 @o.bn()
-@o.MAX_BN_BATCHES
-@o.POINTS_PER_PASS
+@o.EVALUATED_POINTS
 @o.STEPS
 @o.DEFINITION
 @click.option(

@@ -12,7 +12,7 @@ import click
 from modeconnect.errors import printable
 from modeconnect.io.offline import offline
 from modeconnect_cli.format import command_line, format_timings
-from modeconnect_cli.options import fail
+from modeconnect_cli.options import fail, trust
 
 
 class CommandGroup(click.Group):
@@ -119,8 +119,11 @@ def finish(text: str, timings: Any, verbose: bool) -> None:
 
 def parsed(options: str, **keywords: Any) -> Any:
     """The command's options object, ``modeconnect.commands.options.<options>``, built once
-    from the parsed flags (an unknown one is a one-line error naming the valid ones)."""
+    from the parsed flags (an unknown one is a one-line error naming the valid ones;
+    ``--trust-module`` and ``--trust-model-ref`` become one ``trust``)."""
     cls, _ = library("modeconnect.commands.options", options)
+    if "trust_module" in keywords or "trust_model_ref" in keywords:  # the two --trust flags
+        keywords["trust"] = trust(keywords)
     return cls.from_keywords(keywords)
 
 
@@ -147,6 +150,5 @@ def run_aligned_study(
 
     align_options = o.pop_method_options(opts, opts["align"])
     return run_study(
-        module, name, options, *args, quiet=quiet, trust=o.trust(opts),
-        align_options=align_options, **opts,
+        module, name, options, *args, quiet=quiet, align_options=align_options, **opts,
     )  # fmt: skip

@@ -32,9 +32,7 @@ def compare(a: str, b: str, verbose: bool, methods: list[str] | None, **opts: An
     """Align B to A with every method and print time, objective and barriers."""
     o.check_method_flags(methods, opts)
     compare_files, _ = library("modeconnect.commands.compare", "compare_files")
-    report = compare_files(
-        a, b, parsed("CompareOptions", methods=methods, trust=o.trust(opts), **opts)
-    )
+    report = compare_files(a, b, parsed("CompareOptions", methods=methods, **opts))
     lines = [f"model      {report.model_ref}", format_comparison(report.comparison)]
     lines += [f"wrote      {what}: {path}" for what, path in report.written.items()]
     finish("\n".join(lines), report.timings, verbose)

@@ -36,8 +36,7 @@ from modeconnect_cli.format import format_curve
 @o.STEPS
 @o.DEFINITION
 @o.bn(("auto", "reset", "none"), default="auto")
-@o.MAX_BN_BATCHES
-@o.POINTS_PER_PASS
+@o.EVALUATED_POINTS
 @o.LOSS
 @o.output("--bend", "Write the bend as a checkpoint (once per bend, in order).", multiple=True)
 @o.output("--aligned", "Write B aligned to A (with --align).")

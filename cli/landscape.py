@@ -36,12 +36,7 @@ def _span(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float
 @o.resolution(None, "Points along each direction [default: 51 in 1-D, 21 in 2-D].")
 @o.SEED_OPTION
 @o.bn(("none", "reset"))
-@o.MAX_BN_BATCHES
-@o.POINTS_PER_PASS
-@o.LOSS
-@o.BATCH_SIZE
-@o.RAY
-@o.STUDY_OUTPUTS
+@o.GRID_STUDY
 def landscape(checkpoint: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Loss and error around CHECKPOINT along random filter-normalised directions.
 
@@ -51,6 +46,6 @@ def landscape(checkpoint: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     report = run_study(
         "modeconnect.commands.landscape", "landscape_files", "LandscapeOptions",
         checkpoint, quiet=quiet,
-        trust=o.trust(opts), **opts,
+        **opts,
     )  # fmt: skip
     finish(format_landscape(report), report.timings, verbose)

@@ -53,7 +53,7 @@ def merge(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any)
     from modeconnect.progress import ProgressBar
 
     with ProgressBar(quiet=quiet) as bar:
-        options = parsed("MergeOptions", trust=o.trust(opts), progress=bar, **opts)
+        options = parsed("MergeOptions", progress=bar, **opts)
         report = merge_files(checkpoints, options)
     text = format_fusion(report) if fusion else format_merge(report)
     finish(text, report.timings, verbose)

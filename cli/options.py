@@ -493,6 +493,10 @@ RAY = group(
     ),
 )  # fmt: skip
 """Ray: where independent tasks run (modeconnect.distributed)."""
+EVALUATED_POINTS = group(MAX_BN_BATCHES, POINTS_PER_PASS)
+"""How the points of a path or grid are evaluated: batches per BatchNorm reset, points per pass."""
+GRID_STUDY = group(EVALUATED_POINTS, LOSS, BATCH_SIZE, RAY, STUDY_OUTPUTS)
+"""How a grid study (plane, landscape) evaluates its points (rows on Ray), and its outputs."""
 
 
 # --------------------------------------------------------------------------- running a command

@@ -30,12 +30,7 @@ from modeconnect_cli.format import format_plane
                     "--bend): draw the curve too.")  # fmt: skip
 @o.names_option("--names", "A,B,C", "Labels of the three models [default: A,B,C or A,B,bend].")
 @o.bn(("auto", "reset", "none"), default="auto")
-@o.MAX_BN_BATCHES
-@o.POINTS_PER_PASS
-@o.LOSS
-@o.BATCH_SIZE
-@o.RAY
-@o.STUDY_OUTPUTS
+@o.GRID_STUDY
 def plane(a: str, b: str, c: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Loss and error on a grid over the plane through A, B and C, with the line A-B drawn.
 
@@ -44,7 +39,7 @@ def plane(a: str, b: str, c: str, verbose: bool, quiet: bool, **opts: Any) -> No
     """
     report = run_study(
         "modeconnect.commands.landscape", "plane_files", "PlaneOptions",
-        a, b, c, quiet=quiet, trust=o.trust(opts),
+        a, b, c, quiet=quiet,
         **opts,
     )  # fmt: skip
     finish(format_plane(report), report.timings, verbose)

@@ -60,6 +60,6 @@ def sharpness(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: 
     report = run_study(
         "modeconnect.commands.sharpness", "sharpness_files", "SharpnessOptions",
         checkpoints, quiet=quiet,
-        trust=o.trust(opts), **opts,
+        **opts,
     )  # fmt: skip
     finish(format_sharpness(report), report.timings, verbose)

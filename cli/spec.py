@@ -20,5 +20,5 @@ from modeconnect_cli.format import format_spec
 def spec(checkpoint: str | None, verbose: bool, **opts: Any) -> None:
     """Print the permutation groups derived from the model's graph, and what stays fixed."""
     spec_files, _ = library("modeconnect.commands.spec", "spec_files")
-    result = spec_files(checkpoint, parsed("SpecOptions", trust=o.trust(opts), **opts))
+    result = spec_files(checkpoint, parsed("SpecOptions", **opts))
     finish(format_spec(result), None, verbose)

@@ -30,7 +30,7 @@ def sweep(config: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """
     report = run_study(
         "modeconnect.commands.sweep", "sweep_files", "SweepOptions", config, quiet=quiet,
-        trust=o.trust(opts), **opts,
+        **opts,
     )  # fmt: skip
     lines = [f"rows       {len(report.rows)} ({report.new} new, {report.resumed} from the table)"]
     lines += [f"wrote      {what}: {path}" for what, path in report.written.items()]

@@ -79,12 +79,8 @@ def aligned_fedavg(
 
     >>> import torch
     >>> import modeconnect as mc
-    >>> from modeconnect.models import mlp
-    >>> _ = torch.manual_seed(0)
-    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
-    >>> spec = mc.derive_spec(model, (torch.randn(2, 4),))
-    >>> global_model = model.state_dict()
-    >>> permuted = mc.apply_permutation(global_model, spec, mc.random_permutation(spec, seed=1))
+    >>> from modeconnect.models import permuted_pair
+    >>> model, _, spec, global_model, permuted, _ = permuted_pair()
     >>> clients = [global_model, permuted]
     >>> new = mc.aligned_fedavg(model, clients, [1, 1], reference=global_model, spec=spec)
     >>> all(torch.allclose(new[k], global_model[k]) for k in global_model)

@@ -216,13 +216,8 @@ def check_equivalence(
 
     >>> import torch
     >>> import modeconnect as mc
-    >>> from modeconnect.models import mlp
-    >>> _ = torch.manual_seed(0)
-    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
-    >>> x = torch.randn(16, 4)
-    >>> spec = mc.derive_spec(model, (x,))
-    >>> a = model.state_dict()
-    >>> b = mc.apply_permutation(a, spec, mc.random_permutation(spec, seed=1))
+    >>> from modeconnect.models import permuted_pair
+    >>> model, x, spec, a, b, _ = permuted_pair()  # a small MLP and a permuted copy
     >>> eq = mc.check_equivalence(model, a, b, (x,))
     >>> eq.passed, eq.failed, eq.precision
     (True, None, 'float32')

@@ -9,19 +9,24 @@ the tests. Every constructor takes only JSON-serialisable keyword arguments
   functional activations (``F.relu`` in ``forward``).
 - :func:`conv_net`: a small CNN (``Conv``-``BatchNorm``-``ReLU`` stacks, one
   max-pool, ``Flatten``, ``Linear`` head) for the 8x8 digits images.
+- :func:`permuted_pair`: a small :func:`mlp` and a copy of it with its hidden units
+  permuted, the smallest alignment problem with a known answer (the docstring examples
+  start from it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modeconnect.errors import ModeconnectError
+from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
 
-__all__ = ["MLP", "ToImage", "conv_net", "mlp"]
+__all__ = ["MLP", "PermutedPair", "ToImage", "conv_net", "mlp", "permuted_pair"]
 
 
 def _check_sizes(name: str, **sizes: int | Sequence[int]) -> None:
@@ -186,3 +191,47 @@ def conv_net(
     spatial = (image_size // 2) ** 2
     layers += [nn.Flatten(), nn.Linear(width * spatial, num_classes)]
     return nn.Sequential(*layers)
+
+
+class PermutedPair(NamedTuple):
+    """A model, example inputs, its spec, its weights ``a`` and their permuted copy ``b``."""
+
+    model: nn.Sequential
+    inputs: torch.Tensor
+    spec: PermutationSpec
+    a: dict[str, torch.Tensor]
+    b: dict[str, torch.Tensor]
+    perm: dict[str, torch.Tensor]
+
+
+def permuted_pair(
+    in_features: int = 4,
+    hidden: Sequence[int] = (8, 8),
+    out_features: int = 3,
+    *,
+    examples: int = 16,
+    seed: int = 0,
+) -> PermutedPair:
+    """A random :func:`mlp` (``torch.manual_seed(seed)``), ``examples`` random inputs, the
+    spec derived from them, the weights ``a`` and ``b = perm(a)`` for a random ``perm``
+    (seeded by ``seed + 1``): two weight sets of one function, far apart in weight space.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from modeconnect.models import permuted_pair
+    >>> pair = permuted_pair()
+    >>> torch.equal(pair.a["1.weight"], pair.b["1.weight"])
+    False
+    >>> twin = permuted_pair().model
+    >>> _ = twin.load_state_dict(pair.b)
+    >>> torch.allclose(twin(pair.inputs), pair.model(pair.inputs), atol=1e-6)
+    True
+    """
+    torch.manual_seed(seed)
+    model = mlp(in_features, hidden, out_features)
+    inputs = torch.randn(examples, in_features)
+    spec = derive_spec(model, (inputs,))
+    a = model.state_dict()
+    perm = random_permutation(spec, seed=seed + 1)
+    return PermutedPair(model, inputs, spec, a, apply_permutation(a, spec, perm), perm)

@@ -428,12 +428,8 @@ def match_weights(
 
     >>> import torch
     >>> import modeconnect as mc
-    >>> from modeconnect.models import mlp
-    >>> _ = torch.manual_seed(0)
-    >>> model = mlp(in_features=4, hidden=[8, 8], out_features=3)
-    >>> spec = mc.derive_spec(model, (torch.randn(2, 4),))
-    >>> a = model.state_dict()
-    >>> b = mc.apply_permutation(a, spec, mc.random_permutation(spec, seed=1))
+    >>> from modeconnect.models import permuted_pair
+    >>> _, _, spec, a, b, _ = permuted_pair()  # a small MLP and a permuted copy
     >>> alignment = mc.match_weights(spec, a, b)
     >>> alignment.method, alignment.iterations > 0
     ('weight', True)
