@@ -50,6 +50,13 @@ class AlignResult:
         """The path's A end: :attr:`reference` under the full symmetry, else ``a``."""
         return a if self.reference is None else self.reference
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON: ``alignment``, ``equivalence`` and, under a larger symmetry, ``symmetry``."""
+        out = {"alignment": self.alignment.to_dict(), "equivalence": self.equivalence.to_dict()}
+        if self.symmetry is not None:
+            out["symmetry"] = dict(self.symmetry)
+        return out
+
 
 def align(
     model: nn.Module,

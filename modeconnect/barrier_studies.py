@@ -150,10 +150,7 @@ class Study:
             "splits": list(self.naive.splits),
         }
         if self.alignment is not None:
-            out["alignment"] = self.alignment.alignment.to_dict()
-            out["equivalence"] = self.alignment.equivalence.to_dict()
-            if self.alignment.symmetry is not None:
-                out["symmetry"] = dict(self.alignment.symmetry)
+            out.update(self.alignment.to_dict())
         for name, pair in self.pairs.items():
             out[name] = pair.to_dict(self.definition)
         out["layerwise"] = [

@@ -79,10 +79,22 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Bezier:
-    """Bezier curve of degree ``bends + 1`` with control points ``θ_A, θ_1 … θ_bends, θ_B``."""
+class _Bends:
+    """A curve from ``θ_A`` to ``θ_B`` through ``bends`` trainable control points."""
 
     bends: int = 1
+
+    def line_positions(self) -> tuple[float, ...]:
+        """Bend positions ``k/n`` on the segment A→B (``n = bends + 1``), for which the
+        curve is the line ``φ(t) = (1-t)A + tB``."""
+        n = self.bends + 1
+        return tuple(k / n for k in range(1, n))
+
+
+@dataclass(frozen=True)
+class Bezier(_Bends):
+    """Bezier curve of degree ``bends + 1`` with control points ``θ_A, θ_1 … θ_bends, θ_B``."""
+
     name: ClassVar[str] = "bezier"
 
     def coefficients(self, t: float) -> tuple[float, ...]:
@@ -90,17 +102,11 @@ class Bezier:
         n = self.bends + 1
         return tuple(math.comb(n, k) * t**k * (1.0 - t) ** (n - k) for k in range(n + 1))
 
-    def line_positions(self) -> tuple[float, ...]:
-        """Bend positions ``k/n`` on the segment A→B, for which ``φ(t) = (1-t)A + tB``."""
-        n = self.bends + 1
-        return tuple(k / n for k in range(1, n))
-
 
 @dataclass(frozen=True)
-class PolyChain:
+class PolyChain(_Bends):
     """Polygonal chain ``θ_A → θ_1 → … → θ_bends → θ_B``, node ``k`` at ``t = k/(bends + 1)``."""
 
-    bends: int = 1
     name: ClassVar[str] = "polychain"
 
     def coefficients(self, t: float) -> tuple[float, ...]:
@@ -112,11 +118,6 @@ class PolyChain:
         out = [0.0] * (n + 1)
         out[seg], out[seg + 1] = 1.0 - frac, frac
         return tuple(out)
-
-    def line_positions(self) -> tuple[float, ...]:
-        """Bend positions ``k/n`` on the segment A→B, for which the chain is the line."""
-        n = self.bends + 1
-        return tuple(k / n for k in range(1, n))
 
 
 Parametrisation = Bezier | PolyChain
@@ -499,10 +500,7 @@ class CurveStudy:
             "fit": self.fit.to_dict(),
         }
         if self.alignment is not None:
-            out["alignment"] = self.alignment.alignment.to_dict()
-            out["equivalence"] = self.alignment.equivalence.to_dict()
-            if self.alignment.symmetry is not None:
-                out["symmetry"] = dict(self.alignment.symmetry)
+            out.update(self.alignment.to_dict())
         for name, results in (("line", self.line), ("curve", self.curve)):
             first = next(iter(results.values()))
             out[name] = {

@@ -36,8 +36,19 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
+class _TopOneError:
+    """The ``error`` of a record with an ``accuracy``."""
+
+    accuracy: float
+
+    @property
+    def error(self) -> float:
+        """Top-1 error, ``1 - accuracy``."""
+        return 1.0 - self.accuracy
+
+
 @dataclass(frozen=True)
-class Metrics:
+class Metrics(_TopOneError):
     """Mean loss and top-1 accuracy over all target entries seen.
 
     ``perplexity`` is ``exp(loss)`` for language-model scorings, else ``None``.
@@ -47,25 +58,15 @@ class Metrics:
     accuracy: float
     perplexity: float | None = None
 
-    @property
-    def error(self) -> float:
-        """Top-1 error, ``1 - accuracy``."""
-        return 1.0 - self.accuracy
-
 
 @dataclass(frozen=True)
-class CurvePoint:
+class CurvePoint(_TopOneError):
     """Loss and accuracy (and, for language models, perplexity) at one coefficient ``alpha``."""
 
     alpha: float
     loss: float
     accuracy: float
     perplexity: float | None = None
-
-    @property
-    def error(self) -> float:
-        """Top-1 error, ``1 - accuracy``."""
-        return 1.0 - self.accuracy
 
     def to_dict(self) -> dict[str, float]:
         """``{"alpha", "loss", "accuracy"}``, and ``"perplexity"`` when there is one."""
