@@ -15,6 +15,7 @@ with code 2. A few subclasses name what a library user may want to catch on its 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 ERRORS = (
     "ModeconnectError",
@@ -26,12 +27,23 @@ ERRORS = (
 )
 """The error classes, exported at the top level as well."""
 
-__all__ = ["ERRORS", "MAX_MESSAGE", *ERRORS, "load_error_reason", "printable"]
+__all__ = ["ERRORS", "MAX_MESSAGE", *ERRORS, "listed", "load_error_reason", "printable"]
 
 MAX_MESSAGE = 2000
 """Characters of a message kept (its start and its end, where the advice is); a file can
 put a string of any length into a message, a terminal line should stay readable."""
 _TAIL = 500
+
+
+def listed(keys: Sequence[str], limit: int = 5) -> str:
+    """``"['a', 'b', ... (3 more)]"``: the first ``limit`` keys of ``keys`` for a message.
+
+    >>> listed(["a", "b", "c"], limit=2)
+    "['a', 'b', ... (1 more)]"
+    """
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"[{shown}{more}]"
 
 
 def printable(text: object, limit: int | None = None) -> str:

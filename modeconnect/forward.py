@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, listed
 
 __all__ = [
     "Binding",
@@ -186,8 +186,8 @@ class Binding:
         unexpected = sorted(set(state_dict) - self.known)
         if missing or unexpected:
             raise ModeconnectError(
-                f"state dict: does not fit the model (missing {_short(sorted(missing))}, "
-                f"unexpected {_short(unexpected)}); load it into the same architecture"
+                f"state dict: does not fit the model (missing {listed(sorted(missing))}, "
+                f"unexpected {listed(unexpected)}); load it into the same architecture"
             )
 
     def bind(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -207,12 +207,6 @@ class Binding:
 
 def _first(names: Sequence[str], state_dict: Mapping[str, Tensor]) -> Tensor | None:
     return next((state_dict[n] for n in names if n in state_dict), None)
-
-
-def _short(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"[{shown}{more}]"
 
 
 # --------------------------------------------------------------------------- running

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from .bn import reset_batchnorm
-from .errors import ModeconnectError
+from .errors import ModeconnectError, listed
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
 from .probe import Batch, probe_inputs
@@ -183,8 +183,8 @@ def _check_fits(sd: StateDict, label: str, ref: StateDict, ref_label: str) -> No
     missing, unexpected = sorted(ref.keys() - sd.keys()), sorted(sd.keys() - ref.keys())
     if missing or unexpected:
         raise ModeconnectError(
-            f"{label}: keys differ from {ref_label}: missing {_few(missing)}, "
-            f"unexpected {_few(unexpected)}; all models must come from the same architecture"
+            f"{label}: keys differ from {ref_label}: missing {listed(missing)}, "
+            f"unexpected {listed(unexpected)}; all models must come from the same architecture"
         )
     for key, r in ref.items():
         t = sd[key]
@@ -210,11 +210,6 @@ def _check_finite(sd: StateDict, label: str) -> None:
                 f"{label}: tensor {key!r} {tuple(t.shape)} has {bad} non-finite values "
                 "(NaN or inf); the weights are unusable, leave this model out"
             )
-
-
-def _few(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return f"[{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}]"
 
 
 def _check_reference(reference: Reference, state_dicts: Sequence[StateDict]) -> Reference:

@@ -6,12 +6,12 @@ move, others (BatchNorm's ``num_batches_tracked``) come from A; both ends are ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, listed
 from modeconnect.forward import computed_buffers
 from modeconnect.views import Converted, Extended, Lerped
 
@@ -133,8 +133,8 @@ def check_pair(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
     missing, unexpected = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if missing or unexpected:
         raise ModeconnectError(
-            f"state dicts A and B: B's keys differ from A's (missing {_short(missing)}, "
-            f"unexpected {_short(unexpected)}); load both from the same architecture"
+            f"state dicts A and B: B's keys differ from A's (missing {listed(missing)}, "
+            f"unexpected {listed(unexpected)}); load both from the same architecture"
         )
     for key, ta in a.items():
         tb = b[key]
@@ -156,9 +156,3 @@ def _mismatch(key: str, ta: Tensor, tb: Tensor) -> ModeconnectError:
     return ModeconnectError(
         f"state dicts A and B: {what} mismatch for {key!r}, A has {x}, B has {y}; {fix}"
     )
-
-
-def _short(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"[{shown}{more}]"
