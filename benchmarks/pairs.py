@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -35,6 +34,7 @@ from modeconnect.spec import (  # noqa: E402
     derive_spec,  # noqa: E402
     random_permutation,
 )
+from modeconnect.training import train_classifier  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 StateDict = dict[str, torch.Tensor]
@@ -134,15 +134,6 @@ def _train_pair(width: int, paths: list[Path]) -> None:
 def _train_wide(seed: int, width: int, data: dict[str, torch.Tensor]) -> StateDict:
     """SGD (momentum 0.9, lr 0.05, cosine), batch 128, 2 epochs: enough for distinct basins."""
     torch.manual_seed(seed)
-    net = mlp(784, [width] * 3, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    n, epochs, batch = len(data["y"]), 2, 128
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // batch))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(batch):
-            opt.zero_grad()
-            F.cross_entropy(net(data["x"][idx]), data["y"][idx]).backward()
-            opt.step()
-            sched.step()
+    net = train_classifier(mlp(784, [width] * 3, 10), data["x"], data["y"], epochs=2, lr=0.05,
+                           batch_size=128, seed=seed)  # fmt: skip
     return {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from modeconnect.models import mlp  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"
 MODEL_KWARGS: dict[str, Any] = {"in_features": 64, "hidden": [512, 512, 512], "out_features": 10}
@@ -75,21 +76,10 @@ def make_data() -> tuple[Data, Data]:
 def train(seed: int, data: Data, kwargs: dict[str, Any] = MODEL_KWARGS) -> nn.Sequential:
     """Train one MLP from ``seed`` (both its initialisation and its batch order)."""
     torch.manual_seed(seed)
-    model = mlp(**kwargs)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(data["y"])
-    steps = EPOCHS * -(-n // BATCH_SIZE)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.train()
-    for _ in range(EPOCHS):
-        for batch in torch.randperm(n, generator=gen).split(BATCH_SIZE):
-            loss = F.cross_entropy(model(data["x"][batch]), data["y"][batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return train_classifier(
+        mlp(**kwargs), data["x"], data["y"], epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE,
+        seed=seed, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+    )  # fmt: skip
 
 
 @torch.no_grad()

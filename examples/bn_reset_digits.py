@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +35,7 @@ from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.io.data import load_data  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
 from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 MODEL = "modeconnect.models:conv_net"
 MODEL_KWARGS: dict[str, Any] = {"in_channels": 1, "channels": [16, 32], "num_classes": 10}
@@ -45,21 +45,7 @@ SEEDS = {"a": 1, "b": 2}
 def train(seed: int, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 6) -> nn.Module:
     """Train one CNN from ``seed`` (initialisation and batch order): SGD, cosine schedule."""
     torch.manual_seed(seed)
-    model = conv_net(**MODEL_KWARGS)
-    batch = 32
-    steps = epochs * -(-len(y) // batch)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for idx in order.split(batch):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return train_classifier(conv_net(**MODEL_KWARGS), x, y, epochs=epochs, lr=0.05, seed=seed)
 
 
 def train_pair(*, epochs: int = 6) -> dict[str, dict[str, torch.Tensor]]:

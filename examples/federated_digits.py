@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -34,6 +33,7 @@ from modeconnect.evaluation import evaluate  # noqa: E402
 from modeconnect.federated import aligned_fedavg, fedavg  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
 from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 CLIENTS = 4
 HIDDEN = [128, 128, 128]
@@ -58,15 +58,8 @@ def split_non_iid(y: torch.Tensor, clients: int, alpha: float, seed: int) -> lis
 def train_client(x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """SGD with momentum from the client's own initialisation; returns the state dict."""
     torch.manual_seed(seed)
-    net = mlp(64, HIDDEN, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS):
-        for batch in torch.randperm(len(y), generator=gen).split(32):
-            loss = F.cross_entropy(net(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    net = train_classifier(mlp(64, HIDDEN, 10), x, y, epochs=EPOCHS, lr=0.1, seed=seed,
+                           schedule="constant")  # fmt: skip
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

@@ -53,6 +53,7 @@ from modeconnect.commands.align import AlignReport, align_files  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
 from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"
 MODEL_KWARGS: dict[str, Any] = {"in_features": 784, "hidden": [512, 512, 512], "out_features": 10}
@@ -137,24 +138,11 @@ def train(
     ``weight_decay`` is 0).
     """
     torch.manual_seed(seed)
-    net = mlp(**MODEL_KWARGS)
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    n = len(data["y"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // batch_size))
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(n, generator=gen).split(batch_size):
-            loss = F.cross_entropy(net(data["x"][batch]), data["y"][batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    net = train_classifier(
+        mlp(**MODEL_KWARGS), data["x"], data["y"], epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, optimizer="adamw" if optimizer == "adam" else optimizer,
+        weight_decay=weight_decay,
+    )  # fmt: skip
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

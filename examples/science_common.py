@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from modeconnect.provenance import read_result, write_result  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 StateDict = dict[str, torch.Tensor]
@@ -71,18 +71,8 @@ def train(
     model = make()
     x = torch.cat([b[0] for b in data])
     y = torch.cat([b[1] for b in data])
-    steps = epochs * -(-len(y) // batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            sched.step()
-    model.eval()
+    order = seed if order_seed is None else order_seed
+    train_classifier(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=order)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

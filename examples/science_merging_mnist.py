@@ -32,6 +32,7 @@ from mnist_scale_digits import make_data  # noqa: E402
 from modeconnect.fusion import fuse  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
 from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.training import train_classifier  # noqa: E402
 
 
 def net(width: int) -> torch.nn.Module:
@@ -40,18 +41,8 @@ def net(width: int) -> torch.nn.Module:
 
 def train(width: int, seed: int, data: dict[str, torch.Tensor], epochs: int) -> dict:
     torch.manual_seed(seed)
-    model = net(width)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    n = len(data["y"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-n // 128))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(n, generator=gen).split(128):
-            opt.zero_grad()
-            F.cross_entropy(model(data["x"][idx]), data["y"][idx]).backward()
-            opt.step()
-            sched.step()
+    model = train_classifier(net(width), data["x"], data["y"], epochs=epochs, lr=0.05,
+                             batch_size=128, seed=seed)  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from small_mlp import small_net, small_state
 from torch.testing import assert_close
 from zoo import ZOO, randomize_
@@ -25,6 +24,7 @@ from modeconnect.merging import (
 )
 from modeconnect.models import mlp
 from modeconnect.spec import apply_permutation, derive_spec, random_permutation
+from modeconnect.training import train_classifier
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -252,16 +252,8 @@ def test_bn_reset_recomputes_statistics():
 
 def _train_digits(seed: int, data, hidden, epochs: int = 6) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    net = mlp(64, hidden, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = data["x"], data["y"]
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(32):
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    net = train_classifier(mlp(64, hidden, 10), data["x"], data["y"], epochs=epochs, lr=0.1,
+                           seed=seed, schedule="constant")  # fmt: skip
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
