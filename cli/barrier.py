@@ -30,14 +30,9 @@ from modeconnect_cli.format import format_barrier
 @o.EVALUATED_POINTS
 @o.STEPS
 @o.DEFINITION
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Bootstrap resamples of the test examples (e.g. 1000).",
-)
+@click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N",
+              help="Bootstrap resamples of the test examples (e.g. 1000).")  # fmt: skip
 @o.LOSS
 @o.SEED_OPTION
 @o.BATCH_SIZE

@@ -19,13 +19,9 @@ from modeconnect_cli.format import format_plane
 @o.data(required=True)
 @o.train("Training data: BatchNorm statistics at every grid point (--bn).")
 @o.resolution(21, "Grid points along each axis of the plane.")
-@click.option(
-    "--margin",
-    type=click.FloatRange(min=0),
-    default=0.2,
-    show_default=True,
-    help="The grid extends past the models by this fraction of their extent.",
-)
+@click.option("--margin", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="The grid extends past the models by this fraction of their "
+                   "extent.")  # fmt: skip
 @o.curve_kind(None, "C is the bend of this one-bend curve from A to B (modeconnect curve "
                     "--bend): draw the curve too.")  # fmt: skip
 @o.names_option("--names", "A,B,C", "Labels of the three models [default: A,B,C or A,B,bend].")
