@@ -93,3 +93,40 @@ def test_the_options_object_and_the_keywords_give_the_same_result(tmp_path: Path
         assert (v == by_object.result.alignment.perm[k]).all()
     one, two = (json.loads((tmp_path / n).read_text()) for n in ("k.json", "o.json"))
     assert one["aligned"] == two["aligned"] and one["naive"] == two["naive"]
+
+
+CONVERTED = {("curve", "align"), ("sharpness", "merge"), ("landscape", "span")}
+"""Flags whose text default the command converts: ``none`` is ``None``, ``-1,1`` a pair."""
+
+
+@pytest.mark.parametrize("cls", COMMANDS, ids=lambda c: c.__name__)
+def test_each_flag_default_is_the_options_default(cls: type[opts.Options]) -> None:
+    """The CLI declares each flag once and the options dataclass each field once: where both
+    give a default they agree, so a run from the CLI and one from the library with the
+    same arguments are the same run (the study's flags: ``barrier_study``'s defaults)."""
+    from modeconnect.barrier_studies import barrier_study
+    from modeconnect_cli.main import main
+
+    name = cls.__name__.removesuffix("Options").lower()
+    defaults = cls()
+    where = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(cls)}
+    for shared in ("sources", "inputs", "run"):
+        value = getattr(defaults, shared)
+        where.update({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if cls.REST == "study":
+        where.update({k: p.default for k, p in inspect.signature(barrier_study).parameters.items()
+                      if p.default is not inspect.Parameter.empty})  # fmt: skip
+    compared = 0
+    for param in main.commands[name].params:
+        flag_default = param.default
+        if param.name not in where or (name, param.name) in CONVERTED:
+            continue
+        if flag_default is None or type(flag_default).__name__ == "Sentinel":
+            continue
+        expected = where[param.name]
+        assert flag_default == (list(expected) if isinstance(flag_default, list) else expected), (
+            f"{name} --{param.name.replace('_', '-')}: the flag's default {flag_default!r} is "
+            f"not the options' {expected!r}"
+        )
+        compared += 1
+    assert compared >= 1 or name == "spec"
