@@ -483,9 +483,10 @@ LARGE_MODELS = group(DEVICE, DTYPE, BLOCK_SIZE)
 RAY = group(
     click.option(
         "--ray", metavar="auto|ADDRESS",
-        help="Run the independent work (grid rows, compare's methods, sweep rows) on Ray: "
-             "auto starts a local cluster (or joins RAY_ADDRESS's), HOST:PORT joins a running "
-             'one. Same numbers as without it. Needs pip install "modeconnect[ray]".',
+        help="Run the independent work (grid rows, path points, compare's methods, sweep "
+             "rows) on Ray: auto starts a local cluster (or joins RAY_ADDRESS's), HOST:PORT "
+             'joins a running one. Same numbers as without it. Needs pip install '
+             '"modeconnect[ray]".',
     ),
     click.option(
         "--workers", type=click.IntRange(min=1), metavar="N",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from modeconnect.bn import check_mode, make_correction
+from modeconnect.distributed import Cluster, on_cluster
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
@@ -187,6 +188,7 @@ def barrier_study(
     alpha_batch: int | None = 1,
     max_bn_batches: int | None = None,
     progress: ProgressFn | None = None,
+    cluster: Cluster | None = None,
 ) -> Study:
     """Barriers between ``a`` and ``b`` (and aligned ``b``) on ``test`` (and ``train``).
 
@@ -209,7 +211,9 @@ def barrier_study(
     - ``layerwise``: layer-wise barriers on the test split for each path, by
       module or by ``layer_groups`` prefixes (see :mod:`modeconnect.layerwise`).
 
-    ``progress(task, done, total)`` is called as work completes.
+    ``progress(task, done, total)`` is called as work completes. On a ``cluster`` the
+    points of every path (the curves and the layer-wise paths) run as Ray tasks, with
+    the local run's results (:mod:`modeconnect.distributed`).
     """
     start = time.perf_counter()
     check_pair(a, b)
@@ -232,14 +236,15 @@ def barrier_study(
         targets["aligned"] = alignment.aligned
     starts = {"aligned": alignment.start(a)} if alignment is not None else {}  # A folded
     pairs = {}
-    for name, target in targets.items():
-        pairs[name] = _study_pair(
-            model, starts.get(name, a), target, name, grid, splits, train,
-            bn=bn, definition=definition, loss=scoring, layerwise=layerwise,
-            layer_groups=layer_groups, bootstrap=bootstrap, confidence=confidence,
-            seed=seed, alpha_batch=alpha_batch, max_bn_batches=max_bn_batches,
-            progress=prefixed(progress, f"{name} "),
-        )  # fmt: skip
+    with on_cluster(cluster):
+        for name, target in targets.items():
+            pairs[name] = _study_pair(
+                model, starts.get(name, a), target, name, grid, splits, train,
+                bn=bn, definition=definition, loss=scoring, layerwise=layerwise,
+                layer_groups=layer_groups, bootstrap=bootstrap, confidence=confidence,
+                seed=seed, alpha_batch=alpha_batch, max_bn_batches=max_bn_batches,
+                progress=prefixed(progress, f"{name} "), cluster=cluster,
+            )  # fmt: skip
     return Study(
         definition=definition,
         alphas=grid,
@@ -285,6 +290,7 @@ def _study_pair(
     alpha_batch: int | None,
     max_bn_batches: int | None,
     progress: ProgressFn | None,
+    cluster: Cluster | None,
 ) -> PairResult:
     def factory(x0: StateDict, x1: StateDict) -> Any:
         return make_correction(model, x0, x1, train, mode=bn, max_batches=max_bn_batches)
@@ -293,7 +299,7 @@ def _study_pair(
     point = corrected_path(path, factory(a, b)) if bn != "none" else path
     curves = example_curves(
         model, point, grid, splits, loss=loss, alpha_batch=alpha_batch,
-        progress=progress, task="curve",
+        progress=progress, task="curve", cluster=cluster,
     )  # fmt: skip
     results = {split: _split_result(c) for split, c in curves.items()}
     intervals: dict[str, BootstrapBarrier] = {}
@@ -307,7 +313,7 @@ def _study_pair(
         layers = layerwise_barriers(
             model, a, b, splits["test"], groups=layer_groups, alphas=grid,
             definition=definition, loss=loss, correction=factory if bn != "none" else None,
-            full=curves["test"], alpha_batch=alpha_batch, progress=progress,
+            full=curves["test"], alpha_batch=alpha_batch, progress=progress, cluster=cluster,
         )  # fmt: skip
     return PairResult(name, results, intervals, layers)
 

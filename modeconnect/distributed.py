@@ -31,14 +31,22 @@ import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from modeconnect.errors import ModeconnectError
 from modeconnect.progress import ProgressFn
 
-__all__ = ["INSTALL_HINT", "Cluster", "cluster_from", "connected", "map_chunks", "require_ray"]
+__all__ = [
+    "INSTALL_HINT",
+    "Cluster",
+    "cluster_from",
+    "connected",
+    "map_chunks",
+    "on_cluster",
+    "require_ray",
+]
 
 S = TypeVar("S")
 C = TypeVar("C")
@@ -239,3 +247,9 @@ def _run_chunk(ref: list[Any], chunk: Any, threads: int) -> Any:
         _SHARED[key] = ray.get(ref[0])
     fn, shared = _SHARED[key]
     return fn(shared, chunk)
+
+
+def on_cluster(cluster: Cluster | None) -> AbstractContextManager[Any]:
+    """Stay connected to ``cluster`` for a block of several :func:`map_chunks` calls (one
+    start of a local cluster, not one per call); nothing without a cluster."""
+    return nullcontext() if cluster is None else connected(cluster)

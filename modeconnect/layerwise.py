@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.bn import BatchNormReset, batchnorm_layers, reset_batchnorm
+from modeconnect.distributed import Cluster, on_cluster
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import (
     BARRIER_DEFINITIONS,
@@ -237,6 +238,7 @@ def layerwise_barriers(
     alpha_batch: int | None = 1,
     progress: ProgressFn | None = None,
     cache_prefix: bool = True,
+    cluster: Cluster | None = None,
 ) -> LayerwiseResult:
     """Layer-wise barriers of ``a`` → ``b`` on ``batches`` (see the module docstring).
 
@@ -249,7 +251,8 @@ def layerwise_barriers(
     :func:`modeconnect.barrier_studies.barrier_study`), so it is not evaluated again.
     ``cache_prefix``: on a sequential model, the children before the first one a path
     moves run once per path, not once per point (:func:`split_prefix`); the results
-    equal the whole model's to float tolerance.
+    equal the whole model's to float tolerance. On a ``cluster`` the points of each
+    path run as Ray tasks, with the local run's results.
 
     Examples
     --------
@@ -287,11 +290,24 @@ def layerwise_barriers(
         grid = tuple(sorted({*grid, 0.5}))
     chosen = _resolve_groups(a, groups)
     cache = _Cache(
-        model, a, b, batches, grid, get_scoring(loss, model), correction, alpha_batch, cache_prefix
-    )
+        model, a, b, batches, grid, get_scoring(loss, model), correction, alpha_batch,
+        cache_prefix, cluster,
+    )  # fmt: skip
     universe = frozenset(k for k, v in a.items() if is_interpolable(v))
     if full is not None:
         cache.seed(frozenset(), universe, full)
+    with on_cluster(cluster):
+        return _layerwise(cache, chosen, universe, grid, definition, progress)
+
+
+def _layerwise(
+    cache: _Cache,
+    chosen: Sequence[LayerGroup],
+    universe: frozenset[str],
+    grid: tuple[float, ...],
+    definition: str,
+    progress: ProgressFn | None,
+) -> LayerwiseResult:
     total = 3 * len(chosen)
     whole = cache.curve(frozenset(), universe)
     baseline = (whole.results[_at(grid, 0.0)].metrics(), whole.results[_at(grid, 1.0)].metrics())
@@ -371,10 +387,12 @@ class _Cache:
         correction: CorrectionFactory | None,
         alpha_batch: int | None,
         cache_prefix: bool = True,
+        cluster: Cluster | None = None,
     ) -> None:
         self.model, self.a, self.b, self.batches = model, a, b, batches
         self.grid, self.loss, self.correction = grid, loss, correction
         self.alpha_batch, self.cache_prefix = alpha_batch, cache_prefix
+        self.cluster = cluster
         self.results: dict[_Key, ExampleResults] = {}
         self.evaluated = 0
 
@@ -429,8 +447,9 @@ class _Cache:
         elif correct is not None:
             point = corrected_path(point, correct)
         found = example_curves(
-            model, point, alphas, {"data": batches}, loss=self.loss, alpha_batch=self.alpha_batch
-        )
+            model, point, alphas, {"data": batches}, loss=self.loss, alpha_batch=self.alpha_batch,
+            cluster=self.cluster,
+        )  # fmt: skip
         return found["data"]
 
 

@@ -99,6 +99,40 @@ def test_a_batchnorm_plane_and_a_slice_on_ray_are_the_local_ones():
     assert mc.slice_1d(model, a, data, steps=7, seed=2, cluster=CLUSTER) == line
 
 
+def test_a_barrier_study_on_ray_is_the_local_study_to_the_bit():
+    """Curves with a BatchNorm reset and stacked points, and every layer-wise path: the
+    path points run as Ray tasks and every number is the local run's."""
+    torch.manual_seed(2)
+    a, b = (conv_net(1, (4, 6), 10, 8).state_dict() for _ in range(2))
+    model = conv_net(1, (4, 6), 10, 8)
+    data, train = _digits(60)
+    data = [(x.view(-1, 1, 8, 8), y) for x, y in data]
+    train = [(x.view(-1, 1, 8, 8), y) for x, y in train]
+    common = {"test": data, "train": train, "align": None, "bn": "reset", "steps": 5,
+              "layerwise": True, "alpha_batch": 2}  # fmt: skip
+    here = mc.barrier_study(model, a, b, **common).to_dict()
+    there = mc.barrier_study(model, a, b, cluster=CLUSTER, **common).to_dict()
+    here.pop("seconds"), there.pop("seconds")
+    assert there == here
+    assert len(here["layerwise"]) == 5  # one record (three paths) for each conv, BN, linear
+    assert all({"from_a", "from_b", "cumulative"} <= set(r) for r in here["layerwise"])
+
+
+def test_the_cli_barrier_with_ray_writes_the_local_numbers(files: Bench):
+    import json
+
+    def study(name: str, *extra: str) -> dict:
+        path = files.root / f"{name}.json"
+        args = ("barrier", files.a, files.b, "--data", files.test, "--steps", "5",
+                "--json", path)  # fmt: skip
+        code, _, err = run(*args, *extra)
+        assert code == 0, err
+        return json.loads(path.read_text())
+
+    here, there = study("here"), study("there", "--ray", "auto", "--workers", "2")
+    assert (there["naive"], there["aligned"]) == (here["naive"], here["aligned"])
+
+
 def test_a_task_error_is_the_callers_error_once():
     def fails_on_two(shared, chunk):
         if chunk == 2:

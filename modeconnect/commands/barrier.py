@@ -15,6 +15,7 @@ from modeconnect.barrier_studies import Study, barrier_study
 from modeconnect.commands.options import BarrierOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session
+from modeconnect.distributed import cluster_from
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import ExampleLossFn, Scoring
 from modeconnect.io.checkpoints import json_writer
@@ -139,6 +140,7 @@ def barrier_files(
     and written together at the end.
     """
     o = BarrierOptions.build(options, keywords)
+    cluster = cluster_from(o.ray, o.workers)
     class_labels = o.loss in (None, "ce")
     session = open_session(
         [a_path, b_path], o, class_labels=class_labels, train_labels=class_labels,
@@ -154,7 +156,7 @@ def barrier_files(
             session.model, ca.state_dict, cb.state_dict, test=session.data or [],
             train=session.train, align=method, align_options=study_align, progress=o.run.progress,
             loss=resolve_loss(o.loss, session) or "ce", alpha_batch=o.run.points_per_pass,
-            **o.study,
+            cluster=cluster, **o.study,
         )  # fmt: skip
     examples = {"test": _count(session.data or [])}
     if session.train is not None:

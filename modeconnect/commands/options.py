@@ -244,7 +244,8 @@ class CompareOptions(Options):
 
 @dataclass(frozen=True)
 class BarrierOptions(Options):
-    """``modeconnect barrier``: the study (its options in ``study``), the report."""
+    """``modeconnect barrier``: the study (its options in ``study``), the report, and the Ray
+    cluster its path points may run on."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("data",)
 
@@ -254,6 +255,8 @@ class BarrierOptions(Options):
     align_options: Mapping[str, Any] | None = None
     permute_output: bool = False
     symmetry: str = "permutation"
+    ray: str | None = None
+    workers: int | None = None
     study: Mapping[str, Any] = field(default_factory=dict)
 
     REST: ClassVar[str | None] = "study"

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from modeconnect.devices import moved_batches
+from modeconnect.distributed import Cluster
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.engine import Pass, metrics, path_rows
 from modeconnect.evaluation.interpolation import PathFn, linear_path, placed_path
@@ -204,6 +205,7 @@ def example_curves(
     alpha_batch: int | None = 1,
     progress: ProgressFn | None = None,
     task: str = "curve",
+    cluster: Cluster | None = None,
 ) -> dict[str, ExampleCurve]:
     """Per-example results of the model ``path(α)`` at each ``α``, on every split.
 
@@ -217,13 +219,15 @@ def example_curves(
     :func:`~modeconnect.evaluation.engine.points_per_pass`). ``path`` may be a
     :class:`~modeconnect.evaluation.engine.CorrectedPath`, whose correction (a
     BatchNorm reset) then runs for a chunk of points in one pass.
-    ``progress(task, done, len(alphas))`` is called as points complete.
+    ``progress(task, done, len(alphas))`` is called as points complete. On a ``cluster``
+    the chunks of points run as Ray tasks, with the local run's results
+    (:func:`~modeconnect.evaluation.engine.point_rows`).
     """
     grid = tuple(float(t) for t in alphas)
     scoring = get_scoring(loss, model)
     runner = Pass.of(model, scoring, per_example=True)
     with eval_mode(model), torch.no_grad():
-        raw = path_rows(runner, path, grid, splits, alpha_batch, progress, task)
+        raw = path_rows(runner, path, grid, splits, alpha_batch, progress, task, cluster)
     return {
         name: ExampleCurve(
             grid, tuple(ExampleResults(*r, per_token=scoring.per_token) for r in rows)

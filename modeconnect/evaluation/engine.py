@@ -24,11 +24,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modeconnect.distributed import Cluster, map_chunks
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation.interpolation import PathFn
 from modeconnect.evaluation.results import Metrics, perplexity
 from modeconnect.evaluation.scoring import LossFn, Scoring, check_per_example
-from modeconnect.forward import Binding, ModelCall, batch_inputs, model_call, over_batches
+from modeconnect.forward import (
+    Binding,
+    ModelCall,
+    batch_inputs,
+    eval_mode,
+    model_call,
+    over_batches,
+)
 from modeconnect.progress import ProgressFn
 
 __all__ = [
@@ -263,12 +271,13 @@ def path_rows(
     alpha_batch: int | None,
     progress: ProgressFn | None,
     task: str,
+    cluster: Cluster | None = None,
 ) -> dict[str, list[Rows]]:
     """Raw pass rows for every ``α`` and split (the caller sets eval mode, no_grad).
 
     Endpoints (α = 0, 1) run alone; the other points in chunks of ``k``
-    (:func:`point_rows`). ``path`` may be a :class:`CorrectedPath`, whose correction
-    then runs for a whole chunk at once.
+    (:func:`point_rows`, on ``cluster`` if given). ``path`` may be a
+    :class:`CorrectedPath`, whose correction then runs for a whole chunk at once.
     """
     alone = [i for i, t in enumerate(alphas) if t in (0.0, 1.0)]
     if isinstance(path, CorrectedPath):
@@ -281,7 +290,9 @@ def path_rows(
         def build(idx: Sequence[int]) -> list[Mapping[str, Tensor]]:
             return [path(alphas[i]) for i in idx]
 
-    return point_rows(runner, build, len(alphas), splits, alpha_batch, progress, task, alone)
+    return point_rows(
+        runner, build, len(alphas), splits, alpha_batch, progress, task, alone, cluster
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,6 +337,7 @@ def point_rows(
     progress: ProgressFn | None,
     task: str,
     alone: Sequence[int] = (),
+    cluster: Cluster | None = None,
 ) -> dict[str, list[Rows]]:
     """Raw pass rows of ``count`` parameter points on every split: the one batched path.
 
@@ -338,7 +350,9 @@ def point_rows(
     :func:`points_per_pass` (a memory budget and a rule for when stacking pays).
     Before the first stacked pass on a model, :func:`vmap_agrees` checks on one batch
     that the stacked pass equals the per-point one; where it does not (or ``vmap``
-    raises), every point runs alone.
+    raises), every point runs alone. On a ``cluster`` the same chunks run as Ray tasks,
+    several chunks per task (:func:`~modeconnect.distributed.map_chunks`: the model,
+    the data and ``build`` travel once), so the rows are those of the local run.
     """
     if not splits:
         raise ModeconnectError(
@@ -346,7 +360,6 @@ def point_rows(
         )
     for batches in splits.values():
         check_reiterable(batches, count)
-    binding = Binding.of(runner.model)
     if k_given is None:
         k = points_per_pass(runner.model, next(iter(splits.values())))
     else:
@@ -356,6 +369,34 @@ def point_rows(
     chunks = [[i] for i in range(count) if i in single]
     chunks += [inner[i : i + k] for i in range(0, len(inner), k)]
     out: dict[str, dict[int, Rows]] = {name: {} for name in splits}
+    if cluster is None:
+        _chunk_rows(runner, build, chunks, splits, k, out, progress, task, count)
+    else:
+        per_task = max(1, -(-len(chunks) // (4 * (cluster.workers or 4))))
+        tasks = [chunks[i : i + per_task] for i in range(0, len(chunks), per_task)]
+        parts = map_chunks(
+            _task_rows, (runner, build, dict(splits), k), tasks, cluster=cluster,
+            sizes=[sum(map(len, t)) for t in tasks], progress=progress, task=task,
+        )  # fmt: skip
+        for part in parts:
+            for name, rows in part.items():
+                out[name].update(rows)
+    return {name: [rows[i] for i in range(count)] for name, rows in out.items()}
+
+
+def _chunk_rows(
+    runner: Pass,
+    build: Callable[[Sequence[int]], Sequence[Mapping[str, Tensor]]],
+    chunks: Sequence[Sequence[int]],
+    splits: Mapping[str, Iterable[Any]],
+    k: int,
+    out: dict[str, dict[int, Rows]],
+    progress: ProgressFn | None = None,
+    task: str = "",
+    count: int = 0,
+) -> None:
+    """Evaluate ``chunks`` of points in order into ``out``: :func:`point_rows`' loop."""
+    binding = Binding.of(runner.model)
     done = 0
     for idx in chunks:
         states = [binding.checked(s) for s in build(idx)]
@@ -369,7 +410,17 @@ def point_rows(
         done += len(idx)
         if progress is not None:
             progress(task, done, count)
-    return {name: [rows[i] for i in range(count)] for name, rows in out.items()}
+
+
+def _task_rows(
+    shared: tuple[Any, ...], chunks: Sequence[Sequence[int]]
+) -> dict[str, dict[int, Rows]]:
+    """One Ray task of :func:`point_rows`: its chunks through the local loop, in eval mode."""
+    runner, build, splits, k = shared
+    out: dict[str, dict[int, Rows]] = {name: {} for name in splits}
+    with eval_mode(runner.model), torch.no_grad():
+        _chunk_rows(runner, build, chunks, splits, k, out)
+    return out
 
 
 _AGREES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
