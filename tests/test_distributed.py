@@ -118,18 +118,23 @@ def test_a_barrier_study_on_ray_is_the_local_study_to_the_bit():
     assert all({"from_a", "from_b", "cumulative"} <= set(r) for r in here["layerwise"])
 
 
-def test_the_cli_barrier_with_ray_writes_the_local_numbers(files: Bench):
+def _here_and_on_ray(files: Bench, *args: object) -> tuple[dict, dict]:
+    """The JSON the command ``args`` writes, run here and with ``--ray auto --workers 2``."""
     import json
 
-    def study(name: str, *extra: str) -> dict:
+    written = []
+    for name, extra in (("here", ()), ("there", ("--ray", "auto", "--workers", "2"))):
         path = files.root / f"{name}.json"
-        args = ("barrier", files.a, files.b, "--data", files.test, "--steps", "5",
-                "--json", path)  # fmt: skip
-        code, _, err = run(*args, *extra)
+        code, _, err = run(*args, "--json", path, *extra)
         assert code == 0, err
-        return json.loads(path.read_text())
+        written.append(json.loads(path.read_text()))
+    return written[0], written[1]
 
-    here, there = study("here"), study("there", "--ray", "auto", "--workers", "2")
+
+def test_the_cli_barrier_with_ray_writes_the_local_numbers(files: Bench):
+    here, there = _here_and_on_ray(
+        files, "barrier", files.a, files.b, "--data", files.test, "--steps", "5"
+    )
     assert (there["naive"], there["aligned"]) == (here["naive"], here["aligned"])
 
 
@@ -145,16 +150,9 @@ def test_a_task_error_is_the_callers_error_once():
 
 
 def test_the_cli_landscape_with_ray_writes_the_local_numbers(files: Bench):
-    import json
-
-    def grid(name: str, *extra: str) -> dict:
-        path = files.root / f"{name}.json"
-        args = ("landscape", files.a, "--data", files.test, "--resolution", "4", "--json", path)
-        code, _, err = run(*args, *extra)
-        assert code == 0, err
-        return json.loads(path.read_text())
-
-    here, there = grid("here"), grid("there", "--ray", "auto", "--workers", "2")
+    here, there = _here_and_on_ray(
+        files, "landscape", files.a, "--data", files.test, "--resolution", "4"
+    )
     assert (there["loss"], there["accuracy"]) == (here["loss"], here["accuracy"])
 
 
