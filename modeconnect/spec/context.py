@@ -9,7 +9,8 @@ several tensors). A rule that cannot read its operands freezes what it touches
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,20 @@ def unknown(ctx: Context, node: torch.fx.Node) -> Any:
     """Anything not understood freezes what it touches, with the op named as the reason."""
     reason = f"unsupported op {op_name(node)}"
     return freeze_node(ctx, node, reason)
+
+
+def of_input(
+    rule: Callable[[Context, torch.fx.Node, Dims], Any],
+) -> Callable[[Context, torch.fx.Node], Any]:
+    """A rule of its node's first input: called with that input's dims, or, when the input
+    has none (not a tensor the trace knows), the node's dims are :func:`unknown`."""
+
+    @functools.wraps(rule)
+    def apply(ctx: Context, node: torch.fx.Node) -> Any:
+        x = dims(ctx, args(node)[0])
+        return unknown(ctx, node) if x is None else rule(ctx, node, x)
+
+    return apply
 
 
 def freeze_node(ctx: Context, node: torch.fx.Node, reason: str) -> Any:

@@ -30,6 +30,7 @@ from .context import (
     fresh,
     maybe_tuple,
     norm_dim,
+    of_input,
     site,
     unify_trailing,
     unknown,
@@ -72,10 +73,8 @@ def sdpa(ctx: Context, node: torch.fx.Node) -> Any:
     return maybe_tuple(ctx, node, out)
 
 
-def softmax(ctx: Context, node: torch.fx.Node) -> Dims:
+@of_input
+def softmax(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     """Softmax along a dim mixes values along it (and is equivariant to permuting it)."""
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
     ctx.vars.mix(x[norm_dim(int(args(node)[1]), len(x))])
     return list(x)

@@ -21,6 +21,7 @@ from .context import (
     fresh,
     fresh_from_val,
     norm_dim,
+    of_input,
     op_name,
     shape,
     unify_trailing,
@@ -40,11 +41,9 @@ def view(ctx: Context, node: torch.fx.Node) -> Dims:
     return out
 
 
-def transpose(ctx: Context, node: torch.fx.Node) -> Dims:
+@of_input
+def transpose(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     """``transpose(x, i, j)``; ``t``/``numpy_T`` reverse all dims, ``mT`` swaps the last two."""
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
     out = list(x)
     name = op_name(node)
     if len(node.args) >= 3:
@@ -57,17 +56,13 @@ def transpose(ctx: Context, node: torch.fx.Node) -> Dims:
     return out
 
 
-def permute(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def permute(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     return [x[norm_dim(int(d), len(x))] for d in args(node)[1]]
 
 
-def movedim(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def movedim(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     src, dst = args(node)[1], args(node)[2]
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
@@ -78,18 +73,14 @@ def movedim(ctx: Context, node: torch.fx.Node) -> Dims:
     return [placed[i] if i in placed else next(rest) for i in range(len(x))]
 
 
-def unsqueeze(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def unsqueeze(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     d = norm_dim(int(args(node)[1]), len(x) + 1)
     return [*x[:d], ctx.vars.new(1), *x[d:]]
 
 
-def squeeze(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def squeeze(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     sizes = shape(args(node)[0]) or ()
     if len(node.args) > 1:
         which = args(node)[1] if isinstance(args(node)[1], (list, tuple)) else [args(node)[1]]
@@ -176,10 +167,8 @@ def split(ctx: Context, node: torch.fx.Node) -> Any:
     return outs
 
 
-def slice_(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def slice_(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     b = bind(node)
     dim = norm_dim(int(b.get("dim") or 0), len(x))
     n = ctx.vars.size[x[dim]]
@@ -201,10 +190,8 @@ def slice_(ctx: Context, node: torch.fx.Node) -> Dims:
     return out
 
 
-def select(ctx: Context, node: torch.fx.Node) -> Dims:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def select(ctx: Context, node: torch.fx.Node, x: Dims) -> Dims:
     dim = norm_dim(int(args(node)[1]), len(x))
     n = ctx.vars.size[x[dim]]
     i = norm_dim(int(args(node)[2]), n)
@@ -214,10 +201,8 @@ def select(ctx: Context, node: torch.fx.Node) -> Dims:
     return x[:dim] + x[dim + 1 :]
 
 
-def unbind(ctx: Context, node: torch.fx.Node) -> Any:
-    x = dims(ctx, args(node)[0])
-    if x is None:
-        return unknown(ctx, node)
+@of_input
+def unbind(ctx: Context, node: torch.fx.Node, x: Dims) -> Any:
     dim = norm_dim(int(args(node)[1]) if len(node.args) > 1 else 0, len(x))
     n = ctx.vars.size[x[dim]]
     ctx.vars.define(x[dim], CAT, [ctx.vars.new(1) for _ in range(n)], "unbind")
