@@ -207,11 +207,11 @@ def test_learned_rotation_lowers_the_midpoint_loss_deterministically():
 
 
 def _head_setup(name: str):
-    from modeconnect.symmetry.heads import factor_sizes, head_maps
+    from modeconnect.symmetry.heads import head_maps, head_positions
 
     model, spec, _ = setup(name)
     groups = head_maps(spec, model.state_dict())
-    return model, spec, groups, [factor_sizes(spec, g) for g in groups]
+    return model, spec, groups, [head_positions(spec, g) for g in groups]
 
 
 def _random_maps(group, seed: int) -> torch.Tensor:

@@ -42,7 +42,7 @@ from ..matching import Alignment, get_method, takes
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
-from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
+from .heads import apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
@@ -260,7 +260,7 @@ def _head_maps(
     records = []
     for group in head_maps(spec, aligned):
         clock = time.perf_counter()
-        sizes = factor_sizes(spec, group)
+        sizes = head_positions(spec, group)
         gen = torch.Generator().manual_seed(54321)
         shape = (group.heads, group.size, group.size)
         trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
@@ -303,7 +303,7 @@ def _qk_maps(
         maps, conditions = solve_qk_maps(fa, aligned, group, found, max_condition)
         aligned = apply_qk_maps(aligned, group, maps)
         residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
-                       for k in (*group.q, *group.k))  # fmt: skip
+                       for k in dict.fromkeys((*group.q, *group.k)))  # fmt: skip
         records.append(GroupRecord(
             f"{group.group}.qk", found.cls, "least squares on Q and K (closed form per pair, "
             "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
