@@ -90,6 +90,10 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             "orthogonal, learned + STE permutations",
             dict(method="learned", symmetry="orthogonal", permutations="ste", **learn),
         ),
+        (
+            "orthogonal, learned two-sided",
+            dict(method="learned", symmetry="orthogonal", sides="two", **learn),
+        ),
     ]
 
 
@@ -305,16 +309,30 @@ def vit_study(args: Any) -> dict[str, Any]:
 def report_vit(record: dict[str, Any]) -> str:
     """The Markdown table of ``docs/science/transformers.md`` for the digits ViT pair."""
     rows = record["vit"]
-    header = ["row", "loss barrier at α = 0.5", "share of naive", "error barrier at α = 0.5",
-              "error at α = 0.5", "seconds (benchmark)", "× weight matching (benchmark)"]
+    header = [
+        "row",
+        "loss barrier at α = 0.5",
+        "share of naive",
+        "error barrier at α = 0.5",
+        "error at α = 0.5",
+        "seconds (benchmark)",
+        "× weight matching (benchmark)",
+    ]
     lines = []
     for label in [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER)):
         r = rows[label]
         timed = label != "naive"
-        lines.append([label, f"{r['barrier']:.3f}", f"{100 * r['share_of_naive']:.0f} %",
-                      f"{100 * r['error_barrier']:.1f} %", f"{100 * r['error_mid']:.1f} %",
-                      f"{r['seconds']:.1f}" if timed else "–",
-                      f"{r['time_vs_weight_matching']:.2f}" if timed else "–"])
+        lines.append(
+            [
+                label,
+                f"{r['barrier']:.3f}",
+                f"{100 * r['share_of_naive']:.0f} %",
+                f"{100 * r['error_barrier']:.1f} %",
+                f"{100 * r['error_mid']:.1f} %",
+                f"{r['seconds']:.1f}" if timed else "–",
+                f"{r['time_vs_weight_matching']:.2f}" if timed else "–",
+            ]
+        )
     return "## Digits ViT\n\n" + "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
@@ -324,8 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results JSON (write_result)")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--family", choices=("llama", "gpt2", "both", "vit"), default="llama",
-                        help="which pair(s): tiny Llamas, tiny GPT-2s, both, or digits ViTs")
+    parser.add_argument(
+        "--family",
+        choices=("llama", "gpt2", "both", "vit"),
+        default="llama",
+        help="which pair(s): tiny Llamas, tiny GPT-2s, both, or digits ViTs",
+    )
     parser.add_argument("--vit-epochs", type=int, default=None,
                         help="vit: training epochs per model")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4, help="learned: passes over train")

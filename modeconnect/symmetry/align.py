@@ -94,6 +94,9 @@ class FullAlignment:
     equivalence: Equivalence
     groups: tuple[GroupRecord, ...]
     rotations: dict[str, torch.Tensor] = field(default_factory=dict)
+    rotations_a: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Two-sided learning (``sides="two"``): A's rotation toward the shared path (its
+    rotated copy passed the guard against A); ``rotations`` are then B's relative to it."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``symmetry`` section of the JSON report."""
@@ -168,7 +171,7 @@ def align_full(
         )
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations")
+    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations", "sides")
     mine = learn_keys if method == "learned" else ()
     own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
@@ -184,6 +187,8 @@ def align_full(
         clock = time.perf_counter()
         records: list[GroupRecord] = []
         rotations: dict[str, torch.Tensor] = {}
+        rotations_a: dict[str, torch.Tensor] = {}
+        start_eq: Equivalence | None = None
         if base == "weight":
             alignment, aligned, rotations, objectives = _weight_rounds(
                 spec, fa, fb, active, match, options
@@ -222,26 +227,41 @@ def align_full(
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
+            sides = own.get("sides") or "one"
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
-                                      progress=progress, **_learn_options(own))  # fmt: skip
+                                      progress=progress, sides=sides,
+                                      **_learn_options(own))  # fmt: skip
             for s in active:
                 q = learned.rotations[s.group]
                 aligned = rotate(aligned, s, q, spec.aliases)
                 rotations[s.group] = q @ rotations[s.group]
+            if learned.moved_a is not None:
+                rotations_a = learned.moved_a
+                moved = dict(fa)
+                for s in active:
+                    moved = rotate(moved, s, rotations_a[s.group], spec.aliases)
+                start_eq = check_equivalence(model, a, moved, probe, **_tolerance(tolerance))
             seconds = time.perf_counter() - clock
             last = learned.losses[-1] if learned.losses else None
-            how = " + learned (orthogonal parametrisation, Adam)"
+            how = " + learned (orthogonal parametrisation, Adam" + (
+                ", two-sided: both models toward one path)" if sides == "two" else ")"
+            )
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
         records += found
-        kw = {} if tolerance is None else {"tolerance": tolerance}
-        eq = check_equivalence(model, b, aligned, probe, **kw)
+        eq = check_equivalence(model, b, aligned, probe, **_tolerance(tolerance))
+    if start_eq is not None:
+        require_equivalence(start_eq)
     require_equivalence(eq)
     records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
     alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
                         params={**alignment.params, **own, "symmetry": symmetry})  # fmt: skip
-    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations)
+    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations, rotations_a)
+
+
+def _tolerance(tolerance: float | None) -> dict[str, float]:
+    return {} if tolerance is None else {"tolerance": tolerance}
 
 
 def _head_maps(
