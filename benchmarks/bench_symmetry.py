@@ -83,6 +83,10 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             "full (orthogonal heads), weight",
             dict(method="weight", symmetry="full", max_condition=1.0),
         ),
+        (
+            "full (orthogonal Q·K), weight",
+            dict(method="weight", symmetry="full", qk_condition=1.0),
+        ),
         ("full, activation", dict(method="activation", symmetry="full")),
         ("orthogonal, learned", dict(method="learned", symmetry="orthogonal", **learn)),
         ("full, learned", dict(method="learned", symmetry="full", **learn)),

@@ -153,6 +153,7 @@ def align_full(
     symmetry: str = "full",
     max_condition: float = 100.0,
     qk: bool = True,
+    qk_condition: float | None = None,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
@@ -161,7 +162,8 @@ def align_full(
     attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
     most ``max_condition``, after the rotations and the learning) and, unless ``qk`` is
     false, each head's query·key dims by maps that commute with rotary embeddings
-    (:mod:`~modeconnect.symmetry.qk`).
+    (:mod:`~modeconnect.symmetry.qk`), whose condition numbers are bounded by
+    ``qk_condition`` (``max_condition`` when ``None``; 1: a rotation per frequency pair).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -217,7 +219,8 @@ def align_full(
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
             groups = qk_groups(spec, aligned) if qk else []
-            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, max_condition)
+            bound = max_condition if qk_condition is None else qk_condition
+            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, bound)
             found += qk_records
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
