@@ -68,13 +68,18 @@ def midpoint_loss(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> di
 def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
     """Each row's label and :func:`modeconnect.align` keywords, in the order they run."""
     learn = dict(epochs=args.epochs, lr=args.lr)
+    lsq = dict(max_condition=100.0)  # least-squares heads (the default before 0.4.0's end)
     return [
         ("permutation, weight", dict(method="weight")),
         ("permutation, activation", dict(method="activation")),
         ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
         ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
-        ("full, weight", dict(method="weight", symmetry="full")),
-        ("full (V·O only, no Q·K), weight", dict(method="weight", symmetry="full", qk=False)),
+        # "full" rows keep the meaning they had when first stored: least-squares heads
+        ("full, weight", dict(method="weight", symmetry="full", **lsq)),
+        (
+            "full (V·O only, no Q·K), weight",
+            dict(method="weight", symmetry="full", qk=False, **lsq),
+        ),
         (
             "full (orthogonal heads, no Q·K), weight",
             dict(method="weight", symmetry="full", max_condition=1.0, qk=False),
@@ -85,11 +90,12 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
         ),
         (
             "full (orthogonal Q·K), weight",
-            dict(method="weight", symmetry="full", qk_condition=1.0),
+            dict(method="weight", symmetry="full", qk_condition=1.0, **lsq),
         ),
-        ("full, activation", dict(method="activation", symmetry="full")),
+        ("full, activation", dict(method="activation", symmetry="full", **lsq)),
+        ("full (orthogonal heads), activation", dict(method="activation", symmetry="full")),
         ("orthogonal, learned", dict(method="learned", symmetry="orthogonal", **learn)),
-        ("full, learned", dict(method="learned", symmetry="full", **learn)),
+        ("full, learned", dict(method="learned", symmetry="full", **learn, **lsq)),
         (
             "orthogonal, learned + STE permutations",
             dict(method="learned", symmetry="orthogonal", permutations="ste", **learn),

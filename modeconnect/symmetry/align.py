@@ -63,6 +63,9 @@ StateDict = Mapping[str, torch.Tensor]
 INVERTIBLE = "invertible-per-head"
 """The V·O class: one invertible map per (key/value) head."""
 ROUNDS = 3
+ORTHOGONAL_HEADS = 1.0
+"""The default bound on the per-head maps' condition numbers: orthogonal maps (measured
+better on the midpoint than least squares with its scale, on tiny Llamas and ViTs)."""
 """Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
 
 
@@ -151,7 +154,7 @@ def align_full(
     progress: ProgressFn | None = None,
     loss: Any = None,
     symmetry: str = "full",
-    max_condition: float = 100.0,
+    max_condition: float = ORTHOGONAL_HEADS,
     qk: bool = True,
     qk_condition: float | None = None,
     **options: Any,
@@ -163,7 +166,11 @@ def align_full(
     most ``max_condition``, after the rotations and the learning) and, unless ``qk`` is
     false, each head's query·key dims by maps that commute with rotary embeddings
     (:mod:`~modeconnect.symmetry.qk`), whose condition numbers are bounded by
-    ``qk_condition`` (``max_condition`` when ``None``; 1: a rotation per frequency pair).
+    ``qk_condition`` (``max_condition`` when ``None``). The default bound, 1
+    (:data:`ORTHOGONAL_HEADS`), keeps each map's orthogonal part: a rotation per head (a
+    rotation per frequency pair under RoPE). Least squares with its scale
+    (``max_condition=100``) fits the weights better and the path worse (measured:
+    ``docs/science/transformers.md``).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -298,7 +305,8 @@ def _head_maps(
         residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
                        for k, *_ in group.members)  # fmt: skip
         records.append(GroupRecord(
-            group.group, INVERTIBLE, "least squares on V and O (Sylvester), polar fallback",
+            group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
+            if max_condition <= 1 else "least squares on V and O (Sylvester), polar fallback",
             residual, max(conditions), time.perf_counter() - clock,
             "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
     return aligned, records
@@ -327,9 +335,11 @@ def _qk_maps(
         aligned = apply_qk_maps(aligned, group, maps)
         residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
                        for k in dict.fromkeys((*group.q, *group.k)))  # fmt: skip
+        how = ("orthogonal part of the least squares on Q and K (a rotation per pair, polar "
+               "elsewhere)" if max_condition <= 1 else "least squares on Q and K (closed form "
+               "per pair, Sylvester elsewhere), orthogonal fallback")  # fmt: skip
         records.append(GroupRecord(
-            f"{group.group}.qk", found.cls, "least squares on Q and K (closed form per pair, "
-            "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
+            f"{group.group}.qk", found.cls, how, residual, max(conditions),
             time.perf_counter() - clock, found.reason))  # fmt: skip
     return aligned, records
 
