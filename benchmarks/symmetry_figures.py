@@ -35,8 +35,16 @@ BARS = (
     "orthogonal, learned two-sided", "orthogonal, learned + STE permutations",
 )  # fmt: skip
 """The rows drawn as bars, where a family's run has them."""
+SHOWN = {
+    "full, weight": "full, least-squares heads, weight",
+    "full (orthogonal heads), weight": "full (default: orthogonal heads), weight",
+    "full (orthogonal Q·K), weight": "full, l.s. V·O + rotation Q·K, weight",
+    "full (orthogonal heads), activation": "full (default), activation",
+}
+"""How a stored row is labelled in the figures (the ``full`` rows say which heads)."""
 CURVES = ("naive", "permutation, weight", "orthogonal, activation", "full, weight",
-          "orthogonal, learned", "orthogonal, learned + STE permutations")  # fmt: skip
+          "full (orthogonal heads), activation", "orthogonal, learned",
+          "orthogonal, learned + STE permutations")  # fmt: skip
 
 
 def rows(root: Path, paths: tuple[str, ...], family: str) -> dict[str, Any]:
@@ -65,7 +73,7 @@ def barriers(root: Path, out: Path) -> Path:
         ax.barh(range(len(labels)), shares, color="tab:blue")
         ax.axvline(100, color="grey", lw=0.8)
         ax.axvline(10, color="tab:red", lw=0.8, ls="--")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_yticks(range(len(labels)), [SHOWN.get(k, k) for k in labels], fontsize=7)
         ax.invert_yaxis()
         ax.set(title=title, xlabel="loss barrier at α = 0.5, % of naive")
     fig.tight_layout()
@@ -86,7 +94,7 @@ def vit_curves(root: Path, out: Path) -> Path:
     fig, (loss, error) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label in [k for k in CURVES if k in found]:
         curve = found[label]["curve"]
-        loss.plot(curve["alpha"], curve["loss"], marker=".", label=label)
+        loss.plot(curve["alpha"], curve["loss"], marker=".", label=SHOWN.get(label, label))
         error.plot(curve["alpha"], [100 * e for e in curve["error"]], marker=".", label=label)
     loss.set(xlabel="α (A → aligned B)", ylabel="test loss", title="digits ViTs: loss")
     error.set(xlabel="α (A → aligned B)", ylabel="test error, %", title="digits ViTs: error")
