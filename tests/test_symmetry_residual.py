@@ -117,6 +117,9 @@ def test_folding_then_unfolding_round_trips(seed, scale):
     model, spec, stream = setup("gpt2")
     gen = torch.Generator().manual_seed(seed)
     state = {k: torch.randn(v.shape, generator=gen) * scale for k, v in model.state_dict().items()}
+    for n in stream.norms:  # away from zero: b / g of a tiny g cancels in float32 (seed 417)
+        g = state[n.weight]
+        state[n.weight] = torch.where(g < 0, -1.0, 1.0) * (0.1 * scale + g.abs())
     folded = fold(state, stream, spec.aliases)
     assert all(bool((folded[n.weight] == 1).all()) for n in stream.norms)
     back = unfold(folded, stream, norm_weights(state, stream), spec.aliases)
