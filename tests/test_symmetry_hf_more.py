@@ -86,10 +86,13 @@ def _out(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> t
         return run(model, state, (x,)).double()
 
 
-def transformed(name: str, seed: int, rotation: bool = True) -> dict[str, torch.Tensor]:
-    """The model's weights folded, rotated, and mapped by random V·O and Q·K maps."""
+def transformed(
+    name: str, seed: int, rotation: bool = True, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """The model's weights (in ``dtype``) folded, rotated, and mapped by random V·O and
+    Q·K maps; every tensor keeps ``dtype``."""
     model, spec, stream, x = setup(name)
-    state = fold(model.state_dict(), stream)
+    state = fold({k: v.to(dtype) for k, v in model.state_dict().items()}, stream)
     if rotation:
         state = rotate(state, stream, random_rotation(stream, seed))
     for i, group in enumerate(head_maps(spec, state)):
@@ -145,6 +148,21 @@ def test_random_maps_of_every_class_keep_the_outputs(seed: int, name: str) -> No
     assert max(float((moved[k] - state[k]).abs().max()) for k in state) > 0.05
     y, z = _out(model, state, x), _out(model, moved, x)
     assert float((y - z).abs().max()) <= 1e-4 * float(y.abs().max())
+
+
+@pytest.mark.parametrize("name", ["vit", "neox"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_keep_their_outputs_to_tolerance(
+    name: str, dtype: torch.dtype
+) -> None:
+    model, _, _, x = setup(name)
+    state = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    moved = transformed(name, 5, dtype=dtype)
+    assert all(moved[k].dtype == dtype for k in state)
+    wide = {k: v.float() for k, v in state.items()}
+    y, z = _out(model, wide, x), _out(model, {k: v.float() for k, v in moved.items()}, x)
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
+    assert float((y - z).abs().max()) <= tol * float(y.abs().max())
 
 
 def test_a_general_qk_map_across_neox_rotary_dims_changes_its_outputs() -> None:
