@@ -7,7 +7,9 @@ commutes with every ``R``: a **complex scalar** ``a + ib`` (a rotation-scaling b
 each rotary frequency pair, and, on the head dims rotary embeddings leave alone
 (GPT-NeoX's ``rotary_pct``, ``partial_rotary_factor``), **any invertible map**. Without
 rotary embeddings every dim is of the second kind. Grouped-query attention ties ``A``
-across the query heads sharing a key/value head.
+across the query heads sharing a key/value head. Queries and keys are separate
+projections, or slices of one fused projection whose heads interleave (GPT-NeoX's
+``query_key_value``: :attr:`QKGroup.fused`).
 
 Which of these the model admits is derived from it (:func:`qk_class`): the pairing (HF's
 halves ``(i, i + r/2)`` or interleaved ``(2i, 2i + 1)``) and the rotary dims (read from
