@@ -65,6 +65,72 @@ def midpoint_loss(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> di
             "perplexity_mid": float(torch.tensor(losses[1]).exp())}  # fmt: skip
 
 
+def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Each row's label and :func:`modeconnect.align` keywords, in the order they run."""
+    learn = dict(epochs=args.epochs, lr=args.lr)
+    lsq = dict(max_condition=100.0)  # least-squares heads (the default before 0.4.0's end)
+    return [
+        ("permutation, weight", dict(method="weight")),
+        ("permutation, activation", dict(method="activation")),
+        ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
+        ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
+        # "full" rows keep the meaning they had when first stored: least-squares heads
+        ("full, weight", dict(method="weight", symmetry="full", **lsq)),
+        (
+            "full (V·O only, no Q·K), weight",
+            dict(method="weight", symmetry="full", qk=False, **lsq),
+        ),
+        (
+            "full (orthogonal heads, no Q·K), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0, qk=False),
+        ),
+        (
+            "full (orthogonal heads), weight",
+            dict(method="weight", symmetry="full", max_condition=1.0),
+        ),
+        (
+            "full (orthogonal Q·K), weight",
+            dict(method="weight", symmetry="full", qk_condition=1.0, **lsq),
+        ),
+        ("full, activation", dict(method="activation", symmetry="full", **lsq)),
+        ("full (orthogonal heads), activation", dict(method="activation", symmetry="full")),
+        ("orthogonal, learned", dict(method="learned", symmetry="orthogonal", **learn)),
+        ("full, learned", dict(method="learned", symmetry="full", **learn, **lsq)),
+        (
+            "orthogonal, learned + STE permutations",
+            dict(method="learned", symmetry="orthogonal", permutations="ste", **learn),
+        ),
+        (
+            "orthogonal, learned two-sided",
+            dict(method="learned", symmetry="orthogonal", sides="two", **learn),
+        ),
+    ]
+
+
+def aligned_rows(
+    name: str, model: torch.nn.Module, a: Any, b: Any, train: list[Any], test: list[Any],
+    args: Any, measure: Any, loss: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Each row of :func:`runs` (``--only`` ones, and weight matching): ``measure(result)``
+    with the seconds of the alignment, whether the guard passed and the classes found."""
+    rows: dict[str, Any] = {}
+    for label, kw in [
+        r for r in runs(args) if not args.only or r[0] in {*args.only, "permutation, weight"}
+    ]:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = mc.align(model, a, b, data=train, inputs=(test[0][0][:2],), loss=loss, **kw)
+        seconds = time.perf_counter() - start
+        rows[label] = {**measure(result), "seconds": seconds,
+                       "guard_passed": result.equivalence.passed}  # fmt: skip
+        if result.symmetry is not None:
+            rows[label]["classes"] = {g["group"]: g["class"] for g in result.symmetry["groups"]
+                                      if g["class"] != "permutation"}  # fmt: skip
+        print(f"{name} {label}: barrier {rows[label]['barrier']:.3f} ({seconds:.1f} s)", flush=True)
+    return rows
+
+
 def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any) -> dict[str, Any]:
     nets = {}
     for tag, seed in (("a", 0), ("b", 1)):
@@ -88,54 +154,11 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
     test = [(x, x) for x in blocks(held, args.eval_blocks, 2).split(8)]
     train = [(x, x) for x in blocks(ids, args.train_blocks, 3).split(8)]
     rows: dict[str, Any] = {"naive": {**midpoint_loss(model, a, b, test), "seconds": 0.0}}
-    runs = [
-        ("permutation, weight", dict(method="weight")),
-        ("permutation, activation", dict(method="activation")),
-        ("orthogonal, weight", dict(method="weight", symmetry="orthogonal")),
-        ("orthogonal, activation", dict(method="activation", symmetry="orthogonal")),
-        ("full, weight", dict(method="weight", symmetry="full")),
-        ("full (V·O only, no Q·K), weight", dict(method="weight", symmetry="full", qk=False)),
-        (
-            "full (orthogonal heads, no Q·K), weight",
-            dict(method="weight", symmetry="full", max_condition=1.0, qk=False),
-        ),
-        (
-            "full (orthogonal heads), weight",
-            dict(method="weight", symmetry="full", max_condition=1.0),
-        ),
-        ("full, activation", dict(method="activation", symmetry="full")),
-        (
-            "orthogonal, learned",
-            dict(method="learned", symmetry="orthogonal", epochs=args.epochs, lr=args.lr),
-        ),
-        ("full, learned", dict(method="learned", symmetry="full", epochs=args.epochs, lr=args.lr)),
-        (
-            "orthogonal, learned + STE permutations",
-            dict(
-                method="learned",
-                symmetry="orthogonal",
-                epochs=args.epochs,
-                lr=args.lr,
-                permutations="ste",
-            ),
-        ),
-    ]
-    for label, kw in [
-        r for r in runs if not args.only or r[0] in {*args.only, "permutation, weight"}
-    ]:
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            result = mc.align(
-                model, a, b, data=train, inputs=(test[0][0][:2],), loss="causal_lm", **kw
-            )
-        seconds = time.perf_counter() - start
-        rows[label] = {**midpoint_loss(model, result.start(a), result.aligned, test),
-                       "seconds": seconds, "guard_passed": result.equivalence.passed}  # fmt: skip
-        if result.symmetry is not None:
-            rows[label]["classes"] = {g["group"]: g["class"] for g in result.symmetry["groups"]
-                                      if g["class"] != "permutation"}  # fmt: skip
-        print(f"{name} {label}: barrier {rows[label]['barrier']:.3f} ({seconds:.1f} s)", flush=True)
+
+    def measure(result: Any) -> dict[str, Any]:
+        return midpoint_loss(model, result.start(a), result.aligned, test)
+
+    rows.update(aligned_rows(name, model, a, b, train, test, args, measure, "causal_lm"))
     naive, weight_seconds = rows["naive"]["barrier"], rows["permutation, weight"]["seconds"]
     for row in rows.values():
         row["share_of_naive"] = row["barrier"] / naive if naive else None
@@ -207,12 +230,136 @@ def report(record: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+# --------------------------------------------------------------------------- a ViT on the digits
+
+ALPHAS = [i / 10 for i in range(11)]
+VIT = dict(image_size=8, patch_size=4, num_channels=1, hidden_size=48, num_hidden_layers=2,
+           num_attention_heads=4, intermediate_size=96, num_labels=10)  # fmt: skip
+"""The digits ViT: 8×8 images cut into four 4×4 patches, a class token, learned positions."""
+
+
+def vit(seed: int) -> torch.nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(**VIT))
+
+
+def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``checkpoints/digits_{split}.pt`` as ``(N, 1, 8, 8)`` images in [0, 1] and labels."""
+    data = torch.load(ROOT / "checkpoints" / f"digits_{split}.pt", weights_only=True)
+    return data["x"].reshape(-1, 1, 8, 8), data["y"]
+
+
+def train_vit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+              epochs: int) -> float:  # fmt: skip
+    """AdamW with a one-cycle rate, batches of 64 in a seeded order; the last epoch's loss."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * -(-len(x) // 64)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps,
+                                                pct_start=0.1)  # fmt: skip
+    net.train()
+    last = float("nan")
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]).logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        last = total / len(x)
+    return last
+
+
+def path_curve(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[str, Any]:
+    """Loss and error along the path at :data:`ALPHAS`; the barriers at α = 0.5."""
+    curve = mc.interpolation_curve(model, a, b, data, alphas=ALPHAS)
+    loss = [p.loss for p in curve.points]
+    error = [p.error for p in curve.points]
+    mid = ALPHAS.index(0.5)
+    return {"loss_a": loss[0], "loss_mid": loss[mid], "loss_b": loss[-1],
+            "barrier": loss[mid] - 0.5 * (loss[0] + loss[-1]),
+            "error_a": error[0], "error_mid": error[mid], "error_b": error[-1],
+            "error_barrier": error[mid] - 0.5 * (error[0] + error[-1]),
+            "curve": {"alpha": ALPHAS, "loss": loss, "error": error}}  # fmt: skip
+
+
+def vit_study(args: Any) -> dict[str, Any]:
+    """Two digits ViTs from seeds 0 and 1; every row of :func:`runs` on the test split."""
+    x, y = digits("train")
+    tx, ty = digits("test")
+    nets = {}
+    for tag, seed in (("a", 0), ("b", 1)):
+        net = vit(seed)
+        start = time.perf_counter()
+        last = train_vit(net, x, y, seed, args.vit_epochs)
+        print(f"vit {tag}: trained {args.vit_epochs} epochs, last loss {last:.3f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        nets[tag] = net.eval()
+    model = nets["a"]
+    a, b = nets["a"].state_dict(), nets["b"].state_dict()
+    test = list(zip(tx.split(100), ty.split(100), strict=True))
+    train = list(zip(x.split(100), y.split(100), strict=True))
+    rows: dict[str, Any] = {"naive": {**path_curve(model, a, b, test), "seconds": 0.0}}
+
+    def measure(result: Any) -> dict[str, Any]:
+        return path_curve(model, result.start(a), result.aligned, test)
+
+    rows.update(aligned_rows("vit", model, a, b, train, test, args, measure, None))
+    naive, weight_seconds = rows["naive"]["barrier"], rows["permutation, weight"]["seconds"]
+    for row in rows.values():
+        row["share_of_naive"] = row["barrier"] / naive if naive else None
+        row["time_vs_weight_matching"] = row["seconds"] / weight_seconds
+    return rows
+
+
+def report_vit(record: dict[str, Any]) -> str:
+    """The Markdown table of ``docs/science/transformers.md`` for the digits ViT pair."""
+    rows = record["vit"]
+    header = [
+        "row",
+        "loss barrier at α = 0.5",
+        "share of naive",
+        "error barrier at α = 0.5",
+        "error at α = 0.5",
+        "seconds (benchmark)",
+        "× weight matching (benchmark)",
+    ]
+    lines = []
+    for label in [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER)):
+        r = rows[label]
+        timed = label != "naive"
+        lines.append(
+            [
+                label,
+                f"{r['barrier']:.3f}",
+                f"{100 * r['share_of_naive']:.0f} %",
+                f"{100 * r['error_barrier']:.1f} %",
+                f"{100 * r['error_mid']:.1f} %",
+                f"{r['seconds']:.1f}" if timed else "–",
+                f"{r['time_vs_weight_matching']:.2f}" if timed else "–",
+            ]
+        )
+    return "## Digits ViT\n\n" + "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results JSON (write_result)")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--family", choices=("llama", "gpt2", "both"), default="llama",
-                        help="which pair(s): tiny Llamas, tiny GPT-2s, or both")  # fmt: skip
+    parser.add_argument(
+        "--family",
+        choices=("llama", "gpt2", "both", "vit"),
+        default="llama",
+        help="which pair(s): tiny Llamas, tiny GPT-2s, both, or digits ViTs",
+    )
+    parser.add_argument("--vit-epochs", type=int, default=None,
+                        help="vit: training epochs per model")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4, help="learned: passes over train")
     parser.add_argument("--models", type=Path, default=None,
                         help="keep the trained models here (loaded if present)")  # fmt: skip
@@ -231,6 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     args.steps, args.layers = args.steps or steps, args.layers or layers
     args.eval_blocks, args.train_blocks = (16, 32) if args.quick else (64, 256)
     torch.set_num_threads(1)
+    if args.family == "vit":
+        args.vit_epochs = args.vit_epochs or (5 if args.quick else 40)
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+        numbers = {"settings": {**settings, "vit": VIT}, "vit": vit_study(args)}
+        if args.out is not None:
+            write_result(args.out, numbers, seeds=[0, 1], command=["python", *sys.argv])
+        print(report_vit(numbers))
+        return
     text, held = tiny_lms.corpus(limit)
     import tempfile
 

@@ -391,6 +391,9 @@ SYM_LLAMA = "results/transformers_symmetry.json"
 SYM_GPT2 = "results/transformers_symmetry_gpt2.json"
 SYM_QK = "results/transformers_symmetry_qk.json"
 SYM_STE = "results/transformers_symmetry_ste.json"
+SYM_TWO = "results/transformers_symmetry_two_sided.json"
+SYM_VIT = "results/transformers_symmetry_vit.json"
+VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
 MNIST_NWAY = "results/merging_mnist_n_way.json"
@@ -542,7 +545,52 @@ CHECKS: list[Check] = [
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_LLAMA, BENCH_SYM, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_QK, BENCH_SYM, 1, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_STE, BENCH_SYM, 2, skip=SYM_TIMES),
-    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 3, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_TWO, BENCH_SYM, 3, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 4, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, VIT_DOC, SYM_VIT, BENCH_SYM, skip=SYM_TIMES, report="report_vit"),
+    SentenceCheck(TRANSFORMERS, r"the same ([\d.]+), and ([\d.]+) \((\d+) %\) with least-squares "
+                  r"V·O and rotation-only Q·K", SYM_TWO,
+                  lambda r: [r["llama"]["full (orthogonal heads), weight"]["barrier"],
+                             r["llama"]["full (orthogonal Q·K), weight"]["barrier"],
+                             _share(r, "llama", "full (orthogonal Q·K), weight")]),
+    SentenceCheck(TRANSFORMERS, r"two-sided learning does not beat the one-sided rotation\*\* "
+                  r"\(([\d.]+) against ([\d.]+), in twice the time\).*?On the digits ViTs it "
+                  r"did better \((\d+) % against (\d+) %, below\)", SYM_TWO,
+                  lambda r: [r["llama"]["orthogonal, learned two-sided"]["barrier"],
+                             r["llama"]["orthogonal, learned"]["barrier"],
+                             _share(r, "vit", "orthogonal, learned two-sided"),
+                             _share(r, "vit", "orthogonal, learned")], also=(SYM_VIT,)),
+    SentenceCheck(TRANSFORMERS, r"the Llamas reach (\d+) %, and the digits ViTs (\d+) %", SYM_TWO,
+                  lambda r: [_share(r, "llama", "full (orthogonal heads), weight"),
+                             _share(r, "vit", "full (orthogonal heads), activation")],
+                  also=(SYM_VIT,)),
+    SentenceCheck(TRANSFORMERS, r"reach test loss ([\d.]+) and ([\d.]+) \(error ([\d.]+) % and "
+                  r"([\d.]+) % on the 500 test digits\)", SYM_VIT,
+                  lambda r: [*_sym_losses(r, "vit"),
+                             *(_pct(r["vit"]["naive"][k]) for k in ("error_a", "error_b"))]),
+    SentenceCheck(TRANSFORMERS, r"\((\d+) % of the naive loss barrier by weight matching\), and "
+                  r"neither does the weight-based rotation \((\d+) %\); \*\*activation-based "
+                  r"alignment does\*\* \((\d+) % with permutations, (\d+) % with the rotation, "
+                  r"(\d+) % with the default orthogonal heads\)", SYM_VIT,
+                  lambda r: [_share(r, "vit", k) for k in (
+                      "permutation, weight", "orthogonal, weight", "permutation, activation",
+                      "orthogonal, activation", "full (orthogonal heads), activation")]),
+    SentenceCheck(TRANSFORMERS, r"Least-squares heads are harmful\*\* \((\d+) % weight-based, "
+                  r"(\d+) % activation-based.*?orthogonal heads are neutral to slightly\s*"
+                  r"helpful \((\d+) %, (\d+) %\)", SYM_VIT,
+                  lambda r: [_share(r, "vit", k) for k in (
+                      "full, weight", "full, activation", "full (orthogonal heads), weight",
+                      "full (orthogonal heads), activation")]),
+    SentenceCheck(TRANSFORMERS, r"the learned rotation keeps (\d+) % of the naive\s*barrier, "
+                  r"two-sided learning (\d+) %, and with the permutations learned too \(STE\) "
+                  r"(\d+) %\s*\(error barrier ([\d.]+) points, midpoint error ([\d.]+) % against "
+                  r"([\d.]+) % at the ends\)", SYM_VIT,
+                  lambda r: [*(_share(r, "vit", k) for k in (
+                      "orthogonal, learned", "orthogonal, learned two-sided",
+                      "orthogonal, learned + STE permutations")),
+                      *(_pct(r["vit"]["orthogonal, learned + STE permutations"][k])
+                        for k in ("error_barrier", "error_mid")),
+                      _pct((r["vit"]["naive"]["error_a"] + r["vit"]["naive"]["error_b"]) / 2)]),
     SentenceCheck(TRANSFORMERS, r"200 steps each \(held-out loss A ([\d.]+), B ([\d.]+)\);",
                   SYM_LLAMA, lambda r: _sym_losses(r, "llama")),
     SentenceCheck(TRANSFORMERS, r"untied head \(a tied one is refused, see above\); 200 steps "

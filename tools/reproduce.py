@@ -56,6 +56,11 @@ def _science(study: str, minutes: float) -> list[Run]:
     ]  # fmt: skip
 
 
+FIRST_ROWS = ("permutation, activation", "orthogonal, weight", "orthogonal, activation",
+              "full, weight", "full (orthogonal heads), weight", "full, activation",
+              "orthogonal, learned", "full, learned")  # fmt: skip
+"""The rows of the first transformer tables (the later rows have runs of their own)."""
+
 RUNS: list[Run] = [
     *_science("width", 2.5),
     *_science("layerwise", 1.5),
@@ -97,8 +102,8 @@ RUNS: list[Run] = [
         "--out", "results"), 6.0, writes=("results/merging_mnist_n_way.json",), long=True),
     Run("transformers_symmetry", ("python", "benchmarks/bench_symmetry.py", "--family", "llama",
         "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
-        "runs/reproduce/symmetry_llama", "--out", "results/transformers_symmetry.json"), 9.0,
-        long=True),
+        "runs/reproduce/symmetry_llama", *(a for row in FIRST_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry.json"), 9.0, long=True),
     # the same trained pair (--models keeps it), the rows added with the Q·K maps and STE
     Run("transformers_symmetry_qk", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--models", "runs/reproduce/symmetry_llama",
@@ -111,9 +116,22 @@ RUNS: list[Run] = [
         "runs/reproduce/symmetry_llama", "--only", "orthogonal, learned", "--only",
         "orthogonal, learned + STE permutations", "--out",
         "results/transformers_symmetry_ste.json"), 3.0, long=True),
+    # the same trained pair: the default (orthogonal) heads, least-squares ones, two-sided
+    Run("transformers_symmetry_two_sided", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama",
+        *(a for row in ("full, weight", "full (orthogonal Q·K), weight",
+                        "full (orthogonal heads), weight", "orthogonal, learned",
+                        "orthogonal, learned two-sided") for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_two_sided.json"), 3.0, long=True),
+    Run("transformers_symmetry_vit", ("python", "benchmarks/bench_symmetry.py", "--family",
+        "vit", "--epochs", "6", "--out", "results/transformers_symmetry_vit.json"), 2.5),
     Run("transformers_symmetry_gpt2", ("python", "benchmarks/bench_symmetry.py", "--family",
-        "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--out",
+        "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3",
+        *(a for row in FIRST_ROWS if "heads" not in row for a in ("--only", row)), "--out",
         "results/transformers_symmetry_gpt2.json"), 7.0, long=True),
+    # the transformer figures, redrawn from the stored runs (after the runs above)
+    Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     Run("bench_ray", ("python", "benchmarks/bench_ray.py", "--repeats", "3", "--out",
         "results/bench_ray.json"), 8.0, long=True),
 ]  # fmt: skip

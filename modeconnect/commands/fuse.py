@@ -271,7 +271,8 @@ def _writer(
             f"--out {path}: a folder output needs checkpoint directories as inputs; name a "
             ".pt or .safetensors file"
         )
-    shards = directory_writer(result.state_dict, like.directory, dtypes=like.dtypes, metadata=meta)
+    shards = directory_writer(result.state_dict, like.directory, dtypes=like.dtypes, metadata=meta,
+                              names=getattr(like.state_dict, "names", None))  # fmt: skip
 
     def fill(folder: Path) -> None:
         shards(folder)

@@ -143,6 +143,7 @@ class Session:
             return directory_writer(
                 state_dict, _directory(like), dtypes=like.dtypes, metadata=metadata,
                 progress=progress, task=f"writing {Path(path).name}",
+                names=getattr(like.state_dict, "names", None),
             )  # fmt: skip
         return checkpoint_writer(
             path, restore_dtypes(state_dict, like.dtypes), model_ref=self.model_ref,

@@ -568,12 +568,37 @@ def model_names(model: nn.Module, directory: HFDirectory) -> dict[str, str]:
                     *model.named_buffers(remove_duplicate=False)]:  # fmt: skip
         tensors.setdefault(id(t), []).append(name)
     names: dict[str, str] = {}
+    renamed: dict[str, str] | None = None
     for key in model.state_dict(keep_vars=True):
         group = next((g for g in tensors.values() if key in g), [key])
         stored = next((n for n in [key, *group] if n in directory.tensors), None)
+        if stored is None:
+            renamed = _renamed(model, directory) if renamed is None else renamed
+            stored = next((renamed[n] for n in [key, *group] if n in renamed), None)
         if stored is not None:
             names[key] = stored
     return names
+
+
+def _renamed(model: nn.Module, directory: HFDirectory) -> dict[str, str]:
+    """Model name -> stored name for the stored names that ``transformers`` renames when
+    it loads them (its own table for the model's class, renames only: ViT's legacy
+    ``encoder.layer.0.attention.attention.query`` is ``layers.0.attention.q_proj``); empty
+    where this ``transformers`` has no such table. ``save_pretrained`` writes the stored
+    names back, so the output keeps them."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:
+        return {}
+    mapping = get_model_conversion_mapping(model)  # type: ignore[arg-type]
+    renamings = [t for t in mapping if isinstance(t, WeightRenaming)]
+    if not renamings:
+        return {}
+    out: dict[str, str] = {}
+    for stored in directory.tensors:
+        out.setdefault(rename_source_key(stored, renamings, [])[0], stored)
+    return out
 
 
 def model_bytes(state_dict: Mapping[str, Tensor]) -> int | None:
@@ -614,6 +639,7 @@ def directory_writer(
     metadata: Mapping[str, str] | None = None,
     progress: ProgressFn | None = None,
     task: str = "writing shards",
+    names: Mapping[str, str] | None = None,
 ) -> Callable[[Path], None]:
     """The function that writes ``tensors`` as a ``save_pretrained`` directory into a folder.
 
@@ -622,7 +648,15 @@ def directory_writer(
     overrides), sharded as :meth:`HFDirectory.layout`, one shard in memory at a time;
     copies ``config.json`` and :data:`COPIED_FILES` from ``like``. ``metadata`` goes
     into every shard's header beside ``format: pt``, keys sorted (same bytes each run).
+    ``names`` (state-dict name -> stored name, :func:`model_names`) finds the tensor of a
+    stored name that the model calls otherwise.
     """
+    by_stored: dict[str, str] = {}
+    for key, name in (names or {}).items():
+        if key in tensors:
+            by_stored.setdefault(name, key)
+    tensors = {k: tensors[k if k in tensors else by_stored[k]]
+               for k in like.tensors if k in tensors or k in by_stored}  # fmt: skip
     missing = sorted(k for k in like.tensors if k not in tensors)
     if missing:
         raise ModeconnectError(

@@ -87,6 +87,9 @@ _BUILTIN: tuple[MethodInfo, ...] = (
             Param("permutations", str, "fixed", "Permutations: weight matching's (fixed), or "
                   "then learned by the straight-through estimator (ste; Git Re-Basin alg. 3).",
                   choices=("fixed", "ste"), flag="--learn-permutations"),
+            Param("sides", str, "one", "Learn B's rotation toward A (one), or both models' "
+                  "toward one shared path (two; arXiv 2606.23607).",
+                  choices=("one", "two"), flag="--learn-sides"),
             MAX_BATCHES,
         ),
         summary="Weight matching, then residual-stream rotations learned on the loss at the "

@@ -42,7 +42,7 @@ from ..matching import Alignment, get_method, takes
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
-from .heads import apply_head_maps, factor_sizes, head_maps, solve_head_maps
+from .heads import apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
@@ -63,6 +63,9 @@ StateDict = Mapping[str, torch.Tensor]
 INVERTIBLE = "invertible-per-head"
 """The V·O class: one invertible map per (key/value) head."""
 ROUNDS = 3
+ORTHOGONAL_HEADS = 1.0
+"""The default bound on the per-head maps' condition numbers: orthogonal maps (measured
+better on the midpoint than least squares with its scale, on tiny Llamas and ViTs)."""
 """Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
 
 
@@ -94,6 +97,9 @@ class FullAlignment:
     equivalence: Equivalence
     groups: tuple[GroupRecord, ...]
     rotations: dict[str, torch.Tensor] = field(default_factory=dict)
+    rotations_a: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Two-sided learning (``sides="two"``): A's rotation toward the shared path (its
+    rotated copy passed the guard against A); ``rotations`` are then B's relative to it."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``symmetry`` section of the JSON report."""
@@ -148,8 +154,9 @@ def align_full(
     progress: ProgressFn | None = None,
     loss: Any = None,
     symmetry: str = "full",
-    max_condition: float = 100.0,
+    max_condition: float = ORTHOGONAL_HEADS,
     qk: bool = True,
+    qk_condition: float | None = None,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
@@ -158,7 +165,12 @@ def align_full(
     attention head's value dims (:mod:`~modeconnect.symmetry.heads`, condition numbers at
     most ``max_condition``, after the rotations and the learning) and, unless ``qk`` is
     false, each head's query·key dims by maps that commute with rotary embeddings
-    (:mod:`~modeconnect.symmetry.qk`).
+    (:mod:`~modeconnect.symmetry.qk`), whose condition numbers are bounded by
+    ``qk_condition`` (``max_condition`` when ``None``). The default bound, 1
+    (:data:`ORTHOGONAL_HEADS`), keeps each map's orthogonal part: a rotation per head (a
+    rotation per frequency pair under RoPE). Least squares with its scale
+    (``max_condition=100``) fits the weights better and the path worse (measured:
+    ``docs/science/transformers.md``).
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -168,7 +180,7 @@ def align_full(
         )
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations")
+    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations", "sides")
     mine = learn_keys if method == "learned" else ()
     own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
@@ -184,6 +196,8 @@ def align_full(
         clock = time.perf_counter()
         records: list[GroupRecord] = []
         rotations: dict[str, torch.Tensor] = {}
+        rotations_a: dict[str, torch.Tensor] = {}
+        start_eq: Equivalence | None = None
         if base == "weight":
             alignment, aligned, rotations, objectives = _weight_rounds(
                 spec, fa, fb, active, match, options
@@ -212,7 +226,8 @@ def align_full(
         if symmetry == "full":
             aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
             groups = qk_groups(spec, aligned) if qk else []
-            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, max_condition)
+            bound = max_condition if qk_condition is None else qk_condition
+            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, bound)
             found += qk_records
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
@@ -222,26 +237,41 @@ def align_full(
         if method == "learned" and active:
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
+            sides = own.get("sides") or "one"
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
-                                      progress=progress, **_learn_options(own))  # fmt: skip
+                                      progress=progress, sides=sides,
+                                      **_learn_options(own))  # fmt: skip
             for s in active:
                 q = learned.rotations[s.group]
                 aligned = rotate(aligned, s, q, spec.aliases)
                 rotations[s.group] = q @ rotations[s.group]
+            if learned.moved_a is not None:
+                rotations_a = learned.moved_a
+                moved = dict(fa)
+                for s in active:
+                    moved = rotate(moved, s, rotations_a[s.group], spec.aliases)
+                start_eq = check_equivalence(model, a, moved, probe, **_tolerance(tolerance))
             seconds = time.perf_counter() - clock
             last = learned.losses[-1] if learned.losses else None
-            how = " + learned (orthogonal parametrisation, Adam)"
+            how = " + learned (orthogonal parametrisation, Adam" + (
+                ", two-sided: both models toward one path)" if sides == "two" else ")"
+            )
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
         records += found
-        kw = {} if tolerance is None else {"tolerance": tolerance}
-        eq = check_equivalence(model, b, aligned, probe, **kw)
+        eq = check_equivalence(model, b, aligned, probe, **_tolerance(tolerance))
+    if start_eq is not None:
+        require_equivalence(start_eq)
     require_equivalence(eq)
     records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
     alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
                         params={**alignment.params, **own, "symmetry": symmetry})  # fmt: skip
-    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations)
+    return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations, rotations_a)
+
+
+def _tolerance(tolerance: float | None) -> dict[str, float]:
+    return {} if tolerance is None else {"tolerance": tolerance}
 
 
 def _head_maps(
@@ -260,7 +290,7 @@ def _head_maps(
     records = []
     for group in head_maps(spec, aligned):
         clock = time.perf_counter()
-        sizes = factor_sizes(spec, group)
+        sizes = head_positions(spec, group)
         gen = torch.Generator().manual_seed(54321)
         shape = (group.heads, group.size, group.size)
         trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
@@ -275,7 +305,8 @@ def _head_maps(
         residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
                        for k, *_ in group.members)  # fmt: skip
         records.append(GroupRecord(
-            group.group, INVERTIBLE, "least squares on V and O (Sylvester), polar fallback",
+            group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
+            if max_condition <= 1 else "least squares on V and O (Sylvester), polar fallback",
             residual, max(conditions), time.perf_counter() - clock,
             "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
     return aligned, records
@@ -303,10 +334,12 @@ def _qk_maps(
         maps, conditions = solve_qk_maps(fa, aligned, group, found, max_condition)
         aligned = apply_qk_maps(aligned, group, maps)
         residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
-                       for k in (*group.q, *group.k))  # fmt: skip
+                       for k in dict.fromkeys((*group.q, *group.k)))  # fmt: skip
+        how = ("orthogonal part of the least squares on Q and K (a rotation per pair, polar "
+               "elsewhere)" if max_condition <= 1 else "least squares on Q and K (closed form "
+               "per pair, Sylvester elsewhere), orthogonal fallback")  # fmt: skip
         records.append(GroupRecord(
-            f"{group.group}.qk", found.cls, "least squares on Q and K (closed form per pair, "
-            "Sylvester elsewhere), orthogonal fallback", residual, max(conditions),
+            f"{group.group}.qk", found.cls, how, residual, max(conditions),
             time.perf_counter() - clock, found.reason))  # fmt: skip
     return aligned, records
 

@@ -7,11 +7,13 @@ attention one ``M_h`` per key/value head serves every query head that shares it.
 
 In the spec such a group is batched over the heads (``PermGroup.batch_over``), and every
 axis it appears in is a product whose outer factor is the heads and whose last factor is
-the group. :func:`head_maps` takes the groups where some of those axes are a weight's
-output (*writers*: ``W_v``'s rows, its bias) and some are a weight's input (*readers*:
-``W_o``'s columns); a Q·K group (two writers, a bilinear form between them) has no
-reader and is left out, and :func:`~modeconnect.symmetry.align.align_full` checks a
-random map on the probe before it trusts a group.
+the group, or holds it as one part of a concatenation (a fused q/k/v projection whose
+heads interleave: GPT-NeoX's ``query_key_value``). :func:`head_maps` takes the groups
+where some of those axes are a weight's output (*writers*: ``W_v``'s rows, its bias) and
+some are a weight's input (*readers*: ``W_o``'s columns); a Q·K group (two writers, a
+bilinear form between them) has no reader and is left out, and
+:func:`~modeconnect.symmetry.align.align_full` checks a random map on the probe before it
+trusts a group.
 
 The weight-based solver is least squares with both sides linear in ``M``:
 ``min_M ‖V_A − M V_B‖² + ‖O_A M − O_B‖²``, whose normal equations are the Sylvester
@@ -27,23 +29,23 @@ from dataclasses import dataclass
 
 import torch
 
-from ..spec import Leaf, PermutationSpec, Product
+from ..spec import Concat, Leaf, PermutationSpec, Product
 
 StateDict = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """A V·O group: per-head maps of ``size`` dims, over ``heads`` heads.
+    """A V·O group: per-head maps of ``size`` dims, over ``heads`` heads (group ``over``).
 
-    ``members`` are ``(key, axis, outer, inner, writer)``: the axis's product factors'
-    positions of the heads and of the group, and whether the axis is an output.
+    ``members`` are ``(key, axis, writer)``: whether the axis is an output (a writer).
     """
 
     group: str
     heads: int
     size: int
-    members: tuple[tuple[str, int, int, int, bool], ...]
+    members: tuple[tuple[str, int, bool], ...]
+    over: str
 
 
 def head_maps(spec: PermutationSpec, state: StateDict) -> list[HeadGroup]:
@@ -54,82 +56,89 @@ def head_maps(spec: PermutationSpec, state: StateDict) -> list[HeadGroup]:
             continue
         members = []
         for m in g.members:
-            layout = spec.layouts[m.key][m.axis]
-            if not isinstance(layout, Product):
-                break
-            spots = _spots(layout, g.batch_over, name)
-            if spots is None:
+            if layout_positions(spec.layouts[m.key][m.axis], g.batch_over, name) is None:
                 break
             ndim = state[m.key].ndim
             writer = ndim == 1 or m.axis in spec.weight_outputs.get(m.key, ())
-            members.append((m.key, m.axis, *spots, writer))
+            members.append((m.key, m.axis, writer))
         else:
             if any(w for *_, w in members) and not all(w for *_, w in members):
                 heads = spec.groups[g.batch_over].size
-                found.append(HeadGroup(name, heads, g.size, tuple(members)))
+                found.append(HeadGroup(name, heads, g.size, tuple(members), g.batch_over))
     return found
 
 
-def _spots(layout: Product, outer: str, inner: str) -> tuple[int, int] | None:
-    factors = layout.factors
-    last = factors[-1]
-    if not (isinstance(last, Leaf) and last.group == inner):
+def layout_positions(layout: object, outer: str, inner: str) -> torch.Tensor | None:
+    """``(heads, n, rest)``: where each head's dims of group ``inner`` sit along an axis of
+    ``layout`` (a product with one factor of the heads ``outer`` and ``inner`` its last
+    factor, or one part of the last factor's concatenation: a fused q/k/v projection whose
+    heads interleave, GPT-NeoX's ``query_key_value``); ``None`` for any other layout.
+
+    >>> from modeconnect.spec import Concat, Fixed, Leaf, Product
+    >>> fused = Product((Leaf("H", 2), Concat((Fixed(2), Leaf("V", 1, "H")))))
+    >>> layout_positions(fused, "H", "V").flatten().tolist()
+    [2, 5]
+    """
+    if not isinstance(layout, Product):
         return None
+    factors = layout.factors
     heads = [i for i, f in enumerate(factors) if isinstance(f, Leaf) and f.group == outer]
-    return (heads[0], len(factors) - 1) if len(heads) == 1 else None
+    index = torch.arange(layout.size).reshape([f.size for f in factors])
+    last = factors[-1]
+    dims = [len(factors) - 1] if isinstance(last, Leaf) and last.group == inner else []
+    if isinstance(last, Concat):
+        parts = [i for i, p in enumerate(last.parts) if isinstance(p, Leaf) and p.group == inner]
+        if len(parts) != 1:
+            return None
+        start = sum(p.size for p in last.parts[: parts[0]])
+        index = index[..., start : start + last.parts[parts[0]].size]
+        dims = [len(factors) - 1]
+    if len(heads) != 1 or len(dims) != 1:
+        return None
+    order = [heads[0], dims[0], *[i for i in range(len(factors)) if i not in (heads[0], dims[0])]]
+    index = index.permute(order)
+    return index.reshape(index.shape[0], index.shape[1], -1)
 
 
 def apply_head_maps(
-    state: StateDict, group: HeadGroup, maps: torch.Tensor, sizes: Mapping[str, tuple[int, ...]]
+    state: StateDict, group: HeadGroup, maps: torch.Tensor, positions: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """``state`` with writers ``-> M_h ·`` and readers ``-> · M_h⁻¹`` (``maps``: ``(heads, n, n)``).
 
-    ``sizes`` gives each member's axis factor sizes (:func:`factor_sizes`).
+    ``positions`` gives each member's places of the group's dims (:func:`head_positions`).
     """
     out = dict(state)
     inverse_t = torch.linalg.inv(maps.double()).transpose(1, 2)
-    for key, axis, outer, inner, writer in group.members:
-        t = state[key]
+    for key, axis, writer in group.members:
+        t = out[key]
         m = maps.double() if writer else inverse_t
-        out[key] = _per_head(t.double(), axis, sizes[key], outer, inner, m).to(t.dtype)
+        out[key] = per_head(t, axis, positions[key], m)
     return out
 
 
-def factor_sizes(spec: PermutationSpec, group: HeadGroup) -> dict[str, tuple[int, ...]]:
-    """Each member's axis as its product's factor sizes."""
+def head_positions(spec: PermutationSpec, group: HeadGroup) -> dict[str, torch.Tensor]:
+    """Each member's places of the group's dims along its axis (:func:`layout_positions`)."""
     out = {}
-    for key, axis, *_ in group.members:
-        layout = spec.layouts[key][axis]
-        out[key] = tuple(f.size for f in layout.factors)  # type: ignore[union-attr]
+    for key, axis, _ in group.members:
+        found = layout_positions(spec.layouts[key][axis], group.over, group.group)
+        assert found is not None  # head_maps took only such members
+        out[key] = found
     return out
 
 
-def _per_head(
-    t: torch.Tensor, axis: int, sizes: tuple[int, ...], outer: int, inner: int, m: torch.Tensor
-) -> torch.Tensor:
-    """``m[h] @`` the group's dims of head ``h``, along ``axis`` of ``t``."""
-    moved = t.movedim(axis, 0)
-    rest = moved.shape[1:]
-    x = moved.reshape(*sizes, -1)
-    k = len(sizes)
-    order = [outer, *[i for i in range(k) if i not in (outer, inner)], inner, k]
-    x = x.permute(order)
-    shape = x.shape
-    x = x.reshape(shape[0], -1, shape[-2], shape[-1])
-    x = torch.einsum("hij,hojr->hoir", m, x).reshape(shape)
-    back = [order.index(i) for i in range(k + 1)]
-    return x.permute(back).reshape(moved.shape[0], *rest).movedim(0, axis)
+def per_head(t: torch.Tensor, axis: int, positions: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``m[h] @`` the dims of head ``h`` (at ``positions[h]``) along ``axis``."""
+    moved = t.double().movedim(axis, 0)
+    flat = moved.reshape(moved.shape[0], -1).clone()
+    x = flat[positions]  # (heads, n, rest, columns)
+    flat[positions] = torch.einsum("hij,hjrc->hirc", m, x)
+    return flat.reshape(moved.shape).movedim(0, axis).to(t.dtype)
 
 
-def _blocks(
-    t: torch.Tensor, axis: int, sizes: tuple[int, ...], outer: int, inner: int
-) -> torch.Tensor:
+def _blocks(t: torch.Tensor, axis: int, positions: torch.Tensor) -> torch.Tensor:
     """``(heads, n, rest)``: the group's dims of each head, everything else flattened."""
     moved = t.double().movedim(axis, 0)
-    x = moved.reshape(*sizes, -1)
-    k = len(sizes)
-    order = [outer, inner, *[i for i in range(k) if i not in (outer, inner)], k]
-    x = x.permute(order)
+    x = moved.reshape(moved.shape[0], -1)[positions]  # (heads, n, rest, columns)
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
@@ -137,7 +146,7 @@ def solve_head_maps(
     a: StateDict,
     b: StateDict,
     group: HeadGroup,
-    sizes: Mapping[str, tuple[int, ...]],
+    positions: Mapping[str, torch.Tensor],
     max_condition: float = 100.0,
 ) -> tuple[torch.Tensor, list[float]]:
     """Per-head least-squares maps (module docstring) and each one's condition number."""
@@ -145,9 +154,9 @@ def solve_head_maps(
     lhs = torch.zeros(group.heads, n, n, dtype=torch.float64)  # O_Aᵀ O_A
     rhs_b = torch.zeros_like(lhs)  # V_B V_Bᵀ
     c = torch.zeros_like(lhs)
-    for key, axis, outer, inner, writer in group.members:
-        xa = _blocks(a[key], axis, sizes[key], outer, inner)
-        xb = _blocks(b[key], axis, sizes[key], outer, inner)
+    for key, axis, writer in group.members:
+        xa = _blocks(a[key], axis, positions[key])
+        xb = _blocks(b[key], axis, positions[key])
         if writer:
             rhs_b += xb @ xb.transpose(1, 2)
             c += xa @ xb.transpose(1, 2)

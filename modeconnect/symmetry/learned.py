@@ -32,10 +32,16 @@ StateDict = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Learned:
-    """The learned rotations (float64, re-orthogonalised), and the loss of each epoch."""
+    """The learned rotations (float64, re-orthogonalised), and the loss of each epoch.
+
+    ``rotations`` map B toward A. Two-sided (``sides="two"``), ``moved_a`` holds the
+    rotation of A toward the shared path and ``rotations`` are ``Q_Aᵀ Q_B``: B's map
+    relative to A's, which gives the same path up to a rotation of both ends.
+    """
 
     rotations: dict[str, torch.Tensor]
     losses: tuple[float, ...]
+    moved_a: dict[str, torch.Tensor] | None = None
 
 
 def match_learned(
@@ -48,6 +54,7 @@ def match_learned(
     lr: float = 1e-3,
     random_alpha: bool = False,
     permutations: str = "fixed",
+    sides: str = "one",
     max_batches: int | None = None,
     model: Any = None,
     data: Any = None,
@@ -84,31 +91,47 @@ def learn_rotations(
     seed: int = 0,
     aliases: Mapping[str, str] = {},
     progress: ProgressFn | None = None,
+    sides: str = "one",
 ) -> Learned:
     """Rotations ``Q`` (one per stream) that lower the loss of ``(1-α) a + α Q·b`` on ``data``.
 
     ``a`` and ``b`` are folded (:func:`~modeconnect.symmetry.fold`); ``alpha=None`` draws
     α uniformly from [0, 1] at each step (a generator seeded with ``seed``); ``loss`` is a
     :func:`~modeconnect.evaluation.scoring.get_scoring` choice (``"causal_lm"``).
+    ``sides="two"`` moves both models toward one shared path (arXiv 2606.23607's
+    two-sided variant): ``(1-α) Q_A·a + α Q_B·b``, both rotations learned together.
     """
+    if sides not in ("one", "two"):
+        raise ModeconnectError(f"sides must be 'one' or 'two', not {sides!r}")
     batches = list(data)
     scoring = get_scoring(loss, model)
     gen = torch.Generator().manual_seed(seed)
-    layers = {s.group: _orthogonal(s.size - 1 if s.fixes_ones else s.size) for s in streams}
-    params = [p for m in layers.values() for p in m.parameters()]
+
+    def rotations_of() -> dict[str, nn.Module]:
+        return {s.group: _orthogonal(s.size - 1 if s.fixes_ones else s.size) for s in streams}
+
+    layers = rotations_of()
+    layers_a = rotations_of() if sides == "two" else {}
+    params = [p for m in (*layers.values(), *layers_a.values()) for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
     b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
 
     def point(t: float) -> dict[str, torch.Tensor]:
-        return _path_point(a32, b32, streams, layers, t, aliases)
+        start = _rotated(a32, streams, layers_a, aliases) if layers_a else a32
+        return _path_point(start, b32, streams, layers, t, aliases)
 
     losses = descend(model, batches, scoring, opt, point, epochs=epochs, alpha=alpha, gen=gen,
                      progress=progress, task="learned rotation")  # fmt: skip
     with torch.no_grad():
-        rotations = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones)
-                     for s in streams}  # fmt: skip
-    return Learned(rotations, losses)
+        qb = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones) for s in streams}
+        if not layers_a:
+            return Learned(qb, losses)
+        qa = {s.group: procrustes(_rotation(s, layers_a[s.group]), s.fixes_ones)
+              for s in streams}  # fmt: skip
+        relative = {s.group: procrustes(qa[s.group].T @ qb[s.group], s.fixes_ones)
+                    for s in streams}  # fmt: skip
+    return Learned(relative, losses, qa)
 
 
 def descend(
@@ -160,8 +183,18 @@ def _path_point(
     aliases: Mapping[str, str],
 ) -> dict[str, torch.Tensor]:
     """``(1-α) a + α Q·b`` with gradients to the rotations (other tensors are constants)."""
-    rotated: Mapping[str, torch.Tensor] = b
-    for s in streams:
-        rotated = rotate(rotated, s, _rotation(s, layers[s.group]).float(), aliases)
+    rotated = _rotated(b, streams, layers, aliases)
     return {k: torch.lerp(v, rotated[k], alpha) if v.is_floating_point() else v
             for k, v in a.items()}  # fmt: skip
+
+
+def _rotated(
+    state: StateDict,
+    streams: Sequence[ResidualStream],
+    layers: Mapping[str, nn.Module],
+    aliases: Mapping[str, str],
+) -> Mapping[str, torch.Tensor]:
+    """``state`` with each stream rotated by its (parametrised) layer."""
+    for s in streams:
+        state = rotate(state, s, _rotation(s, layers[s.group]).float(), aliases)
+    return state

@@ -7,7 +7,9 @@ commutes with every ``R``: a **complex scalar** ``a + ib`` (a rotation-scaling b
 each rotary frequency pair, and, on the head dims rotary embeddings leave alone
 (GPT-NeoX's ``rotary_pct``, ``partial_rotary_factor``), **any invertible map**. Without
 rotary embeddings every dim is of the second kind. Grouped-query attention ties ``A``
-across the query heads sharing a key/value head.
+across the query heads sharing a key/value head. Queries and keys are separate
+projections, or slices of one fused projection whose heads interleave (GPT-NeoX's
+``query_key_value``: :attr:`QKGroup.fused`).
 
 Which of these the model admits is derived from it (:func:`qk_class`): the pairing (HF's
 halves ``(i, i + r/2)`` or interleaved ``(2i, 2i + 1)``) and the rotary dims (read from
@@ -26,7 +28,7 @@ pair, the polar factor elsewhere; condition 1).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -56,6 +58,18 @@ class QKGroup:
     kv_heads: int
     per_kv: int
     head_dim: int
+    fused: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False)
+    """For one fused q/k/v projection (``q`` and ``k`` name the same tensors): the rows of
+    the queries ``(kv_heads, 1, head_dim)`` and of the keys, in the fused rows."""
+
+    def rows(self, query: bool) -> torch.Tensor:
+        """The query (or key) rows, ``(kv_heads, per_kv or 1, head_dim)``, along axis 0."""
+        if self.fused is not None:
+            return self.fused[0 if query else 1]
+        per = self.per_kv if query else 1
+        return torch.arange(self.kv_heads * per * self.head_dim).reshape(
+            self.kv_heads, per, self.head_dim
+        )
 
 
 @dataclass(frozen=True)
@@ -84,14 +98,18 @@ def qk_groups(spec: PermutationSpec, state: StateDict) -> list[QKGroup]:
                 continue
             f = layout.factors
             dims = f[-1]
-            head = isinstance(dims, Fixed) or (
-                isinstance(dims, Concat) and isinstance(dims.parts[0], Fixed)
-            )  # all fixed, or rotary dims fixed and the others permuted (partial rotary)
+            head = (
+                isinstance(dims, Fixed)
+                or (isinstance(dims, Concat) and isinstance(dims.parts[0], Fixed))
+                or (isinstance(dims, Leaf) and dims.over == name and _unread(spec, state, dims))
+            )  # all fixed, or rotary dims fixed and the others permuted (partial rotary), or
+            # no rotary embeddings: permuted head dims that only queries and keys write
             shaped = head and isinstance(f[0], Leaf) and f[0].group == name
             if shaped and all(isinstance(x, Leaf) for x in f[1:-1]) and len(f) <= 3:
                 sizes = tuple(x.size for x in f)
                 rows.setdefault(m.key.rsplit(".", 1)[0], []).append((m.key, sizes))
         if len(rows) != 2:
+            found += _fused(spec, state, name)
             continue
         (qm, q), (km, k) = sorted(rows.items(), key=lambda kv: -len(kv[1][0][1]))
         qs, ks = q[0][1], k[0][1]
@@ -103,6 +121,48 @@ def qk_groups(spec: PermutationSpec, state: StateDict) -> list[QKGroup]:
         found.append(QKGroup(name, tuple(x for x, _ in q), tuple(x for x, _ in k), qs[0],
                              per_kv, qs[-1]))  # fmt: skip
     return found
+
+
+def _fused(spec: PermutationSpec, state: StateDict, name: str) -> list[QKGroup]:
+    """The Q·K group of a fused q/k/v projection whose heads interleave (GPT-NeoX's
+    ``query_key_value``: per head, the query dims, the key dims, the value dims). Each head's
+    rows are a concatenation; the parts that no layer reads (not the value's) must split
+    into two halves of the same shape: the queries, then the keys."""
+    members = [m for m in spec.groups[name].members if m.axis == 0]
+    layouts = {spec.layouts[m.key][0] for m in members}
+    if len(layouts) != 1 or len({m.key.rsplit(".", 1)[0] for m in members}) != 1:
+        return []
+    (layout,) = layouts
+    if not (isinstance(layout, Product) and len(layout.factors) == 2):
+        return []
+    heads, dims = layout.factors
+    if not (isinstance(heads, Leaf) and heads.group == name and isinstance(dims, Concat)):
+        return []
+    spans, start = [], 0
+    for part in dims.parts:
+        read = isinstance(part, Leaf) and not (part.over == name and _unread(spec, state, part))
+        if not read:
+            spans.append((part, start))
+        elif not isinstance(part, Leaf) or part.over != name:
+            return []
+        start += part.size
+    half = len(spans) // 2
+    if not half or len(spans) % 2 or [p for p, _ in spans[:half]] != [p for p, _ in spans[half:]]:
+        return []
+    index = torch.arange(layout.size).reshape(heads.size, dims.size)
+    q = torch.cat([index[:, s : s + p.size] for p, s in spans[:half]], dim=1)
+    k = torch.cat([index[:, s : s + p.size] for p, s in spans[half:]], dim=1)
+    keys = tuple(m.key for m in members)
+    return [QKGroup(name, keys, keys, heads.size, 1, q.shape[1], (q[:, None], k[:, None]))]
+
+
+def _unread(spec: PermutationSpec, state: StateDict, dims: Leaf) -> bool:
+    """Whether every member of ``dims``'s group is a writer (a query's or key's rows): no
+    layer reads those dims (a value's do: the output projection)."""
+    return all(
+        m.axis == 0 and (state[m.key].ndim == 1 or m.axis in spec.weight_outputs.get(m.key, ()))
+        for m in spec.groups[dims.group].members
+    )
 
 
 def rotary_dims(model: nn.Module, head_dim: int) -> int:
@@ -158,18 +218,20 @@ def apply_qk_maps(state: StateDict, group: QKGroup, maps: torch.Tensor) -> dict[
     """``state`` with queries ``-> Aᵀ ·`` and keys ``-> A⁻¹ ·`` per key/value head."""
     out = dict(state)
     a = maps.double()
-    for keys, m in ((group.q, a.transpose(1, 2)), (group.k, torch.linalg.inv(a))):
+    sides = ((group.q, a.transpose(1, 2), True), (group.k, torch.linalg.inv(a), False))
+    for keys, m, query in sides:
+        index = group.rows(query)
         for key in keys:
-            t = state[key]
-            x = _rows(t, group, key in group.q)
-            out[key] = torch.einsum("gij,gqjr->gqir", m, x).reshape(t.shape).to(t.dtype)
+            t = out[key]
+            flat = t.double().reshape(t.shape[0], -1).clone()
+            flat[index] = torch.einsum("gij,gqjr->gqir", m, flat[index])
+            out[key] = flat.reshape(t.shape).to(t.dtype)
     return out
 
 
 def _rows(t: torch.Tensor, group: QKGroup, query: bool) -> torch.Tensor:
     """``(kv_heads, per_kv or 1, head_dim, rest)`` in float64."""
-    per = group.per_kv if query else 1
-    return t.double().reshape(group.kv_heads, per, group.head_dim, -1)
+    return t.double().reshape(t.shape[0], -1)[group.rows(query)]
 
 
 def solve_qk_maps(

@@ -62,6 +62,14 @@ _PASS = {
 }  # fmt: skip
 """Ops that carry the stream's last axis through unchanged (casts, views, dropout)."""
 _IGNORED = {"aten._assert_tensor_metadata.default"}
+_CONV = {"aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default",
+         "aten.convolution.default"}  # fmt: skip
+"""Convolutions: a weight (position 1) or bias (2) whose output channels are the stream."""
+_ADDITIVE = {"aten.add.Tensor", "aten.expand.default", "aten.cat.default"}
+"""Ops through which a parameter whose last axis is the stream enters it as a summand or
+a token (ViT's class token and learned positions)."""
+_TOKENS = {"aten.select.int", "aten.slice.Tensor"}
+"""Ops that pick tokens: they carry the stream when they act on another axis than the last."""
 
 
 @dataclass(frozen=True)
@@ -206,10 +214,15 @@ def _classify(
             if not _last_axis_norm(node, kind):
                 return base.refused(f"{kind} of {key} normalises more than the last axis")
             continue
+        ndim = _ndim(_traced_value(use))
         for node, where in use:
             target = str(node.target)
             if target == "aten.embedding.default" and where == 0:
                 embeddings.add(key)
+            elif target in _CONV and where in (1, 2) and axis == 0:
+                continue  # a convolution's output channels (a patch embedding) write it
+            elif target in _ADDITIVE and ndim is not None and axis == ndim - 1:
+                continue  # added (or concatenated) along the tokens: a class token, positions
             elif target not in ("aten.linear.default", "aten.addmm.default"):
                 return base.refused(
                     f"{key} is used by {target}, which a rotation does not commute with"
@@ -257,6 +270,8 @@ def _readers(out: torch.fx.Node) -> list[tuple[torch.fx.Node, int]] | str:
                 continue
             if target in _PASS and user.args[0] is node:
                 stack.append(user)
+            elif target in _TOKENS and user.args[0] is node and _not_last(node, user.args[1]):
+                stack.append(user)  # the class token's row (a ViT's pooling)
             elif target == "aten.linear.default" and user.args[0] is node:
                 found.append((user.args[1], 1))  # type: ignore[arg-type]
             elif target == "aten.addmm.default" and user.args[1] is node:
@@ -264,6 +279,25 @@ def _readers(out: torch.fx.Node) -> list[tuple[torch.fx.Node, int]] | str:
             else:
                 return f"its output feeds {target}, not only linear layers"
     return found
+
+
+def _traced_value(uses: Any) -> Any:
+    """The parameter's traced value (``meta["val"]``) from one of its uses, or ``None``."""
+    for node, where in uses:
+        arg = node.args[where] if 0 <= where < len(node.args) else None
+        if isinstance(arg, torch.fx.Node) and "val" in arg.meta:
+            return arg.meta["val"]
+    return None
+
+
+def _ndim(value: Any) -> int | None:
+    return value.ndim if isinstance(value, torch.Tensor) else None
+
+
+def _not_last(node: torch.fx.Node, dim: Any) -> bool:
+    """Whether ``dim`` of ``node``'s traced value is another axis than its last."""
+    ndim = _ndim(node.meta.get("val"))
+    return isinstance(dim, int) and ndim is not None and dim not in (-1, ndim - 1)
 
 
 @dataclass(frozen=True)
