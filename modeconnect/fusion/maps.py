@@ -103,6 +103,28 @@ def _check_fixed(first: PermutationSpec, spec: PermutationSpec, a: str, b: str) 
                     f"{b}: tensor {key!r} axis {axis} has size {y.size} but {a}'s has {x.size} "
                     "and no width group owns it; only hidden widths may differ"
                 )
+            inner = _fixed_factor(x, y)
+            if inner is not None:
+                raise ModeconnectError(
+                    f"{b}: tensor {key!r} axis {axis} has a fixed factor of size {inner[1]} (e.g. "
+                    f"a head dimension) where {a}'s has {inner[0]}; blocks such as heads keep "
+                    "their shape, only their number may change: fuse models of one head_dim"
+                )
+
+
+def _fixed_factor(x: Layout, y: Layout) -> tuple[int, int] | None:
+    """The sizes of the first fixed factor inside two products that differ, if any."""
+    if not isinstance(x, Product) or not isinstance(y, Product):
+        return None
+    if len(x.factors) != len(y.factors):
+        return None
+    for f, g in zip(x.factors, y.factors, strict=True):
+        if isinstance(f, Fixed) and isinstance(g, Fixed) and f.size != g.size:
+            return f.size, g.size
+        found = _fixed_factor(f, g)
+        if found is not None:
+            return found
+    return None
 
 
 def concat_map(sizes: Sequence[int]) -> GroupMap:
