@@ -173,3 +173,74 @@ def test_align_across_widths_is_one_line_that_points_to_merge_width(pair, tmp_pa
         "--width N (no equivalence guard applies to a fused model)"
     )
     assert wide.read_bytes() == wide_bytes and not out.exists()
+
+
+def _llama_pair(tmp_path: Path):
+    """A Llama (hidden 32, 4 / 2 heads of 8, MLP 24) and a copy of it padded to hidden 48,
+    6 / 3 heads and MLP 40 that computes it (norm scales over sqrt(48/32), eps times 32/48),
+    saved as directories with a tokenizer, and a text file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    small = hf.llama(0, intermediate_size=24, head_dim=8, rms_norm_eps=1e-5)
+    wide = hf.llama(1, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                    intermediate_size=40, rms_norm_eps=1e-5 * 32 / 48)  # fmt: skip
+    a = small.state_dict()
+    padded = {}
+    for key, t in wide.state_dict().items():
+        padded[key] = torch.zeros_like(t)
+        padded[key][tuple(slice(0, s) for s in a[key].shape)] = a[key]
+        if key.endswith("norm.weight"):
+            padded[key] *= (32 / 48) ** 0.5
+    wide.load_state_dict(padded)
+    hf.save(small, tmp_path / "a", tokenizer=True)
+    hf.save(wide, tmp_path / "b", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    return hf, small, wide
+
+
+@pytest.mark.slow
+def test_hugging_face_llamas_of_other_hidden_size_and_head_counts_fuse_to_directories(tmp_path):
+    """Fused at A's widths (the default), the padded copy and A give A back, written with
+    A's hidden size, head counts and MLP width; fused at B's, the directory says B's and
+    loads and runs."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    hf, small, wide = _llama_pair(tmp_path)
+    x = torch.randint(0, hf.VOCAB, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x).logits, small(x).logits, atol=1e-5, rtol=1e-5)
+    for first, second, shape in (("a", "b", (32, 4, 2, 24)), ("b", "a", (48, 6, 3, 40))):
+        out = tmp_path / f"fused_{first}"
+        result = _run("merge", tmp_path / first, tmp_path / second, "--method", "otfusion",
+                      "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        config = json.loads((out / "config.json").read_text())
+        keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+        assert tuple(config[k] for k in keys) == shape and config["head_dim"] == 8
+        fused = AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            logits = fused(x).logits
+        if first == "a":
+            torch.testing.assert_close(logits, small(x).logits, atol=1e-4, rtol=1e-4)
+        assert bool(torch.isfinite(logits).all())
+
+
+@pytest.mark.slow
+def test_hugging_face_llamas_of_other_head_dim_exit_2_with_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    hf.save(hf.llama(0), tmp_path / "a", tokenizer=True)
+    hf.save(hf.llama(1, head_dim=16), tmp_path / "b", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    out = tmp_path / "fused"
+    result = _run("merge", tmp_path / "a", tmp_path / "b", "--method", "zip", "--train",
+                  tmp_path / "text.txt", "--out", out)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert "q_proj.weight' axis 0 has a fixed factor of size 16" in result.output
+    assert str(tmp_path / "b") in result.output and "one head_dim" in result.output
+    assert not out.exists()
