@@ -225,6 +225,21 @@ def test_hugging_face_llamas_of_other_hidden_size_and_head_counts_fuse_to_direct
         if first == "a":
             torch.testing.assert_close(logits, small(x).logits, atol=1e-4, rtol=1e-4)
         assert bool(torch.isfinite(logits).all())
+    shown = _run("spec", tmp_path / "a", "--json", tmp_path / "spec.json")
+    assert shown.exit_code == 0, shown.output
+    stored = json.loads((tmp_path / "spec.json").read_text())
+    assert stored["width_groups"] == ["P0", "P1", "P4", "P5", "P8"]  # residual, heads, MLPs
+    lines = shown.output.splitlines()
+    assert "  P1  size 2  width" in lines and "  P2  size 2 (one per block of P1)" in lines
+
+
+def test_spec_shows_the_groups_that_can_change_width(tmp_path):
+    out = tmp_path / "spec.json"
+    kwargs = json.dumps({"in_features": 4, "hidden": [8, 6], "out_features": 3})
+    result = _run("spec", "--model", MODEL, "--model-kwargs", kwargs, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "  P0  size 8  width" in result.output.splitlines()
+    assert json.loads(out.read_text())["width_groups"] == ["P0", "P1"]
 
 
 @pytest.mark.slow
