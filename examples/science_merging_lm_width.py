@@ -162,15 +162,21 @@ def run(steps: int, heldout_batches: int, cache: Path | None = None) -> dict[str
     }
 
 
+ROWS = (
+    "A", "B", "C", "ensemble A+B", "ensemble A+C",
+    *(f"A+B {m} at {w}'s width" for w in "AB" for m in ("otfusion", "zip")),
+    "A+C plain average", "A+C otfusion", "A+C zip",
+)  # fmt: skip
+"""The rows of the table, in order."""
+
+
 def report(numbers: dict[str, Any]) -> str:
     """The table of docs/science/merging.md's LM width-fusion section (stored result)."""
     rows = numbers["rows"]
     lines = ["| model | loss (nats/token) | perplexity |", "|---|---|---|"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['loss']:.3f} | {row['perplexity']:.1f} |")
-    text = "\n".join(lines)
-    print(text)
-    return text
+    for name in ROWS:
+        lines.append(f"| {name} | {rows[name]['loss']:.3f} | {rows[name]['perplexity']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     steps, batches = (20, 2) if args.quick else (400, 12)
     numbers = run(steps, batches, args.cache)
-    report(numbers)
+    print(report(numbers))
     if not args.quick:
         write_result(args.out / "merging_lm_width.json", numbers, seeds=[0, 1, 2],
                      command=["python", "examples/science_merging_lm_width.py", "--out",
