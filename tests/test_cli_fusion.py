@@ -259,3 +259,32 @@ def test_hugging_face_llamas_of_other_head_dim_exit_2_with_one_line(tmp_path):
     assert "q_proj.weight' axis 0 has a fixed factor of size 16" in result.output
     assert str(tmp_path / "b") in result.output and "one head_dim" in result.output
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_gpt2s_of_other_n_embd_and_heads_fuse_to_directories_that_run(tmp_path):
+    """GPT-2's hidden size is heads × head dimension: ``n_embd`` and ``n_head`` scale together
+    (``c_attn`` holds queries, keys and values of every head), and ``n_inner`` alone."""
+    transformers = pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    def gpt2(seed: int, n: int, heads: int, inner: int):
+        config = transformers.GPT2Config(vocab_size=hf.VOCAB, n_embd=n, n_head=heads,
+                                         n_layer=2, n_positions=64, n_inner=inner)  # fmt: skip
+        return hf._randomised(transformers.GPT2LMHeadModel(config), seed)
+
+    hf.save(gpt2(0, 32, 4, 64), tmp_path / "a", tokenizer=True)
+    hf.save(gpt2(1, 48, 6, 96), tmp_path / "b", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    x = torch.randint(0, hf.VOCAB, (2, 10))
+    for first, second, shape in (("a", "b", (32, 4, 64)), ("b", "a", (48, 6, 96))):
+        out = tmp_path / f"fused_{first}"
+        result = _run("merge", tmp_path / first, tmp_path / second, "--method", "zip",
+                      "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        config = json.loads((out / "config.json").read_text())
+        assert (config["n_embd"], config["n_head"], config["n_inner"]) == shape
+        fused = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            assert bool(torch.isfinite(fused(x).logits).all())

@@ -464,3 +464,31 @@ def test_llamas_whose_heads_differ_in_shape_are_refused_in_one_line():
             fuse([small, other], [small.state_dict(), other.state_dict()], data=[(x, x)],
                  labels=["a", "b"])  # fmt: skip
         assert "\n" not in str(err.value) and str(err.value).startswith("b: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["otfusion", "zip"])
+def test_gpt2_with_its_heads_and_units_permuted_fuses_back(method):
+    """A GPT-2 and a copy whose residual units, MLP units and whole heads are permuted: the
+    heads (matched by the norm of their outputs, token by token) and the units come
+    back, so the fusion is the model. GPT-2's heads and value dimensions share their axes
+    (``c_attn``, ``c_proj``); they are told apart as heads and per-head groups."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_head=4, n_layer=2,
+                                     n_positions=32, n_inner=48)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    a = _state(model, 0)
+    a = {k: 0.3 * v for k, v in a.items()}
+    x = torch.randint(0, 64, (16, 12))
+    spec = derive_spec(model, (x[:2],))
+    perm = random_permutation(spec, seed=3)
+    for g in spec.groups.values():
+        if g.batch_over is not None:  # heads move whole: their own axes stay in order
+            perm[g.name] = torch.arange(g.size).repeat(spec.groups[g.batch_over].size, 1)
+    b = apply_permutation(a, spec, perm)
+    assert not torch.equal(b["transformer.h.0.attn.c_proj.weight"],
+                           a["transformer.h.0.attn.c_proj.weight"])  # fmt: skip
+    out = fuse([model, model], [a, b], data=[(x, x)], method=method)
+    with torch.no_grad():
+        assert_close(_outputs(model, out.state_dict, x).logits, _outputs(model, a, x).logits,
+                     atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -99,11 +99,12 @@ def _with(kwargs: Mapping[str, Any], slot: Slot, value: int) -> dict[str, Any]:
     return out
 
 
-HEAD_COUNTS = (("num_attention_heads", "num_key_value_heads"), ("num_attention_heads",),
-               ("n_head",), ("num_heads",))  # fmt: skip
-"""Hugging Face config keys that count heads, tied together (query and key/value heads).
-A head count and a head dimension scale a model's tensors alike, so head counts are
-found by name and then checked by building the model."""
+HEAD_COUNTS = (("num_attention_heads", "num_key_value_heads"), ("n_embd", "n_head"),
+               ("num_attention_heads",), ("num_heads",))  # fmt: skip
+"""Hugging Face config keys that count heads, with what is tied to them: key/value heads
+(GQA), or the hidden size where it is heads × head dimension (GPT-2). A head count and a
+head dimension scale a model's tensors alike, so head counts are found by name and
+then checked by building the model."""
 
 
 def _grows(
