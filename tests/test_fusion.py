@@ -492,3 +492,14 @@ def test_gpt2_with_its_heads_and_units_permuted_fuses_back(method):
     with torch.no_grad():
         assert_close(_outputs(model, out.state_dict, x).logits, _outputs(model, a, x).logits,
                      atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_width_leaves_head_counts_unless_they_are_named():
+    transformers = pytest.importorskip("transformers")
+    model = _llama(transformers, 32, 4, 2, 24, 1e-5)
+    spec = derive_spec(model, (torch.randint(0, 64, (2, 8)),))
+    assert resolve_widths(spec, 16) == {**spec.group_sizes(), "P0": 16, "P4": 16, "P8": 16}
+    assert resolve_widths(spec, {"P1": 3})["P1"] == 3
+    with pytest.raises(ModeconnectError, match=r"cannot change width \['P2'\]"):
+        resolve_widths(spec, {"P2": 3})  # query heads per key/value head keep their number

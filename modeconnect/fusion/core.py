@@ -152,7 +152,8 @@ def width_groups(spec: PermutationSpec) -> tuple[str, ...]:
 
 def resolve_widths(spec: PermutationSpec, widths: Widths) -> dict[str, int]:
     """Every group's target width: ``spec``'s own sizes, one number for every group that
-    can change width, or ``{group: width}`` for some (the others keep ``spec``'s)."""
+    can change width (head counts, the groups of whole blocks, excepted: they keep
+    ``spec``'s unless named), or ``{group: width}`` for some (the others keep ``spec``'s)."""
     sizes = spec.group_sizes()
     free = width_groups(spec)
     if widths is None:
@@ -168,7 +169,8 @@ def resolve_widths(spec: PermutationSpec, widths: Widths) -> dict[str, int]:
             )
         chosen = dict(widths)
     else:
-        chosen = {g: widths for g in free}
+        blocks = {g.batch_over for g in spec.groups.values()}
+        chosen = {g: widths for g in free if g not in blocks}
     for g, w in chosen.items():
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise ModeconnectError(f"widths: group {g} width {w!r} must be a positive integer")
