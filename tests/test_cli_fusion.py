@@ -211,10 +211,17 @@ def test_hugging_face_llamas_of_other_hidden_size_and_head_counts_fuse_to_direct
     x = torch.randint(0, hf.VOCAB, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(wide(x).logits, small(x).logits, atol=1e-5, rtol=1e-5)
-    for first, second, shape in (("a", "b", (32, 4, 2, 24)), ("b", "a", (48, 6, 3, 40))):
-        out = tmp_path / f"fused_{first}"
+    wide = ["--width", "P0=48,P1=3,P4=40,P5=3,P8=40"]  # A's config rewritten to B's shape
+    for first, second, extra, shape in (
+        ("a", "b", [], (32, 4, 2, 24)),
+        ("b", "a", [], (48, 6, 3, 40)),
+        ("a", "b", wide, (48, 6, 3, 40)),
+        ("a", "b", ["--width", "P0=48,P1=3,P5=3"], (48, 6, 3, 24)),  # the MLPs stay
+        ("b", "a", ["--width", "P0=32,P1=2,P4=24,P5=2,P8=24"], (32, 4, 2, 24)),
+    ):
+        out = tmp_path / f"fused_{first}_{len(extra) and extra[1]}"
         result = _run("merge", tmp_path / first, tmp_path / second, "--method", "otfusion",
-                      "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+                      "--train", tmp_path / "text.txt", "--out", out, *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         config = json.loads((out / "config.json").read_text())
         keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
@@ -222,7 +229,7 @@ def test_hugging_face_llamas_of_other_hidden_size_and_head_counts_fuse_to_direct
         fused = AutoModelForCausalLM.from_pretrained(out).eval()
         with torch.no_grad():
             logits = fused(x).logits
-        if first == "a":
+        if shape == (32, 4, 2, 24):  # A's widths: A again, whichever comes first
             torch.testing.assert_close(logits, small(x).logits, atol=1e-4, rtol=1e-4)
         assert bool(torch.isfinite(logits).all())
     shown = _run("spec", tmp_path / "a", "--json", tmp_path / "spec.json")
@@ -278,13 +285,45 @@ def test_gpt2s_of_other_n_embd_and_heads_fuse_to_directories_that_run(tmp_path):
     hf.save(gpt2(1, 48, 6, 96), tmp_path / "b", tokenizer=True)
     (tmp_path / "text.txt").write_text(hf.TEXT)
     x = torch.randint(0, hf.VOCAB, (2, 10))
-    for first, second, shape in (("a", "b", (32, 4, 64)), ("b", "a", (48, 6, 96))):
-        out = tmp_path / f"fused_{first}"
+    wide = ["--width", "P0=48,P1=6,P4=96,P5=6,P8=96"]  # A's config rewritten to B's shape
+    for first, second, extra, shape in (
+        ("a", "b", [], (32, 4, 64)),
+        ("b", "a", [], (48, 6, 96)),
+        ("a", "b", wide, (48, 6, 96)),
+    ):
+        out = tmp_path / f"fused_{first}_{len(extra)}"
         result = _run("merge", tmp_path / first, tmp_path / second, "--method", "zip",
-                      "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+                      "--train", tmp_path / "text.txt", "--out", out, *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         config = json.loads((out / "config.json").read_text())
         assert (config["n_embd"], config["n_head"], config["n_inner"]) == shape
         fused = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         with torch.no_grad():
             assert bool(torch.isfinite(fused(x).logits).all())
+
+
+@pytest.mark.slow
+def test_widths_that_a_config_cannot_hold_exit_2_with_one_line(tmp_path):
+    """GPT-2's ``n_embd`` is ``n_head`` heads of one dimension: a residual width that does not
+    follow the heads cannot be written; nor can two MLPs of one ``intermediate_size`` at two
+    widths. Nothing is written."""
+    transformers = pytest.importorskip("transformers")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hf_models as hf
+
+    config = transformers.GPT2Config(vocab_size=hf.VOCAB, n_embd=32, n_head=4, n_layer=2,
+                                     n_positions=64, n_inner=64)  # fmt: skip
+    hf.save(hf._randomised(transformers.GPT2LMHeadModel(config), 0), tmp_path / "g",
+            tokenizer=True)  # fmt: skip
+    hf.save(hf.llama(0), tmp_path / "l", tokenizer=True)
+    (tmp_path / "text.txt").write_text(hf.TEXT)
+    out = tmp_path / "fused"
+    for model, width, message in (
+        ("g", "P0=24", r"config.n_embd\+config.n_head sets .* different ratios \(P0 32->24, "),
+        ("l", "P4=24,P8=32", r"config.intermediate_size sets .* \(P4 64->24, P8 64->32\)"),
+    ):
+        result = _run("merge", tmp_path / model, "--method", "zip", "--width", width,
+                      "--train", tmp_path / "text.txt", "--out", out)  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and re.search(message, result.output)
+        assert not out.exists()

@@ -113,9 +113,12 @@ def _grows(
     spec: PermutationSpec,
     base: Mapping[str, tuple[int, ...]],
     scale: Fraction,
+    heads: bool = False,
 ) -> tuple[str, ...] | None:
     """The groups that, scaled by ``scale``, give exactly the shapes of the model built with
-    ``kwargs`` (``None`` if the build fails or no such groups exist)."""
+    ``kwargs`` (``None`` if the build fails or no such groups exist). Groups of whole
+    blocks (heads) count only with ``heads``: more heads and longer heads give the same
+    shapes, so head counts are known by name (:data:`HEAD_COUNTS`)."""
     try:
         model = build(kwargs)
     except (ModeconnectError, TypeError, ValueError, RuntimeError, AttributeError, KeyError):
@@ -129,6 +132,9 @@ def _grows(
         for g in spec.groups.values()
         if g.batch_over is None and any((m.key, m.axis) in moved for m in g.members)
     )
+    blocks = {g.batch_over for g in spec.groups.values()}
+    if not heads and blocks & set(groups):
+        return None
     widths = {}
     for g in groups:
         width = spec.groups[g].size * scale
@@ -136,7 +142,8 @@ def _grows(
             return None
         widths[g] = int(width)
     expected = target_shapes(spec, widths)
-    if not groups or any(expected.get(k, base[k]) != grown[k] for k in base):
+    shape = {k: expected.get(spec.aliases.get(k, k), base[k]) for k in base}  # tied: its source's
+    if not groups or any(shape[k] != grown[k] for k in base):
         return None
     return groups
 
@@ -147,19 +154,20 @@ def width_slots(
     spec: PermutationSpec,
 ) -> dict[tuple[Slot, ...], tuple[str, ...]]:
     """Which constructor keywords set which groups' widths, found by building the model
-    (on the meta device): an int keyword ``v`` set to ``v + 1`` is a width slot if the
-    model's shapes are exactly those of some groups scaled by ``(v + 1) / v``; it sets
-    those groups. A Hugging Face ``config``'s head counts (:data:`HEAD_COUNTS`, doubled
-    together) are a slot of the head groups when the shapes are those of the heads
-    doubled (the head dimension stays)."""
+    (on the meta device): an int keyword ``v`` set to ``v + 1`` (else ``2v``) is a width
+    slot if the model's shapes are exactly those of some groups scaled by ``(v + 1) / v``
+    (``2``); it sets those groups, never head counts. A Hugging Face ``config``'s head
+    counts (:data:`HEAD_COUNTS`, doubled together) are a slot of the head groups when the
+    shapes are those of the heads doubled (the head dimension stays)."""
     base = {k: tuple(v.shape) for k, v in build(kwargs).state_dict().items()}
     slots: dict[tuple[Slot, ...], tuple[str, ...]] = {}
     for slot, value in _int_slots(kwargs):
-        if value > 0:
-            grown = _grows(build, _with(kwargs, slot, value + 1), spec, base,
-                           Fraction(value + 1, value))  # fmt: skip
+        for new in (value + 1, 2 * value) if value > 0 else ():
+            # one larger; doubled where a config wants multiples (hidden size of the heads)
+            grown = _grows(build, _with(kwargs, slot, new), spec, base, Fraction(new, value))
             if grown is not None:
                 slots[(slot,)] = grown
+                break
     config = kwargs.get("config")
     if isinstance(config, Mapping):
         for names in HEAD_COUNTS:
@@ -168,7 +176,7 @@ def width_slots(
                 doubled = dict(kwargs)
                 for slot in keys:
                     doubled = _with(doubled, slot, 2 * _value(kwargs, slot))
-                grown = _grows(build, doubled, spec, base, Fraction(2))
+                grown = _grows(build, doubled, spec, base, Fraction(2), heads=True)
                 if grown is not None:
                     slots[keys] = grown
                     break
@@ -206,9 +214,10 @@ def fused_kwargs(
         name = "+".join(".".join(str(step) for step in slot) for slot in keys)
         ratios = sorted({Fraction(widths[g], own[g]) for g in groups})
         if len(ratios) != 1:
+            pairs = ", ".join(f"{g} {own[g]}->{widths[g]}" for g in groups)
             raise ModeconnectError(
-                f"model keyword {name} sets the width of groups {list(groups)}, which get "
-                f"widths {sorted({widths[g] for g in groups})}; give those groups one width "
+                f"model keyword {name} sets the width of groups {list(groups)} together, but "
+                f"they change by different ratios ({pairs}); give them widths in one ratio "
                 "(--width)"
             )
         for slot in keys:
