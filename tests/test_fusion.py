@@ -416,8 +416,7 @@ def _llama(transformers, hidden: int, heads: int, kv: int, inter: int, eps: floa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transport", ["soft", "hard"])
-def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back(transport):
+def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back():
     """A Llama (hidden 32, 4 query / 2 key-value heads of 8, MLP 24) and a wider copy
     (hidden 48, 6 / 3 heads, MLP 40) holding it with zeros elsewhere: its extra key/value
     head's value rows are zero (a dead head, with its two query heads: GQA ties them),
@@ -439,7 +438,7 @@ def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back(transport):
     assert width_groups(spec) == ("P0", "P1", "P4", "P5", "P8")  # residual, heads, MLPs
     for models, sds in (([small, wide], [a, b]), ([wide, small], [b, a])):
         widths = {"P0": 32, "P1": 2, "P4": 24, "P5": 2, "P8": 24}
-        out = fuse(models, sds, data=[(x, x)], transport=transport, widths=widths)
+        out = fuse(models, sds, data=[(x, x)], widths=widths)
         assert {g: out.widths[g] for g in widths} == widths
         fused = _llama(transformers, 32, 4, 2, 24, 1e-5)
         fused.load_state_dict(out.state_dict)
