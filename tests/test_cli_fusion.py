@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeconnect.evaluation import evaluate
 from modeconnect.io.checkpoints import load_checkpoint, resolve_model, save_checkpoint
@@ -324,3 +326,33 @@ def test_widths_that_a_config_cannot_hold_exit_2_with_one_line(tmp_path):
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and re.search(message, result.output)
         assert not out.exists()
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    st.lists(st.integers(2, 12), min_size=1, max_size=3),
+    st.lists(st.integers(1, 12), min_size=3, max_size=3),
+)
+def test_width_slots_name_each_hidden_width_and_fused_kwargs_set_it(hidden, targets):
+    """Every hidden width of ``mlp`` is found as its own keyword, and the fused keywords build
+    the model whose shapes are the spec's at the fused widths (a unit of width 1 is no
+    permutation group, so widths start at 2)."""
+    from modeconnect.commands.fuse import fused_kwargs, width_slots
+    from modeconnect.fusion.maps import target_shapes
+    from modeconnect.spec import derive_spec
+
+    kwargs = {"in_features": 4, "hidden": hidden, "out_features": 3}
+
+    def build(kw):
+        with torch.device("meta"):
+            return mlp(**kw)
+
+    spec = derive_spec(mlp(**kwargs), (torch.randn(2, 4),))
+    slots = width_slots(build, kwargs, spec)
+    assert slots == {(("hidden", i),): (f"P{i}",) for i in range(len(hidden))}
+    widths = {f"P{i}": targets[i] for i in range(len(hidden))}
+    own = {f"P{i}": h for i, h in enumerate(hidden)}
+    fused = fused_kwargs(kwargs, slots, widths, own)
+    assert fused["hidden"] == targets[: len(hidden)] and kwargs["hidden"] == hidden
+    built = {k: tuple(v.shape) for k, v in build(fused).state_dict().items()}
+    assert built == target_shapes(spec, widths)
