@@ -328,6 +328,7 @@ def test_widths_that_a_config_cannot_hold_exit_2_with_one_line(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None)
 @given(
     st.lists(st.integers(2, 12), min_size=1, max_size=3),
