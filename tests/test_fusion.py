@@ -456,8 +456,10 @@ def test_llamas_whose_heads_differ_in_shape_are_refused_in_one_line():
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32,
     ))  # fmt: skip
     other_ratio = _llama(transformers, 64, 8, 2, 24, 1e-5)
+    multi_head = _llama(transformers, 32, 4, 4, 24, 1e-5)  # no query heads per key/value head
     cases = [(other_dim, r"fixed factor of size 16 .*one head_dim"),
-             (other_ratio, r"\(64, 64\) where a's is \(32, 32\).*ratio")]  # fmt: skip
+             (other_ratio, r"\(64, 64\) where a's is \(32, 32\).*ratio"),
+             (multi_head, r"no counterpart.*grouped differently.*head ratio")]  # fmt: skip
     for other, message in cases:
         with pytest.raises(ModeconnectError, match=message) as err:
             fuse([small, other], [small.state_dict(), other.state_dict()], data=[(x, x)],

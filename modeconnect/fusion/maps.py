@@ -74,9 +74,16 @@ def corresponding_groups(
         names: dict[str, str] = {}
         for name, members in first.items():
             if members not in mine:
+                blocks = {g.batch_over for g in specs[0].groups.values()}
+                heads = (
+                    " (its blocks, e.g. heads, are grouped differently: for attention, fuse "
+                    "models of one query to key/value head ratio)"
+                    if members[1] or name in blocks
+                    else ""
+                )
                 raise ModeconnectError(
                     f"{label}: group {name} of {labels[0]} ({sorted(members[0])[:2]}...) has no "
-                    "counterpart; the models are not one architecture family"
+                    f"counterpart; the models are not one architecture family{heads}"
                 )
             names[name] = mine[members]
         _check_fixed(specs[0], spec, labels[0], label)
