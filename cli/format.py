@@ -64,13 +64,19 @@ def barrier_table(curves: Any) -> list[str]:
 
 def format_spec(spec: Any) -> str:
     """The coverage line, then every group with its members, then every fixed axis."""
+    from modeconnect.fusion import width_groups
+
+    free = set(width_groups(spec))
     lines = [format_coverage(spec), f"{len(spec.groups)} permutation groups"]
+    if free:
+        lines.append("  (width: the group can change width in merge --method otfusion|zip --width)")
     classes = getattr(spec, "classes", {})
     for g in spec.groups.values():
         inner = f" (one per block of {g.batch_over})" if g.batch_over else ""
+        width = "  width" if g.name in free else ""
         known = classes.get(g.name)
         kind = f"  class {known['class']}: {known['reason']}" if known else ""
-        lines.append(f"  {g.name}  size {g.size}{inner}{kind}")
+        lines.append(f"  {g.name}  size {g.size}{inner}{width}{kind}")
         for m in g.members:
             lines.append(f"      {m.key}  axis {m.axis}")
     if spec.fixed:

@@ -345,8 +345,9 @@ FUSION_OPTIONS, FUSION_FLAGS = method_flags(
 declarations in :mod:`modeconnect.fusion.declared`."""
 WIDTH = click.option(
     "--width", default=None, metavar="N|GROUP=N,...",
-    help="Fused widths (fusion methods): one number for every group that can change width, "
-         "or group=width pairs (see 'modeconnect spec'); default: the first model's.",
+    help="Fused widths (fusion methods): one number for every group that can change width "
+         "(head counts excepted), or group=width pairs (see 'modeconnect spec'); default: the "
+         "first model's.",
 )  # fmt: skip
 METHOD_OPTION_NAMES = tuple(METHOD_FLAGS)
 """The destinations of the method flags (``restarts``, ``ot_solver``, ...)."""

@@ -288,8 +288,8 @@ def test_llama_with_a_zero_padded_wider_intermediate_size_fuses_back():
     b = _padded(a, wide.state_dict(), [])
     x = torch.randint(0, 64, (8, 12))
     spec_groups = width_groups(derive_spec(small, (x[:2],)))
-    out = fuse([wide, small], [b, a], data=[(x, x)], widths=dict.fromkeys(spec_groups[1:], 24))
-    assert set(spec_groups) == {"P0", "P4", "P8"} and out.widths["P4"] == 24
+    out = fuse([wide, small], [b, a], data=[(x, x)], widths={"P4": 24, "P8": 24})
+    assert set(spec_groups) == {"P0", "P1", "P4", "P5", "P8"} and out.widths["P4"] == 24
     fused = llama(24)
     fused.load_state_dict(out.state_dict)
     with torch.no_grad():
@@ -337,3 +337,170 @@ def test_resized_model_that_cannot_be_rebuilt_says_so_in_one_line():
     assert str(err.value).endswith(
         "pass model_for=, a function that builds the model for a state dict"
     )
+
+
+class _OnePlusNorm(torch.nn.Module):
+    """Gemma's RMSNorm: ``x / rms(x) · (1 + weight)``, not proportional to its weight."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+def _normed(width: int, norm: str = "rms", eps: float = 1e-6) -> torch.nn.Module:
+    layer = {
+        "rms": lambda: torch.nn.RMSNorm(width, eps=eps),
+        "layer": lambda: torch.nn.LayerNorm(width, eps=eps),
+        "gemma": lambda: _OnePlusNorm(width),
+    }[norm]()
+    return torch.nn.Sequential(torch.nn.Linear(6, width), layer, torch.nn.Linear(width, 3))
+
+
+def _padded_norm_copy(a: dict, width: int, wide: int) -> dict:
+    """``a``'s net padded with dead units to ``wide``, its norm scale divided by
+    ``sqrt(wide / width)``: it computes ``a``'s function (the norm's mean over the dead
+    units is ``width / wide`` of the live units')."""
+    b = _padded(a, _normed(wide).state_dict(), [])
+    b["1.weight"] = b["1.weight"] * (width / wide) ** 0.5
+    return b
+
+
+@pytest.mark.parametrize("transport", ["soft", "hard"])
+def test_a_norm_over_a_zero_padded_width_is_corrected_so_the_copy_fuses_back(transport):
+    """RMSNorm averages over every unit, dead ones too: the padded copy (scale divided by
+    sqrt(9/6), eps by 9/6) computes the model, and fuses with it back into the model; the
+    copy's scale is multiplied by sqrt(9/6), the model's left alone."""
+    small, wide = _normed(6, eps=1e-6), _normed(9, eps=1e-6 * 6 / 9)
+    a = _state(small, 0)
+    b = _padded_norm_copy(a, 6, 9)
+    x = _data(256)[0][0]
+    assert_close(_outputs(wide, b, x), _outputs(small, a, x), atol=1e-5, rtol=1e-5)
+    out = fuse([wide, small], [b, a], data=[(x, x)], transport=transport, widths=6)
+    assert out.norm_scales[0] == {"1.weight": pytest.approx(1.5**0.5)} and out.norm_scales[1] == {}
+    assert out.to_dict()["norm_scales"][0]["1.weight"] == pytest.approx(1.5**0.5)
+    assert_close(_outputs(_normed(6), out.state_dict, x), _outputs(small, a, x), atol=1e-5,
+                 rtol=1e-5)  # fmt: skip
+    same = fuse([small, small], [a, a], data=[(x, x)])  # every unit live: no correction
+    assert same.norm_scales == ({}, {}) and "norm_scales" not in same.to_dict()
+
+
+def test_a_norm_that_is_not_proportional_to_its_scale_refuses_a_dead_width_change():
+    from modeconnect.fusion.norms import normalising_weights
+
+    x = _data(64)[0][0]
+    kinds = {}
+    for norm in ("rms", "layer", "gemma"):
+        net = _normed(6, norm)
+        spec = derive_spec(net, (x[:2],))
+        kinds[norm] = normalising_weights(net, spec, _state(net, 0), "P0")
+    assert kinds == {"rms": {"1.weight": "linear"}, "layer": {"1.weight": "linear"},
+                     "gemma": {"1.weight": "other"}}  # fmt: skip
+    small, wide = _normed(6, "gemma"), _normed(9, "gemma")
+    a = _state(small, 0)
+    b = _padded(a, wide.state_dict(), [])
+    with pytest.raises(ModeconnectError, match=r"'1.weight' normalises over group P0.*dead") as e:
+        fuse([small, wide], [a, b], data=[(x, x)], labels=["a.pt", "b.pt"])
+    assert str(e.value).startswith("b.pt: ") and "\n" not in str(e.value)
+
+
+def _llama(transformers, hidden: int, heads: int, kv: int, inter: int, eps: float):
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=8, rms_norm_eps=eps,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.slow
+def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back():
+    """A Llama (hidden 32, 4 query / 2 key-value heads of 8, MLP 24) and a wider copy
+    (hidden 48, 6 / 3 heads, MLP 40) holding it with zeros elsewhere: its extra key/value
+    head's value rows are zero (a dead head, with its two query heads: GQA ties them),
+    its norm scales are divided by sqrt(48/32) and its eps by 48/32, so it computes the
+    model. Fused at the model's widths, in either order, it gives the model back."""
+    transformers = pytest.importorskip("transformers")
+    small = _llama(transformers, 32, 4, 2, 24, 1e-5)
+    wide = _llama(transformers, 48, 6, 3, 40, 1e-5 * 32 / 48)
+    a = _state(small, 0)
+    a = {k: v.abs() + 0.5 if k.endswith("norm.weight") else 0.6 * v for k, v in a.items()}
+    b = _padded(a, wide.state_dict(), [])
+    b = {k: v * (32 / 48) ** 0.5 if k.endswith("norm.weight") else v for k, v in b.items()}
+    x = torch.randint(0, 64, (8, 12))
+    with torch.no_grad():
+        wide.load_state_dict(b)
+        small.load_state_dict(a)
+        assert_close(wide(x).logits, small(x).logits, atol=1e-5, rtol=1e-5)
+    spec = derive_spec(small, (x[:2],))
+    assert width_groups(spec) == ("P0", "P1", "P4", "P5", "P8")  # residual, heads, MLPs
+    for models, sds in (([small, wide], [a, b]), ([wide, small], [b, a])):
+        widths = {"P0": 32, "P1": 2, "P4": 24, "P5": 2, "P8": 24}
+        out = fuse(models, sds, data=[(x, x)], widths=widths)
+        assert {g: out.widths[g] for g in widths} == widths
+        fused = _llama(transformers, 32, 4, 2, 24, 1e-5)
+        fused.load_state_dict(out.state_dict)
+        with torch.no_grad():
+            assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_llamas_whose_heads_differ_in_shape_are_refused_in_one_line():
+    transformers = pytest.importorskip("transformers")
+    small = _llama(transformers, 32, 4, 2, 24, 1e-5)
+    x = torch.randint(0, 64, (4, 8))
+    other_dim = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32,
+    ))  # fmt: skip
+    other_ratio = _llama(transformers, 64, 8, 2, 24, 1e-5)
+    multi_head = _llama(transformers, 32, 4, 4, 24, 1e-5)  # no query heads per key/value head
+    cases = [(other_dim, r"fixed factor of size 16 .*one head_dim"),
+             (other_ratio, r"\(64, 64\) where a's is \(32, 32\).*ratio"),
+             (multi_head, r"no counterpart.*grouped differently.*head ratio")]  # fmt: skip
+    for other, message in cases:
+        with pytest.raises(ModeconnectError, match=message) as err:
+            fuse([small, other], [small.state_dict(), other.state_dict()], data=[(x, x)],
+                 labels=["a", "b"])  # fmt: skip
+        assert "\n" not in str(err.value) and str(err.value).startswith("b: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["otfusion", "zip"])
+def test_gpt2_with_its_heads_and_units_permuted_fuses_back(method):
+    """A GPT-2 and a copy whose residual units, MLP units and whole heads are permuted: the
+    heads (matched by the norm of their outputs, token by token) and the units come
+    back, so the fusion is the model. GPT-2's heads and value dimensions share their axes
+    (``c_attn``, ``c_proj``); they are told apart as heads and per-head groups."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_head=4, n_layer=2,
+                                     n_positions=32, n_inner=48)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    a = _state(model, 0)
+    a = {k: 0.3 * v for k, v in a.items()}
+    x = torch.randint(0, 64, (16, 12))
+    spec = derive_spec(model, (x[:2],))
+    perm = random_permutation(spec, seed=3)
+    for g in spec.groups.values():
+        if g.batch_over is not None:  # heads move whole: their own axes stay in order
+            perm[g.name] = torch.arange(g.size).repeat(spec.groups[g.batch_over].size, 1)
+    b = apply_permutation(a, spec, perm)
+    assert not torch.equal(b["transformer.h.0.attn.c_proj.weight"],
+                           a["transformer.h.0.attn.c_proj.weight"])  # fmt: skip
+    out = fuse([model, model], [a, b], data=[(x, x)], method=method)
+    with torch.no_grad():
+        assert_close(_outputs(model, out.state_dict, x).logits, _outputs(model, a, x).logits,
+                     atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_width_leaves_head_counts_unless_they_are_named():
+    transformers = pytest.importorskip("transformers")
+    model = _llama(transformers, 32, 4, 2, 24, 1e-5)
+    spec = derive_spec(model, (torch.randint(0, 64, (2, 8)),))
+    assert resolve_widths(spec, 16) == {**spec.group_sizes(), "P0": 16, "P4": 16, "P8": 16}
+    assert resolve_widths(spec, {"P1": 3})["P1"] == 3
+    with pytest.raises(ModeconnectError, match=r"cannot change width \['P2'\]"):
+        resolve_widths(spec, {"P2": 3})  # query heads per key/value head keep their number

@@ -400,6 +400,14 @@ MNIST_NWAY = "results/merging_mnist_n_way.json"
 UNIVERSE, MERGE_MANY = "universe (C2M3-style, activations)", "MergeMany (weight matching)"
 
 
+LM_WIDTH = "results/merging_lm_width.json"
+
+
+def _ppl(record: dict[str, Any], row: str) -> float:
+    """Held-out perplexity of ``row`` (the LM width-fusion study)."""
+    return float(record["rows"][row]["perplexity"])
+
+
 def _deepest(record: dict[str, Any]) -> str:
     """The full zip of the class split: its deepest ``zip until depth``."""
     return max((k for k in record["accuracy"] if k.startswith("zip until depth ")),
@@ -730,6 +738,18 @@ CHECKS: list[Check] = [
                              _acc(r, "MergeMany (weight matching)"),
                              _acc(r, "universe (C2M3-style, activations)"), _acc(r, "cca"),
                              _points(r, "best endpoint", "cca")]),
+    TableCheck(MERGING, "5. Language models of different widths", LM_WIDTH,
+               "examples/science_merging_lm_width.py"),
+    SentenceCheck(MERGING, r"the best fusion of A and B \(OT fusion at B's width, perplexity "
+                  r"([\d.]+)\) has about twice the perplexity of the better parent B "
+                  r"\(([\d.]+)\) and of the ensemble \(([\d.]+)\).*?\(([\d.]+) by OT fusion, "
+                  r"([\d.]+) by ZipIt!\).*?fusing A and C \(([\d.]+) by OT fusion, ([\d.]+) by "
+                  r"ZipIt!\) roughly halves the plain average's perplexity \(([\d.]+)\)",
+                  LM_WIDTH,
+                  lambda r: [_ppl(r, k) for k in (
+                      "A+B otfusion at B's width", "B", "ensemble A+B",
+                      "A+B otfusion at A's width", "A+B zip at A's width", "A+C otfusion",
+                      "A+C zip", "A+C plain average")]),
 ]  # fmt: skip
 
 

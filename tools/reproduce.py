@@ -94,6 +94,8 @@ RUNS: list[Run] = [
     Run("science_merging", ("python", "examples/science_merging.py", "--out", "results"), 2.5,
         writes=tuple(f"results/merging_{s}.json"
                      for s in ("class_split", "width_fusion", "compression", "n_way"))),
+    Run("science_merging_lm_width", ("python", "examples/science_merging_lm_width.py", "--out",
+        "results"), 5.0, writes=("results/merging_lm_width.json",)),
     Run("science_merging_mnist", ("python", "examples/science_merging_mnist.py", "--out",
         "results"), 10.5, writes=("results/merging_mnist_scale.json",), long=True),
     Run("science_merging_mnist_split", ("python", "examples/science_merging_mnist_split.py",

@@ -8,6 +8,7 @@ from typing import Any
 from modeconnect.commands.options import SpecOptions
 from modeconnect.commands.session import open_session
 from modeconnect.errors import ModeconnectError
+from modeconnect.fusion import width_groups
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.spec_cache import cached_spec
 from modeconnect.symmetry import ClassifiedSpec, classified
@@ -21,7 +22,8 @@ def spec_files(
     **keywords: Any,
 ) -> ClassifiedSpec:
     """The spec of ``checkpoint``'s architecture (or of ``model``), written as JSON if asked;
-    with each residual stream's symmetry class (``classes``; the JSON's ``classes``)."""
+    with each residual stream's symmetry class (``classes``; the JSON's ``classes``) and
+    the groups that can change width in a fusion (the JSON's ``width_groups``)."""
     o = SpecOptions.build(options, keywords)
     if checkpoint is None and o.sources.model is None:
         raise ModeconnectError("spec: no architecture given; pass a checkpoint or --model")
@@ -33,7 +35,11 @@ def spec_files(
     spec = cached_spec(session.model, probe, permute_output=o.permute_output, refresh=True)
     spec = classified(spec, session.model, probe)
     if "--json" in session.outputs:
-        summary = {**spec.summary(), "classes": dict(spec.classes)}
+        summary = {
+            **spec.summary(),
+            "classes": dict(spec.classes),
+            "width_groups": list(width_groups(spec)),
+        }
         with session.outputs.writing() as staging:
             staging.write(session.outputs.path("--json"), json_writer(summary))
     return spec

@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from ..errors import ModeconnectError
 from ..merging import check_state_dicts, normalize_weights
 from ..probe import probe_inputs
-from ..spec import Concat, Leaf, PermutationSpec, Product, derive_spec
+from ..spec import Concat, Fixed, Leaf, PermutationSpec, Product, derive_spec
 from .cca import cca_map
 from .features import JointStatistics, joint_statistics
 from .maps import GroupMap, concat_map, corresponding_groups, fuse_state_dicts, target_shapes
+from .norms import norm_scales, rescaled
 from .transport import transport_map
 from .universe import universe_map
 from .zip import zip_map
@@ -67,6 +68,9 @@ class FusionResult:
     input_widths: tuple[dict[str, int], ...]
     bn: str = "none"
     """BatchNorm statistics are carried through the merge matrices (never reset here)."""
+    norm_scales: tuple[Mapping[str, float], ...] = ()
+    """Per model, the factor its norm scales took across a change of width
+    (:mod:`~modeconnect.fusion.norms`; empty where none changed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no tensors)."""
@@ -77,6 +81,11 @@ class FusionResult:
             "widths": dict(self.widths),
             "input_widths": [dict(w) for w in self.input_widths],
             "seconds": self.seconds,
+            **(
+                {"norm_scales": [dict(f) for f in self.norm_scales]}
+                if any(self.norm_scales)
+                else {}
+            ),
             "equivalence_guard": "not applicable: the fused model is the evaluated object; "
             "it is not claimed to compute what any input computes",
         }
@@ -84,8 +93,11 @@ class FusionResult:
 
 def width_groups(spec: PermutationSpec) -> tuple[str, ...]:
     """The groups of ``spec`` that can change width: each appears only as a plain leaf
-    (alone, in a concatenation or in a product), never per block of another group,
-    in a channel shuffle, or as the block structure of another group.
+    (alone, in a concatenation or in a product), never per block of another group or in
+    a channel shuffle. A group that is the block structure of others (attention heads,
+    whose head dimensions are a group per head) can change its number of blocks when it
+    is the outermost factor of every product it is in, with only its blocks' own groups
+    and fixed sizes inside: whole blocks merge, and the groups per block keep their width.
 
     >>> import torch
     >>> from modeconnect.models import mlp
@@ -97,18 +109,41 @@ def width_groups(spec: PermutationSpec) -> tuple[str, ...]:
     for g in spec.groups.values():
         if g.batch_over is not None:
             ok.discard(g.name)
-            ok.discard(g.batch_over)
+
+    def blocks(layout: Product) -> str | None:
+        """The outer group of a product of whole blocks (heads × their own axes), if one."""
+        first, rest = layout.factors[0], layout.factors[1:]
+        if not isinstance(first, Leaf) or first.over is not None:
+            return None
+        inner = all(
+            (isinstance(f, Leaf) and f.over == first.group) or isinstance(f, Fixed) for f in rest
+        )
+        return first.group if inner and rest else None
 
     def visit(layout: Any, plain: bool) -> None:
         if isinstance(layout, Leaf):
             if not plain or layout.over is not None:
                 ok.discard(layout.group)
+        elif isinstance(layout, Product) and plain and blocks(layout) is not None:
+            for factor in layout.factors[1:]:
+                visit(factor, True)
         elif isinstance(layout, (Concat, Product)):
-            for part in layout.parts if isinstance(layout, Concat) else layout.factors:
+            parts = layout.parts if isinstance(layout, Concat) else layout.factors
+            for part in parts:
+                if isinstance(part, Leaf) and part.group in outer:
+                    ok.discard(part.group)  # blocks not whole: their count is fixed
                 visit(part, plain)
         elif hasattr(layout, "inner"):  # a channel shuffle fixes its order's length
             visit(layout.inner, False)
 
+    outer = {g.batch_over for g in spec.groups.values() if g.batch_over is not None}
+    for name in outer:
+        if not any(
+            isinstance(x, Product) and blocks(x) == name
+            for layouts in spec.layouts.values()
+            for x in layouts
+        ):
+            ok.discard(name)
     for layouts in spec.layouts.values():
         for layout in layouts:
             visit(layout, True)
@@ -117,7 +152,8 @@ def width_groups(spec: PermutationSpec) -> tuple[str, ...]:
 
 def resolve_widths(spec: PermutationSpec, widths: Widths) -> dict[str, int]:
     """Every group's target width: ``spec``'s own sizes, one number for every group that
-    can change width, or ``{group: width}`` for some (the others keep ``spec``'s)."""
+    can change width (head counts, the groups of whole blocks, excepted: they keep
+    ``spec``'s unless named), or ``{group: width}`` for some (the others keep ``spec``'s)."""
     sizes = spec.group_sizes()
     free = width_groups(spec)
     if widths is None:
@@ -133,7 +169,8 @@ def resolve_widths(spec: PermutationSpec, widths: Widths) -> dict[str, int]:
             )
         chosen = dict(widths)
     else:
-        chosen = {g: widths for g in free}
+        blocks = {g.batch_over for g in spec.groups.values()}
+        chosen = {g: widths for g in free if g not in blocks}
     for g, w in chosen.items():
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise ModeconnectError(f"widths: group {g} width {w!r} must be a positive integer")
@@ -252,6 +289,7 @@ def fuse(
     probe = probe_inputs(models[0], inputs, data)
     specs = [_spec_for(m, probe, specs[j] if specs else None) for j, m in enumerate(models)]
     names = corresponding_groups(specs, labels)
+    _check_blocks(specs, names, labels)
     target = resolve_widths(specs[0], widths)
     _check_targets(target, specs, names, labels)
     stats = joint_statistics(models, state_dicts, specs, names, data, max_batches=max_batches)
@@ -271,14 +309,17 @@ def fuse(
                 [specs[j].groups[names[j][g]].size for j in range(len(specs))], w, g
             )
             target[g] = maps[g].width
-    fused = fuse_state_dicts(state_dicts, specs, names, maps, w)
+    scales = norm_scales(models, specs, names, state_dicts, stats, maps, labels)
+    scaled = [rescaled(sd, f) for sd, f in zip(state_dicts, scales, strict=True)]
+    fused = fuse_state_dicts(scaled, specs, names, maps, w)
     _check_shapes(fused, target_shapes(specs[0], target))
     inputs_w = tuple(
         {g: s.groups[n[g]].size for g in specs[0].groups} for s, n in zip(specs, names, strict=True)
     )
     return FusionResult(
-        fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w
-    )
+        fused, target, maps, method, w, options, time.perf_counter() - start, specs[0], inputs_w,
+        norm_scales=tuple(scales),
+    )  # fmt: skip
 
 
 def _check_fits(model: nn.Module, sd: StateDict, label: str) -> None:
@@ -293,6 +334,29 @@ def _check_fits(model: nn.Module, sd: StateDict, label: str) -> None:
                   f"{expected[wrong[0]]}")  # fmt: skip
         raise ModeconnectError(f"{label}: does not fit its model ({detail}); pass its own model")
     check_state_dicts([sd], [label])
+
+
+def _check_blocks(
+    specs: Sequence[PermutationSpec], names: Sequence[Mapping[str, str]], labels: Sequence[str]
+) -> None:
+    """A group repeated per block of another (a head's dimensions, query heads per key/value
+    head) has one width in every model: whole blocks merge, each keeps its shape."""
+    for g, group in specs[0].groups.items():
+        if group.batch_over is None:
+            continue
+        for spec, n, label in zip(specs[1:], names[1:], labels[1:], strict=True):
+            other = spec.groups[n[g]]
+            if other.size != group.size:
+                key = group.members[0].key
+                shape = target_shapes(spec, {})[key]
+                first = target_shapes(specs[0], {})[key]
+                raise ModeconnectError(
+                    f"{label}: {key!r} is {shape} where {labels[0]}'s is {first}: group {g} "
+                    f"(one per block of {group.batch_over}: head dimensions, or query heads per "
+                    f"key/value head) is {other.size} wide, not {group.size}; only the number of "
+                    "heads can change: fuse models of one head_dim and one "
+                    "num_attention_heads / num_key_value_heads ratio"
+                )
 
 
 def _check_targets(

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import ModeconnectError
 from ..matching.activation import Observation, observations
-from ..spec import GraphRunner, Leaf, PermutationSpec
+from ..spec import GraphRunner, Leaf, PermutationSpec, Product
 
 StateDict = Mapping[str, Tensor]
 
@@ -82,10 +82,32 @@ def _correlation(mom: _Moments) -> Tensor:
     return corr
 
 
+def _site_group(obs: Observation) -> str | None:
+    """The group whose units ``obs`` shows: a plain leaf's, or the outer group of a product
+    of whole blocks (each head with its own axes), shown one feature per block."""
+    layout = obs.layout
+    if isinstance(layout, Leaf):
+        return layout.group if layout.over is None else None
+    if isinstance(layout, Product) and isinstance(layout.factors[0], Leaf):
+        first = layout.factors[0]
+        rest = layout.factors[1:]
+        if first.over is None and all(isinstance(f, Leaf) and f.over == first.group for f in rest):
+            return first.group
+    return None
+
+
 def _plain(obs: Sequence[Observation]) -> dict[tuple[str, tuple[int, ...]], Observation]:
-    return {
-        (o.node, o.dims): o for o in obs if isinstance(o.layout, Leaf) and o.layout.over is None
-    }
+    return {(o.node, o.dims): o for o in obs if _site_group(o) is not None}
+
+
+def _features(obs: Observation, x: Tensor) -> Tensor:
+    """``(samples, units)``: a plain site's units, or each block's norm (a head's output
+    magnitude, unchanged by any map within the head) at a site of whole blocks."""
+    units = obs.units(x)
+    if not isinstance(obs.layout, Product):
+        return units
+    blocks = obs.layout.factors[0].size
+    return units.reshape(units.shape[0], blocks, -1).norm(dim=-1)
 
 
 def joint_statistics(
@@ -111,8 +133,9 @@ def joint_statistics(
     per_model = [_plain(observations(s)) for s in specs]
     wanted: list[tuple[str, tuple[str, tuple[int, ...]]]] = []
     for site, obs in per_model[0].items():
-        g = obs.layout.group  # type: ignore[union-attr]
-        if all(site in p and p[site].layout.group == names[j][g]  # type: ignore[union-attr]
+        g = _site_group(obs)
+        assert g is not None
+        if all(site in p and _site_group(p[site]) == names[j][g]
                for j, p in enumerate(per_model)):  # fmt: skip
             wanted.append((g, site))
     sizes = {
@@ -126,7 +149,7 @@ def joint_statistics(
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         outs = [r.run(sd, inputs, nodes) for r, sd in zip(runners, state_dicts, strict=True)]
         for (_, site), mom in zip(wanted, moms, strict=True):
-            units = [per_model[j][site].units(outs[j][site[0]]) for j in range(len(models))]
+            units = [_features(per_model[j][site], outs[j][site[0]]) for j in range(len(models))]
             mom.update(torch.cat(units, dim=1))
         batches += 1
     if batches == 0:

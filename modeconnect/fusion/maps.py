@@ -74,9 +74,16 @@ def corresponding_groups(
         names: dict[str, str] = {}
         for name, members in first.items():
             if members not in mine:
+                blocks = {g.batch_over for g in specs[0].groups.values()}
+                heads = (
+                    " (its blocks, e.g. heads, are grouped differently: for attention, fuse "
+                    "models of one query to key/value head ratio)"
+                    if members[1] or name in blocks
+                    else ""
+                )
                 raise ModeconnectError(
-                    f"{label}: group {name} of {labels[0]} ({sorted(members)[:2]}...) has no "
-                    "counterpart; the models are not one architecture family"
+                    f"{label}: group {name} of {labels[0]} ({sorted(members[0])[:2]}...) has no "
+                    f"counterpart; the models are not one architecture family{heads}"
                 )
             names[name] = mine[members]
         _check_fixed(specs[0], spec, labels[0], label)
@@ -84,8 +91,13 @@ def corresponding_groups(
     return out
 
 
-def _member_sets(spec: PermutationSpec) -> dict[str, frozenset[tuple[str, int]]]:
-    return {n: frozenset((m.key, m.axis) for m in g.members) for n, g in spec.groups.items()}
+def _member_sets(spec: PermutationSpec) -> dict[str, tuple[frozenset[tuple[str, int]], bool]]:
+    """Each group's axes, and whether it is one per block of another (a head's dimensions
+    share their axes with the heads: GPT-2's fused ``c_attn``)."""
+    return {
+        n: (frozenset((m.key, m.axis) for m in g.members), g.batch_over is not None)
+        for n, g in spec.groups.items()
+    }
 
 
 def _check_fixed(first: PermutationSpec, spec: PermutationSpec, a: str, b: str) -> None:
@@ -103,6 +115,28 @@ def _check_fixed(first: PermutationSpec, spec: PermutationSpec, a: str, b: str) 
                     f"{b}: tensor {key!r} axis {axis} has size {y.size} but {a}'s has {x.size} "
                     "and no width group owns it; only hidden widths may differ"
                 )
+            inner = _fixed_factor(x, y)
+            if inner is not None:
+                raise ModeconnectError(
+                    f"{b}: tensor {key!r} axis {axis} has a fixed factor of size {inner[1]} (e.g. "
+                    f"a head dimension) where {a}'s has {inner[0]}; blocks such as heads keep "
+                    "their shape, only their number may change: fuse models of one head_dim"
+                )
+
+
+def _fixed_factor(x: Layout, y: Layout) -> tuple[int, int] | None:
+    """The sizes of the first fixed factor inside two products that differ, if any."""
+    if not isinstance(x, Product) or not isinstance(y, Product):
+        return None
+    if len(x.factors) != len(y.factors):
+        return None
+    for f, g in zip(x.factors, y.factors, strict=True):
+        if isinstance(f, Fixed) and isinstance(g, Fixed) and f.size != g.size:
+            return f.size, g.size
+        found = _fixed_factor(f, g)
+        if found is not None:
+            return found
+    return None
 
 
 def concat_map(sizes: Sequence[int]) -> GroupMap:
@@ -159,9 +193,20 @@ def _apply(t: Tensor, axis: int, layout: Layout, mats: Mapping[str, Tensor]) -> 
         return (moved @ mat.T.to(moved.dtype)).movedim(-1, axis)
     if isinstance(layout, Concat):
         parts = torch.split(t, [p.size for p in layout.parts], dim=axis)
-        return torch.cat(
-            [_apply(x, axis, p, mats) for x, p in zip(parts, layout.parts, strict=True)], dim=axis
-        )
+        if not isinstance(mats, _Producing):
+            return torch.cat(
+                [_apply(x, axis, p, mats) for x, p in zip(parts, layout.parts, strict=True)],
+                dim=axis,
+            )
+        # Each part holds its own elements (GPT-2's c_attn: queries, keys, values), so the
+        # model's weight enters each part once: by its first group, else by itself.
+        start, out = mats.used, []
+        for x, p in zip(parts, layout.parts, strict=True):
+            mats.used = start
+            y = _apply(x, axis, p, mats)
+            out.append(y if mats.used else y * mats.weight)
+        mats.used = True
+        return torch.cat(out, dim=axis)
     if isinstance(layout, Product):
         sizes = [f.size for f in layout.factors]
         shape = list(t.shape)
@@ -180,23 +225,14 @@ def _produces(spec: PermutationSpec, key: str, axis: int) -> bool:
     return outputs is None or axis in outputs
 
 
-def _has_group(layout: Layout, maps: Mapping[str, object]) -> bool:
-    if isinstance(layout, Leaf):
-        return layout.group in maps
-    if isinstance(layout, (Concat, Product)):
-        parts = layout.parts if isinstance(layout, Concat) else layout.factors
-        return any(_has_group(p, maps) for p in parts)
-    return False
-
-
 class _Producing(Mapping[str, Tensor]):
     """Model ``j``'s merge matrices for one tensor's producing axes. The model's weight is in
     each merge matrix; when several groups produce one tensor (heads × head dims), it must
     enter once: the first group met gives its merge matrix, the others theirs with each
     row scaled to sum to 1 (``w_j I`` becomes ``I``)."""
 
-    def __init__(self, merge: Mapping[str, Tensor]) -> None:
-        self.merge, self.used = merge, False
+    def __init__(self, merge: Mapping[str, Tensor], weight: float) -> None:
+        self.merge, self.used, self.weight = merge, False, weight
 
     def __getitem__(self, group: str) -> Tensor:
         m = self.merge[group]
@@ -229,16 +265,11 @@ def _carried(
     if layouts is None:
         return x * weight
     own = {names[g]: m for g, m in maps.items()}
-    merge = _Producing({g: m.merge[j] for g, m in own.items()})
+    merge = _Producing({g: m.merge[j] for g, m in own.items()}, weight)
     unmerge = {g: m.unmerge[j].T for g, m in own.items()}
-    produced = False
     for axis, layout in enumerate(layouts):
-        if _produces(spec, source, axis):
-            produced = produced or _has_group(layout, own)
-            x = _apply(x, axis, layout, merge)
-        else:
-            x = _apply(x, axis, layout, unmerge)
-    return x if produced else x * weight
+        x = _apply(x, axis, layout, merge if _produces(spec, source, axis) else unmerge)
+    return x if merge.used else x * weight  # the weight entered through a merge matrix
 
 
 def fuse_state_dicts(
