@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from .bn import reset_batchnorm
 from .errors import ModeconnectError, listed
+from .evaluation.interpolation import first_difference
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
 from .probe import Batch, probe_inputs
@@ -180,26 +181,26 @@ def check_state_dicts(
 
 
 def _check_fits(sd: StateDict, label: str, ref: StateDict, ref_label: str) -> None:
-    missing, unexpected = sorted(ref.keys() - sd.keys()), sorted(sd.keys() - ref.keys())
-    if missing or unexpected:
+    found = first_difference(ref, sd, ("shape", "dtype"))
+    if found is None:
+        return
+    what, key, x, y = found
+    if what == "keys":
         raise ModeconnectError(
-            f"{label}: keys differ from {ref_label}: missing {listed(missing)}, "
-            f"unexpected {listed(unexpected)}; all models must come from the same architecture"
+            f"{label}: keys differ from {ref_label}: missing {listed(x)}, "
+            f"unexpected {listed(y)}; all models must come from the same architecture"
         )
-    for key, r in ref.items():
-        t = sd[key]
-        if not isinstance(t, Tensor):
-            raise ModeconnectError(f"{label}: entry {key!r} is a {type(t).__name__}, not a Tensor")
-        if t.shape != r.shape:
-            raise ModeconnectError(
-                f"{label}: tensor {key!r} has shape {tuple(t.shape)} but {ref_label} has "
-                f"{tuple(r.shape)}; all models must come from the same architecture"
-            )
-        if t.dtype != r.dtype:
-            raise ModeconnectError(
-                f"{label}: tensor {key!r} has dtype {t.dtype} but {ref_label} has {r.dtype}; "
-                "cast all models to one dtype first"
-            )
+    if what == "type":
+        raise ModeconnectError(f"{label}: entry {key!r} is a {type(y).__name__}, not a Tensor")
+    if what == "shape":
+        raise ModeconnectError(
+            f"{label}: tensor {key!r} has shape {tuple(y)} but {ref_label} has "
+            f"{tuple(x)}; all models must come from the same architecture"
+        )
+    raise ModeconnectError(
+        f"{label}: tensor {key!r} has dtype {y} but {ref_label} has {x}; "
+        "cast all models to one dtype first"
+    )
 
 
 def _check_finite(sd: StateDict, label: str) -> None:

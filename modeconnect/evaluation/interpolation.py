@@ -6,7 +6,8 @@ move, others (BatchNorm's ``num_batches_tracked``) come from A; both ends are ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from modeconnect.views import Converted, Extended, Lerped
 __all__ = [
     "PathFn",
     "check_pair",
+    "first_difference",
     "interpolate",
     "is_interpolable",
     "linear_path",
@@ -128,31 +130,65 @@ def is_interpolable(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
+def first_difference(
+    reference: Mapping[str, Any],
+    other: Mapping[str, Any],
+    attributes: Sequence[str] = ("shape", "dtype", "device"),
+) -> tuple[str, str | None, Any, Any] | None:
+    """How ``other`` first differs from ``reference``, or ``None`` where it does not.
+
+    ``("keys", None, missing, unexpected)`` (sorted key lists) when their keys differ;
+    ``("type", key, tensor, entry)`` for an entry of ``other`` that is not a tensor;
+    ``(attribute, key, reference's, other's)`` for the first of ``attributes`` (in
+    ``reference``'s key order) that differs.
+
+    >>> import torch
+    >>> first_difference({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+    ('shape', 'w', torch.Size([2]), torch.Size([3]))
+    """
+    missing = sorted(reference.keys() - other.keys())
+    unexpected = sorted(other.keys() - reference.keys())
+    if missing or unexpected:
+        return "keys", None, missing, unexpected
+    for key, mine in reference.items():
+        theirs = other[key]
+        if not isinstance(theirs, Tensor):
+            return "type", key, mine, theirs
+        for attribute in attributes:
+            x, y = getattr(mine, attribute), getattr(theirs, attribute)
+            if x != y:
+                return attribute, key, x, y
+    return None
+
+
+_FIXES = {
+    "shape": "load both from the same architecture",
+    "dtype": "cast both checkpoints to one dtype first",
+    "device": "move both checkpoints to one device first",
+}
+
+
 def check_pair(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
     """Raise unless ``a`` and ``b`` have the same keys, and each key one shape, dtype, device."""
-    missing, unexpected = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-    if missing or unexpected:
-        raise ModeconnectError(
-            f"state dicts A and B: B's keys differ from A's (missing {listed(missing)}, "
-            f"unexpected {listed(unexpected)}); load both from the same architecture"
+    found = first_difference(a, b)
+    if found is not None:
+        raise ModeconnectError(_pair_difference(*found))
+
+
+def _pair_difference(what: str, key: str | None, x: Any, y: Any) -> str:
+    """The one-line message for :func:`first_difference`'s finding between A and B."""
+    if what == "keys":
+        return (
+            f"state dicts A and B: B's keys differ from A's (missing {listed(x)}, "
+            f"unexpected {listed(y)}); load both from the same architecture"
         )
-    for key, ta in a.items():
-        tb = b[key]
-        if ta.shape != tb.shape or ta.dtype != tb.dtype or ta.device != tb.device:
-            raise _mismatch(key, ta, tb)
-
-
-def _mismatch(key: str, ta: Tensor, tb: Tensor) -> ModeconnectError:
-    x: object
-    y: object
-    if ta.shape != tb.shape:
-        what, x, y = "shape", tuple(ta.shape), tuple(tb.shape)
-        fix = "load both from the same architecture"
-    elif ta.dtype != tb.dtype:
-        what, x, y, fix = "dtype", ta.dtype, tb.dtype, "cast both checkpoints to one dtype first"
-    else:
-        what, x, y = "device", ta.device, tb.device
-        fix = "move both checkpoints to one device first"
-    return ModeconnectError(
-        f"state dicts A and B: {what} mismatch for {key!r}, A has {x}, B has {y}; {fix}"
+    if what == "type":
+        return (
+            f"state dicts A and B: B's entry {key!r} is a {type(y).__name__}, not a Tensor; "
+            "load both from the same architecture"
+        )
+    shown = (tuple(x), tuple(y)) if what == "shape" else (x, y)
+    return (
+        f"state dicts A and B: {what} mismatch for {key!r}, A has {shown[0]}, B has "
+        f"{shown[1]}; {_FIXES[what]}"
     )
