@@ -129,6 +129,9 @@ def test_interpolate_rejects_mismatched_shapes_and_dtypes() -> None:
     c = dict(a, **{"0.bias": a["0.bias"].double()})
     with pytest.raises(ModeconnectError, match=r"dtype mismatch for '0.bias'"):
         interpolate(a, c, 0.5)
+    d = dict(a, **{"0.bias": [0.0] * 8})
+    with pytest.raises(ModeconnectError, match=r"^state dicts A and B: B's entry '0.bias' is a list"):
+        interpolate(a, d, 0.5)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- evaluate
