@@ -79,6 +79,10 @@ def format_spec(spec: Any) -> str:
         lines.append(f"  {g.name}  size {g.size}{inner}{width}{kind}")
         for m in g.members:
             lines.append(f"      {m.key}  axis {m.axis}")
+    qk = {name: c for name, c in classes.items() if name not in spec.groups}
+    if qk:
+        lines.append(f"{len(qk)} query·key maps (per head, inside the head dims)")
+        lines += [f"  {name}  class {c['class']}: {c['reason']}" for name, c in qk.items()]
     if spec.fixed:
         lines.append(f"{len(spec.fixed)} fixed axes")
         for f in spec.fixed:

@@ -121,4 +121,17 @@ def test_spec_shows_each_residual_streams_class(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "class orthogonal-ones: LayerNorm subtracts the mean" in result.stdout
     classes = json.loads(report.read_text())["classes"]
+    # GPT-2's fused c_attn gives no per-head groups the full alignment maps (as align_full)
     assert [c["class"] for c in classes.values()] == ["orthogonal-ones"]
+
+
+@pytest.mark.slow
+def test_spec_shows_rotary_query_key_classes_and_why_they_are_no_larger(tmp_path: Path) -> None:
+    path = hf.save(hf.llama(0), tmp_path / "l")
+    result = CliRunner().invoke(main, ["spec", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if ".qk  class" in line]
+    assert len(lines) == 2 and all("complex-per-rotary-pair" in line for line in lines)
+    assert all("a general map across rotary dims changed B's outputs (unsound)" in line
+               for line in lines)  # fmt: skip
+    assert result.stdout.count("class invertible-per-head: attention mixes positions") == 2

@@ -22,8 +22,10 @@ def spec_files(
     **keywords: Any,
 ) -> ClassifiedSpec:
     """The spec of ``checkpoint``'s architecture (or of ``model``), written as JSON if asked;
-    with each residual stream's symmetry class (``classes``; the JSON's ``classes``) and
-    the groups that can change width in a fusion (the JSON's ``width_groups``)."""
+    with each residual stream's and attention head group's symmetry class (``classes``;
+    the JSON's ``classes``; head groups are checked on the probe with the checkpoint's
+    weights) and the groups that can change width in a fusion (the JSON's
+    ``width_groups``)."""
     o = SpecOptions.build(options, keywords)
     if checkpoint is None and o.sources.model is None:
         raise ModeconnectError("spec: no architecture given; pass a checkpoint or --model")
@@ -33,7 +35,8 @@ def spec_files(
     )  # fmt: skip
     probe = tuple(x[:2] for x in session.probe)
     spec = cached_spec(session.model, probe, permute_output=o.permute_output, refresh=True)
-    spec = classified(spec, session.model, probe)
+    weights = session.checkpoints[0].state_dict if session.checkpoints else None
+    spec = classified(spec, session.model, probe, weights)
     if "--json" in session.outputs:
         summary = {
             **spec.summary(),

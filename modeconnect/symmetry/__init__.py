@@ -14,6 +14,7 @@ and alignment under the full symmetry group (Theus et al. 2025, arXiv 2506.22712
 
 from __future__ import annotations
 
+from .align import classified, head_classes
 from .residual import (
     ORTHOGONAL,
     ORTHOGONAL_ONES,
@@ -21,7 +22,6 @@ from .residual import (
     ClassifiedSpec,
     Norm,
     ResidualStream,
-    classified,
     residual_streams,
 )
 from .transform import fold, foldable, norm_weights, random_rotation, rotate, unfold
@@ -29,6 +29,7 @@ from .transform import fold, foldable, norm_weights, random_rotation, rotate, un
 __all__ = [
     "ClassifiedSpec",
     "classified",
+    "head_classes",
     "ORTHOGONAL",
     "ORTHOGONAL_ONES",
     "PERMUTATION",

@@ -55,7 +55,8 @@ from .qk import (
     rotary_dims,
     solve_qk_maps,
 )
-from .residual import PERMUTATION, ResidualStream, residual_streams
+from .residual import PERMUTATION, ClassifiedSpec, ResidualStream, residual_streams
+from .residual import classified as graph_classified
 from .ste import learn_permutations
 from .transform import fold, foldable, random_rotation, rotate
 
@@ -291,14 +292,9 @@ def _head_maps(
     for group in head_maps(spec, aligned):
         clock = time.perf_counter()
         sizes = head_positions(spec, group)
-        gen = torch.Generator().manual_seed(54321)
-        shape = (group.heads, group.size, group.size)
-        trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
-        eq = check_equivalence(model, aligned, apply_head_maps(aligned, group, trial, sizes), probe)
-        if not eq.passed:
+        if not _vo_sound(model, spec, probe, aligned, group):
             records.append(GroupRecord(group.group, PERMUTATION, "weight matching", None, 1.0,
-                                       0.0, "random per-head maps changed B's outputs on the "
-                                       "probe: not a V·O group"))  # fmt: skip
+                                       0.0, NOT_VO))  # fmt: skip
             continue
         maps, conditions = solve_head_maps(fa, aligned, group, sizes, max_condition)
         aligned = apply_head_maps(aligned, group, maps, sizes)
@@ -308,8 +304,57 @@ def _head_maps(
             group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
             if max_condition <= 1 else "least squares on V and O (Sylvester), polar fallback",
             residual, max(conditions), time.perf_counter() - clock,
-            "attention mixes positions, not a head's value dims: invertible per head"))  # fmt: skip
+            VO_REASON))  # fmt: skip
     return aligned, records
+
+
+NOT_VO = "random per-head maps changed B's outputs on the probe: not a V·O group"
+VO_REASON = "attention mixes positions, not a head's value dims: invertible per head"
+
+
+def _vo_sound(
+    model: nn.Module, spec: PermutationSpec, probe: Sequence[Any], state: StateDict, group: Any
+) -> bool:
+    """Whether random well-conditioned per-head maps of ``group`` keep ``state``'s outputs."""
+    gen = torch.Generator().manual_seed(54321)
+    shape = (group.heads, group.size, group.size)
+    trial = torch.eye(group.size) + 0.3 * torch.randn(shape, generator=gen) / group.size**0.5
+    moved = apply_head_maps(state, group, trial, head_positions(spec, group))
+    return check_equivalence(model, state, moved, probe).passed
+
+
+def _qk_class_of(
+    model: nn.Module, probe: Sequence[Any], state: StateDict, group: QKGroup
+) -> QKClass | str:
+    """The largest Q·K class whose random map keeps ``state``'s outputs, or why none does."""
+
+    def passes(cls: QKClass) -> bool:
+        trial = random_map(cls, group.head_dim, group.kv_heads, seed=54321)
+        return check_equivalence(model, state, apply_qk_maps(state, group, trial), probe).passed
+
+    return qk_class(group, rotary_dims(model, group.head_dim), passes)
+
+
+def head_classes(
+    model: nn.Module, spec: PermutationSpec, probe: Sequence[Any], state: StateDict
+) -> dict[str, dict[str, str]]:
+    """Each attention head group's class and its reason, checked on the probe as
+    :func:`align_full` checks them: a V·O group is ``invertible-per-head`` when random
+    per-head maps keep the outputs; a Q·K group (keyed ``GROUP.qk``) takes the largest
+    class of :func:`~modeconnect.symmetry.qk.candidates` that does."""
+    out = {}
+    for group in head_maps(spec, state):
+        sound = _vo_sound(model, spec, probe, state, group)
+        out[group.group] = {"class": INVERTIBLE if sound else PERMUTATION,
+                            "reason": VO_REASON if sound else NOT_VO}  # fmt: skip
+    for qk in qk_groups(spec, state):
+        found = _qk_class_of(model, probe, state, qk)
+        out[f"{qk.group}.qk"] = (
+            {"class": PERMUTATION, "reason": found}
+            if isinstance(found, str)
+            else {"class": found.cls, "reason": found.reason}
+        )
+    return out
 
 
 def _qk_maps(
@@ -321,12 +366,7 @@ def _qk_maps(
     records = []
     for group in groups:
         clock = time.perf_counter()
-
-        def passes(cls: QKClass, group: QKGroup = group, b: StateDict = aligned) -> bool:
-            trial = random_map(cls, group.head_dim, group.kv_heads, seed=54321)
-            return check_equivalence(model, b, apply_qk_maps(b, group, trial), probe).passed
-
-        found = qk_class(group, rotary_dims(model, group.head_dim), passes)
+        found = _qk_class_of(model, probe, aligned, group)
         if isinstance(found, str):
             records.append(GroupRecord(f"{group.group}.qk", PERMUTATION, "weight matching",
                                        None, 1.0, 0.0, found))  # fmt: skip
@@ -430,3 +470,22 @@ def _permutation_records(
     return [GroupRecord(name, PERMUTATION, f"{base} matching (linear assignment)", None, 1.0,
                         seconds, refused.get(name, "not a residual stream: no norm reads it"))
             for name in spec.groups if name not in rotated | done]  # fmt: skip
+
+
+def classified(
+    spec: PermutationSpec,
+    model: nn.Module,
+    inputs: Sequence[Any],
+    state: StateDict | None = None,
+) -> ClassifiedSpec:
+    """``spec`` with each residual stream's class read from ``model``'s graph and each
+    attention head group's class checked on ``inputs`` with the weights ``state``
+    (default: the model's own; none on the meta device of a lazy directory, whose head
+    groups are then left unclassified) (:func:`head_classes`, ``modeconnect spec``)."""
+    spec_classes = graph_classified(spec, model, inputs)
+    weights = model.state_dict() if state is None else state
+    if any(weights[k].is_meta for k in weights):
+        return spec_classes
+    with eval_mode(model), torch.no_grad():
+        heads = head_classes(model, spec, tuple(inputs), weights)
+    return replace(spec_classes, classes={**spec_classes.classes, **heads})
