@@ -220,21 +220,21 @@ def report(numbers: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary(numbers: dict[str, Any]) -> dict[str, list[float]]:
-    """Ranges over the pairs: CPU and wall ratios (original / modeconnect) per mode, the
-    original's and modeconnect's median CPU seconds end to end, and the objective gap
-    (modeconnect minus the original, mean over matching seeds) against the spread over
-    seeds of each side (largest max − min)."""
+def summary(numbers: dict[str, Any], side: str = "modeconnect") -> dict[str, list[float]]:
+    """Ranges over the pairs for ``side``: CPU and wall ratios (original / ``side``) per
+    mode, the original's and ``side``'s median seconds, and the objective gap (``side``
+    minus the original, means over matching seeds) against the spread over seeds of
+    either side (largest max − min)."""
     found: dict[str, list[float]] = {}
     for data in numbers["pairs"].values():
-        for key, value in ratios(data, "modeconnect").items():
+        for key, value in ratios(data, side).items():
             found.setdefault(key, []).append(value)
-        for side, label in ((REFERENCE, "original"), ("modeconnect", "modeconnect")):
+        for name, label in ((REFERENCE, "original"), (side, side)):
             for key in ("cpu", "wall"):
                 for mode in ("matching", "end_to_end"):
-                    med = data[side][f"{key}_median"][mode]
+                    med = data[name][f"{key}_median"][mode]
                     found.setdefault(f"{label} {mode} {key} s", []).append(med)
-        ref, ours = data[REFERENCE]["objective"], data["modeconnect"]["objective"]
+        ref, ours = data[REFERENCE]["objective"], data[side]["objective"]
         found.setdefault("objective gap", []).append(statistics.mean(ours) - statistics.mean(ref))
         spread = max(max(v) - min(v) for v in (ref, ours))
         found.setdefault("objective spread", []).append(spread)
@@ -272,9 +272,11 @@ def main() -> None:
         numbers["pairs"][name] = measure_pair(wm, pair, args.match_seeds, args.repeats)
         print(f"# {name} done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     numbers["summary"] = summary(numbers)
+    numbers["summary_rtol0"] = summary(numbers, "modeconnect rtol=0")
     print(report(numbers))
-    for key, (lo, hi) in numbers["summary"].items():
-        print(f"# {key}: {lo:.3f}–{hi:.3f}")
+    for side in ("summary", "summary_rtol0"):
+        for key, (lo, hi) in numbers[side].items():
+            print(f"# {side} {key}: {lo:.3f}–{hi:.3f}")
     print(f"# load average during the run: {min(numbers['load_average']):.1f}–"
           f"{max(numbers['load_average']):.1f}")  # fmt: skip
     store(args.out, numbers, seeds=[*args.seed_pairs, *args.match_seeds])
