@@ -284,6 +284,19 @@ def _rebasin(record: dict[str, Any]) -> list[float]:
             ref["objective"], ref["wall"] / exact["wall"], ref["cpu"] / exact["cpu"]]  # fmt: skip
 
 
+def _jax(record: dict[str, Any]) -> list[float]:
+    """The README's Git Re-Basin (JAX) sentence: ranges over the pairs (benchmark)."""
+    module = script_module("benchmarks/bench_git_rebasin_jax.py")
+    ours, exact = module.summary(record), module.summary(record, "modeconnect rtol=0")
+    return [*_range(record["load_average"]),
+            *ours["matching cpu"], *ours["modeconnect matching cpu s"],
+            *ours["original matching cpu s"], *ours["end_to_end cpu"],
+            *(-x for x in reversed(ours["objective gap"])), *ours["objective spread"],
+            *exact["matching cpu"], *exact["end_to_end cpu"],
+            -exact["objective gap"][0], exact["objective gap"][1],
+            *ours["matching wall"]]  # fmt: skip
+
+
 def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
     """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
     return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
@@ -442,6 +455,15 @@ CHECKS: list[Check] = [
                              _width(r, 128)["aligned_train_loss"],
                              _width(r, 256)["aligned_train_loss"],
                              _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
+    SentenceCheck("README.md", r"load average at ([\d.]+)–([\d.]+)\. With its default "
+                  r"`rtol=1e-3`, modeconnect is ([\d.]+)–([\d.]+)× faster at the matching alone "
+                  r"\(([\d.]+)–([\d.]+) s against ([\d.]+)–([\d.]+) s\) and ([\d.]+)–([\d.]+)× "
+                  r"end to end .*? stops ([\d.]+)–([\d.]+) below the original's objective "
+                  r"\(means over the seeds; the spread between seeds is ([\d.]+)–([\d.]+)\)\. "
+                  r"In exact mode \(`rtol=0`\) it is ([\d.]+)–([\d.]+)× faster at matching and "
+                  r"([\d.]+)–([\d.]+)× end to end, with objectives from ([\d.]+) below to "
+                  r"([\d.]+) above the original's\. Wall-clock ratios under that load were lower "
+                  r"\(([\d.]+)–([\d.]+)×", "results/bench_git_rebasin_jax.json", _jax),
     TableCheck("README.md", "Alignment methods", "results/readme_compare.json",
                "tools/readme_runs.py"),
     SentenceCheck("README.md", r"every single layer carries a barrier of ([\d.]+)–([\d.]+) nats on "

@@ -86,6 +86,8 @@ RUNS: list[Run] = [
         "results/bench_spec_budget.json"), 0.5),
     Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
         "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0),
+    Run("bench_git_rebasin_jax", ("python", "benchmarks/bench_git_rebasin_jax.py", "--out",
+        "results/bench_git_rebasin_jax.json"), 10.0, long=True),  # needs the bench-jax extra
     Run("science_merging", ("python", "examples/science_merging.py", "--out", "results"), 2.5,
         writes=tuple(f"results/merging_{s}.json"
                      for s in ("class_split", "width_fusion", "compression", "n_way"))),
