@@ -162,13 +162,14 @@ def _peak_rss(*args: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def _llama_family(root: Path, n: int) -> tuple[list[Path], int]:
-    """A bfloat16 Llama of S ≈ 200 MB (8 layers, hidden 1024) and ``n - 1`` permuted
-    copies, as Hugging Face directories; and S in bytes."""
+def _llama_family(root: Path, n: int, hidden: int = 1024) -> tuple[list[Path], int]:
+    """A bfloat16 Llama of 8 layers (S ≈ 200 MB at hidden 1024, 62 MB at 512) and
+    ``n - 1`` permuted copies, as Hugging Face directories; and S in bytes."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=8000, hidden_size=1024, intermediate_size=2816,
-                         num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+    config = LlamaConfig(vocab_size=8000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                         num_hidden_layers=8, num_attention_heads=hidden // 64,
+                         num_key_value_heads=hidden // 256,
                          max_position_embeddings=256)  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -201,9 +202,13 @@ def test_align_peak_rss_is_within_the_target(tmp_path: Path) -> None:
 @pytest.mark.slow
 @PROC_STATUS
 def test_merge_peak_rss_is_within_the_target(tmp_path: Path) -> None:
-    """A merge of N = 3 bfloat16 models of S ≈ 200 MB from their directories: peak RSS ≤
-    (N + 1) S + 1 GB (issue 12's target), and the merge is A's function (copies of A)."""
-    paths, size = _llama_family(tmp_path, 3)
+    """A merge of N = 3 bfloat16 models of S ≈ 62 MB from their directories: peak RSS ≤
+    (N + 1) S + 1 GB (issue 12's target, the README's), and the merge is A (its inputs are
+    permuted copies of A).
+
+    At S ≈ 200 MB (hidden 1024) one run peaked at 1823 MB against the 1837 MB target: the
+    bound holds there by under 1 %; this size keeps the test within a minute."""
+    paths, size = _llama_family(tmp_path, 3, hidden=512)
     out = tmp_path / "merged"
     peak = _peak_rss("merge", *map(str, paths), "--out", str(out), "--max-rounds", "1",
                      "--quiet")  # fmt: skip
