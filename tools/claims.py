@@ -464,6 +464,15 @@ CHECKS: list[Check] = [
                   r"([\d.]+)–([\d.]+)× end to end, with objectives from ([\d.]+) below to "
                   r"([\d.]+) above the original's\. Wall-clock ratios under that load were lower "
                   r"\(([\d.]+)–([\d.]+)×", "results/bench_git_rebasin_jax.json", _jax),
+    SentenceCheck("README.md", r"hand-written loop in the same run is ([\d.]+)–([\d.]+) across",
+                  "results/bench_evaluate_loops.json",
+                  lambda r: script_module("benchmarks/bench_evaluate.py").loops_ratio_range(r)),
+    SentenceCheck("README.md", r"The ([\d.]+) is the MLP's mean curve \(([\d.]+) per example\).*?"
+                  r"Layer-wise barriers, reusing coinciding points, take ([\d.]+)–([\d.]+) of",
+                  "results/bench_evaluate_loops.json",
+                  lambda r: [r["loops"]["curves"][0]["curve_ratio"],
+                             r["loops"]["curves"][0]["examples_ratio"],
+                             *_range([x["ratio"] for x in r["loops"]["layerwise"]])]),
     TableCheck("README.md", "Alignment methods", "results/readme_compare.json",
                "tools/readme_runs.py"),
     SentenceCheck("README.md", r"every single layer carries a barrier of ([\d.]+)–([\d.]+) nats on "
