@@ -297,6 +297,12 @@ def _jax(record: dict[str, Any]) -> list[float]:
             *ours["matching wall"]]  # fmt: skip
 
 
+def _solvers(record: dict[str, Any], pair: str) -> list[float]:
+    """ms per solve of SciPy, raw lapjvh, row-reduced lapjvh and warm lapjvh on ``pair``."""
+    table = record["solvers"][pair]
+    return [table[k][0] for k in ("scipy", "lapjvh", "lapjvh row-reduced", "lapjvh warm")]
+
+
 def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
     """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
     return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
@@ -420,6 +426,7 @@ SYM_TIMES = ("seconds (benchmark)", "× weight matching (benchmark)")  # not che
 FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
 TINY = "results/tiny_lms.json"
+WEIGHT_MATCHING = "results/bench_weight_matching.json"
 MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
@@ -464,6 +471,15 @@ CHECKS: list[Check] = [
                   r"([\d.]+)–([\d.]+)× end to end, with objectives from ([\d.]+) below to "
                   r"([\d.]+) above the original's\. Wall-clock ratios under that load were lower "
                   r"\(([\d.]+)–([\d.]+)×", "results/bench_git_rebasin_jax.json", _jax),
+    TableCheck("README.md", "Benchmarks", WEIGHT_MATCHING,
+               "benchmarks/bench_weight_matching.py"),
+    SentenceCheck("README.md", r"digits pair, same stored run\): SciPy ([\d.]+), lapx `lapjvh` "
+                  r"([\d.]+) on the raw matrix, ([\d.]+) on row-reduced costs, ([\d.]+) "
+                  r"warm-started.*?\(at width 4096: (\d+) / (\d+) / (\d+) / (\d+)\)\. On a "
+                  r"permuted copy raw `lapjvh` takes ([\d.]+) ms", WEIGHT_MATCHING,
+                  lambda r: [*_solvers(r, "digits 64-512x3-10"),
+                             *_solvers(r, "mnist 784-4096x3-10"),
+                             r["solvers"]["permuted 784-512x3-10"]["lapjvh"][0]]),
     SentenceCheck("README.md", r"hand-written loop in the same run is ([\d.]+)–([\d.]+) across",
                   "results/bench_evaluate_loops.json",
                   lambda r: script_module("benchmarks/bench_evaluate.py").loops_ratio_range(r)),
