@@ -303,6 +303,15 @@ def _solvers(record: dict[str, Any], pair: str) -> list[float]:
     return [table[k][0] for k in ("scipy", "lapjvh", "lapjvh row-reduced", "lapjvh warm")]
 
 
+def _large(record: dict[str, Any]) -> list[float]:
+    """Repeated TinyLlama ``align`` runs: peak RSS range (GB), target (GB), ratio range and
+    the margin left under the target at the worst run (MB)."""
+    runs = [r for r in record["runs"] if r["run"] == "align"]
+    peaks, target = [r["peak_rss"] for r in runs], runs[0]["target"]
+    return [min(peaks) / 2**30, max(peaks) / 2**30, target / 2**30, min(peaks) / target,
+            max(peaks) / target, (target - max(peaks)) / 2**20]  # fmt: skip
+
+
 def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
     """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
     return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
@@ -480,6 +489,9 @@ CHECKS: list[Check] = [
                   lambda r: [*_solvers(r, "digits 64-512x3-10"),
                              *_solvers(r, "mnist 784-4096x3-10"),
                              r["solvers"]["permuted 784-512x3-10"]["lapjvh"][0]]),
+    SentenceCheck("README.md", r"its peak RSS was ([\d.]+)–([\d.]+) GB against the ([\d.]+) GB "
+                  r"target \(ratio ([\d.]+)–([\d.]+)\), a margin of (\d+) MB at the worst",
+                  "results/bench_large_tinyllama.json", _large),
     SentenceCheck("README.md", r"hand-written loop in the same run is ([\d.]+)–([\d.]+) across",
                   "results/bench_evaluate_loops.json",
                   lambda r: script_module("benchmarks/bench_evaluate.py").loops_ratio_range(r)),
@@ -501,9 +513,12 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"on the digits pair ([\d.]+)–([\d.]+)× faster \(wall / CPU time.*?"
                   r"objective \(([\d.]+) against ([\d.]+)\); in exact mode \(`rtol=0`\) "
                   r"([\d.]+)–([\d.]+)×", "results/bench_rebasin.json", lambda r: _rebasin(r)),
-    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)–(\d+)× faster than the "
+    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)× faster than the "
                   r"`rebasin` package", "results/bench_rebasin.json",
-                  lambda r: [math.floor(x) for x in _rebasin(r)[:2]]),
+                  lambda r: [math.floor(min(_rebasin(r)[:2]))]),
+    SentenceCheck("README.md", r"(\d+)–(\d+)× than the original JAX code at MNIST scale",
+                  "results/bench_git_rebasin_jax.json",
+                  lambda r: [math.floor(_jax(r)[8]), math.floor(_jax(r)[3])]),
     TableCheck(FEDERATED, "Main grid", MAIN, "examples/federated_rounds.py", skip=(MS,)),
     TableCheck(FEDERATED, "Narrow net", NARROW, "examples/federated_rounds.py", skip=(MS,)),
     TableCheck(FEDERATED, "One shot", MAIN, "examples/federated_rounds.py", report_index=1,

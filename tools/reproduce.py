@@ -94,6 +94,8 @@ RUNS: list[Run] = [
     Run("bench_evaluate_loops", ("python", "benchmarks/bench_evaluate.py", "--sections",
         "curves,layerwise,reset,lm", "--threads", "1", "--out",
         "results/bench_evaluate_loops.json"), 20.0, long=True),
+    Run("bench_large_tinyllama", ("python", "benchmarks/bench_large.py", "tinyllama",
+        "--repeats", "3", "--out", "results/bench_large_tinyllama.json"), 40.0, long=True),
     Run("bench_git_rebasin_jax", ("python", "benchmarks/bench_git_rebasin_jax.py", "--out",
         "results/bench_git_rebasin_jax.json"), 10.0, long=True),  # needs the bench-jax extra
     Run("science_merging", ("python", "examples/science_merging.py", "--out", "results"), 2.5,
