@@ -550,7 +550,7 @@ def main() -> None:
         default=25,
         help="alphas of section 5's layer-wise barriers (default 25)",
     )
-    parser.add_argument("--out", type=Path, help="write section 5's table here (JSON)")
+    parser.add_argument("--out", type=Path, help="write the sections' numbers here (JSON)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     if args.threads:
@@ -560,19 +560,34 @@ def main() -> None:
         f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
         f"{args.steps} alphas, best of {args.repeats}"
     )
+    loops: dict[str, Any] = {}  # sections 1-4: {section: rows}, stored with section 5's
     if "curves" in sections:
-        _section_curves(alphas, args.repeats, args.device)
+        loops["curves"] = _section_curves(alphas, args.repeats, args.device)
     if "layerwise" in sections:
-        _section_layerwise(alphas, args.repeats, args.device)
+        loops["layerwise"] = _section_layerwise(alphas, args.repeats, args.device)
     if "reset" in sections:
-        _section_reset(alphas, args.repeats, args.device)
+        loops["reset"] = _section_reset(alphas, args.repeats, args.device)
     if "lm" in sections:
-        _section_lm(alphas, args.repeats, args.device)
+        loops["lm"] = _section_lm(alphas, args.repeats, args.device)
     if "floor" in sections:
-        _section_floor(args)
+        _section_floor(args, loops)
+    elif args.out is not None:
+        numbers = {"loops": loops, "threads": torch.get_num_threads(), "steps": args.steps,
+                   "repeats": args.repeats, "load_average": os.getloadavg()}  # fmt: skip
+        write_result(args.out, numbers, seeds=(0, 1, 2), command=["python", *sys.argv])
+        print(f"wrote {args.out}")
 
 
-def _section_floor(args: argparse.Namespace) -> None:
+def loops_ratio_range(numbers: dict[str, Any]) -> list[float]:
+    """Smallest and largest modeconnect / hand-written-loop time ratio of sections 1, 3, 4
+    (curves: mean and per-example curves; the BatchNorm reset curve; the causal LM)."""
+    loops = numbers["loops"]
+    ratios = [r[k] for r in loops["curves"] for k in ("curve_ratio", "examples_ratio")]
+    ratios += [r["ratio"] for section in ("reset", "lm") for r in loops[section]]
+    return [min(ratios), max(ratios)]
+
+
+def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
     print("\n5. every path against the FLOP floor (same forward passes, weights in place)")
     print(f"{'model':<36} {'path':<20} {'points':>6} {'floor':>8} {'ours':>8} {'ratio':>6} "
           f"{'wall':>6} {'matmul':>8}   (CPU seconds; wall: the wall-time ratio)")  # fmt: skip
@@ -591,6 +606,8 @@ def _section_floor(args: argparse.Namespace) -> None:
         numbers = {"rows": rows, "threads": torch.get_num_threads(), "steps": args.steps,
                    "layer_steps": args.layer_steps, "load_average": os.getloadavg(),
                    "mnist_scale_examples": scale.examples, "grid": grids}  # fmt: skip
+        if loops:
+            numbers["loops"] = loops
         write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)
 
     bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats, write)
@@ -598,45 +615,60 @@ def _section_floor(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
-def _section_curves(alphas: list[float], repeats: int, device: str) -> None:
+def _section_curves(alphas: list[float], repeats: int, device: str) -> list[dict[str, Any]]:
     print(
         "\n1. curves: reference loop vs interpolation_curve (mean) and example_curve (per example)"
     )
     print(f"{'model':<30} {'reference s':>12} {'curve s':>8} {'ratio':>6} {'examples s':>11} ratio")
+    rows = []
     for case in CASES:
         t_ref, t_curve, t_ex = bench_curves(case, alphas, repeats, device)
         ratios = f"{t_curve:>8.3f} {t_curve / t_ref:>6.2f} {t_ex:>11.3f} {t_ex / t_ref:>6.2f}"
         print(f"{case.name:<30} {t_ref:>12.3f} {ratios}")
+        rows.append({"model": case.name, "reference_s": t_ref, "curve_s": t_curve,
+                     "examples_s": t_ex, "curve_ratio": t_curve / t_ref,
+                     "examples_ratio": t_ex / t_ref})  # fmt: skip
+    return rows
 
 
-def _section_layerwise(alphas: list[float], repeats: int, device: str) -> None:
+def _section_layerwise(alphas: list[float], repeats: int, device: str) -> list[dict[str, Any]]:
     print("\n2. layer-wise (from_a, from_b, cumulative per module): recompute all vs reuse")
     print(f"{'model':<30} {'naive s':>8} {'reuse s':>8} {'ratio':>6} {'points evaluated':>20}")
+    rows = []
     for case in (MLP, CNN):
         (t_naive, t_ours), used, total = bench_layerwise(case, alphas, repeats, device)
         points = f"{used} of {total}"
         print(
             f"{case.name:<30} {t_naive:>8.3f} {t_ours:>8.3f} {t_ours / t_naive:>6.2f} {points:>20}"
         )
+        rows.append({"model": case.name, "naive_s": t_naive, "reuse_s": t_ours,
+                     "ratio": t_ours / t_naive, "points": used, "of": total})  # fmt: skip
+    return rows
 
 
-def _section_reset(alphas: list[float], repeats: int, device: str) -> None:
+def _section_reset(alphas: list[float], repeats: int, device: str) -> list[dict[str, Any]]:
     print("\n3. BatchNorm reset at every alpha: hand-written loop vs example_curves + bn reset")
     print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
     t_ref, t_ours = bench_reset(CNN, alphas, repeats, device)
     print(f"{CNN.name:<30} {t_ref:>12.3f} {t_ours:>14.3f} {t_ours / t_ref:>6.2f}")
+    return [{"model": CNN.name, "reference_s": t_ref, "modeconnect_s": t_ours,
+             "ratio": t_ours / t_ref}]  # fmt: skip
 
 
-def _section_lm(alphas: list[float], repeats: int, device: str) -> None:
+def _section_lm(alphas: list[float], repeats: int, device: str) -> list[dict[str, Any]]:
     print("\n4. causal LM: hand-written loop vs example_curve(loss='causal_lm')")
     lm = bench_causal_lm(alphas, repeats, device)
+    rows = []
     if lm is None:
         print("skipped: transformers is not installed")
     else:
         name = "gpt2 2x64, 128 x 32 tokens"
         print(f"{'model':<30} {'reference s':>12} {'modeconnect s':>14} {'ratio':>6}")
         print(f"{name:<30} {lm[0]:>12.3f} {lm[1]:>14.3f} {lm[1] / lm[0]:>6.2f}")
+        rows.append({"model": name, "reference_s": lm[0], "modeconnect_s": lm[1],
+                     "ratio": lm[1] / lm[0]})  # fmt: skip
     print("\nall agree with their references (losses to rtol 1e-5 / 1e-4, accuracies to 1 example)")
+    return rows
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ Usage::
 
     python benchmarks/bench_large.py tinyllama --layers 2,4,8 --merge 4
     python benchmarks/bench_large.py gpt2 --merge 4
+    python benchmarks/bench_large.py tinyllama --repeats 3 --out results/bench_large_tinyllama.json
+
+``--repeats N`` measures ``align`` N times (each in a fresh process) on the same models:
+peak RSS moves by some MB between runs, so a bound met by a few MB is met only when
+every run meets it. ``--out`` stores every run (:func:`report` prints its summary).
 
 Artefacts go to ``benchmarks/.cache/`` (git-ignored) and are removed afterwards unless
 ``--keep``. The machine's disk must hold ``(merge + 4) × S``.
@@ -40,6 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stored import add_out, store  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 SHARD_BYTES = 1 << 30
@@ -267,10 +276,14 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--tokens", type=int, default=512, help="evaluation tokens (0: none)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1, help="align runs per depth")
+    add_out(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     depths = [int(x) for x in (args.layers or str(SHAPES[args.shape]["full"])).split(",")]
     baseline = _measure("baseline", str(CACHE))
+    numbers: dict[str, Any] = {"shape": args.shape, "baseline_rss": baseline["peak_rss"],
+                               "tokens": args.tokens, "noise": args.noise, "runs": []}  # fmt: skip
     print(f"baseline (python + torch + transformers + modeconnect): {_gb(baseline['peak_rss'])} GB")
     head = ("| run | S GB | total s | sweeps | s/sweep | reads s | products s | assignment s | "
             "writes s | peak RSS GB | target GB | ratio |")  # fmt: skip
@@ -288,16 +301,48 @@ def main() -> None:
             t = 128
             torch.save(torch.randint(0, 1000, (max(1, args.tokens // t), t)), root / "tokens.pt")
             data = str(root / "tokens.pt")
-        res = _measure("align", str(paths[0]), str(paths[1]), data, str(root))
-        print(_row(f"align L={layers}", s, res, 2.5 * s + 2**30), flush=True)
-        print(f"<!-- {json.dumps(res)} -->", flush=True)
+        for _ in range(args.repeats):
+            for written in ("aligned", "merged"):  # a repeat writes them afresh
+                shutil.rmtree(root / written, ignore_errors=True)
+            res = _measure("align", str(paths[0]), str(paths[1]), data, str(root))
+            print(_row(f"align L={layers}", s, res, 2.5 * s + 2**30), flush=True)
+            print(f"<!-- {json.dumps(res)} -->", flush=True)
+            numbers["runs"].append(_stored("align", layers, s, 2.5 * s + 2**30, res))
         if args.merge:
             res = _measure("merge", *map(str, paths[: args.merge]), str(root))
             target = (args.merge + 1) * s + 2**30
             print(_row(f"merge {args.merge} L={layers}", s, res, target), flush=True)
             print(f"<!-- {json.dumps(res)} -->", flush=True)
+            numbers["runs"].append(_stored(f"merge {args.merge}", layers, s, target, res))
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    print(report(numbers))
+    store(args.out, numbers)
+
+
+def _stored(run: str, layers: int, size: int, target: float, res: dict[str, Any]) -> dict:
+    """One measured run as stored: its bound, peak RSS, seconds and where the time went."""
+    keep = {k: res[k] for k in ("seconds", "buckets", "timings", "peak_rss") if k in res}
+    profile = res.get("alignment", {}).get("profile")
+    return {"run": run, "layers": layers, "size": size, "target": target, **keep,
+            "profile": profile, "rounds": res.get("rounds")}  # fmt: skip
+
+
+def report(numbers: dict[str, Any]) -> str:
+    """Per run kind and depth: peak RSS (min–max over runs) against the target, the ratio
+    and the smallest margin left under the target (MB)."""
+    lines = []
+    for run, layers in dict.fromkeys((r["run"], r["layers"]) for r in numbers["runs"]):
+        rows = [r for r in numbers["runs"] if (r["run"], r["layers"]) == (run, layers)]
+        peaks = [r["peak_rss"] for r in rows]
+        target = rows[0]["target"]
+        lines.append(
+            f"{numbers['shape']} {run} L={layers}: {len(rows)} run(s), peak RSS "
+            f"{_gb(min(peaks))}–{_gb(max(peaks))} GB against {_gb(target)} GB, ratio "
+            f"{min(peaks) / target:.3f}–{max(peaks) / target:.3f}, margin "
+            f"{(target - max(peaks)) / 2**20:.0f} MB at the worst"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

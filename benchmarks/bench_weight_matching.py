@@ -271,6 +271,40 @@ def print_runs(rows: list[tuple[Pair, Run, Reference | None]]) -> None:
         print(line)
 
 
+def _label(name: str, real: bool) -> str:
+    """The README's name of a pair: ``digits 64-512×3-10, trained``, ``784-512×3-10,
+    permuted copy``, ``MNIST-scale 784-4096×3-10, trained (2 epochs)``."""
+    shape = name.split(" ", 1)[1].replace("x", "×")
+    if not real:
+        return f"{shape}, permuted copy"
+    if name.startswith("digits"):
+        return f"digits {shape}, trained"
+    short = "" if shape.startswith("784-512×") else " (2 epochs)"  # pairs.py's wide recipe
+    return f"MNIST-scale {shape}, trained{short}"
+
+
+def report(numbers: dict) -> str:
+    """The README's table from a stored run: sweeps, assignments, time against the floor
+    and against the plain reference (CPU seconds of the best run)."""
+    lines = ["| pair | sweeps | assignments solved / skipped | ms per assignment | total s | "
+             "total / floor | reference s | speed-up |", "|---" * 8 + "|"]  # fmt: skip
+    for run in numbers["runs"]:
+        prof, ref = run["profile"], run["reference"]
+        ms = 1000 * run["buckets"].get("assignments", 0.0) / max(int(prof["solves"]), 1)
+        cells = [_label(run["pair"], run["real"]), str(prof["sweeps"]),
+                 f"{prof['solves']} / {prof['skipped']}", f"{ms:.0f}" if ms >= 10 else f"{ms:.1f}",
+                 f"{run['cpu_s']:.3f}" if run["cpu_s"] < 1 else f"{run['cpu_s']:.2f}",
+                 f"{run['cpu_s'] / run['floor_s']:.2f}×",
+                 "" if ref is None else f"{ref['cpu']:.2f}",
+                 "" if ref is None else _times(ref["cpu"] / run["cpu_s"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _times(x: float) -> str:
+    return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×"
+
+
 def print_solvers(tables: list[tuple[Pair, dict[str, tuple[float, int]]]]) -> None:
     names = list(dict.fromkeys(k for _, t in tables for k in t))
     print(f"{'ms per solve':26} {'kind':8} " + " ".join(f"{n:>18}" for n in names))
@@ -338,7 +372,7 @@ def main() -> None:
     print_runs(rows)
     print()
     print_solvers(tables)
-    numbers = {
+    numbers: dict = {
         "threads": args.threads,
         "repeats": args.repeats,
         "runs": [
@@ -350,6 +384,8 @@ def main() -> None:
         ],
         "solvers": {pair.name: table for pair, table in tables},
     }  # fmt: skip
+    print()
+    print(report(numbers))
     store(args.out, numbers, seeds=args.seeds)
 
 

@@ -3,13 +3,14 @@
 - ``digits``: the shipped pair ``checkpoints/mlp_a.pt`` / ``mlp_b.pt`` (64-512x3-10,
   trained on scikit-learn's 8x8 digits from seeds 1 and 2).
 - ``mnist<W>`` (``mnist512``, ``mnist4096``, ...): 784-Wx3-10 MLPs trained from seeds
-  1 and 2 on the MNIST-scale stand-in of ``examples/mnist_scale_digits.py`` (20k
-  jittered 28x28 digits). Width 512 uses the example's recipe (SGD, 10 epochs, batch
-  64), so it is the example's pair. Wider nets get a shorter recipe (2 epochs, batch
-  128; about 3 minutes a model at 4096 on one core): a realistic stand-in whose
-  similarity matrices are those of independently trained nets, not a near-diagonal
-  permuted copy. Trained once and cached in ``benchmarks/.cache/`` (which ignores
-  itself in git); ``--cache DIR`` in the scripts puts it elsewhere.
+  1 and 2 (other seed pairs through :func:`mnist`'s ``seeds``) on the MNIST-scale
+  stand-in of ``examples/mnist_scale_digits.py`` (20k jittered 28x28 digits). Width
+  512 uses the example's recipe (SGD, 10 epochs, batch 64), so it is the example's
+  pair. Wider nets get a shorter recipe (2 epochs, batch 128; about 3 minutes a model
+  at 4096 on one core): a realistic stand-in whose similarity matrices are those of
+  independently trained nets, not a near-diagonal permuted copy. Trained once and
+  cached in ``benchmarks/.cache/`` (which ignores itself in git); ``--cache DIR`` in
+  the scripts puts it elsewhere.
 - ``permuted<W>``: a 784-Wx3-10 MLP at random initialisation and a randomly permuted
   copy with Gaussian noise (std 0.5 x each tensor's std): the easy case, nearly
   diagonal similarity matrices.
@@ -58,14 +59,15 @@ def digits() -> Pair:
     return _pair("digits 64-512x3-10", 64, 512, sds[0], sds[1], real=True)
 
 
-def mnist(width: int, cache: Path = CACHE) -> Pair:
-    """784-``width``x3-10 MLPs trained from seeds 1 and 2 on the MNIST-scale stand-in."""
-    folder = cache / f"mnist_{width}"
+def mnist(width: int, cache: Path = CACHE, seeds: tuple[int, int] = (1, 2)) -> Pair:
+    """784-``width``x3-10 MLPs trained from ``seeds`` on the MNIST-scale stand-in."""
+    tag = "" if seeds == (1, 2) else f"_seeds{seeds[0]}-{seeds[1]}"
+    folder = cache / f"mnist_{width}{tag}"
     paths = [folder / f"mlp_{x}.pt" for x in "ab"]
     if not all(p.exists() for p in paths):
-        _train_pair(width, paths)
+        _train_pair(width, paths, seeds)
     a, b = (_load(p) for p in paths)
-    return _pair(f"mnist 784-{width}x3-10", 784, width, a, b, real=True)
+    return _pair(f"mnist 784-{width}x3-10{tag.replace('_', ' ')}", 784, width, a, b, real=True)
 
 
 def permuted(width: int, noise: float = 0.5, seed: int = 0) -> Pair:
@@ -114,14 +116,14 @@ def _load(path: Path) -> StateDict:
     return dict(obj.get("state_dict", obj))
 
 
-def _train_pair(width: int, paths: list[Path]) -> None:
+def _train_pair(width: int, paths: list[Path], seeds: tuple[int, int] = (1, 2)) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import mnist_scale_digits as example
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     (paths[0].parent.parent / ".gitignore").write_text("*\n")
     train_data, _ = example.make_data()
-    for seed, path in zip((1, 2), paths):
+    for seed, path in zip(seeds, paths):
         start = time.perf_counter()
         if width == 512:  # the example's own recipe and pair
             sd = example.train(seed, train_data, epochs=10, batch_size=64)

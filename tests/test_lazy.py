@@ -162,27 +162,60 @@ def _peak_rss(*args: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
-def test_align_peak_rss_is_within_the_target(tmp_path: Path) -> None:
-    """Two bfloat16 models of S ≈ 200 MB: peak RSS ≤ 2.5 S + 1 GB (all in memory: ~8 S)."""
+def _llama_family(root: Path, n: int, hidden: int = 1024) -> tuple[list[Path], int]:
+    """A bfloat16 Llama of 8 layers (S ≈ 200 MB at hidden 1024, 62 MB at 512) and
+    ``n - 1`` permuted copies, as Hugging Face directories; and S in bytes."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=8000, hidden_size=1024, intermediate_size=2816,
-                         num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+    config = LlamaConfig(vocab_size=8000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                         num_hidden_layers=8, num_attention_heads=hidden // 64,
+                         num_key_value_heads=hidden // 256,
                          max_position_embeddings=256)  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    a = hf.save(model, tmp_path / "a", dtype=torch.bfloat16, sharded=False)
-    b = hf.save(hf.permuted_copy(model.float()), tmp_path / "b", dtype=torch.bfloat16)
+    paths = [hf.save(model, root / "a", dtype=torch.bfloat16, sharded=False)]
+    for j in range(1, n):
+        copy = hf.permuted_copy(model.float(), seed=j)
+        paths.append(hf.save(copy, root / f"b{j}", dtype=torch.bfloat16))
     del model
-    size = sum(p.stat().st_size for p in a.glob("*.safetensors"))
+    return paths, sum(p.stat().st_size for p in paths[0].glob("*.safetensors"))
+
+
+PROC_STATUS = pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc"
+)
+
+
+@pytest.mark.slow
+@PROC_STATUS
+def test_align_peak_rss_is_within_the_target(tmp_path: Path) -> None:
+    """Two bfloat16 models of S ≈ 200 MB: peak RSS ≤ 2.5 S + 1 GB (all in memory: ~8 S)."""
+    (a, b), size = _llama_family(tmp_path, 2)
     torch.save(torch.randint(0, 8000, (2, 64)), tmp_path / "ids.pt")
     peak = _peak_rss("align", str(a), str(b), "--data", str(tmp_path / "ids.pt"), "--steps",
                      "3", "--out", str(tmp_path / "c"), "--merged", str(tmp_path / "m"),
                      "--json", str(tmp_path / "r.json"))  # fmt: skip
     assert json.loads((tmp_path / "r.json").read_text())["equivalence"]["passed"]
     assert peak <= 2.5 * size + 2**30, (peak / 2**20, size / 2**20)
+
+
+@pytest.mark.slow
+@PROC_STATUS
+def test_merge_peak_rss_is_within_the_target(tmp_path: Path) -> None:
+    """A merge of N = 3 bfloat16 models of S ≈ 62 MB from their directories: peak RSS ≤
+    (N + 1) S + 1 GB (issue 12's target, the README's), and the merge is A (its inputs are
+    permuted copies of A).
+
+    At S ≈ 200 MB (hidden 1024) one run peaked at 1823 MB against the 1837 MB target: the
+    bound holds there by under 1 %; this size keeps the test within a minute."""
+    paths, size = _llama_family(tmp_path, 3, hidden=512)
+    out = tmp_path / "merged"
+    peak = _peak_rss("merge", *map(str, paths), "--out", str(out), "--max-rounds", "1",
+                     "--quiet")  # fmt: skip
+    assert peak <= 4 * size + 2**30, (peak / 2**20, size / 2**20)
+    merged, original = (load_checkpoint(str(p)).state_dict for p in (out, paths[0]))
+    for key in original:  # permuted copies align back onto A exactly
+        torch.testing.assert_close(merged[key], original[key], rtol=0, atol=0)
 
 
 def test_evaluation_in_another_dtype_gives_the_same_curves(tmp_path: Path) -> None:

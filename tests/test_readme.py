@@ -40,6 +40,17 @@ def test_readme_names_the_two_setup_commands():
     assert 'pip install -c constraints.txt -e ".[test]" && python -m pytest -n 2' in ci
 
 
+def test_ci_runs_the_readme_lint_commands_over_every_python_folder():
+    lint = next(b for b in _blocks("bash") if b.startswith("pip install") and "ruff" in b)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for line in lint.splitlines():
+        assert line in ci, line
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+    for tool in ("ruff check", "ruff format --check"):
+        command = next(ln for ln in lint.splitlines() if ln.startswith(tool))
+        assert folders <= set(command.split()), (tool, folders)
+
+
 @pytest.mark.slow
 def test_quick_start_command_runs_and_shows_the_barrier_drop():
     bash = "\n".join(_blocks("bash"))

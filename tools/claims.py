@@ -284,6 +284,34 @@ def _rebasin(record: dict[str, Any]) -> list[float]:
             ref["objective"], ref["wall"] / exact["wall"], ref["cpu"] / exact["cpu"]]  # fmt: skip
 
 
+def _jax(record: dict[str, Any]) -> list[float]:
+    """The README's Git Re-Basin (JAX) sentence: ranges over the pairs (benchmark)."""
+    module = script_module("benchmarks/bench_git_rebasin_jax.py")
+    ours, exact = module.summary(record), module.summary(record, "modeconnect rtol=0")
+    return [*_range(record["load_average"]),
+            *ours["matching cpu"], *ours["modeconnect matching cpu s"],
+            *ours["original matching cpu s"], *ours["end_to_end cpu"],
+            *(-x for x in reversed(ours["objective gap"])), *ours["objective spread"],
+            *exact["matching cpu"], *exact["end_to_end cpu"],
+            -exact["objective gap"][0], exact["objective gap"][1],
+            *ours["matching wall"]]  # fmt: skip
+
+
+def _solvers(record: dict[str, Any], pair: str) -> list[float]:
+    """ms per solve of SciPy, raw lapjvh, row-reduced lapjvh and warm lapjvh on ``pair``."""
+    table = record["solvers"][pair]
+    return [table[k][0] for k in ("scipy", "lapjvh", "lapjvh row-reduced", "lapjvh warm")]
+
+
+def _large(record: dict[str, Any]) -> list[float]:
+    """Repeated TinyLlama ``align`` runs: peak RSS range (GB), target (GB), ratio range and
+    the margin left under the target at the worst run (MB)."""
+    runs = [r for r in record["runs"] if r["run"] == "align"]
+    peaks, target = [r["peak_rss"] for r in runs], runs[0]["target"]
+    return [min(peaks) / 2**30, max(peaks) / 2**30, target / 2**30, min(peaks) / target,
+            max(peaks) / target, (target - max(peaks)) / 2**20]  # fmt: skip
+
+
 def _fed_rows(record: dict[str, Any], name: str, key: str) -> list[float]:
     """Mean ``key`` accuracy (%) of strategy ``name``, rows in (α, E) order."""
     return [_pct(sum(r[name][key]) / len(r[name][key])) for r in record["summary"]]
@@ -418,6 +446,7 @@ SYM_TIMES = ("seconds (benchmark)", "× weight matching (benchmark)")  # not che
 FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
 TINY = "results/tiny_lms.json"
+WEIGHT_MATCHING = "results/bench_weight_matching.json"
 MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
@@ -453,6 +482,36 @@ CHECKS: list[Check] = [
                              _width(r, 128)["aligned_train_loss"],
                              _width(r, 256)["aligned_train_loss"],
                              _floor(min(x["naive_test_loss"] for x in r["summary"]))]),
+    SentenceCheck("README.md", r"load average at ([\d.]+)–([\d.]+)\. With its default "
+                  r"`rtol=1e-3`, modeconnect is ([\d.]+)–([\d.]+)× faster at the matching alone "
+                  r"\(([\d.]+)–([\d.]+) s against ([\d.]+)–([\d.]+) s\) and ([\d.]+)–([\d.]+)× "
+                  r"end to end .*? stops ([\d.]+)–([\d.]+) below the original's objective "
+                  r"\(means over the seeds; the spread between seeds is ([\d.]+)–([\d.]+)\)\. "
+                  r"In exact mode \(`rtol=0`\) it is ([\d.]+)–([\d.]+)× faster at matching and "
+                  r"([\d.]+)–([\d.]+)× end to end, with objectives from ([\d.]+) below to "
+                  r"([\d.]+) above the original's\. Wall-clock ratios under that load were lower "
+                  r"\(([\d.]+)–([\d.]+)×", "results/bench_git_rebasin_jax.json", _jax),
+    TableCheck("README.md", "Benchmarks", WEIGHT_MATCHING,
+               "benchmarks/bench_weight_matching.py"),
+    SentenceCheck("README.md", r"digits pair, same stored run\): SciPy ([\d.]+), lapx `lapjvh` "
+                  r"([\d.]+) on the raw matrix, ([\d.]+) on row-reduced costs, ([\d.]+) "
+                  r"warm-started.*?\(at width 4096: (\d+) / (\d+) / (\d+) / (\d+)\)\. On a "
+                  r"permuted copy raw `lapjvh` takes ([\d.]+) ms", WEIGHT_MATCHING,
+                  lambda r: [*_solvers(r, "digits 64-512x3-10"),
+                             *_solvers(r, "mnist 784-4096x3-10"),
+                             r["solvers"]["permuted 784-512x3-10"]["lapjvh"][0]]),
+    SentenceCheck("README.md", r"its peak RSS was ([\d.]+)–([\d.]+) GB against the ([\d.]+) GB "
+                  r"target \(ratio ([\d.]+)–([\d.]+)\), a margin of (\d+) MB at the worst",
+                  "results/bench_large_tinyllama.json", _large),
+    SentenceCheck("README.md", r"hand-written loop in the same run is ([\d.]+)–([\d.]+) across",
+                  "results/bench_evaluate_loops.json",
+                  lambda r: script_module("benchmarks/bench_evaluate.py").loops_ratio_range(r)),
+    SentenceCheck("README.md", r"The ([\d.]+) is the MLP's mean curve \(([\d.]+) per example\).*?"
+                  r"Layer-wise barriers, reusing coinciding points, take ([\d.]+)–([\d.]+) of",
+                  "results/bench_evaluate_loops.json",
+                  lambda r: [r["loops"]["curves"][0]["curve_ratio"],
+                             r["loops"]["curves"][0]["examples_ratio"],
+                             *_range([x["ratio"] for x in r["loops"]["layerwise"]])]),
     TableCheck("README.md", "Alignment methods", "results/readme_compare.json",
                "tools/readme_runs.py"),
     SentenceCheck("README.md", r"every single layer carries a barrier of ([\d.]+)–([\d.]+) nats on "
@@ -465,9 +524,12 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"on the digits pair ([\d.]+)–([\d.]+)× faster \(wall / CPU time.*?"
                   r"objective \(([\d.]+) against ([\d.]+)\); in exact mode \(`rtol=0`\) "
                   r"([\d.]+)–([\d.]+)×", "results/bench_rebasin.json", lambda r: _rebasin(r)),
-    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)–(\d+)× faster than the "
+    SentenceCheck("README.md", r"weight matching \(warm-started; (\d+)× faster than the "
                   r"`rebasin` package", "results/bench_rebasin.json",
-                  lambda r: [math.floor(x) for x in _rebasin(r)[:2]]),
+                  lambda r: [math.floor(min(_rebasin(r)[:2]))]),
+    SentenceCheck("README.md", r"(\d+)–(\d+)× than the original JAX code at MNIST scale",
+                  "results/bench_git_rebasin_jax.json",
+                  lambda r: [math.floor(_jax(r)[8]), math.floor(_jax(r)[3])]),
     TableCheck(FEDERATED, "Main grid", MAIN, "examples/federated_rounds.py", skip=(MS,)),
     TableCheck(FEDERATED, "Narrow net", NARROW, "examples/federated_rounds.py", skip=(MS,)),
     TableCheck(FEDERATED, "One shot", MAIN, "examples/federated_rounds.py", report_index=1,

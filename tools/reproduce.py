@@ -91,6 +91,18 @@ RUNS: list[Run] = [
         "results/bench_spec_budget.json"), 0.5),
     Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
         "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0),
+    Run("bench_methods", ("python", "benchmarks/bench_methods.py", "--repeats", "3", "--out",
+        "results/bench_methods.json"), 0.5),
+    Run("bench_weight_matching", ("python", "benchmarks/bench_weight_matching.py", "--pairs",
+        "digits", "mnist512", "mnist4096", "permuted512", "permuted2048", "--out",
+        "results/bench_weight_matching.json"), 10.0, long=True),  # + 30 min training once
+    Run("bench_evaluate_loops", ("python", "benchmarks/bench_evaluate.py", "--sections",
+        "curves,layerwise,reset,lm", "--threads", "1", "--out",
+        "results/bench_evaluate_loops.json"), 20.0, long=True),
+    Run("bench_large_tinyllama", ("python", "benchmarks/bench_large.py", "tinyllama",
+        "--repeats", "3", "--out", "results/bench_large_tinyllama.json"), 40.0, long=True),
+    Run("bench_git_rebasin_jax", ("python", "benchmarks/bench_git_rebasin_jax.py", "--out",
+        "results/bench_git_rebasin_jax.json"), 10.0, long=True),  # needs the bench-jax extra
     Run("science_merging", ("python", "examples/science_merging.py", "--out", "results"), 2.5,
         writes=tuple(f"results/merging_{s}.json"
                      for s in ("class_split", "width_fusion", "compression", "n_way"))),
