@@ -9,6 +9,7 @@ SGD (momentum 0.9), a cosine schedule and seeded initialisation and batch order.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -156,3 +157,36 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def summarise_pairs(runs: Sequence[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation (n − 1) over seed pairs of every float in ``runs``.
+
+    Rows are grouped by the keys ``by`` (in order of first appearance); each summary row
+    has those keys, ``pairs`` (how many runs), ``key`` (the mean) and ``key_std`` (0.0 for
+    a single pair) per float ``key``.
+
+    >>> summarise_pairs([{"k": "a", "x": 1.0}, {"k": "a", "x": 3.0}], ["k"])
+    [{'k': 'a', 'pairs': 2, 'x': 2.0, 'x_std': 1.4142135623730951}]
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    rows = []
+    for key, group in groups.items():
+        row: dict[str, Any] = {**dict(zip(by, key, strict=True)), "pairs": len(group)}
+        for name in [k for k, v in group[0].items() if isinstance(v, float)]:
+            values = [r[name] for r in group]
+            row[name] = statistics.fmean(values)
+            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def pm(row: dict[str, Any], key: str, spec: str) -> str:
+    """``row[key] ± row[key_std]`` in format ``spec`` (a summary row of :func:`summarise_pairs`).
+
+    >>> pm({"x": 0.5, "x_std": 0.25}, "x", ".1%")
+    '50.0% ± 25.0%'
+    """
+    return f"{row[key]:{spec}} ± {row[key + '_std']:{spec}}"
