@@ -77,6 +77,29 @@ def train(
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+# The shipped pairs (checkpoints/make_checkpoints.py): 3x512 from seeds 1 and 2, 3x128
+# from seeds 11 and 12, trained by an earlier version of the training loop (the current
+# one does not reproduce them bit for bit; MLP_RECIPE is their recipe).
+SHIPPED = {512: (("mlp_a", "mlp_b"), [1, 2]), 128: (("mlp128_1", "mlp128_2"), [11, 12])}
+MLP_RECIPE: dict[str, Any] = {"epochs": 20, "lr": 0.1, "batch_size": 32}
+
+
+def mlp_pair(pair: Any, hidden: Sequence[int]) -> tuple[list[int], StateDict, StateDict]:
+    """A pair of ``modeconnect.models.mlp(64, hidden, 10)`` and its seeds: ``"shipped"``
+    loads the shipped checkpoints of that width, a seed pair ``(s, t)`` trains both with
+    the shipped pair's recipe (``MLP_RECIPE``)."""
+    import modeconnect as mc
+    from modeconnect.models import mlp
+
+    if pair == "shipped":
+        names, seeds = SHIPPED[hidden[0]]
+        a, b = (mc.load(ROOT / f"checkpoints/{n}.pt").state_dict for n in names)
+        return list(seeds), a, b
+    data = digits("train")
+    a, b = (train(lambda: mlp(64, list(hidden), 10), s, data, **MLP_RECIPE) for s in pair)
+    return list(pair), a, b
+
+
 def main(
     doc: str,
     name: str,

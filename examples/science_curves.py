@@ -22,23 +22,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from science_common import ROOT, StateDict, digits, main, pm, summarise_pairs, table, train
+from science_common import MLP_RECIPE, ROOT, digits, main, mlp_pair, pm, summarise_pairs, table
 
 import modeconnect as mc
 from modeconnect.curve_fitting import CurveStudy, curve_study
 from modeconnect.evaluation import linear_path
 from modeconnect.figures import curve_figure, surface_figure
 from modeconnect.landscape import plane_grid
-from modeconnect.models import mlp
 
-# The endpoints: seed pairs trained as the shipped pair was (3x512, 20 epochs, lr 0.1,
-# batch 32), or "shipped" for checkpoints/mlp_a.pt and mlp_b.pt (seeds 1 and 2, trained
-# by an earlier version of the training loop; the current one does not reproduce them).
-ENDPOINTS: dict[str, Any] = {"hidden": [512, 512, 512], "epochs": 20, "lr": 0.1}
+HIDDEN = [512, 512, 512]  # the endpoints: trained with the shipped pair's recipe
 FULL: dict[str, Any] = {"epochs": 50, "lr": 0.05, "batch_size": 64, "resolution": 21,
         "runs": [("bezier", None), ("polychain", None), ("bezier", "weight")],
-        "pairs": [(1, 2), (3, 4), (5, 6)], "endpoints": ENDPOINTS}  # fmt: skip
+        "pairs": [(1, 2), (3, 4), (5, 6)],
+        "endpoints": {"hidden": HIDDEN, **MLP_RECIPE}}  # fmt: skip
 QUICK: dict[str, Any] = {
     "pairs": ["shipped"],
     "epochs": 5,
@@ -66,20 +62,6 @@ def row(name: str, study: CurveStudy, path: str, seeds: list[int]) -> dict[str, 
     }
 
 
-def endpoints(pair: Any, config: dict[str, Any]) -> tuple[list[int], StateDict, StateDict]:
-    """The pair's seeds and state dicts: the shipped checkpoints, or trained from seeds."""
-    if pair == "shipped":
-        a, b = (mc.load(ROOT / f"checkpoints/mlp_{n}.pt").state_dict for n in ("a", "b"))
-        return [1, 2], a, b
-    recipe, train_data = config["endpoints"], digits("train")
-
-    def make() -> torch.nn.Module:
-        return mlp(64, recipe["hidden"], 10)
-
-    a, b = (train(make, s, train_data, epochs=recipe["epochs"], lr=recipe["lr"]) for s in pair)
-    return list(pair), a, b
-
-
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     model = mc.resolve_model([mc.load(ROOT / "checkpoints/mlp_a.pt")]).model
@@ -88,7 +70,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     figures: dict[str, Any] = {}
     seeds: list[int] = []
     for index, pair in enumerate(config["pairs"]):
-        pair_seeds, a, b = endpoints(pair, config)
+        pair_seeds, a, b = mlp_pair(pair, HIDDEN)
         seeds += pair_seeds
         fits = {}
         for kind, align in config["runs"]:

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -404,17 +405,49 @@ def _curve_pairs(record: dict[str, Any], path: str) -> list[float]:
             if r["run"] == "bezier" and r["path"] == path]  # fmt: skip
 
 
+SHARPNESS_MEASURES = ("top_eigenvalue", "trace", "plain_sharpness", "adaptive_sharpness")
+
+
 def _sharp(record: dict[str, Any], pair: str, model: str) -> dict[str, Any]:
+    """A model's summary (mean and ``_std`` over the seed pairs) in the sharpness study."""
     return record["results"][pair]["models"][model]
 
 
-def _ratio(record: dict[str, Any], key: str) -> float:
-    a, scaled = _sharp(record, "3x512", "A"), _sharp(record, "3x512", "A rescaled")
-    return (
-        float(scaled[key] / a[key])
-        if key != "top_eigenvalue"
-        else float(scaled["spectrum"]["eigenvalues"][0] / a["spectrum"]["eigenvalues"][0])
-    )
+def _rescaling(record: dict[str, Any]) -> list[float]:
+    """A rescaled / A per 3x512 pair: λ_max mean, sd and per pair; trace and plain sharpness
+    mean and sd; the adaptive ratio farthest from 1."""
+    runs = [r["models"] for r in record["runs"] if r["width"] == "3x512"]
+    ratio = {k: [m["A rescaled"][k] / m["A"][k] for m in runs] for k in SHARPNESS_MEASURES}
+    top, trace, plain = (ratio[k] for k in SHARPNESS_MEASURES[:3])
+    return [statistics.fmean(top), statistics.stdev(top), *top,
+            statistics.fmean(trace), statistics.stdev(trace),
+            statistics.fmean(plain), statistics.stdev(plain),
+            max(ratio["adaptive_sharpness"], key=lambda x: abs(x - 1))]  # fmt: skip
+
+
+def _merged_sharpness(record: dict[str, Any]) -> list[float]:
+    """The merge against its endpoints: smallest merged / sharper endpoint over pairs and
+    measures; mean adaptive of merged and the endpoints' range, per width; fine-tuned
+    counts (flatter than the merge, than the flatter and the sharper endpoint, of all)."""
+    cases = [(r["models"], k) for r in record["runs"] for k in SHARPNESS_MEASURES]
+    tuned = "merged + 2 epochs"
+    out = [min(m["merged"][k] / max(m["A"][k], m["B"][k]) for m, k in cases)]
+    for width in ("3x512", "3x128"):
+        ends = [_sharp(record, width, e)["adaptive_sharpness"] for e in ("A", "B")]
+        out += [_sharp(record, width, "merged")["adaptive_sharpness"], *_range(ends)]
+    return [*out, sum(m[tuned][k] < m["merged"][k] for m, k in cases), len(cases),
+            sum(m[tuned][k] < min(m["A"][k], m["B"][k]) for m, k in cases), len(cases),
+            sum(m[tuned][k] < max(m["A"][k], m["B"][k]) for m, k in cases), len(cases)]  # fmt: skip
+
+
+def _merged_loss(record: dict[str, Any]) -> list[float]:
+    """Merged train loss over the endpoints' (range over pairs), and the mean 3x128 /
+    3x512 adaptive sharpness range over the models both widths have."""
+    loss = [r["models"]["merged"]["loss"] / r["models"][e]["loss"]
+            for r in record["runs"] for e in ("A", "B")]  # fmt: skip
+    wide, narrow = (record["results"][w]["models"] for w in ("3x512", "3x128"))
+    width = [narrow[n]["adaptive_sharpness"] / wide[n]["adaptive_sharpness"] for n in narrow]
+    return [*_range(loss), *_range(width)]
 
 
 def _sym(record: dict[str, Any], family: str) -> dict[str, Any]:
@@ -459,6 +492,7 @@ def _ray(record: dict[str, Any], key: str) -> list[Any]:
 
 SCIENCE = "docs/science.md"
 LAYERWISE, CURVES = "results/science_layerwise.json", "results/science_curves.json"
+SHARPNESS = "results/science_sharpness.json"
 TRANSFORMERS, MERGING = "docs/science/transformers.md", "docs/science/merging.md"
 ARCHITECTURE, RAY = "docs/architecture.md", "results/bench_ray.json"
 SYM_LLAMA = "results/transformers_symmetry.json"
@@ -531,8 +565,7 @@ CHECKS: list[Check] = [
                "examples/science_bn_repair.py"),
     TableCheck(SCIENCE, "4. Curves", CURVES, "examples/science_curves.py",
                report_rows=(0, 1, 3, 4, 5)),
-    TableCheck(SCIENCE, "5. Sharpness", "results/science_sharpness.json",
-               "examples/science_sharpness.py"),
+    TableCheck(SCIENCE, "5. Sharpness", SHARPNESS, "examples/science_sharpness.py"),
     SentenceCheck("README.md", r"aligned barrier falls with width \(([\d.]+) nats at width 16 to "
                   r"([\d.]+) at 128 and ([\d.]+) at 256", "results/science_width.json",
                   lambda r: [_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)]),
@@ -637,10 +670,22 @@ CHECKS: list[Check] = [
                   r"([\d.]+), ([\d.]+) and ([\d.]+) % on the line\); the worst test error on the "
                   r"Bezier curve is ([\d.]+) % ± ([\d.]+) % against ([\d.]+) % ± ([\d.]+) % at the "
                   r"worse endpoint", CURVES, _curve_sentence),
-    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× A's, its trace ([\d.]+)× and its "
-                  r"plain sharpness ([\d.]+)×", "results/science_sharpness.json",
-                  lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
-                             _ratio(r, "plain_sharpness")]),
+    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× ± ([\d.]+) A's \(per pair ([\d.]+), "
+                  r"([\d.]+) and ([\d.]+)×\), its trace ([\d.]+)× ± ([\d.]+) and its plain "
+                  r"sharpness ([\d.]+)× ± ([\d.]+), while its adaptive sharpness is unchanged "
+                  r"\(ratio ([\d.]+) in every pair\)", SHARPNESS, _rescaling),
+    SentenceCheck(SCIENCE, r"\(at least ([\d.]+)× the sharper endpoint; adaptive ([\d.]+) against "
+                  r"([\d.]+)–([\d.]+) on average for 3×512; 3×128: ([\d.]+) against ([\d.]+)–"
+                  r"([\d.]+)\); two epochs of fine-tuning make them flatter than the merge in "
+                  r"(\d+) of (\d+) pair-measures .*? flatter endpoint \((\d+) of (\d+)\) and "
+                  r"flatter than the sharper one in only (\d+) of (\d+);", SHARPNESS,
+                  _merged_sharpness),
+    SentenceCheck(SCIENCE, r"its train loss is ([\d.]+)–([\d.]+)× the endpoints'\).*?the mean "
+                  r"3×128 values are ([\d.]+)–([\d.]+)× larger", SHARPNESS, _merged_loss),
+    SentenceCheck(SCIENCE, r"the eigenvalue ratio depends on the pair, ([\d.]+)–([\d.]+)×",
+                  SHARPNESS, lambda r: _range(_rescaling(r)[2:5])),
+    SentenceCheck("README.md", r"rescaling that multiplies λ_max by ([\d.]+)–([\d.]+)×",
+                  SHARPNESS, lambda r: _range(_rescaling(r)[2:5])),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_LLAMA, BENCH_SYM, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_QK, BENCH_SYM, 1, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_STE, BENCH_SYM, 2, skip=SYM_TIMES),
