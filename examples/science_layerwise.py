@@ -4,9 +4,10 @@ Adilova et al. interpolate one layer at a time (the rest fixed) and find no barr
 along such a path, even between networks whose full interpolation has one; the
 barrier appears only when several layers move together, and interpolating layers
 1..k cumulatively it builds up in the middle of the network. Here: 6-hidden-layer
-MLPs (width 128) on the 8x8 digits; three pairs: different seeds as trained
-(``naive``), the same pair after weight matching (``aligned``), and two runs from
-one initialisation with different batch orders (``same init``).
+MLPs (width 128) on the 8x8 digits; for each of three seed pairs (1, 2), (3, 4), (5, 6)
+three settings: the two seeds as trained (``naive``), the same pair after weight
+matching (``aligned``), and two runs from the first seed's initialisation with the two
+seeds' batch orders (``same init``); mean ± sample standard deviation over the pairs.
 
 Two barrier references are reported (:func:`modeconnect.layerwise_barriers`):
 
@@ -19,7 +20,7 @@ Two barrier references are reported (:func:`modeconnect.layerwise_barriers`):
 and the test accuracy of the models at α = 0.5: layer k averaged (the rest from A),
 and layers 1..k averaged.
 
-Run from the repository root (about 30 s on one core)::
+Run from the repository root (a few minutes on one core)::
 
     python examples/science_layerwise.py --out runs/science/layerwise
 """
@@ -29,15 +30,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from science_common import digits, main, norm_mlp, ordered, table, train
+from science_common import digits, main, norm_mlp, ordered, pm, summarise_pairs, table, train
 
 import modeconnect as mc
 from modeconnect.figures import new_figure
 
-FULL: dict[str, Any] = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05}
-QUICK: dict[str, Any] = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05}
+FULL: dict[str, Any] = {"depth": 6, "width": 128, "epochs": 20, "lr": 0.05,
+                        "pairs": [(1, 2), (3, 4), (5, 6)]}  # fmt: skip
+QUICK: dict[str, Any] = {"depth": 4, "width": 64, "epochs": 8, "lr": 0.05, "pairs": [(1, 2)]}
 ORDER = ["naive", "aligned", "same init"]  # the docs' order of the settings
-PAIRS = {"naive": ((1, 1), (2, 2)), "same init": ((1, 1), (1, 2))}  # (init seed, order seed)
+
+
+def setups(s: int, t: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """The two trained pairs of seed pair ``(s, t)``: ``(init seed, order seed)`` each.
+
+    >>> setups(1, 2)
+    {'naive': ((1, 1), (2, 2)), 'same init': ((1, 1), (1, 2))}
+    """
+    return {"naive": ((s, s), (t, t)), "same init": ((s, s), (s, t))}
 
 
 def layer_rows(result: mc.Study, pair: str) -> list[dict[str, Any]]:
@@ -70,27 +80,40 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     def make() -> torch.nn.Module:
         return norm_mlp([config["width"]] * config["depth"])
 
-    seeds = sorted({s for pair in PAIRS.values() for seed in pair for s in seed})
-    record: dict[str, Any] = {"study": "layerwise", "config": config, "seeds": seeds,
-                              "settings": {}}  # fmt: skip
-    for name, seeds in PAIRS.items():
-        a, b = (
-            train(make, s, train_data, order_seed=o, epochs=config["epochs"], lr=config["lr"])
-            for s, o in seeds
-        )
-        align = "weight" if name == "naive" else None
-        study = mc.barrier_study(make(), a, b, test=test_data, steps=11, layerwise=True,
-                                 align=align)  # fmt: skip
-        for pair in ("naive", "aligned") if align else ("naive",):
-            label = name if pair == "naive" else "aligned"
-            result = getattr(study, pair).test
-            record["settings"][label] = {
-                "full_barrier": result.barriers["lerp"].loss,
-                "a_accuracy": result.endpoints[0].accuracy,
-                "mid_accuracy": result.midpoint.accuracy,
-                "layers": layer_rows(study, pair),
-            }
+    seeds = sorted({s for pair in config["pairs"] for s in pair})
+    runs: list[dict[str, Any]] = []
+    for pair in config["pairs"]:
+        for name, models in setups(*pair).items():
+            a, b = (
+                train(make, s, train_data, order_seed=o, epochs=config["epochs"], lr=config["lr"])
+                for s, o in models
+            )
+            align = "weight" if name == "naive" else None
+            study = mc.barrier_study(make(), a, b, test=test_data, steps=11, layerwise=True,
+                                     align=align)  # fmt: skip
+            for which in ("naive", "aligned") if align else ("naive",):
+                result = getattr(study, which).test
+                runs.append({
+                    "setting": name if which == "naive" else "aligned",
+                    "seeds": list(pair),
+                    "full_barrier": result.barriers["lerp"].loss,
+                    "a_accuracy": result.endpoints[0].accuracy,
+                    "mid_accuracy": result.midpoint.accuracy,
+                    "layers": layer_rows(study, which),
+                })  # fmt: skip
+    record = {"study": "layerwise", "config": config, "seeds": seeds, "runs": runs,
+              "settings": summarise(runs)}  # fmt: skip
     return record, draw(record)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per setting: mean and sample standard deviation over the pairs, per layer too."""
+    settings = {}
+    for head in summarise_pairs(runs, ["setting"]):
+        group = [r for r in runs if r["setting"] == head["setting"]]
+        layers = summarise_pairs([x for r in group for x in r["layers"]], ["layer", "group"])
+        settings[head.pop("setting")] = {**head, "layers": layers}
+    return settings
 
 
 def draw(record: dict[str, Any]) -> dict[str, Any]:
@@ -136,17 +159,19 @@ def panels(
 
 
 def report(record: dict[str, Any]) -> str:
+    """Per setting, mean ± sample standard deviation over the pairs."""
     parts = []
     for label, data in ordered(record["settings"], ORDER):
         parts.append(
-            f"{label}: whole-model barrier {data['full_barrier']:.3f}, test accuracy of A "
-            f"{data['a_accuracy']:.1%}, of the average {data['mid_accuracy']:.1%}"
+            f"{label} ({data['pairs']} pairs): whole-model barrier "
+            f"{pm(data, 'full_barrier', '.3f')}, test accuracy of A "
+            f"{pm(data, 'a_accuracy', '.1%')}, of the average {pm(data, 'mid_accuracy', '.1%')}"
         )
         parts.append(table(
-            [[r["layer"], f"{r['from_a_own']:.3f} / {r['from_b_own']:.3f}",
-              f"{r['from_a_full']:.3f} / {r['from_b_full']:.3f}",
-              f"{r['single_mid_accuracy']:.1%}", f"{r['cumulative_full']:.3f}",
-              f"{r['cumulative_mid_accuracy']:.1%}"]
+            [[r["layer"], f"{pm(r, 'from_a_own', '.3f')} / {pm(r, 'from_b_own', '.3f')}",
+              f"{pm(r, 'from_a_full', '.3f')} / {pm(r, 'from_b_full', '.3f')}",
+              pm(r, "single_mid_accuracy", ".1%"), pm(r, "cumulative_full", ".3f"),
+              pm(r, "cumulative_mid_accuracy", ".1%")]
              for r in data["layers"]],
             ["layer k", "k alone: own ends (rest A / B)", "k alone: vs A and B",
              "acc, k averaged", "1..k: vs A and B", "acc, 1..k averaged"],

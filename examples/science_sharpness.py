@@ -4,15 +4,17 @@ Raw sharpness (the top Hessian eigenvalue, the Hessian trace, worst-case loss
 increase in a Euclidean ball) changes under rescalings that leave a ReLU network's
 function unchanged (Dinh et al. 2017); adaptive sharpness (Kwon et al. 2021,
 ASAM; Andriushchenko et al. 2023) does not. Weight averaging within one basin is
-reported to find flatter points (Izmailov et al. 2018, SWA). Here: the shipped
-pair (``checkpoints/mlp_a.pt``, ``mlp_b.pt``: 3x512 MLPs on the 8x8 digits) and
-the 3x128 pair ``mlp128_1``, ``mlp128_2``; their merge (the midpoint after weight
-matching), the merge after two epochs of fine-tuning (SGD, lr 0.01), and A with its
-first hidden layer rescaled unit by unit (``c ∈ [1/4, 4]`` in, ``1/c`` out: the
-same function); :func:`modeconnect.curvature.sharpness_study`, every measure on the
-training split (Lanczos for the top-3 eigenvalues, Hutchinson with Rademacher
-probes for the trace, adaptive ``ρ = 0.5`` and plain ``ρ = 0.05`` in l2, ten
-ascent steps). Run from the repository root (about a minute on one core)::
+reported to find flatter points (Izmailov et al. 2018, SWA). Here: three seed pairs
+(1, 2), (3, 4), (5, 6) of 3x512 and of 3x128 MLPs on the 8x8 digits, trained with the
+shipped pairs' recipe (``checkpoints/make_checkpoints.py``); per pair their merge (the
+midpoint after weight matching), the merge after two epochs of fine-tuning (SGD, lr
+0.01), and for 3x512 A with its first hidden layer rescaled unit by unit (``c ∈ [1/4,
+4]`` in, ``1/c`` out: the same function); :func:`modeconnect.curvature.sharpness_study`,
+every measure on the training split (Lanczos for the top-3 eigenvalues, Hutchinson with
+Rademacher probes for the trace, adaptive ``ρ = 0.5`` and plain ``ρ = 0.05`` in l2, ten
+ascent steps); mean ± sample standard deviation over the pairs. ``--quick`` measures
+the shipped 3x512 pair (``checkpoints/mlp_a.pt``, ``mlp_b.pt``) with fewer probes.
+Run from the repository root (a few minutes on one core)::
 
     python examples/science_sharpness.py --out runs/science/sharpness
 """
@@ -22,22 +24,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from science_common import ROOT, digits, main, ordered, table
+from science_common import MLP_RECIPE, digits, main, mlp_pair, ordered, pm, summarise_pairs, table
 
 import modeconnect as mc
 from modeconnect.curvature import sharpness_study
 from modeconnect.figures import sharpness_figure
+from modeconnect.models import mlp
 
 FULL: dict[str, Any] = {
-    "pairs": {"3x512": ("mlp_a", "mlp_b"), "3x128": ("mlp128_1", "mlp128_2")},
+    "widths": {"3x512": [512] * 3, "3x128": [128] * 3},
+    "pairs": [(1, 2), (3, 4), (5, 6)],
+    "endpoints": MLP_RECIPE,
     "finetune_epochs": 2,
     "options": {"k": 3, "trace_samples": 50, "ascent_steps": 10, "max_batches": None},
 }
 QUICK: dict[str, Any] = {
-    "pairs": {"3x512": ("mlp_a", "mlp_b")},
+    "widths": {"3x512": [512] * 3},
+    "pairs": ["shipped"],
     "finetune_epochs": 0,
     "options": {"k": 1, "trace_samples": 5, "ascent_steps": 3, "max_batches": 1},
 }
+MEASURES = ["loss", "top_eigenvalue", "trace", "plain_sharpness", "adaptive_sharpness"]
 
 
 def rescaled(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -71,31 +78,43 @@ def finetune(
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def states_of(pair: tuple[str, str], config: dict[str, Any], data: list) -> tuple[Any, dict]:
-    """The model and its states: A, B, A rescaled (3x512), the aligned midpoint, fine-tuned."""
-    a, b = (mc.load(ROOT / f"checkpoints/{name}.pt") for name in pair)
-    model = mc.resolve_model([a, b]).model
-    states = {"A": a.state_dict, "B": b.state_dict}
-    if pair[0] == "mlp_a":
-        states["A rescaled"] = rescaled(a.state_dict)
-    aligned = mc.align(model, a.state_dict, b.state_dict, data=data).aligned
-    states["merged"] = mc.interpolate(a.state_dict, aligned, 0.5)
+def states_of(
+    hidden: list[int], pair: Any, config: dict[str, Any], data: list
+) -> tuple[torch.nn.Module, list[int], dict[str, dict[str, torch.Tensor]]]:
+    """The model, the pair's seeds and its states: A, B, A rescaled (3x512), the aligned
+    midpoint, fine-tuned."""
+    seeds, a, b = mlp_pair(pair, hidden)
+    model = mlp(64, hidden, 10)
+    states = {"A": a, "B": b}
+    if hidden[0] == 512:
+        states["A rescaled"] = rescaled(a)
+    aligned = mc.align(model, a, b, data=data).aligned
+    states["merged"] = mc.interpolate(a, aligned, 0.5)
     if config["finetune_epochs"]:
         tuned = finetune(model, states["merged"], data, config["finetune_epochs"])
         states[f"merged + {config['finetune_epochs']} epochs"] = tuned
-    return model, states
+    return model, seeds, states
 
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     config = QUICK if quick else FULL
     train_data = digits("train")
-    results, figures = {}, {}
-    for label, pair in config["pairs"].items():
-        model, states = states_of(pair, config, train_data)
-        study = sharpness_study(model, states, train_data, seed=0, **config["options"])
-        results[label] = study.to_dict()
-        figures[f"sharpness_{label}"] = sharpness_figure(study)
-    record = {"study": "sharpness", "config": config, "seeds": [0], "results": results}
+    runs, rows, figures, seeds = [], [], {}, set()
+    for label, hidden in config["widths"].items():
+        for pair in config["pairs"]:
+            model, pair_seeds, states = states_of(hidden, pair, config, train_data)
+            seeds.update(pair_seeds)
+            study = sharpness_study(model, states, train_data, seed=0, **config["options"])
+            runs.append({"width": label, "seeds": pair_seeds, **study.to_dict()})
+            rows += [{"width": label, "model": name, **{k: float(m[k]) for k in MEASURES}}
+                     for name, m in runs[-1]["models"].items()]  # fmt: skip
+            if f"sharpness_{label}" not in figures:  # the figures: the first pair
+                figures[f"sharpness_{label}"] = sharpness_figure(study)
+    results: dict[str, Any] = {}
+    for row in summarise_pairs(rows, ["width", "model"]):
+        results.setdefault(row.pop("width"), {"models": {}})["models"][row.pop("model")] = row
+    record = {"study": "sharpness", "config": config, "seeds": sorted(seeds), "probe_seed": 0,
+              "runs": runs, "results": results}  # fmt: skip
     return record, figures
 
 
@@ -103,14 +122,14 @@ MODELS = ["A", "B", "A rescaled", "merged", "merged + 2 epochs"]
 
 
 def report(record: dict[str, Any]) -> str:
+    """Mean ± sample standard deviation over the pairs, per width and model."""
     return table(
-        [[label, name, f"{m['loss']:.5f}",
-          ", ".join(f"{v:.4f}" for v in m["spectrum"]["eigenvalues"]),
-          f"{m['trace']:.3f} ± {m['hutchinson']['std_error']:.3f}", f"{m['plain_sharpness']:.5f}",
-          f"{m['adaptive_sharpness']:.5f}"]
+        [[label, name, m["pairs"], pm(m, "loss", ".5f"), pm(m, "top_eigenvalue", ".4f"),
+          pm(m, "trace", ".3f"), pm(m, "plain_sharpness", ".5f"),
+          pm(m, "adaptive_sharpness", ".5f")]
          for label, result in ordered(record["results"], ["3x512", "3x128"])
          for name, m in ordered(result["models"], MODELS)],
-        ["pair", "model", "train loss", "top eigenvalues", "trace", "plain (ρ=0.05)",
+        ["pair", "model", "pairs", "train loss", "top eigenvalue", "trace", "plain (ρ=0.05)",
          "adaptive (ρ=0.5)"],
     )  # fmt: skip
 

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -250,14 +251,80 @@ def _pct(x: float) -> float:
 
 
 def _layer_head(record: dict[str, Any], label: str) -> list[float]:
+    """Whole-model barrier, A's accuracy and the average's (%), each mean then std."""
     data = record["settings"][label]
-    return [data["full_barrier"], _pct(data["a_accuracy"]), _pct(data["mid_accuracy"])]
+    return [data["full_barrier"], data["full_barrier_std"], _pct(data["a_accuracy"]),
+            _pct(data["a_accuracy_std"]), _pct(data["mid_accuracy"]),
+            _pct(data["mid_accuracy_std"])]  # fmt: skip
+
+
+def _layer_runs(record: dict[str, Any], *settings: str) -> list[dict[str, Any]]:
+    """The per-pair runs of the layer-wise study in ``settings``."""
+    return [r for r in record["runs"] if r["setting"] in settings]
+
+
+def _layer_values(record: dict[str, Any], settings: Sequence[str], *keys: str) -> list[float]:
+    """``keys`` of every layer of every pair in ``settings`` (layer-wise study)."""
+    return [x[k] for r in _layer_runs(record, *settings) for x in r["layers"] for k in keys]
+
+
+def _same_init(record: dict[str, Any]) -> list[float]:
+    """The same-init sentence: own-ends maximum, vs-A-and-B range, accuracy range (%)."""
+    acc = _layer_values(record, ["same init"], "single_mid_accuracy", "cumulative_mid_accuracy")
+    return [max(_layer_values(record, ["same init"], "from_a_own", "from_b_own")),
+            *_range(_layer_values(record, ["same init"], "from_a_full", "from_b_full")),
+            *(_pct(a) for a in _range(acc))]  # fmt: skip
+
+
+def _diverged(record: dict[str, Any]) -> list[float]:
+    """The same-init pair with the largest whole-model barrier: its seeds, its barrier,
+    then the other pairs' barriers in seed order."""
+    runs = _layer_runs(record, "same init")
+    worst = max(runs, key=lambda r: r["full_barrier"])
+    rest = [r["full_barrier"] for r in runs if r is not worst]
+    return [*worst["seeds"], worst["full_barrier"], *rest]
+
+
+def _worst_layer(record: dict[str, Any]) -> list[float]:
+    """The naive single-layer average with the lowest accuracy: layer, pair's seeds, accuracy
+    (%), then the range (%) over every layer and pair."""
+    acc, layer, seeds = min((x["single_mid_accuracy"], x["layer"], r["seeds"])
+                            for r in _layer_runs(record, "naive") for x in r["layers"])  # fmt: skip
+    every = _layer_values(record, ["naive"], "single_mid_accuracy")
+    return [layer, *seeds, _pct(acc), *(_pct(a) for a in _range(every))]
+
+
+def _one_layer(record: dict[str, Any]) -> list[float]:
+    """Own-ends maximum (naive and aligned), the naive mean one-layer accuracy range (%),
+    the naive full average's accuracy (%)."""
+    naive = record["settings"]["naive"]
+    accuracy = _range([x["single_mid_accuracy"] for x in naive["layers"]])
+    return [max(_layer_values(record, ["naive", "aligned"], "from_a_own", "from_b_own")),
+            *(_pct(a) for a in accuracy), _pct(naive["mid_accuracy"])]  # fmt: skip
+
+
+def _curve_sentence(record: dict[str, Any]) -> list[float]:
+    """The curves agreement: mean error barriers (%), per pair, worst error on the curve."""
+    bezier = _curves(record, "bezier", "curve")
+    return [_pct(_curves(record, "bezier", "line")["test_error_barrier"]),
+            _pct(bezier["test_error_barrier"]),
+            _pct(_curves(record, "polychain", "curve")["test_error_barrier"]),
+            math.ceil(max(_curve_pairs(record, "curve"))),
+            *_curve_pairs(record, "curve"), *_curve_pairs(record, "line"),
+            *(_pct(bezier[k]) for k in ("max_test_error", "max_test_error_std",
+              "worst_endpoint_test_error", "worst_endpoint_test_error_std"))]  # fmt: skip
 
 
 def _peak(data: dict[str, Any]) -> list[float]:
     cumulative = [r["cumulative_full"] for r in data["layers"]]
     k = max(range(len(cumulative)), key=cumulative.__getitem__)
     return [cumulative[k], k + 1, len(cumulative), data["full_barrier"]]
+
+
+def _peaks(record: dict[str, Any]) -> list[float]:
+    """The aligned mean cumulative peak, then the peak's layer in each pair."""
+    return [*_peak(record["settings"]["aligned"]),
+            *(_peak(r)[1] for r in _layer_runs(record, "aligned"))]  # fmt: skip
 
 
 def _single(record: dict[str, Any], pair: str) -> list[float]:
@@ -355,21 +422,60 @@ def _range(values: Sequence[float]) -> list[float]:
 
 
 def _curves(record: dict[str, Any], run: str, path: str) -> dict[str, Any]:
-    (row,) = [r for r in record["rows"] if r["run"] == run and r["path"] == path]
+    """The curves study's summary row (mean and ``_std`` over the pairs)."""
+    (row,) = [r for r in record["summary"] if r["run"] == run and r["path"] == path]
     return row
 
 
+def _curve_pairs(record: dict[str, Any], path: str) -> list[float]:
+    """The unaligned Bezier run's test error barrier (%) on ``path``, pair by pair."""
+    return [_pct(r["test_error_barrier"]) for r in record["rows"]
+            if r["run"] == "bezier" and r["path"] == path]  # fmt: skip
+
+
+SHARPNESS_MEASURES = ("top_eigenvalue", "trace", "plain_sharpness", "adaptive_sharpness")
+
+
 def _sharp(record: dict[str, Any], pair: str, model: str) -> dict[str, Any]:
+    """A model's summary (mean and ``_std`` over the seed pairs) in the sharpness study."""
     return record["results"][pair]["models"][model]
 
 
-def _ratio(record: dict[str, Any], key: str) -> float:
-    a, scaled = _sharp(record, "3x512", "A"), _sharp(record, "3x512", "A rescaled")
-    return (
-        float(scaled[key] / a[key])
-        if key != "top_eigenvalue"
-        else float(scaled["spectrum"]["eigenvalues"][0] / a["spectrum"]["eigenvalues"][0])
-    )
+def _rescaling(record: dict[str, Any]) -> list[float]:
+    """A rescaled / A per 3x512 pair: λ_max mean, sd and per pair; trace and plain sharpness
+    mean and sd; the adaptive ratio farthest from 1."""
+    runs = [r["models"] for r in record["runs"] if r["width"] == "3x512"]
+    ratio = {k: [m["A rescaled"][k] / m["A"][k] for m in runs] for k in SHARPNESS_MEASURES}
+    top, trace, plain = (ratio[k] for k in SHARPNESS_MEASURES[:3])
+    return [statistics.fmean(top), statistics.stdev(top), *top,
+            statistics.fmean(trace), statistics.stdev(trace),
+            statistics.fmean(plain), statistics.stdev(plain),
+            max(ratio["adaptive_sharpness"], key=lambda x: abs(x - 1))]  # fmt: skip
+
+
+def _merged_sharpness(record: dict[str, Any]) -> list[float]:
+    """The merge against its endpoints: smallest merged / sharper endpoint over pairs and
+    measures; mean adaptive of merged and the endpoints' range, per width; fine-tuned
+    counts (flatter than the merge, than the flatter and the sharper endpoint, of all)."""
+    cases = [(r["models"], k) for r in record["runs"] for k in SHARPNESS_MEASURES]
+    tuned = "merged + 2 epochs"
+    out = [min(m["merged"][k] / max(m["A"][k], m["B"][k]) for m, k in cases)]
+    for width in ("3x512", "3x128"):
+        ends = [_sharp(record, width, e)["adaptive_sharpness"] for e in ("A", "B")]
+        out += [_sharp(record, width, "merged")["adaptive_sharpness"], *_range(ends)]
+    return [*out, sum(m[tuned][k] < m["merged"][k] for m, k in cases), len(cases),
+            sum(m[tuned][k] < min(m["A"][k], m["B"][k]) for m, k in cases), len(cases),
+            sum(m[tuned][k] < max(m["A"][k], m["B"][k]) for m, k in cases), len(cases)]  # fmt: skip
+
+
+def _merged_loss(record: dict[str, Any]) -> list[float]:
+    """Merged train loss over the endpoints' (range over pairs), and the mean 3x128 /
+    3x512 adaptive sharpness range over the models both widths have."""
+    loss = [r["models"]["merged"]["loss"] / r["models"][e]["loss"]
+            for r in record["runs"] for e in ("A", "B")]  # fmt: skip
+    wide, narrow = (record["results"][w]["models"] for w in ("3x512", "3x128"))
+    width = [narrow[n]["adaptive_sharpness"] / wide[n]["adaptive_sharpness"] for n in narrow]
+    return [*_range(loss), *_range(width)]
 
 
 def _sym(record: dict[str, Any], family: str) -> dict[str, Any]:
@@ -413,6 +519,8 @@ def _ray(record: dict[str, Any], key: str) -> list[Any]:
 
 
 SCIENCE = "docs/science.md"
+LAYERWISE, CURVES = "results/science_layerwise.json", "results/science_curves.json"
+SHARPNESS = "results/science_sharpness.json"
 TRANSFORMERS, MERGING = "docs/science/transformers.md", "docs/science/merging.md"
 ARCHITECTURE, RAY = "docs/architecture.md", "results/bench_ray.json"
 SYM_LLAMA = "results/transformers_symmetry.json"
@@ -451,27 +559,42 @@ MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checke
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
                "examples/science_width.py"),
-    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
-               "examples/science_layerwise.py", 0, 0),
-    TableCheck(SCIENCE, "2. Layer-wise barriers", "results/science_layerwise.json",
-               "examples/science_layerwise.py", 1, 1),
-    SentenceCheck(SCIENCE, r"Naive pair \(whole-model barrier ([\d.]+); A ([\d.]+) %, the average "
-                  r"of all layers ([\d.]+) %\)", "results/science_layerwise.json",
-                  lambda r: _layer_head(r, "naive")),
-    SentenceCheck(SCIENCE, r"Aligned pair \(whole-model barrier ([\d.]+); the average ([\d.]+) %",
-                  "results/science_layerwise.json", lambda r: _layer_head(r, "aligned")[::2]),
-    SentenceCheck(SCIENCE, r"Same initialisation \(whole-model barrier ([\d.]+); the average "
-                  r"([\d.]+) %", "results/science_layerwise.json",
-                  lambda r: _layer_head(r, "same init")[::2]),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", LAYERWISE, "examples/science_layerwise.py", 0, 0),
+    TableCheck(SCIENCE, "2. Layer-wise barriers", LAYERWISE, "examples/science_layerwise.py", 1, 1),
+    SentenceCheck(SCIENCE, r"Naive pairs \(whole-model barrier ([\d.]+) ± ([\d.]+); A ([\d.]+) % ± "
+                  r"([\d.]+) %, the average of all layers ([\d.]+) % ± ([\d.]+) %\)",
+                  LAYERWISE, lambda r: _layer_head(r, "naive")),
+    SentenceCheck(SCIENCE, r"Aligned pairs \(whole-model barrier ([\d.]+) ± ([\d.]+); the average "
+                  r"([\d.]+) % ± ([\d.]+) %", LAYERWISE,
+                  lambda r: [*_layer_head(r, "aligned")[:2], *_layer_head(r, "aligned")[4:]]),
+    SentenceCheck(SCIENCE, r"Same initialisation \(whole-model barrier ([\d.]+) ± ([\d.]+); the "
+                  r"average ([\d.]+) % ± ([\d.]+) %\): every single-layer own-ends barrier is "
+                  r"at most ([\d.]+), single-layer barriers against A and B are "
+                  r"([\d.]+)–([\d.]+), and every averaged model keeps ([\d.]+)–([\d.]+) % accuracy",
+                  LAYERWISE,
+                  lambda r: [*_layer_head(r, "same init")[:2], *_layer_head(r, "same init")[4:],
+                             *_same_init(r)]),
+    SentenceCheck(SCIENCE, r"pair \((\d), (\d)\), whose two batch orders ended in different "
+                  r"basins \(whole-model barrier ([\d.]+) against ([\d.]+) and ([\d.]+) for the "
+                  r"other two\)", LAYERWISE, _diverged),
+    SentenceCheck(SCIENCE, r"own path \(at most ([\d.]+) for every layer of the naive and "
+                  r"aligned pairs.*?averaging one layer of the \*unaligned\* pairs keeps "
+                  r"([\d.]+)–([\d.]+) % accuracy on average where the full average has ([\d.]+) %",
+                  LAYERWISE, _one_layer),
+    SentenceCheck(SCIENCE, r"averaging layer (\d) of pair \((\d), (\d)\) leaves ([\d.]+) %, so "
+                  r"over all layers and pairs the range is ([\d.]+)–([\d.]+) %", LAYERWISE,
+                  _worst_layer),
     SentenceCheck(SCIENCE, r"peaks in the middle \(([\d.]+) nats at layer (\d) of (\d), against "
-                  r"([\d.]+) for the whole model\)", "results/science_layerwise.json",
-                  lambda r: _peak(r["settings"]["aligned"])),
+                  r"([\d.]+) for the whole model; per pair the peak is at layer (\d), (\d) and "
+                  r"(\d)\)", LAYERWISE, _peaks),
+    SentenceCheck(SCIENCE, r"single layers of the unaligned pairs show ([\d.]+)–([\d.]+) nats",
+                  LAYERWISE,
+                  lambda r: _range(_layer_values(r, ["naive"], "from_a_full", "from_b_full"))),
     TableCheck(SCIENCE, "3. BatchNorm reset", "results/science_bn_repair.json",
                "examples/science_bn_repair.py"),
-    TableCheck(SCIENCE, "4. Curves", "results/science_curves.json", "examples/science_curves.py",
+    TableCheck(SCIENCE, "4. Curves", CURVES, "examples/science_curves.py",
                report_rows=(0, 1, 3, 4, 5)),
-    TableCheck(SCIENCE, "5. Sharpness", "results/science_sharpness.json",
-               "examples/science_sharpness.py"),
+    TableCheck(SCIENCE, "5. Sharpness", SHARPNESS, "examples/science_sharpness.py"),
     SentenceCheck("README.md", r"aligned barrier falls with width \(([\d.]+) nats at width 16 to "
                   r"([\d.]+) at 128 and ([\d.]+) at 256", "results/science_width.json",
                   lambda r: [_width(r, w)["aligned_test_loss"] for w in (16, 128, 256)]),
@@ -600,18 +723,31 @@ CHECKS: list[Check] = [
                              _pct(_bn(r, "none")[1]["recovered"]),
                              _pct(_bn(r, "none")[1]["recovered_std"])]),
     SentenceCheck("README.md", r"joins unaligned endpoints with a ([\d.]+) % error barrier against "
-                  r"([\d.]+) % on the line", "results/science_curves.json",
+                  r"([\d.]+) % on the line \(mean of three seed pairs", CURVES,
                   lambda r: [_pct(_curves(r, "bezier", "curve")["test_error_barrier"]),
                              _pct(_curves(r, "bezier", "line")["test_error_barrier"])]),
-    SentenceCheck(SCIENCE, r"test error barrier falls from ([\d.]+) % on the line to "
-                  r"([\d.]+) % \(Bezier\) and ([\d.]+) % \(chain\)", "results/science_curves.json",
-                  lambda r: [_pct(_curves(r, "bezier", "line")["test_error_barrier"]),
-                             _pct(_curves(r, "bezier", "curve")["test_error_barrier"]),
-                             _pct(_curves(r, "polychain", "curve")["test_error_barrier"])]),
-    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× A's, its trace ([\d.]+)× and its "
-                  r"plain sharpness ([\d.]+)×", "results/science_sharpness.json",
-                  lambda r: [_ratio(r, "top_eigenvalue"), _ratio(r, "trace"),
-                             _ratio(r, "plain_sharpness")]),
+    SentenceCheck(SCIENCE, r"mean test error barrier falls from ([\d.]+) % on the line to "
+                  r"([\d.]+) % \(Bezier\) and ([\d.]+) % \(chain\), and on every pair the "
+                  r"Bezier curve's is under (\d) % \(([\d.]+), ([\d.]+) and ([\d.]+) %, against "
+                  r"([\d.]+), ([\d.]+) and ([\d.]+) % on the line\); the worst test error on the "
+                  r"Bezier curve is ([\d.]+) % ± ([\d.]+) % against ([\d.]+) % ± ([\d.]+) % at the "
+                  r"worse endpoint", CURVES, _curve_sentence),
+    SentenceCheck(SCIENCE, r"its top eigenvalue is ([\d.]+)× ± ([\d.]+) A's \(per pair ([\d.]+), "
+                  r"([\d.]+) and ([\d.]+)×\), its trace ([\d.]+)× ± ([\d.]+) and its plain "
+                  r"sharpness ([\d.]+)× ± ([\d.]+), while its adaptive sharpness is unchanged "
+                  r"\(ratio ([\d.]+) in every pair\)", SHARPNESS, _rescaling),
+    SentenceCheck(SCIENCE, r"\(at least ([\d.]+)× the sharper endpoint; adaptive ([\d.]+) against "
+                  r"([\d.]+)–([\d.]+) on average for 3×512; 3×128: ([\d.]+) against ([\d.]+)–"
+                  r"([\d.]+)\); two epochs of fine-tuning make them flatter than the merge in "
+                  r"(\d+) of (\d+) pair-measures .*? flatter endpoint \((\d+) of (\d+)\) and "
+                  r"flatter than the sharper one in only (\d+) of (\d+);", SHARPNESS,
+                  _merged_sharpness),
+    SentenceCheck(SCIENCE, r"its train loss is ([\d.]+)–([\d.]+)× the endpoints'\).*?the mean "
+                  r"3×128 values are ([\d.]+)–([\d.]+)× larger", SHARPNESS, _merged_loss),
+    SentenceCheck(SCIENCE, r"the eigenvalue ratio depends on the pair, ([\d.]+)–([\d.]+)×",
+                  SHARPNESS, lambda r: _range(_rescaling(r)[2:5])),
+    SentenceCheck("README.md", r"rescaling that multiplies λ_max by ([\d.]+)–([\d.]+)×",
+                  SHARPNESS, lambda r: _range(_rescaling(r)[2:5])),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_LLAMA, BENCH_SYM, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_QK, BENCH_SYM, 1, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_STE, BENCH_SYM, 2, skip=SYM_TIMES),
