@@ -156,29 +156,22 @@ def reference_curve(
     return rows
 
 
-def reference_reset_curve(
-    model: nn.Module,
-    a: dict[str, Tensor],
-    b: dict[str, Tensor],
-    train: list[Batch],
-    test: list[Batch],
-    alphas: list[float],
-) -> Rows:
-    """Git Re-Basin's recipe by hand: load, reset BN stats (momentum=None) on train, evaluate."""
-    rows = []
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for alpha in alphas:
-            model.load_state_dict(_lerp_sd(a, b, alpha))
-            model.train()
-            for bn in norms:
-                bn.reset_running_stats()
-                bn.momentum = None
-            for x, _ in train:
-                model(x)
-            model.eval()
-            rows.append(_plain_eval(model, test))
-    return rows
+def _reset_on(train: list[Batch]) -> Callable[[nn.Module, list[Batch]], tuple[float, float]]:
+    """A scoring that first recomputes the loaded model's BatchNorm statistics on ``train``:
+    Git Re-Basin's recipe by hand (reset, momentum=None, one pass over train), then evaluate."""
+
+    def score(model: nn.Module, batches: list[Batch]) -> tuple[float, float]:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        model.train()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+        for x, _ in train:
+            model(x)
+        model.eval()
+        return _plain_eval(model, batches)
+
+    return score
 
 
 def _best_of(repeats: int, *runs: Callable[[], Any]) -> tuple[list[float], list[Any]]:
@@ -273,7 +266,7 @@ def bench_reset(case: Case, alphas: list[float], repeats: int, device: str) -> l
         return example_curves(model_ours, lambda t: correct(path(t), t), alphas, {"test": test})
 
     times, (rows, curves) = _best_of(
-        repeats, lambda: reference_reset_curve(model_ref, a, b, train, test, alphas), ours
+        repeats, lambda: reference_curve(model_ref, a, b, test, alphas, _reset_on(train)), ours
     )
     curve = curves["test"].curve()
     _check_rows(rows, curve.losses, curve.accuracies, case.examples, 1e-4)
