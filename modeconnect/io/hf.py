@@ -655,9 +655,11 @@ def directory_writer(
     for key, name in (names or {}).items():
         if key in tensors:
             by_stored.setdefault(name, key)
-    tensors = {k: tensors[k if k in tensors else by_stored[k]]
-               for k in like.tensors if k in tensors or k in by_stored}  # fmt: skip
-    missing = sorted(k for k in like.tensors if k not in tensors)
+    # stored name -> the key of ``tensors`` that holds it; each tensor is read only when its
+    # shard is written (a lazy view computes it then), so one shard is in memory at a time
+    source = {k: k if k in tensors else by_stored[k]
+              for k in like.tensors if k in tensors or k in by_stored}  # fmt: skip
+    missing = sorted(k for k in like.tensors if k not in source)
     if missing:
         raise ModeconnectError(
             f"{like.path}: the tensors to write lack {missing[:3]} (of {len(missing)}); "
@@ -674,7 +676,7 @@ def directory_writer(
         weight_map: dict[str, str] = {}
         total = 0
         for i, (shard, keys) in enumerate(layout):
-            part = {k: _for_saving(tensors[k], stored[k]) for k in keys}
+            part = {k: _for_saving(tensors[source[k]], stored[k]) for k in keys}
             total += sum(t.numel() * t.element_size() for t in part.values())
             safetensors.torch.save_file(part, str(folder / shard), header)
             _sort_metadata(folder / shard)
