@@ -146,6 +146,8 @@ RUNS: list[Run] = [
         "results/transformers_symmetry_gpt2.json"), 7.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
+    # the merging figures, redrawn from the stored runs (after the merging runs above)
+    Run("merging_figures", ("python", "examples/merging_figures.py"), 0.2),
     Run("bench_ray", ("python", "benchmarks/bench_ray.py", "--repeats", "3", "--out",
         "results/bench_ray.json"), 8.0, long=True),
 ]  # fmt: skip
