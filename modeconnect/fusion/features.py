@@ -96,8 +96,16 @@ def _site_group(obs: Observation) -> str | None:
     return None
 
 
-def _plain(obs: Sequence[Observation]) -> dict[tuple[str, tuple[int, ...]], Observation]:
-    return {(o.node, o.dims): o for o in obs if _site_group(o) is not None}
+def _plain(
+    obs: Sequence[Observation],
+) -> dict[tuple[str, tuple[int, ...]], tuple[str, Observation]]:
+    """The sites whose units show one group (:func:`_site_group`): that group and the site."""
+    found = {}
+    for o in obs:
+        group = _site_group(o)
+        if group is not None:
+            found[(o.node, o.dims)] = (group, o)
+    return found
 
 
 def _features(obs: Observation, x: Tensor) -> Tensor:
@@ -132,11 +140,8 @@ def joint_statistics(
     runners = [GraphRunner(m) for m in models]
     per_model = [_plain(observations(s)) for s in specs]
     wanted: list[tuple[str, tuple[str, tuple[int, ...]]]] = []
-    for site, obs in per_model[0].items():
-        g = _site_group(obs)
-        assert g is not None
-        if all(site in p and _site_group(p[site]) == names[j][g]
-               for j, p in enumerate(per_model)):  # fmt: skip
+    for site, (g, _) in per_model[0].items():
+        if all(site in p and p[site][0] == names[j][g] for j, p in enumerate(per_model)):
             wanted.append((g, site))
     sizes = {
         g: tuple(specs[j].groups[names[j][g]].size for j in range(len(specs))) for g, _ in wanted
@@ -149,7 +154,7 @@ def joint_statistics(
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         outs = [r.run(sd, inputs, nodes) for r, sd in zip(runners, state_dicts, strict=True)]
         for (_, site), mom in zip(wanted, moms, strict=True):
-            units = [_features(per_model[j][site], outs[j][site[0]]) for j in range(len(models))]
+            units = [_features(per_model[j][site][1], outs[j][site[0]]) for j in range(len(models))]
             mom.update(torch.cat(units, dim=1))
         batches += 1
     if batches == 0:

@@ -484,8 +484,8 @@ def classified(
     groups are then left unclassified) (:func:`head_classes`, ``modeconnect spec``)."""
     spec_classes = graph_classified(spec, model, inputs)
     weights = model.state_dict() if state is None else state
-    if any(weights[k].is_meta for k in weights):
-        return spec_classes
+    if state is None and any(t.is_meta for t in weights.values()):
+        return spec_classes  # (a given state is read only where the head checks need it)
     with eval_mode(model), torch.no_grad():
         heads = head_classes(model, spec, tuple(inputs), weights)
     return replace(spec_classes, classes={**spec_classes.classes, **heads})

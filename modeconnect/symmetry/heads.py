@@ -25,7 +25,7 @@ orthogonal polar factor (condition 1), so the guard's float tolerance still hold
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,7 +38,9 @@ StateDict = Mapping[str, torch.Tensor]
 class HeadGroup:
     """A V·O group: per-head maps of ``size`` dims, over ``heads`` heads (group ``over``).
 
-    ``members`` are ``(key, axis, writer)``: whether the axis is an output (a writer).
+    ``members`` are ``(key, axis, writer)``: whether the axis is an output (a writer);
+    ``positions`` each member's places of the group's dims along its axis
+    (:func:`layout_positions`), found once by :func:`head_maps`.
     """
 
     group: str
@@ -46,6 +48,7 @@ class HeadGroup:
     size: int
     members: tuple[tuple[str, int, bool], ...]
     over: str
+    positions: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
 
 def head_maps(spec: PermutationSpec, state: StateDict) -> list[HeadGroup]:
@@ -54,17 +57,20 @@ def head_maps(spec: PermutationSpec, state: StateDict) -> list[HeadGroup]:
     for name, g in spec.groups.items():
         if g.batch_over is None:
             continue
-        members = []
+        members, positions = [], {}
         for m in g.members:
-            if layout_positions(spec.layouts[m.key][m.axis], g.batch_over, name) is None:
+            places = layout_positions(spec.layouts[m.key][m.axis], g.batch_over, name)
+            if places is None:
                 break
             ndim = state[m.key].ndim
             writer = ndim == 1 or m.axis in spec.weight_outputs.get(m.key, ())
             members.append((m.key, m.axis, writer))
+            positions[m.key] = places
         else:
             if any(w for *_, w in members) and not all(w for *_, w in members):
                 heads = spec.groups[g.batch_over].size
-                found.append(HeadGroup(name, heads, g.size, tuple(members), g.batch_over))
+                found.append(HeadGroup(name, heads, g.size, tuple(members), g.batch_over,
+                                       positions))  # fmt: skip
     return found
 
 
@@ -117,13 +123,9 @@ def apply_head_maps(
 
 
 def head_positions(spec: PermutationSpec, group: HeadGroup) -> dict[str, torch.Tensor]:
-    """Each member's places of the group's dims along its axis (:func:`layout_positions`)."""
-    out = {}
-    for key, axis, _ in group.members:
-        found = layout_positions(spec.layouts[key][axis], group.over, group.group)
-        assert found is not None  # head_maps took only such members
-        out[key] = found
-    return out
+    """Each member's places of the group's dims along its axis (:func:`layout_positions`),
+    as :func:`head_maps` found them in ``spec``."""
+    return dict(group.positions)
 
 
 def per_head(t: torch.Tensor, axis: int, positions: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
