@@ -37,6 +37,7 @@ from modeconnect_cli.format import format_barrier
 @o.SEED_OPTION
 @o.BATCH_SIZE
 @o.RAY
+@o.DEVICE
 @o.STUDY_OUTPUTS
 def barrier(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:  # fmt: skip
     """Measure loss and error barriers between checkpoints A and B (naive and aligned)."""

@@ -25,6 +25,7 @@ from modeconnect_cli.format import format_comparison
 @o.SEED_OPTION
 @o.BATCH_SIZE
 @o.RAY
+@o.DEVICE
 @o.JSON
 @o.FORCE
 @o.VERBOSE

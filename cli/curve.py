@@ -40,6 +40,7 @@ from modeconnect_cli.format import format_curve
 @o.LOSS
 @o.output("--bend", "Write the bend as a checkpoint (once per bend, in order).", multiple=True)
 @o.output("--aligned", "Write B aligned to A (with --align).")
+@o.DEVICE
 @o.STUDY_OUTPUTS
 def curve(a: str, b: str, verbose: bool, quiet: bool, **opts: Any) -> None:
     """Train a curve from A to B with fixed endpoints and compare it with the straight line.

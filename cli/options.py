@@ -463,7 +463,8 @@ def names_option(name: str, example: str, help: str) -> Decorator:
 
 DEVICE = click.option(
     "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-    help="Where similarity products and evaluation run (auto: CUDA when available).",
+    help="Where the work runs: similarity products, curve training, evaluation (auto: CUDA "
+         "when available).",
 )  # fmt: skip
 DTYPE = click.option(
     "--dtype", type=click.Choice(EVAL_DTYPES),
@@ -497,7 +498,7 @@ RAY = group(
 """Ray: where independent tasks run (modeconnect.distributed)."""
 EVALUATED_POINTS = group(MAX_BN_BATCHES, POINTS_PER_PASS)
 """How the points of a path or grid are evaluated: batches per BatchNorm reset, points per pass."""
-GRID_STUDY = group(EVALUATED_POINTS, LOSS, BATCH_SIZE, RAY, STUDY_OUTPUTS)
+GRID_STUDY = group(EVALUATED_POINTS, LOSS, BATCH_SIZE, RAY, DEVICE, STUDY_OUTPUTS)
 """How a grid study (plane, landscape) evaluates its points (rows on Ray), and its outputs."""
 
 

@@ -49,6 +49,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               "[default: all]; --max-batches is its 0.2.0 name.")  # fmt: skip
 @o.LOSS
 @o.BATCH_SIZE
+@o.DEVICE
 @o.STUDY_OUTPUTS
 def sharpness(checkpoints: tuple[str, ...], verbose: bool, quiet: bool, **opts: Any) -> None:
     """Sharpness of each checkpoint (and of a merge): eigenvalues, trace, worst cases.

@@ -145,15 +145,16 @@ def barrier_files(
     session = open_session(
         [a_path, b_path], o, class_labels=class_labels, train_labels=class_labels,
         outputs=[("--report", o.report_dir, "report"), ("--json", o.json_path, "json")],
+        place=True,
     )  # fmt: skip
-    (ca, cb), clock = session.checkpoints, session.timings
+    (a, b), clock = session.state_dicts, session.timings
     method = None if o.align in (None, "none") else o.align
     chosen = method_options(method, o.align_options or {})  # no method: no option may be given
     study_align = {**chosen, "permute_output": o.permute_output, "inputs": session.probe,
                    **symmetry_option(o.symmetry, method)}  # fmt: skip
     with clock.phase("study"):
         study = barrier_study(
-            session.model, ca.state_dict, cb.state_dict, test=session.data or [],
+            session.model, a, b, test=session.data or [],
             train=session.train, align=method, align_options=study_align, progress=o.run.progress,
             loss=resolve_loss(o.loss, session) or "ce", alpha_batch=o.run.points_per_pass,
             cluster=cluster, **o.study,

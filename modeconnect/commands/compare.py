@@ -40,12 +40,12 @@ def compare_files(
     o = CompareOptions.build(options, keywords)
     cluster = cluster_from(o.ray, o.workers)
     session = open_session(
-        [a_path, b_path], o, outputs=[("--json", o.json_path, "json")],
+        [a_path, b_path], o, outputs=[("--json", o.json_path, "json")], place=True,
     )  # fmt: skip
-    (ca, cb), clock = session.checkpoints, session.timings
+    (a, b), clock = session.state_dicts, session.timings
     with clock.phase("methods"):
         comparison = compare_methods(
-            session.model, ca.state_dict, cb.state_dict, session.data or [], methods=o.methods,
+            session.model, a, b, session.data or [], methods=o.methods,
             steps=o.steps, seed=o.seed, train=session.train, options=o.method_options,
             inputs=session.probe, permute_output=o.permute_output,
             loss=resolve_loss(None, session), cluster=cluster, symmetries=o.symmetries,

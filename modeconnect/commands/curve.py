@@ -54,12 +54,12 @@ def curve_files(
         train_labels=class_labels,
     )  # fmt: skip
     bn_correction(session.model, o.bn, session.train, where="curve")  # refused before training
-    (ca, cb), train_data, test_data = session.checkpoints, session.train, session.data
+    (a, b), train_data, test_data = session.state_dicts, session.train, session.data
     seeded = {"seed": o.seed} if method is not None else {}  # without a method, none is given
     chosen = method_options(method, {**seeded, **(o.align_options or {})})
     with session.timings.phase("study"):
         study = curve_study(
-            session.model, ca.state_dict, cb.state_dict, train=train_data or [],
+            session.model, a, b, train=train_data or [],
             test=test_data or [], kind=o.curve, bends=o.bends, align=method,
             align_options={**chosen, "permute_output": o.permute_output, "inputs": session.probe,
                            **symmetry_option(o.symmetry, method)},  # fmt: skip

@@ -54,16 +54,14 @@ def plane_files(
     if o.curve is not None:
         get_curve(o.curve, 1)
     session = _open([a_path, b_path, c_path], o, PLANE_PLOTS)
-    ca, cb, cc = session.checkpoints
-    paths: dict[str, PathFn] = {"line": linear_path(ca.state_dict, cb.state_dict)}
+    a, b, c = session.state_dicts
+    paths: dict[str, PathFn] = {"line": linear_path(a, b)}
     if o.curve is not None:
-        _check_bend(cc, cb, o.curve)
-        paths["curve"] = curve_path(
-            get_curve(o.curve, 1), ca.state_dict, [cc.state_dict], cb.state_dict
-        )
+        _check_bend(session.checkpoints[2], session.checkpoints[1], o.curve)
+        paths["curve"] = curve_path(get_curve(o.curve, 1), a, [c], b)
     with session.timings.phase("grid"):
         surface = plane_grid(
-            session.model, ca.state_dict, cb.state_dict, cc.state_dict, session.data or [],
+            session.model, a, b, c, session.data or [],
             resolution=o.resolution, margin=o.margin, names=labels, paths=paths,
             train=session.train, bn=o.bn, loss=resolve_loss(o.loss, session),
             max_bn_batches=o.max_bn_batches, progress=o.run.progress, cluster=cluster,
@@ -92,7 +90,7 @@ def landscape_files(
     if o.dims not in LANDSCAPE_PLOTS:
         raise ModeconnectError(f"landscape: --dims {o.dims!r} is not 1 or 2; pass one of them")
     session = _open([checkpoint], o, LANDSCAPE_PLOTS[o.dims])
-    (ckpt,) = session.checkpoints
+    (state,) = session.state_dicts
     common: dict[str, Any] = {
         "seed": o.seed, "span": o.span, "train": session.train, "bn": o.bn,
         "loss": resolve_loss(o.loss, session),
@@ -103,10 +101,10 @@ def landscape_files(
     with session.timings.phase("grid"):
         if o.dims == 1:
             steps = o.resolution or 51
-            result = slice_1d(session.model, ckpt.state_dict, session.data or [], steps=steps,
+            result = slice_1d(session.model, state, session.data or [], steps=steps,
                               **common)  # fmt: skip
         else:
-            result = surface_2d(session.model, ckpt.state_dict, session.data or [],
+            result = surface_2d(session.model, state, session.data or [],
                                 resolution=o.resolution or 21, **common)  # fmt: skip
     report = _report(
         session, {"checkpoint": str(checkpoint), "dims": o.dims}, result, o.run.command

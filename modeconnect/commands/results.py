@@ -95,7 +95,7 @@ def open_study(
         data = [options.inputs.data, options.inputs.train]
         inputs = input_files(checkpoints, data=data, model=options.sources.model)
         check_report(report, plots, inputs=inputs, force=options.force)
-    return open_session(checkpoints, options, outputs=outputs, **session)
+    return open_session(checkpoints, options, outputs=outputs, place=True, **session)
 
 
 def count_examples(batches: Iterable[Batch]) -> int:

@@ -26,7 +26,7 @@ and context length instead of being run; its probe is a few short sequences.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from modeconnect.choices import INPUT_DTYPES
 from modeconnect.commands.options import Options
+from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.forward import lm_kind
 from modeconnect.io.checkpoints import (
@@ -110,10 +111,38 @@ class Session:
     """How a language model's data were made (``None``: not a language model)."""
     scoring: Any = None
     """The language model's scoring (``CausalLMScoring``, ``MaskedLMScoring``), else ``None``."""
+    placed: tuple[Mapping[str, Tensor], ...] | None = None
+    """The checkpoints' tensors on the session's device (:meth:`on`); ``None``: where they
+    were loaded (the CPU, or on disk)."""
 
     @property
     def state_dicts(self) -> list[Mapping[str, Tensor]]:
+        """The tensors of each checkpoint, on the session's device (:meth:`on`)."""
+        if self.placed is not None:
+            return list(self.placed)
         return [c.state_dict for c in self.checkpoints]
+
+    def on(self, device: str | torch.device | None) -> Session:
+        """This session with the model, the checkpoints' tensors, the data and the probe on
+        ``device`` (a name :func:`~modeconnect.devices.resolve_device` takes); on the CPU,
+        the session itself, unchanged.
+
+        The checkpoints keep their stored tensors (writers copy from them, in their stored
+        dtypes and names); a study reads :attr:`state_dicts`. A lazy checkpoint is read
+        whole onto the device.
+        """
+        where = resolve_device(device)
+        if where.type == "cpu":
+            return self
+        self.model.to(where)
+        return replace(
+            self,
+            placed=tuple({k: v.to(where) for k, v in c.state_dict.items()}
+                         for c in self.checkpoints),
+            probe=tuple(x.to(where) for x in self.probe),
+            data=None if self.data is None else moved_batches(self.data, where, None),
+            train=None if self.train is None else moved_batches(self.train, where, None),
+        )  # fmt: skip
 
     @property
     def lazy(self) -> bool:
@@ -180,6 +209,7 @@ def open_session(
     train_labels: bool = False,
     extra_inputs: Sequence[str | Path | None] = (),
     seed: int = 0,
+    place: bool = False,
 ) -> Session:
     """Check the outputs, load and check everything a command reads (module docstring).
 
@@ -189,10 +219,13 @@ def open_session(
     (a reference checkpoint). ``class_labels`` / ``train_labels``: the labels of
     ``data`` / ``train`` must be class indices (a cross-entropy evaluation); ``seed``:
     of a masked language model's masked positions. The run's ``progress`` hears of the
-    shards read.
+    shards read. ``place``: run on the options' device (:meth:`Session.on`), for the
+    studies that hold the whole models; ``align`` and ``merge`` place what they evaluate
+    point by point themselves, to keep their memory bounded.
     """
     sources, inputs, run = options.sources, options.inputs, options.run
     timings = run.clock()
+    where = resolve_device(run.device) if place else None  # a missing device: before loading
     plan = Outputs.plan(
         outputs,
         inputs=input_files(
@@ -218,8 +251,9 @@ def open_session(
         if first is not None and first.lazy:
             _first_pass(net, first, probe)
         scoring = _scoring(first, language, seed)
-    return Session(loaded.checkpoints, net, arch.ref, dict(arch.kwargs), plan, probe, evaluation,
-                   training, timings, language, scoring)  # fmt: skip
+    session = Session(loaded.checkpoints, net, arch.ref, dict(arch.kwargs), plan, probe,
+                      evaluation, training, timings, language, scoring)  # fmt: skip
+    return session.on(where) if where is not None else session
 
 
 def _first_pass(model: nn.Module, ckpt: Checkpoint, probe: tuple[Tensor, ...]) -> None:
