@@ -203,17 +203,18 @@ def model_builder(
     keywords of a Hugging Face config found once (by building it on the meta device)."""
     from .core import width_groups
 
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     if not (hasattr(config, "to_dict") and hasattr(type(config), "from_dict")):
         return lambda sd: resized_model(model, sd, probe)
-    kwargs = {"config": config.to_dict()}  # type: ignore[union-attr]
+    kwargs = {"config": config.to_dict()}
     free, own, name = width_groups(spec), spec.group_sizes(), type(model).__name__
 
     def built(kw: Mapping[str, Any]) -> nn.Module:
         try:  # a config's own checks raise their own classes (huggingface_hub's, ...)
             settings = type(config).from_dict(dict(kw["config"]))
         except Exception as exc:
-            raise ModeconnectError(f"{type(config).__name__} refuses {exc}") from None
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
+            raise ModeconnectError(f"{type(config).__name__} refuses it ({reason})") from None
         return type(model)(settings)
 
     def on_meta(kw: Mapping[str, Any]) -> nn.Module:
