@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -522,3 +523,46 @@ def test_one_width_leaves_head_counts_unless_they_are_named():
     assert resolve_widths(spec, {"P1": 3})["P1"] == 3
     with pytest.raises(ModeconnectError, match=r"cannot change width \['P2'\]"):
         resolve_widths(spec, {"P2": 3})  # query heads per key/value head keep their number
+
+
+@functools.cache
+def _family_spec(family: str):
+    """A narrow model of :func:`hf_models.padded_pair`'s family, its spec, its config's
+    width slots (found once)."""
+    from hf_models import padded_pair
+
+    from modeconnect.fusion.resize import config_slots
+
+    model = padded_pair(family, layers=1)[0]
+    spec = derive_spec(model, (torch.randint(0, 64, (2, 8)),))
+    found = config_slots(model, spec)
+    assert found is not None
+    return model, spec, *found[:2]
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None)
+@given(family=st.sampled_from(["llama", "gpt2"]), kv=st.integers(1, 5),
+       hidden=st.integers(1, 4), inter=st.integers(1, 70))  # fmt: skip
+def test_state_widths_read_head_counts_and_the_config_takes_them_back(family, kv, hidden, inter):
+    """Any Llama (head dimension 8, 2 query heads per key/value head) or GPT-2 (head
+    dimension 8) built at other widths: ``state_widths`` reads its hidden size, head
+    counts and MLP width from its tensors alone (tied ``lm_head`` included), and the
+    config keywords written for those widths (``fused_kwargs``) are the ones it was built
+    with."""
+    from modeconnect.fusion import state_widths
+    from modeconnect.fusion.slots import fused_kwargs
+
+    model, spec, kwargs, slots = _family_spec(family)
+    # GPT-2: heads × head dimension; Llama: a multiple of its query heads (transformers')
+    hidden = 8 * kv if family == "gpt2" else 2 * kv * hidden
+    names = {"llama": {"hidden_size": hidden, "num_attention_heads": 2 * kv,
+                       "num_key_value_heads": kv, "intermediate_size": inter},
+             "gpt2": {"n_embd": hidden, "n_head": kv, "n_inner": inter}}[family]  # fmt: skip
+    config = type(model.config).from_dict({**kwargs["config"], **names})
+    with torch.device("meta"):
+        other = type(model)(config).state_dict()
+    widths = state_widths(spec, width_groups(spec), other)
+    assert {g: widths[g] for g in ("P0", "P1", "P4")} == {"P0": hidden, "P1": kv, "P4": inter}
+    written = fused_kwargs(kwargs, slots, widths, spec.group_sizes())["config"]
+    assert {k: written[k] for k in names} == names

@@ -203,25 +203,11 @@ def model_builder(
     keywords of a Hugging Face config found once (by building it on the meta device)."""
     from .core import width_groups
 
-    config: Any = getattr(model, "config", None)
-    if not (hasattr(config, "to_dict") and hasattr(type(config), "from_dict")):
+    found = config_slots(model, spec)
+    if found is None:
         return lambda sd: resized_model(model, sd, probe)
-    kwargs = {"config": config.to_dict()}
+    kwargs, slots, built = found
     free, own, name = width_groups(spec), spec.group_sizes(), type(model).__name__
-
-    def built(kw: Mapping[str, Any]) -> nn.Module:
-        try:  # a config's own checks raise their own classes (huggingface_hub's, ...)
-            settings = type(config).from_dict(dict(kw["config"]))
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
-            raise ModeconnectError(f"{type(config).__name__} refuses it ({reason})") from None
-        return type(model)(settings)
-
-    def on_meta(kw: Mapping[str, Any]) -> nn.Module:
-        with torch.device("meta"):
-            return built(kw)
-
-    slots = width_slots(on_meta, kwargs, spec)
 
     def build(sd: Mapping[str, Tensor]) -> nn.Module:
         widths = state_widths(spec, free, sd)
@@ -239,3 +225,28 @@ def model_builder(
         return out.train(model.training)
 
     return build
+
+
+def config_slots(model: nn.Module, spec: PermutationSpec) -> tuple[Any, Any, Any] | None:
+    """For a Hugging Face model (one with a ``config``): its keywords ``{"config": dict}``,
+    their width slots (:func:`~modeconnect.fusion.slots.width_slots`, ``spec`` being
+    ``model``'s) and ``built(keywords)``, the model built from such keywords (a config
+    that refuses them raises one line). ``None`` for any other model."""
+    config: Any = getattr(model, "config", None)
+    if not (hasattr(config, "to_dict") and hasattr(type(config), "from_dict")):
+        return None
+    kwargs = {"config": config.to_dict()}
+
+    def built(kw: Mapping[str, Any]) -> nn.Module:
+        try:  # a config's own checks raise their own classes (huggingface_hub's, ...)
+            settings = type(config).from_dict(dict(kw["config"]))
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
+            raise ModeconnectError(f"{type(config).__name__} refuses it ({reason})") from None
+        return type(model)(settings)
+
+    def on_meta(kw: Mapping[str, Any]) -> nn.Module:
+        with torch.device("meta"):
+            return built(kw)
+
+    return kwargs, width_slots(on_meta, kwargs, spec), built
