@@ -5,7 +5,8 @@
 * ``merging_width_fusion.png``: the same for the width-fusion study;
 * ``merging_n_way.png``: the same for the four-model merges;
 * ``merging_lm_width.png``: held-out perplexity of the tiny Llamas of two widths, their
-  ensemble and their fusions.
+  ensemble and their fusions, mean ± standard deviation over the seed triples, and each
+  triple's value.
 
 (``merging_compression.png`` is drawn by ``examples/science_merging.py`` itself.)
 
@@ -73,14 +74,29 @@ def _accuracy_figure(panels: list[tuple[str, dict[str, Any]]], title: str, path:
     plt.close(fig)
 
 
+def lm_bars(found: dict[str, Any]) -> list[tuple[str, float, float, list[float]]]:
+    """Each row of the LM width-fusion run, lowest mean perplexity first: its name, mean,
+    sample standard deviation over the seed triples, and each triple's perplexity."""
+    runs = found.get("runs", [])
+    rows = [
+        (name, r["perplexity"], r.get("perplexity_std", 0.0),
+         [x["perplexity"] for x in runs if x["row"] == name])
+        for name, r in found["rows"].items()
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: row[1])
+
+
 def _lm_figure(found: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    rows = sorted(found["rows"].items(), key=lambda kv: kv[1]["perplexity"])
+    bars = lm_bars(found)[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax.barh([name for name, _ in rows][::-1], [r["perplexity"] for _, r in rows][::-1],
-            color="#dd8452")  # fmt: skip
-    ax.set_xlabel("held-out perplexity (lower is better)")
+    names = [name for name, *_ in bars]
+    ax.barh(names, [m for _, m, _, _ in bars], xerr=[sd for _, _, sd, _ in bars],
+            color="#dd8452", capsize=3)  # fmt: skip
+    for y, (_, _, _, each) in enumerate(bars):
+        ax.plot(each, [y] * len(each), "k.", markersize=4)
+    ax.set_xlabel("held-out perplexity (lower is better); mean ± sd, dots: each seed triple")
     ax.set_title("Tiny Llamas of two widths: parents, ensemble, fusions")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()

@@ -9,6 +9,9 @@ Three ``LlamaForCausalLM`` models (2 layers, head dimension 16, AdamW on random
 * B: hidden size 96, 6 heads, MLP width 256 (every width 1.5× A's);
 * C: A's shape, another seed (the same-width reference, where a plain average exists).
 
+Three such triples are trained, from seeds (0, 1, 2), (3, 4, 5) and (6, 7, 8): every row
+is the mean ± sample standard deviation (n − 1) over the three of them.
+
 A and B are fused with ``modeconnect.fusion.fuse`` at A's widths and at B's (the
 residual stream, the heads and the MLPs all change width together), by OT fusion
 (soft) and ZipIt!, from the activations of 16 training windows. Each model is scored by
@@ -34,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from science_common import pm, summarise_pairs, table  # noqa: E402
 from tiny_lms import CONTEXT, VOCAB, corpus, tokenizer  # noqa: E402
 from tiny_lms import train as train_lm  # noqa: E402
 
@@ -42,7 +46,9 @@ from modeconnect.provenance import write_result  # noqa: E402
 
 HEAD_DIM = 16
 SHAPES = {"A": (64, 176, 0), "B": (96, 256, 1), "C": (64, 176, 2)}
-"""Each model's hidden size, MLP width and seed."""
+"""Each model's hidden size, MLP width and seed (of the first triple)."""
+TRIPLES = ((0, 1, 2), (3, 4, 5), (6, 7, 8))
+"""The seeds of A, B and C in each of the three runs."""
 
 
 def llama(hidden: int, inter: int, seed: int = 0) -> torch.nn.Module:
@@ -87,8 +93,14 @@ def fused_model(sd: dict[str, torch.Tensor], hidden: int, inter: int) -> torch.n
     return net
 
 
-def run(steps: int, heldout_batches: int, cache: Path | None = None) -> dict[str, Any]:
-    """Train (or read from ``cache``) the three models, fuse them, score every row."""
+def run(
+    steps: int,
+    heldout_batches: int,
+    cache: Path | None = None,
+    triples: tuple[tuple[int, int, int], ...] = TRIPLES,
+) -> dict[str, Any]:
+    """Train (or read from ``cache``) each triple's three models, fuse them, score every
+    row; the rows are the mean ± sample standard deviation over the triples."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     text, held = corpus(3_000_000)
@@ -96,25 +108,66 @@ def run(steps: int, heldout_batches: int, cache: Path | None = None) -> dict[str
         tok = tokenizer(text, Path(folder))
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     test = blocks(torch.tensor(tok(held)["input_ids"], dtype=torch.long), heldout_batches)
-    nets, sds = {}, {}
-    for name, (hidden, inter, seed) in SHAPES.items():
-        nets[name] = llama(hidden, inter, seed)
-        stored = cache / f"{name}_{steps}.pt" if cache is not None else None
-        if stored is not None and stored.exists():
-            nets[name].load_state_dict(torch.load(stored, weights_only=True))
-        else:
-            train_lm(nets[name], ids, seed, steps, batch=16)
-            if stored is not None:
-                stored.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(nets[name].state_dict(), stored)
-        nets[name].eval()
-        sds[name] = {k: v.detach().clone() for k, v in nets[name].state_dict().items()}
-        print(f"trained {name} ({hidden}, {inter})", flush=True)
-    trained = time.perf_counter() - started
     gen = torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(ids) - CONTEXT, (16 * 4,), generator=gen).tolist()
     windows = torch.stack([ids[s : s + CONTEXT] for s in starts])
     stats = [(w, w) for w in windows.split(4)]
+    runs, trained = [], 0.0
+    for seeds in triples:
+        begin = time.perf_counter()
+        nets = {name: trained_llama(name, seed, ids, steps, cache)
+                for name, seed in zip(SHAPES, seeds, strict=True)}  # fmt: skip
+        trained += time.perf_counter() - begin
+        rows = triple_rows(nets, test, stats)
+        runs += [{"seeds": list(seeds), "row": name, **row} for name, row in rows.items()]
+    summary = {r.pop("row"): r for r in summarise_pairs(runs, ["row"])}
+    return {
+        "rows": summary,
+        "runs": runs,
+        "triples": [list(t) for t in triples],
+        "shapes": {
+            n: {
+                "hidden_size": h,
+                "intermediate_size": i,
+                "heads": h // HEAD_DIM,
+                "head_dim": HEAD_DIM,
+                "seeds": [t[j] for t in triples],
+            }
+            for j, (n, (h, i, _)) in enumerate(SHAPES.items())
+        },  # fmt: skip
+        "training_steps": steps,
+        "heldout_tokens": sum(x.numel() for x in test),
+        "statistics_windows": len(windows),
+        "train_seconds": trained,
+        "total_seconds": time.perf_counter() - started,
+        "equivalence_guard": "not applicable: each fused model is the evaluated object",
+    }
+
+
+def trained_llama(
+    name: str, seed: int, ids: torch.Tensor, steps: int, cache: Path | None
+) -> torch.nn.Module:
+    """Model ``name``'s shape trained from ``seed`` (or read from ``cache``), in eval mode."""
+    hidden, inter, _ = SHAPES[name]
+    net = llama(hidden, inter, seed)
+    stored = cache / f"{name}_{seed}_{steps}.pt" if cache is not None else None
+    if stored is not None and stored.exists():
+        net.load_state_dict(torch.load(stored, weights_only=True))
+    else:
+        train_lm(net, ids, seed, steps, batch=16)
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), stored)
+    print(f"trained {name} ({hidden}, {inter}) from seed {seed}", flush=True)
+    return net.eval()
+
+
+def triple_rows(
+    nets: dict[str, torch.nn.Module], test: list[torch.Tensor], stats: list[Any]
+) -> dict[str, dict[str, float]]:
+    """Every row of the table for one triple A, B, C."""
+    sds = {n: {k: v.detach().clone() for k, v in net.state_dict().items()}
+           for n, net in nets.items()}  # fmt: skip
     logp = {name: log_probs(net, test) for name, net in nets.items()}
     rows: dict[str, dict[str, float]] = {n: scored(logp[n]) for n in SHAPES}
 
@@ -141,25 +194,7 @@ def run(steps: int, heldout_batches: int, cache: Path | None = None) -> dict[str
     for method in ("otfusion", "zip"):
         out = fuse([nets["A"], nets["C"]], [sds["A"], sds["C"]], data=stats, method=method)
         rows[f"A+C {method}"] = scored(log_probs(fused_model(out.state_dict, hidden, inter), test))
-    return {
-        "rows": rows,
-        "shapes": {
-            n: {
-                "hidden_size": h,
-                "intermediate_size": i,
-                "seed": s,
-                "heads": h // HEAD_DIM,
-                "head_dim": HEAD_DIM,
-            }
-            for n, (h, i, s) in SHAPES.items()
-        },  # fmt: skip
-        "training_steps": steps,
-        "heldout_tokens": sum(x.numel() for x in test),
-        "statistics_windows": len(windows),
-        "train_seconds": trained,
-        "total_seconds": time.perf_counter() - started,
-        "equivalence_guard": "not applicable: each fused model is the evaluated object",
-    }
+    return rows
 
 
 ROWS = (
@@ -173,10 +208,11 @@ ROWS = (
 def report(numbers: dict[str, Any]) -> str:
     """The table of docs/science/merging.md's LM width-fusion section (stored result)."""
     rows = numbers["rows"]
-    lines = ["| model | loss (nats/token) | perplexity |", "|---|---|---|"]
-    for name in ROWS:
-        lines.append(f"| {name} | {rows[name]['loss']:.3f} | {rows[name]['perplexity']:.1f} |")
-    return "\n".join(lines)
+    return table(
+        [[name, pm(rows[name], "loss", ".3f"), pm(rows[name], "perplexity", ".1f")]
+         for name in ROWS],
+        ["model", "loss (nats/token)", "perplexity"],
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -186,10 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache", type=Path, help="keep the trained models here and reuse them")
     args = parser.parse_args(argv)
     steps, batches = (20, 2) if args.quick else (400, 12)
-    numbers = run(steps, batches, args.cache)
+    numbers = run(steps, batches, args.cache, TRIPLES[:1] if args.quick else TRIPLES)
     print(report(numbers))
     if not args.quick:
-        write_result(args.out / "merging_lm_width.json", numbers, seeds=[0, 1, 2],
+        write_result(args.out / "merging_lm_width.json", numbers, seeds=list(range(9)),
                      command=["python", "examples/science_merging_lm_width.py", "--out",
                               str(args.out)])  # fmt: skip
     return numbers

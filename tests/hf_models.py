@@ -103,3 +103,78 @@ def edit_config(path: Path, **changes: object) -> None:
 def files(path: Path) -> dict[str, bytes]:
     """Every file of a directory, by name, with its bytes."""
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+NARROW, WIDE = (32, 4, 2, 24), (48, 6, 3, 40)
+"""Hidden size, heads, key/value heads (Llama) and MLP width of :func:`padded_pair`'s two
+models: every width 1.5 times, heads of dimension 8."""
+
+
+def _family(family: str, widths: tuple[int, int, int, int], eps: float, layers: int) -> nn.Module:
+    import transformers
+
+    hidden, heads, kv, inter = widths
+    if family == "gpt2":
+        config: object = transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=hidden, n_head=heads, n_layer=layers, n_positions=16,
+            n_inner=inter, layer_norm_epsilon=eps,
+        )  # fmt: skip
+        return transformers.GPT2LMHeadModel(config).eval()
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=8, rms_norm_eps=eps,
+        max_position_embeddings=16,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _pad(t: torch.Tensor, shape: torch.Size, blocks: int = 1) -> torch.Tensor:
+    """``t`` in the first entries of every axis of zeros of ``shape``; the last axis in
+    ``blocks`` equal blocks each padded alone (GPT-2's query, key and value in ``c_attn``)."""
+    if blocks > 1:
+        parts = t.chunk(blocks, -1)
+        wide = (*shape[:-1], shape[-1] // blocks)
+        return torch.cat([_pad(p, torch.Size(wide)) for p in parts], -1)
+    out = torch.zeros(shape, dtype=t.dtype)
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+def padded_pair(
+    family: str, seed: int = 0, layers: int = 1, centred: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """A narrow model of :data:`NARROW`'s widths (``"llama"`` or ``"gpt2"``, random weights)
+    and a wider copy of :data:`WIDE`'s that computes its function: the narrow tensors in
+    the first units of every axis (each query/key/value block of GPT-2's ``c_attn`` apart),
+    zeros elsewhere (dead units, and dead heads: zero queries, keys and values give zero
+    outputs), norm scales times sqrt(32/48) and eps times 32/48 (a norm averages over
+    the dead units too). GPT-2's LayerNorm also subtracts the mean over the hidden units,
+    which the dead ones would move: the narrow GPT-2's residual writers (``wte``, ``wpe``
+    and both ``c_proj``) are centred over the hidden units (``centred``), so its residual
+    stream has mean zero at every layer, and zeros appended keep it so."""
+    gen = torch.Generator().manual_seed(seed)
+    small = _family(family, NARROW, 1e-5, layers)
+    wide = _family(family, WIDE, 1e-5 * NARROW[0] / WIDE[0], layers)
+    norm = ("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")
+    a = {}
+    for key, value in small.state_dict().items():
+        t = torch.randn(value.shape, generator=gen) * 0.3
+        a[key] = t.abs() + 0.5 if key.endswith(norm) else t
+    if family == "gpt2":
+        a["lm_head.weight"] = a["transformer.wte.weight"]  # tied
+        if centred:
+            for key in a:
+                if key.endswith(("wte.weight", "wpe.weight", "c_proj.bias")) or (
+                    key.endswith("c_proj.weight") and a[key].shape[-1] == NARROW[0]
+                ):
+                    a[key] = a[key] - a[key].mean(-1, keepdim=True)
+            a["lm_head.weight"] = a["transformer.wte.weight"]
+    scale, shapes = (NARROW[0] / WIDE[0]) ** 0.5, wide.state_dict()
+    b = {
+        k: _pad(v, shapes[k].shape, 3 if k.endswith(("c_attn.weight", "c_attn.bias")) else 1)
+        * (scale if k.endswith(norm) else 1.0)
+        for k, v in a.items()
+    }
+    small.load_state_dict(a)
+    wide.load_state_dict(b)
+    return small, wide

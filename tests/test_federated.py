@@ -102,3 +102,67 @@ def test_num_examples_are_checked(spec):
         aligned_fedavg(
             small_net(), [small_state(0), small_state(1)], [1, -3], reference=None, spec=spec
         )
+
+
+# --------------------------------------------------------------------------- across widths
+
+
+def _loads_back(model: torch.nn.Module, tmp_path) -> torch.nn.Module:
+    """``model`` written with ``save_pretrained`` and read with ``from_pretrained``."""
+    model.save_pretrained(tmp_path)
+    return type(model).from_pretrained(tmp_path).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_clients_of_other_hidden_sizes_and_head_counts_fuse_into_a_model_that_loads_back(
+    family, tmp_path
+):
+    """Two Hugging Face clients, hidden 32 with 4 heads and hidden 48 with 6 (Llama: 2
+    and 3 key/value heads), MLP 24 and 40, the wide one a zero-padded copy of the narrow
+    one: fused at the narrow widths they give the narrow model. ``rebuilt_model`` writes
+    each state dict's widths into the config (the fusion's, and the wide client's), and
+    the model saves and loads back holding those tensors."""
+    from hf_models import NARROW, WIDE, padded_pair
+
+    from modeconnect.fusion import fused_fedavg, rebuilt_model
+
+    small, wide = padded_pair(family)
+    a, b = small.state_dict(), wide.state_dict()
+    x = torch.randint(0, 64, (8, 12))
+    out = fused_fedavg([small, wide], [a, b], [3, 1], data=[(x, x)])
+    names = ["hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size"]
+    if family == "gpt2":
+        names = ["n_embd", "n_head", "", "n_inner"]
+    for sd, widths in ((out.state_dict, NARROW), (b, WIDE)):
+        back = _loads_back(rebuilt_model(small, sd, (x[:2],), out.spec), tmp_path / str(widths))
+        config = back.config.to_dict()
+        assert [config[k] for k in names if k] == [w for w, k in zip(widths, names) if k]
+        assert_close(back.state_dict(), dict(sd), atol=0, rtol=0)
+        if widths == NARROW:
+            with torch.no_grad():
+                assert_close(back(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+    assert small.config.to_dict()[names[0]] == NARROW[0]  # the model given is left alone
+
+
+def test_a_config_that_cannot_hold_the_widths_is_one_line():
+    """A GPT-2 without ``n_inner`` (the MLP is 4 × n_embd) cannot be rebuilt with an MLP of
+    another width: refused in one line naming the keywords and the widths."""
+    transformers = pytest.importorskip("transformers")
+    from modeconnect.fusion import rebuilt_model
+
+    def gpt2(inner):
+        config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_head=2, n_layer=1,
+                                         n_positions=16, n_inner=inner)  # fmt: skip
+        return transformers.GPT2LMHeadModel(config).eval()
+
+    x = torch.randint(0, 64, (2, 8))
+    base = gpt2(None)
+    spec = derive_spec(base, (x,))
+    with pytest.raises(ModeconnectError) as err:
+        rebuilt_model(base, gpt2(40).state_dict(), (x,), spec)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        "model keyword config.n_embd+config.n_head sets the width of groups ['P0', 'P1', "
+        "'P4'] together, but they change by different ratios (P0 16->16, P1 2->2, P4 64->40)"
+    )

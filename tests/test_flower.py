@@ -364,6 +364,37 @@ def test_zero_padded_clients_aggregate_back_to_the_model():
     assert calls == [10, 14, 11, 10]  # three clients, then the global model
 
 
+@pytest.mark.slow
+def test_llama_clients_of_other_head_counts_aggregate_into_a_global_model_that_loads_back(
+    tmp_path,
+):
+    """Llama clients of hidden 32 (4 query / 2 key-value heads, MLP 24) and 48 (6 / 3, MLP
+    40; a zero-padded copy of the first) are accepted by the strategy: at the global
+    widths they aggregate back to the first; at the widest, the global model grows, and
+    its config (hidden size, both head counts, MLP width) is rewritten, so
+    ``save_pretrained`` / ``from_pretrained`` give back the aggregated arrays."""
+    from hf_models import NARROW, WIDE, padded_pair
+
+    small, wide = padded_pair("llama")
+    a, b = small.state_dict(), wide.state_dict()
+    x = torch.randint(0, 64, (8, 12))
+    replies = [_reply(1, a, 30, a), _reply(2, b, 10, a)]
+    for policy, widths in (("global", NARROW), ("widest", WIDE)):
+        strategy = AlignedFedAvg(small, widths=policy, fusion_options={"data": [(x, x)]})
+        arrays, _ = strategy.aggregate_train(1, replies)
+        got = arrays.to_torch_state_dict()
+        config = strategy.model.config
+        assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                config.intermediate_size) == widths  # fmt: skip
+        strategy.model.save_pretrained(tmp_path / policy)
+        back = type(small).from_pretrained(tmp_path / policy).eval()
+        assert_close(back.state_dict(), got, atol=0, rtol=0)
+        if policy == "global":
+            with torch.no_grad():
+                assert_close(back(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+    assert small.config.hidden_size == NARROW[0]  # the model given is left alone
+
+
 def test_client_of_another_family_is_left_out_with_one_line(flwr_log):
     sd = _live_state(0)
     other = _seeded([10, 12], 3)

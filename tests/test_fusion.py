@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -415,6 +416,25 @@ def _llama(transformers, hidden: int, heads: int, kv: int, inter: int, eps: floa
     return transformers.LlamaForCausalLM(config).eval()
 
 
+def _fuses_back(family: str, layers: int, widths: dict[str, int]) -> None:
+    """:func:`hf_models.padded_pair`'s wider copy computes the narrow model; fused with it
+    at the narrow widths by OT fusion, in either order, it gives the narrow model back."""
+    from hf_models import padded_pair
+
+    small, wide = padded_pair(family, layers=layers)
+    a, b = small.state_dict(), wide.state_dict()
+    x = torch.randint(0, 64, (8, 12))
+    with torch.no_grad():
+        want = small(x).logits
+        assert_close(wide(x).logits, want, atol=1e-5, rtol=1e-5)
+    assert width_groups(derive_spec(small, (x[:2],))) == tuple(widths)  # residual, heads, MLPs
+    for models, sds in (([small, wide], [a, b]), ([wide, small], [b, a])):
+        out = fuse(models, sds, data=[(x, x)], widths=widths)
+        assert {g: out.widths[g] for g in widths} == widths
+        with torch.no_grad():
+            assert_close(_outputs(small, out.state_dict, x).logits, want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back():
     """A Llama (hidden 32, 4 query / 2 key-value heads of 8, MLP 24) and a wider copy
@@ -422,28 +442,27 @@ def test_llama_zero_padded_in_hidden_size_heads_and_mlp_fuses_back():
     head's value rows are zero (a dead head, with its two query heads: GQA ties them),
     its norm scales are divided by sqrt(48/32) and its eps by 48/32, so it computes the
     model. Fused at the model's widths, in either order, it gives the model back."""
-    transformers = pytest.importorskip("transformers")
-    small = _llama(transformers, 32, 4, 2, 24, 1e-5)
-    wide = _llama(transformers, 48, 6, 3, 40, 1e-5 * 32 / 48)
-    a = _state(small, 0)
-    a = {k: v.abs() + 0.5 if k.endswith("norm.weight") else 0.6 * v for k, v in a.items()}
-    b = _padded(a, wide.state_dict(), [])
-    b = {k: v * (32 / 48) ** 0.5 if k.endswith("norm.weight") else v for k, v in b.items()}
-    x = torch.randint(0, 64, (8, 12))
+    pytest.importorskip("transformers")
+    _fuses_back("llama", 2, {"P0": 32, "P1": 2, "P4": 24, "P5": 2, "P8": 24})
+
+
+@pytest.mark.slow
+def test_gpt2_zero_padded_in_hidden_size_heads_and_mlp_fuses_back():
+    """GPT-2's LayerNorm subtracts the mean over the hidden units: zeros appended to the
+    residual stream move it, so a zero-padded wider GPT-2 is another function (here
+    logits off by more than 0.1). The exact statement: a GPT-2 whose residual writers are
+    centred (its residual stream has mean zero; centring them changes no function that
+    reads the stream through LayerNorm) has a zero-padded wider copy (hidden 48, 6 heads,
+    MLP 40; scales times sqrt(32/48), eps times 32/48) that computes it, and fusing the
+    two at its widths gives it back, in either order."""
+    from hf_models import padded_pair
+
+    pytest.importorskip("transformers")
+    small, wide = padded_pair("gpt2", centred=False)
+    x = torch.randint(0, 64, (4, 12))
     with torch.no_grad():
-        wide.load_state_dict(b)
-        small.load_state_dict(a)
-        assert_close(wide(x).logits, small(x).logits, atol=1e-5, rtol=1e-5)
-    spec = derive_spec(small, (x[:2],))
-    assert width_groups(spec) == ("P0", "P1", "P4", "P5", "P8")  # residual, heads, MLPs
-    for models, sds in (([small, wide], [a, b]), ([wide, small], [b, a])):
-        widths = {"P0": 32, "P1": 2, "P4": 24, "P5": 2, "P8": 24}
-        out = fuse(models, sds, data=[(x, x)], widths=widths)
-        assert {g: out.widths[g] for g in widths} == widths
-        fused = _llama(transformers, 32, 4, 2, 24, 1e-5)
-        fused.load_state_dict(out.state_dict)
-        with torch.no_grad():
-            assert_close(fused(x).logits, small(x).logits, atol=1e-4, rtol=1e-4)
+        assert (wide(x).logits - small(x).logits).abs().max() > 0.1
+    _fuses_back("gpt2", 1, {"P0": 32, "P1": 4, "P4": 24})
 
 
 @pytest.mark.slow
@@ -504,3 +523,46 @@ def test_one_width_leaves_head_counts_unless_they_are_named():
     assert resolve_widths(spec, {"P1": 3})["P1"] == 3
     with pytest.raises(ModeconnectError, match=r"cannot change width \['P2'\]"):
         resolve_widths(spec, {"P2": 3})  # query heads per key/value head keep their number
+
+
+@functools.cache
+def _family_spec(family: str):
+    """A narrow model of :func:`hf_models.padded_pair`'s family, its spec, its config's
+    width slots (found once)."""
+    from hf_models import padded_pair
+
+    from modeconnect.fusion.resize import config_slots
+
+    model = padded_pair(family, layers=1)[0]
+    spec = derive_spec(model, (torch.randint(0, 64, (2, 8)),))
+    found = config_slots(model, spec)
+    assert found is not None
+    return model, spec, *found[:2]
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None)
+@given(family=st.sampled_from(["llama", "gpt2"]), kv=st.integers(1, 5),
+       hidden=st.integers(1, 4), inter=st.integers(1, 70))  # fmt: skip
+def test_state_widths_read_head_counts_and_the_config_takes_them_back(family, kv, hidden, inter):
+    """Any Llama (head dimension 8, 2 query heads per key/value head) or GPT-2 (head
+    dimension 8) built at other widths: ``state_widths`` reads its hidden size, head
+    counts and MLP width from its tensors alone (tied ``lm_head`` included), and the
+    config keywords written for those widths (``fused_kwargs``) are the ones it was built
+    with."""
+    from modeconnect.fusion import state_widths
+    from modeconnect.fusion.slots import fused_kwargs
+
+    model, spec, kwargs, slots = _family_spec(family)
+    # GPT-2: heads × head dimension; Llama: a multiple of its query heads (transformers')
+    hidden = 8 * kv if family == "gpt2" else 2 * kv * hidden
+    names = {"llama": {"hidden_size": hidden, "num_attention_heads": 2 * kv,
+                       "num_key_value_heads": kv, "intermediate_size": inter},
+             "gpt2": {"n_embd": hidden, "n_head": kv, "n_inner": inter}}[family]  # fmt: skip
+    config = type(model.config).from_dict({**kwargs["config"], **names})
+    with torch.device("meta"):
+        other = type(model)(config).state_dict()
+    widths = state_widths(spec, width_groups(spec), other)
+    assert {g: widths[g] for g in ("P0", "P1", "P4")} == {"P0": hidden, "P1": kv, "P4": inter}
+    written = fused_kwargs(kwargs, slots, widths, spec.group_sizes())["config"]
+    assert {k: written[k] for k in names} == names

@@ -53,3 +53,15 @@ def test_merging_bars_are_the_stored_means_best_first(tmp_path: Path) -> None:
     assert merging_figures.accuracy_bars(found) == [("zip", 0.8, 0.02), ("plain", 0.5, 0.1)]
     assert merging_figures.numbers(tmp_path, "absent.json") is None
     assert merging_figures.main(["--out", str(tmp_path / "out")], root=tmp_path) == []
+
+
+def test_lm_bars_are_the_stored_means_best_first_with_each_triple() -> None:
+    runs = [{"row": "A", "perplexity": p} for p in (80.0, 90.0)] + [
+        {"row": "fused", "perplexity": p} for p in (150.0, 170.0)
+    ]
+    rows = {"fused": {"perplexity": 160.0, "perplexity_std": 14.1},
+            "A": {"perplexity": 85.0, "perplexity_std": 7.1}}  # fmt: skip
+    assert merging_figures.lm_bars({"rows": rows, "runs": runs}) == [
+        ("A", 85.0, 7.1, [80.0, 90.0]),
+        ("fused", 160.0, 14.1, [150.0, 170.0]),
+    ]

@@ -107,7 +107,7 @@ RUNS: list[Run] = [
         writes=tuple(f"results/merging_{s}.json"
                      for s in ("class_split", "width_fusion", "compression", "n_way"))),
     Run("science_merging_lm_width", ("python", "examples/science_merging_lm_width.py", "--out",
-        "results"), 5.0, writes=("results/merging_lm_width.json",)),
+        "results"), 27.0, writes=("results/merging_lm_width.json",), long=True),
     Run("science_merging_mnist", ("python", "examples/science_merging_mnist.py", "--out",
         "results"), 10.5, writes=("results/merging_mnist_scale.json",), long=True),
     Run("science_merging_mnist_split", ("python", "examples/science_merging_mnist_split.py",

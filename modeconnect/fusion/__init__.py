@@ -8,8 +8,9 @@
 * :mod:`~modeconnect.fusion.universe`: the universe permutations and the
   cycle-consistency error of pairwise maps;
 * :func:`fused_fedavg`: federated averaging of clients of different widths;
-  :func:`state_widths` and :func:`resized_model` read a client's widths from its arrays
-  and rebuild the model at them.
+  :func:`state_widths` and :func:`rebuilt_model` read a client's widths (head counts
+  included) from its arrays and rebuild the model at them (a Hugging Face model from its
+  config with the widths written in).
 
 No equivalence guard applies to a fused model: it is the evaluated object.
 Importing this package loads no numerics; the names below load on first use.
@@ -31,6 +32,8 @@ _LAZY = {
     "GroupMap": "maps",
     "fuse_state_dicts": "maps",
     "fused_fedavg": "federated",
+    "model_builder": "resize",
+    "rebuilt_model": "resize",
     "resized_model": "resize",
     "state_widths": "resize",
     "cycle_error": "universe",
@@ -56,6 +59,8 @@ __all__ = [
     "fused_fedavg",
     "fusion_info",
     "fusion_options",
+    "model_builder",
+    "rebuilt_model",
     "resized_model",
     "resolve_widths",
     "state_widths",

@@ -24,7 +24,8 @@ for one-shot merges of clients trained from different initialisations.
 
 Clients of different widths (FedMA's setting): with ``widths`` set (``"global"``,
 ``"widest"``, a number or ``{group: width}``), every reply of the model's family at any
-hidden widths is accepted and the clients are fused into one global model of those
+hidden widths (for transformers: hidden size, attention head counts and MLP width; one
+head dimension) is accepted and the clients are fused into one global model of those
 widths by :func:`modeconnect.fusion.fused_fedavg` (OT fusion, or ZipIt! with
 ``fusion="zip"``), on the server-held batches ``fusion_options["data"]``. The global
 model is broadcast as FedAvg broadcasts it, so clients adopt its architecture each
@@ -126,8 +127,10 @@ def _build(fedavg: type) -> type:
         :func:`~modeconnect.fusion.fused_fedavg` and must hold ``data``, server-held
         batches. ``model`` follows the global model's widths (``model_for(state_dict)``
         builds a model for a client's arrays if given; otherwise ``model`` is rebuilt at
-        their widths, :func:`~modeconnect.fusion.resized_model`). ``last_fusion`` keeps
-        the last round's :class:`~modeconnect.fusion.FusionResult`.
+        their widths, :func:`~modeconnect.fusion.rebuilt_model`: a Hugging Face model
+        from its config with ``hidden_size``, head counts and ``intermediate_size``
+        rewritten, so ``strategy.model.save_pretrained`` writes the global model).
+        ``last_fusion`` keeps the last round's :class:`~modeconnect.fusion.FusionResult`.
 
         ``aggregation_seconds[round]`` records the server's wall time for aligning
         and averaging each round's models (with ``method="none"``, averaging alone).
@@ -298,6 +301,7 @@ class _WidthFusion:
         model_for: Callable[[Mapping[str, Tensor]], nn.Module] | None,
     ) -> None:
         from ..fusion.core import resolve_widths, width_groups
+        from ..fusion.resize import model_builder
         from ..probe import probe_inputs
         from ..spec import derive_spec
 
@@ -315,6 +319,7 @@ class _WidthFusion:
         self.probe = probe_inputs(model, self.options.get("inputs"), self.options["data"])
         self.spec = derive_spec(model, self.probe)
         self.free = width_groups(self.spec)
+        self.build = model_builder(model, self.probe, self.spec)
         if isinstance(widths, str):
             if widths not in WIDTH_POLICIES:
                 raise ModeconnectError(
@@ -338,11 +343,9 @@ class _WidthFusion:
         return _non_finite(sd)
 
     def model_at(self, sd: Mapping[str, Tensor]) -> nn.Module:
-        from ..fusion.resize import resized_model
-
         if self.model_for is not None:
             return self.model_for(sd)
-        return resized_model(self.model, sd, self.probe)
+        return self.build(sd)
 
     def aggregate(
         self, state_dicts: Sequence[Mapping[str, Tensor]], num_examples: Sequence[float]
