@@ -391,6 +391,35 @@ def _identity(record: dict[str, Any]) -> list[float]:
     return [total - moved, total]
 
 
+def _moves(record: dict[str, Any]) -> list[float]:
+    """Every aggregation that moved a unit, over all runs (E = 20 first): its rounds, then
+    the share of units moved (%); a move in a run the docs do not name adds values."""
+    values: list[float] = []
+    for run in sorted(record["runs"], key=lambda r: (r["epochs"], r["alpha"], r["seed"])):
+        moves = [x for x in run["rounds"] if x.get("moved_units")]
+        values += [x["round"] for x in moves] + [_pct(x["moved_units"]) for x in moves]
+    return values
+
+
+def _mean_sd(record: dict[str, Any], alpha: float, epochs: int) -> list[float]:
+    """Mean and sample sd over the seeds of the final aligned − plain accuracy (points)."""
+    (row,) = [x for x in record["summary"] if (x["alpha"], x["epochs"]) == (alpha, epochs)]
+    gaps = [_pct(d) for d in row["final_difference"]]
+    return [statistics.fmean(gaps), statistics.stdev(gaps)]
+
+
+def _round_gaps(record: dict[str, Any], epochs: int) -> list[float]:
+    """Aligned − plain test accuracy (points) in rounds 1-20 of seed 0 at α 0.1."""
+
+    def accuracy(strategy: str) -> list[float]:
+        key = (0.1, epochs, 0, strategy)
+        (run,) = [r for r in record["runs"]
+                  if (r["alpha"], r["epochs"], r["seed"], r["strategy"]) == key]  # fmt: skip
+        return [x["accuracy"] for x in run["rounds"] if x["round"] >= 1]
+
+    return [_pct(a - p) for a, p in zip(accuracy("AlignedFedAvg"), accuracy("FedAvg"), strict=True)]
+
+
 def _one_shot(record: dict[str, Any], alpha: float, key: str) -> float:
     shots = [s for s in record["one_shot"] if s["alpha"] == alpha]
     if key == "clients":
@@ -659,6 +688,17 @@ CHECKS: list[Check] = [
                doc_rows=(0, 1)),
     TableCheck(FEDERATED, "One shot", NARROW, "examples/federated_rounds.py", report_index=1,
                doc_rows=(2, 3)),
+    SentenceCheck(FEDERATED, r"There it moved (\d+)–(\d+) % of the units", NARROW,
+                  lambda r: _range([_pct(x["moved_units"]) for run in r["runs"]
+                                    for x in run["rounds"] if x.get("moved_units")])),
+    SentenceCheck(FEDERATED, r"final \+([\d.]+) ± ([\d.]+) \(E=20\) and ([\d.]+) \(E=50\) "
+                  r"points", NARROW,
+                  lambda r: [*_mean_sd(r, 0.1, 20), _mean_sd(r, 0.1, 50)[0]]),
+    SentenceCheck(FEDERATED, r"All the moves are in seed 0 at α = 0.1: rounds (\d+), (\d+) and "
+                  r"(\d+) at E = 20 \(([\d.]+) %, ([\d.]+) %, ([\d.]+) % of the units\) and rounds "
+                  r"(\d+) and (\d+) at E = 50 \(([\d.]+) %, ([\d.]+) %\)", NARROW, _moves),
+    *(SentenceCheck(FEDERATED, rf"- E = {e}: " + ", ".join([r"([+−]?[\d.]+)"] * 20), NARROW,
+                    lambda r, e=e: _round_gaps(r, e)) for e in (20, 50)),
     SentenceCheck(FEDERATED, r"weight matching kept every unit in place in (\d+) of (\d+) "
                   r"aggregations", MAIN, _identity),
     SentenceCheck(FEDERATED, r"MergeMany lifts the merge from ([\d.]+) % to ([\d.]+) % "
