@@ -562,6 +562,7 @@ VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
 MNIST_NWAY = "results/merging_mnist_n_way.json"
+MNIST_SCALE = "results/merging_mnist_scale.json"
 UNIVERSE, MERGE_MANY = "universe (C2M3-style, activations)", "MergeMany (weight matching)"
 
 
@@ -882,7 +883,7 @@ CHECKS: list[Check] = [
                MERGE_SCRIPT, report="report_class_split"),
     TableCheck(MERGING, "2. Width fusion", "results/merging_width_fusion.json", MERGE_SCRIPT,
                report="report_width_fusion"),
-    TableCheck(MERGING, "At MNIST scale: 3×512 with 3×256", "results/merging_mnist_scale.json",
+    TableCheck(MERGING, "At MNIST scale: 3×512 with 3×256", MNIST_SCALE,
                "examples/science_merging_mnist.py"),
     TableCheck(MERGING, "At MNIST scale: two 3×512", MNIST_SPLIT,
                "examples/science_merging_mnist_split.py"),
@@ -896,6 +897,11 @@ CHECKS: list[Check] = [
                report="report_n_way"),
     TableCheck(MERGING, "4. N-way merging", "results/merging_n_way.json", MERGE_SCRIPT, 1, 1,
                report="report_n_way"),
+    *(SentenceCheck(MERGING, rf"### {re.escape(heading)} .*?\(mean ± std, (\d+) seeds\)", result,
+                    lambda r: [len(r["runs"])])
+      for heading, result in (("At MNIST scale: 3×512 with 3×256", MNIST_SCALE),
+                              ("At MNIST scale: two 3×512", MNIST_SPLIT),
+                              ("At MNIST scale: four 3×512", MNIST_NWAY))),
     SentenceCheck(MERGING, r"the full zip at one model's width \(([\d.]+)\) is ([\d.]+) points "
                   r"under the ensemble \(([\d.]+)\) and (\d+) points over weight matching \+ "
                   r"average \(([\d.]+),.*?OT fusion, which maps B's units onto A's without "
@@ -955,7 +961,7 @@ CHECKS: list[Check] = [
                              *_range([_points(r, "better parent", k) for k in _fusions_at(32)])]),
     SentenceCheck(MERGING, r"the best fusion \(OT hard at 512, ([\d.]+)\) stays ([\d.]+) points "
                   r"under the better parent \(([\d.]+)\).*?by a quarter costs ([\d.]+) points "
-                  r"\(zip\), by half (\d+) point", "results/merging_mnist_scale.json",
+                  r"\(zip\), by half (\d+) point", MNIST_SCALE,
                   lambda r: [_acc(r, "otfusion hard @ 512"),
                              _points(r, "better parent", "otfusion hard @ 512"),
                              _acc(r, "better parent"),
