@@ -110,7 +110,7 @@ def cli(
     numbers in ``OUT/name`` with their provenance, and print ``report(numbers)``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3k/1k images, 2 epochs")
     args = parser.parse_args()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import json
 import math
 import re
@@ -391,6 +392,35 @@ def _identity(record: dict[str, Any]) -> list[float]:
     return [total - moved, total]
 
 
+def _moves(record: dict[str, Any]) -> list[float]:
+    """Every aggregation that moved a unit, over all runs (E = 20 first): its rounds, then
+    the share of units moved (%); a move in a run the docs do not name adds values."""
+    values: list[float] = []
+    for run in sorted(record["runs"], key=lambda r: (r["epochs"], r["alpha"], r["seed"])):
+        moves = [x for x in run["rounds"] if x.get("moved_units")]
+        values += [x["round"] for x in moves] + [_pct(x["moved_units"]) for x in moves]
+    return values
+
+
+def _mean_sd(record: dict[str, Any], alpha: float, epochs: int) -> list[float]:
+    """Mean and sample sd over the seeds of the final aligned − plain accuracy (points)."""
+    (row,) = [x for x in record["summary"] if (x["alpha"], x["epochs"]) == (alpha, epochs)]
+    gaps = [_pct(d) for d in row["final_difference"]]
+    return [statistics.fmean(gaps), statistics.stdev(gaps)]
+
+
+def _round_gaps(record: dict[str, Any], epochs: int) -> list[float]:
+    """Aligned − plain test accuracy (points) in rounds 1-20 of seed 0 at α 0.1."""
+
+    def accuracy(strategy: str) -> list[float]:
+        key = (0.1, epochs, 0, strategy)
+        (run,) = [r for r in record["runs"]
+                  if (r["alpha"], r["epochs"], r["seed"], r["strategy"]) == key]  # fmt: skip
+        return [x["accuracy"] for x in run["rounds"] if x["round"] >= 1]
+
+    return [_pct(a - p) for a, p in zip(accuracy("AlignedFedAvg"), accuracy("FedAvg"), strict=True)]
+
+
 def _one_shot(record: dict[str, Any], alpha: float, key: str) -> float:
     shots = [s for s in record["one_shot"] if s["alpha"] == alpha]
     if key == "clients":
@@ -533,6 +563,7 @@ VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
 MNIST_NWAY = "results/merging_mnist_n_way.json"
+MNIST_SCALE = "results/merging_mnist_scale.json"
 UNIVERSE, MERGE_MANY = "universe (C2M3-style, activations)", "MergeMany (weight matching)"
 
 
@@ -558,10 +589,18 @@ def _lm_triples(record: dict[str, Any]) -> list[float]:
     return [min(best), max(best), min(weakest), max(weakest)]
 
 
-def _deepest(record: dict[str, Any]) -> str:
-    """The full zip of the class split: its deepest ``zip until depth``."""
-    return max((k for k in record["accuracy"] if k.startswith("zip until depth ")),
-               key=lambda k: int(k.rsplit(" ", 1)[1]))  # fmt: skip
+def _split_prose(record: dict[str, Any]) -> list[float]:
+    """The MNIST-scale class-split paragraph, in its order (seeds 1, 2, 3 are the runs)."""
+    ens, wm, plain = "ensemble (mean softmax)", "weight matching + average", "plain average"
+    depths = sorted((k for k in record["accuracy"] if k.startswith("zip until depth ")),
+                    key=lambda k: int(k.rsplit(" ", 1)[1]))  # fmt: skip
+    gains = [_points(record, a, b) for a, b in itertools.pairwise(depths)]
+    runs = record["runs"]
+    return [_acc(record, depths[-1]), _points(record, ens, depths[-1]), _acc(record, ens),
+            _points(record, depths[-1], wm), _acc(record, wm), *_range(gains),
+            *(_pct(r[wm] - r[plain]) for r in runs[:2]), _pct(runs[2][plain] - runs[2][wm]),
+            _acc(record, wm), _acc(record, plain), _points(record, ens, "otfusion soft"),
+            _pct(runs[2][depths[0]] - runs[2][ens])]  # fmt: skip
 
 
 SYM_TIMES = ("seconds (benchmark)", "× weight matching (benchmark)")  # not checked
@@ -673,6 +712,17 @@ CHECKS: list[Check] = [
                doc_rows=(0, 1)),
     TableCheck(FEDERATED, "One shot", NARROW, "examples/federated_rounds.py", report_index=1,
                doc_rows=(2, 3)),
+    SentenceCheck(FEDERATED, r"There it moved (\d+)–(\d+) % of the units", NARROW,
+                  lambda r: _range([_pct(x["moved_units"]) for run in r["runs"]
+                                    for x in run["rounds"] if x.get("moved_units")])),
+    SentenceCheck(FEDERATED, r"final \+([\d.]+) ± ([\d.]+) \(E=20\) and ([\d.]+) \(E=50\) "
+                  r"points", NARROW,
+                  lambda r: [*_mean_sd(r, 0.1, 20), _mean_sd(r, 0.1, 50)[0]]),
+    SentenceCheck(FEDERATED, r"All the moves are in seed 0 at α = 0.1: rounds (\d+), (\d+) and "
+                  r"(\d+) at E = 20 \(([\d.]+) %, ([\d.]+) %, ([\d.]+) % of the units\) and rounds "
+                  r"(\d+) and (\d+) at E = 50 \(([\d.]+) %, ([\d.]+) %\)", NARROW, _moves),
+    *(SentenceCheck(FEDERATED, rf"- E = {e}: " + ", ".join([r"([+−]?[\d.]+)"] * 20), NARROW,
+                    lambda r, e=e: _round_gaps(r, e)) for e in (20, 50)),
     SentenceCheck(FEDERATED, r"weight matching kept every unit in place in (\d+) of (\d+) "
                   r"aggregations", MAIN, _identity),
     SentenceCheck(FEDERATED, r"MergeMany lifts the merge from ([\d.]+) % to ([\d.]+) % "
@@ -856,7 +906,7 @@ CHECKS: list[Check] = [
                MERGE_SCRIPT, report="report_class_split"),
     TableCheck(MERGING, "2. Width fusion", "results/merging_width_fusion.json", MERGE_SCRIPT,
                report="report_width_fusion"),
-    TableCheck(MERGING, "At MNIST scale: 3×512 with 3×256", "results/merging_mnist_scale.json",
+    TableCheck(MERGING, "At MNIST scale: 3×512 with 3×256", MNIST_SCALE,
                "examples/science_merging_mnist.py"),
     TableCheck(MERGING, "At MNIST scale: two 3×512", MNIST_SPLIT,
                "examples/science_merging_mnist_split.py"),
@@ -870,16 +920,19 @@ CHECKS: list[Check] = [
                report="report_n_way"),
     TableCheck(MERGING, "4. N-way merging", "results/merging_n_way.json", MERGE_SCRIPT, 1, 1,
                report="report_n_way"),
+    *(SentenceCheck(MERGING, rf"### {re.escape(heading)} .*?\(mean ± std, (\d+) seeds\)", result,
+                    lambda r: [len(r["runs"])])
+      for heading, result in (("At MNIST scale: 3×512 with 3×256", MNIST_SCALE),
+                              ("At MNIST scale: two 3×512", MNIST_SPLIT),
+                              ("At MNIST scale: four 3×512", MNIST_NWAY))),
     SentenceCheck(MERGING, r"the full zip at one model's width \(([\d.]+)\) is ([\d.]+) points "
                   r"under the ensemble \(([\d.]+)\) and (\d+) points over weight matching \+ "
-                  r"average \(([\d.]+),.*?OT fusion, which maps B's units onto A's without "
-                  r"merging within a model, loses (\d+) points", MNIST_SPLIT,
-                  lambda r: [_acc(r, _deepest(r)),
-                             _points(r, "ensemble (mean softmax)", _deepest(r)),
-                             _acc(r, "ensemble (mean softmax)"),
-                             _points(r, _deepest(r), "weight matching + average"),
-                             _acc(r, "weight matching + average"),
-                             _points(r, "ensemble (mean softmax)", "otfusion soft")]),
+                  r"average \(([\d.]+)\); each layer left unzipped buys back ([\d.]+)–([\d.]+) "
+                  r"points\. .*? in seeds 1 and 2 \(([−+]?[\d.]+) and ([−+]?[\d.]+) points\), "
+                  r"([\d.]+) points under it in seed 3, so on the mean it is below the plain "
+                  r"average \(([\d.]+) against ([\d.]+)\)\. OT fusion, which maps B's units onto "
+                  r"A's without merging within a model, loses (\d+) points\..*?level with it on "
+                  r"the mean and ([\d.]+) points over it in seed 3", MNIST_SPLIT, _split_prose),
     SentenceCheck(MERGING, r"the universe basis catches up with MergeMany: ([\d.]+) against "
                   r"([\d.]+),.*?\(universe ahead by ([\d.]+) and ([\d.]+) points in seeds 1 and "
                   r"2\).*?\((\d+)–(\d+) % of units do not come back around a triangle\)\. CCA is "
@@ -929,7 +982,7 @@ CHECKS: list[Check] = [
                              *_range([_points(r, "better parent", k) for k in _fusions_at(32)])]),
     SentenceCheck(MERGING, r"the best fusion \(OT hard at 512, ([\d.]+)\) stays ([\d.]+) points "
                   r"under the better parent \(([\d.]+)\).*?by a quarter costs ([\d.]+) points "
-                  r"\(zip\), by half (\d+) point", "results/merging_mnist_scale.json",
+                  r"\(zip\), by half (\d+) point", MNIST_SCALE,
                   lambda r: [_acc(r, "otfusion hard @ 512"),
                              _points(r, "better parent", "otfusion hard @ 512"),
                              _acc(r, "better parent"),
