@@ -14,7 +14,7 @@ With a LayerNorm the maps must fix the all-ones direction: ``Q = 11ᵀ/n + H R H
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,10 +49,16 @@ def alignment_objective(m: torch.Tensor, q: torch.Tensor) -> float:
     return float((q.double() * m.double()).sum())
 
 
-def weight_cross(a: StateDict, b: StateDict, stream: ResidualStream) -> torch.Tensor:
-    """``Σ_W A_W B_Wᵀ`` over the stream's tensors (stream axis first), float64 ``(n, n)``."""
+def weight_cross(
+    a: StateDict,
+    b: StateDict,
+    stream: ResidualStream,
+    only: Sequence[tuple[str, int]] | None = None,
+) -> torch.Tensor:
+    """``Σ_W A_W B_Wᵀ`` over the stream's tensors (stream axis first; ``only`` these
+    ``(key, axis)`` if given), float64 ``(n, n)``."""
     m = torch.zeros(stream.size, stream.size, dtype=torch.float64)
-    for key, axis in stream.rotated:
+    for key, axis in stream.rotated if only is None else only:
         ta = a[key].double().movedim(axis, 0).reshape(stream.size, -1)
         tb = b[key].double().movedim(axis, 0).reshape(stream.size, -1)
         m += ta @ tb.T
