@@ -3,7 +3,8 @@
 B is A with its norms folded, every group randomly permuted, the residual stream
 randomly rotated (fixing all-ones under GPT-2's LayerNorm), and each attention head's
 V·O and Q·K dims mapped by random maps of their classes (orthogonal, or invertible for
-the least-squares solver). Weight-based ``full`` must give A's folded weights back, in
+the least-squares solver; GPT-2's fused ``c_attn`` included, its Q·K maps general: no
+rotary embeddings). Weight-based ``full`` must give A's folded weights back, in
 the library and through ``modeconnect align`` on Hugging Face directories.
 
 Multi-head Llamas: with grouped-query attention the order of the query heads within a
@@ -59,10 +60,14 @@ def transformed(
         noise = torch.randn(g.heads, g.size, g.size, generator=gen, dtype=torch.float64)
         maps = torch.eye(g.size, dtype=torch.float64) + 0.5 * noise / g.size**0.5
         b = apply_head_maps(b, g, _orthogonal(maps) if orthogonal else maps, dict(g.positions))
+    rotary = getattr(model.config, "model_type", "") != "gpt2"
     for i, g in enumerate(qk_groups(spec, b)):
-        cls = dict(candidates(g.head_dim, rotary_dims(model, g.head_dim)))["halves"]
+        classes = dict(candidates(g.head_dim, rotary_dims(model, g.head_dim)))
+        cls = classes["halves" if rotary else "general"]
         maps = random_map(cls, g.head_dim, g.kv_heads, seed=seed + 3 + i)
-        if orthogonal:  # a unit complex number per frequency pair
+        if orthogonal and not rotary:
+            maps = _orthogonal(maps)
+        elif orthogonal:  # a unit complex number per frequency pair
             pairs = torch.tensor(cls.pairs)
             scale = maps[:, pairs[:, 0], pairs[:, 0]].hypot(maps[:, pairs[:, 1], pairs[:, 0]])
             maps[:, pairs[:, 0]] /= scale[..., None]
@@ -78,7 +83,8 @@ def _off(x: StateDict, y: StateDict) -> float:
 
 @pytest.mark.parametrize(
     ("family", "orthogonal", "max_condition"),
-    [("llama", True, 1.0), ("llama", False, 100.0), ("gpt2", True, 1.0)],
+    [("llama", True, 1.0), ("llama", False, 100.0), ("gpt2", True, 1.0),
+     ("gpt2", False, 100.0)],
 )
 def test_a_transformed_copy_is_recovered_up_to_float(
     family: str, orthogonal: bool, max_condition: float
@@ -94,8 +100,11 @@ def test_a_transformed_copy_is_recovered_up_to_float(
     assert full.equivalence.passed
     assert _off(full.reference, reference) == 0.0
     assert _off(full.aligned, reference) < 1e-5
-    classes = {g.cls for g in full.groups}
+    classes = [g.cls for g in full.groups]
     assert ("orthogonal" if family == "llama" else "orthogonal-ones") in classes
+    assert classes.count("invertible-per-head") == 2  # V·O, one group per layer
+    qk = "complex-per-rotary-pair" if family == "llama" else "invertible-per-head-qk"
+    assert classes.count(qk) == 2
 
 
 def test_orthogonal_head_maps_cannot_undo_invertible_ones() -> None:
