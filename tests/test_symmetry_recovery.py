@@ -83,8 +83,7 @@ def _off(x: StateDict, y: StateDict) -> float:
 
 @pytest.mark.parametrize(
     ("family", "orthogonal", "max_condition"),
-    [("llama", True, 1.0), ("llama", False, 100.0), ("gpt2", True, 1.0),
-     ("gpt2", False, 100.0)],
+    [("llama", True, 1.0), ("llama", False, 100.0), ("gpt2", True, 1.0), ("gpt2", False, 100.0)],
 )
 def test_a_transformed_copy_is_recovered_up_to_float(
     family: str, orthogonal: bool, max_condition: float

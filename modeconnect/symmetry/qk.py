@@ -174,12 +174,14 @@ def _concatenated(spec: PermutationSpec, state: StateDict, name: str) -> list[QK
         return []
     spans, start = [], 0
     for part in layout.parts:
-        f = getattr(part, "factors", ())
-        if not (len(f) == 2 and isinstance(f[0], Leaf) and f[0].group == name
-                and isinstance(f[1], Leaf) and f[1].over == name):  # fmt: skip
+        if not isinstance(part, Product) or len(part.factors) != 2:
             return []
-        if _unread(spec, state, f[1]):
-            spans.append((start, f[0].size, f[1].size))
+        heads, dims = part.factors
+        if not (isinstance(heads, Leaf) and heads.group == name
+                and isinstance(dims, Leaf) and dims.over == name):  # fmt: skip
+            return []
+        if _unread(spec, state, dims):
+            spans.append((start, heads.size, dims.size))
         start += part.size
     if len(spans) != 2 or spans[0][1:] != spans[1][1:]:
         return []
