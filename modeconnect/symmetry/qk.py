@@ -185,11 +185,11 @@ def _concatenated(spec: PermutationSpec, state: StateDict, name: str) -> list[QK
         start += part.size
     if len(spans) != 2 or spans[0][1:] != spans[1][1:]:
         return []
-    (q0, heads, n), (k0, _, _) = spans
-    rows = torch.arange(heads * n).reshape(heads, 1, n)
+    (q0, count, n), (k0, _, _) = spans
+    rows = torch.arange(count * n).reshape(count, 1, n)
     keys = tuple(m.key for m in writers)
     axes = {m.key: m.axis for m in writers if m.axis}
-    return [QKGroup(name, keys, keys, heads, 1, n, (rows + q0, rows + k0), axes)]
+    return [QKGroup(name, keys, keys, count, 1, n, (rows + q0, rows + k0), axes)]
 
 
 def _writes(spec: PermutationSpec, state: StateDict, key: str, axis: int) -> bool:
