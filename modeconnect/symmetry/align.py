@@ -472,26 +472,18 @@ def _weight_rounds(
     alignment, aligned B without the per-head maps, each stream's composed rotation and
     its objective.
     """
-    runs = [
-        _rounds(spec, fa, fb, streams, match, options, heads, only)
-        for only in (
-            ({s.group: anchored(spec, fa, s) for s in streams}, None) if streams else (None,)
-        )  # fmt: skip
-    ]
+    starts = ({s.group: anchored(spec, fa, s) for s in streams}, None) if streams else (None,)
+    runs = [_rounds(spec, fa, fb, streams, match, options, heads, only) for only in starts]
     first, aligned, rotations, objectives, _ = min(runs, key=lambda r: r[4])
     return first, aligned, rotations, objectives
 
 
 def _rounds(
-    spec: PermutationSpec,
-    fa: StateDict,
-    fb: StateDict,
-    streams: Sequence[ResidualStream],
-    match: Any,
-    options: Mapping[str, Any],
-    heads: HeadSolver | None,
+    spec: PermutationSpec, fa: StateDict, fb: StateDict, streams: Sequence[ResidualStream],
+    match: Any, options: Mapping[str, Any], heads: HeadSolver | None,
     only: Mapping[str, Sequence[tuple[str, int]]] | None,
-) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float], float]:
+) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float],
+           float]:  # fmt: skip
     """The rounds of :func:`_weight_rounds` from the start fitted to ``only``'s tensors of
     each stream (all of them if ``None``), and the final distance."""
 
