@@ -41,6 +41,17 @@ def mha_llama(seed: int = 0) -> torch.nn.Module:
     return hf.llama(seed, num_key_value_heads=4)
 
 
+_SETUP: dict[str, tuple[torch.nn.Module, PermutationSpec]] = {}
+
+
+def setup(family: str) -> tuple[torch.nn.Module, PermutationSpec]:
+    """The family's model and its spec, derived once per session."""
+    if family not in _SETUP:
+        model = mha_llama() if family == "llama" else gpt2()
+        _SETUP[family] = model, derive_spec(model, (IDS[:2],))
+    return _SETUP[family]
+
+
 def _orthogonal(maps: torch.Tensor) -> torch.Tensor:
     u, _, vh = torch.linalg.svd(maps.double())
     return u @ vh
@@ -88,8 +99,7 @@ def _off(x: StateDict, y: StateDict) -> float:
 def test_a_transformed_copy_is_recovered_up_to_float(
     family: str, orthogonal: bool, max_condition: float
 ) -> None:
-    model = mha_llama() if family == "llama" else gpt2()
-    spec = derive_spec(model, (IDS[:2],))
+    model, spec = setup(family)
     reference, b = transformed(model, spec, seed=3, orthogonal=orthogonal)
     assert _off(reference, b) > 0.3  # B really moved
     with warnings.catch_warnings():
@@ -106,11 +116,11 @@ def test_a_transformed_copy_is_recovered_up_to_float(
     assert classes.count(qk) == 2
 
 
+@pytest.mark.slow  # about 3 s
 def test_orthogonal_head_maps_cannot_undo_invertible_ones() -> None:
     """The default (orthogonal) per-head maps leave an invertible head map's scale: only
     the least-squares maps (``max_condition`` > 1) recover it (the test above)."""
-    model = mha_llama()
-    spec = derive_spec(model, (IDS[:2],))
+    model, spec = setup("llama")
     reference, b = transformed(model, spec, seed=3, orthogonal=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -119,14 +129,13 @@ def test_orthogonal_head_maps_cannot_undo_invertible_ones() -> None:
     assert _off(full.aligned, reference) > 1e-2
 
 
-@pytest.mark.slow  # about 4 s
+@pytest.mark.slow  # about 5 s
 def test_align_full_on_directories_recovers_the_transformed_copy(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from modeconnect_cli.main import main
 
-    model = mha_llama()
-    spec = derive_spec(model, (IDS[:2],))
+    model, spec = setup("llama")
     reference, b = transformed(model, spec, seed=5, orthogonal=False)
     other = mha_llama(1)
     other.load_state_dict(b)
@@ -156,3 +165,25 @@ def test_align_full_on_directories_recovers_the_transformed_copy(tmp_path: Path)
         refused.output
     )
     assert not (tmp_path / "d").exists()
+
+
+def test_head_maps_are_named_and_need_the_full_symmetry() -> None:
+    import modeconnect as mc
+    from modeconnect.commands.barrier import symmetry_option
+
+    assert symmetry_option("full", "weight", head_maps="least-squares") == {
+        "symmetry": "full", "head_maps": "least-squares"}  # fmt: skip
+    assert symmetry_option("full", "weight") == {"symmetry": "full"}  # the default stays out
+    with pytest.raises(mc.ModeconnectError, match="--head-maps least-squares: maps attention"):
+        symmetry_option("orthogonal", "weight", head_maps="least-squares")
+    with pytest.raises(mc.ModeconnectError, match="--head-maps: unknown 'affine'"):
+        symmetry_option("full", "weight", head_maps="affine")
+    model, spec = setup("llama")
+    a = model.state_dict()
+    with pytest.raises(mc.ModeconnectError, match="head_maps: unknown 'affine'"):
+        mc.align(model, a, a, inputs=(IDS,), spec=spec, symmetry="full", head_maps="affine")
+    result = mc.align(model, a, a, inputs=(IDS,), spec=spec, symmetry="full",
+                      head_maps="least-squares")  # fmt: skip
+    assert result.symmetry is not None
+    assert (result.symmetry["head_maps"], result.symmetry["max_condition"]) == (
+        "least-squares", 100.0)  # fmt: skip
