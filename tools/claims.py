@@ -865,6 +865,14 @@ CHECKS: list[Check] = [
                   lambda r: [_share(r, "gpt2", "full (orthogonal heads), weight"),
                              _share(r, "gpt2", "orthogonal, weight"),
                              _share(load_record(SYM_GPT2), "gpt2", "orthogonal, weight")]),
+    SentenceCheck(TRANSFORMERS, r"weight-based `full` (\d+) %, activation-based (\d+) % "
+                  r"\(`orthogonal, activation` (\d+) %, from (\d+) % on the raw stream\), "
+                  r"learned ([−-]\d+) %", SYM_REC_GPT2,
+                  lambda r: [_share(r, "gpt2", "full (orthogonal heads), weight"),
+                             _share(r, "gpt2", "full (orthogonal heads), activation"),
+                             _share(r, "gpt2", "orthogonal, activation"),
+                             _share(load_record(SYM_GPT2), "gpt2", "orthogonal, activation"),
+                             _share(r, "gpt2", "orthogonal, learned")]),
     SentenceCheck(TRANSFORMERS, r"worse than permutations \((\d+) %\) because of the "
                   r"least-squares heads\*\*.*?least squares gives (\d+) %, while orthogonal heads "
                   r"\(the default\) give (\d+) %.*?lowered `orthogonal, activation` from (\d+) % "
@@ -875,7 +883,7 @@ CHECKS: list[Check] = [
                              _share(load_record(SYM_LLAMA), "llama", "orthogonal, activation"),
                              _share(r, "llama", "orthogonal, activation")]),
     SentenceCheck(TRANSFORMERS, r"weight-based `full` took ([\d.]+)–([\d.]+)× weight matching "
-                  r"\(two starts; target ≤ 5×: met\); activation-based ([\d.]+)–([\d.]+)×",
+                  r"\(two starts; target ≤ 5×: met\); activation-based ([\d.]+)–([\d.]+)× on",
                   SYM_REC,
                   lambda r: [*_range([x[k]["time_vs_weight_matching"]
                                       for x in (_sym(r, "llama"),

@@ -156,9 +156,11 @@ RUNS: list[Run] = [
         "--out", "results/transformers_symmetry_recovery.json"), 4.0, long=True),
     Run("transformers_symmetry_recovery_gpt2", ("python", "benchmarks/bench_symmetry.py",
         "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
-        "runs/reproduce/symmetry_gpt2", "--only", "orthogonal, weight", "--only",
-        "full, weight", "--only", "full (orthogonal heads), weight", "--out",
-        "results/transformers_symmetry_recovery_gpt2.json"), 5.0, long=True),
+        "runs/reproduce/symmetry_gpt2", *(a for row in (
+            "orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
+            "orthogonal, activation", "full (orthogonal heads), activation",
+            "orthogonal, learned") for a in ("--only", row)), "--out",
+        "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)

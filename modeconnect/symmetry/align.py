@@ -1,5 +1,5 @@
 """Alignment under larger symmetry groups: permutations, rotations of residual streams and
-(``full``) invertible per-head V·O maps.
+(``full``) per-head V·O and Q·K maps.
 
 :func:`align_full` is what :func:`modeconnect.alignment.align` runs for
 ``symmetry="orthogonal"`` or ``"full"`` (and ``method="learned"``):
@@ -12,11 +12,14 @@
 3. **permutations** of every group by the base method (``weight`` for ``weight`` and
    ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
    run leaves the stream's own permutation to the rotation;
-4. **rotation** of each stream: orthogonal Procrustes on the weights (alternating with
-   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least 1e-4 of
-   itself, at most :data:`ROUNDS` rounds), or on the stream's activations over ``data``;
-5. **heads** (``full``): each V·O group's per-head maps by least squares
-   (:mod:`~modeconnect.symmetry.heads`), after a random map passed on the probe;
+4. **rotation** of each stream: orthogonal Procrustes on the weights, alternating with
+   weight matching and (``full``) the per-head maps while the distance to A falls, at
+   most :data:`ROUNDS` rounds from each of two starts (:func:`_weight_rounds`); or on
+   the stream's normalised activations over ``data``;
+5. **heads** (``full``): each V·O group's per-head maps (:mod:`~modeconnect.symmetry.
+   heads`) and Q·K group's (:mod:`~modeconnect.symmetry.qk`), orthogonal or least
+   squares (:data:`HEAD_MAPS`), each group after a random map of its class passed on
+   the probe (:class:`HeadSolver`);
 6. **learned**: the rotation learned on the loss at the midpoint (or a random α);
 7. **guard**: aligned B must compute B's function on the probe.
 
