@@ -64,6 +64,9 @@ RECOVERY_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads),
                  "full (orthogonal Q·K), weight", "orthogonal, activation", "full, activation",
                  "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
 """The Llama rows re-measured after exact recovery (weight rounds, normalised activations)."""
+PAIR_ROWS = ("orthogonal, weight", "orthogonal, activation", "full (orthogonal heads), weight",
+             "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
+"""The Llama rows measured over three seed pairs."""
 
 RUNS: list[Run] = [
     *_science("width", 2.5),
@@ -161,6 +164,12 @@ RUNS: list[Run] = [
             "orthogonal, activation", "full (orthogonal heads), activation",
             "orthogonal, learned") for a in ("--only", row)), "--out",
         "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
+    # the Llama study over three seed pairs (the first is the pair above)
+    Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
+        "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in PAIR_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_pairs.json"), 12.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)
