@@ -532,6 +532,7 @@ SYM_VIT = "results/transformers_symmetry_vit.json"
 SYM_REC = "results/transformers_symmetry_recovery.json"
 SYM_REC_GPT2 = "results/transformers_symmetry_recovery_gpt2.json"
 RECOVERED = "Re-measured after exact recovery"
+SYM_PAIRS = "results/transformers_symmetry_pairs.json"
 VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
@@ -843,6 +844,19 @@ CHECKS: list[Check] = [
                                       if k.endswith(", activation")])], also=(SYM_GPT2,)),
     TableCheck(TRANSFORMERS, RECOVERED, SYM_REC, BENCH_SYM, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, RECOVERED, SYM_REC_GPT2, BENCH_SYM, 1, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Tiny Llamas over three seed pairs", SYM_PAIRS, BENCH_SYM,
+               report="report_pairs"),
+    SentenceCheck(TRANSFORMERS, r"Over the three pairs `full` keeps (\d+) ± (\d+) % of the naive "
+                  r"barrier weight-based and (\d+) ± (\d+) % activation-based, and the learned "
+                  r"rotation (\d+) ± (\d+) %", SYM_PAIRS,
+                  lambda r: [_pct(r["llama_summary"][k][f]) for k in (
+                      "full (orthogonal heads), weight", "full (orthogonal heads), activation",
+                      "orthogonal, learned") for f in ("share_of_naive", "share_of_naive_sd")]),
+    SentenceCheck(TRANSFORMERS, r"help on two pairs of three \(on seeds (\d) and (\d), "
+                  r"weight-based `full` is above `orthogonal`\)", SYM_PAIRS,
+                  lambda r: [float(x) for p, rows in r["llama_pairs"].items()
+                             if rows["full (orthogonal heads), weight"]["barrier"]
+                             > rows["orthogonal, weight"]["barrier"] for x in p.split(",")]),
     SentenceCheck(TRANSFORMERS, r"`full` with its default orthogonal heads keeps (\d+) % of the "
                   r"naive barrier \((\d+) % before\), `orthogonal` (\d+) % \((\d+) %\), "
                   r"least-squares heads (\d+) % \((\d+) %\); learned (\d+) % \((\d+) %\)",
