@@ -131,11 +131,17 @@ def aligned_rows(
     return rows
 
 
-def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any) -> dict[str, Any]:
+def study(
+    name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any,
+    seeds: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:  # fmt: skip
+    """Every row of :func:`runs` on the pair trained from ``seeds`` (kept under
+    ``--models``: ``NAME_a.pt``/``NAME_b.pt`` for seeds 0 and 1, ``NAME_seedS.pt`` else)."""
     nets = {}
-    for tag, seed in (("a", 0), ("b", 1)):
+    for tag, seed in zip("ab", seeds, strict=True):
         net = make(seed, args.layers)
-        saved = None if args.models is None else args.models / f"{name}_{tag}.pt"
+        stem = f"{name}_{tag}" if seeds == (0, 1) else f"{name}_seed{seed}"
+        saved = None if args.models is None else args.models / f"{stem}.pt"
         if saved is not None and saved.exists():
             net.load_state_dict(torch.load(saved, weights_only=True))
             nets[tag] = net.eval()
@@ -164,6 +170,34 @@ def study(name: str, make: Any, ids: torch.Tensor, held: torch.Tensor, args: Any
         row["share_of_naive"] = row["barrier"] / naive if naive else None
         row["time_vs_weight_matching"] = row["seconds"] / weight_seconds
     return rows
+
+
+def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per row run on every pair: the mean and sample standard deviation of the barrier
+    and of its share of the naive one, and the number of pairs."""
+    common = [k for k in next(iter(pairs.values())) if all(k in p for p in pairs.values())]
+    out = {}
+    for label in common:
+        row: dict[str, Any] = {"pairs": len(pairs)}
+        for key in ("barrier", "share_of_naive"):
+            values = torch.tensor([p[label][key] for p in pairs.values()], dtype=torch.float64)
+            sd = float(values.std()) if len(values) > 1 else 0.0
+            row[key], row[f"{key}_sd"] = float(values.mean()), sd
+        out[label] = row
+    return out
+
+
+def report_pairs(record: dict[str, Any]) -> str:
+    """The Markdown table of the seed-pair study (``--pairs``): mean ± sd per row."""
+    rows = record["llama_summary"]
+    labels = [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER))
+    header = ["row", "loss barrier at α = 0.5", "share of naive", "pairs"]
+    lines = [[label, f"{r['barrier']:.3f} ± {r['barrier_sd']:.3f}",
+              f"{100 * r['share_of_naive']:.0f} ± {100 * r['share_of_naive_sd']:.0f} %",
+              str(r["pairs"])] for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
+    return "## Tiny Llamas, seed pairs\n\n" + "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
 
 
 def table(name: str, rows: dict[str, Any]) -> str:
@@ -366,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
     parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
+    parser.add_argument("--pairs", nargs="+", default=None, metavar="A,B",
+                        help="llama: the study on each seed pair, mean ± sd per row")  # fmt: skip
     parser.add_argument(
         "--only",
         action="append",
@@ -395,6 +431,16 @@ def main(argv: list[str] | None = None) -> None:
     held_ids = torch.tensor(tok(held[:150_000])["input_ids"], dtype=torch.long)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
     numbers: dict[str, Any] = {"settings": settings}
+    if args.pairs:
+        pairs = {p: study("llama", tiny_lms.model, ids, held_ids, args,
+                          tuple(int(x) for x in p.split(",")))  # type: ignore[arg-type]
+                 for p in args.pairs}  # fmt: skip
+        numbers.update(llama_pairs=pairs, llama_summary=summary(pairs))
+        if args.out is not None:
+            seeds = sorted({int(x) for p in args.pairs for x in p.split(",")})
+            write_result(args.out, numbers, seeds=seeds, command=["python", *sys.argv])
+        print(report_pairs(numbers))
+        return
     if args.family in ("llama", "both"):
         numbers["llama"] = study("llama", tiny_lms.model, ids, held_ids, args)
         print(table("tiny Llama (RMSNorm, RoPE, SwiGLU)", numbers["llama"]))

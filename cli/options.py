@@ -404,13 +404,23 @@ def pop_method_options(
     return {k: v for k in METHOD_FLAGS if (v := opts.pop(k, None)) is not None}
 
 
-SYMMETRY = click.option(
-    "--symmetry", type=click.Choice(("permutation", "orthogonal", "full")),
-    default="permutation", show_default=True,
-    help="Symmetry group aligned under: permutations; 'orthogonal' also rotates transformers' "
-         "residual streams (norms folded into their readers); 'full' also maps each "
-         "attention head's value dims. --method learned implies orthogonal.",
+SYMMETRY = group(
+    click.option(
+        "--symmetry", type=click.Choice(("permutation", "orthogonal", "full")),
+        default="permutation", show_default=True,
+        help="Symmetry group aligned under: permutations; 'orthogonal' also rotates "
+             "transformers' residual streams (norms folded into their readers); 'full' also "
+             "maps each attention head's value and query·key dims. --method learned implies "
+             "orthogonal.",
+    ),
+    click.option(
+        "--head-maps", type=click.Choice(("orthogonal", "least-squares")),
+        default="orthogonal", show_default=True,
+        help="--symmetry full: each head's maps orthogonal, or least squares (invertible, "
+             "condition number at most 100, else their orthogonal part).",
+    ),
 )  # fmt: skip
+"""``--symmetry`` and ``--head-maps`` (:data:`modeconnect.symmetry.align.HEAD_MAPS`)."""
 
 
 SYMMETRIES = click.option(

@@ -559,6 +559,10 @@ SYM_QK = "results/transformers_symmetry_qk.json"
 SYM_STE = "results/transformers_symmetry_ste.json"
 SYM_TWO = "results/transformers_symmetry_two_sided.json"
 SYM_VIT = "results/transformers_symmetry_vit.json"
+SYM_REC = "results/transformers_symmetry_recovery.json"
+SYM_REC_GPT2 = "results/transformers_symmetry_recovery_gpt2.json"
+RECOVERED = "Re-measured after exact recovery"
+SYM_PAIRS = "results/transformers_symmetry_pairs.json"
 VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
@@ -902,6 +906,70 @@ CHECKS: list[Check] = [
                              *_range([_sym(r, f)[k]["time_vs_weight_matching"]
                                       for f in ("llama", "gpt2") for k in _sym(r, f)
                                       if k.endswith(", activation")])], also=(SYM_GPT2,)),
+    TableCheck(TRANSFORMERS, RECOVERED, SYM_REC, BENCH_SYM, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, RECOVERED, SYM_REC_GPT2, BENCH_SYM, 1, skip=SYM_TIMES),
+    TableCheck(TRANSFORMERS, "Tiny Llamas over three seed pairs", SYM_PAIRS, BENCH_SYM,
+               report="report_pairs"),
+    SentenceCheck(TRANSFORMERS, r"Over the three pairs `full` keeps (\d+) ± (\d+) % of the naive "
+                  r"barrier weight-based and (\d+) ± (\d+) % activation-based, and the learned "
+                  r"rotation (\d+) ± (\d+) %", SYM_PAIRS,
+                  lambda r: [_pct(r["llama_summary"][k][f]) for k in (
+                      "full (orthogonal heads), weight", "full (orthogonal heads), activation",
+                      "orthogonal, learned") for f in ("share_of_naive", "share_of_naive_sd")]),
+    SentenceCheck(TRANSFORMERS, r"help on two pairs of three \(on seeds (\d) and (\d), "
+                  r"weight-based `full` is above `orthogonal`\)", SYM_PAIRS,
+                  lambda r: [float(x) for p, rows in r["llama_pairs"].items()
+                             if rows["full (orthogonal heads), weight"]["barrier"]
+                             > rows["orthogonal, weight"]["barrier"] for x in p.split(",")]),
+    SentenceCheck(TRANSFORMERS, r"`full` with its default orthogonal heads keeps (\d+) % of the "
+                  r"naive barrier \((\d+) % before\), `orthogonal` (\d+) % \((\d+) %\), "
+                  r"least-squares heads (\d+) % \((\d+) %\); learned (\d+) % \((\d+) %\)",
+                  SYM_REC,
+                  lambda r: [_share(r, "llama", "full (orthogonal heads), weight"),
+                             _share(load_record(SYM_TWO), "llama",
+                                    "full (orthogonal heads), weight"),
+                             _share(r, "llama", "orthogonal, weight"),
+                             _share(load_record(SYM_LLAMA), "llama", "orthogonal, weight"),
+                             _share(r, "llama", "full, weight"),
+                             _share(load_record(SYM_QK), "llama", "full, weight"),
+                             _share(r, "llama", "orthogonal, learned"),
+                             _share(load_record(SYM_LLAMA), "llama", "orthogonal, learned")]),
+    SentenceCheck(TRANSFORMERS, r"not met on the Llamas \((\d+) % at best, activation-based\)",
+                  SYM_REC, lambda r: [min(_share(r, "llama", k) for k in _sym(r, "llama")
+                                          if k.startswith("full"))]),
+    SentenceCheck(TRANSFORMERS, r"`full` with orthogonal heads keeps (\d+) % of the naive barrier "
+                  r"against `orthogonal`'s (\d+) %\. Its `orthogonal` row rose from (\d+) %",
+                  SYM_REC_GPT2,
+                  lambda r: [_share(r, "gpt2", "full (orthogonal heads), weight"),
+                             _share(r, "gpt2", "orthogonal, weight"),
+                             _share(load_record(SYM_GPT2), "gpt2", "orthogonal, weight")]),
+    SentenceCheck(TRANSFORMERS, r"weight-based `full` (\d+) %, activation-based (\d+) % "
+                  r"\(`orthogonal, activation` (\d+) %, from (\d+) % on the raw stream\), "
+                  r"learned ([−-]\d+) %", SYM_REC_GPT2,
+                  lambda r: [_share(r, "gpt2", "full (orthogonal heads), weight"),
+                             _share(r, "gpt2", "full (orthogonal heads), activation"),
+                             _share(r, "gpt2", "orthogonal, activation"),
+                             _share(load_record(SYM_GPT2), "gpt2", "orthogonal, activation"),
+                             _share(r, "gpt2", "orthogonal, learned")]),
+    SentenceCheck(TRANSFORMERS, r"worse than permutations \((\d+) %\) because of the "
+                  r"least-squares heads\*\*.*?least squares gives (\d+) %, while orthogonal heads "
+                  r"\(the default\) give (\d+) %.*?lowered `orthogonal, activation` from (\d+) % "
+                  r"to (\d+) %", SYM_REC,
+                  lambda r: [_share(load_record(SYM_LLAMA), "llama", "full, activation"),
+                             _share(r, "llama", "full, activation"),
+                             _share(r, "llama", "full (orthogonal heads), activation"),
+                             _share(load_record(SYM_LLAMA), "llama", "orthogonal, activation"),
+                             _share(r, "llama", "orthogonal, activation")]),
+    SentenceCheck(TRANSFORMERS, r"weight-based `full` took ([\d.]+)–([\d.]+)× weight matching "
+                  r"\(two starts; target ≤ 5×: met\); activation-based ([\d.]+)–([\d.]+)× on",
+                  SYM_REC,
+                  lambda r: [*_range([x[k]["time_vs_weight_matching"]
+                                      for x in (_sym(r, "llama"),
+                                                _sym(load_record(SYM_REC_GPT2), "gpt2"))
+                                      for k in x
+                                      if k.startswith("full") and k.endswith(", weight")]),
+                             *_range([r["llama"][k]["time_vs_weight_matching"]
+                                      for k in r["llama"] if k.endswith(", activation")])]),
     TableCheck(MERGING, "1. ZipIt! on a class split", "results/merging_class_split.json",
                MERGE_SCRIPT, report="report_class_split"),
     TableCheck(MERGING, "2. Width fusion", "results/merging_width_fusion.json", MERGE_SCRIPT,

@@ -60,6 +60,13 @@ FIRST_ROWS = ("permutation, activation", "orthogonal, weight", "orthogonal, acti
               "full, weight", "full (orthogonal heads), weight", "full, activation",
               "orthogonal, learned", "full, learned")  # fmt: skip
 """The rows of the first transformer tables (the later rows have runs of their own)."""
+RECOVERY_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
+                 "full (orthogonal Q·K), weight", "orthogonal, activation", "full, activation",
+                 "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
+"""The Llama rows re-measured after exact recovery (weight rounds, normalised activations)."""
+PAIR_ROWS = ("orthogonal, weight", "orthogonal, activation", "full (orthogonal heads), weight",
+             "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
+"""The Llama rows measured over three seed pairs."""
 
 RUNS: list[Run] = [
     *_science("width", 2.5),
@@ -144,6 +151,25 @@ RUNS: list[Run] = [
         "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3",
         *(a for row in FIRST_ROWS if "heads" not in row for a in ("--only", row)), "--out",
         "results/transformers_symmetry_gpt2.json"), 7.0, long=True),
+    # after exact recovery (anchored start, head maps inside the rounds, GPT-2's heads,
+    # normalised activations): the rows that moved, on the same trained pairs
+    Run("transformers_symmetry_recovery", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", *(a for row in RECOVERY_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_recovery.json"), 4.0, long=True),
+    Run("transformers_symmetry_recovery_gpt2", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
+        "runs/reproduce/symmetry_gpt2", *(a for row in (
+            "orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
+            "orthogonal, activation", "full (orthogonal heads), activation",
+            "orthogonal, learned") for a in ("--only", row)), "--out",
+        "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
+    # the Llama study over three seed pairs (the first is the pair above)
+    Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
+        "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in PAIR_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_pairs.json"), 12.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)

@@ -19,6 +19,7 @@ import torch
 
 from modeconnect.alignment import AlignResult, CurvePair, align, compare_interpolations, merge_pair
 from modeconnect.bn import check_mode, renormalize
+from modeconnect.commands.barrier import symmetry_option
 from modeconnect.commands.options import AlignOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session, parse_dtype
@@ -110,14 +111,15 @@ def align_files(
     opts = method_options(o.method, o.method_options)
     probe = tuple(x[:2] for x in session.probe)
     products = where if session.lazy or where.type != "cpu" else None  # the similarity's
+    under: dict[str, Any] = symmetry_option(o.symmetry, o.method, "--method", o.head_maps)
 
     def matched(spec: PermutationSpec) -> AlignResult:
         with clock.phase("matching + guard"):
             return align(
                 net, ca.state_dict, cb.state_dict, method=o.method, inputs=session.probe,
                 data=stats, spec=spec, progress=o.run.progress,
-                max_bytes=model_bytes(cb.state_dict), device=products, symmetry=o.symmetry,
-                loss=session.scoring, **opts,
+                max_bytes=model_bytes(cb.state_dict), device=products, loss=session.scoring,
+                **under, **opts,
             )  # fmt: skip
 
     # A cached spec is untrusted input: if the guard refuses it, it is derived again, once.

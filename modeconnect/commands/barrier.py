@@ -23,6 +23,7 @@ from modeconnect.io.data import Batch
 from modeconnect.io.references import import_callable
 from modeconnect.io.report import stage_report
 from modeconnect.matching import method_options
+from modeconnect.symmetry.align import HEAD_MAPS
 
 __all__ = ["StudyReport", "barrier_files", "resolve_loss"]
 
@@ -74,13 +75,28 @@ def _language_loss(loss: str | ExampleLossFn | Scoring | None, session: Session)
     )
 
 
-def symmetry_option(symmetry: str, method: str | None, flag: str = "--align") -> dict[str, str]:
+def symmetry_option(
+    symmetry: str, method: str | None, flag: str = "--align", head_maps: str = "orthogonal"
+) -> dict[str, str]:
     """The ``symmetry`` keyword of the study's alignment: none for permutations (today's
     call, unchanged); an error for an unknown name or a larger symmetry without ``--align``.
+    ``head_maps`` other than the default needs ``full`` and goes with it.
 
     >>> symmetry_option("permutation", None), symmetry_option("full", "weight")
     ({}, {'symmetry': 'full'})
+    >>> symmetry_option("full", "weight", head_maps="least-squares")
+    {'symmetry': 'full', 'head_maps': 'least-squares'}
     """
+    if head_maps != "orthogonal":
+        if head_maps not in HEAD_MAPS:
+            raise ModeconnectError(
+                f"--head-maps: unknown {head_maps!r}; choose one of {', '.join(HEAD_MAPS)}"
+            )
+        if symmetry != "full":
+            raise ModeconnectError(
+                f"--head-maps {head_maps}: maps attention heads under --symmetry full only; "
+                "pass --symmetry full or leave --head-maps out"
+            )
     if symmetry not in SYMMETRIES:
         raise ModeconnectError(
             f"--symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
@@ -91,7 +107,8 @@ def symmetry_option(symmetry: str, method: str | None, flag: str = "--align") ->
         raise ModeconnectError(
             f"--symmetry {symmetry}: needs an alignment; pass {flag} METHOD (e.g. weight)"
         )
-    return {"symmetry": symmetry}
+    heads = {"head_maps": head_maps} if head_maps != "orthogonal" else {}
+    return {"symmetry": symmetry, **heads}
 
 
 def _reported(ref: str, fn: Any) -> ExampleLossFn:
@@ -151,7 +168,7 @@ def barrier_files(
     method = None if o.align in (None, "none") else o.align
     chosen = method_options(method, o.align_options or {})  # no method: no option may be given
     study_align = {**chosen, "permute_output": o.permute_output, "inputs": session.probe,
-                   **symmetry_option(o.symmetry, method)}  # fmt: skip
+                   **symmetry_option(o.symmetry, method, head_maps=o.head_maps)}  # fmt: skip
     with clock.phase("study"):
         study = barrier_study(
             session.model, a, b, test=session.data or [],

@@ -57,12 +57,13 @@ def curve_files(
     (a, b), train_data, test_data = session.state_dicts, session.train, session.data
     seeded = {"seed": o.seed} if method is not None else {}  # without a method, none is given
     chosen = method_options(method, {**seeded, **(o.align_options or {})})
+    under = symmetry_option(o.symmetry, method, "--align", o.head_maps)
     with session.timings.phase("study"):
         study = curve_study(
             session.model, a, b, train=train_data or [],
             test=test_data or [], kind=o.curve, bends=o.bends, align=method,
             align_options={**chosen, "permute_output": o.permute_output, "inputs": session.probe,
-                           **symmetry_option(o.symmetry, method)},  # fmt: skip
+                           **under},  # fmt: skip
             epochs=o.epochs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
             batch_size=o.inputs.batch_size, seed=o.seed, steps=o.steps, definition=o.definition,
             bn=o.bn, loss=resolve_loss(o.loss, session), max_bn_batches=o.max_bn_batches,

@@ -138,7 +138,7 @@ def merge_files(
     if o.run.progress is not None and o.method == "weight":
         chosen["progress"] = o.run.progress
     under: dict[str, Any] = symmetry_option(
-        o.symmetry, None if o.method == NO_ALIGNMENT else o.method, "--method"
+        o.symmetry, None if o.method == NO_ALIGNMENT else o.method, "--method", o.head_maps
     )
     with session.timings.phase("merge"):
         result = merge(

@@ -198,6 +198,7 @@ class AlignOptions(Options):
     alpha: float = 0.5
     steps: int = 25
     symmetry: str = "permutation"
+    head_maps: str = "orthogonal"
     out: Path_ = None
     merged: Path_ = None
 
@@ -219,6 +220,7 @@ class MergeOptions(Options):
     width: Any = None
     """Fused widths (``--width``): a number, ``group=width`` pairs, or None (the first model's)."""
     symmetry: str = "permutation"
+    head_maps: str = "orthogonal"
 
     REST: ClassVar[str | None] = "method_options"
 
@@ -255,6 +257,7 @@ class BarrierOptions(Options):
     align_options: Mapping[str, Any] | None = None
     permute_output: bool = False
     symmetry: str = "permutation"
+    head_maps: str = "orthogonal"
     ray: str | None = None
     workers: int | None = None
     study: Mapping[str, Any] = field(default_factory=dict)
@@ -288,6 +291,7 @@ class CurveOptions(Options):
     report_dir: Path_ = None
     permute_output: bool = False
     symmetry: str = "permutation"
+    head_maps: str = "orthogonal"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ and alignment under the full symmetry group (Theus et al. 2025, arXiv 2506.22712
   :func:`random_rotation`;
 * :mod:`.procrustes` — orthogonal Procrustes from weights or streamed activations;
 * :mod:`.heads` — invertible per-head V·O maps (least squares, condition bounded);
+* :mod:`.qk` — per-head Q·K maps that commute with rotary embeddings;
 * :mod:`.learned` — the rotation learned on the loss along the path;
 * :mod:`.align` — :func:`align_full`, the pipeline under ``--symmetry orthogonal|full``.
 """

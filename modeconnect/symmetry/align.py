@@ -1,5 +1,5 @@
 """Alignment under larger symmetry groups: permutations, rotations of residual streams and
-(``full``) invertible per-head V·O maps.
+(``full``) per-head V·O and Q·K maps.
 
 :func:`align_full` is what :func:`modeconnect.alignment.align` runs for
 ``symmetry="orthogonal"`` or ``"full"`` (and ``method="learned"``):
@@ -12,11 +12,14 @@
 3. **permutations** of every group by the base method (``weight`` for ``weight`` and
    ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
    run leaves the stream's own permutation to the rotation;
-4. **rotation** of each stream: orthogonal Procrustes on the weights (alternating with
-   weight matching while the objective ``Σ_W ⟨W_A, W_B'⟩`` gains at least 1e-4 of
-   itself, at most :data:`ROUNDS` rounds), or on the stream's activations over ``data``;
-5. **heads** (``full``): each V·O group's per-head maps by least squares
-   (:mod:`~modeconnect.symmetry.heads`), after a random map passed on the probe;
+4. **rotation** of each stream: orthogonal Procrustes on the weights, alternating with
+   weight matching and (``full``) the per-head maps while the distance to A falls, at
+   most :data:`ROUNDS` rounds from each of two starts (:func:`_weight_rounds`); or on
+   the stream's normalised activations over ``data``;
+5. **heads** (``full``): each V·O group's per-head maps (:mod:`~modeconnect.symmetry.
+   heads`) and Q·K group's (:mod:`~modeconnect.symmetry.qk`), orthogonal or least
+   squares (:data:`HEAD_MAPS`), each group after a random map of its class passed on
+   the probe (:class:`HeadSolver`);
 6. **learned**: the rotation learned on the loss at the midpoint (or a random α);
 7. **guard**: aligned B must compute B's function on the probe.
 
@@ -42,7 +45,7 @@ from ..matching import Alignment, get_method, takes
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
-from .heads import apply_head_maps, head_maps, head_positions, solve_head_maps
+from .heads import HeadGroup, apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import learn_rotations
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
@@ -68,6 +71,10 @@ ORTHOGONAL_HEADS = 1.0
 """The default bound on the per-head maps' condition numbers: orthogonal maps (measured
 better on the midpoint than least squares with its scale, on tiny Llamas and ViTs)."""
 """Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
+HEAD_MAPS = {"orthogonal": ORTHOGONAL_HEADS, "least-squares": 100.0}
+"""``head_maps`` (``--head-maps``): each name's bound on the per-head maps' condition
+numbers: orthogonal maps, or least squares (a map above 100 falls back to its
+orthogonal part)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,9 @@ class FullAlignment:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``symmetry`` section of the JSON report."""
-        return {"symmetry": self.alignment.params.get("symmetry", "full"),
+        params = self.alignment.params
+        heads = {k: params[k] for k in ("head_maps", "max_condition") if k in params}
+        return {"symmetry": params.get("symmetry", "full"), **heads,
                 "groups": [g.to_dict() for g in self.groups]}  # fmt: skip
 
 
@@ -158,6 +167,7 @@ def align_full(
     max_condition: float = ORTHOGONAL_HEADS,
     qk: bool = True,
     qk_condition: float | None = None,
+    head_maps: str | None = None,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
@@ -172,6 +182,8 @@ def align_full(
     rotation per frequency pair under RoPE). Least squares with its scale
     (``max_condition=100``) fits the weights better and the path worse (measured:
     ``docs/science/transformers.md``).
+    ``head_maps`` names the bound instead (:data:`HEAD_MAPS`: ``"orthogonal"`` or
+    ``"least-squares"``); the JSON records the choice and the bound.
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
     """
@@ -179,6 +191,12 @@ def align_full(
         raise ModeconnectError(
             "method 'learned' learns the rotation on data: pass --train (or --data) batches"
         )
+    if head_maps is not None:
+        if head_maps not in HEAD_MAPS:
+            raise ModeconnectError(
+                f"head_maps: unknown {head_maps!r}; choose one of {', '.join(HEAD_MAPS)}"
+            )
+        max_condition = HEAD_MAPS[head_maps]
     start = time.perf_counter()
     a, b = dict(a), dict(b)
     learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations", "sides")
@@ -199,11 +217,15 @@ def align_full(
         rotations: dict[str, torch.Tensor] = {}
         rotations_a: dict[str, torch.Tensor] = {}
         start_eq: Equivalence | None = None
+        heads = HeadSolver.of(model, spec, probe, fb, max_condition, qk, qk_condition)
+        inner = heads if symmetry == "full" and base == "weight" else None
         if base == "weight":
             alignment, aligned, rotations, objectives = _weight_rounds(
-                spec, fa, fb, active, match, options
+                spec, fa, fb, active, match, options, inner
             )
-            solver = "orthogonal Procrustes (SVD), alternating with weight matching"
+            solver = "orthogonal Procrustes (SVD), alternating with weight matching" + (
+                " and the per-head maps" if inner is not None and heads.groups else ""
+            )
         else:
             alignment = match(spec, fa, fb, model=model, data=data, **options)
             # activations: the stream's rotation is found on its own, from its activations
@@ -225,11 +247,7 @@ def align_full(
                                        seconds, s.reason))  # fmt: skip
         found: list[GroupRecord] = []
         if symmetry == "full":
-            aligned, found = _head_maps(model, spec, probe, fa, aligned, max_condition)
-            groups = qk_groups(spec, aligned) if qk else []
-            bound = max_condition if qk_condition is None else qk_condition
-            aligned, qk_records = _qk_maps(model, probe, fa, aligned, groups, bound)
-            found += qk_records
+            aligned, found = heads.solve(fa, aligned)
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
             aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
@@ -267,45 +285,94 @@ def align_full(
     require_equivalence(eq)
     records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
     alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
-                        params={**alignment.params, **own, "symmetry": symmetry})  # fmt: skip
+                        params={**alignment.params, **own, "symmetry": symmetry,
+                                **_head_params(symmetry, max_condition)})  # fmt: skip
     return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations, rotations_a)
+
+
+@dataclass(frozen=True)
+class HeadSolver:
+    """The attention head groups of ``full`` and the class each was found sound for.
+
+    Built once (:meth:`of`, random maps checked on the probe); :meth:`solve` fits every
+    sound group's per-head maps to A from scratch, so the weight rounds call it after
+    each rotation and permutation, and each map's condition stays bounded.
+    """
+
+    vo: tuple[tuple[HeadGroup, bool], ...]
+    qk: tuple[tuple[QKGroup, QKClass | str], ...]
+    max_condition: float
+    qk_condition: float
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, spec: PermutationSpec, probe: Sequence[Any], state: StateDict,
+        max_condition: float, qk: bool = True, qk_condition: float | None = None,
+    ) -> HeadSolver:  # fmt: skip
+        """Each V·O group with whether random per-head maps keep ``state``'s outputs, and
+        each Q·K group (none unless ``qk``) with its class or the reason it has none."""
+        vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in head_maps(spec, state))
+        found = tuple((g, _qk_class_of(model, probe, state, g))
+                      for g in (qk_groups(spec, state) if qk else []))  # fmt: skip
+        bound = max_condition if qk_condition is None else qk_condition
+        return cls(vo, found, max_condition, bound)
+
+    @property
+    def groups(self) -> bool:
+        """Whether any group has maps to solve."""
+        return any(sound for _, sound in self.vo) or any(not isinstance(c, str) for _, c in self.qk)
+
+    def solve(
+        self, fa: StateDict, state: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
+        """``state`` with every sound group's maps fitted to ``fa`` and applied; the records."""
+        records = []
+        for group, sound in self.vo:
+            clock = time.perf_counter()
+            if not sound:
+                records.append(GroupRecord(group.group, PERMUTATION, "weight matching", None,
+                                           1.0, 0.0, NOT_VO))  # fmt: skip
+                continue
+            sizes = dict(group.positions)
+            maps, conditions = solve_head_maps(fa, state, group, sizes, self.max_condition)
+            state = apply_head_maps(state, group, maps, sizes)
+            residual = sum(float((fa[k].double() - state[k].double()).pow(2).sum())
+                           for k, *_ in group.members)  # fmt: skip
+            records.append(GroupRecord(
+                group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
+                if self.max_condition <= 1
+                else "least squares on V and O (Sylvester), polar fallback",
+                residual, max(conditions), time.perf_counter() - clock, VO_REASON))  # fmt: skip
+        for qk, found in self.qk:
+            clock = time.perf_counter()
+            if isinstance(found, str):
+                records.append(GroupRecord(f"{qk.group}.qk", PERMUTATION, "weight matching",
+                                           None, 1.0, 0.0, found))  # fmt: skip
+                continue
+            maps, conditions = solve_qk_maps(fa, state, qk, found, self.qk_condition)
+            state = apply_qk_maps(state, qk, maps)
+            residual = sum(float((fa[k].double() - state[k].double()).pow(2).sum())
+                           for k in dict.fromkeys((*qk.q, *qk.k)))  # fmt: skip
+            how = ("orthogonal part of the least squares on Q and K (a rotation per pair, "
+                   "polar elsewhere)" if self.qk_condition <= 1 else "least squares on Q "
+                   "and K (closed form per pair, Sylvester elsewhere), orthogonal "
+                   "fallback")  # fmt: skip
+            records.append(GroupRecord(f"{qk.group}.qk", found.cls, how, residual,
+                                       max(conditions), time.perf_counter() - clock,
+                                       found.reason))  # fmt: skip
+        return state, records
+
+
+def _head_params(symmetry: str, max_condition: float) -> dict[str, Any]:
+    """The per-head maps chosen (``full`` only): their name and bound, for the JSON."""
+    if symmetry != "full":
+        return {}
+    name = "orthogonal" if max_condition <= ORTHOGONAL_HEADS else "least-squares"
+    return {"head_maps": name, "max_condition": max_condition}
 
 
 def _tolerance(tolerance: float | None) -> dict[str, float]:
     return {} if tolerance is None else {"tolerance": tolerance}
-
-
-def _head_maps(
-    model: nn.Module,
-    spec: PermutationSpec,
-    probe: Sequence[Any],
-    fa: StateDict,
-    aligned: dict[str, torch.Tensor],
-    max_condition: float,
-) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
-    """Aligned B with each V·O group's per-head maps solved and applied; their records.
-
-    A group is trusted only if random well-conditioned maps leave B's outputs unchanged on
-    the probe (else it keeps its permutations, and its record says why).
-    """
-    records = []
-    for group in head_maps(spec, aligned):
-        clock = time.perf_counter()
-        sizes = head_positions(spec, group)
-        if not _vo_sound(model, spec, probe, aligned, group):
-            records.append(GroupRecord(group.group, PERMUTATION, "weight matching", None, 1.0,
-                                       0.0, NOT_VO))  # fmt: skip
-            continue
-        maps, conditions = solve_head_maps(fa, aligned, group, sizes, max_condition)
-        aligned = apply_head_maps(aligned, group, maps, sizes)
-        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
-                       for k, *_ in group.members)  # fmt: skip
-        records.append(GroupRecord(
-            group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
-            if max_condition <= 1 else "least squares on V and O (Sylvester), polar fallback",
-            residual, max(conditions), time.perf_counter() - clock,
-            VO_REASON))  # fmt: skip
-    return aligned, records
 
 
 NOT_VO = "random per-head maps changed B's outputs on the probe: not a V·O group"
@@ -357,33 +424,6 @@ def head_classes(
     return out
 
 
-def _qk_maps(
-    model: nn.Module, probe: Sequence[Any], fa: StateDict, aligned: dict[str, torch.Tensor],
-    groups: Sequence[QKGroup], max_condition: float,
-) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
-    """Aligned B with each Q·K group's per-head maps (:mod:`~modeconnect.symmetry.qk`): the
-    largest class a random map of which keeps B's outputs on the probe; their records."""
-    records = []
-    for group in groups:
-        clock = time.perf_counter()
-        found = _qk_class_of(model, probe, aligned, group)
-        if isinstance(found, str):
-            records.append(GroupRecord(f"{group.group}.qk", PERMUTATION, "weight matching",
-                                       None, 1.0, 0.0, found))  # fmt: skip
-            continue
-        maps, conditions = solve_qk_maps(fa, aligned, group, found, max_condition)
-        aligned = apply_qk_maps(aligned, group, maps)
-        residual = sum(float((fa[k].double() - aligned[k].double()).pow(2).sum())
-                       for k in dict.fromkeys((*group.q, *group.k)))  # fmt: skip
-        how = ("orthogonal part of the least squares on Q and K (a rotation per pair, polar "
-               "elsewhere)" if max_condition <= 1 else "least squares on Q and K (closed form "
-               "per pair, Sylvester elsewhere), orthogonal fallback")  # fmt: skip
-        records.append(GroupRecord(
-            f"{group.group}.qk", found.cls, how, residual, max(conditions),
-            time.perf_counter() - clock, found.reason))  # fmt: skip
-    return aligned, records
-
-
 def _ste(
     model: nn.Module, spec: PermutationSpec, fa: StateDict, aligned: dict[str, torch.Tensor],
     active: Sequence[ResidualStream], match: Any, data: Iterable[Any] | None, loss: Any,
@@ -417,40 +457,87 @@ def _weight_rounds(
     streams: Sequence[ResidualStream],
     match: Any,
     options: Mapping[str, Any],
+    heads: HeadSolver | None = None,
 ) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
-    """Procrustes for the streams, alternating with weight matching of the other groups.
+    """Procrustes for the streams, alternating with weight matching and the per-head maps.
 
-    Each round rotates every stream to best fit A (with the permutations found so far),
-    then matches the permutations again on the rotated B (each stream's own permutation
-    left to its rotation); the rounds stop when the total inner product ``Σ_W ⟨W_A, W_B'⟩``
-    gains less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. Returns the first
-    round's alignment, aligned B, each stream's composed rotation and its objective.
+    Two starts, the rounds run from each, the one nearer A kept: each stream rotated to
+    fit the tensors on which nothing else acts (embedding tables, the output head,
+    biases: :func:`anchored`), so the first matching sees B in A's basis; and rotated to
+    fit all its tensors (0.4.0's start before exact recovery; better on some trained
+    pairs). Each round then matches the permutations (each stream's own permutation left
+    to its rotation) and rotates every stream to best fit A, on B with the per-head maps
+    of ``heads`` fitted to it (:meth:`HeadSolver.solve`, from scratch, so the maps are
+    not composed); the rounds stop when the distance ``Σ_W ‖W_A − W_B'‖²`` (per-head maps
+    applied) falls by less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. A
+    randomly rotated, permuted and head-mapped copy of A is recovered from the first
+    start (``tests/test_symmetry_recovery.py``). Returns the kept start's first
+    alignment, aligned B without the per-head maps, each stream's composed rotation and
+    its objective.
     """
+    starts = ({s.group: anchored(spec, fa, s) for s in streams}, None) if streams else (None,)
+    runs = [_rounds(spec, fa, fb, streams, match, options, heads, only) for only in starts]
+    first, aligned, rotations, objectives, _ = min(runs, key=lambda r: r[4])
+    return first, aligned, rotations, objectives
+
+
+def _rounds(
+    spec: PermutationSpec, fa: StateDict, fb: StateDict, streams: Sequence[ResidualStream],
+    match: Any, options: Mapping[str, Any], heads: HeadSolver | None,
+    only: Mapping[str, Sequence[tuple[str, int]]] | None,
+) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float],
+           float]:  # fmt: skip
+    """The rounds of :func:`_weight_rounds` from the start fitted to ``only``'s tensors of
+    each stream (all of them if ``None``), and the final distance."""
+
+    def mapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state if heads is None else heads.solve(fa, state)[0]
+
     aligned = dict(fb)
     rotations = {s.group: torch.eye(s.size, dtype=torch.float64) for s in streams}
     objectives: dict[str, float] = {}
+    for s in streams:
+        m = weight_cross(fa, aligned, s, None if only is None else only[s.group])
+        if bool(m.any()):
+            q = procrustes(m, s.fixes_ones)
+            aligned = rotate(aligned, s, q, spec.aliases)
+            rotations[s.group] = q @ rotations[s.group]
     first: Alignment | None = None
-    best = -float("inf")
+    kept = {s.group: torch.arange(s.size) for s in streams}
+    best, best_value = (aligned, dict(rotations), objectives), float("inf")
     for _ in range(ROUNDS if streams else 1):
+        # matched without the per-head maps: maps fitted to mismatched heads would hide them
+        found = match(spec, fa, aligned, **options)
+        first = first or found
+        aligned = apply_permutation(aligned, spec, {**found.perm, **kept})
+        objectives = dict(objectives)
         for s in streams:
-            m = weight_cross(fa, aligned, s)
+            m = weight_cross(fa, mapped(aligned), s)
             q = procrustes(m, s.fixes_ones)
             objectives[s.group] = alignment_objective(m, q)
             aligned = rotate(aligned, s, q, spec.aliases)
             rotations[s.group] = q @ rotations[s.group]
-        found = match(spec, fa, aligned, **options)
-        first = first or found
-        kept = {s.group: torch.arange(s.size) for s in streams}
-        candidate = apply_permutation(aligned, spec, {**found.perm, **kept})
-        value = _inner(fa, candidate)
-        if value <= best + 1e-4 * abs(best):
+        value = _distance(fa, mapped(aligned))
+        if value >= best_value - 1e-4 * best_value:
             break
-        aligned, best = candidate, value
-    return cast(Alignment, first), aligned, rotations, objectives
+        best, best_value = (aligned, dict(rotations), objectives), value
+    aligned, rotations, objectives = best
+    return cast(Alignment, first), aligned, rotations, objectives, best_value
 
 
-def _inner(a: StateDict, b: StateDict) -> float:
-    return float(sum((a[k].double() * b[k].double()).sum() for k in a
+def anchored(
+    spec: PermutationSpec, state: StateDict, stream: ResidualStream
+) -> list[tuple[str, int]]:
+    """The stream's tensor axes whose other axes no group acts on: embedding tables, the
+    output head, biases. Their cross products with A's see only the stream's map."""
+    moved = {(m.key, m.axis) for g in spec.groups.values() for m in g.members}
+    return [(key, axis) for key, axis in stream.rotated
+            if not any((key, other) in moved for other in range(state[key].ndim)
+                       if other != axis)]  # fmt: skip
+
+
+def _distance(a: StateDict, b: StateDict) -> float:
+    return float(sum((a[k].double() - b[k].double()).pow(2).sum() for k in a
                      if a[k].is_floating_point() and a[k].shape == b[k].shape))  # fmt: skip
 
 

@@ -80,11 +80,27 @@ def layout_positions(layout: object, outer: str, inner: str) -> torch.Tensor | N
     factor, or one part of the last factor's concatenation: a fused q/k/v projection whose
     heads interleave, GPT-NeoX's ``query_key_value``); ``None`` for any other layout.
 
+    A concatenation of such products, one of which holds ``inner`` (GPT-2's ``c_attn``:
+    the queries, the keys, then the values, each ``heads × head_dim``), gives that part's
+    places, offset by the parts before it.
+
     >>> from modeconnect.spec import Concat, Fixed, Leaf, Product
     >>> fused = Product((Leaf("H", 2), Concat((Fixed(2), Leaf("V", 1, "H")))))
     >>> layout_positions(fused, "H", "V").flatten().tolist()
     [2, 5]
+    >>> qkv = Concat((Product((Leaf("H", 2), Leaf("K", 1, "H"))), Product((Leaf("H", 2),
+    ...               Leaf("V", 1, "H")))))
+    >>> layout_positions(qkv, "H", "V").flatten().tolist()
+    [2, 3]
     """
+    if isinstance(layout, Concat):
+        found = [(i, p) for i, p in enumerate(layout.parts) if _holds(p, inner)]
+        if len(found) != 1:
+            return None
+        i, part = found[0]
+        places = layout_positions(part, outer, inner)
+        offset = sum(p.size for p in layout.parts[:i])
+        return None if places is None else places + offset
     if not isinstance(layout, Product):
         return None
     factors = layout.factors
@@ -104,6 +120,14 @@ def layout_positions(layout: object, outer: str, inner: str) -> torch.Tensor | N
     order = [heads[0], dims[0], *[i for i in range(len(factors)) if i not in (heads[0], dims[0])]]
     index = index.permute(order)
     return index.reshape(index.shape[0], index.shape[1], -1)
+
+
+def _holds(layout: object, group: str) -> bool:
+    """Whether ``layout`` has a factor or part of ``group`` (at any depth)."""
+    if isinstance(layout, Leaf):
+        return layout.group == group
+    parts = getattr(layout, "factors", None) or getattr(layout, "parts", None) or ()
+    return any(_holds(p, group) for p in parts)
 
 
 def apply_head_maps(

@@ -8,8 +8,10 @@ each rotary frequency pair, and, on the head dims rotary embeddings leave alone
 (GPT-NeoX's ``rotary_pct``, ``partial_rotary_factor``), **any invertible map**. Without
 rotary embeddings every dim is of the second kind. Grouped-query attention ties ``A``
 across the query heads sharing a key/value head. Queries and keys are separate
-projections, or slices of one fused projection whose heads interleave (GPT-NeoX's
-``query_key_value``: :attr:`QKGroup.fused`).
+projections, or slices of one fused projection: whose heads interleave (GPT-NeoX's
+``query_key_value``: :attr:`QKGroup.fused`), or whose queries, keys and values are
+concatenated blocks (GPT-2's ``c_attn``, a ``Conv1D`` whose rows are axis 1:
+:attr:`QKGroup.axes`).
 
 Which of these the model admits is derived from it (:func:`qk_class`): the pairing (HF's
 halves ``(i, i + r/2)`` or interleaved ``(2i, 2i + 1)``) and the rotary dims (read from
@@ -61,6 +63,8 @@ class QKGroup:
     fused: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False)
     """For one fused q/k/v projection (``q`` and ``k`` name the same tensors): the rows of
     the queries ``(kv_heads, 1, head_dim)`` and of the keys, in the fused rows."""
+    axes: Mapping[str, int] = field(default_factory=dict, compare=False)
+    """Each tensor's axis of the rows where it is not 0 (GPT-2's ``Conv1D``: ``(in, out)``)."""
 
     def rows(self, query: bool) -> torch.Tensor:
         """The query (or key) rows, ``(kv_heads, per_kv or 1, head_dim)``, along axis 0."""
@@ -109,7 +113,7 @@ def qk_groups(spec: PermutationSpec, state: StateDict) -> list[QKGroup]:
                 sizes = tuple(x.size for x in f)
                 rows.setdefault(m.key.rsplit(".", 1)[0], []).append((m.key, sizes))
         if len(rows) != 2:
-            found += _fused(spec, state, name)
+            found += _fused(spec, state, name) or _concatenated(spec, state, name)
             continue
         (qm, q), (km, k) = sorted(rows.items(), key=lambda kv: -len(kv[1][0][1]))
         qs, ks = q[0][1], k[0][1]
@@ -156,13 +160,47 @@ def _fused(spec: PermutationSpec, state: StateDict, name: str) -> list[QKGroup]:
     return [QKGroup(name, keys, keys, heads.size, 1, q.shape[1], (q[:, None], k[:, None]))]
 
 
+def _concatenated(spec: PermutationSpec, state: StateDict, name: str) -> list[QKGroup]:
+    """The Q·K group of a fused projection whose queries, keys and values are concatenated
+    blocks of ``heads × head_dim`` each (GPT-2's ``c_attn``, a ``Conv1D`` whose rows are its
+    weight's axis 1): of the parts whose head dims no layer reads, the first two, of one
+    shape, are the queries and the keys."""
+    writers = [m for m in spec.groups[name].members if _writes(spec, state, m.key, m.axis)]
+    layouts = {spec.layouts[m.key][m.axis] for m in writers}
+    if len(layouts) != 1 or len({m.key.rsplit(".", 1)[0] for m in writers}) != 1:
+        return []
+    (layout,) = layouts
+    if not isinstance(layout, Concat):
+        return []
+    spans, start = [], 0
+    for part in layout.parts:
+        if not isinstance(part, Product) or len(part.factors) != 2:
+            return []
+        heads, dims = part.factors
+        if not (isinstance(heads, Leaf) and heads.group == name
+                and isinstance(dims, Leaf) and dims.over == name):  # fmt: skip
+            return []
+        if _unread(spec, state, dims):
+            spans.append((start, heads.size, dims.size))
+        start += part.size
+    if len(spans) != 2 or spans[0][1:] != spans[1][1:]:
+        return []
+    (q0, count, n), (k0, _, _) = spans
+    rows = torch.arange(count * n).reshape(count, 1, n)
+    keys = tuple(m.key for m in writers)
+    axes = {m.key: m.axis for m in writers if m.axis}
+    return [QKGroup(name, keys, keys, count, 1, n, (rows + q0, rows + k0), axes)]
+
+
+def _writes(spec: PermutationSpec, state: StateDict, key: str, axis: int) -> bool:
+    """Whether ``axis`` of ``key`` is a layer's output (a weight's rows, or a bias)."""
+    return state[key].ndim == 1 or axis in spec.weight_outputs.get(key, ())
+
+
 def _unread(spec: PermutationSpec, state: StateDict, dims: Leaf) -> bool:
     """Whether every member of ``dims``'s group is a writer (a query's or key's rows): no
     layer reads those dims (a value's do: the output projection)."""
-    return all(
-        m.axis == 0 and (state[m.key].ndim == 1 or m.axis in spec.weight_outputs.get(m.key, ()))
-        for m in spec.groups[dims.group].members
-    )
+    return all(_writes(spec, state, m.key, m.axis) for m in spec.groups[dims.group].members)
 
 
 def rotary_dims(model: nn.Module, head_dim: int) -> int:
@@ -222,16 +260,18 @@ def apply_qk_maps(state: StateDict, group: QKGroup, maps: torch.Tensor) -> dict[
     for keys, m, query in sides:
         index = group.rows(query)
         for key in keys:
-            t = out[key]
-            flat = t.double().reshape(t.shape[0], -1).clone()
+            t, axis = out[key], group.axes.get(key, 0)
+            moved = t.double().movedim(axis, 0)
+            flat = moved.reshape(moved.shape[0], -1).clone()
             flat[index] = torch.einsum("gij,gqjr->gqir", m, flat[index])
-            out[key] = flat.reshape(t.shape).to(t.dtype)
+            out[key] = flat.reshape(moved.shape).movedim(0, axis).to(t.dtype)
     return out
 
 
-def _rows(t: torch.Tensor, group: QKGroup, query: bool) -> torch.Tensor:
+def _rows(t: torch.Tensor, group: QKGroup, query: bool, axis: int = 0) -> torch.Tensor:
     """``(kv_heads, per_kv or 1, head_dim, rest)`` in float64."""
-    return t.double().reshape(t.shape[0], -1)[group.rows(query)]
+    moved = t.double().movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1)[group.rows(query)]
 
 
 def solve_qk_maps(
@@ -243,7 +283,8 @@ def solve_qk_maps(
 
     def stacked(state: StateDict, keys: tuple[str, ...], query: bool) -> torch.Tensor:
         # (kv, head_dim, everything else): every query head of the group side by side
-        parts = [_rows(state[k], group, query).movedim(1, 2).reshape(g, n, -1) for k in keys]
+        parts = [_rows(state[k], group, query, group.axes.get(k, 0)).movedim(1, 2)
+                 .reshape(g, n, -1) for k in keys]  # fmt: skip
         return torch.cat(parts, dim=2)
 
     qa, qb = stacked(a, group.q, True), stacked(b, group.q, True)
