@@ -708,7 +708,7 @@ CHECKS: list[Check] = [
                   r"(\d+) at E = 20 \(([\d.]+) %, ([\d.]+) %, ([\d.]+) % of the units\) and rounds "
                   r"(\d+) and (\d+) at E = 50 \(([\d.]+) %, ([\d.]+) %\)", NARROW, _moves),
     *(SentenceCheck(FEDERATED, rf"- E = {e}: " + ", ".join([r"([+−]?[\d.]+)"] * 20), NARROW,
-                    lambda r, e=e: _round_gaps(r, e)) for e in (20, 50)),
+                    functools.partial(_round_gaps, epochs=e)) for e in (20, 50)),
     SentenceCheck(FEDERATED, r"weight matching kept every unit in place in (\d+) of (\d+) "
                   r"aggregations", MAIN, _identity),
     SentenceCheck(FEDERATED, r"MergeMany lifts the merge from ([\d.]+) % to ([\d.]+) % "
