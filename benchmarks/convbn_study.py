@@ -11,6 +11,16 @@ wrote are stored. The target is 10 minutes on 2 cores. Run from the repository r
         [--max-bn-batches N] [--out results/convbn_layerwise_study.json]
 
 ``--examples 2000 --steps 5`` is a quick check (a few minutes).
+
+``--estimate`` counts instead of timing: the study runs on a stand-in of the same
+structure (``conv_net(1, [1, 1], 10, image_size=2)``, 500 examples a split, the prefix
+cache deciding by the real model's sizes at the full data), counting the rows each child
+of the network runs in eval and in training mode (BatchNorm reset); times 20 it is the
+full study's count. Multiplied by the CPU seconds per 500-row batch of each child of the
+real model (median of 3 interleaved measurements), it estimates the study's CPU seconds.
+Run with ``PYTHONPATH`` at another checkout (``git archive``) it counts that code's
+passes; ``--layout plain`` prices evaluation passes in the plain layout (before
+channels-last).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,10 +84,14 @@ def run_study(argv: list[str], timeout: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".time") as clock:
         timed = ["/usr/bin/time", "-f", "%e %U %S", "-o", clock.name, *argv]
         start = time.perf_counter()
+        proc = subprocess.Popen(timed, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
         try:
-            proc = subprocess.run(timed, capture_output=True, text=True, timeout=timeout)
-            code, err = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired:
+            err = proc.communicate(timeout=timeout)[1]
+            code: int | None = proc.returncode
+        except subprocess.TimeoutExpired:  # the CLI too, not only /usr/bin/time
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             code, err = None, "timeout"
         wall = time.perf_counter() - start
         done.set()
@@ -109,6 +124,91 @@ def summary(study: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def count_rows(steps: int, scale: int = 20) -> dict[str, int]:
+    """Rows per child and mode (``"5:train"``) of the study at ``500 * scale`` examples."""
+    import collections
+
+    import modeconnect.layerwise as lw
+    from modeconnect.barrier_studies import barrier_study
+
+    real = conv_net(**KWARGS).eval()
+    sizes, h = {}, torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        for i, child in enumerate(real):
+            h = child(h)
+            sizes[i + 1] = h.numel() * h.element_size()
+
+    def fits(self: Any, x0: Any, batches: Any, correct: Any) -> bool:
+        total = sum(len(x) for x, _ in batches)
+        if isinstance(correct, lw.BatchNormReset):
+            total += sum(len(x) for x, _ in correct.batches)
+        return sizes[len(self.prefix)] * total * scale <= lw.PREFIX_BYTES
+
+    small = {**KWARGS, "channels": [1, 1], "image_size": 2}
+    states = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        states.append(conv_net(**small).state_dict())
+    model = conv_net(**small)
+    g = torch.Generator().manual_seed(DATA_SEED)
+    data = [[(torch.randn(500, 1, 2, 2, generator=g), torch.randint(0, 10, (500,), generator=g))]
+            for _ in range(2)]  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    rows: collections.Counter[str] = collections.Counter()
+    for name, child in model.named_children():
+
+        def hook(module: Any, args: Any, name: str = name) -> None:
+            mode = "train" if any(n.training for n in norms) else "eval"
+            rows[f"{name}:{mode}"] += args[0].shape[0] * scale
+
+        child.register_forward_pre_hook(hook)
+    original, lw.Prefix.fits = lw.Prefix.fits, fits  # type: ignore[method-assign]
+    try:
+        barrier_study(model, *states, test=data[0], train=data[1], align=None, bn="reset",
+                      steps=steps, layerwise=True)  # fmt: skip
+    finally:
+        lw.Prefix.fits = original  # type: ignore[method-assign]
+    return dict(sorted(rows.items()))
+
+
+def batch_costs(reps: int = 3) -> dict[str, dict[str, float]]:
+    """CPU seconds per 500-row batch of each child of the real model: evaluation in the
+    channels-last and the plain layout, BatchNorm training mode in the plain layout."""
+    torch.manual_seed(0)
+    model, x = conv_net(**KWARGS), torch.randn(500, 1, 28, 28)
+    kinds = {"eval_channels_last": ("eval", torch.channels_last),
+             "eval_plain": ("eval", torch.contiguous_format),
+             "train_plain": ("train", torch.contiguous_format)}  # fmt: skip
+    seen: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for _ in range(reps):  # interleaved, so that the load falls on all alike
+        for kind, (mode, layout) in kinds.items():
+            for child in model:
+                child.train(mode == "train" and isinstance(child, torch.nn.BatchNorm2d))
+                if isinstance(child, torch.nn.Conv2d):
+                    child.weight.data = child.weight.data.clone(memory_format=layout)
+            cost: dict[str, float] = {}
+            with torch.no_grad():
+                for rep in range(3):
+                    h = x
+                    for i, child in enumerate(model):
+                        start = time.process_time()
+                        h = child(h)
+                        if rep:  # the first is a warm-up
+                            cost[str(i)] = cost.get(str(i), 0.0) + (time.process_time() - start) / 2
+            seen[kind].append(cost)
+    return {k: {c: sorted(d[c] for d in v)[len(v) // 2] for c in v[0]} for k, v in seen.items()}
+
+
+def estimate(rows: dict[str, int], costs: dict[str, dict[str, float]], layout: str) -> float:
+    """CPU seconds: rows / 500 x the cost of a batch of that child in that mode."""
+    total = 0.0
+    for key, n in rows.items():
+        child, mode = key.split(":")
+        kind = f"eval_{layout}" if mode == "eval" else "train_plain"
+        total += n / 500 * costs[kind][child]
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
@@ -116,7 +216,18 @@ def main() -> None:
     parser.add_argument("--max-bn-batches", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--estimate", action="store_true", help="count and price, no run")
+    parser.add_argument("--layout", choices=("channels_last", "plain"), default="channels_last")
     args = parser.parse_args()
+    if args.estimate:
+        rows = count_rows(args.steps)
+        costs = batch_costs()
+        found = {
+            "rows": rows, "batch_cpu_seconds": costs, "load_average": os.getloadavg(),
+            "layout": args.layout, "cpu_seconds": estimate(rows, costs, args.layout),
+        }  # fmt: skip
+        print(json.dumps(found, indent=2))
+        return
     cli = shutil.which("modeconnect") or sys.exit("modeconnect: console script not found")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
