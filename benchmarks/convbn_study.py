@@ -209,6 +209,36 @@ def estimate(rows: dict[str, int], costs: dict[str, dict[str, float]], layout: s
     return total
 
 
+def store_estimate(
+    out: Path, rows: dict[str, int], costs: dict[str, dict[str, float]], load: Any
+) -> None:
+    """Price ``rows`` (this code's) and the stored rows of the code before (``git archive
+    46e8759``, plain layout) with ``costs`` into ``out``'s ``estimate``."""
+    numbers = read_result(out) if out.exists() else {"runs": []}
+    before = numbers.get("estimate", {}).get("rows_per_child_before_46e8759")
+    split = {m: {k: v for k, v in rows.items() if k.endswith(f":{m}")} for m in ("eval", "train")}
+    evals, resets = (estimate(split[m], costs, "channels_last") for m in ("eval", "train"))
+    now = evals + resets
+    found: dict[str, Any] = {
+        "method": "forward rows per child and mode counted on a stand-in of the same "
+        "structure (benchmarks/convbn_study.py --estimate), times the CPU seconds per "
+        "500-row batch of each child of the real model measured in the same run (median of 3)",
+        "rows_per_child_this_branch": rows, "batch_cpu_seconds": costs,
+        "load_average_during_pricing": load, "cpu_seconds_this_branch": round(now, 1),
+        "cpu_seconds_eval_passes": round(evals, 1),
+        "cpu_seconds_bn_reset_passes": round(resets, 1),
+        "cpu_seconds_if_reset_rows_fifth": round(evals + resets / 5, 1),
+        "minutes_of_two_fully_used_cores_this_branch": round(now / 120, 1),
+    }  # fmt: skip
+    if before is not None:
+        then = estimate(before, costs, "plain")
+        found.update(rows_per_child_before_46e8759=before,
+                     cpu_seconds_before_46e8759=round(then, 1),
+                     ratio_this_branch_vs_before=round(now / then, 3))  # fmt: skip
+    numbers["estimate"] = found
+    write_result(out, numbers, seeds=(DATA_SEED, *SEEDS), command=" ".join(sys.argv))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
@@ -227,6 +257,8 @@ def main() -> None:
             "layout": args.layout, "cpu_seconds": estimate(rows, costs, args.layout),
         }  # fmt: skip
         print(json.dumps(found, indent=2))
+        if args.out is not None:
+            store_estimate(args.out, rows, costs, found["load_average"])
         return
     cli = shutil.which("modeconnect") or sys.exit("modeconnect: console script not found")
     with tempfile.TemporaryDirectory() as tmp:
