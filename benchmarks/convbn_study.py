@@ -235,6 +235,9 @@ def store_estimate(
         found.update(rows_per_child_before_46e8759=before,
                      cpu_seconds_before_46e8759=round(then, 1),
                      ratio_this_branch_vs_before=round(now / then, 3))  # fmt: skip
+    if "estimate" in numbers:  # the earlier pricing stays, under another load
+        numbers["estimates_earlier"] = [*numbers.get("estimates_earlier", []),
+                                        numbers["estimate"]]  # fmt: skip
     numbers["estimate"] = found
     write_result(out, numbers, seeds=(DATA_SEED, *SEEDS), command=" ".join(sys.argv))
 
