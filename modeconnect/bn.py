@@ -43,6 +43,7 @@ __all__ = [
     "LayerStats",
     "batchnorm_layers",
     "bn_correction",
+    "last_norm_child",
     "check_mode",
     "layer_statistics",
     "make_correction",
@@ -197,6 +198,8 @@ def _statistics_pass(
         seen[0] += n
 
     momenta = [(bn, bn.momentum) for _, bn in norms]
+    last = last_norm_child(model)
+    handle = last.register_forward_hook(_stop) if last is not None else None
     with eval_mode(model), torch.no_grad():
         try:
             for _, bn in norms:
@@ -205,6 +208,39 @@ def _statistics_pass(
         finally:
             for bn, momentum in momenta:
                 bn.momentum = momentum
+            if handle is not None:
+                handle.remove()
+
+
+def _stop(module: nn.Module, args: Any, out: Any) -> None:
+    raise _Stop
+
+
+def last_norm_child(model: nn.Module) -> nn.Module | None:
+    """The child of a sequential ``model`` after which no BatchNorm runs, where that saves work.
+
+    A statistics pass needs the forward only up to there: in an ``nn.Sequential`` the
+    children run in order, so once the last child holding a BatchNorm has run (a module
+    listed twice counts at its last place), the children after it change no statistics.
+    ``None`` for other models, or where that child is the last one.
+
+    >>> from modeconnect.models import conv_net
+    >>> model = conv_net(in_channels=1, channels=[2, 3], num_classes=4, image_size=4)
+    >>> [type(m).__name__ for m in model][5:]
+    ['Conv2d', 'BatchNorm2d', 'ReLU', 'Flatten', 'Linear']
+    >>> last_norm_child(model) is model[6]
+    True
+    """
+    if type(model) is not nn.Sequential:
+        return None
+    children = [c for c in model._modules.values() if c is not None]  # repeats included
+    holds = [any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in c.modules())
+             for c in children]  # fmt: skip
+    if not any(holds):
+        return None
+    i = max(j for j, h in enumerate(holds) if h)
+    once = sum(c is children[i] for c in children) == 1  # its hook must fire at i only
+    return children[i] if once and i < len(children) - 1 else None
 
 
 def reset_batchnorm_many(

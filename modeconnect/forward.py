@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -262,11 +263,66 @@ def over_batches(
     ``state_dict`` is already :meth:`Binding.bind`-ed and is used as is.
     """
     params = dict(state_dict) if bound else Binding.of(model).checked(state_dict)
+    params = channels_last(model, params)
     how = call if call is not None else model_call(model)
     loop = _Loop(model, how, step, cut)
     out: list[R] = torch.func.functional_call(loop, _prefixed(params), (batches,),
                                               tie_weights=False)  # fmt: skip
     return out
+
+
+def channels_last(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``params`` with the weights of ``model``'s ``nn.Conv2d`` layers in channels-last layout.
+
+    oneDNN then runs every convolution, and the activations between them, channels-last:
+    on a 2-core CPU a 32-64 ``conv_net`` at 28x28 runs its evaluation passes 1.3-1.6x
+    faster, with the same values to float rounding. Only where the layout cannot matter:
+
+    * models built of ``torch.nn`` modules and modeconnect's own
+      (:mod:`modeconnect.models`), whose forwards never ``view`` an activation (a custom
+      ``x.view(n, -1)`` after a convolution would fail on a channels-last tensor);
+    * no BatchNorm in training mode (a BatchNorm reset): the channels-last batch-norm
+      kernel sums its batch statistics less accurately (measured 1e-6 against 2e-8);
+    * never inside :func:`torch.func.vmap`, which cannot query the layout.
+
+    Elsewhere ``params`` come back as they are.
+
+    >>> conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    >>> out = channels_last(conv, dict(conv.named_parameters()))
+    >>> out["0.weight"].is_contiguous(memory_format=torch.channels_last)
+    True
+    """
+    names, norms = _layout(model)
+    if not names or any(m.training for m in norms) or any(map(_batched, params.values())):
+        return dict(params)
+    last = torch.channels_last
+    return {k: v.clone(memory_format=last) if k in names and v.ndim == 4 else v
+            for k, v in params.items()}  # fmt: skip
+
+
+_LAYOUT: weakref.WeakKeyDictionary[nn.Module, tuple[frozenset[str], tuple[nn.Module, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per model: its ``nn.Conv2d`` weights' names where the layout cannot matter (else none),
+and its BatchNorm modules."""
+_LAYOUT_FREE = ("torch.nn.modules.", "modeconnect.models")
+"""Modules whose forwards are independent of the activations' memory layout."""
+
+
+def _layout(model: nn.Module) -> tuple[frozenset[str], tuple[nn.Module, ...]]:
+    known = _LAYOUT.get(model)
+    if known is None:
+        modules = list(model.named_modules())
+        free = all(type(m).__module__.startswith(_LAYOUT_FREE) for _, m in modules)
+        convs = [f"{n}.weight" if n else "weight" for n, m in modules if type(m) is nn.Conv2d]
+        norms = tuple(m for _, m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        known = _LAYOUT[model] = (frozenset(convs if free else ()), norms)
+    return known
+
+
+def _batched(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a :func:`torch.func.vmap` batched tensor."""
+    return bool(torch._C._functorch.is_batchedtensor(tensor))
 
 
 _PREFIX = "model."

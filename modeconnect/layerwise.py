@@ -423,7 +423,7 @@ class _Cache:
         if missing:
             x0 = {**self.a, **{k: self.b[k] for k in from_b}}
             x1 = {**x0, **{k: self.b[k] for k in moving}}
-            found = self._evaluate(x0, x1, moving | from_b, missing)
+            found = self._evaluate(x0, x1, moving, missing)
             for alpha, result in zip(found.alphas, found.results, strict=True):
                 self.results.setdefault(self.key(from_b, moving, alpha), result)
             self.evaluated += len(missing)
@@ -433,7 +433,9 @@ class _Cache:
         self, x0: StateDict, x1: StateDict, moved: frozenset[str], alphas: Sequence[float]
     ) -> ExampleCurve:
         """The path ``x0 -> x1`` at ``alphas``: from the cached output of the unchanged prefix
-        (:func:`split_prefix`) where the model allows, else whole."""
+        (:func:`split_prefix`) where the model allows, else whole. ``moved`` are the keys
+        that differ along the path (not those taken from B at both ends: a ``from_b``
+        path's prefix is B's, run once like A's)."""
         correct = self.correction(x0, x1) if self.correction is not None else None
         cut = split_prefix(self.model, moved, correct) if self.cache_prefix else None
         if cut is not None and not cut.fits(x0, self.batches, correct):

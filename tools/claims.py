@@ -247,6 +247,17 @@ class SentenceCheck:
 Check = TableCheck | SentenceCheck
 
 
+def _convbn(record: dict[str, Any]) -> list[float]:
+    """The ConvBN study: the last run's seconds and load, the ranges of its pricings."""
+    run, load = record["runs"][-1], record["runs"][-1]["load_average_1min"]
+    priced = [record["estimate"], *record.get("estimates_earlier", [])]
+    keys = ("cpu_seconds_this_branch", "cpu_seconds_before_46e8759",
+            "ratio_this_branch_vs_before", "minutes_of_two_fully_used_cores_this_branch",
+            "cpu_seconds_if_reset_rows_fifth")  # fmt: skip
+    return [run["seconds_wall"], run["seconds_cpu"], load["min"], load["max"],
+            *(x for k in keys for x in _range([e[k] for e in priced]))]  # fmt: skip
+
+
 def _pct(x: float) -> float:
     return 100 * x
 
@@ -683,6 +694,11 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"its peak RSS was ([\d.]+)–([\d.]+) GB against the ([\d.]+) GB "
                   r"target \(ratio ([\d.]+)–([\d.]+)\), a margin of (\d+) MB at the worst",
                   "results/bench_large_tinyllama.json", _large),
+    SentenceCheck("README.md", r"it was stopped after (\d+) s \((\d+) CPU seconds, while other "
+                  r"jobs held the load average at ([\d.]+)–([\d.]+)\).*? come to (\d+)–(\d+) CPU "
+                  r"seconds against (\d+)–(\d+) before this change \(([\d.]+)–([\d.]+) in two "
+                  r"pricing runs.*?about (\d+)–(\d+) minutes.*?would still leave (\d+)–(\d+) CPU",
+                  "results/convbn_layerwise_study.json", lambda r: _convbn(r)),
     SentenceCheck("README.md", r"hand-written loop in the same run is ([\d.]+)–([\d.]+) across",
                   "results/bench_evaluate_loops.json",
                   lambda r: script_module("benchmarks/bench_evaluate.py").loops_ratio_range(r)),

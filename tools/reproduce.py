@@ -176,6 +176,11 @@ RUNS: list[Run] = [
     Run("merging_figures", ("python", "examples/merging_figures.py"), 0.2),
     Run("bench_ray", ("python", "benchmarks/bench_ray.py", "--repeats", "3", "--out",
         "results/bench_ray.json"), 8.0, long=True),
+    # the ConvBN study (one more timed run), then its passes counted and priced again
+    Run("convbn_layerwise_study", ("python", "benchmarks/convbn_study.py", "--timeout", "3600",
+        "--out", "results/convbn_layerwise_study.json"), 60.0, long=True),
+    Run("convbn_layerwise_estimate", ("python", "benchmarks/convbn_study.py", "--estimate",
+        "--out", "results/convbn_layerwise_study.json"), 3.0),
 ]  # fmt: skip
 
 
