@@ -823,6 +823,12 @@ CHECKS: list[Check] = [
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_TWO, BENCH_SYM, 3, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Measured on tiny", SYM_GPT2, BENCH_SYM, 4, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, VIT_DOC, SYM_VIT, BENCH_SYM, skip=SYM_TIMES, report="report_vit"),
+    SentenceCheck(TRANSFORMERS, r"weight-based barrier from (\d+) % \(orthogonal V·O maps alone\) "
+                  r"to \*\*(\d+) %\*\* of the naive one \(the stream's rotation alone: (\d+) %\).*?"
+                  r"they make it worse \((\d+) % with V·O and Q·K, (\d+) % with V·O alone", SYM_QK,
+                  lambda r: [_share(r, "llama", k) for k in (
+                      "full (orthogonal heads, no Q·K), weight", "full (orthogonal heads), weight",
+                      "orthogonal, weight", "full, weight", "full (V·O only, no Q·K), weight")]),
     SentenceCheck(TRANSFORMERS, r"the same ([\d.]+), and ([\d.]+) \((\d+) %\) with least-squares "
                   r"V·O and rotation-only Q·K", SYM_TWO,
                   lambda r: [r["llama"]["full (orthogonal heads), weight"]["barrier"],
