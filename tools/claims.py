@@ -851,19 +851,25 @@ CHECKS: list[Check] = [
                   r"([\d.]+) % on the 500 test digits\)", SYM_VIT,
                   lambda r: [*_sym_losses(r, "vit"),
                              *(_pct(r["vit"]["naive"][k]) for k in ("error_a", "error_b"))]),
-    SentenceCheck(TRANSFORMERS, r"\((\d+) % of the naive loss barrier by weight matching\), and "
-                  r"neither does the weight-based rotation \((\d+) %\); \*\*activation-based "
-                  r"alignment does\*\* \((\d+) % with permutations, (\d+) % with the rotation, "
+    SentenceCheck(TRANSFORMERS, r"\((\d+) % of the naive loss barrier by weight matching\), "
+                  r"\*\*the weight-based rotation does\*\* \((\d+) %;.*?\*\*activation-based "
+                  r"alignment\*\* \((\d+) % with permutations, (\d+) % with the rotation, "
                   r"(\d+) % with the default orthogonal heads\)", SYM_VIT,
                   lambda r: [_share(r, "vit", k) for k in (
                       "permutation, weight", "orthogonal, weight", "permutation, activation",
                       "orthogonal, activation", "full (orthogonal heads), activation")]),
-    SentenceCheck(TRANSFORMERS, r"Least-squares heads are harmful\*\* \((\d+) % weight-based, "
-                  r"(\d+) % activation-based.*?orthogonal heads are neutral to slightly\s*"
-                  r"helpful \((\d+) %, (\d+) %\)", SYM_VIT,
+    SentenceCheck(TRANSFORMERS, r"Least-squares heads are harmful\*\* \((\d+) % weight-based: "
+                  r"worse than naive at α = 0.5; (\d+) % activation-based\).*?slightly harmful "
+                  r"weight-based \((\d+) % against the rotation alone's (\d+) %\), slightly "
+                  r"helpful activation-based \((\d+) % against (\d+) %\)", SYM_VIT,
                   lambda r: [_share(r, "vit", k) for k in (
                       "full, weight", "full, activation", "full (orthogonal heads), weight",
-                      "full (orthogonal heads), activation")]),
+                      "orthogonal, weight", "full (orthogonal heads), activation",
+                      "orthogonal, activation")]),
+    SentenceCheck(TRANSFORMERS, r"do not reach the 10 % target \((\d+) % at best: `full`, "
+                  r"activation-based\)", SYM_VIT,
+                  lambda r: [min(_share(r, "vit", k) for k in _sym(r, "vit")
+                                 if k.endswith(("weight", "activation")))]),
     SentenceCheck(TRANSFORMERS, r"the learned rotation keeps (\d+) % of the naive\s*barrier, "
                   r"two-sided learning (\d+) %, and with the permutations learned too \(STE\) "
                   r"(\d+) %\s*\(error barrier ([\d.]+) points, midpoint error ([\d.]+) % against "
