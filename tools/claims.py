@@ -915,8 +915,8 @@ CHECKS: list[Check] = [
                              _share(r, "llama", "full, learned")], also=(SYM_GPT2,)),
     SentenceCheck(TRANSFORMERS, r"Llamas \((\d+) % → (\d+) % weight-based, (\d+) % → (\d+) % "
                   r"activation-based: worse than naive\), while orthogonal per-head maps help "
-                  r"\((\d+) %, weight-based\).*?least-squares heads are no longer harmful \((\d+) % "
-                  r"against the rotation's (\d+) %\)", SYM_LLAMA,
+                  r"\((\d+) %, weight-based\).*?least-squares heads are no longer harmful "
+                  r"\((\d+) % against the rotation's (\d+) %\)", SYM_LLAMA,
                   lambda r: [_share(r, "llama", k) for k in (
                       "orthogonal, weight", "full, weight", "orthogonal, activation",
                       "full, activation", "full (orthogonal heads), weight", "full, learned",
