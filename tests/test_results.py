@@ -49,18 +49,13 @@ def test_every_backing_result_records_its_provenance(result: str) -> None:
         assert prov["seeds"], "a study's result names its seeds"
 
 
-AWAITING_CLEAN_RERUN = {"results/transformers_symmetry_two_sided.json"}
-"""Stored from a modified tree by studies still being reworked on other branches; each is
-to be rerun from a clean commit (and then removed from this set)."""
-
-
 def test_every_stored_result_ran_from_a_committed_tree() -> None:
     """A ``+dirty`` commit names code no commit holds: that run cannot be repeated."""
     dirty = sorted(
         f"results/{p.name}" for p in (ROOT / "results").glob("*.json")
         if json.loads(p.read_text(encoding="utf-8"))["provenance"]["commit"].endswith("+dirty")
     )  # fmt: skip
-    assert set(dirty) <= AWAITING_CLEAN_RERUN, sorted(set(dirty) - AWAITING_CLEAN_RERUN)
+    assert not dirty, dirty
 
 
 def _bn_check() -> claims.TableCheck:
