@@ -7,11 +7,11 @@ the least-squares solver; GPT-2's fused ``c_attn`` included, its Q·K maps gener
 rotary embeddings). Weight-based ``full`` must give A's folded weights back, in
 the library and through ``modeconnect align`` on Hugging Face directories.
 
-Multi-head Llamas: with grouped-query attention the order of the query heads within a
-key/value group and the value dims meet on ``o_proj``'s columns, and weight matching
-solves them apart (one block assignment each) and can stop in a local optimum
-(measured on the two-key/value-head Llama of ``hf_models``: 0.79 off after a random
-permutation alone, with or without the symmetry classes).
+Multi-head Llamas: with grouped-query attention weight matching recovers a permuted
+copy (``test_weight_matching``), but the rotated and head-mapped copy of the
+two-key/value-head Llama of ``hf_models`` comes back 0.79 off in its first layer with
+orthogonal head maps: the query heads' order within a key/value group is matched on B
+without its head maps, where the rotated value dims blur ``o_proj``'s columns.
 """
 
 from __future__ import annotations

@@ -306,7 +306,60 @@ def _step_blocks(
         perm[name] = new
         for kid in kids:
             perm[kid] = best[kid][rows, new].clone()
+    if len(kids) > 1:
+        gain += _siblings(source, name, kids, perm, free, inner_solver, clock)
     return gain
+
+
+_NOISE = 1e-9
+"""A sibling step must gain more than this share of its blocks' score to be kept."""
+
+
+def _siblings(
+    source: SimilaritySource,
+    name: str,
+    kids: list[str],
+    perm: dict[str, Tensor],
+    free: Mapping[str, Tensor],
+    inner_solver: str,
+    clock: _Clock,
+) -> float:
+    """Re-solve inner groups that share a tensor, each with the others as they now are.
+
+    :func:`_step_blocks` scores each inner group with its siblings in B's order. Where
+    siblings meet in one tensor (grouped-query attention: the query heads of a
+    key/value group and the value dims, on ``o_proj``'s columns) that can stop the
+    descent short of B's true order. Here, on the outer assignment as it stands, each
+    inner group is solved block by block with the others applied (B's block ``b``
+    carries the inner orders of the A block matched to it), and kept when it gains;
+    rounds go on until none does. Each kept step raises the objective, so the descent
+    still only climbs. Returns the gain.
+    """
+    matched = perm[name]
+    rows, inverse = torch.arange(matched.numel()), torch.argsort(matched)
+    total = 0.0
+    for _ in range(len(kids) * 8):
+        gained = 0.0
+        for kid in kids:
+            others = {s: perm[s][inverse] for s in kids if s != kid}
+            cross = clock.build(source.cross, name, kid, {**free, **others})
+            if cross is None:
+                continue
+            blocks = cross[rows, matched]  # (n, k, k): each A block with its matched B block
+            new = clock.assign(_each_block, blocks, inner_solver)
+            before = float(torch.gather(blocks, 2, perm[kid][..., None]).sum())
+            gain = float(torch.gather(blocks, 2, new[..., None]).sum()) - before
+            if gain > _NOISE * abs(before):  # not a reordering of equal scores
+                perm[kid], gained = new, gained + gain
+        total += gained
+        if gained <= 0:
+            break
+    return total
+
+
+def _each_block(blocks: Tensor, solver: str) -> Tensor:
+    """The best assignment of each ``(k, k)`` block of ``blocks`` ``(n, k, k)``: ``(n, k)``."""
+    return torch.stack([solve_assignment(x, solver) for x in blocks])
 
 
 def _best_inner(cross: Tensor, solver: str) -> tuple[Tensor, Tensor]:
