@@ -191,9 +191,11 @@ PAIR_TITLES = {"llama": "Tiny Llamas", "gpt2": "Tiny GPT-2s", "vit": "Digits ViT
 """Each ``--pairs`` family's table title."""
 
 
-def report_pairs(record: dict[str, Any], family: str = "llama") -> str:
+def report_pairs(record: dict[str, Any], family: str | None = None) -> str:
     """The Markdown table of the seed-pair study (``--pairs``): mean ± sd per row of
-    ``record[f"{family}_summary"]``."""
+    ``record[f"{family}_summary"]`` (``family``: the one the record holds)."""
+    if family is None:
+        (family,) = [f for f in PAIR_TITLES if f"{f}_summary" in record]
     rows = record[f"{family}_summary"]
     labels = [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER))
     header = ["row", "loss barrier at α = 0.5", "share of naive", "pairs"]
