@@ -187,15 +187,22 @@ def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report_pairs(record: dict[str, Any]) -> str:
-    """The Markdown table of the seed-pair study (``--pairs``): mean ± sd per row."""
-    rows = record["llama_summary"]
+PAIR_TITLES = {"llama": "Tiny Llamas", "gpt2": "Tiny GPT-2s", "vit": "Digits ViTs"}
+"""Each ``--pairs`` family's table title."""
+
+
+def report_pairs(record: dict[str, Any], family: str | None = None) -> str:
+    """The Markdown table of the seed-pair study (``--pairs``): mean ± sd per row of
+    ``record[f"{family}_summary"]`` (``family``: the one the record holds)."""
+    if family is None:
+        (family,) = [f for f in PAIR_TITLES if f"{f}_summary" in record]
+    rows = record[f"{family}_summary"]
     labels = [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER))
     header = ["row", "loss barrier at α = 0.5", "share of naive", "pairs"]
     lines = [[label, f"{r['barrier']:.3f} ± {r['barrier_sd']:.3f}",
               f"{100 * r['share_of_naive']:.0f} ± {100 * r['share_of_naive_sd']:.0f} %",
               str(r["pairs"])] for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
-    return "## Tiny Llamas, seed pairs\n\n" + "\n".join(
+    return f"## {PAIR_TITLES[family]}, seed pairs\n\n" + "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
 
@@ -321,12 +328,12 @@ def path_curve(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[
             "curve": {"alpha": ALPHAS, "loss": loss, "error": error}}  # fmt: skip
 
 
-def vit_study(args: Any) -> dict[str, Any]:
-    """Two digits ViTs from seeds 0 and 1; every row of :func:`runs` on the test split."""
+def vit_study(args: Any, seeds: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Two digits ViTs from ``seeds``; every row of :func:`runs` on the test split."""
     x, y = digits("train")
     tx, ty = digits("test")
     nets = {}
-    for tag, seed in (("a", 0), ("b", 1)):
+    for tag, seed in zip("ab", seeds, strict=True):
         net = vit(seed)
         start = time.perf_counter()
         last = train_vit(net, x, y, seed, args.vit_epochs)
@@ -382,6 +389,20 @@ def report_vit(record: dict[str, Any]) -> str:
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
 
 
+def seed_pairs(args: Any, numbers: dict[str, Any], one: Any) -> None:
+    """``one(args, seeds)`` on each ``--pairs`` pair of ``args.family``: the rows per pair
+    (``FAMILY_pairs``) and their :func:`summary` (``FAMILY_summary``), written to ``--out``
+    and printed as :func:`report_pairs`."""
+    numbers["settings"] = {k: v for k, v in numbers["settings"].items()
+                           if k not in ("out", "models")}  # fmt: skip
+    pairs = {p: one(args, tuple(int(x) for x in p.split(","))) for p in args.pairs}
+    numbers.update({f"{args.family}_pairs": pairs, f"{args.family}_summary": summary(pairs)})
+    if args.out is not None:
+        seeds = sorted({int(x) for p in args.pairs for x in p.split(",")})
+        write_result(args.out, numbers, seeds=seeds, command=["python", *sys.argv])
+    print(report_pairs(numbers, args.family))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results JSON (write_result)")
@@ -401,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=None, help="layers per model")
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
     parser.add_argument("--pairs", nargs="+", default=None, metavar="A,B",
-                        help="llama: the study on each seed pair, mean ± sd per row")  # fmt: skip
+                        help="the study on each seed pair, mean ± sd per row")  # fmt: skip
     parser.add_argument(
         "--only",
         action="append",
@@ -414,8 +435,12 @@ def main(argv: list[str] | None = None) -> None:
     args.steps, args.layers = args.steps or steps, args.layers or layers
     args.eval_blocks, args.train_blocks = (16, 32) if args.quick else (64, 256)
     torch.set_num_threads(1)
+    if args.pairs and args.family == "both":
+        parser.error("--pairs takes one --family: llama, gpt2 or vit")
     if args.family == "vit":
         args.vit_epochs = args.vit_epochs or (5 if args.quick else 40)
+        if args.pairs:
+            return seed_pairs(args, {"settings": {**vars(args), "vit": VIT}}, vit_study)
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
         numbers = {"settings": {**settings, "vit": VIT}, "vit": vit_study(args)}
         if args.out is not None:
@@ -432,15 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
     numbers: dict[str, Any] = {"settings": settings}
     if args.pairs:
-        pairs = {p: study("llama", tiny_lms.model, ids, held_ids, args,
-                          tuple(int(x) for x in p.split(",")))  # type: ignore[arg-type]
-                 for p in args.pairs}  # fmt: skip
-        numbers.update(llama_pairs=pairs, llama_summary=summary(pairs))
-        if args.out is not None:
-            seeds = sorted({int(x) for p in args.pairs for x in p.split(",")})
-            write_result(args.out, numbers, seeds=seeds, command=["python", *sys.argv])
-        print(report_pairs(numbers))
-        return
+        make = {"llama": tiny_lms.model, "gpt2": gpt2}[args.family]
+
+        def one(args: Any, seeds: tuple[int, int]) -> dict[str, Any]:
+            return study(args.family, make, ids, held_ids, args, seeds)
+
+        return seed_pairs(args, numbers, one)
     if args.family in ("llama", "both"):
         numbers["llama"] = study("llama", tiny_lms.model, ids, held_ids, args)
         print(table("tiny Llama (RMSNorm, RoPE, SwiGLU)", numbers["llama"]))

@@ -31,3 +31,22 @@ def test_the_summary_is_the_mean_and_sample_sd_of_the_rows_every_pair_ran() -> N
     text = bench_symmetry.report_pairs({"llama_summary": out})
     assert "| orthogonal, weight | 0.550 ± 0.495 | 25 ± 7 % | 2 |" in text
     assert text.index("| naive |") < text.index("| orthogonal, weight |")
+
+
+def test_the_table_is_titled_by_the_family_the_record_holds() -> None:
+    summary = bench_symmetry.summary({"4,5": {"naive": {"barrier": 0.5, "share_of_naive": 1.0}}})
+    assert bench_symmetry.report_pairs({"vit_summary": summary}).startswith(
+        "## Digits ViTs, seed pairs\n"
+    )
+    gpt2 = bench_symmetry.report_pairs({"gpt2_summary": summary})
+    assert gpt2.startswith("## Tiny GPT-2s, seed pairs\n")
+    assert "| naive | 0.500 ± 0.000 | 100 ± 0 % | 1 |" in gpt2  # one pair: sd 0
+    llama = bench_symmetry.report_pairs({"llama_summary": summary, "vit_summary": {}}, "llama")
+    assert llama.startswith("## Tiny Llamas, seed pairs\n")
+
+
+def test_pairs_take_one_family(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_symmetry.main(["--family", "both", "--pairs", "0,1", "2,3"])
+    assert exit_info.value.code == 2
+    assert "--pairs takes one --family: llama, gpt2 or vit" in capsys.readouterr().err

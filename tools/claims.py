@@ -523,6 +523,18 @@ def _sym(record: dict[str, Any], family: str) -> dict[str, Any]:
     return dict(record[family])
 
 
+def _pair_means(family: str, *rows: str) -> Callable[[dict[str, Any]], list[float]]:
+    """Each row's mean and sample sd over the seed pairs (% of the naive barrier)."""
+    return lambda r: [_pct(r[f"{family}_summary"][k][f]) for k in rows
+                      for f in ("share_of_naive", "share_of_naive_sd")]  # fmt: skip
+
+
+def _pair_shares(family: str, *rows: str) -> Callable[[dict[str, Any]], list[float]]:
+    """Each row's share of the naive barrier (%) on every seed pair, pairs in order."""
+    return lambda r: [_pct(p[k]["share_of_naive"]) for k in rows
+                      for p in r[f"{family}_pairs"].values()]  # fmt: skip
+
+
 def _share(record: dict[str, Any], family: str, row: str) -> float:
     """A row's barrier as a percentage of the naive one (transformer symmetry)."""
     return _pct(record[family][row]["share_of_naive"])
@@ -574,6 +586,10 @@ SYM_REC = "results/transformers_symmetry_recovery.json"
 SYM_REC_GPT2 = "results/transformers_symmetry_recovery_gpt2.json"
 RECOVERED = "Re-measured after exact recovery"
 SYM_PAIRS = "results/transformers_symmetry_pairs.json"
+SYM_GPT2_PAIRS = "results/transformers_symmetry_gpt2_pairs.json"
+SYM_VIT_PAIRS = "results/transformers_symmetry_vit_pairs.json"
+FULL_ROWS = ("full (orthogonal heads), weight", "full (orthogonal heads), activation")
+"""The default ``full`` rows, weight- and activation-based."""
 VIT_DOC = "Measured on a digits ViT"
 BENCH_SYM, MERGE_SCRIPT = "benchmarks/bench_symmetry.py", "examples/science_merging.py"
 MNIST_SPLIT = "results/merging_mnist_class_split.json"
@@ -949,12 +965,46 @@ CHECKS: list[Check] = [
     TableCheck(TRANSFORMERS, RECOVERED, SYM_REC_GPT2, BENCH_SYM, 1, skip=SYM_TIMES),
     TableCheck(TRANSFORMERS, "Tiny Llamas over three seed pairs", SYM_PAIRS, BENCH_SYM,
                report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Tiny GPT-2s over three seed pairs", SYM_GPT2_PAIRS, BENCH_SYM,
+               report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Digits ViTs over three seed pairs", SYM_VIT_PAIRS, BENCH_SYM,
+               report="report_pairs"),
+    SentenceCheck(TRANSFORMERS, r"Over the three GPT-2 pairs `full` keeps (\d+) ± (\d+) % of the "
+                  r"naive barrier weight-based and (\d+) ± (\d+) % activation-based, and the "
+                  r"learned rotation ([−-]?\d+) ± (\d+) %", SYM_GPT2_PAIRS,
+                  _pair_means("gpt2", *FULL_ROWS, "orthogonal, learned")),
+    SentenceCheck(TRANSFORMERS, r"not on seeds 2 and 3\*\* \(weight-based (\d+) %, (\d+) %, "
+                  r"(\d+) % and activation-based (\d+) %, (\d+) %, (\d+) % on the pairs",
+                  SYM_GPT2_PAIRS, _pair_shares("gpt2", *FULL_ROWS)),
+    SentenceCheck(TRANSFORMERS, r"on seeds 2 and 3 every non-learned row keeps (\d+)–(\d+) %, "
+                  r"and seed 2's model trained worse: held-out loss ([\d.]+) against "
+                  r"([\d.]+)–([\d.]+) for the other five", SYM_GPT2_PAIRS,
+                  lambda r: [*_range([_pct(v["share_of_naive"]) for k, v in
+                                      r["gpt2_pairs"]["2,3"].items() if "learned" not in k
+                                      and k != "naive"]),
+                             r["gpt2_pairs"]["2,3"]["naive"]["loss_a"],
+                             *_range([p["naive"][e] for s, p in r["gpt2_pairs"].items()
+                                      for e in ("loss_a", "loss_b")
+                                      if (s, e) != ("2,3", "loss_a")])]),
+    SentenceCheck(TRANSFORMERS, r"the learned midpoint is below the ends' mean: ([−-]?\d+) %, "
+                  r"([−-]?\d+) %, ([−-]?\d+) %", SYM_GPT2_PAIRS,
+                  _pair_shares("gpt2", "orthogonal, learned")),
+    SentenceCheck(TRANSFORMERS, r"Over the three ViT pairs `full` keeps (\d+) ± (\d+) % of the "
+                  r"naive barrier weight-based and (\d+) ± (\d+) % activation-based, and the "
+                  r"learned rotation (\d+) ± (\d+) %", SYM_VIT_PAIRS,
+                  _pair_means("vit", *FULL_ROWS, "orthogonal, learned")),
+    SentenceCheck(TRANSFORMERS, r"target holds on every pair\*\* \((\d+) %, (\d+) %, (\d+) %\);"
+                  r".*?\(weight-based (\d+) %, (\d+) %, (\d+) %; activation-based (\d+) %, "
+                  r"(\d+) %, (\d+) %\)", SYM_VIT_PAIRS,
+                  _pair_shares("vit", "orthogonal, learned", *FULL_ROWS)),
+    SentenceCheck(TRANSFORMERS, r"gives its numbers\s+\(`orthogonal, weight` (\d+) %, default "
+                  r"`full` (\d+) %\)", SYM_VIT_PAIRS,
+                  lambda r: [_pct(r["vit_pairs"]["0,1"][k]["share_of_naive"])
+                             for k in ("orthogonal, weight", "full (orthogonal heads), weight")]),
     SentenceCheck(TRANSFORMERS, r"Over the three pairs `full` keeps (\d+) ± (\d+) % of the naive "
                   r"barrier weight-based and (\d+) ± (\d+) % activation-based, and the learned "
                   r"rotation (\d+) ± (\d+) %", SYM_PAIRS,
-                  lambda r: [_pct(r["llama_summary"][k][f]) for k in (
-                      "full (orthogonal heads), weight", "full (orthogonal heads), activation",
-                      "orthogonal, learned") for f in ("share_of_naive", "share_of_naive_sd")]),
+                  _pair_means("llama", *FULL_ROWS, "orthogonal, learned")),
     SentenceCheck(TRANSFORMERS, r"help on two pairs of three \(on seeds (\d) and (\d), "
                   r"weight-based `full` is above `orthogonal`\)", SYM_PAIRS,
                   lambda r: [float(x) for p, rows in r["llama_pairs"].items()

@@ -67,6 +67,10 @@ RECOVERY_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads),
 PAIR_ROWS = ("orthogonal, weight", "orthogonal, activation", "full (orthogonal heads), weight",
              "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
 """The Llama rows measured over three seed pairs."""
+GPT2_PAIR_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
+                  "orthogonal, activation", "full (orthogonal heads), activation",
+                  "orthogonal, learned")  # fmt: skip
+"""The GPT-2 rows re-measured after exact recovery, and over three seed pairs."""
 
 RUNS: list[Run] = [
     *_science("width", 2.5),
@@ -159,10 +163,8 @@ RUNS: list[Run] = [
         "--out", "results/transformers_symmetry_recovery.json"), 4.0, long=True),
     Run("transformers_symmetry_recovery_gpt2", ("python", "benchmarks/bench_symmetry.py",
         "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
-        "runs/reproduce/symmetry_gpt2", *(a for row in (
-            "orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
-            "orthogonal, activation", "full (orthogonal heads), activation",
-            "orthogonal, learned") for a in ("--only", row)), "--out",
+        "runs/reproduce/symmetry_gpt2", *(a for row in GPT2_PAIR_ROWS for a in ("--only", row)),
+        "--out",
         "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
     # the Llama study over three seed pairs (the first is the pair above)
     Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
@@ -170,6 +172,15 @@ RUNS: list[Run] = [
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
         *(a for row in PAIR_ROWS for a in ("--only", row)),
         "--out", "results/transformers_symmetry_pairs.json"), 12.0, long=True),
+    # the digits ViTs and the GPT-2s over three seed pairs (the first is the pair above)
+    Run("transformers_symmetry_vit_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "vit", "--epochs", "6", "--pairs", "0,1", "2,3", "4,5", "--out",
+        "results/transformers_symmetry_vit_pairs.json"), 10.0),
+    Run("transformers_symmetry_gpt2_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
+        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in GPT2_PAIR_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_gpt2_pairs.json"), 14.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)
