@@ -372,16 +372,28 @@ def _floor(
     points: int,
     train: list[Batch] | None = None,
 ) -> float:
-    """Seconds for ``points`` evaluations (and training-mode passes) with weights in place."""
+    """Seconds for ``points`` evaluations (and training-mode passes) with weights in place.
+
+    Convolutions evaluate channels-last, as modeconnect's evaluation passes do
+    (:func:`modeconnect.forward.channels_last`); training-mode passes (a BatchNorm reset)
+    keep the plain layout, as modeconnect's do, and hand their statistics to the
+    evaluating copy.
+    """
     model.load_state_dict(state)
+    evaluating = model
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        evaluating = copy.deepcopy(model).to(memory_format=torch.channels_last)
     start = time.perf_counter()
     with torch.no_grad():
         for _ in range(points):
             if train is not None:
                 model.train()
                 _floor_pass(model, train)
-            model.eval()
-            _floor_pass(model, test)
+                if evaluating is not model:
+                    for mine, theirs in zip(evaluating.buffers(), model.buffers(), strict=True):
+                        mine.copy_(theirs)
+            evaluating.eval()
+            _floor_pass(evaluating, test)
     return time.perf_counter() - start
 
 
