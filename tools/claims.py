@@ -606,6 +606,11 @@ def _ppl(record: dict[str, Any], row: str) -> float:
     return float(record["rows"][row]["perplexity"])
 
 
+def _floor_ratios(record: dict[str, Any], prefix: str) -> list[float]:
+    """A model's ratios to the FLOP floor in the README's column order."""
+    return [r["ratio"] for r in record["rows"] if r["case"].lower().startswith(prefix)]
+
+
 def _lm_triples(record: dict[str, Any]) -> list[float]:
     """Over the seed triples of the LM width-fusion study: the range of each triple's best
     fused perplexity, then of its weakest model's (A, B, C); fails if a best fusion is not
@@ -641,6 +646,7 @@ FEDERATED = "docs/federated.md"
 MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_narrow.json"
 TINY = "results/tiny_lms.json"
 WEIGHT_MATCHING = "results/bench_weight_matching.json"
+FLOOR = "results/bench_evaluate.json"
 MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
@@ -712,6 +718,15 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"its peak RSS was ([\d.]+)–([\d.]+) GB against the ([\d.]+) GB "
                   r"target \(ratio ([\d.]+)–([\d.]+)\), a margin of (\d+) MB at the worst",
                   "results/bench_large_tinyllama.json", _large),
+    *(SentenceCheck("README.md", rf"\| {case} \| " + r" \| ".join([cell] * n), FLOOR,
+                    functools.partial(_floor_ratios, prefix=prefix))
+      for case, prefix, cell, n in (
+          ("digits 64-512×3-10, 500", "digits", r"([\d.]+)(?: \(21×21\))?", 4),
+          ("MNIST-scale 784-512×3-10, 10 000", "mnist", r"([\d.]+)(?: \(11×11\))?", 4),
+          ("CNN conv16-conv32 \\+ BN, 1 000", "cnn", r"([\d.]+)(?: \(11×11\))?", 5))),
+    SentenceCheck("README.md", r"in the same run\) is ([\d.]+)–([\d.]+) outside the layer-wise",
+                  FLOOR, lambda r: _range([x["matmul_fraction"] for x in r["rows"]
+                                           if not x["path"].startswith("layer")])),
     SentenceCheck("README.md", r"it was stopped after (\d+) s \((\d+) CPU seconds, while other "
                   r"jobs held the load average at ([\d.]+)–([\d.]+)\).*? come to (\d+)–(\d+) CPU "
                   r"seconds against (\d+)–(\d+) before this change \(([\d.]+)–([\d.]+) in two "

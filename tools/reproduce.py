@@ -107,6 +107,9 @@ RUNS: list[Run] = [
     Run("bench_weight_matching", ("python", "benchmarks/bench_weight_matching.py", "--pairs",
         "digits", "mnist512", "mnist4096", "permuted512", "permuted2048", "--out",
         "results/bench_weight_matching.json"), 10.0, long=True),  # + 30 min training once
+    Run("bench_evaluate", ("python", "benchmarks/bench_evaluate.py", "--sections", "floor",
+        "--steps", "25", "--layer-steps", "25", "--grid", "21", "11", "11", "--floor-repeats",
+        "2", "--out", "results/bench_evaluate.json"), 6.0),
     Run("bench_evaluate_loops", ("python", "benchmarks/bench_evaluate.py", "--sections",
         "curves,layerwise,reset,lm", "--threads", "1", "--out",
         "results/bench_evaluate_loops.json"), 20.0, long=True),
