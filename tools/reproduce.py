@@ -170,6 +170,12 @@ RUNS: list[Run] = [
         "--out",
         "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
     # the Llama study over three seed pairs (the first is the pair above)
+    Run("transformers_symmetry_learned_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5", "--only",
+        "orthogonal, learned", "--only", "orthogonal, learned + STE permutations", "--only",
+        "orthogonal, learned two-sided", "--out",
+        "results/transformers_symmetry_learned_pairs.json"), 8.0),
     Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
