@@ -313,6 +313,8 @@ def _step_blocks(
 
 _NOISE = 1e-9
 """A sibling step must gain more than this share of its blocks' score to be kept."""
+_SIBLING_ROUNDS = 8
+"""Rounds of sibling steps per inner group, at most: a bound on a loop that stops on its own."""
 
 
 def _siblings(
@@ -332,13 +334,13 @@ def _siblings(
     descent short of B's true order. Here, on the outer assignment as it stands, each
     inner group is solved block by block with the others applied (B's block ``b``
     carries the inner orders of the A block matched to it), and kept when it gains;
-    rounds go on until none does. Each kept step raises the objective, so the descent
-    still only climbs. Returns the gain.
+    rounds go on until none does, at most :data:`_SIBLING_ROUNDS` per inner group. Each
+    kept step raises the objective, so the descent still only climbs. Returns the gain.
     """
     matched = perm[name]
     rows, inverse = torch.arange(matched.numel()), torch.argsort(matched)
     total = 0.0
-    for _ in range(len(kids) * 8):
+    for _ in range(len(kids) * _SIBLING_ROUNDS):
         gained = 0.0
         for kid in kids:
             others = {s: perm[s][inverse] for s in kids if s != kid}
