@@ -306,9 +306,21 @@ def _step_blocks(
         perm[name] = new
         for kid in kids:
             perm[kid] = best[kid][rows, new].clone()
-    if len(kids) > 1:
+    if _read_each_other(source, kids):
         gain += _siblings(source, name, kids, perm, free, inner_solver, clock)
     return gain
+
+
+def _read_each_other(source: SimilaritySource, kids: list[str]) -> bool:
+    """Whether some inner group's similarity reads a sibling's permutation (unknown: yes).
+
+    Siblings that never meet in a tensor (a ViT's Q·K and V dims) already got their best
+    inner orders from :func:`_step_blocks`: re-solving them could not gain.
+    """
+    depends_on = getattr(source, "depends_on", None)
+    if len(kids) < 2 or depends_on is None:
+        return len(kids) > 1
+    return any(depends_on(kid) & (set(kids) - {kid}) for kid in kids)
 
 
 _NOISE = 1e-9
