@@ -10,7 +10,9 @@ Run from the repository root::
 
     python examples/bn_reset_digits.py --out runs/bn
 
-then study the written pair with the CLI::
+then study the written pair with the CLI (``--pairs 1,2 3,4 5,6`` runs three seed
+pairs, the first written to ``--out``, and prints the README's table: mean ± sample
+standard deviation over the pairs)::
 
     modeconnect barrier runs/bn/conv_a.pt runs/bn/conv_b.pt \\
         --data checkpoints/digits_test.pt --train checkpoints/digits_train.pt --bn reset
@@ -19,6 +21,7 @@ then study the written pair with the CLI::
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,12 +51,13 @@ def train(seed: int, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 6) -> nn
     return train_classifier(conv_net(**MODEL_KWARGS), x, y, epochs=epochs, lr=0.05, seed=seed)
 
 
-def train_pair(*, epochs: int = 6) -> dict[str, dict[str, torch.Tensor]]:
-    """The state dicts of A and B, trained on ``checkpoints/digits_train.pt``."""
+def train_pair(
+    *, epochs: int = 6, seeds: tuple[int, int] = (SEEDS["a"], SEEDS["b"])
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of A and B (trained from ``seeds``) on ``checkpoints/digits_train.pt``."""
     data = torch.load(ROOT / "checkpoints/digits_train.pt", weights_only=True)
-    models = {
-        name: train(seed, data["x"], data["y"], epochs=epochs) for name, seed in SEEDS.items()
-    }
+    models = {name: train(seed, data["x"], data["y"], epochs=epochs)
+              for name, seed in zip("ab", seeds, strict=True)}  # fmt: skip
     return {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in models.items()}
 
 
@@ -70,9 +74,12 @@ def compare(states: dict[str, dict[str, torch.Tensor]], *, steps: int = 11) -> d
     }
 
 
-def run(out: Path | None = None, *, epochs: int = 6, steps: int = 11) -> dict[str, Study]:
-    """Train the pair (writing it to ``out`` if given) and compare bn none / reset."""
-    states = train_pair(epochs=epochs)
+def run(
+    out: Path | None = None, *, epochs: int = 6, steps: int = 11,
+    seeds: tuple[int, int] = (SEEDS["a"], SEEDS["b"]),
+) -> dict[str, Study]:  # fmt: skip
+    """Train the pair from ``seeds`` (writing it to ``out`` if given); bn none / reset."""
+    states = train_pair(epochs=epochs, seeds=seeds)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name, sd in states.items():
@@ -82,14 +89,49 @@ def run(out: Path | None = None, *, epochs: int = 6, steps: int = 11) -> dict[st
     return compare(states, steps=steps)
 
 
+def pair_numbers(studies: dict[str, Study]) -> dict[str, Any]:
+    """One pair's stored numbers: a row per ``--bn`` and path, the endpoints' accuracy."""
+    rows = []
+    for bn, study in studies.items():
+        for name, pair in study.pairs.items():
+            bar, mid = pair.test.barriers["lerp"], pair.test.midpoint
+            rows.append({"bn": bn, "path": name, "loss_barrier": bar.loss,
+                         "error_barrier": bar.error, "mid_accuracy": mid.accuracy})  # fmt: skip
+    a, b = studies["none"].naive.test.endpoints
+    return {"rows": rows, "endpoint_accuracy": [a.accuracy, b.accuracy]}
+
+
+KEYS = ("loss_barrier", "error_barrier", "mid_accuracy")
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "pairs": values}
+
+
+def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Over the seed pairs: each row's :data:`KEYS` as mean, sample sd (0 for one pair)
+    and the value on every pair (pairs in order), and the same for all endpoints' accuracy."""
+    first = next(iter(pairs.values()))["rows"]
+    rows = [{"bn": r["bn"], "path": r["path"],
+             **{k: _stats([p["rows"][i][k] for p in pairs.values()]) for k in KEYS}}
+            for i, r in enumerate(first)]  # fmt: skip
+    ends = [a for p in pairs.values() for a in p["endpoint_accuracy"]]
+    return {"rows": rows, "endpoint_accuracy": _stats(ends)}
+
+
 def report(numbers: dict[str, Any]) -> str:
-    """The README's table, from the stored numbers."""
-    lines = ["| `--bn` | path | loss barrier | error barrier | acc at α = 0.5 |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for r in numbers["rows"]:
-        error, mid = 100 * r["error_barrier"], 100 * r["mid_accuracy"]
+    """The README's table, from the stored numbers: mean ± sd over the seed pairs, and the
+    loss barrier on each pair."""
+    lines = ["| `--bn` | path | loss barrier | error barrier | acc at α = 0.5 | loss barrier "
+             "by pair |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in numbers["summary"]["rows"]:
+        loss, error, mid = r["loss_barrier"], r["error_barrier"], r["mid_accuracy"]
         lines.append(
-            f"| {r['bn']} | {r['path']} | {r['loss_barrier']:.4f} | {error:.2f} % | {mid:.1f} % |"
+            f"| {r['bn']} | {r['path']} | {loss['mean']:.4f} ± {loss['sd']:.4f} "
+            f"| {100 * error['mean']:.2f} ± {100 * error['sd']:.2f} % "
+            f"| {100 * mid['mean']:.1f} ± {100 * mid['sd']:.1f} % "
+            f"| {', '.join(f'{x:.4f}' for x in loss['pairs'])} |"
         )
     return "\n".join(lines)
 
@@ -100,25 +142,42 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=11, help="alphas on each curve")
     parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=[(1, 2)],
+        metavar="A,B",
+        type=lambda t: tuple(int(x) for x in t.split(",")),
+        help="seed pairs (the first is written to --out); mean ± sd over them",
+    )
+    parser.add_argument(
         "--result", type=Path, help="also store the numbers with provenance (results/NAME.json)"
     )
     args = parser.parse_args()
+    pairs = args.pairs
+    if any(len(p) != 2 for p in pairs):
+        parser.error("--pairs: each pair is two seeds, A,B")
     torch.set_num_threads(1)
     start = time.perf_counter()
-    studies = run(args.out, epochs=args.epochs, steps=args.steps)
-    print(f"{'bn':6} {'path':8} {'loss barrier':>13} {'error barrier':>14} {'acc@0.5':>8}")
-    numbers: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps, "rows": []}
-    for bn, study in studies.items():
-        for name, pair in study.pairs.items():
-            bar, mid = pair.test.barriers["lerp"], pair.test.midpoint
-            print(f"{bn:6} {name:8} {bar.loss:13.4f} {bar.error:14.2%} {mid.accuracy:8.2%}")
-            row = {"bn": bn, "path": name, "loss_barrier": bar.loss, "error_barrier": bar.error}
-            numbers["rows"].append({**row, "mid_accuracy": mid.accuracy})
-    a, b = studies["none"].naive.test.endpoints
-    print(f"endpoints: A {a.accuracy:.2%}, B {b.accuracy:.2%} test accuracy")
-    numbers["endpoint_accuracy"] = [a.accuracy, b.accuracy]
+    stored = {}
+    for i, seeds in enumerate(pairs):
+        studies = run(args.out if i == 0 else None, epochs=args.epochs, steps=args.steps,
+                      seeds=seeds)  # fmt: skip
+        print(f"seeds {seeds[0]} and {seeds[1]}")
+        print(f"{'bn':6} {'path':8} {'loss barrier':>13} {'error barrier':>14} {'acc@0.5':>8}")
+        one = stored[",".join(map(str, seeds))] = pair_numbers(studies)
+        for r in one["rows"]:
+            print(f"{r['bn']:6} {r['path']:8} {r['loss_barrier']:13.4f} "
+                  f"{r['error_barrier']:14.2%} {r['mid_accuracy']:8.2%}")  # fmt: skip
+        a, b = one["endpoint_accuracy"]
+        print(f"endpoints: A {a:.2%}, B {b:.2%} test accuracy")
+    numbers: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps,
+                               **next(iter(stored.values())),  # the first pair, as in 0.3.0
+                               "pairs": stored, "summary": summary(stored)}  # fmt: skip
+    if len(pairs) > 1:
+        print(report(numbers))
     if args.result is not None:
-        write_result(args.result, numbers, seeds=SEEDS.values(), command=["python", *sys.argv])
+        seeds_used = [s for p in pairs for s in p]
+        write_result(args.result, numbers, seeds=seeds_used, command=["python", *sys.argv])
     if args.out is not None:
         print(f"wrote {args.out / 'conv_a.pt'} and {args.out / 'conv_b.pt'}")
     print(f"{time.perf_counter() - start:.1f} s")
