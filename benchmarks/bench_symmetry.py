@@ -193,15 +193,20 @@ PAIR_TITLES = {"llama": "Tiny Llamas", "gpt2": "Tiny GPT-2s", "vit": "Digits ViT
 
 def report_pairs(record: dict[str, Any], family: str | None = None) -> str:
     """The Markdown table of the seed-pair study (``--pairs``): mean ± sd per row of
-    ``record[f"{family}_summary"]`` (``family``: the one the record holds)."""
+    ``record[f"{family}_summary"]`` (``family``: the one the record holds), and the row's
+    share of the naive barrier on each pair (pairs in the order they ran)."""
     if family is None:
         (family,) = [f for f in PAIR_TITLES if f"{f}_summary" in record]
     rows = record[f"{family}_summary"]
     labels = [k for k in ORDER if k in rows] + sorted(set(rows) - set(ORDER))
-    header = ["row", "loss barrier at α = 0.5", "share of naive", "pairs"]
+    per_pair = record[f"{family}_pairs"].values()
+    header = ["row", "loss barrier at α = 0.5", "share of naive", "pairs",
+              "share of naive by pair"]  # fmt: skip
     lines = [[label, f"{r['barrier']:.3f} ± {r['barrier_sd']:.3f}",
               f"{100 * r['share_of_naive']:.0f} ± {100 * r['share_of_naive_sd']:.0f} %",
-              str(r["pairs"])] for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
+              str(r["pairs"]),
+              ", ".join(f"{100 * p[label]['share_of_naive']:.0f}" for p in per_pair) + " %"]
+             for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
     return f"## {PAIR_TITLES[family]}, seed pairs\n\n" + "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip

@@ -39,12 +39,18 @@ def provenance(
     """The record that makes a result reproducible: command, commit, versions, machine, seeds, date.
 
     ``command`` defaults to this process's own command line (``sys.argv``), written as a
-    shell would take it.
+    shell would take it. A command that starts with a script (``benchmarks/x.py ...``, as
+    ``sys.argv`` holds it) is recorded as ``python`` runs it, so it can be pasted back:
+
+    >>> provenance(command=["benchmarks/x.py", "--out", "a b"])["command"]
+    "python benchmarks/x.py --out 'a b'"
+    >>> provenance(command="examples/y.py --quick")["command"]
+    'python examples/y.py --quick'
     """
     argv = list(sys.argv) if command is None else command
     line = argv if isinstance(argv, str) else shlex.join(str(a) for a in argv)
     return {
-        "command": line,
+        "command": _interpreted(line),
         "commit": _git_commit(),
         "versions": _versions(),
         "machine": _machine(),
@@ -82,6 +88,15 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(numbers, dict):
         raise ValueError(f"{path}: not a stored result (expected a 'numbers' object)")
     return numbers
+
+
+def _interpreted(line: str) -> str:
+    """``line`` as the interpreter runs it: ``python`` first where it starts with a script."""
+    try:
+        first = shlex.split(line)[:1]
+    except ValueError:  # unbalanced quotes: keep the line as given
+        return line
+    return f"python {line}" if first and first[0].endswith(".py") else line
 
 
 OUTPUTS = ("results", "*.png", "*.md")  # what a run writes or documents, not code

@@ -36,6 +36,39 @@ def test_the_command_defaults_to_this_process():
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "recorded"),
+    [
+        (["benchmarks/bench_evaluate.py", "--out", "a b"],
+         "python benchmarks/bench_evaluate.py --out 'a b'"),
+        ("benchmarks/convbn_study.py --estimate", "python benchmarks/convbn_study.py --estimate"),
+        (["python", "examples/x.py"], "python examples/x.py"),
+        (["modeconnect", "align", "a.py"], "modeconnect align a.py"),
+        ("/usr/bin/python3 -m tools.reproduce", "/usr/bin/python3 -m tools.reproduce"),
+        ("x.py 'unbalanced", "x.py 'unbalanced"),
+    ],
+)  # fmt: skip
+def test_a_script_command_is_recorded_as_the_interpreter_runs_it(tmp_path, command, recorded):
+    """``sys.argv`` of ``python benchmarks/x.py`` starts with the script: the stored command
+    puts ``python`` back, so it runs when pasted (and nothing else is changed)."""
+    path = write_result(tmp_path / "r.json", {"x": 1}, command=command)
+    assert json.loads(path.read_text())["provenance"]["command"] == recorded
+
+
+def test_a_script_run_records_python_first(tmp_path):
+    """A real script writing with the default command (its own ``sys.argv``)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "study.py"
+    script.write_text("import sys\nfrom modeconnect.provenance import write_result\n"
+                      "write_result(sys.argv[2], {'x': 1}, command=sys.argv)\n")  # fmt: skip
+    out = tmp_path / "r.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, cwd=tmp_path)
+    command = json.loads(out.read_text())["provenance"]["command"]
+    assert command == f"python {script} --out {out}"
+
+
 def test_a_file_without_numbers_is_not_a_result(tmp_path):
     path = tmp_path / "x.json"
     path.write_text('{"rows": []}')

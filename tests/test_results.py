@@ -187,6 +187,30 @@ def test_reproduce_reruns_every_backing_result() -> None:
     assert {c.result for c in claims.CHECKS} <= written
 
 
+def test_reproduce_skips_a_run_whose_side_venv_is_absent(tmp_path, monkeypatch, capsys) -> None:
+    """``bench_rebasin`` without ``/tmp/rebasin-venv`` would store modeconnect's rows alone:
+    ``reproduce`` skips it with one line naming what is missing, runs nothing, keeps going."""
+    from tools import reproduce
+
+    (bench,) = [r for r in reproduce.RUNS if r.name == "bench_rebasin"]
+    assert bench.needs == reproduce.REBASIN_PYTHON
+    absent = reproduce.Run("bench_rebasin", bench.command, 1.0, needs=tmp_path / "no" / "python",
+                           setup="the rebasin side venv")  # fmt: skip
+    present = reproduce.Run("other", ("python", "-c", "pass"), 0.1, needs=ROOT / "README.md")
+    ran = []
+    monkeypatch.setattr(reproduce, "RUNS", [absent, present])
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or
+                        type("Done", (), {"returncode": 0, "stderr": ""})())  # fmt: skip
+    monkeypatch.setattr(reproduce, "run_checks", lambda: [])
+    assert reproduce.main(["--only", "bench_rebasin", "other"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("[bench_rebasin]")]
+    assert line == (f"[bench_rebasin] skipped: needs {tmp_path / 'no' / 'python'}, which is "
+                    "absent (the rebasin side venv)")  # fmt: skip
+    assert len(ran) == 1 and ran[0][1:] == ["-c", "pass"]
+    assert "runs skipped (their stored results kept): bench_rebasin" in out
+
+
 @pytest.mark.slow
 def test_reproduce_check_reports_no_moved_number() -> None:
     import subprocess

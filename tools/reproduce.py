@@ -39,6 +39,14 @@ class Run:
     cwd: str = "."
     writes: tuple[str, ...] = ()  # results it writes into an ``--out`` folder
     long: bool = False  # past the hour: only with --all or --only
+    needs: Path | None = None  # a file outside the repository the run cannot do without
+    setup: str = ""  # how to make ``needs`` (said when it is absent)
+
+    def missing(self) -> str | None:
+        """Why this run cannot start here (one line), or None when it can."""
+        if self.needs is None or self.needs.exists():
+            return None
+        return f"needs {self.needs}, which is absent ({self.setup})"
 
     def results(self) -> set[str]:
         """The ``results/*.json`` this run rewrites (relative to the repository root)."""
@@ -67,6 +75,16 @@ RECOVERY_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads),
 PAIR_ROWS = ("orthogonal, weight", "orthogonal, activation", "full (orthogonal heads), weight",
              "full (orthogonal heads), activation", "orthogonal, learned")  # fmt: skip
 """The Llama rows measured over three seed pairs."""
+FIRST_PAIR_ROWS = ("permutation, activation", "full, weight", "full, activation",
+                   "orthogonal, learned", "full, learned")  # fmt: skip
+"""The first Llama table's rows no other seed-pair run holds (and the learned rotation)."""
+QK_ROWS = ("full, weight", "full (V·O only, no Q·K), weight", "orthogonal, weight",
+           "full (orthogonal heads), weight",
+           "full (orthogonal heads, no Q·K), weight")  # fmt: skip
+"""The rows of the Q·K table."""
+GPT2_FIRST_PAIR_ROWS = ("permutation, activation", "full, activation", "orthogonal, learned",
+                        "full, learned")  # fmt: skip
+"""The first GPT-2 table's rows no other seed-pair run holds (and the learned rotation)."""
 GPT2_PAIR_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads), weight",
                   "orthogonal, activation", "full (orthogonal heads), activation",
                   "orthogonal, learned")  # fmt: skip
@@ -92,16 +110,19 @@ RUNS: list[Run] = [
     Run("tiny_lms", ("python", "examples/tiny_lms.py", "--out", "runs/reproduce/tiny_lms",
         "--result", "results/tiny_lms.json"), 12.0),
     Run("bn_reset_digits", ("python", "examples/bn_reset_digits.py", "--steps", "25",
-        "--result", "results/bn_reset_digits.json"), 1.0),
-    Run("mnist_scale_digits", ("python", "examples/mnist_scale_digits.py", "--result",
-        "results/mnist_scale_digits.json"), 3.0),
+        "--pairs", "1,2", "3,4", "5,6", "--result", "results/bn_reset_digits.json"), 3.0),
+    Run("mnist_scale_digits", ("python", "examples/mnist_scale_digits.py", "--pairs", "1,2",
+        "3,4", "5,6", "--result", "results/mnist_scale_digits.json"), 9.0, long=True),
     Run("federated_digits", ("python", "federated_digits.py", "--out",
         "../results/federated_digits.json"), 0.5, "examples"),
     Run("readme_runs", ("python", "-m", "tools.readme_runs"), 6.0),
     Run("bench_spec_budget", ("python", "benchmarks/bench_spec.py", "--budget", "--out",
         "results/bench_spec_budget.json"), 0.5),
+    # without the side venv it would store modeconnect's rows alone: skipped, and said why
     Run("bench_rebasin", ("python", "benchmarks/bench_rebasin.py", "--pairs", "digits",
-        "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0),
+        "--rebasin-python", str(REBASIN_PYTHON), "--out", "results/bench_rebasin.json"), 1.0,
+        needs=REBASIN_PYTHON, setup="the rebasin side venv: see benchmarks/bench_rebasin.py's "
+        "docstring"),
     Run("bench_methods", ("python", "benchmarks/bench_methods.py", "--repeats", "3", "--out",
         "results/bench_methods.json"), 0.5),
     Run("bench_weight_matching", ("python", "benchmarks/bench_weight_matching.py", "--pairs",
@@ -135,9 +156,7 @@ RUNS: list[Run] = [
     # the same trained pair (--models keeps it), the rows added with the Q·K maps and STE
     Run("transformers_symmetry_qk", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--models", "runs/reproduce/symmetry_llama",
-        *(a for row in ("full, weight", "full (V·O only, no Q·K), weight", "orthogonal, weight",
-                        "full (orthogonal heads), weight",
-                        "full (orthogonal heads, no Q·K), weight") for a in ("--only", row)),
+        *(a for row in QK_ROWS for a in ("--only", row)),
         "--out", "results/transformers_symmetry_qk.json"), 2.0, long=True),
     Run("transformers_symmetry_ste", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
@@ -190,6 +209,22 @@ RUNS: list[Run] = [
         "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
         *(a for row in GPT2_PAIR_ROWS for a in ("--only", row)),
         "--out", "results/transformers_symmetry_gpt2_pairs.json"), 14.0, long=True),
+    # the first tables' other rows and the Q·K table's, over the same three seed pairs
+    Run("transformers_symmetry_first_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in FIRST_PAIR_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_first_pairs.json"), 14.0, long=True),
+    Run("transformers_symmetry_qk_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "llama", "--steps", "200", "--layers", "2", "--models",
+        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in QK_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_qk_pairs.json"), 3.0),
+    Run("transformers_symmetry_gpt2_first_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
+        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in GPT2_FIRST_PAIR_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_gpt2_first_pairs.json"), 12.0, long=True),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)
@@ -220,13 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         for r in RUNS:
             where = "" if r.cwd == "." else f"(cd {r.cwd}) "
             flag = " (long: --all)" if r.long else ""
+            flag += f" (needs {r.needs})" if r.needs is not None else ""
             print(f"{r.name:26} ~{r.minutes:4.1f} min  {where}{' '.join(r.command)}{flag}")
         short = sum(r.minutes for r in RUNS if not r.long)
         print(f"{'total':26} ~{short:4.1f} min, with --all ~{sum(r.minutes for r in RUNS):.1f}")
         return 0
-    failed = []
+    failed, skipped = [], []
     if not args.check:
         for r in chosen:
+            why = r.missing()
+            if why is not None:
+                skipped.append(r.name)
+                print(f"[{r.name}] skipped: {why}", flush=True)
+                continue
             start = time.perf_counter()
             print(f"[{r.name}] {' '.join(r.command)}", flush=True)
             command = [sys.executable if c == "python" else c for c in r.command]
@@ -243,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(drifted)} moved beyond their tolerance")  # fmt: skip
     for f in drifted:
         print(f"  {f}")
+    if skipped:
+        print(f"runs skipped (their stored results kept): {', '.join(skipped)}")
     if failed:
         print(f"runs that failed: {', '.join(failed)}")
     return 1 if drifted or failed else 0
