@@ -346,13 +346,16 @@ def _single(record: dict[str, Any], pair: str) -> list[float]:
 
 
 def _mnist(record: dict[str, Any]) -> list[float]:
-    """Naive and aligned loss barrier and accuracy at α = 0.5 of the MNIST-scale run."""
+    """Over the MNIST-scale seed pairs: the naive and aligned loss barrier and accuracy at
+    α = 0.5 (mean, sd), then each pair's naive → aligned loss barrier."""
+    s = record["summary"]
     out = []
-    for pair in ("naive", "aligned"):
-        data = record["report"][pair]
-        middle = min(data["curve"], key=lambda p: abs(p["alpha"] - 0.5))
-        out += [data["barrier"]["loss"], _pct(middle["accuracy"])]
-    return out
+    for key in ("naive_loss_barrier", "naive_mid_accuracy", "aligned_loss_barrier",
+                "aligned_mid_accuracy"):  # fmt: skip
+        scale = _pct if key.endswith("accuracy") else float
+        out += [scale(s[key]["mean"]), scale(s[key]["sd"])]
+    pairs = zip(s["naive_loss_barrier"]["pairs"], s["aligned_loss_barrier"]["pairs"], strict=True)
+    return out + [x for pair in pairs for x in pair]
 
 
 BN_DIGITS = "results/bn_reset_digits.json"
@@ -569,6 +572,76 @@ def _rotated(record: dict[str, Any], family: str) -> list[str]:
             and k.endswith((", weight", ", activation"))]  # fmt: skip
 
 
+def _worse_than_naive_on_first_only(pairs: dict[str, Any], row: str) -> None:
+    """Fails unless ``row`` is above the naive barrier on the first pair and no other."""
+    above = [p[row]["share_of_naive"] > 1 for p in pairs.values()]
+    if above != [True] + [False] * (len(above) - 1):
+        raise ValueError(f"{row!r} is not worse than naive on the first pair only: {above}")
+
+
+def _lower_on_first_only(pairs: dict[str, Any], row: str, than: str) -> None:
+    """Fails unless ``row``'s barrier is below ``than``'s on the first pair and no other."""
+    lower = [p[row]["barrier"] < p[than]["barrier"] for p in pairs.values()]
+    if lower != [True] + [False] * (len(lower) - 1):
+        raise ValueError(f"{row!r} is not lower than {than!r} on the first pair only: {lower}")
+
+
+def _least_squares_llama(record: dict[str, Any]) -> list[float]:
+    """The least-squares heads' bullet: this pair's shares, then over three pairs (the
+    rotation and the heads, weight- and activation-based; the learned rows)."""
+    first, pairs = load_record(SYM_FIRST_PAIRS), load_record(SYM_PAIRS)
+    _worse_than_naive_on_first_only(first["llama_pairs"], "full, activation")
+    _lower_on_first_only(first["llama_pairs"], "full, learned", "orthogonal, learned")
+    return [*(_share(record, "llama", k) for k in (
+                "orthogonal, weight", "full, weight", "orthogonal, activation",
+                "full, activation")),
+            *_pair_means("llama", "orthogonal, weight")(pairs),
+            *_pair_means("llama", "full, weight")(first),
+            *_pair_means("llama", "orthogonal, activation")(pairs),
+            *_pair_means("llama", "full, activation")(first),
+            *(_share(record, "llama", k) for k in (
+                "full (orthogonal heads), weight", "full, learned", "orthogonal, learned")),
+            *_pair_means("llama", "full, learned", "orthogonal, learned")(first)]  # fmt: skip
+
+
+def _first_pairs_prose(record: dict[str, Any]) -> list[float]:
+    """The paragraph under the first table's other Llama rows over three seed pairs."""
+    pairs = record["llama_pairs"]
+    _lower_on_first_only(pairs, "full, learned", "orthogonal, learned")
+    _worse_than_naive_on_first_only(pairs, "full, activation")
+    learned = _pair_shares("llama", "full, learned", "orthogonal, learned")(record)
+    if round(learned[4]) != round(learned[5]):
+        raise ValueError("the learned rotation differs on the second and third pairs")
+    return [*_pair_means("llama", "full, learned", "orthogonal, learned")(record),
+            learned[0], learned[3], learned[1], learned[2], learned[4],
+            *_pair_means("llama", "full, weight", "full, activation")(record),
+            *_pair_shares("llama", "full, activation")(record),
+            *_pair_means("llama", "permutation, activation")(record)]  # fmt: skip
+
+
+def _qk_pairs(record: dict[str, Any]) -> list[float]:
+    """The Q·K seed-pair paragraph; fails where its "on every pair" / "two pairs of three" /
+    "above on every pair" do not hold."""
+    pairs = record["llama_pairs"].values()
+    shares = {k: [_pct(p[k]["share_of_naive"]) for p in pairs]
+              for k in (QK_NONE, QK_DEFAULT, "orthogonal, weight")}  # fmt: skip
+    if not all(d < n for d, n in zip(shares[QK_DEFAULT], shares[QK_NONE], strict=True)):
+        raise ValueError("the Q·K maps do not lower the barrier on every pair")
+    above = [d >= o for d, o in zip(shares[QK_DEFAULT], shares["orthogonal, weight"],
+                                    strict=True)]  # fmt: skip
+    (worse,) = [i for i, a in enumerate(above) if a]
+    seeds = [float(x) for x in list(record["llama_pairs"])[worse].split(",")]
+    for row in ("full, weight", "full (V·O only, no Q·K), weight"):
+        if any(p[row]["barrier"] <= p["orthogonal, weight"]["barrier"] for p in pairs):
+            raise ValueError(f"{row!r} is not above the rotation alone on every pair")
+    return [*_pair_means("llama", QK_NONE, QK_DEFAULT)(record),
+            *(x for pair in zip(shares[QK_NONE], shares[QK_DEFAULT], strict=True) for x in pair),
+            *_pair_means("llama", "orthogonal, weight")(record), *seeds,
+            shares[QK_DEFAULT][worse], shares["orthogonal, weight"][worse],
+            *_pair_means("llama", "full, weight", "full (V·O only, no Q·K), weight")(record),
+            ]  # fmt: skip
+
+
 def _acc(record: dict[str, Any], key: str) -> float:
     """Mean test accuracy of ``key`` (merging studies)."""
     return float(record["accuracy"][key]["mean"])
@@ -607,6 +680,10 @@ SYM_PAIRS = "results/transformers_symmetry_pairs.json"
 SYM_GPT2_PAIRS = "results/transformers_symmetry_gpt2_pairs.json"
 SYM_VIT_PAIRS = "results/transformers_symmetry_vit_pairs.json"
 SYM_LEARNED_PAIRS = "results/transformers_symmetry_learned_pairs.json"
+SYM_FIRST_PAIRS = "results/transformers_symmetry_first_pairs.json"
+SYM_QK_PAIRS = "results/transformers_symmetry_qk_pairs.json"
+SYM_GPT2_FIRST_PAIRS = "results/transformers_symmetry_gpt2_first_pairs.json"
+QK_DEFAULT, QK_NONE = "full (orthogonal heads), weight", "full (orthogonal heads, no Q·K), weight"
 STE = "orthogonal, learned + STE permutations"
 FULL_ROWS = ("full (orthogonal heads), weight", "full (orthogonal heads), activation")
 """The default ``full`` rows, weight- and activation-based."""
@@ -767,9 +844,10 @@ CHECKS: list[Check] = [
                   r"its own; after alignment none exceeds ([\d.]+)",
                   "results/readme_layerwise.json",
                   lambda r: [*_single(r, "naive"), _single(r, "aligned")[1]]),
-    SentenceCheck("README.md", r"the naive loss barrier of ([\d.]+) nats \(([\d.]+) % accuracy at "
-                  r"α = 0.5\) drops to ([\d.]+) \(([\d.]+) %\)", "results/mnist_scale_digits.json",
-                  lambda r: _mnist(r)),
+    SentenceCheck("README.md", r"the naive loss barrier of ([\d.]+) ± ([\d.]+) nats \(([\d.]+) ± "
+                  r"([\d.]+) % accuracy at α = 0.5\) drops to ([\d.]+) ± ([\d.]+) \(([\d.]+) ± "
+                  r"([\d.]+) %\); by pair ([\d.]+) → ([\d.]+), ([\d.]+) → ([\d.]+) and ([\d.]+) → "
+                  r"([\d.]+) nats", "results/mnist_scale_digits.json", lambda r: _mnist(r)),
     SentenceCheck("README.md", r"on the digits pair ([\d.]+)–([\d.]+)× faster \(wall / CPU time.*?"
                   r"objective \(([\d.]+) against ([\d.]+)\); in exact mode \(`rtol=0`\) "
                   r"([\d.]+)–([\d.]+)×", "results/bench_rebasin.json", lambda r: _rebasin(r)),
@@ -975,20 +1053,25 @@ CHECKS: list[Check] = [
                   also=(SYM_GPT2,)),
     SentenceCheck(TRANSFORMERS, r"is met for the GPT-2s \(([−-]\d+) %\), and for the Llamas only\s+"
                   r"with the permutations learned too \((\d+) %; the rotation alone: (\d+) %, with "
-                  r"least-squares heads (\d+) %\)", SYM_LLAMA,
+                  r"least-squares heads (\d+) %\)\*\*; over three seed pairs the Llamas keep "
+                  r"(\d+) ± (\d+) % with the permutations learned, (\d+) ± (\d+) % by the "
+                  r"rotation alone and (\d+) ± (\d+) % with least-squares heads", SYM_LLAMA,
                   lambda r: [_share(r, "gpt2", "orthogonal, learned"),
                              _share(load_record(SYM_STE), "llama",
                                     "orthogonal, learned + STE permutations"),
                              _share(r, "llama", "orthogonal, learned"),
-                             _share(r, "llama", "full, learned")], also=(SYM_GPT2,)),
+                             _share(r, "llama", "full, learned"),
+                             *_pair_means("llama", STE)(load_record(SYM_LEARNED_PAIRS)),
+                             *_pair_means("llama", "orthogonal, learned", "full, learned")(
+                                 load_record(SYM_FIRST_PAIRS))], also=(SYM_GPT2,)),
     SentenceCheck(TRANSFORMERS, r"Llamas \((\d+) % → (\d+) % weight-based, (\d+) % → (\d+) % "
-                  r"activation-based: worse than naive\), while orthogonal per-head maps help "
-                  r"\((\d+) %, weight-based\).*?least-squares heads are no longer harmful "
-                  r"\((\d+) % against the rotation's (\d+) %\)", SYM_LLAMA,
-                  lambda r: [_share(r, "llama", k) for k in (
-                      "orthogonal, weight", "full, weight", "orthogonal, activation",
-                      "full, activation", "full (orthogonal heads), weight", "full, learned",
-                      "orthogonal, learned")]),
+                  r"activation-based: worse than naive; over three seed pairs (\d+) ± (\d+) % → "
+                  r"(\d+) ± (\d+) % and (\d+) ± (\d+) % → (\d+) ± (\d+) %, worse than naive on "
+                  r"this pair only\), while orthogonal per-head maps help "
+                  r"\((\d+) %, weight-based\).*?least-squares heads are no longer harmful on this "
+                  r"pair \((\d+) % against the rotation's (\d+) %\), but over three seed pairs "
+                  r"they do not help \((\d+) ± (\d+) % against (\d+) ± (\d+) %; lower on this "
+                  r"pair only\)", SYM_LLAMA, _least_squares_llama),
     SentenceCheck(TRANSFORMERS, r"weight-based `full` took ([\d.]+)–([\d.]+)× the time of weight "
                   r"matching.*?Activation-based alignment costs ([\d.]+)–([\d.]+)×", SYM_LLAMA,
                   lambda r: [*_range([_sym(r, f)[k]["time_vs_weight_matching"]
@@ -1013,6 +1096,37 @@ CHECKS: list[Check] = [
                   _pair_means("llama", "orthogonal, learned two-sided", "orthogonal, learned")),
     TableCheck(TRANSFORMERS, "Tiny GPT-2s over three seed pairs", SYM_GPT2_PAIRS, BENCH_SYM,
                report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Tiny Llamas, the first table's other rows over three seed pairs",
+               SYM_FIRST_PAIRS, BENCH_SYM, report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Tiny Llamas, Q·K maps over three seed pairs", SYM_QK_PAIRS,
+               BENCH_SYM, report="report_pairs"),
+    SentenceCheck(TRANSFORMERS, r"`full, least-squares heads, learned` keeps (\d+) ± (\d+) % of "
+                  r"the naive barrier there \((\d+) %, (\d+) %, (\d+) % by pair\)", SYM_FIRST_PAIRS,
+                  lambda r: [*_pair_means("llama", "full, learned")(r),
+                             *_pair_shares("llama", "full, learned")(r)]),
+    SentenceCheck(TRANSFORMERS, r"Learned after least-squares heads the Llamas keep (\d+) ± "
+                  r"(\d+) % of the naive barrier against the learned rotation's (\d+) ± (\d+) %: "
+                  r"\*\*lower on the first pair only\*\* \((\d+) % against (\d+) %; (\d+) % and "
+                  r"(\d+) % "
+                  r"against (\d+) % on the others\).*?Least-squares heads keep (\d+) ± (\d+) % "
+                  r"weight-based and (\d+) ± (\d+) % activation-based \(\*\*worse than naive on "
+                  r"the first pair only\*\*: (\d+) %, (\d+) %, (\d+) %\); activation matching of "
+                  r"the permutations alone keeps (\d+) ± (\d+) %", SYM_FIRST_PAIRS,
+                  _first_pairs_prose),
+    SentenceCheck(TRANSFORMERS, r"Over the pairs the rotation-per-pair Q·K maps lower the "
+                  r"weight-based barrier from (\d+) ± (\d+) % \(orthogonal V·O maps alone\) to "
+                  r"(\d+) ± (\d+) %, \*\*on every pair\*\* \((\d+) → (\d+) %, (\d+) → (\d+) %, "
+                  r"(\d+) → (\d+) %\); against the stream's rotation alone \((\d+) ± (\d+) %\) the "
+                  r"default `full` is lower on two pairs of three \(not on seeds (\d) and (\d): "
+                  r"(\d+) % against (\d+) %\)\. Least-squares maps are above the rotation alone on "
+                  r"every pair, with Q·K maps \((\d+) ± (\d+) %\) and without \((\d+) ± (\d+) %\)",
+                  SYM_QK_PAIRS, _qk_pairs),
+    SentenceCheck(TRANSFORMERS, r"the best weight-based Llama number \(still far from the 10 % "
+                  r"target\); over three seed pairs from (\d+) ± (\d+) % to (\d+) ± (\d+) % \(the "
+                  r"rotation alone: (\d+) ± (\d+) %;.*?above the rotation alone; over three seed "
+                  r"pairs (\d+) ± (\d+) % and (\d+) ± (\d+) %\)", SYM_QK_PAIRS,
+                  lambda r: [*_pair_means("llama", QK_NONE, QK_DEFAULT, "orthogonal, weight",
+                                          "full, weight", "full (V·O only, no Q·K), weight")(r)]),
     TableCheck(TRANSFORMERS, "Digits ViTs over three seed pairs", SYM_VIT_PAIRS, BENCH_SYM,
                report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"Over the three GPT-2 pairs `full` keeps (\d+) ± (\d+) % of the "
