@@ -153,6 +153,21 @@ def test_a_stored_row_the_doc_lacks_fails(tmp_path: Path) -> None:
     assert not found.ok and "10 rows, stored 11" in found.where
 
 
+def test_a_per_pair_claim_that_stops_holding_fails(tmp_path: Path) -> None:
+    """'Lower on the first pair only' is checked pair by pair, not only through the means:
+    a stored pair where it no longer holds fails the check, with the reason."""
+    (check,) = [c for c in claims.CHECKS if isinstance(c, claims.SentenceCheck)
+                and c.pattern.startswith("Learned after least-squares heads the Ll")]  # fmt: skip
+    _copy(tmp_path, check.doc, check.result)
+    assert claims.findings_ok(claims.run_checks([check], tmp_path))
+    body = json.loads((tmp_path / check.result).read_text(encoding="utf-8"))
+    second = body["numbers"]["llama_pairs"]["2,3"]
+    second["full, learned"]["barrier"] = second["orthogonal, learned"]["barrier"] - 0.001
+    (tmp_path / check.result).write_text(json.dumps(body), encoding="utf-8")
+    (found,) = claims.run_checks([check], tmp_path)
+    assert not found.ok and "on the first pair only" in found.where
+
+
 def test_a_missing_result_is_reported_not_skipped(tmp_path: Path) -> None:
     check = _bn_check()
     (tmp_path / check.doc).parent.mkdir(parents=True, exist_ok=True)
