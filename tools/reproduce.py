@@ -82,6 +82,9 @@ QK_ROWS = ("full, weight", "full (V·O only, no Q·K), weight", "orthogonal, wei
            "full (orthogonal heads), weight",
            "full (orthogonal heads, no Q·K), weight")  # fmt: skip
 """The rows of the Q·K table."""
+QK_PAIR_ROWS = (*QK_ROWS, "full (orthogonal Q·K), weight")
+"""The Q·K table's rows over three seed pairs, and least-squares V·O with rotation-only Q·K
+(the two-sided and recovery tables' one Q·K variant the table lacks)."""
 GPT2_FIRST_PAIR_ROWS = ("permutation, activation", "full, activation", "orthogonal, learned",
                         "full, learned")  # fmt: skip
 """The first GPT-2 table's rows no other seed-pair run holds (and the learned rotation)."""
@@ -218,7 +221,7 @@ RUNS: list[Run] = [
     Run("transformers_symmetry_qk_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "llama", "--steps", "200", "--layers", "2", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in QK_ROWS for a in ("--only", row)),
+        *(a for row in QK_PAIR_ROWS for a in ("--only", row)),
         "--out", "results/transformers_symmetry_qk_pairs.json"), 3.0),
     Run("transformers_symmetry_gpt2_first_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
