@@ -654,6 +654,15 @@ def _gpt2_first_pairs_prose(record: dict[str, Any]) -> list[float]:
     ]
 
 
+def _rotation_qk_pairs(record: dict[str, Any]) -> list[float]:
+    """Least-squares V·O with rotation-only Q·K over the pairs; fails unless it is above
+    the default ``full`` on every pair."""
+    row = "full (orthogonal Q·K), weight"
+    if any(p[row]["barrier"] <= p[QK_DEFAULT]["barrier"] for p in record["llama_pairs"].values()):
+        raise ValueError(f"{row!r} is not above the default full on every pair")
+    return [*_pair_means("llama", row)(record), *_pair_shares("llama", row)(record)]
+
+
 def _qk_pairs(record: dict[str, Any]) -> list[float]:
     """The Q·K seed-pair paragraph; fails where its "on every pair" / "two pairs of three" /
     "above on every pair" do not hold."""
@@ -1176,6 +1185,9 @@ CHECKS: list[Check] = [
                   r"(\d+) % against (\d+) %\)\. Least-squares maps are above the rotation alone on "
                   r"every pair, with Q·K maps \((\d+) ± (\d+) %\) and without \((\d+) ± (\d+) %\)",
                   SYM_QK_PAIRS, _qk_pairs),
+    SentenceCheck(TRANSFORMERS, r"Least-squares V·O with rotation-only Q·K keeps (\d+) ± (\d+) % "
+                  r"\((\d+) %, (\d+) %, (\d+) %\), above the default `full` on every pair",
+                  SYM_QK_PAIRS, _rotation_qk_pairs),
     SentenceCheck(TRANSFORMERS, r"the best weight-based Llama number \(still far from the 10 % "
                   r"target\); over three seed pairs from (\d+) ± (\d+) % to (\d+) ± (\d+) % \(the "
                   r"rotation alone: (\d+) ± (\d+) %;.*?above the rotation alone; over three seed "
