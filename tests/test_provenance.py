@@ -55,6 +55,7 @@ def test_a_script_command_is_recorded_as_the_interpreter_runs_it(tmp_path, comma
     assert json.loads(path.read_text())["provenance"]["command"] == recorded
 
 
+@pytest.mark.slow  # a subprocess importing torch: ~4 s on the loaded machine
 def test_a_script_run_records_python_first(tmp_path):
     """A real script writing with the default command (its own ``sys.argv``)."""
     import subprocess
