@@ -21,7 +21,6 @@ standard deviation over the pairs)::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from modeconnect.barrier_studies import Study, barrier_study  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.io.data import load_data  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
-from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.provenance import seed_pair, spread, write_result  # noqa: E402
 from modeconnect.training import train_classifier  # noqa: E402
 
 MODEL = "modeconnect.models:conv_net"
@@ -104,20 +103,15 @@ def pair_numbers(studies: dict[str, Study]) -> dict[str, Any]:
 KEYS = ("loss_barrier", "error_barrier", "mid_accuracy")
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "sd": sd, "pairs": values}
-
-
 def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Over the seed pairs: each row's :data:`KEYS` as mean, sample sd (0 for one pair)
     and the value on every pair (pairs in order), and the same for all endpoints' accuracy."""
     first = next(iter(pairs.values()))["rows"]
     rows = [{"bn": r["bn"], "path": r["path"],
-             **{k: _stats([p["rows"][i][k] for p in pairs.values()]) for k in KEYS}}
+             **{k: spread([p["rows"][i][k] for p in pairs.values()]) for k in KEYS}}
             for i, r in enumerate(first)]  # fmt: skip
     ends = [a for p in pairs.values() for a in p["endpoint_accuracy"]]
-    return {"rows": rows, "endpoint_accuracy": _stats(ends)}
+    return {"rows": rows, "endpoint_accuracy": spread(ends)}
 
 
 def report(numbers: dict[str, Any]) -> str:
@@ -146,7 +140,7 @@ def main() -> None:
         nargs="+",
         default=[(1, 2)],
         metavar="A,B",
-        type=lambda t: tuple(int(x) for x in t.split(",")),
+        type=seed_pair,
         help="seed pairs (the first is written to --out); mean ± sd over them",
     )
     parser.add_argument(
@@ -154,8 +148,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     pairs = args.pairs
-    if any(len(p) != 2 for p in pairs):
-        parser.error("--pairs: each pair is two seeds, A,B")
     torch.set_num_threads(1)
     start = time.perf_counter()
     stored = {}

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from modeconnect.commands.align import AlignReport, align_files  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import mlp  # noqa: E402
-from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.provenance import seed_pair, spread, write_result  # noqa: E402
 from modeconnect.training import train_classifier  # noqa: E402
 
 MODEL = "modeconnect.models:mlp"
@@ -191,9 +190,7 @@ def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Over the seed pairs' stored reports: each :func:`midpoints` value's mean and sample
     standard deviation (0 for one pair) and its value on every pair, pairs in order."""
     values = [midpoints(r) for r in pairs.values()]
-    return {key: {"mean": statistics.fmean(v[key] for v in values),
-                  "sd": statistics.stdev(v[key] for v in values) if len(values) > 1 else 0.0,
-                  "pairs": [v[key] for v in values]} for key in values[0]}  # fmt: skip
+    return {key: spread(v[key] for v in values) for key in values[0]}
 
 
 def _since(t0: float) -> str:
@@ -236,7 +233,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seeds", type=int, nargs=2, default=[1, 2], help="seeds of A and B")
     parser.add_argument("--pairs", nargs="+", default=None, metavar="A,B",
-                        type=lambda t: tuple(int(x) for x in t.split(",")),
+                        type=seed_pair,
                         help="several seed pairs (the first is written to --out); the "
                         "result stores each pair and the mean ± sd")  # fmt: skip
     parser.add_argument("--steps", type=int, default=25, help="alphas on each curve")
@@ -247,8 +244,6 @@ def main() -> None:
     if args.lr is None:
         args.lr = 0.05 if args.optimizer == "sgd" else 1e-3
     pairs = [tuple(args.seeds)] if args.pairs is None else args.pairs
-    if any(len(p) != 2 for p in pairs):
-        parser.error("--pairs: each pair is two seeds, A,B")
     torch.set_num_threads(1)
     start = time.perf_counter()
     n_train, n_test = (QUICK_TRAIN, QUICK_TEST) if args.quick else (FULL_TRAIN, FULL_TEST)

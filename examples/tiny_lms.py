@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from modeconnect.provenance import write_result
+from modeconnect.provenance import seed_pair, spread, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 2048
@@ -125,38 +125,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, required=True, help="checkpoints, JSON reports")
     parser.add_argument("--quick", action="store_true", help="tiny run for the tests")
     parser.add_argument(
+        "--pairs", nargs="+", type=seed_pair, default=[(0, 1)], metavar="A,B",
+        help="seed pairs (the first in --out, the others in --out/seeds-A-B); mean ± sd over them",
+    )  # fmt: skip
+    parser.add_argument(
         "--result", type=Path, help="also store the numbers with provenance (results/NAME.json)"
     )
     args = parser.parse_args(argv)
     steps, layers, limit = (30, 2, 300_000) if args.quick else (600, 4, 3_000_000)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # tiny matrices: a second thread costs more than it gives
     started = time.perf_counter()
     text, held = corpus(limit)
-    tok = tokenizer(text, out / "tokenizer")
+    tok = tokenizer(text, args.out / "tokenizer")
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
-    (out / "heldout.txt").write_text(held[:150_000], encoding="utf-8")
+    heldout = args.out / "heldout.txt"
+    heldout.write_text(held[:150_000], encoding="utf-8")
     print(f"corpus: {len(ids):,} training tokens, vocabulary {VOCAB}")
-    losses = {}
-    for name, seed in (("a", 0), ("b", 1)):
-        net = model(seed, layers)
-        losses[name] = train(net, ids, seed, steps, batch=16)
-        net.save_pretrained(out / name)
-        tok.save_pretrained(out / name)
-        print(f"model {name}: seed {seed}, last training loss {losses[name]:.3f}")
-    trained = time.perf_counter() - started
-    heldout = out / "heldout.txt"
-    cli("align", out / "a", out / "b", "--data", heldout, "--block-size", CONTEXT,
-        "--steps", 5 if args.quick else 11, "--merged", out / "merged", "--json",
-        out / "align.json", "--force")  # fmt: skip
-    cli("merge", out / "a", out / "b", "--data", heldout, "--block-size", CONTEXT, "--out",
-        out / "merge", "--json", out / "merge.json", "--force")  # fmt: skip
-    result = summary(out, trained, time.perf_counter() - started)
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    pairs = {}
+    for i, seeds in enumerate(args.pairs):
+        out = args.out if i == 0 else args.out / f"seeds-{seeds[0]}-{seeds[1]}"
+        out.mkdir(parents=True, exist_ok=True)
+        begun = time.perf_counter()
+        for name, seed in zip(("a", "b"), seeds, strict=True):
+            net = model(seed, layers)
+            last = train(net, ids, seed, steps, batch=16)
+            net.save_pretrained(out / name)
+            tok.save_pretrained(out / name)
+            print(f"model {name}: seed {seed}, last training loss {last:.3f}")
+        trained = time.perf_counter() - begun
+        cli("align", out / "a", out / "b", "--data", heldout, "--block-size", CONTEXT,
+            "--steps", 5 if args.quick else 11, "--merged", out / "merged", "--json",
+            out / "align.json", "--force")  # fmt: skip
+        cli("merge", out / "a", out / "b", "--data", heldout, "--block-size", CONTEXT, "--out",
+            out / "merge", "--json", out / "merge.json", "--force")  # fmt: skip
+        pairs[",".join(map(str, seeds))] = summary(out, trained, time.perf_counter() - begun)
+    first = next(iter(pairs.values()))
+    result = {**first, "pairs": pairs, "summary": over_pairs(pairs)}  # first pair: 0.3.0 keys
+    result["total_seconds"] = time.perf_counter() - started
+    if len(pairs) > 1:
+        for key, s in result["summary"].items():
+            print(f"{key:28} {s['mean']:.4f} ± {s['sd']:.4f} over {len(pairs)} pairs")
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.result is not None:
-        write_result(args.result, result, seeds=[0, 1], command=["python", *sys.argv])
+        seeds_used = [s for p in args.pairs for s in p]
+        write_result(args.result, result, seeds=seeds_used, command=["python", *sys.argv])
     return result
+
+
+SPREAD = ("naive_barrier", "aligned_barrier", "barrier_removed", "perplexity_a", "perplexity_b",
+          "naive_midpoint_perplexity", "aligned_midpoint_perplexity", "merge_perplexity",
+          "plain_average_perplexity")  # fmt: skip
+
+
+def over_pairs(pairs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each :data:`SPREAD` number over the seed pairs: mean, sample sd, the value on each."""
+    return {key: spread(p[key] for p in pairs.values()) for key in SPREAD}
 
 
 def summary(out: Path, trained: float, total: float) -> dict[str, Any]:

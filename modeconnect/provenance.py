@@ -15,11 +15,13 @@ number is a failing test rather than a silent drift.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PACKAGES", "provenance", "read_result", "write_result"]
+__all__ = ["PACKAGES", "provenance", "read_result", "seed_pair", "spread", "write_result"]
 
 # The packages whose version can change a number modeconnect publishes.
 PACKAGES = ("modeconnect", "torch", "numpy", "scipy", "POT", "transformers", "flwr", "ray")
@@ -79,6 +81,29 @@ def write_result(
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(target)
     return target
+
+
+def spread(values: Iterable[float]) -> dict[str, Any]:
+    """A row over seed pairs: mean, sample standard deviation (0 for one pair), every value.
+
+    >>> spread([1.0, 2.0, 3.0])
+    {'mean': 2.0, 'sd': 1.0, 'pairs': [1.0, 2.0, 3.0]}
+    """
+    values = [float(v) for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "pairs": values}
+
+
+def seed_pair(text: str) -> tuple[int, int]:
+    """``"A,B"`` as two seeds (an ``argparse`` type for a script's ``--pairs``).
+
+    >>> seed_pair("3,4")
+    (3, 4)
+    """
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: each pair is two seeds, A,B")
+    return int(parts[0]), int(parts[1])
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
