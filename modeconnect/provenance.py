@@ -53,7 +53,7 @@ def provenance(
     line = argv if isinstance(argv, str) else shlex.join(str(a) for a in argv)
     return {
         "command": _interpreted(line),
-        "commit": _git_commit(),
+        "commit": _commit(),
         "versions": _versions(),
         "machine": _machine(),
         "seeds": [int(s) for s in seeds],
@@ -125,6 +125,15 @@ def _interpreted(line: str) -> str:
 
 
 OUTPUTS = ("results", "*.png", "*.md")  # what a run writes or documents, not code
+
+
+def _commit() -> str | None:
+    """The commit the run started from, ``+dirty`` if the tree was not clean then or moved
+    since (a commit, checkout or edit while the run computed)."""
+    now = _git_commit()
+    if now != _AT_START and _AT_START is not None and not _AT_START.endswith("+dirty"):
+        return f"{_AT_START}+dirty"
+    return _AT_START
 
 
 def _git_commit() -> str | None:
@@ -199,3 +208,7 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# A script imports this module before it computes, so this is the tree its numbers came from.
+_AT_START = _git_commit()

@@ -81,3 +81,23 @@ def test_numbers_that_json_cannot_hold_are_refused(tmp_path):
     with pytest.raises(ValueError):
         write_result(tmp_path / "nan.json", {"x": float("nan")})
     assert not (tmp_path / "nan.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("start", "now", "recorded"),
+    [
+        ("a" * 40, "a" * 40, "a" * 40),  # nothing moved
+        ("a" * 40, "b" * 40, "a" * 40 + "+dirty"),  # a commit landed while it ran
+        ("a" * 40, "a" * 40 + "+dirty", "a" * 40 + "+dirty"),  # an edit while it ran
+        ("a" * 40 + "+dirty", "a" * 40, "a" * 40 + "+dirty"),  # started from an edited tree
+        (None, None, None),  # not a git checkout (an installed package)
+    ],
+)
+def test_the_commit_is_the_one_the_run_started_from(monkeypatch, start, now, recorded):
+    """A run records the tree it computed on: the commit at its start, ``+dirty`` when the
+    tree was edited then or moved before the result was written."""
+    from modeconnect import provenance as module
+
+    monkeypatch.setattr(module, "_AT_START", start)
+    monkeypatch.setattr(module, "_git_commit", lambda: now)
+    assert provenance()["commit"] == recorded
