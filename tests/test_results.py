@@ -202,6 +202,19 @@ def test_reproduce_reruns_every_backing_result() -> None:
     assert {c.result for c in claims.CHECKS} <= written
 
 
+def test_reproduce_default_set_fits_the_hour_the_readme_gives() -> None:
+    """``python -m tools.reproduce`` without ``--all`` is the under-an-hour set, and the
+    README states its expected minutes as the listing adds them up."""
+    import re
+
+    from tools import reproduce
+
+    short = sum(r.minutes for r in reproduce.RUNS if not r.long)
+    assert short < 60
+    said = re.search(r"under an hour \(about (\d+) minutes", (ROOT / "README.md").read_text())
+    assert said is not None and int(said.group(1)) == round(short)
+
+
 def test_reproduce_skips_a_run_whose_side_venv_is_absent(tmp_path, monkeypatch, capsys) -> None:
     """``bench_rebasin`` without ``/tmp/rebasin-venv`` would store modeconnect's rows alone:
     ``reproduce`` skips it with one line naming what is missing, runs nothing, keeps going."""

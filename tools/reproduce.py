@@ -1,8 +1,8 @@
 """Rerun the studies and benchmarks behind the documented numbers, then say what moved.
 
-    python -m tools.reproduce              # everything that fits a CPU in under an hour
-    python -m tools.reproduce --all        # and the long runs (MNIST-scale merging,
-                                           # transformer symmetry, Ray): ~46 min more
+    python -m tools.reproduce              # the runs that fit a CPU in under an hour (~53 min)
+    python -m tools.reproduce --all        # and the long runs (seed-pair studies, MNIST-scale
+                                           # merging, transformer symmetry, Ray): ~6 h more
     python -m tools.reproduce --only science_bn_repair federated_rounds_quick
     python -m tools.reproduce --check      # no runs: compare the docs with results/ now
     python -m tools.reproduce --list       # the runs, their commands and expected minutes
@@ -103,7 +103,7 @@ RUNS: list[Run] = [
         "../results/federated_rounds_quick.json"), 0.5, "examples"),
     Run("federated_rounds_main", ("python", "federated_rounds.py", "--out",
         "../results/federated_rounds_main.json", "--plot", "../docs/federated_rounds.png"),
-        8.0, "examples"),
+        8.0, "examples", long=True),
     Run("federated_rounds_narrow", ("python", "federated_rounds.py", "--out",
         "../results/federated_rounds_narrow.json", "--plot",
         "../docs/federated_rounds_narrow.png", "--hidden", "16", "--lr", "0.1", "--epochs",
@@ -111,7 +111,7 @@ RUNS: list[Run] = [
     Run("tiny_lms_quick", ("python", "examples/tiny_lms.py", "--quick", "--out",
         "runs/reproduce/tiny_lms_quick", "--result", "results/tiny_lms_quick.json"), 1.5),
     Run("tiny_lms", ("python", "examples/tiny_lms.py", "--out", "runs/reproduce/tiny_lms",
-        "--result", "results/tiny_lms.json"), 12.0),
+        "--pairs", "0,1", "2,3", "4,5", "--result", "results/tiny_lms.json"), 36.0, long=True),
     Run("bn_reset_digits", ("python", "examples/bn_reset_digits.py", "--steps", "25",
         "--pairs", "1,2", "3,4", "5,6", "--result", "results/bn_reset_digits.json"), 3.0),
     Run("mnist_scale_digits", ("python", "examples/mnist_scale_digits.py", "--pairs", "1,2",
@@ -197,7 +197,7 @@ RUNS: list[Run] = [
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5", "--only",
         "orthogonal, learned", "--only", "orthogonal, learned + STE permutations", "--only",
         "orthogonal, learned two-sided", "--out",
-        "results/transformers_symmetry_learned_pairs.json"), 8.0),
+        "results/transformers_symmetry_learned_pairs.json"), 8.0, long=True),
     Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
@@ -206,7 +206,7 @@ RUNS: list[Run] = [
     # the digits ViTs and the GPT-2s over three seed pairs (the first is the pair above)
     Run("transformers_symmetry_vit_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "vit", "--epochs", "6", "--pairs", "0,1", "2,3", "4,5", "--out",
-        "results/transformers_symmetry_vit_pairs.json"), 10.0),
+        "results/transformers_symmetry_vit_pairs.json"), 10.0, long=True),
     Run("transformers_symmetry_gpt2_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
         "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
