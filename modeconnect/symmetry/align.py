@@ -47,6 +47,7 @@ from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
 from .heads import HeadGroup, apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import learn_rotations
+from .order import QueryHeads, query_heads, reorder
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
     QKClass,
@@ -303,6 +304,8 @@ class HeadSolver:
     qk: tuple[tuple[QKGroup, QKClass | str], ...]
     max_condition: float
     qk_condition: float
+    orders: tuple[QueryHeads, ...] = ()
+    """The grouped-query attention layers whose head orders :meth:`reorder` matches."""
 
     @classmethod
     def of(
@@ -311,11 +314,19 @@ class HeadSolver:
     ) -> HeadSolver:  # fmt: skip
         """Each V·O group with whether random per-head maps keep ``state``'s outputs, and
         each Q·K group (none unless ``qk``) with its class or the reason it has none."""
-        vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in head_maps(spec, state))
-        found = tuple((g, _qk_class_of(model, probe, state, g))
-                      for g in (qk_groups(spec, state) if qk else []))  # fmt: skip
+        values, queries = head_maps(spec, state), qk_groups(spec, state)
+        vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in values)
+        found = tuple((g, _qk_class_of(model, probe, state, g)) for g in (queries if qk else []))
         bound = max_condition if qk_condition is None else qk_condition
-        return cls(vo, found, max_condition, bound)
+        return cls(vo, found, max_condition, bound, tuple(query_heads(spec, queries, values, state)))
+
+    def reorder(
+        self, spec: PermutationSpec, fa: StateDict, state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``state`` with each grouped-query layer's key/value and query heads in A's order,
+        matched on products the per-head maps leave unchanged (:mod:`~modeconnect.symmetry.
+        order`): weight matching's order of them is blurred by the maps."""
+        return reorder(spec, fa, state, self.orders)
 
     @property
     def groups(self) -> bool:
@@ -510,6 +521,8 @@ def _rounds(
         found = match(spec, fa, aligned, **options)
         first = first or found
         aligned = apply_permutation(aligned, spec, {**found.perm, **kept})
+        if heads is not None:  # grouped-query heads: their order is blurred by the maps
+            aligned = heads.reorder(spec, fa, aligned)
         objectives = dict(objectives)
         for s in streams:
             m = weight_cross(fa, mapped(aligned), s)
