@@ -318,7 +318,8 @@ class HeadSolver:
         vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in values)
         found = tuple((g, _qk_class_of(model, probe, state, g)) for g in (queries if qk else []))
         bound = max_condition if qk_condition is None else qk_condition
-        return cls(vo, found, max_condition, bound, tuple(query_heads(spec, queries, values, state)))
+        orders = tuple(query_heads(spec, queries, values, state))
+        return cls(vo, found, max_condition, bound, orders)
 
     def reorder(
         self, spec: PermutationSpec, fa: StateDict, state: dict[str, torch.Tensor]
