@@ -13,17 +13,15 @@ off), and are ordered the same way.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import hf_models as hf
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_symmetry_recovery import IDS, transformed
+from test_symmetry_recovery import IDS, aligned_directory, transformed
 from torch import nn
 
 from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
@@ -147,10 +145,7 @@ def qwen2(seed: int = 0) -> nn.Module:
 
 @pytest.mark.slow  # about 6 s on a quiet machine
 def test_align_full_recovers_a_qwen2_copy_through_the_cli(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
-
-    from modeconnect_cli.main import main
 
     model = qwen2()
     spec = derive_spec(model, (IDS[:2],))
@@ -158,21 +153,11 @@ def test_align_full_recovers_a_qwen2_copy_through_the_cli(tmp_path: Path) -> Non
     other = qwen2(1)
     other.load_state_dict(b)
     a_dir, b_dir = hf.save(model, tmp_path / "a"), hf.save(other, tmp_path / "b")
-    torch.save(IDS, tmp_path / "ids.pt")
-    out = tmp_path / "c"
-    result = CliRunner().invoke(
-        main, ["align", str(a_dir), str(b_dir), "--symmetry", "full", "--head-maps",
-               "orthogonal", "--data", str(tmp_path / "ids.pt"), "--steps", "3",
-               "--out", str(out), "--json", str(tmp_path / "r.json")],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    aligned = load_file(out / "model.safetensors")
-    assert _off({k: aligned[k] for k in reference if k in aligned}, reference) < 1e-5
-    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    symmetry = aligned_directory(tmp_path, a_dir, b_dir, reference, "orthogonal")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "c").eval()
     with torch.no_grad():
         want, got = other(IDS).logits, loaded(IDS).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    symmetry = json.loads((tmp_path / "r.json").read_text())["symmetry"]
     assert symmetry["head_maps"] == "orthogonal"
     classes = [g["class"] for g in symmetry["groups"]]
     assert classes.count("invertible-per-head") == 2
