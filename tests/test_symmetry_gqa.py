@@ -22,6 +22,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_symmetry_recovery import IDS, aligned_directory, transformed
+from test_symmetry_recovery import setup as recovery_setup
 from torch import nn
 
 from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
@@ -50,14 +51,14 @@ def _layers(model: nn.Module, spec: PermutationSpec, state: StateDict) -> list[Q
     return query_heads(spec, qk_groups(spec, state), head_maps(spec, state), state)
 
 
+@pytest.mark.slow  # two specs derived (the slow tests reuse them): about 4 s
 def test_the_reordered_layers_are_the_grouped_and_multi_query_ones() -> None:
     for kv, outer in ((1, None), (2, "P1")):
         model, spec = setup(kv)
         layers = _layers(model, spec, model.state_dict())
         assert len(layers) == 2 and layers[0].outer == outer and layers[0].per_kv == 4 // kv
         assert layers[0].qk.k == ("model.layers.0.self_attn.k_proj.weight",)
-    mha = hf.llama(0, num_key_value_heads=4)  # one query head per key/value head: untouched
-    spec = derive_spec(mha, (IDS[:2],))
+    mha, spec = recovery_setup("llama")  # one query head per key/value head: untouched
     assert _layers(mha, spec, mha.state_dict()) == []
 
 
@@ -121,8 +122,8 @@ def test_the_reported_grouped_query_copy_is_recovered() -> None:
     assert _off(full.aligned, reference) < 1e-5
 
 
-@pytest.mark.slow  # about 3 s an example on a quiet machine
-@settings(max_examples=6, deadline=None)
+@pytest.mark.slow  # about 2 s an example
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), kv=st.sampled_from([1, 2]), orthogonal=st.booleans())
 def test_a_transformed_grouped_query_copy_is_recovered(
     seed: int, kv: int, orthogonal: bool
