@@ -222,7 +222,7 @@ def align_full(
         inner = heads if symmetry == "full" and base == "weight" else None
         if base == "weight":
             alignment, aligned, rotations, objectives = _weight_rounds(
-                spec, fa, fb, active, match, options, inner
+                spec, fa, fb, active, match, options, inner, heads.orders
             )
             solver = "orthogonal Procrustes (SVD), alternating with weight matching" + (
                 " and the per-head maps" if inner is not None and heads.groups else ""
@@ -305,7 +305,8 @@ class HeadSolver:
     max_condition: float
     qk_condition: float
     orders: tuple[QueryHeads, ...] = ()
-    """The grouped-query attention layers whose head orders :meth:`reorder` matches."""
+    """The grouped- and multi-query attention layers whose heads the weight rounds order on
+    map-invariant products after each matching (:mod:`~modeconnect.symmetry.order`)."""
 
     @classmethod
     def of(
@@ -320,14 +321,6 @@ class HeadSolver:
         bound = max_condition if qk_condition is None else qk_condition
         orders = tuple(query_heads(spec, queries, values, state))
         return cls(vo, found, max_condition, bound, orders)
-
-    def reorder(
-        self, spec: PermutationSpec, fa: StateDict, state: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """``state`` with each grouped-query layer's key/value and query heads in A's order,
-        matched on products the per-head maps leave unchanged (:mod:`~modeconnect.symmetry.
-        order`): weight matching's order of them is blurred by the maps."""
-        return reorder(spec, fa, state, self.orders)
 
     @property
     def groups(self) -> bool:
@@ -470,6 +463,7 @@ def _weight_rounds(
     match: Any,
     options: Mapping[str, Any],
     heads: HeadSolver | None = None,
+    orders: Sequence[QueryHeads] = (),
 ) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
     """Procrustes for the streams, alternating with weight matching and the per-head maps.
 
@@ -478,7 +472,11 @@ def _weight_rounds(
     biases: :func:`anchored`), so the first matching sees B in A's basis; and rotated to
     fit all its tensors (0.4.0's start before exact recovery; better on some trained
     pairs). Each round then matches the permutations (each stream's own permutation left
-    to its rotation) and rotates every stream to best fit A, on B with the per-head maps
+    to its rotation), puts the heads of grouped- and multi-query layers (``orders``) in
+    A's order on products no per-head map changes (:func:`~modeconnect.symmetry.order.
+    reorder`: the maps blur weight matching's signal for them, and without maps its
+    descent stops short of it on folded GQA weights), and rotates every stream to best
+    fit A, on B with the per-head maps
     of ``heads`` fitted to it (:meth:`HeadSolver.solve`, from scratch, so the maps are
     not composed); the rounds stop when the distance ``Σ_W ‖W_A − W_B'‖²`` (per-head maps
     applied) falls by less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. A
@@ -488,7 +486,8 @@ def _weight_rounds(
     its objective.
     """
     starts = ({s.group: anchored(spec, fa, s) for s in streams}, None) if streams else (None,)
-    runs = [_rounds(spec, fa, fb, streams, match, options, heads, only) for only in starts]
+    runs = [_rounds(spec, fa, fb, streams, match, options, heads, orders, only)
+            for only in starts]  # fmt: skip
     first, aligned, rotations, objectives, _ = min(runs, key=lambda r: r[4])
     return first, aligned, rotations, objectives
 
@@ -496,6 +495,7 @@ def _weight_rounds(
 def _rounds(
     spec: PermutationSpec, fa: StateDict, fb: StateDict, streams: Sequence[ResidualStream],
     match: Any, options: Mapping[str, Any], heads: HeadSolver | None,
+    orders: Sequence[QueryHeads],
     only: Mapping[str, Sequence[tuple[str, int]]] | None,
 ) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float],
            float]:  # fmt: skip
@@ -522,8 +522,8 @@ def _rounds(
         found = match(spec, fa, aligned, **options)
         first = first or found
         aligned = apply_permutation(aligned, spec, {**found.perm, **kept})
-        if heads is not None:  # grouped-query heads: their order is blurred by the maps
-            aligned = heads.reorder(spec, fa, aligned)
+        # grouped- and multi-query heads: put in A's order on map-invariant products
+        aligned = reorder(spec, fa, aligned, orders) if orders else aligned
         objectives = dict(objectives)
         for s in streams:
             m = weight_cross(fa, mapped(aligned), s)
