@@ -104,13 +104,16 @@ def _general(a: StateDict, b: StateDict, group: QKGroup) -> torch.Tensor:
     return solve_qk_maps(a, b, group, cls, max_condition=1e6)[0]
 
 
-def _aligned(kv: int, seed: int, orthogonal: bool) -> tuple[StateDict, StateDict, FullAlignment]:
+def _aligned(
+    kv: int, seed: int, orthogonal: bool, method: str = "weight"
+) -> tuple[StateDict, StateDict, FullAlignment]:
     model, spec = setup(kv)
     reference, b = transformed(model, spec, seed=seed, orthogonal=orthogonal)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        full = align_full(model, model.state_dict(), b, spec=spec, probe=(IDS,),
-                          head_maps="orthogonal" if orthogonal else "least-squares")  # fmt: skip
+        full = align_full(model, model.state_dict(), b, spec=spec, probe=(IDS,), method=method,
+                          head_maps="orthogonal" if orthogonal else "least-squares",
+                          data=[IDS] if method == "activation" else None)  # fmt: skip
     return reference, b, full
 
 
@@ -131,6 +134,17 @@ def test_a_transformed_grouped_query_copy_is_recovered(
 ) -> None:
     reference, b, full = _aligned(kv, seed, orthogonal)
     assert _off(reference, b) > 0.3  # B really moved
+    assert full.equivalence.passed
+    assert _off(full.aligned, reference) < 1e-5
+
+
+@pytest.mark.slow  # about 2 s each
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_activation_based_full_recovers_a_grouped_query_copy(orthogonal: bool) -> None:
+    """Activation matching orders the heads on activations the maps blur as well: this
+    copy came back 0.80 (orthogonal maps) and 9.0 (invertible) off before."""
+    reference, b, full = _aligned(2, 1, orthogonal, method="activation")
+    assert _off(reference, b) > 0.3
     assert full.equivalence.passed
     assert _off(full.aligned, reference) < 1e-5
 

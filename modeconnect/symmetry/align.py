@@ -239,6 +239,8 @@ def align_full(
                 rotations[s.group] = procrustes(m, s.fixes_ones)
                 objectives[s.group] = alignment_objective(m, rotations[s.group])
                 aligned = rotate(aligned, s, rotations[s.group], spec.aliases)
+            if symmetry == "full":  # the per-head maps blur the activations' head order too
+                aligned = reorder(spec, fa, aligned, heads.orders)
             solver = "activation Procrustes (SVD)"
         seconds = time.perf_counter() - clock
         perm = dict(alignment.perm)
