@@ -11,7 +11,10 @@
 2. **fold** A's and B's norm weights into their readers (both keep their function);
 3. **permutations** of every group by the base method (``weight`` for ``weight`` and
    ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
-   run leaves the stream's own permutation to the rotation;
+   run leaves the stream's own permutation to the rotation; the heads of grouped- and
+   multi-query layers are then put in A's order on products no per-head map changes
+   (:mod:`~modeconnect.symmetry.order`; after each matching of the weight rounds, and
+   after an activation run's rotation under ``full``);
 4. **rotation** of each stream: orthogonal Procrustes on the weights, alternating with
    weight matching and (``full``) the per-head maps while the distance to A falls, at
    most :data:`ROUNDS` rounds from each of two starts (:func:`_weight_rounds`); or on

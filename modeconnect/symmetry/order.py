@@ -24,7 +24,10 @@ true order scores ``Σ ‖X‖²`` and any other ``Σ ⟨X_r, X_σ(r)⟩``, less
 are equal (Cauchy-Schwarz): it is recovered whatever the maps.
 
 Only layers with several query heads per key/value head are reordered (a multi-head
-layer's head order is weight matching's, unchanged).
+layer's head order is weight matching's, unchanged). :func:`~modeconnect.symmetry.align.
+align_full` reorders after each matching of its weight rounds (``orthogonal`` too: on
+folded weights, without any maps, weight matching's descent also stopped short of a
+rotated GQA copy's head order) and after an activation run's rotation under ``full``.
 """
 
 from __future__ import annotations
