@@ -8,7 +8,8 @@ in its first layer. :mod:`modeconnect.symmetry.order` orders them on products th
 leave unchanged. Multi-query Llamas (one key/value head) have no key/value head group and
 no per-head maps; their query heads and value dims, two groups sharing ``o_proj``'s
 columns, left weight matching's descent short of B's order on one seed in three (0.83
-off), and are ordered the same way.
+off), and are ordered the same way. So are ``--symmetry orthogonal``'s (no maps) and
+activation-based ``full``'s.
 """
 
 from __future__ import annotations
