@@ -7,11 +7,7 @@ the least-squares solver; GPT-2's fused ``c_attn`` included, its Q·K maps gener
 rotary embeddings). Weight-based ``full`` must give A's folded weights back, in
 the library and through ``modeconnect align`` on Hugging Face directories.
 
-Multi-head Llamas: with grouped-query attention weight matching recovers a permuted
-copy (``test_weight_matching``), but the rotated and head-mapped copy of the
-two-key/value-head Llama of ``hf_models`` comes back 0.79 off in its first layer with
-orthogonal head maps: the query heads' order within a key/value group is matched on B
-without its head maps, where the rotated value dims blur ``o_proj``'s columns.
+Multi-head Llamas here; grouped- and multi-query attention in ``test_symmetry_gqa``.
 """
 
 from __future__ import annotations
@@ -129,10 +125,30 @@ def test_orthogonal_head_maps_cannot_undo_invertible_ones() -> None:
     assert _off(full.aligned, reference) > 1e-2
 
 
-@pytest.mark.slow  # about 5 s
-def test_align_full_on_directories_recovers_the_transformed_copy(tmp_path: Path) -> None:
+def aligned_directory(
+    tmp_path: Path, a_dir: Path, b_dir: Path, reference: StateDict, head_maps: str
+) -> dict:
+    """``align A B --symmetry full --head-maps HEAD_MAPS`` into ``tmp_path / "c"``: its
+    tensors must be ``reference``'s to 1e-5; returns the JSON's ``symmetry`` section."""
     from safetensors.torch import load_file
 
+    from modeconnect_cli.main import main
+
+    torch.save(IDS, tmp_path / "ids.pt")
+    out = tmp_path / "c"
+    result = CliRunner().invoke(
+        main, ["align", str(a_dir), str(b_dir), "--symmetry", "full", "--head-maps",
+               head_maps, "--data", str(tmp_path / "ids.pt"), "--steps", "3",
+               "--out", str(out), "--json", str(tmp_path / "r.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    aligned = load_file(out / "model.safetensors")
+    assert _off({k: aligned[k] for k in reference if k in aligned}, reference) < 1e-5
+    return json.loads((tmp_path / "r.json").read_text())["symmetry"]
+
+
+@pytest.mark.slow  # about 5 s
+def test_align_full_on_directories_recovers_the_transformed_copy(tmp_path: Path) -> None:
     from modeconnect_cli.main import main
 
     model, spec = setup("llama")
@@ -140,17 +156,7 @@ def test_align_full_on_directories_recovers_the_transformed_copy(tmp_path: Path)
     other = mha_llama(1)
     other.load_state_dict(b)
     a_dir, b_dir = hf.save(model, tmp_path / "a"), hf.save(other, tmp_path / "b")
-    torch.save(IDS, tmp_path / "ids.pt")
-    out = tmp_path / "c"
-    result = CliRunner().invoke(
-        main, ["align", str(a_dir), str(b_dir), "--symmetry", "full", "--head-maps",
-               "least-squares", "--data", str(tmp_path / "ids.pt"), "--steps", "3",
-               "--out", str(out), "--json", str(tmp_path / "r.json")],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    aligned = load_file(out / "model.safetensors")
-    assert _off({k: aligned[k] for k in reference if k in aligned}, reference) < 1e-5
-    symmetry = json.loads((tmp_path / "r.json").read_text())["symmetry"]
+    symmetry = aligned_directory(tmp_path, a_dir, b_dir, reference, "least-squares")
     assert (symmetry["head_maps"], symmetry["max_condition"]) == ("least-squares", 100.0)
     heads = [g for g in symmetry["groups"] if g["class"] == "invertible-per-head"]
     assert len(heads) == 2 and all(g["condition_number"] > 1 for g in heads)

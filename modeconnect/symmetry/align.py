@@ -11,7 +11,10 @@
 2. **fold** A's and B's norm weights into their readers (both keep their function);
 3. **permutations** of every group by the base method (``weight`` for ``weight`` and
    ``learned``; ``activation``; ``ot``), applied to folded B; an activation-based
-   run leaves the stream's own permutation to the rotation;
+   run leaves the stream's own permutation to the rotation; the heads of grouped- and
+   multi-query layers are then put in A's order on products no per-head map changes
+   (:mod:`~modeconnect.symmetry.order`; after each matching of the weight rounds, and
+   after an activation run's rotation under ``full``);
 4. **rotation** of each stream: orthogonal Procrustes on the weights, alternating with
    weight matching and (``full``) the per-head maps while the distance to A falls, at
    most :data:`ROUNDS` rounds from each of two starts (:func:`_weight_rounds`); or on
@@ -47,6 +50,7 @@ from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
 from .heads import HeadGroup, apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import learn_rotations
+from .order import QueryHeads, query_heads, reorder
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
     QKClass,
@@ -221,7 +225,7 @@ def align_full(
         inner = heads if symmetry == "full" and base == "weight" else None
         if base == "weight":
             alignment, aligned, rotations, objectives = _weight_rounds(
-                spec, fa, fb, active, match, options, inner
+                spec, fa, fb, active, match, options, inner, heads.orders
             )
             solver = "orthogonal Procrustes (SVD), alternating with weight matching" + (
                 " and the per-head maps" if inner is not None and heads.groups else ""
@@ -238,6 +242,8 @@ def align_full(
                 rotations[s.group] = procrustes(m, s.fixes_ones)
                 objectives[s.group] = alignment_objective(m, rotations[s.group])
                 aligned = rotate(aligned, s, rotations[s.group], spec.aliases)
+            if symmetry == "full":  # the per-head maps blur the activations' head order too
+                aligned = reorder(spec, fa, aligned, heads.orders)
             solver = "activation Procrustes (SVD)"
         seconds = time.perf_counter() - clock
         perm = dict(alignment.perm)
@@ -303,6 +309,9 @@ class HeadSolver:
     qk: tuple[tuple[QKGroup, QKClass | str], ...]
     max_condition: float
     qk_condition: float
+    orders: tuple[QueryHeads, ...] = ()
+    """The grouped- and multi-query attention layers whose heads the weight rounds order on
+    map-invariant products after each matching (:mod:`~modeconnect.symmetry.order`)."""
 
     @classmethod
     def of(
@@ -311,11 +320,12 @@ class HeadSolver:
     ) -> HeadSolver:  # fmt: skip
         """Each V·O group with whether random per-head maps keep ``state``'s outputs, and
         each Q·K group (none unless ``qk``) with its class or the reason it has none."""
-        vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in head_maps(spec, state))
-        found = tuple((g, _qk_class_of(model, probe, state, g))
-                      for g in (qk_groups(spec, state) if qk else []))  # fmt: skip
+        values, queries = head_maps(spec, state), qk_groups(spec, state)
+        vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in values)
+        found = tuple((g, _qk_class_of(model, probe, state, g)) for g in (queries if qk else []))
         bound = max_condition if qk_condition is None else qk_condition
-        return cls(vo, found, max_condition, bound)
+        orders = tuple(query_heads(spec, queries, values, state))
+        return cls(vo, found, max_condition, bound, orders)
 
     @property
     def groups(self) -> bool:
@@ -458,6 +468,7 @@ def _weight_rounds(
     match: Any,
     options: Mapping[str, Any],
     heads: HeadSolver | None = None,
+    orders: Sequence[QueryHeads] = (),
 ) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
     """Procrustes for the streams, alternating with weight matching and the per-head maps.
 
@@ -466,7 +477,11 @@ def _weight_rounds(
     biases: :func:`anchored`), so the first matching sees B in A's basis; and rotated to
     fit all its tensors (0.4.0's start before exact recovery; better on some trained
     pairs). Each round then matches the permutations (each stream's own permutation left
-    to its rotation) and rotates every stream to best fit A, on B with the per-head maps
+    to its rotation), puts the heads of grouped- and multi-query layers (``orders``) in
+    A's order on products no per-head map changes (:func:`~modeconnect.symmetry.order.
+    reorder`: the maps blur weight matching's signal for them, and without maps its
+    descent stops short of it on folded GQA weights), and rotates every stream to best
+    fit A, on B with the per-head maps
     of ``heads`` fitted to it (:meth:`HeadSolver.solve`, from scratch, so the maps are
     not composed); the rounds stop when the distance ``Σ_W ‖W_A − W_B'‖²`` (per-head maps
     applied) falls by less than 1e-4 of itself, after :data:`ROUNDS` rounds at most. A
@@ -476,7 +491,8 @@ def _weight_rounds(
     its objective.
     """
     starts = ({s.group: anchored(spec, fa, s) for s in streams}, None) if streams else (None,)
-    runs = [_rounds(spec, fa, fb, streams, match, options, heads, only) for only in starts]
+    runs = [_rounds(spec, fa, fb, streams, match, options, heads, orders, only)
+            for only in starts]  # fmt: skip
     first, aligned, rotations, objectives, _ = min(runs, key=lambda r: r[4])
     return first, aligned, rotations, objectives
 
@@ -484,6 +500,7 @@ def _weight_rounds(
 def _rounds(
     spec: PermutationSpec, fa: StateDict, fb: StateDict, streams: Sequence[ResidualStream],
     match: Any, options: Mapping[str, Any], heads: HeadSolver | None,
+    orders: Sequence[QueryHeads],
     only: Mapping[str, Sequence[tuple[str, int]]] | None,
 ) -> tuple[Alignment, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float],
            float]:  # fmt: skip
@@ -510,6 +527,8 @@ def _rounds(
         found = match(spec, fa, aligned, **options)
         first = first or found
         aligned = apply_permutation(aligned, spec, {**found.perm, **kept})
+        # grouped- and multi-query heads: put in A's order on map-invariant products
+        aligned = reorder(spec, fa, aligned, orders) if orders else aligned
         objectives = dict(objectives)
         for s in streams:
             m = weight_cross(fa, mapped(aligned), s)
