@@ -150,7 +150,10 @@ def count_rows(steps: int, max_bn_batches: int | None, scale: int = 20) -> dict[
     for seed in SEEDS:
         torch.manual_seed(seed)
         states.append(conv_net(**small).state_dict())
-    model = conv_net(**small)
+    # eval mode (every pass sets the modes it runs in): a BatchNorm then trains only in a reset
+    # (a module's default training flag would count a suffix's evaluation rows as training
+    # rows while its prefix's BatchNorm, which does not run, keeps that flag)
+    model = conv_net(**small).eval()
     g = torch.Generator().manual_seed(DATA_SEED)
     data = [[(torch.randn(25, 1, 2, 2, generator=g), torch.randint(0, 10, (25,), generator=g))
              for _ in range(20)] for _ in range(2)]  # fmt: skip
