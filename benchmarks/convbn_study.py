@@ -320,8 +320,10 @@ def main() -> None:
                batch=500, target_seconds=600, command=" ".join(shown))  # fmt: skip
     print(json.dumps(run, indent=2))
     if args.out is not None:
-        earlier = read_result(args.out).get("runs", []) if args.out.exists() else []
+        stored = read_result(args.out) if args.out.exists() else {}
+        earlier = stored.get("runs", [])
         numbers = {
+            **stored,  # the estimates stay
             "study": "modeconnect barrier A B --layerwise --bn reset --steps 25 --align none, "
             "conv_net(1, [32, 64], 10, 28x28) random init (seeds 1, 2), random train and test "
             "images (seed 0), batch 500",
