@@ -83,12 +83,13 @@ def test_the_prefix_cache_counts_only_the_training_batches_a_capped_reset_reads(
 
 def _files(root: Path) -> list[Path]:
     paths = []
-    for name, seed in (("a", 0), ("b", 1)):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):  # c: the plane's third model
         torch.manual_seed(seed)
         path = root / f"{name}.pt"
         torch.save({"state_dict": conv_net(**KW).state_dict(),
                     "model": "modeconnect.models:conv_net", "model_kwargs": KW}, path)  # fmt: skip
         paths.append(path)
+    paths.pop()
     g = torch.Generator().manual_seed(0)
     for name, n in (("test", 64), ("train", 1200)):
         x = torch.randn(n, 1, 4, 4, generator=g) * 3 + 1
@@ -121,3 +122,25 @@ def test_a_bad_max_bn_batches_is_one_line_and_exit_2(tmp_path: Path, bad: str) -
     a, b, test, train = _files(tmp_path)
     args = ("barrier", a, b, "--data", test, "--train", train, "--bn", "reset", "--align", "none")
     assert_refused(tmp_path, *args, "--max-bn-batches", bad, expect=("--max-bn-batches",))
+
+
+def _grid(root: Path, command: str, *extra: object) -> Any:
+    a, b, test, train = (root / f"{n}.pt" for n in ("a", "b", "test", "train"))
+    models = (a, b, root / "c.pt") if command == "plane" else (a,)
+    out = root / f"{command}{len(list(root.glob(f'{command}*')))}.json"
+    shape = ("--dims", 1) if command == "landscape" else ()
+    code, _, err = run(command, *models, "--data", test, "--train", train, "--bn", "reset",
+                       "--resolution", 3, "--batch-size", 100, *shape, "--quiet",
+                       "--json", out, *extra)  # fmt: skip
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    skip = ("timings", "command", "written", "outputs")
+    return {k: v for k, v in record.items() if k not in skip}
+
+
+@pytest.mark.parametrize("command", ["plane", "landscape"])
+def test_the_grids_reset_on_the_capped_batches_by_default(tmp_path: Path, command: str) -> None:
+    _files(tmp_path)
+    default = _grid(tmp_path, command)
+    assert default == _grid(tmp_path, command, "--max-bn-batches", DEFAULT_BN_EXAMPLES // 100)
+    assert default != _grid(tmp_path, command, "--max-bn-batches", "all")
