@@ -154,8 +154,10 @@ def barrier_files(
     ``align`` names the alignment method (``None`` or ``"none"``: the naive path only)
     and ``align_options`` its options (one the method does not take raises);
     ``options`` go to the study (``bn``, ``steps``, ``definition``, ``layerwise``,
-    ``layer_groups``, ``bootstrap``, ``seed``). Outputs are checked before any work
-    and written together at the end.
+    ``layer_groups``, ``bootstrap``, ``seed``, ``max_bn_batches``: by default the whole
+    batches holding at most :data:`~modeconnect.choices.DEFAULT_BN_EXAMPLES` examples,
+    ``"all"`` for every batch; :func:`~modeconnect.bn.bn_batches`). Outputs are checked
+    before any work and written together at the end.
     """
     o = BarrierOptions.build(options, keywords)
     cluster = cluster_from(o.ray, o.workers)
