@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from modeconnect.bn import bn_batches  # noqa: E402
 from modeconnect.io.checkpoints import save_checkpoint  # noqa: E402
 from modeconnect.models import conv_net  # noqa: E402
 from modeconnect.provenance import read_result, write_result  # noqa: E402
@@ -124,8 +125,10 @@ def summary(study: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def count_rows(steps: int, scale: int = 20) -> dict[str, int]:
-    """Rows per child and mode (``"5:train"``) of the study at ``500 * scale`` examples."""
+def count_rows(steps: int, max_bn_batches: int | None, scale: int = 20) -> dict[str, int]:
+    """Rows per child and mode (``"5:train"``) of the study at 20 batches of 500 examples a
+    split, each BatchNorm reset reading ``max_bn_batches`` of them (``None``: all): on 20
+    batches of 25 stand-in rows, each counting for ``scale`` = 20 rows."""
     import collections
 
     import modeconnect.layerwise as lw
@@ -139,20 +142,21 @@ def count_rows(steps: int, scale: int = 20) -> dict[str, int]:
             sizes[i + 1] = h.numel() * h.element_size()
 
     def fits(self: Any, x0: Any, batches: Any, correct: Any) -> bool:
-        total = sum(len(x) for x, _ in batches)
-        if isinstance(correct, lw.BatchNormReset):
-            total += sum(len(x) for x, _ in correct.batches)
-        return sizes[len(self.prefix)] * total * scale <= lw.PREFIX_BYTES
+        cached = 500 * lw.cached_batches(batches, correct)  # rows of the real study
+        return sizes[len(self.prefix)] * cached <= lw.PREFIX_BYTES
 
     small = {**KWARGS, "channels": [1, 1], "image_size": 2}
     states = []
     for seed in SEEDS:
         torch.manual_seed(seed)
         states.append(conv_net(**small).state_dict())
-    model = conv_net(**small)
+    # eval mode (every pass sets the modes it runs in): a BatchNorm then trains only in a reset
+    # (a module's default training flag would count a suffix's evaluation rows as training
+    # rows while its prefix's BatchNorm, which does not run, keeps that flag)
+    model = conv_net(**small).eval()
     g = torch.Generator().manual_seed(DATA_SEED)
-    data = [[(torch.randn(500, 1, 2, 2, generator=g), torch.randint(0, 10, (500,), generator=g))]
-            for _ in range(2)]  # fmt: skip
+    data = [[(torch.randn(25, 1, 2, 2, generator=g), torch.randint(0, 10, (25,), generator=g))
+             for _ in range(20)] for _ in range(2)]  # fmt: skip
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     rows: collections.Counter[str] = collections.Counter()
     for name, child in model.named_children():
@@ -165,7 +169,7 @@ def count_rows(steps: int, scale: int = 20) -> dict[str, int]:
     original, lw.Prefix.fits = lw.Prefix.fits, fits  # type: ignore[method-assign]
     try:
         barrier_study(model, *states, test=data[0], train=data[1], align=None, bn="reset",
-                      steps=steps, layerwise=True)  # fmt: skip
+                      steps=steps, layerwise=True, max_bn_batches=max_bn_batches)  # fmt: skip
     finally:
         lw.Prefix.fits = original  # type: ignore[method-assign]
     return dict(sorted(rows.items()))
@@ -210,10 +214,18 @@ def estimate(rows: dict[str, int], costs: dict[str, dict[str, float]], layout: s
 
 
 def store_estimate(
-    out: Path, rows: dict[str, int], costs: dict[str, dict[str, float]], load: Any
+    out: Path,
+    rows: dict[str, int],
+    costs: dict[str, dict[str, float]],
+    load: Any,
+    *,
+    cap: int | None,
+    rows_all: dict[str, int] | None = None,
 ) -> None:
-    """Price ``rows`` (this code's) and the stored rows of the code before (``git archive
-    46e8759``, plain layout) with ``costs`` into ``out``'s ``estimate``."""
+    """Price ``rows`` (this code's, each reset reading ``cap`` batches of 500; ``None``: all),
+    ``rows_all`` (this code resetting on all the training data) and the stored rows of the
+    code before (``git archive 46e8759``, plain layout) with ``costs`` into ``out``'s
+    ``estimate``."""
     numbers = read_result(out) if out.exists() else {"runs": []}
     before = numbers.get("estimate", {}).get("rows_per_child_before_46e8759")
     split = {m: {k: v for k, v in rows.items() if k.endswith(f":{m}")} for m in ("eval", "train")}
@@ -223,13 +235,20 @@ def store_estimate(
         "method": "forward rows per child and mode counted on a stand-in of the same "
         "structure (benchmarks/convbn_study.py --estimate), times the CPU seconds per "
         "500-row batch of each child of the real model measured in the same run (median of 3)",
+        "max_bn_batches": cap, "training_examples_per_reset": 10_000 if cap is None else 500 * cap,
         "rows_per_child_this_branch": rows, "batch_cpu_seconds": costs,
         "load_average_during_pricing": load, "cpu_seconds_this_branch": round(now, 1),
         "cpu_seconds_eval_passes": round(evals, 1),
         "cpu_seconds_bn_reset_passes": round(resets, 1),
-        "cpu_seconds_if_reset_rows_fifth": round(evals + resets / 5, 1),
         "minutes_of_two_fully_used_cores_this_branch": round(now / 120, 1),
     }  # fmt: skip
+    if cap is None:
+        found["cpu_seconds_if_reset_rows_fifth"] = round(evals + resets / 5, 1)
+    if rows_all is not None:
+        whole = estimate(rows_all, costs, "channels_last")
+        found.update(rows_per_child_all_training_data=rows_all,
+                     cpu_seconds_all_training_data=round(whole, 1),
+                     ratio_this_branch_vs_all_training_data=round(now / whole, 3))  # fmt: skip
     if before is not None:
         then = estimate(before, costs, "plain")
         found.update(rows_per_child_before_46e8759=before,
@@ -242,26 +261,45 @@ def store_estimate(
     write_result(out, numbers, seeds=(DATA_SEED, *SEEDS), command=" ".join(sys.argv))
 
 
+def cap_option(text: str) -> int | str:
+    """``--max-bn-batches``: a positive int or ``all``."""
+    if text == "all":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of batches or 'all'")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--max-bn-batches", type=int, default=None)
+    parser.add_argument(
+        "--max-bn-batches",
+        type=cap_option,
+        default=None,
+        help="passed to the CLI (default: its own, see --help there)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--estimate", action="store_true", help="count and price, no run")
     parser.add_argument("--layout", choices=("channels_last", "plain"), default="channels_last")
     args = parser.parse_args()
     if args.estimate:
-        rows = count_rows(args.steps)
+        cap = bn_batches(args.max_bn_batches, 500)
+        rows = count_rows(args.steps, cap)
+        rows_all = count_rows(args.steps, None) if cap is not None else None
         costs = batch_costs()
         found = {
             "rows": rows, "batch_cpu_seconds": costs, "load_average": os.getloadavg(),
             "layout": args.layout, "cpu_seconds": estimate(rows, costs, args.layout),
+            "max_bn_batches": cap,
         }  # fmt: skip
         print(json.dumps(found, indent=2))
         if args.out is not None:
-            store_estimate(args.out, rows, costs, found["load_average"])
+            store_estimate(args.out, rows, costs, found["load_average"], cap=cap,
+                           rows_all=rows_all)  # fmt: skip
         return
     cli = shutil.which("modeconnect") or sys.exit("modeconnect: console script not found")
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,12 +315,15 @@ def main() -> None:
         if run["finished"]:
             run.update(summary(json.loads((folder / "study.json").read_text())))
     shown = ["modeconnect", *argv[1:]]
-    run.update(examples=args.examples, steps=args.steps, max_bn_batches=args.max_bn_batches,
+    run.update(examples=args.examples, steps=args.steps,
+               max_bn_batches=bn_batches(args.max_bn_batches, 500),
                batch=500, target_seconds=600, command=" ".join(shown))  # fmt: skip
     print(json.dumps(run, indent=2))
     if args.out is not None:
-        earlier = read_result(args.out).get("runs", []) if args.out.exists() else []
+        stored = read_result(args.out) if args.out.exists() else {}
+        earlier = stored.get("runs", [])
         numbers = {
+            **stored,  # the estimates stay
             "study": "modeconnect barrier A B --layerwise --bn reset --steps 25 --align none, "
             "conv_net(1, [32, 64], 10, 28x28) random init (seeds 1, 2), random train and test "
             "images (seed 0), batch 500",

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from modeconnect.choices import DEVICES, EVAL_DTYPES, INPUT_DTYPES
+from modeconnect.choices import DEFAULT_BN_EXAMPLES, DEVICES, EVAL_DTYPES, INPUT_DTYPES
 from modeconnect.errors import MAX_MESSAGE, ModeconnectError, printable
 from modeconnect.fusion.declared import FUSION_INFOS
 from modeconnect.matching import METHOD_NAMES, METHODS, MethodInfo, Param
@@ -215,9 +215,26 @@ def bn(choices: tuple[str, ...] = ("none", "reset", "repair"), default: str = "n
     )  # fmt: skip
 
 
+class _BatchCap(click.ParamType):
+    """A positive number of batches, or ``all``."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower()
+        if text == "all":
+            return "all"
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            self.fail(f"{value!r} is neither a positive number of batches nor 'all'", param, ctx)
+        return int(text)
+
+
 MAX_BN_BATCHES = click.option(
-    "--max-bn-batches", type=click.IntRange(min=1), metavar="N",
-    help="Batches of --train for each BatchNorm reset [default: all].",
+    "--max-bn-batches", type=_BatchCap(), metavar="N|all",
+    help=f"Batches of --train for each BatchNorm reset, or 'all' [default: the whole "
+    f"batches holding at most {DEFAULT_BN_EXAMPLES} examples, at least one: a barrier "
+    "within 0.006 nats of the full reset's on the digits CNN, whose 95 % bootstrap "
+    "half-width is 0.086].",
 )  # fmt: skip
 POINTS_PER_PASS = click.option(
     "--points-per-pass", type=click.IntRange(min=1), metavar="K",

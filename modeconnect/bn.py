@@ -31,17 +31,20 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from modeconnect.choices import DEFAULT_BN_EXAMPLES
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Batch
 from modeconnect.forward import Binding, batch_inputs, eval_mode, over_batches
 
 __all__ = [
     "BN_CHOICES",
+    "DEFAULT_BN_EXAMPLES",
     "BN_MODES",
     "BatchNormReset",
     "Correction",
     "LayerStats",
     "batchnorm_layers",
+    "bn_batches",
     "bn_correction",
     "last_norm_child",
     "check_mode",
@@ -99,6 +102,30 @@ def _run(
             "bn: no training examples, `batches` is empty; pass the training data (--train)"
         )
     return len(ran)
+
+
+def bn_batches(max_batches: int | str | None, batch_size: int) -> int | None:
+    """The training batches each BatchNorm reset of a command reads.
+
+    ``max_batches`` as given (``"all"``: every batch, ``None`` to the library); unset,
+    the most whole batches of ``batch_size`` examples that hold at most
+    :data:`DEFAULT_BN_EXAMPLES` examples, and at least one.
+
+    >>> bn_batches(None, 500), bn_batches(None, 64), bn_batches(None, 1024), bn_batches(None, 100)
+    (1, 8, 1, 5)
+    >>> bn_batches(3, 64), bn_batches("all", 64)
+    (3, None)
+    """
+    if max_batches == "all":
+        return None
+    if max_batches is None:
+        return max(1, DEFAULT_BN_EXAMPLES // max(1, batch_size))
+    if isinstance(max_batches, str):
+        raise ModeconnectError(
+            f"bn: max_batches={max_batches!r} is neither a positive int nor 'all'; pass one"
+        )
+    _check_max_batches(max_batches)
+    return max_batches
 
 
 def _check_max_batches(max_batches: int | None) -> None:

@@ -473,9 +473,10 @@ class Prefix:
 
     def fits(self, x0: StateDict, batches: Iterable[Batch], correct: Any) -> bool:
         """Whether the cached outputs stay under :data:`PREFIX_BYTES` (estimated from the
-        first batch; data of unknown length is not cached)."""
-        splits = [batches, *([correct.batches] if isinstance(correct, BatchNormReset) else [])]
-        if not all(isinstance(s, Sized) for s in splits):
+        first batch; data of unknown length is not cached). A BatchNorm reset's training
+        outputs count only the batches the reset reads (its ``max_batches``)."""
+        train = correct.batches if isinstance(correct, BatchNormReset) else []
+        if not isinstance(batches, Sized) or not isinstance(train, Sized):
             return False
         first = next(iter(batches), None)
         if first is None:
@@ -484,7 +485,7 @@ class Prefix:
         with eval_mode(self.prefix), torch.no_grad():
             (out,) = over_batches(self.prefix, head, [first], lambda out, b: out)
         size = out.numel() * out.element_size() if isinstance(out, Tensor) else PREFIX_BYTES
-        return size * sum(len(s) for s in splits if isinstance(s, Sized)) <= PREFIX_BYTES
+        return size * cached_batches(batches, correct) <= PREFIX_BYTES
 
     def inputs(
         self, x0: StateDict, x1: StateDict, batches: Iterable[Batch], correct: Any
@@ -506,6 +507,22 @@ class Prefix:
 
 PREFIX_BYTES = 2**30
 """Cached prefix outputs (evaluation and training data together) stay under this size."""
+
+
+def cached_batches(batches: Sized, correct: Any) -> int:
+    """The batches whose prefix outputs a path caches: every evaluation batch, and the
+    training batches a BatchNorm reset ``correct`` reads (at most its ``max_batches``).
+
+    >>> data = [(torch.zeros(2, 1), torch.zeros(2))] * 5
+    >>> reset = BatchNormReset(nn.Sequential(nn.BatchNorm1d(1)), data * 4, max_batches=3)
+    >>> cached_batches(data, None), cached_batches(data, reset)
+    (5, 8)
+    """
+    count = len(batches)
+    if isinstance(correct, BatchNormReset) and isinstance(correct.batches, Sized):
+        train = len(correct.batches)
+        count += train if correct.max_batches is None else min(train, correct.max_batches)
+    return count
 
 
 def split_prefix(model: nn.Module, moved: Iterable[str], correct: Any) -> Prefix | None:

@@ -12,6 +12,7 @@ import torch
 
 from modeconnect.alignment import SYMMETRIES
 from modeconnect.barrier_studies import Study, barrier_study
+from modeconnect.bn import bn_batches
 from modeconnect.commands.options import BarrierOptions
 from modeconnect.commands.results import FileReport
 from modeconnect.commands.session import Session, open_session
@@ -153,8 +154,10 @@ def barrier_files(
     ``align`` names the alignment method (``None`` or ``"none"``: the naive path only)
     and ``align_options`` its options (one the method does not take raises);
     ``options`` go to the study (``bn``, ``steps``, ``definition``, ``layerwise``,
-    ``layer_groups``, ``bootstrap``, ``seed``). Outputs are checked before any work
-    and written together at the end.
+    ``layer_groups``, ``bootstrap``, ``seed``, ``max_bn_batches``: by default the whole
+    batches holding at most :data:`~modeconnect.choices.DEFAULT_BN_EXAMPLES` examples,
+    ``"all"`` for every batch; :func:`~modeconnect.bn.bn_batches`). Outputs are checked
+    before any work and written together at the end.
     """
     o = BarrierOptions.build(options, keywords)
     cluster = cluster_from(o.ray, o.workers)
@@ -174,7 +177,8 @@ def barrier_files(
             session.model, a, b, test=session.data or [],
             train=session.train, align=method, align_options=study_align, progress=o.run.progress,
             loss=resolve_loss(o.loss, session) or "ce", alpha_batch=o.run.points_per_pass,
-            cluster=cluster, **o.study,
+            cluster=cluster, **{**o.study, "max_bn_batches": bn_batches(
+                o.study.get("max_bn_batches"), o.inputs.batch_size)},
         )  # fmt: skip
     examples = {"test": _count(session.data or [])}
     if session.train is not None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modeconnect.bn import bn_correction
+from modeconnect.bn import bn_batches, bn_correction
 from modeconnect.commands.barrier import resolve_loss, symmetry_option
 from modeconnect.commands.options import CurveOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
@@ -66,7 +66,8 @@ def curve_files(
                            **under},  # fmt: skip
             epochs=o.epochs, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
             batch_size=o.inputs.batch_size, seed=o.seed, steps=o.steps, definition=o.definition,
-            bn=o.bn, loss=resolve_loss(o.loss, session), max_bn_batches=o.max_bn_batches,
+            bn=o.bn, loss=resolve_loss(o.loss, session),
+            max_bn_batches=bn_batches(o.max_bn_batches, o.inputs.batch_size),
             progress=o.run.progress, points_per_pass=o.run.points_per_pass,
         )  # fmt: skip
     report = FileReport(

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modeconnect.bn import bn_batches
 from modeconnect.commands.barrier import resolve_loss
 from modeconnect.commands.options import LandscapeOptions, PlaneOptions
 from modeconnect.commands.results import FileReport, count_examples, open_study, write_study
@@ -64,7 +65,8 @@ def plane_files(
             session.model, a, b, c, session.data or [],
             resolution=o.resolution, margin=o.margin, names=labels, paths=paths,
             train=session.train, bn=o.bn, loss=resolve_loss(o.loss, session),
-            max_bn_batches=o.max_bn_batches, progress=o.run.progress, cluster=cluster,
+            max_bn_batches=bn_batches(o.max_bn_batches, o.inputs.batch_size),
+            progress=o.run.progress, cluster=cluster,
             points_per_pass=o.run.points_per_pass,
         )  # fmt: skip
     inputs = {"a": str(a_path), "b": str(b_path), "c": str(c_path)}
@@ -94,7 +96,8 @@ def landscape_files(
     common: dict[str, Any] = {
         "seed": o.seed, "span": o.span, "train": session.train, "bn": o.bn,
         "loss": resolve_loss(o.loss, session),
-        "max_bn_batches": o.max_bn_batches, "progress": o.run.progress, "cluster": cluster,
+        "max_bn_batches": bn_batches(o.max_bn_batches, o.inputs.batch_size),
+        "progress": o.run.progress, "cluster": cluster,
         "points_per_pass": o.run.points_per_pass,
     }  # fmt: skip
     result: LossSlice | LossSurface

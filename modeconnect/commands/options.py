@@ -284,7 +284,7 @@ class CurveOptions(Options):
     steps: int = 25
     definition: str = "lerp"
     bn: str = "auto"
-    max_bn_batches: int | None = None
+    max_bn_batches: int | str | None = None
     loss: Any = "ce"
     bend: Sequence[str | Path] = ()
     aligned: Path_ = None
@@ -302,7 +302,7 @@ class _GridOptions(Options):
     REQUIRED: ClassVar[tuple[str, ...]] = ("data",)
 
     bn: str = "none"
-    max_bn_batches: int | None = None
+    max_bn_batches: int | str | None = None
     loss: Any = "ce"
     report_dir: Path_ = None
     ray: str | None = None
