@@ -268,6 +268,27 @@ def _convbn(record: dict[str, Any]) -> list[float]:
             *_range([e["cpu_seconds_this_branch"] for e in uncapped])]  # fmt: skip
 
 
+_SPREAD_CELLS = r"([\d.]+) ± ([\d.]+) \| ([\d.]+), ([\d.]+), ([\d.]+)"
+_SPREAD_ROW = _SPREAD_CELLS + r" \| " + _SPREAD_CELLS
+"""A seed-pair row's two numbers, each as ``mean ± sd | a, b, c``."""
+
+
+def _spread(record: dict[str, Any], key: str) -> list[float]:
+    """A seed-pair number of a stored summary: mean, sd, then each pair's value."""
+    s = record["summary"][key]
+    return [s["mean"], s["sd"], *s["pairs"]]
+
+
+def _tiny_lms(record: dict[str, Any]) -> list[float]:
+    """The README's tiny-LM sentence: endpoints, merge and plain average (mean, sd), the
+    share removed (mean, sd, each pair), the aligned barrier and its range over the pairs."""
+    ends = [v for k in ("perplexity_a", "perplexity_b", "merge_perplexity",
+                        "plain_average_perplexity") for v in _spread(record, k)[:2]]  # fmt: skip
+    removed = [_pct(v) for v in _spread(record, "barrier_removed")]
+    aligned = record["summary"]["aligned_barrier"]
+    return [*ends, *removed, aligned["mean"], min(aligned["pairs"]), max(aligned["pairs"])]
+
+
 def _pct(x: float) -> float:
     return 100 * x
 
@@ -955,17 +976,16 @@ CHECKS: list[Check] = [
                   _identity),
     SentenceCheck("README.md", r"one-shot merges: \+(\d+) to \+(\d+) points", MAIN,
                   _one_shot_gains),
-    SentenceCheck("README.md", r"\| naive \| ([\d.]+) \| ([\d.]+) \| \| aligned \| ([\d.]+) \| "
-                  r"([\d.]+) \|", TINY,
-                  lambda r: [r["naive_barrier"], r["naive_midpoint_perplexity"],
-                             r["aligned_barrier"], r["aligned_midpoint_perplexity"]]),
-    SentenceCheck("README.md", r"Endpoints: perplexity ([\d.]+) \(A\) and ([\d.]+) \(B\); "
-                  r"`modeconnect merge A B` gives ([\d.]+) against ([\d.]+) for the plain "
-                  r"average\. "
-                  r"Alignment removes (\d+) % of the barrier.*?a ([\d.]+)-nat barrier remains",
-                  TINY, lambda r: [r["perplexity_a"], r["perplexity_b"], r["merge_perplexity"],
-                                   r["plain_average_perplexity"], _pct(r["barrier_removed"]),
-                                   r["aligned_barrier"]]),
+    SentenceCheck("README.md", r"\| naive \| " + _SPREAD_ROW + r" \| \| aligned \| "
+                  + _SPREAD_ROW + r" \|", TINY,
+                  lambda r: [*_spread(r, "naive_barrier"), *_spread(r, "naive_midpoint_perplexity"),
+                             *_spread(r, "aligned_barrier"),
+                             *_spread(r, "aligned_midpoint_perplexity")]),
+    SentenceCheck("README.md", r"Endpoints: perplexity ([\d.]+) ± ([\d.]+) \(A\) and ([\d.]+) ± "
+                  r"([\d.]+) \(B\); `modeconnect merge A B` gives ([\d.]+) ± ([\d.]+) against "
+                  r"([\d.]+) ± ([\d.]+) for the plain average\. Alignment removes (\d+) ± (\d+) % "
+                  r"of the barrier \((\d+), (\d+), (\d+) %\).*?a ([\d.]+)-nat barrier remains "
+                  r"\(([\d.]+)–([\d.]+) over the pairs\)", TINY, _tiny_lms),
     SentenceCheck("README.md", r"alignment removes (\d+) % ± 5 points of a ([\d.]+)-nat barrier",
                   "results/tiny_lms_quick.json",
                   lambda r: [_pct(r["barrier_removed"]), r["naive_barrier"]]),
