@@ -555,6 +555,11 @@ def main() -> None:
         default=25,
         help="alphas of section 5's layer-wise barriers (default 25)",
     )
+    parser.add_argument(
+        "--cases",
+        default="digits,mnist_scale,cnn",
+        help="comma-separated models of section 5: digits, mnist_scale, cnn (default all)",
+    )
     parser.add_argument("--out", type=Path, help="write the sections' numbers here (JSON)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -598,11 +603,15 @@ def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
           f"{'wall':>6} {'matmul':>8}   (CPU seconds; wall: the wall-time ratio)")  # fmt: skip
     digits, mnist, cnn = args.grid
     scale = dataclasses.replace(MNIST_SCALE, examples=args.mnist_examples)
-    cases = [
-        _digits_case(digits),
-        _random_case(f"mnist-scale 784-512x3-10, {scale.examples} ex", scale, mnist),
-        _random_case("cnn 3x16x16 conv16-conv32 BN, 1k ex", CNN, cnn),
-    ]
+    chosen = set(args.cases.split(","))
+    makers = {
+        "digits": lambda: _digits_case(digits),
+        "mnist_scale": lambda: _random_case(
+            f"mnist-scale 784-512x3-10, {scale.examples} ex", scale, mnist
+        ),
+        "cnn": lambda: _random_case("cnn 3x16x16 conv16-conv32 BN, 1k ex", CNN, cnn),
+    }
+    cases = [make() for name, make in makers.items() if name in chosen]
     grids = {"digits": digits, "mnist_scale": mnist, "cnn": cnn}
 
     def write(rows: list[dict[str, Any]]) -> None:
@@ -610,7 +619,8 @@ def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
             return
         numbers = {"rows": rows, "threads": torch.get_num_threads(), "steps": args.steps,
                    "layer_steps": args.layer_steps, "load_average": os.getloadavg(),
-                   "mnist_scale_examples": scale.examples, "grid": grids}  # fmt: skip
+                   "mnist_scale_examples": scale.examples, "grid": grids,
+                   "cases": sorted(chosen)}  # fmt: skip
         if loops:
             numbers["loops"] = loops
         write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)

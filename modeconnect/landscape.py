@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,7 +269,7 @@ def plane_grid(
     loss_grid, acc_grid = _grid_on(
         cluster,
         model,
-        basis.point,
+        basis._shifts,
         xs,
         ys,
         batches,
@@ -381,13 +381,9 @@ def slice_1d(
     reset = bn_correction(model, bn, train, where="slice_1d", max_batches=max_bn_batches)
     xs = _grid(span, steps, "slice_1d")
 
-    shifts = _Shifts(state, [direction])
-
-    def point(x: float, y: float) -> dict[str, Tensor]:
-        return shifts(x)
-
+    shifts = _Shifts(state, [direction])  # (x, y) -> state + x·d: y has no direction
     loss_grid, acc_grid = _grid_on(
-        cluster, model, point, xs, (0.0,), batches, loss, reset, progress, "slice", points_per_pass
+        cluster, model, shifts, xs, (0.0,), batches, loss, reset, progress, "slice", points_per_pass
     )
     params = {"seed": seed, "span": list(span), "steps": steps, "bn": bn, "loss": loss_name(loss)}
     return LossSlice(xs, loss_grid[0], acc_grid[0], params)
@@ -476,7 +472,7 @@ def _grid(span: tuple[float, float], n: int, where: str) -> tuple[float, ...]:
 
 def _evaluate_grid(
     model: nn.Module,
-    point: Callable[[float, float], dict[str, Tensor]],
+    point: _Shifts,
     xs: Sequence[float],
     ys: Sequence[float],
     batches: Iterable[Batch],
@@ -488,10 +484,12 @@ def _evaluate_grid(
 ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
     """Mean loss and accuracy at every ``point(x, y)``, rows over ``ys``, columns over ``xs``.
 
-    Every point goes through :func:`~modeconnect.evaluation.point_rows`: ``k`` points
-    per pass (``points_per_pass``; ``None``: chosen from the model and the data), their
-    BatchNorm statistics reset together (:meth:`BatchNormReset.many`). The point
-    ``(0, 0)`` (the model itself) runs alone, so it equals its own evaluation exactly.
+    The points are built a row at a time into reused buffers (:class:`_RowPoints`, the
+    same values as ``point(x, y)``). Every point goes through
+    :func:`~modeconnect.evaluation.point_rows`: ``k`` points per pass (``points_per_pass``;
+    ``None``: chosen from the model and the data), their BatchNorm statistics reset
+    together (:meth:`BatchNormReset.many`). The point ``(0, 0)`` (the model itself) runs
+    alone, so it equals its own evaluation exactly.
     """
     if iter(batches) is batches:
         raise ModeconnectError(
@@ -500,8 +498,10 @@ def _evaluate_grid(
         )
     coords = [(x, y) for y in ys for x in xs]
 
+    points = _RowPoints(point)
+
     def build(idx: Sequence[int]) -> list[dict[str, Tensor]]:
-        states = [point(*coords[i]) for i in idx]
+        states = points([coords[i] for i in idx])
         if reset is None:
             return states
         return reset.many(states) if len(states) > 1 else [reset(s) for s in states]
@@ -574,11 +574,12 @@ def _shifted(origin: StateDict, moves: Sequence[tuple[Mapping[str, Tensor], floa
 class _Shifts:
     """``(c_1, c_2, ...) -> origin + Σ c_i·d_i`` for the many points of a grid.
 
-    Summed in float32 (float64 for float64 tensors) with fused ``add(alpha=c)`` and
-    cast to each tensor's dtype; the directions are converted once, not per point.
-    Building a point this way costs a few passes over the weights, against a pass
-    over the data for evaluating it (the float64 sums it replaces took as long as
-    the evaluation on the digits pair).
+    Summed in float32 (float64 for float64 tensors) with fused ``add(alpha=c)``, the
+    last direction first, and cast to each tensor's dtype; the directions are converted
+    once, not per point. Building a point this way costs a few passes over the weights,
+    against a pass over the data for evaluating it (the float64 sums it replaces took as
+    long as the evaluation on the digits pair). :class:`_RowPoints` builds the same
+    points, to the bit, a grid row at a time.
     """
 
     def __init__(self, origin: StateDict, directions: Sequence[Mapping[str, Tensor]]) -> None:
@@ -591,15 +592,64 @@ class _Shifts:
         ]
 
     def __call__(self, *coefficients: float) -> Vector:
+        return self.cast(self.moved(coefficients))
+
+    def moved(self, coefficients: Sequence[float]) -> Vector:
+        """``base + Σ c_i·d_i`` in the wide dtype, for the tensors that move only."""
         active = [(d, float(c)) for d, c in zip(self.directions, coefficients) if c != 0.0]
-        out = dict(self.origin)
-        for key in dict.fromkeys(k for d, _ in active for k in d):
-            moves = [(d[key], c) for d, c in active if key in d]
-            total = torch.add(self.base[key], moves[0][0], alpha=moves[0][1])
-            for d, c in moves[1:]:
-                total.add_(d, alpha=c)  # a new tensor already: one allocation per key
-            out[key] = total.to(self.origin[key].dtype)
+        out: Vector = {}
+        for d, c in reversed(active):
+            for key, t in d.items():
+                if key in out:
+                    out[key].add_(t, alpha=c)  # a new tensor already: one allocation per key
+                else:
+                    out[key] = torch.add(self.base[key], t, alpha=c)
         return out
+
+    def cast(self, moved: Mapping[str, Tensor]) -> Vector:
+        """The origin with ``moved`` tensors (wide) in place, each in the origin's dtype."""
+        out = dict(self.origin)
+        out.update({k: t.to(self.origin[k].dtype) for k, t in moved.items()})
+        return out
+
+
+class _RowPoints:
+    """The points of a grid, a row at a time: what :class:`_Shifts` gives, to the bit, cheaper.
+
+    ``origin + Σ_{i≥2} c_i·d_i`` (the row) is summed once per row and kept; each point
+    then adds ``c_1·d_1`` to it in one ``add(alpha=c_1)`` per tensor of ``d_1`` (the
+    last step of :meth:`_Shifts.moved`, so the values are the same), written into
+    buffers that the next call reuses: one pass over the weights per point instead of
+    one per direction, and no allocation. The ``j``-th point of a call is written to
+    slot ``j``, so **the states of a call are valid until the next call**: the engine
+    (:func:`~modeconnect.evaluation.point_rows`) drops a chunk's states before it
+    builds the next.
+    """
+
+    def __init__(self, shifts: _Shifts) -> None:
+        self.shifts = shifts
+        self.row: tuple[tuple[float, ...], Vector] | None = None
+        self.slots: list[Vector] = []
+
+    def __call__(self, points: Sequence[Sequence[float]]) -> list[Vector]:
+        return [self._point(j, [float(c) for c in p]) for j, p in enumerate(points)]
+
+    def _point(self, slot: int, coefficients: list[float]) -> Vector:
+        shifts, first, rest = self.shifts, coefficients[0], tuple(coefficients[1:])
+        if self.row is None or self.row[0] != rest:
+            self.row = (rest, shifts.moved((0.0, *rest)))
+        moved = dict(self.row[1])
+        if first != 0.0 and shifts.directions:
+            while len(self.slots) <= slot:
+                self.slots.append({})
+            buffers = self.slots[slot]
+            for key, d in shifts.directions[0].items():
+                src = moved.get(key, shifts.base[key])
+                buf = buffers.get(key)
+                if buf is None:
+                    buf = buffers[key] = torch.empty_like(src)
+                moved[key] = torch.add(src, d, alpha=first, out=buf)
+        return shifts.cast(moved)
 
 
 def _wide(t: Tensor) -> Tensor:

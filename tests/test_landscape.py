@@ -202,3 +202,63 @@ def test_grid_errors(digits):
         surface_2d(model, state, digits, bn="repair")
     with pytest.raises(ModeconnectError, match="resolution=1 must be >= 2"):
         plane_grid(model, state, _net(5, model), _net(6, model), digits, resolution=1)
+
+
+# --------------------------------------------------------------------------- grid points
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    directions=st.integers(1, 2),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    chunks=st.lists(
+        st.lists(st.tuples(st.sampled_from([0.0, 0.5, -1.25, 2.0]),
+                           st.sampled_from([0.0, -0.75, 1.5])), min_size=1, max_size=4),
+        min_size=1, max_size=5,
+    ),
+)  # fmt: skip
+def test_grid_rows_build_the_points_of_shifts_to_the_bit(seed, directions, dtype, chunks):
+    """``_RowPoints`` (a row's sum kept, buffers reused) gives what ``_Shifts`` gives per
+    point, exactly; a tensor no direction moves stays the origin's own tensor."""
+    from modeconnect.landscape import _RowPoints, _Shifts
+
+    origin, *moves = _states(seed, dtype)
+    moves = [dict(m) for m in moves[:directions]]
+    for m in moves:
+        m.pop("n")
+    moves[0]["fc.bias"] = torch.zeros(4, dtype=dtype)  # a zero direction moves nothing
+    shifts = _Shifts(origin, moves)
+    rows = _RowPoints(shifts)
+    for chunk in chunks:
+        got = rows(chunk)
+        moving = [s["fc.weight"] for s, c in zip(got, chunk, strict=True) if c[0] != 0.0]
+        assert len({id(t) for t in moving}) == len(moving)  # one buffer per point of a call
+        for coefficients, state in zip(chunk, got, strict=True):
+            want = shifts(*coefficients)
+            assert set(state) == set(want) == set(origin)
+            for key in want:
+                assert state[key].dtype == origin[key].dtype
+                assert torch.equal(state[key], want[key]), (key, coefficients)
+            assert state["n"] is origin["n"]
+            if directions == 1 or coefficients == (0.0, 0.0):
+                assert state["fc.bias"] is origin["fc.bias"]
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), resolution=st.integers(2, 5))
+def test_grids_k_points_per_pass_are_the_evaluations_of_their_points(seed, k, resolution):
+    """Every grid point, however many share a pass, is the evaluation of ``point(x, y)``."""
+    model = mlp(5, [7, 6], 3)
+    a, b, c = (_net(seed + s, model) for s in range(3))
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    data = [(x[:24], y[:24]), (x[24:], y[24:])]
+    grid = plane_grid(model, a, b, c, data, resolution=resolution, points_per_pass=k)
+    basis = plane_basis(a, b, c)
+    for j, yj in enumerate(grid.ys):
+        for i, xi in enumerate(grid.xs):
+            want = evaluate_examples(model, basis.point(xi, yj), data).metrics()
+            assert grid.loss[j][i] == pytest.approx(want.loss, rel=1e-5, abs=1e-7)
+            if k == 1:  # the same forward passes: exactly
+                assert (grid.loss[j][i], grid.accuracy[j][i]) == (want.loss, want.accuracy)

@@ -194,7 +194,8 @@ def _per_row_sums(parts: Sequence[Tensor | None], count: Tensor) -> Tensor:
     if len(tensors) < len(parts):
         return torch.full_like(count, math.nan)
     if all(p.ndim == 1 for p in tensors):
-        return torch.cat(tensors).to(torch.float64)
+        whole = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        return whole.to(torch.float64)
     return torch.cat([p.reshape(len(p), -1).to(torch.float64).sum(dim=1) for p in tensors])
 
 
@@ -397,9 +398,18 @@ def _chunk_rows(
 ) -> None:
     """Evaluate ``chunks`` of points in order into ``out``: :func:`point_rows`' loop."""
     binding = Binding.of(runner.model)
+    checked: set[tuple[str, ...]] = set()  # key sets that fit the model: checked once
+
+    def bound(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        keys = tuple(state)
+        if keys not in checked:
+            binding.check(state)
+            checked.add(keys)
+        return binding.bind(state)
+
     done = 0
     for idx in chunks:
-        states = [binding.checked(s) for s in build(idx)]
+        states = [bound(s) for s in build(idx)]
         for name, batches in splits.items():
             if len(idx) > 1 and _distinct(states) > 1 and not vmap_agrees(runner, states, batches):
                 k = 1
