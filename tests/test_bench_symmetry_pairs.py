@@ -28,20 +28,23 @@ def test_the_summary_is_the_mean_and_sample_sd_of_the_rows_every_pair_ran() -> N
     assert out["naive"]["barrier_sd"] == pytest.approx(2**0.5)  # sample sd (n - 1)
     assert out["orthogonal, weight"]["share_of_naive"] == pytest.approx(0.25)
     assert out["orthogonal, weight"]["share_of_naive_sd"] == pytest.approx(0.05 * 2**0.5)
-    text = bench_symmetry.report_pairs({"llama_summary": out})
-    assert "| orthogonal, weight | 0.550 ± 0.495 | 25 ± 7 % | 2 |" in text
+    text = bench_symmetry.report_pairs({"llama_summary": out, "llama_pairs": pairs})
+    assert "| orthogonal, weight | 0.550 ± 0.495 | 25 ± 7 % | 2 | 20, 30 % |" in text
     assert text.index("| naive |") < text.index("| orthogonal, weight |")
 
 
 def test_the_table_is_titled_by_the_family_the_record_holds() -> None:
-    summary = bench_symmetry.summary({"4,5": {"naive": {"barrier": 0.5, "share_of_naive": 1.0}}})
-    assert bench_symmetry.report_pairs({"vit_summary": summary}).startswith(
+    pairs = {"4,5": {"naive": {"barrier": 0.5, "share_of_naive": 1.0}}}
+    summary = bench_symmetry.summary(pairs)
+    assert bench_symmetry.report_pairs({"vit_summary": summary, "vit_pairs": pairs}).startswith(
         "## Digits ViTs, seed pairs\n"
     )
-    gpt2 = bench_symmetry.report_pairs({"gpt2_summary": summary})
+    gpt2 = bench_symmetry.report_pairs({"gpt2_summary": summary, "gpt2_pairs": pairs})
     assert gpt2.startswith("## Tiny GPT-2s, seed pairs\n")
-    assert "| naive | 0.500 ± 0.000 | 100 ± 0 % | 1 |" in gpt2  # one pair: sd 0
-    llama = bench_symmetry.report_pairs({"llama_summary": summary, "vit_summary": {}}, "llama")
+    assert "| naive | 0.500 ± 0.000 | 100 ± 0 % | 1 | 100 % |" in gpt2  # one pair: sd 0
+    llama = bench_symmetry.report_pairs(
+        {"llama_summary": summary, "llama_pairs": pairs, "vit_summary": {}}, "llama"
+    )
     assert llama.startswith("## Tiny Llamas, seed pairs\n")
 
 

@@ -75,6 +75,13 @@ def test_staging_removes_its_files_and_folders_when_interrupted(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def _default_signals() -> None:
+    """In the child, before it starts: SIGINT as a terminal would deliver it. A shell runs a
+    background job (``cmd &``) with SIGINT ignored, and Python keeps an inherited ignore, so
+    a test suite started that way would otherwise see the run finish."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signalled_mid_run(tmp_path: Path, signum: int) -> tuple[subprocess.Popen[str], str]:
     """Start ``align`` and send ``signum`` at a known point: once the derived spec has been
     cached, which happens after loading and before matching, the guard and a 101-point
@@ -90,6 +97,7 @@ def _signalled_mid_run(tmp_path: Path, signum: int) -> tuple[subprocess.Popen[st
          "--steps", "101", "--out", str(out / "b.pt"), "--merged", str(out / "m.pt"),
          "--json", str(out / "r.json")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_default_signals,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while not list(cache.glob("*.json")):
