@@ -326,7 +326,8 @@ def _read_each_other(source: SimilaritySource, kids: list[str]) -> bool:
 _NOISE = 1e-9
 """A sibling step must gain more than this share of its blocks' score to be kept."""
 _SIBLING_ROUNDS = 8
-"""Rounds of sibling steps per inner group, at most: a bound on a loop that stops on its own."""
+"""Rounds of sibling steps, at most, for each inner group of the outer group (a round steps
+every inner group once, so ``len(kids) × 8`` rounds): a bound on a loop that stops on its own."""
 
 
 def _siblings(
@@ -346,7 +347,8 @@ def _siblings(
     descent short of B's true order. Here, on the outer assignment as it stands, each
     inner group is solved block by block with the others applied (B's block ``b``
     carries the inner orders of the A block matched to it), and kept when it gains;
-    rounds go on until none does, at most :data:`_SIBLING_ROUNDS` per inner group. Each
+    rounds (each steps every inner group once) go on until none gains, at most
+    :data:`_SIBLING_ROUNDS` times the number of inner groups. Each
     kept step raises the objective, so the descent still only climbs. Returns the gain.
     """
     matched = perm[name]
