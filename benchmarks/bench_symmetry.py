@@ -104,6 +104,15 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             "orthogonal, learned two-sided",
             dict(method="learned", symmetry="orthogonal", sides="two", **learn),
         ),
+        ("full (orthogonal heads), learned", dict(method="learned", symmetry="full", **learn)),
+        (
+            "full, learned heads",
+            dict(method="learned", symmetry="full", heads="learned", **learn),
+        ),
+        (
+            "full, learned heads + STE permutations",
+            dict(method="learned", symmetry="full", heads="learned", permutations="ste", **learn),
+        ),
     ]
 
 

@@ -252,7 +252,7 @@ def test_cli_flags_come_from_the_declarations():
         "max_batches": "--max-batches", "ot_solver": "--ot-solver", "reg": "--reg",
         "cost": "--cost", "learn_epochs": "--learn-epochs", "learn_lr": "--learn-lr",
         "random_alpha": "--random-alpha", "learn_permutations": "--learn-permutations",
-        "learn_sides": "--learn-sides",
+        "learn_sides": "--learn-sides", "learn_heads": "--learn-heads",
     }  # fmt: skip
     declared = {f for name in METHOD_NAMES for f in method_info(name).flags}
     assert set(o.METHOD_FLAGS.values()) == declared

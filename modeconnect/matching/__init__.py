@@ -90,6 +90,9 @@ _BUILTIN: tuple[MethodInfo, ...] = (
             Param("sides", str, "one", "Learn B's rotation toward A (one), or both models' "
                   "toward one shared path (two; arXiv 2606.23607).",
                   choices=("one", "two"), flag="--learn-sides"),
+            Param("heads", str, "fixed", "Per-head maps of --symmetry full: the closed form's "
+                  "(fixed), or then learned with the rotation (learned: orthogonal maps of "
+                  "each head's class).", choices=("fixed", "learned"), flag="--learn-heads"),
             MAX_BATCHES,
         ),
         summary="Weight matching, then residual-stream rotations learned on the loss at the "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -49,7 +50,7 @@ from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
 from .heads import HeadGroup, apply_head_maps, head_maps, head_positions, solve_head_maps
-from .learned import learn_rotations
+from .learned import HeadParam, learn_rotations
 from .order import QueryHeads, query_heads, reorder
 from .procrustes import activation_cross, alignment_objective, procrustes, weight_cross
 from .qk import (
@@ -195,6 +196,11 @@ def align_full(
         raise ModeconnectError(
             "method 'learned' learns the rotation on data: pass --train (or --data) batches"
         )
+    if options.get("heads") == "learned" and (method != "learned" or symmetry != "full"):
+        raise ModeconnectError(
+            "heads='learned' (--learn-heads learned) learns the per-head maps of --symmetry "
+            "full with --method learned: pass both, or --learn-heads fixed"
+        )
     if head_maps is not None:
         if head_maps not in HEAD_MAPS:
             raise ModeconnectError(
@@ -203,7 +209,7 @@ def align_full(
         max_condition = HEAD_MAPS[head_maps]
     start = time.perf_counter()
     a, b = dict(a), dict(b)
-    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations", "sides")
+    learn_keys = ("epochs", "lr", "random_alpha", "max_batches", "permutations", "sides", "heads")
     mine = learn_keys if method == "learned" else ()
     own: dict[str, Any] = {k: options.pop(k) for k in mine if k in options}
     with eval_mode(model):
@@ -263,10 +269,13 @@ def align_full(
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
             sides = own.get("sides") or "one"
+            learnable = heads.learnable() if own.get("heads") == "learned" else []
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
-                                      progress=progress, sides=sides,
+                                      progress=progress, sides=sides, heads=learnable,
                                       **_learn_options(own))  # fmt: skip
+            for h in learnable:
+                aligned = dict(h.apply(aligned, learned.head_maps[h.name]))
             for s in active:
                 q = learned.rotations[s.group]
                 aligned = rotate(aligned, s, q, spec.aliases)
@@ -284,6 +293,10 @@ def align_full(
             )
             records = [replace(r, solver=r.solver + how, objective=last,
                                seconds=r.seconds + seconds) for r in records]  # fmt: skip
+            names = {h.name for h in learnable}
+            found = [replace(r, solver=r.solver + " + learned with the rotation (exp of a skew "
+                             "matrix of the class, Adam)", objective=last)
+                     if r.group in names else r for r in found]  # fmt: skip
         records += found
         eq = check_equivalence(model, b, aligned, probe, **_tolerance(tolerance))
     if start_eq is not None:
@@ -332,6 +345,22 @@ class HeadSolver:
         """Whether any group has maps to solve."""
         return any(sound for _, sound in self.vo) or any(not isinstance(c, str) for _, c in self.qk)
 
+    def learnable(self) -> list[HeadParam]:
+        """Every sound group's maps as :class:`~modeconnect.symmetry.learned.HeadParam`:
+        orthogonal maps of its class (any for V·O and a general Q·K class; a rotation per
+        frequency pair and any on the non-rotary dims under RoPE), named as its record."""
+        out = []
+        for group, sound in self.vo:
+            if sound:
+                sizes = dict(group.positions)
+                apply = partial(_apply_vo, group=group, positions=sizes)
+                out.append(HeadParam(group.group, group.heads, _full_mask(group.size), apply))
+        for qk, found in self.qk:
+            if not isinstance(found, str):
+                out.append(HeadParam(f"{qk.group}.qk", qk.kv_heads, _qk_mask(qk.head_dim, found),
+                                     partial(_apply_qk, group=qk)))  # fmt: skip
+        return out
+
     def solve(
         self, fa: StateDict, state: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
@@ -371,6 +400,31 @@ class HeadSolver:
                                        max(conditions), time.perf_counter() - clock,
                                        found.reason))  # fmt: skip
         return state, records
+
+
+def _apply_vo(
+    state: StateDict, maps: torch.Tensor, *, group: HeadGroup, positions: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    return apply_head_maps(state, group, maps, positions)
+
+
+def _apply_qk(state: StateDict, maps: torch.Tensor, *, group: QKGroup) -> dict[str, torch.Tensor]:
+    return apply_qk_maps(state, group, maps)
+
+
+def _full_mask(n: int) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.float64)
+
+
+def _qk_mask(n: int, cls: QKClass) -> torch.Tensor:
+    """The support of a Q·K class's skew generators: each rotary pair, the free block."""
+    mask = torch.zeros(n, n, dtype=torch.float64)
+    for i, j in cls.pairs:
+        mask[i, j] = mask[j, i] = 1.0
+    free = torch.tensor(cls.free, dtype=torch.long)
+    if len(free):
+        mask[free[:, None], free] = 1.0
+    return mask
 
 
 def _head_params(symmetry: str, max_condition: float) -> dict[str, Any]:

@@ -6,6 +6,13 @@ with ``α = 0.5`` (the midpoint) or drawn uniformly per step. ``Q = Q₀ · O(P)
 :func:`torch.nn.utils.parametrizations.orthogonal` of a square matrix started at the
 identity; a LayerNorm stream's ``O`` acts on the complement of all-ones. Adam, ``lr``,
 ``epochs`` passes over the data; seeded (α's draws) and deterministic on CPU.
+
+Under ``--symmetry full`` the per-head maps may be learned with the rotation
+(:class:`HeadParam`, ``--learn-heads learned``): each head's map is ``exp(K)`` for a
+skew-symmetric ``K`` supported on its class's pattern (every pair of head dims for a
+V·O map; each rotary frequency pair and the non-rotary block for a Q·K map), so it
+stays an orthogonal map of the class (a rotation per frequency pair under RoPE), started
+at the identity (the closed-form maps already applied).
 In the spirit of Theus et al. 2025 (arXiv 2506.22712), where the transformations are
 learned to lower the barrier.
 """
@@ -13,7 +20,7 @@ learned to lower the barrier.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -42,6 +49,24 @@ class Learned:
     rotations: dict[str, torch.Tensor]
     losses: tuple[float, ...]
     moved_a: dict[str, torch.Tensor] | None = None
+    head_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Each learned :class:`HeadParam`'s maps (float64, ``(count, n, n)``), by name."""
+
+
+@dataclass(frozen=True)
+class HeadParam:
+    """Per-head maps to learn with the rotation: ``count`` orthogonal ``n × n`` maps, each
+    ``exp(K)`` for a skew-symmetric ``K`` zero outside ``mask`` (``(n, n)``, symmetric: the
+    class's pattern), applied to a state by ``apply(state, maps)``."""
+
+    name: str
+    count: int
+    mask: torch.Tensor
+    apply: Callable[[StateDict, torch.Tensor], Mapping[str, torch.Tensor]]
+
+    def maps(self, raw: torch.Tensor) -> torch.Tensor:
+        """``exp(K)`` for ``K`` the masked skew-symmetric part of ``raw`` (``(count, n, n)``)."""
+        return torch.linalg.matrix_exp((raw - raw.transpose(1, 2)) * self.mask)
 
 
 def match_learned(
@@ -55,6 +80,7 @@ def match_learned(
     random_alpha: bool = False,
     permutations: str = "fixed",
     sides: str = "one",
+    heads: str = "fixed",
     max_batches: int | None = None,
     model: Any = None,
     data: Any = None,
@@ -92,6 +118,7 @@ def learn_rotations(
     aliases: Mapping[str, str] = {},
     progress: ProgressFn | None = None,
     sides: str = "one",
+    heads: Sequence[HeadParam] = (),
 ) -> Learned:
     """Rotations ``Q`` (one per stream) that lower the loss of ``(1-α) a + α Q·b`` on ``data``.
 
@@ -100,6 +127,7 @@ def learn_rotations(
     :func:`~modeconnect.evaluation.scoring.get_scoring` choice (``"causal_lm"``).
     ``sides="two"`` moves both models toward one shared path (arXiv 2606.23607's
     two-sided variant): ``(1-α) Q_A·a + α Q_B·b``, both rotations learned together.
+    ``heads`` are B's per-head maps learned with the rotations (:class:`HeadParam`).
     """
     if sides not in ("one", "two"):
         raise ModeconnectError(f"sides must be 'one' or 'two', not {sides!r}")
@@ -112,26 +140,32 @@ def learn_rotations(
 
     layers = rotations_of()
     layers_a = rotations_of() if sides == "two" else {}
+    raw = {h.name: torch.zeros(h.count, *h.mask.shape, dtype=torch.float64, requires_grad=True)
+           for h in heads}  # fmt: skip
     params = [p for m in (*layers.values(), *layers_a.values()) for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam([*params, *raw.values()], lr=lr)
     a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
     b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
 
     def point(t: float) -> dict[str, torch.Tensor]:
         start = _rotated(a32, streams, layers_a, aliases) if layers_a else a32
-        return _path_point(start, b32, streams, layers, t, aliases)
+        moved: StateDict = b32
+        for h in heads:
+            moved = h.apply(moved, h.maps(raw[h.name]))
+        return _path_point(start, moved, streams, layers, t, aliases)
 
     losses = descend(model, batches, scoring, opt, point, epochs=epochs, alpha=alpha, gen=gen,
                      progress=progress, task="learned rotation")  # fmt: skip
     with torch.no_grad():
         qb = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones) for s in streams}
+        maps = {h.name: h.maps(raw[h.name]) for h in heads}
         if not layers_a:
-            return Learned(qb, losses)
+            return Learned(qb, losses, head_maps=maps)
         qa = {s.group: procrustes(_rotation(s, layers_a[s.group]), s.fixes_ones)
               for s in streams}  # fmt: skip
         relative = {s.group: procrustes(qa[s.group].T @ qb[s.group], s.fixes_ones)
                     for s in streams}  # fmt: skip
-    return Learned(relative, losses, qa)
+    return Learned(relative, losses, qa, maps)
 
 
 def descend(
