@@ -5,10 +5,11 @@ With several query heads per key/value head, the per-head maps (one V·O map and
 map per key/value head, shared by its query heads) blur every signal weight matching
 orders those query heads by; it kept two of them swapped and the copy came back 0.79 off
 in its first layer. :mod:`modeconnect.symmetry.order` orders them on products the maps
-leave unchanged. Multi-query Llamas (one key/value head) have no key/value head group and
-no per-head maps; their query heads and value dims, two groups sharing ``o_proj``'s
-columns, left weight matching's descent short of B's order on one seed in three (0.83
-off), and are ordered the same way. So are ``--symmetry orthogonal``'s (no maps) and
+leave unchanged. Multi-query Llamas (one key/value head) have no key/value head group;
+their query heads and value dims, two groups sharing ``o_proj``'s columns, left weight
+matching's descent short of B's order on one seed in three (0.83 off), and are ordered
+the same way; their one V·O map and one Q·K map per layer are fitted as any key/value
+head's. So are ``--symmetry orthogonal``'s (no maps) and
 activation-based ``full``'s.
 """
 
@@ -135,6 +136,20 @@ def test_a_transformed_grouped_query_copy_is_recovered(
 ) -> None:
     reference, b, full = _aligned(kv, seed, orthogonal)
     assert _off(reference, b) > 0.3  # B really moved
+    assert full.equivalence.passed
+    assert _off(full.aligned, reference) < 1e-5
+
+
+@pytest.mark.slow  # about 2 s each
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_a_multi_query_copy_with_head_maps_is_recovered(orthogonal: bool) -> None:
+    """One key/value head: one V·O map (the value dims) and one Q·K map per layer, shared
+    by every query head, fitted like any key/value head's (none were before)."""
+    reference, b, full = _aligned(1, 5, orthogonal)
+    assert _off(reference, b) > 0.3
+    classes = [r.cls for r in full.groups]
+    assert classes.count("invertible-per-head") == 2  # the two layers' V·O maps
+    assert classes.count("complex-per-rotary-pair") == 2  # and their Q·K maps
     assert full.equivalence.passed
     assert _off(full.aligned, reference) < 1e-5
 

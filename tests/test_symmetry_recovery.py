@@ -25,9 +25,9 @@ from test_symmetry_residual import gpt2
 from modeconnect.guard import check_equivalence
 from modeconnect.spec import PermutationSpec, apply_permutation, derive_spec, random_permutation
 from modeconnect.symmetry import fold, random_rotation, residual_streams, rotate
-from modeconnect.symmetry.align import align_full
-from modeconnect.symmetry.heads import apply_head_maps, head_maps
-from modeconnect.symmetry.qk import apply_qk_maps, candidates, qk_groups, random_map, rotary_dims
+from modeconnect.symmetry.align import align_full, attention_groups
+from modeconnect.symmetry.heads import apply_head_maps
+from modeconnect.symmetry.qk import apply_qk_maps, candidates, random_map, rotary_dims
 
 IDS = torch.randint(0, hf.VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))
 StateDict = dict[str, torch.Tensor]
@@ -63,12 +63,13 @@ def transformed(
     b = apply_permutation(folded, spec, random_permutation(spec, seed=seed))
     b = rotate(b, stream, random_rotation(stream, seed + 1), spec.aliases)
     gen = torch.Generator().manual_seed(seed + 2)
-    for g in head_maps(spec, b):
+    values, queries, _ = attention_groups(spec, b)  # multi-query layers' maps included
+    for g in values:
         noise = torch.randn(g.heads, g.size, g.size, generator=gen, dtype=torch.float64)
         maps = torch.eye(g.size, dtype=torch.float64) + 0.5 * noise / g.size**0.5
         b = apply_head_maps(b, g, _orthogonal(maps) if orthogonal else maps, dict(g.positions))
     rotary = getattr(model.config, "model_type", "") != "gpt2"
-    for i, g in enumerate(qk_groups(spec, b)):
+    for i, g in enumerate(queries):
         classes = dict(candidates(g.head_dim, rotary_dims(model, g.head_dim)))
         cls = classes["halves" if rotary else "general"]
         maps = random_map(cls, g.head_dim, g.kv_heads, seed=seed + 3 + i)

@@ -333,11 +333,10 @@ class HeadSolver:
     ) -> HeadSolver:  # fmt: skip
         """Each V·O group with whether random per-head maps keep ``state``'s outputs, and
         each Q·K group (none unless ``qk``) with its class or the reason it has none."""
-        values, queries = head_maps(spec, state), qk_groups(spec, state)
+        values, queries, orders = attention_groups(spec, state)
         vo = tuple((g, _vo_sound(model, spec, probe, state, g)) for g in values)
         found = tuple((g, _qk_class_of(model, probe, state, g)) for g in (queries if qk else []))
         bound = max_condition if qk_condition is None else qk_condition
-        orders = tuple(query_heads(spec, queries, values, state))
         return cls(vo, found, max_condition, bound, orders)
 
     @property
@@ -425,6 +424,23 @@ def _qk_mask(n: int, cls: QKClass) -> torch.Tensor:
     if len(free):
         mask[free[:, None], free] = 1.0
     return mask
+
+
+def attention_groups(
+    spec: PermutationSpec, state: StateDict
+) -> tuple[list[HeadGroup], list[QKGroup], tuple[QueryHeads, ...]]:
+    """The V·O and Q·K groups with per-head maps, and the grouped- and multi-query layers
+    whose heads are ordered on map-invariant products (:mod:`~modeconnect.symmetry.order`).
+
+    A multi-query layer has no key/value head group, so its one V·O map (the value dims)
+    and its one Q·K map (the query and key dims, shared by every query head) come from
+    its :class:`~modeconnect.symmetry.order.QueryHeads`.
+    """
+    values, queries = head_maps(spec, state), qk_groups(spec, state)
+    orders = tuple(query_heads(spec, queries, values, state))
+    values += [o.vo for o in orders if o.outer is None]
+    queries += [o.qk for o in orders if o.outer is None]
+    return values, queries, orders
 
 
 def _head_params(symmetry: str, max_condition: float) -> dict[str, Any]:
