@@ -49,6 +49,7 @@ from ..matching import Alignment, get_method, takes
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
 from ..spec.trace import trace
+from .head_activations import head_moments, qk_maps, vo_maps
 from .heads import HeadGroup, apply_head_maps, head_maps, head_positions, solve_head_maps
 from .learned import HeadParam, learn_rotations
 from .order import QueryHeads, query_heads, reorder
@@ -259,7 +260,11 @@ def align_full(
                                        seconds, s.reason))  # fmt: skip
         found: list[GroupRecord] = []
         if symmetry == "full":
-            aligned, found = heads.solve(fa, aligned)
+            # activation-based with orthogonal heads: the maps fitted to the heads' activations
+            moments = (heads.moments(model, fa, aligned, data or [], options.get("max_batches"),
+                                     progress)
+                       if base == "activation" and max_condition <= 1 else None)  # fmt: skip
+            aligned, found = heads.solve(fa, aligned, moments)
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
             aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
@@ -360,10 +365,28 @@ class HeadSolver:
                                      partial(_apply_qk, group=qk)))  # fmt: skip
         return out
 
+    def moments(
+        self, model: nn.Module, fa: StateDict, state: StateDict, data: Iterable[Any],
+        max_batches: int | None = None, progress: ProgressFn | None = None,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Every sound group's activation cross-moment (:func:`~modeconnect.symmetry.
+        head_activations.head_moments`), by record name, for :meth:`solve`."""
+        vo = [g for g, sound in self.vo if sound]
+        qk = [g for g, c in self.qk if not isinstance(c, str)]
+        c_vo, c_qk = head_moments(model, fa, state, vo, qk, data, max_batches=max_batches,
+                                  progress=progress)  # fmt: skip
+        return {**{g.group: c for g, c in zip(vo, c_vo)},
+                **{f"{g.group}.qk": c for g, c in zip(qk, c_qk)}}  # fmt: skip
+
     def solve(
-        self, fa: StateDict, state: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:
-        """``state`` with every sound group's maps fitted to ``fa`` and applied; the records."""
+        self, fa: StateDict, state: dict[str, torch.Tensor],
+        moments: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
+        """``state`` with every sound group's maps fitted to ``fa`` and applied; the records.
+
+        With ``moments`` (:meth:`moments`) the maps are orthogonal, fitted to the heads'
+        activations instead of the weights (:mod:`~modeconnect.symmetry.head_activations`).
+        """
         records = []
         for group, sound in self.vo:
             clock = time.perf_counter()
@@ -372,29 +395,38 @@ class HeadSolver:
                                            1.0, 0.0, NOT_VO))  # fmt: skip
                 continue
             sizes = dict(group.positions)
-            maps, conditions = solve_head_maps(fa, state, group, sizes, self.max_condition)
+            if moments is not None:
+                maps, conditions = vo_maps(moments[group.group]), [1.0]
+                how = "orthogonal Procrustes per head on the values' activations (SVD)"
+            else:
+                maps, conditions = solve_head_maps(fa, state, group, sizes, self.max_condition)
+                how = ("orthogonal Procrustes per head on V and O (SVD)"
+                       if self.max_condition <= 1
+                       else "least squares on V and O (Sylvester), polar fallback")  # fmt: skip
             state = apply_head_maps(state, group, maps, sizes)
             residual = sum(float((fa[k].double() - state[k].double()).pow(2).sum())
                            for k, *_ in group.members)  # fmt: skip
-            records.append(GroupRecord(
-                group.group, INVERTIBLE, "orthogonal Procrustes per head on V and O (SVD)"
-                if self.max_condition <= 1
-                else "least squares on V and O (Sylvester), polar fallback",
-                residual, max(conditions), time.perf_counter() - clock, VO_REASON))  # fmt: skip
+            records.append(GroupRecord(group.group, INVERTIBLE, how, residual, max(conditions),
+                                       time.perf_counter() - clock, VO_REASON))  # fmt: skip
         for qk, found in self.qk:
             clock = time.perf_counter()
             if isinstance(found, str):
                 records.append(GroupRecord(f"{qk.group}.qk", PERMUTATION, "weight matching",
                                            None, 1.0, 0.0, found))  # fmt: skip
                 continue
-            maps, conditions = solve_qk_maps(fa, state, qk, found, self.qk_condition)
+            if moments is not None:
+                maps, conditions = qk_maps(moments[f"{qk.group}.qk"], found), [1.0]
+                how = ("orthogonal Procrustes per key/value head on the queries' and keys' "
+                       "activations (a rotation per pair, polar elsewhere)")  # fmt: skip
+            else:
+                maps, conditions = solve_qk_maps(fa, state, qk, found, self.qk_condition)
+                how = ("orthogonal part of the least squares on Q and K (a rotation per pair, "
+                       "polar elsewhere)" if self.qk_condition <= 1 else "least squares on Q "
+                       "and K (closed form per pair, Sylvester elsewhere), orthogonal "
+                       "fallback")  # fmt: skip
             state = apply_qk_maps(state, qk, maps)
             residual = sum(float((fa[k].double() - state[k].double()).pow(2).sum())
                            for k in dict.fromkeys((*qk.q, *qk.k)))  # fmt: skip
-            how = ("orthogonal part of the least squares on Q and K (a rotation per pair, "
-                   "polar elsewhere)" if self.qk_condition <= 1 else "least squares on Q "
-                   "and K (closed form per pair, Sylvester elsewhere), orthogonal "
-                   "fallback")  # fmt: skip
             records.append(GroupRecord(f"{qk.group}.qk", found.cls, how, residual,
                                        max(conditions), time.perf_counter() - clock,
                                        found.reason))  # fmt: skip
