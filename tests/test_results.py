@@ -106,6 +106,26 @@ def test_a_stale_sentence_number_fails(tmp_path: Path) -> None:
     assert len(claims.moved(check.findings(tmp_path))) == 1
 
 
+def test_a_number_must_be_the_stored_one_rounded_to_its_digits(tmp_path: Path) -> None:
+    """A sentence number one unit off its stored value (the old rule let it pass) fails;
+    the stored value rounded to the printed digits passes."""
+    (check,) = [c for c in claims.CHECKS
+                if isinstance(c, claims.SentenceCheck) and c.doc == "README.md"
+                and "BatchNorm" in c.pattern]  # fmt: skip
+    _copy(tmp_path, check.doc, check.result)
+    first = check.findings(tmp_path)[0]
+    assert first.stored is not None
+    text = (tmp_path / check.doc).read_text(encoding="utf-8")
+    old = f"removes {first.documented:.0f}–"
+    assert old in text and first.documented == round(first.stored)
+    for offset, moves in ((1, True), (-1, True), (0, False)):
+        wrong = text.replace(old, f"removes {round(first.stored) + offset:.0f}–")
+        (tmp_path / check.doc).write_text(wrong, encoding="utf-8")
+        assert bool(claims.moved(check.findings(tmp_path))) is moves
+    table = claims.Finding("d", "w", 0.13, 0.125, (0.01 + 0.001) / 2)  # report 0.125: 0.12|0.13
+    assert table.ok and not claims.Finding("d", "w", 0.14, 0.125, 0.0055).ok
+
+
 def _table_check(doc: str, heading: str, index: int = 0) -> claims.TableCheck:
     (check,) = [c for c in claims.CHECKS if isinstance(c, claims.TableCheck) and c.doc == doc
                 and c.heading.startswith(heading) and c.doc_index == index]  # fmt: skip

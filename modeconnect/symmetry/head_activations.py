@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..forward import batch_inputs, run
+from ..forward import batch_inputs
 from ..progress import ProgressFn
 from .heads import HeadGroup
-from .procrustes import procrustes
+from .procrustes import procrustes, run_hooked
 from .qk import QKClass, QKGroup, _orthogonal_part
 
 StateDict = Mapping[str, torch.Tensor]
@@ -47,12 +47,7 @@ def _outputs(model: nn.Module, state: StateDict, modules: Sequence[str], inputs:
             seen[name] = out.detach().double().reshape(-1, out.shape[-1])
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            run(model, state, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, state, inputs, handles)
     return seen
 
 

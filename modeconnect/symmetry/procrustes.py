@@ -123,10 +123,16 @@ def _stream(
             seen[name] = normalised(args[0].detach().double().reshape(-1, stream.size), kind)
 
         handles.append(module.register_forward_pre_hook(hook))
+    run_hooked(model, state, inputs, handles)
+    return [seen[n.weight] for n in stream.norms if n.weight in seen]
+
+
+def run_hooked(model: nn.Module, state: StateDict, inputs: Any, handles: Sequence[Any]) -> None:
+    """``model`` on ``inputs`` under ``state`` without gradients, its hooks (``handles``,
+    registered by the caller) removed afterwards, whatever happens."""
     try:
         with torch.no_grad():
             run(model, state, inputs)
     finally:
         for h in handles:
             h.remove()
-    return [seen[n.weight] for n in stream.norms if n.weight in seen]
