@@ -1191,10 +1191,10 @@ CHECKS: list[Check] = [
                SYM_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"learned too, the Llamas keep (\d+) ± (\d+) % of the naive "
                   r"barrier \(≤ 5 %\s+on two pairs of three: (\d+) %, (\d+) %, (\d+) %\), "
-                  r"against (\d+) ± (\d+) % with the closed-form orthogonal\s+heads and (\d+) ± (\d+) % by the "
-                  r"rotation alone; with the permutations learned as well \(STE\)\s+they keep "
-                  r"(\d+) ± (\d+) %: \*\*the ≤ 5 % learned target is met on every pair\*\* "
-                  r"\(([−-]?\d+) %, (\d+) %, (\d+) %\)", SYM_HEADS_PAIRS,
+                  r"against (\d+) ± (\d+) % with the closed-form orthogonal\s+heads and "
+                  r"(\d+) ± (\d+) % by the rotation alone; with the permutations learned as well "
+                  r"\(STE\)\s+they keep (\d+) ± (\d+) %: \*\*the ≤ 5 % learned target is met "
+                  r"on every pair\*\* \(([−-]?\d+) %, (\d+) %, (\d+) %\)", SYM_HEADS_PAIRS,
                   lambda r: [*_pair_means("llama", LEARNED_HEADS[0])(r),
                              *_pair_shares("llama", LEARNED_HEADS[0])(r),
                              *_pair_means("llama", "full (orthogonal heads), learned",
