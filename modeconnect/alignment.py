@@ -93,7 +93,8 @@ def align(
     ``symmetry="orthogonal"`` or ``"full"`` (``method="learned"`` implies the first) rotates the
     residual streams of transformers (:func:`modeconnect.symmetry.align.align_full`):
     aligned B has its norms folded, and :attr:`AlignResult.reference` is A folded the
-    same way, the other end of the path; ``loss`` scores the learned method.
+    same way, the other end of the path; ``loss`` scores the learned method, whose
+    forward and backward passes run on ``device``.
 
     Examples
     --------
@@ -127,8 +128,9 @@ def align(
     if symmetry != "permutation" or method == "learned":
         # learned implies the orthogonal class (measured better than full: science/transformers)
         full = "orthogonal" if symmetry == "permutation" else symmetry
+        extra = {} if device is None else {"device": device}  # the learned method's passes
         return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss,
-                           {**options, "symmetry": full})  # fmt: skip
+                           {**options, **extra, "symmetry": full})  # fmt: skip
     match = get_method(method)
     context = {"progress": progress, "max_bytes": max_bytes, "device": device}
     options.update({k: v for k, v in context.items() if v is not None and takes(method, k)})

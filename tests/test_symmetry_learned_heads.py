@@ -115,3 +115,29 @@ def test_the_learned_heads_flag_is_declared() -> None:
 
     text = " ".join(CliRunner().invoke(main, ["align", "--help"]).output.split())
     assert "--learn-heads [fixed|learned]" in text
+
+
+def _learned(device: torch.device | None) -> tuple[mc.AlignResult, float]:
+    model, a, b, data = _trained_pair()
+    r = mc.align(model, a, b, method="learned", symmetry="full", data=data, loss="causal_lm",
+                 epochs=1, lr=0.03, heads="learned", permutations="ste", device=device)  # fmt: skip
+    curve = mc.interpolation_curve(model, r.start(a), r.aligned, data, alphas=[0, 0.5, 1],
+                                   loss="causal_lm")  # fmt: skip
+    return r, mc.barrier(curve).loss
+
+
+@pytest.mark.slow  # about 4 s
+def test_the_learned_alignment_on_the_cpu_device_is_the_default_one() -> None:
+    (default, _), (cpu, _) = _learned(None), _learned(torch.device("cpu"))
+    assert all(torch.equal(default.aligned[k], cpu.aligned[k]) for k in default.aligned)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_learned_alignment_runs_on_cuda_and_agrees_with_the_cpu() -> None:
+    """Rotations, head maps and the straight-through estimator's passes on the GPU: the
+    aligned B is B's function (the guard) and its barrier is the CPU run's to float
+    tolerance (the order of float sums differs, so the descent may drift a little)."""
+    (_, on_cpu), (gpu, on_gpu) = _learned(None), _learned(torch.device("cuda"))
+    assert gpu.equivalence.passed
+    assert all(t.device.type == "cpu" for t in gpu.aligned.values())
+    assert abs(on_gpu - on_cpu) < 0.02

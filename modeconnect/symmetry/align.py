@@ -174,6 +174,7 @@ def align_full(
     qk: bool = True,
     qk_condition: float | None = None,
     head_maps: str | None = None,
+    device: torch.device | None = None,
     **options: Any,
 ) -> FullAlignment:
     """Align B to A under the full symmetry group (module docstring); the guard verifies.
@@ -191,7 +192,9 @@ def align_full(
     ``head_maps`` names the bound instead (:data:`HEAD_MAPS`: ``"orthogonal"`` or
     ``"least-squares"``); the JSON records the choice and the bound.
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
-    ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it.
+    ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it; its passes
+    (and the straight-through estimator's) run on ``device`` (the weight matching that
+    projects the estimator's proxy stays on the CPU).
     """
     if method == "learned" and data is None:
         raise ModeconnectError(
@@ -268,7 +271,7 @@ def align_full(
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
             aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
-                                progress)  # fmt: skip
+                                progress, device)  # fmt: skip
             found += ste
         if method == "learned" and active:
             clock = time.perf_counter()
@@ -278,7 +281,7 @@ def align_full(
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
                                       progress=progress, sides=sides, heads=learnable,
-                                      **_learn_options(own))  # fmt: skip
+                                      device=device, **_learn_options(own))  # fmt: skip
             for h in learnable:
                 aligned = dict(h.apply(aligned, learned.head_maps[h.name]))
             for s in active:
@@ -540,6 +543,7 @@ def _ste(
     model: nn.Module, spec: PermutationSpec, fa: StateDict, aligned: dict[str, torch.Tensor],
     active: Sequence[ResidualStream], match: Any, data: Iterable[Any] | None, loss: Any,
     seed: int, own: Mapping[str, Any], progress: ProgressFn | None,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
     """Aligned B permuted again by the straight-through estimator (``alignment.perm`` stays
     weight matching's start); the permutation groups' records say so."""
@@ -547,7 +551,7 @@ def _ste(
     batches = list(data or [])[: own.get("max_batches") or None]
     ste = learn_permutations(model, spec, fa, aligned, batches, match,
                              kept=[s.group for s in active], loss=loss, seed=seed,
-                             progress=progress, **_learn_options(own))  # fmt: skip
+                             progress=progress, device=device, **_learn_options(own))  # fmt: skip
     aligned = apply_permutation(aligned, spec, ste.perm)
     seconds = time.perf_counter() - clock
     last = ste.losses[-1] if ste.losses else None

@@ -156,6 +156,7 @@ def per_head(t: torch.Tensor, axis: int, positions: torch.Tensor, m: torch.Tenso
     """``t`` with ``m[h] @`` the dims of head ``h`` (at ``positions[h]``) along ``axis``."""
     moved = t.double().movedim(axis, 0)
     flat = moved.reshape(moved.shape[0], -1).clone()
+    positions = positions.to(flat.device)
     x = flat[positions]  # (heads, n, rest, columns)
     flat[positions] = torch.einsum("hij,hjrc->hirc", m, x)
     return flat.reshape(moved.shape).movedim(0, axis).to(t.dtype)

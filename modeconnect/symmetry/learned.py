@@ -26,7 +26,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..devices import moved_batches
 from ..errors import ModeconnectError
+from ..evaluation.interpolation import placed
 from ..evaluation.scoring import get_scoring
 from ..forward import batch_inputs, run
 from ..progress import ProgressFn
@@ -66,7 +68,8 @@ class HeadParam:
 
     def maps(self, raw: torch.Tensor) -> torch.Tensor:
         """``exp(K)`` for ``K`` the masked skew-symmetric part of ``raw`` (``(count, n, n)``)."""
-        return torch.linalg.matrix_exp((raw - raw.transpose(1, 2)) * self.mask)
+        mask = self.mask.to(raw.device)
+        return torch.linalg.matrix_exp((raw - raw.transpose(1, 2)) * mask)
 
 
 def match_learned(
@@ -119,6 +122,7 @@ def learn_rotations(
     progress: ProgressFn | None = None,
     sides: str = "one",
     heads: Sequence[HeadParam] = (),
+    device: torch.device | None = None,
 ) -> Learned:
     """Rotations ``Q`` (one per stream) that lower the loss of ``(1-α) a + α Q·b`` on ``data``.
 
@@ -128,24 +132,26 @@ def learn_rotations(
     ``sides="two"`` moves both models toward one shared path (arXiv 2606.23607's
     two-sided variant): ``(1-α) Q_A·a + α Q_B·b``, both rotations learned together.
     ``heads`` are B's per-head maps learned with the rotations (:class:`HeadParam`).
+    The passes run on ``device`` (the CPU by default); the results are on the CPU.
     """
     if sides not in ("one", "two"):
         raise ModeconnectError(f"sides must be 'one' or 'two', not {sides!r}")
-    batches = list(data)
+    where = device or torch.device("cpu")
+    batches = on_device(list(data), where)
     scoring = get_scoring(loss, model)
     gen = torch.Generator().manual_seed(seed)
 
     def rotations_of() -> dict[str, nn.Module]:
-        return {s.group: _orthogonal(s.size - 1 if s.fixes_ones else s.size) for s in streams}
+        return {s.group: _orthogonal(s.size - 1 if s.fixes_ones else s.size).to(where)
+                for s in streams}  # fmt: skip
 
     layers = rotations_of()
     layers_a = rotations_of() if sides == "two" else {}
-    raw = {h.name: torch.zeros(h.count, *h.mask.shape, dtype=torch.float64, requires_grad=True)
-           for h in heads}  # fmt: skip
+    raw = {h.name: torch.zeros(h.count, *h.mask.shape, dtype=torch.float64, device=where,
+                               requires_grad=True) for h in heads}  # fmt: skip
     params = [p for m in (*layers.values(), *layers_a.values()) for p in m.parameters()]
     opt = torch.optim.Adam([*params, *raw.values()], lr=lr)
-    a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
-    b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+    a32, b32 = float32_on(model, a, where), float32_on(model, b, where)
 
     def point(t: float) -> dict[str, torch.Tensor]:
         start = _rotated(a32, streams, layers_a, aliases) if layers_a else a32
@@ -157,11 +163,12 @@ def learn_rotations(
     losses = descend(model, batches, scoring, opt, point, epochs=epochs, alpha=alpha, gen=gen,
                      progress=progress, task="learned rotation")  # fmt: skip
     with torch.no_grad():
-        qb = {s.group: procrustes(_rotation(s, layers[s.group]), s.fixes_ones) for s in streams}
-        maps = {h.name: h.maps(raw[h.name]) for h in heads}
+        qb = {s.group: procrustes(_rotation(s, layers[s.group]).cpu(), s.fixes_ones)
+              for s in streams}  # fmt: skip
+        maps = {h.name: h.maps(raw[h.name]).cpu() for h in heads}
         if not layers_a:
             return Learned(qb, losses, head_maps=maps)
-        qa = {s.group: procrustes(_rotation(s, layers_a[s.group]), s.fixes_ones)
+        qa = {s.group: procrustes(_rotation(s, layers_a[s.group]).cpu(), s.fixes_ones)
               for s in streams}  # fmt: skip
         relative = {s.group: procrustes(qa[s.group].T @ qb[s.group], s.fixes_ones)
                     for s in streams}  # fmt: skip
@@ -201,6 +208,19 @@ def descend(
                 progress(task, epoch * len(batches) + i + 1, total)
         losses.append(summed / max(len(batches), 1))
     return tuple(losses)
+
+
+def float32_on(model: nn.Module, state: StateDict, device: torch.device) -> dict[str, torch.Tensor]:
+    """``state``'s floating tensors in float32 on ``device``; off the CPU also the buffers
+    the model computes itself (rotary frequencies), so that it runs there."""
+    if device.type == "cpu":
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return placed(model, state, device=device, dtype=torch.float32)
+
+
+def on_device(batches: list[Any], device: torch.device) -> list[Any]:
+    """``(x, y)`` batches on ``device`` (as they are on the CPU)."""
+    return batches if device.type == "cpu" else moved_batches(batches, device, None)
 
 
 def _rotation(stream: ResidualStream, layer: nn.Module) -> torch.Tensor:

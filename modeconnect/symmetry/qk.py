@@ -260,6 +260,7 @@ def apply_qk_maps(state: StateDict, group: QKGroup, maps: torch.Tensor) -> dict[
     for keys, m, query in sides:
         index = group.rows(query)
         for key in keys:
+            index = index.to(out[key].device)
             t, axis = out[key], group.axes.get(key, 0)
             moved = t.double().movedim(axis, 0)
             flat = moved.reshape(moved.shape[0], -1).clone()

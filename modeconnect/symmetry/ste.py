@@ -20,7 +20,7 @@ from torch import nn
 from ..evaluation.scoring import get_scoring
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
-from .learned import descend
+from .learned import descend, float32_on, on_device
 
 StateDict = Mapping[str, torch.Tensor]
 Permutation = dict[str, torch.Tensor]
@@ -49,25 +49,29 @@ def learn_permutations(
     alpha: float | None = 0.5,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    device: torch.device | None = None,
 ) -> LearnedPermutation:
     """The permutation of ``b`` that the straight-through estimator finds (module docstring).
 
     ``match(spec, target, b)`` is the projection (weight matching); ``alpha=None`` draws α
-    uniformly per step (seeded); ``loss`` as :func:`learn_rotations`'s.
+    uniformly per step (seeded); ``loss`` as :func:`learn_rotations`'s. The passes run on
+    ``device`` (the CPU by default); the projection on the CPU.
     """
-    batches = list(data)
+    where = device or torch.device("cpu")
+    batches = on_device(list(data), where)
     scoring = get_scoring(loss, model)
     gen = torch.Generator().manual_seed(seed)
-    a32 = {k: v.float() if v.is_floating_point() else v for k, v in a.items()}
-    b32 = {k: v.float() if v.is_floating_point() else v for k, v in b.items()}
+    cpu = torch.device("cpu")
+    a_cpu, b_cpu = float32_on(model, a, cpu), float32_on(model, b, cpu)
+    a32, b32 = float32_on(model, a, where), float32_on(model, b, where)
     keys = [k for k in spec.layouts if k in a32 and a32[k].is_floating_point()]
     proxy = {k: a32[k].clone().requires_grad_(True) for k in keys}
     opt = torch.optim.Adam(list(proxy.values()), lr=lr)
     fixed = {g: torch.arange(spec.groups[g].size) for g in kept}
 
     def project() -> Permutation:
-        target = {**a32, **{k: p.detach() for k, p in proxy.items()}}
-        return {**match(spec, target, b32, seed=seed).perm, **fixed}
+        target = {**a_cpu, **{k: p.detach().cpu() for k, p in proxy.items()}}
+        return {**match(spec, target, b_cpu, seed=seed).perm, **fixed}
 
     def point(t: float) -> dict[str, torch.Tensor]:
         moved = apply_permutation(b32, spec, project())

@@ -144,18 +144,20 @@ def _with_aliases(
     return out
 
 
-def ones_basis(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def ones_basis(
+    n: int, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> torch.Tensor:
     """An ``(n, n-1)`` orthonormal basis of the complement of the all-ones direction."""
-    u, _, _ = torch.linalg.svd(torch.eye(n, dtype=dtype) - 1.0 / n)
-    return u[:, : n - 1]
+    u, _, _ = torch.linalg.svd(torch.eye(n, dtype=dtype) - 1.0 / n)  # on the CPU: the same basis
+    return u[:, : n - 1].to(device)
 
 
 def embed_ones(inner: torch.Tensor) -> torch.Tensor:
     """The ``(n, n)`` orthogonal map that fixes all-ones and acts as ``inner`` ``(n-1, n-1)``
     on its complement (in :func:`ones_basis`)."""
     n = inner.shape[0] + 1
-    h = ones_basis(n, inner.dtype)
-    return torch.full((n, n), 1.0 / n, dtype=inner.dtype) + h @ inner @ h.T
+    h = ones_basis(n, inner.dtype, inner.device)
+    return torch.full((n, n), 1.0 / n, dtype=inner.dtype, device=inner.device) + h @ inner @ h.T
 
 
 def random_rotation(stream: ResidualStream, seed: int = 0) -> torch.Tensor:
