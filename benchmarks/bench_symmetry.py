@@ -94,6 +94,10 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
         ),
         ("full, activation", dict(method="activation", symmetry="full", **lsq)),
         ("full (orthogonal heads), activation", dict(method="activation", symmetry="full")),
+        (
+            "full (activation-fitted heads), activation",
+            dict(method="activation", symmetry="full", head_maps="activations"),
+        ),
         ("orthogonal, learned", dict(method="learned", symmetry="orthogonal", **learn)),
         ("full, learned", dict(method="learned", symmetry="full", **learn, **lsq)),
         (

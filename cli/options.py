@@ -431,10 +431,12 @@ SYMMETRY = group(
              "orthogonal.",
     ),
     click.option(
-        "--head-maps", type=click.Choice(("orthogonal", "least-squares")),
+        "--head-maps", type=click.Choice(("orthogonal", "least-squares", "activations")),
         default="orthogonal", show_default=True,
         help="--symmetry full: each head's maps orthogonal, or least squares (invertible, "
-             "condition number at most 100, else their orthogonal part).",
+             "condition number at most 100, else their orthogonal part), fitted to the "
+             "weights; or orthogonal, fitted to the heads' activations (--method "
+             "activation).",
     ),
 )  # fmt: skip
 """``--symmetry`` and ``--head-maps`` (:data:`modeconnect.symmetry.align.HEAD_MAPS`)."""

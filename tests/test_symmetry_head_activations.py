@@ -1,4 +1,5 @@
-"""Per-head maps fitted to activations (``--method activation --symmetry full``).
+"""Per-head maps fitted to activations (``--method activation --symmetry full --head-maps
+activations``).
 
 Orthogonal V·O and Q·K maps of each head's class, applied to a model, are undone exactly
 by Procrustes on the heads' activation cross-moments, on every attention layout the
@@ -75,3 +76,38 @@ def test_the_qk_procrustes_picks_each_pairs_rotation_and_the_free_blocks_polar()
     u, _, vh = torch.linalg.svd(d[0, 2:, 2:])
     torch.testing.assert_close(got[2:, 2:], u @ vh)
     assert bool((got[:2, 2:] == 0).all()) and bool((got[2:, :2] == 0).all())
+
+
+@pytest.mark.slow  # about 3 s
+def test_activation_based_full_with_activation_fitted_heads_recovers_a_copy() -> None:
+    """Permuted, rotated and (orthogonally) head-mapped grouped-query copy: activation
+    matching, the stream's activation Procrustes and the heads' recover A's weights."""
+    import warnings
+
+    from test_symmetry_gqa import setup as gqa_setup
+    from test_symmetry_recovery import transformed
+
+    from modeconnect.symmetry.align import align_full
+
+    model, spec = gqa_setup(2)
+    reference, b = transformed(model, spec, seed=1, orthogonal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        full = align_full(model, model.state_dict(), b, spec=spec, probe=(IDS,),
+                          method="activation", head_maps="activations", data=[IDS])  # fmt: skip
+    assert full.equivalence.passed
+    heads = [g for g in full.groups if g.cls in ("invertible-per-head", "complex-per-rotary-pair")]
+    assert len(heads) == 4 and all("activations" in g.solver for g in heads)
+    assert full.alignment.params["head_maps"] == "activations"
+    for k in reference:
+        torch.testing.assert_close(full.aligned[k], reference[k], rtol=1e-5, atol=1e-5)
+
+
+def test_activation_fitted_heads_need_the_activation_method() -> None:
+    from modeconnect.errors import ModeconnectError
+    from modeconnect.symmetry.align import align_full
+
+    model, spec = recovery_setup("llama")
+    a = model.state_dict()
+    with pytest.raises(ModeconnectError, match="--method activation"):
+        align_full(model, a, a, spec=spec, probe=(IDS,), head_maps="activations")

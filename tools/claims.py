@@ -1179,14 +1179,6 @@ CHECKS: list[Check] = [
     SentenceCheck(TRANSFORMERS, r"over the pairs \((\d+) ± (\d+) % against (\d+) ± (\d+) %\): "
                   r"it is lower on the first pair only", SYM_LEARNED_PAIRS,
                   _pair_means("llama", "orthogonal, learned two-sided", "orthogonal, learned")),
-    TableCheck(TRANSFORMERS, "Tiny Llamas, head maps fitted to activations over three seed "
-               "pairs", SYM_ACT_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
-    SentenceCheck(TRANSFORMERS, r"activation-based `full` keeps (\d+) ± (\d+) % of the naive\s+"
-                  r"barrier \((\d+) %, (\d+) %, (\d+) % by pair\), against (\d+) ± (\d+) % with "
-                  r"the heads fitted to the weights", SYM_ACT_HEADS_PAIRS,
-                  lambda r: [*_pair_means("llama", FULL_ROWS[1])(r),
-                             *_pair_shares("llama", FULL_ROWS[1])(r),
-                             *_pair_means("llama", FULL_ROWS[1])(load_record(SYM_PAIRS))]),
     TableCheck(TRANSFORMERS, "Tiny Llamas, learned per-head maps over three seed pairs",
                SYM_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"learned too, the Llamas keep (\d+) ± (\d+) % of the naive "

@@ -83,6 +83,10 @@ QK_ROWS = ("full, weight", "full (V·O only, no Q·K), weight", "orthogonal, wei
            "full (orthogonal heads, no Q·K), weight")  # fmt: skip
 """The rows of the Q·K table."""
 QK_PAIR_ROWS = (*QK_ROWS, "full (orthogonal Q·K), weight")
+HEAD_ROWS = ("full (orthogonal heads), activation", "full (activation-fitted heads), activation",
+             "orthogonal, learned", "full (orthogonal heads), learned", "full, learned heads",
+             "full, learned heads + STE permutations")  # fmt: skip
+"""The per-head map fits compared over the seed pairs: to weights or activations, learned."""
 """The Q·K table's rows over three seed pairs, and least-squares V·O with rotation-only Q·K
 (the two-sided and recovery tables' one Q·K variant the table lacks)."""
 GPT2_FIRST_PAIR_ROWS = ("permutation, activation", "full, activation", "orthogonal, learned",
@@ -201,8 +205,17 @@ RUNS: list[Run] = [
     Run("transformers_symmetry_activation_heads_pairs", ("python",
         "benchmarks/bench_symmetry.py", "--family", "llama", "--steps", "200", "--layers", "2",
         "--epochs", "6", "--models", "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3",
-        "4,5", "--only", "orthogonal, activation", "--only", "full (orthogonal heads), activation",
+        "4,5", *(a for row in HEAD_ROWS[:2] for a in ("--only", row)),
         "--out", "results/transformers_symmetry_activation_heads_pairs.json"), 2.0, long=True),
+    Run("transformers_symmetry_gpt2_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
+        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in HEAD_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_gpt2_heads_pairs.json"), 8.0, long=True),
+    Run("transformers_symmetry_vit_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
+        "--family", "vit", "--epochs", "6", "--pairs", "0,1", "2,3", "4,5",
+        *(a for row in HEAD_ROWS for a in ("--only", row)),
+        "--out", "results/transformers_symmetry_vit_heads_pairs.json"), 12.0, long=True),
     Run("transformers_symmetry_learned_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5", "--only",

@@ -77,10 +77,12 @@ ORTHOGONAL_HEADS = 1.0
 """The default bound on the per-head maps' condition numbers: orthogonal maps (measured
 better on the midpoint than least squares with its scale, on tiny Llamas and ViTs)."""
 """Weight-based rounds at most: weight matching, then Procrustes, again while it gains."""
-HEAD_MAPS = {"orthogonal": ORTHOGONAL_HEADS, "least-squares": 100.0}
+HEAD_MAPS = {"orthogonal": ORTHOGONAL_HEADS, "least-squares": 100.0,
+             "activations": ORTHOGONAL_HEADS}  # fmt: skip
 """``head_maps`` (``--head-maps``): each name's bound on the per-head maps' condition
 numbers: orthogonal maps, or least squares (a map above 100 falls back to its
-orthogonal part)."""
+orthogonal part), fitted to the weights; or (``--method activation`` only) orthogonal
+maps fitted to the heads' activations (:mod:`~modeconnect.symmetry.head_activations`)."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def align_full(
     (``max_condition=100``) fits the weights better and the path worse (measured:
     ``docs/science/transformers.md``).
     ``head_maps`` names the bound instead (:data:`HEAD_MAPS`: ``"orthogonal"`` or
-    ``"least-squares"``); the JSON records the choice and the bound.
+    ``"least-squares"``; ``"activations"``, with ``method="activation"``, fits orthogonal
+    maps to the heads' activations); the JSON records the choice and the bound.
     ``options`` go to the permutation method; ``learned`` takes ``epochs``, ``lr``,
     ``random_alpha`` and ``max_batches`` for itself, and ``loss`` scores it; its passes
     (and the straight-through estimator's) run on ``device`` (the weight matching that
@@ -209,6 +212,11 @@ def align_full(
         if head_maps not in HEAD_MAPS:
             raise ModeconnectError(
                 f"head_maps: unknown {head_maps!r}; choose one of {', '.join(HEAD_MAPS)}"
+            )
+        if head_maps == "activations" and method != "activation":
+            raise ModeconnectError(
+                "--head-maps activations fits the per-head maps to activations: it goes with "
+                "--method activation (choose orthogonal or least-squares for the others)"
             )
         max_condition = HEAD_MAPS[head_maps]
     start = time.perf_counter()
@@ -263,10 +271,9 @@ def align_full(
                                        seconds, s.reason))  # fmt: skip
         found: list[GroupRecord] = []
         if symmetry == "full":
-            # activation-based with orthogonal heads: the maps fitted to the heads' activations
             moments = (heads.moments(model, fa, aligned, data or [], options.get("max_batches"),
                                      progress)
-                       if base == "activation" and max_condition <= 1 else None)  # fmt: skip
+                       if head_maps == "activations" else None)  # fmt: skip
             aligned, found = heads.solve(fa, aligned, moments)
         if method == "learned" and own.get("permutations") == "ste":
             seed = int(options.get("seed", 0))
@@ -313,7 +320,7 @@ def align_full(
     records += _permutation_records(spec, streams, seconds, base, {r.group for r in records})
     alignment = replace(alignment, method=method, perm=perm, seconds=time.perf_counter() - start,
                         params={**alignment.params, **own, "symmetry": symmetry,
-                                **_head_params(symmetry, max_condition)})  # fmt: skip
+                                **_head_params(symmetry, max_condition, head_maps)})  # fmt: skip
     return FullAlignment(alignment, fa, aligned, eq, tuple(records), rotations, rotations_a)
 
 
@@ -478,11 +485,12 @@ def attention_groups(
     return values, queries, orders
 
 
-def _head_params(symmetry: str, max_condition: float) -> dict[str, Any]:
+def _head_params(symmetry: str, max_condition: float, named: str | None) -> dict[str, Any]:
     """The per-head maps chosen (``full`` only): their name and bound, for the JSON."""
     if symmetry != "full":
         return {}
     name = "orthogonal" if max_condition <= ORTHOGONAL_HEADS else "least-squares"
+    name = "activations" if named == "activations" else name
     return {"head_maps": name, "max_condition": max_condition}
 
 
