@@ -97,6 +97,24 @@ GPT2_PAIR_ROWS = ("orthogonal, weight", "full, weight", "full (orthogonal heads)
                   "orthogonal, learned")  # fmt: skip
 """The GPT-2 rows re-measured after exact recovery, and over three seed pairs."""
 
+_TRAINED = {
+    "llama": ("--steps", "200", "--layers", "2", "--epochs", "6", "--models",
+              "runs/reproduce/symmetry_llama"),
+    "gpt2": ("--steps", "200", "--layers", "2", "--epochs", "3", "--models",
+             "runs/reproduce/symmetry_gpt2"),
+    "vit": ("--epochs", "6"),
+}  # fmt: skip
+"""Each family's training and learning settings in the seed-pair studies."""
+
+
+def _pairs(name: str, family: str, rows: tuple[str, ...], minutes: float) -> Run:
+    """``bench_symmetry.py``'s ``rows`` on ``family``'s three seed pairs, stored as ``name``."""
+    return Run(name, ("python", "benchmarks/bench_symmetry.py", "--family", family,
+                      *_TRAINED[family], "--pairs", "0,1", "2,3", "4,5",
+                      *(a for row in rows for a in ("--only", row)),
+                      "--out", f"results/{name}.json"), minutes, long=True)  # fmt: skip
+
+
 RUNS: list[Run] = [
     *_science("width", 2.5),
     *_science("layerwise", 1.5),
@@ -202,26 +220,10 @@ RUNS: list[Run] = [
         "orthogonal, learned", "--only", "orthogonal, learned + STE permutations", "--only",
         "orthogonal, learned two-sided", "--out",
         "results/transformers_symmetry_learned_pairs.json"), 8.0, long=True),
-    Run("transformers_symmetry_activation_heads_pairs", ("python",
-        "benchmarks/bench_symmetry.py", "--family", "llama", "--steps", "200", "--layers", "2",
-        "--epochs", "6", "--models", "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3",
-        "4,5", *(a for row in HEAD_ROWS[:2] for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_activation_heads_pairs.json"), 2.0, long=True),
-    Run("transformers_symmetry_gpt2_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
-        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in HEAD_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_gpt2_heads_pairs.json"), 8.0, long=True),
-    Run("transformers_symmetry_vit_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "vit", "--epochs", "6", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in HEAD_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_vit_heads_pairs.json"), 12.0, long=True),
-    Run("transformers_symmetry_learned_heads_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
-        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5", "--only",
-        "orthogonal, learned", "--only", "full (orthogonal heads), learned", "--only",
-        "full, learned heads", "--only", "full, learned heads + STE permutations", "--out",
-        "results/transformers_symmetry_learned_heads_pairs.json"), 10.0, long=True),
+    _pairs("transformers_symmetry_activation_heads_pairs", "llama", HEAD_ROWS[:2], 2.0),
+    _pairs("transformers_symmetry_gpt2_heads_pairs", "gpt2", HEAD_ROWS, 8.0),
+    _pairs("transformers_symmetry_vit_heads_pairs", "vit", HEAD_ROWS, 12.0),
+    _pairs("transformers_symmetry_learned_heads_pairs", "llama", HEAD_ROWS[2:], 10.0),
     Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
         "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
