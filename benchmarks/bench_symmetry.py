@@ -99,7 +99,7 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             dict(method="activation", symmetry="full", head_maps="activations"),
         ),
         ("orthogonal, learned", dict(method="learned", symmetry="orthogonal", **learn)),
-        ("full, learned", dict(method="learned", symmetry="full", **learn, **lsq)),
+        ("full, learned", dict(method="learned", symmetry="full", heads="fixed", **learn, **lsq)),
         (
             "orthogonal, learned + STE permutations",
             dict(method="learned", symmetry="orthogonal", permutations="ste", **learn),
@@ -108,7 +108,10 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             "orthogonal, learned two-sided",
             dict(method="learned", symmetry="orthogonal", sides="two", **learn),
         ),
-        ("full (orthogonal heads), learned", dict(method="learned", symmetry="full", **learn)),
+        (
+            "full (orthogonal heads), learned",
+            dict(method="learned", symmetry="full", heads="fixed", **learn),
+        ),
         (
             "full, learned heads",
             dict(method="learned", symmetry="full", heads="learned", **learn),

@@ -428,7 +428,7 @@ SYMMETRY = group(
         help="Symmetry group aligned under: permutations; 'orthogonal' also rotates "
              "transformers' residual streams (norms folded into their readers); 'full' also "
              "maps each attention head's value and query·key dims. --method learned implies "
-             "orthogonal.",
+             "full.",
     ),
     click.option(
         "--head-maps", type=click.Choice(("orthogonal", "least-squares", "activations")),

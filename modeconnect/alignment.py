@@ -90,7 +90,7 @@ def align(
     memory reads lazy checkpoints in their stored dtype (bfloat16: half the bytes).
     Raises :class:`~modeconnect.errors.NotEquivalent` if aligned B differs from B.
 
-    ``symmetry="orthogonal"`` or ``"full"`` (``method="learned"`` implies the first) rotates the
+    ``symmetry="orthogonal"`` or ``"full"`` (``method="learned"`` implies the second) rotates the
     residual streams of transformers (:func:`modeconnect.symmetry.align.align_full`):
     aligned B has its norms folded, and :attr:`AlignResult.reference` is A folded the
     same way, the other end of the path; ``loss`` scores the learned method, whose
@@ -126,8 +126,9 @@ def align(
             f"symmetry: unknown {symmetry!r}; choose one of {', '.join(SYMMETRIES)}"
         )
     if symmetry != "permutation" or method == "learned":
-        # learned implies the orthogonal class (measured better than full: science/transformers)
-        full = "orthogonal" if symmetry == "permutation" else symmetry
+        # learned implies the full class, its head maps learned too (measured better than the
+        # rotation alone on every seed pair of three families: docs/science/transformers.md)
+        full = "full" if symmetry == "permutation" else symmetry
         extra = {} if device is None else {"device": device}  # the learned method's passes
         return _align_full(model, a, b, spec, probe, method, data, tolerance, progress, loss,
                            {**options, **extra, "symmetry": full})  # fmt: skip

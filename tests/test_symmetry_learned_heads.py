@@ -89,8 +89,8 @@ def test_learned_heads_lower_the_barrier_below_fixed_heads() -> None:
         return mc.barrier(curve).loss
 
     kw = dict(method="learned", symmetry="full", data=data, loss="causal_lm", epochs=2, lr=0.03)
-    fixed = mc.align(model, a, b, **kw)
-    learned, again = (mc.align(model, a, b, heads="learned", **kw) for _ in range(2))
+    fixed = mc.align(model, a, b, heads="fixed", **kw)
+    learned, again = (mc.align(model, a, b, **kw) for _ in range(2))  # learned: the default
     assert learned.equivalence.passed
     assert barrier(learned) < 0.97 * barrier(fixed)  # measured: 0.233 against 0.248
     assert all(torch.equal(learned.aligned[k], again.aligned[k]) for k in a)  # deterministic
@@ -99,13 +99,17 @@ def test_learned_heads_lower_the_barrier_below_fixed_heads() -> None:
     assert heads and all("learned with the rotation" in g["solver"] for g in heads)
 
 
-def test_learned_heads_need_the_full_symmetry_and_the_learned_method() -> None:
+def test_learned_heads_go_with_the_learned_method_and_need_the_full_symmetry() -> None:
     model = hf.llama(0)
     a = model.state_dict()
     data = [(X, X)]
-    for kw in (dict(method="learned", symmetry="orthogonal"), dict(symmetry="full")):
-        with pytest.raises(ModeconnectError, match="--learn-heads"):
-            mc.align(model, a, a, data=data, loss="causal_lm", heads="learned", **kw)
+    with pytest.raises(ModeconnectError, match="--learn-heads"):
+        mc.align(model, a, a, data=data, loss="causal_lm", symmetry="full", heads="learned")
+    kw = dict(method="learned", symmetry="orthogonal", data=data, loss="causal_lm", lr=0.03)
+    plain, learned = (mc.align(model, a, a, heads=h, **kw) for h in ("fixed", "learned"))
+    assert all(torch.equal(plain.aligned[k], learned.aligned[k]) for k in a)  # no heads there
+    default = mc.align(model, a, a, method="learned", data=data, loss="causal_lm", lr=0.03)
+    assert default.alignment.params["symmetry"] == "full"  # learned implies full
 
 
 def test_the_learned_heads_flag_is_declared() -> None:

@@ -761,6 +761,44 @@ SYM_LEARNED_PAIRS = "results/transformers_symmetry_learned_pairs.json"
 SYM_FIRST_PAIRS = "results/transformers_symmetry_first_pairs.json"
 SYM_HEADS_PAIRS = "results/transformers_symmetry_learned_heads_pairs.json"
 SYM_ACT_HEADS_PAIRS = "results/transformers_symmetry_activation_heads_pairs.json"
+SYM_GPT2_HEADS = "results/transformers_symmetry_gpt2_heads_pairs.json"
+SYM_VIT_HEADS = "results/transformers_symmetry_vit_heads_pairs.json"
+PER_HEAD = "Per-head maps over three seed pairs per family"
+ACT_FIT, WEIGHT_FIT = ("full (activation-fitted heads), activation",
+                       "full (orthogonal heads), activation")  # fmt: skip
+
+
+def _head_fits(record: dict[str, Any]) -> list[float]:
+    """Activation- against weight-fitted heads, per family (mean ± sd each); fails unless
+    the activation fit is lower on two Llama pairs of three and higher on every ViT pair."""
+    shares = {
+        f: [
+            (p[ACT_FIT]["share_of_naive"], p[WEIGHT_FIT]["share_of_naive"])
+            for p in record[f"{f}_pairs"].values()
+        ]
+        for f in ("llama", "gpt2", "vit")
+    }
+    if sum(x < y for x, y in shares["llama"]) != 2 or not all(x > y for x, y in shares["vit"]):
+        raise ValueError("the activation fit's pair-by-pair comparison changed")
+    return [
+        v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, ACT_FIT, WEIGHT_FIT)(record)
+    ]
+
+
+def _learned_heads(record: dict[str, Any]) -> list[float]:
+    """Learned heads against the learned rotation alone, then with STE, per family (mean ±
+    sd); fails unless the learned heads are lower on every pair of every family."""
+    heads, alone = "full, learned heads", "orthogonal, learned"
+    for f in ("llama", "gpt2", "vit"):
+        if not all(
+            p[heads]["barrier"] < p[alone]["barrier"] for p in record[f"{f}_pairs"].values()
+        ):
+            raise ValueError(f"learned heads are not below the rotation alone on every {f} pair")
+    means = [v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, heads, alone)(record)]
+    ste = [v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, LEARNED_HEADS[1])(record)]
+    return [*means, *ste]
+
+
 LEARNED_HEADS = ("full, learned heads", "full, learned heads + STE permutations")
 SYM_QK_PAIRS = "results/transformers_symmetry_qk_pairs.json"
 SYM_GPT2_FIRST_PAIRS = "results/transformers_symmetry_gpt2_first_pairs.json"
@@ -1179,6 +1217,22 @@ CHECKS: list[Check] = [
     SentenceCheck(TRANSFORMERS, r"over the pairs \((\d+) ± (\d+) % against (\d+) ± (\d+) %\): "
                   r"it is lower on the first pair only", SYM_LEARNED_PAIRS,
                   _pair_means("llama", "orthogonal, learned two-sided", "orthogonal, learned")),
+    TableCheck(TRANSFORMERS, "Tiny Llamas, activation-fitted heads", SYM_ACT_HEADS_PAIRS,
+               BENCH_SYM, report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Tiny GPT-2s, per-head maps", SYM_GPT2_HEADS, BENCH_SYM,
+               report="report_pairs"),
+    TableCheck(TRANSFORMERS, "Digits ViTs, per-head maps", SYM_VIT_HEADS, BENCH_SYM,
+               report="report_pairs"),
+    SentenceCheck(TRANSFORMERS, r"activation-based `full` keeps (\d+) ± (\d+) % of the naive "
+                  r"barrier against (\d+) ± (\d+) % on the\s+Llamas \(lower on two pairs of "
+                  r"three\), (\d+) ± (\d+) % against (\d+) ± (\d+) % on the GPT-2s, and\s+"
+                  r"(\d+) ± (\d+) % against (\d+) ± (\d+) % on the ViTs \(higher on every pair\)",
+                  SYM_ACT_HEADS_PAIRS, _head_fits, also=(SYM_GPT2_HEADS, SYM_VIT_HEADS)),
+    SentenceCheck(TRANSFORMERS, r"the Llamas keep (\d+) ± (\d+) % of the naive barrier against "
+                  r"(\d+) ± (\d+) %, the\s+GPT-2s ([−-]\d+) ± (\d+) % against ([−-]\d+) ± (\d+) %, "
+                  r"the ViTs (\d+) ± (\d+) % against (\d+) ± (\d+) %\. So.*?the Llamas keep "
+                  r"(\d+) ± (\d+) %, the GPT-2s ([−-]\d+) ± (\d+) % and the ViTs (\d+) ± (\d+) %",
+                  SYM_HEADS_PAIRS, _learned_heads, also=(SYM_GPT2_HEADS, SYM_VIT_HEADS)),
     TableCheck(TRANSFORMERS, "Tiny Llamas, learned per-head maps over three seed pairs",
                SYM_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"learned too, the Llamas keep (\d+) ± (\d+) % of the naive "

@@ -90,13 +90,14 @@ _BUILTIN: tuple[MethodInfo, ...] = (
             Param("sides", str, "one", "Learn B's rotation toward A (one), or both models' "
                   "toward one shared path (two; arXiv 2606.23607).",
                   choices=("one", "two"), flag="--learn-sides"),
-            Param("heads", str, "fixed", "Per-head maps of --symmetry full: the closed form's "
+            Param("heads", str, "learned", "Per-head maps of --symmetry full: the closed form's "
                   "(fixed), or then learned with the rotation (learned: orthogonal maps of "
                   "each head's class).", choices=("fixed", "learned"), flag="--learn-heads"),
             MAX_BATCHES,
         ),
-        summary="Weight matching, then residual-stream rotations learned on the loss at the "
-                "path's midpoint (implies --symmetry orthogonal; Theus et al. 2025).",
+        summary="Weight matching, then residual-stream rotations and attention-head maps "
+                "learned on the loss at the path's midpoint (implies --symmetry full; Theus et "
+                "al. 2025).",
     ),
 )  # fmt: skip
 """The built-in methods, declared: one entry per method."""

@@ -203,10 +203,10 @@ def align_full(
         raise ModeconnectError(
             "method 'learned' learns the rotation on data: pass --train (or --data) batches"
         )
-    if options.get("heads") == "learned" and (method != "learned" or symmetry != "full"):
+    if "heads" in options and method != "learned":
         raise ModeconnectError(
-            "heads='learned' (--learn-heads learned) learns the per-head maps of --symmetry "
-            "full with --method learned: pass both, or --learn-heads fixed"
+            "heads (--learn-heads) chooses whether --method learned learns the per-head maps: "
+            "pass --method learned, or leave it out"
         )
     if head_maps is not None:
         if head_maps not in HEAD_MAPS:
@@ -284,7 +284,8 @@ def align_full(
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
             sides = own.get("sides") or "one"
-            learnable = heads.learnable() if own.get("heads") == "learned" else []
+            learn_heads = symmetry == "full" and own.get("heads", "learned") == "learned"
+            learnable = heads.learnable() if learn_heads else []
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
                                       progress=progress, sides=sides, heads=learnable,

@@ -83,7 +83,7 @@ def match_learned(
     random_alpha: bool = False,
     permutations: str = "fixed",
     sides: str = "one",
-    heads: str = "fixed",
+    heads: str = "learned",
     max_batches: int | None = None,
     model: Any = None,
     data: Any = None,
