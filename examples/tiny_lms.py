@@ -10,6 +10,12 @@ and batch order) with AdamW on random 128-token windows, saved with
 
     modeconnect align A B --data heldout.txt --merged M --json align.json
     modeconnect merge A B --data heldout.txt --out M2 --json merge.json
+    modeconnect align A B --method learned --train train.txt --data heldout.txt \
+        --merged M3 --json learned.json
+
+The last aligns under the transformers' full symmetry (residual rotation, per-head maps)
+learned on the path's midpoint loss over training text (``train.txt``, 256 blocks;
+6 epochs at 3e-3).
 
 The held-out text is tokenized by the checkpoints' own tokenizer into 128-token blocks;
 the models are scored by next-token cross-entropy, and the table gives the loss
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = torch.tensor(tok(text)["input_ids"], dtype=torch.long)
     heldout = args.out / "heldout.txt"
     heldout.write_text(held[:150_000], encoding="utf-8")
+    learn_text = args.out / "train.txt"  # the learned alignment's training blocks
+    learn_text.write_text(text[: 10_000 if args.quick else 120_000], encoding="utf-8")
     print(f"corpus: {len(ids):,} training tokens, vocabulary {VOCAB}")
     pairs = {}
     for i, seeds in enumerate(args.pairs):
@@ -159,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out / "align.json", "--force")  # fmt: skip
         cli("merge", out / "a", out / "b", "--data", heldout, "--block-size", CONTEXT, "--out",
             out / "merge", "--json", out / "merge.json", "--force")  # fmt: skip
+        cli("align", out / "a", out / "b", "--method", "learned", "--train", learn_text,
+            "--data", heldout, "--block-size", CONTEXT, "--steps", 5 if args.quick else 11,
+            "--learn-epochs", 1 if args.quick else 6, "--learn-lr", 3e-3, "--merged",
+            out / "learned", "--json", out / "learned.json", "--force")  # fmt: skip
         pairs[",".join(map(str, seeds))] = summary(out, trained, time.perf_counter() - begun)
     first = next(iter(pairs.values()))
     result = {**first, "pairs": pairs, "summary": over_pairs(pairs)}  # first pair: 0.3.0 keys
@@ -175,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 SPREAD = ("naive_barrier", "aligned_barrier", "barrier_removed", "perplexity_a", "perplexity_b",
           "naive_midpoint_perplexity", "aligned_midpoint_perplexity", "merge_perplexity",
-          "plain_average_perplexity")  # fmt: skip
+          "plain_average_perplexity", "learned_barrier", "learned_barrier_removed",
+          "learned_midpoint_perplexity")  # fmt: skip
 
 
 def over_pairs(pairs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -187,13 +200,14 @@ def summary(out: Path, trained: float, total: float) -> dict[str, Any]:
     """The numbers of the README table, from the two JSON reports."""
     aligned = json.loads((out / "align.json").read_text())
     merged = json.loads((out / "merge.json").read_text())
+    learned = json.loads((out / "learned.json").read_text())
 
-    def mid(curve: str) -> float:
-        points = aligned[curve]["curve"]
+    def mid(curve: str, report: dict[str, Any] = aligned) -> float:
+        points = report[curve]["curve"]
         return float(next(p["perplexity"] for p in points if p["alpha"] == 0.5))
 
-    def barrier(curve: str) -> float:
-        return float(aligned[curve]["barrier"]["loss"])
+    def barrier(curve: str, report: dict[str, Any] = aligned) -> float:
+        return float(report[curve]["barrier"]["loss"])
 
     curve = aligned["naive"]["curve"]
     result = {
@@ -206,6 +220,10 @@ def summary(out: Path, trained: float, total: float) -> dict[str, Any]:
         "merge_perplexity": merged["metrics"]["merged"]["perplexity"],
         "plain_average_perplexity": merged["metrics"]["plain_average"]["perplexity"],
         "barrier_removed": 1 - barrier("aligned") / barrier("naive"),
+        "learned_barrier": barrier("aligned", learned),
+        "learned_barrier_removed": 1 - barrier("aligned", learned) / barrier("naive", learned),
+        "learned_midpoint_perplexity": mid("aligned", learned),
+        "learned_seconds": float(learned["alignment"]["seconds"]),
         "train_seconds": trained,
         "total_seconds": total,
     }
@@ -215,6 +233,8 @@ def summary(out: Path, trained: float, total: float) -> dict[str, Any]:
         f"midpoint ppl {result['naive_midpoint_perplexity']:.2f}\n"
         f"aligned      loss barrier {result['aligned_barrier']:.3f}  "
         f"midpoint ppl {result['aligned_midpoint_perplexity']:.2f}\n"
+        f"learned      loss barrier {result['learned_barrier']:.3f}  "
+        f"midpoint ppl {result['learned_midpoint_perplexity']:.2f}\n"
         f"merge        ppl {result['merge_perplexity']:.2f} "
         f"(plain average {result['plain_average_perplexity']:.2f})\n"
         f"time         {trained:.0f} s training, {total:.0f} s in all"
