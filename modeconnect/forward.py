@@ -48,6 +48,7 @@ __all__ = [
     "output_tensors",
     "over_batches",
     "run",
+    "share_layout",
 ]
 
 R = TypeVar("R")
@@ -318,6 +319,17 @@ def _layout(model: nn.Module) -> tuple[frozenset[str], tuple[nn.Module, ...]]:
         norms = tuple(m for _, m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm))
         known = _LAYOUT[model] = (frozenset(convs if free else ()), norms)
     return known
+
+
+def share_layout(derived: nn.Module, original: nn.Module) -> None:
+    """Let ``derived``, a module running ``original``'s computation (a traced and folded
+    copy, :mod:`modeconnect.evaluation.folding`), take channels-last weights where
+    ``original`` may: its own ``nn.Conv2d`` weights, if ``original``'s layout cannot matter."""
+    free = all(type(m).__module__.startswith(_LAYOUT_FREE) for m in original.modules())
+    modules = list(derived.named_modules())
+    convs = [f"{n}.weight" if n else "weight" for n, m in modules if type(m) is nn.Conv2d]
+    norms = tuple(m for _, m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    _LAYOUT[derived] = (frozenset(convs if free else ()), norms)
 
 
 def _batched(tensor: Tensor) -> bool:

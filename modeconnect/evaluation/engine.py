@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from modeconnect.distributed import Cluster, map_chunks
 from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation.folding import agree, folding_target
 from modeconnect.evaluation.interpolation import PathFn
 from modeconnect.evaluation.results import Metrics, perplexity
 from modeconnect.evaluation.scoring import LossFn, Scoring, check_per_example
@@ -93,14 +94,12 @@ class Pass:
     def run(self, params: Mapping[str, Tensor], batches: Iterable[Any]) -> Rows:
         """The rows of one state; ``params`` is bound (:meth:`Binding.checked`)."""
         prepared = self.scoring.batches(batches)
+        model, params = folding_target(self.model, self.call, params, prepared, batches)
         if self.per_example:
-            rows = over_batches(
-                self.model, params, prepared, self._example_step, call=self.call, bound=True
-            )
+            rows = over_batches(model, params, prepared, self._example_step, call=self.call,
+                                bound=True)  # fmt: skip
             return self._examples(rows)
-        sums = over_batches(
-            self.model, params, prepared, self._batch_step, call=self.call, bound=True
-        )
+        sums = over_batches(model, params, prepared, self._batch_step, call=self.call, bound=True)
         return self._batches(sums)
 
     def run_stacked(self, states: Sequence[Mapping[str, Tensor]], batches: Iterable[Any]) -> Rows:
@@ -111,6 +110,8 @@ class Pass:
         replaces ``k`` small matrix products and their per-call overhead. Random
         draws (masked-LM masks) are the same for every state (``randomness="same"``).
         """
+        # Decide the BatchNorm fold on plain tensors, before the vmapped passes use it.
+        folding_target(self.model, self.call, states[0], self.scoring.batches(batches), batches)
         shared = {k: v for k, v in states[0].items() if all(s[k] is v for s in states)}
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0] if k not in shared}
 
@@ -461,7 +462,7 @@ def vmap_agrees(
         alone = [runner.run(s, [first]) for s in distinct]
         # Losses and counts; hits may flip at a near-tie of the argmax, legitimately.
         agrees = all(
-            _close(stacked[r][j], alone[j][r], dtype) for j in range(len(distinct)) for r in (0, 2)
+            agree(stacked[r][j], alone[j][r], dtype) for j in range(len(distinct)) for r in (0, 2)
         )
     except ModeconnectError:
         raise
@@ -469,16 +470,6 @@ def vmap_agrees(
         agrees = False
     _AGREES[runner.model] = agrees
     return agrees
-
-
-def _close(x: Tensor, y: Tensor, dtype: torch.dtype) -> bool:
-    if x.shape != y.shape:
-        return False
-    if not x.is_floating_point():
-        return bool(torch.equal(x, y))
-    scale = 1.0 + float(y.abs().max()) if y.numel() else 1.0
-    tol = scale * min(256 * torch.finfo(dtype).eps, 0.1)
-    return bool(torch.allclose(x.double(), y.double(), rtol=0.0, atol=tol, equal_nan=True))
 
 
 def check_reiterable(batches: Iterable[Any], passes: int) -> None:
