@@ -36,7 +36,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -97,9 +97,7 @@ class Folded:
         """Whether nothing this pass can observe tells the folded pass from the model's."""
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return False
-        return not any(
-            m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules
-        )
+        return not any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
     def params(self, params: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
         """The folded module's tensors for the model's bound ``params`` (``None``: missing)."""
@@ -180,7 +178,9 @@ def _trace(model: nn.Module) -> Folded | str:
     return _rewrite(model, modules, graph)
 
 
-def _rewrite(model: nn.Module, modules: dict[str, nn.Module], graph: torch.fx.Graph) -> Folded | str:
+def _rewrite(
+    model: nn.Module, modules: dict[str, nn.Module], graph: torch.fx.Graph
+) -> Folded | str:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     attrs = [str(n.target) for n in graph.nodes if n.op == "get_attr"]
     targets = [str(t) for t in calls]
@@ -194,14 +194,15 @@ def _rewrite(model: nn.Module, modules: dict[str, nn.Module], graph: torch.fx.Gr
         if source is None:
             continue
         name = _fresh(f"folded_{len(pairs)}", taken)
-        producer, norm = modules[str(source.target)], modules[str(node.target)]
+        producer = modules[str(source.target)]
+        norm = cast(nn.modules.batchnorm._BatchNorm, modules[str(node.target)])
         layers[name] = _with_bias(producer)
         with graph.inserting_before(source):
             replacement = graph.create_node("call_module", name, source.args)
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
         graph.erase_node(source)
-        ndim = 2 if type(producer) is nn.Linear else producer.weight.ndim
+        ndim = 2 if type(producer) is nn.Linear else cast(Tensor, producer.weight).ndim
         pairs.append(_Pair(str(source.target), str(node.target), name, float(norm.eps),
                            norm.affine, producer.bias is not None, ndim))  # fmt: skip
     if not pairs:
@@ -245,15 +246,15 @@ def _producer_node(
 def _with_bias(layer: nn.Module) -> nn.Module:
     """A layer like ``layer`` with a bias, its tensors on the meta device (every pass
     gives them)."""
-    weight = layer.weight
-    kind = {"device": "meta", "dtype": weight.dtype}
+    dtype = cast(Tensor, layer.weight).dtype
     if isinstance(layer, nn.Linear):
-        return nn.Linear(layer.in_features, layer.out_features, bias=True, **kind)
-    assert isinstance(layer, nn.modules.conv._ConvNd)
-    return type(layer)(
-        layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-        padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=True,
-        padding_mode=layer.padding_mode, **kind,
+        return nn.Linear(layer.in_features, layer.out_features, device="meta", dtype=dtype)
+    conv = cast(nn.modules.conv._ConvNd, layer)
+    make: Any = type(conv)  # Conv1d, Conv2d or Conv3d: the same constructor
+    return make(  # type: ignore[no-any-return]
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+        padding_mode=conv.padding_mode, device="meta", dtype=dtype,
     )  # fmt: skip
 
 
