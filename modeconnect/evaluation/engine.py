@@ -1,10 +1,11 @@
 """The forward-pass engine: scored passes over batches, for one state or many along a path.
 
 A :class:`Pass` runs a model over batches through :func:`modeconnect.forward.over_batches`
-(one :func:`torch.func.functional_call` around the whole loop, so the weights are
-swapped in once per pass) and keeps, per batch or per example, the loss sum, the
-top-1 hits and the scored entries, as its :class:`~modeconnect.evaluation.scoring.Scoring`
-defines them. Everything stays on the device until the pass ends.
+(the weights are swapped in once per pass; eval-mode BatchNorm layers folded into the
+layer feeding them, :mod:`modeconnect.evaluation.folding`) and keeps, per batch or per
+example, the loss sum, the top-1 hits and the scored entries, as its
+:class:`~modeconnect.evaluation.scoring.Scoring` defines them. Everything stays on the
+device until the pass ends.
 
 :func:`path_rows` evaluates a path ``α -> θ(α)`` on several splits: identical
 states (the same tensors) once, endpoints on their own (so they equal a single
@@ -76,7 +77,9 @@ class Pass:
     With ``per_example=False`` the rows are batches: the loss summed over the batch
     (by ``sum_loss`` if given, a user's ``loss_fn(logits, y) -> scalar``, else by
     the scoring), its hits and its scored entries. With ``per_example=True`` the
-    rows are examples, float64 sums over each example's entries.
+    rows are examples, float64 sums over each example's entries. An eval-mode
+    BatchNorm that reads only a Conv/Linear layer's output runs folded into it
+    (:func:`~modeconnect.evaluation.folding.folding_target`, checked once per model).
     """
 
     model: nn.Module
