@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import modeconnect as mc
+import modeconnect.bn as bn_module
 import modeconnect.evaluation.folding as folding
-from modeconnect.evaluation import example_curve
+from modeconnect.evaluation import corrected_path, example_curve, example_curves, linear_path
 from modeconnect.evaluation.engine import Pass
 from modeconnect.evaluation.folding import fold_note, folded
 from modeconnect.evaluation.scoring import get_scoring
 from modeconnect.forward import Binding, eval_mode
+from modeconnect.layerwise import layerwise_barriers
 from modeconnect.models import conv_net
 
 
@@ -230,3 +232,43 @@ def test_stacked_points_fold_under_vmap(monkeypatch: pytest.MonkeyPatch) -> None
     plain = _unfolded(monkeypatch, alone)
     for got, want in zip(stacked.curve().points, plain.curve().points, strict=True):
         assert got.loss == pytest.approx(want.loss, rel=1e-5, abs=1e-6)
+
+
+def _numbers(record: object) -> list[float]:
+    """Every float in a JSON-like record, in order."""
+    if isinstance(record, dict):
+        return [x for v in record.values() for x in _numbers(v)]
+    if isinstance(record, (list, tuple)):
+        return [x for v in record for x in _numbers(v)]
+    return [float(record)] if isinstance(record, float) else []
+
+
+def test_reset_curves_and_layerwise_barriers_equal_the_unfolded_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The reset's statistics come from training-mode passes, which never fold: were they
+    # folded, the BatchNorm layers would be gone and the statistics far off.
+    torch.manual_seed(17)
+    model = conv_net(in_channels=2, channels=[4, 6], num_classes=3, image_size=6)
+    a, b = _cloned(model, 18), _cloned(model, 19)
+    test, train = _batches(20, (2, 6, 6), 3), _batches(21, (2, 6, 6), 3, n=16)
+    alphas = [0.0, 0.25, 0.5, 1.0]
+
+    def reset_curve() -> list[float]:
+        correct = bn_module.make_correction(model, a, b, train, mode="reset")
+        path = corrected_path(linear_path(a, b), correct)
+        curve = example_curves(model, path, alphas, {"test": test}, alpha_batch=None)
+        return list(curve["test"].curve().losses)
+
+    def layerwise() -> list[float]:
+        def reset(x0: dict, x1: dict) -> object:
+            return bn_module.make_correction(model, x0, x1, train, mode="reset")
+
+        found = layerwise_barriers(model, a, b, test, alphas=alphas, correction=reset)
+        return _numbers(found.to_dict())
+
+    for run in (reset_curve, layerwise):
+        got, want = run(), _unfolded(monkeypatch, run)
+        assert len(got) == len(want) > 3
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert folded(model).verdicts == {(torch.float32, "cpu"): True}  # type: ignore[union-attr]
