@@ -638,9 +638,10 @@ def loops_ratio_range(numbers: dict[str, Any]) -> list[float]:
 def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
     print("\n5. every path against the FLOP floor (same forward passes, weights in place)")
     unfolded = " unfolded" if args.fold == "both" else ""
+    note = "; unfolded: the ratio with the BatchNorm fold off" if unfolded else ""
     print(f"{'model':<36} {'path':<20} {'points':>6} {'floor':>8} {'ours':>8} {'ratio':>6} "
-          f"{'wall':>6} {'matmul':>8}{unfolded}   (CPU seconds; wall: the wall-time ratio; "
-          "unfolded: the ratio with the BatchNorm fold off)")  # fmt: skip
+          f"{'wall':>6} {'matmul':>8}{unfolded}   "
+          f"(CPU seconds; wall: the wall-time ratio{note})")  # fmt: skip
     digits, mnist, cnn = args.grid
     scale = dataclasses.replace(MNIST_SCALE, examples=args.mnist_examples)
     chosen = set(args.cases.split(","))

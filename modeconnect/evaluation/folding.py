@@ -175,7 +175,10 @@ def _trace(model: nn.Module) -> Folded | str:
     finally:
         for module, training in flags:
             module.training = training
-    return _rewrite(model, modules, graph)
+    try:
+        return _rewrite(model, modules, graph)
+    except Exception as error:  # a graph GraphModule cannot hold (targets outside modules)
+        return f"not folded: the traced graph cannot be rebuilt ({type(error).__name__})"
 
 
 def _rewrite(
@@ -292,7 +295,7 @@ def folding_target(
     if found is None or not found.applies():
         return model, params
     weight = params.get(f"{found.pairs[0].producer}.weight")
-    if weight is None:
+    if weight is None or not weight.is_floating_point():
         return model, params
     key = (weight.dtype, weight.device.type)
     verdict = found.verdicts.get(key)
