@@ -287,8 +287,9 @@ def swapped(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[None]:
 
     What :func:`torch.func.functional_call` does with ``tie_weights=False`` (the same
     ``swap_tensor`` per name, restored in a ``finally``), without its per-call
-    overhead (~0.1 ms per call on an 8-tensor MLP, 2-3 % of a small pass): each
-    owning module is looked up once per call, and no wrapper module is built.
+    overhead: each owning module is looked up once per call, and no wrapper module is
+    built (measured ~25 µs less per pass of an 8-tensor MLP: 9 % of a pass over 8
+    examples, under 1 % over 500).
 
     >>> lin = nn.Linear(2, 1)
     >>> with swapped(lin, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}):
