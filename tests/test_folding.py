@@ -272,3 +272,19 @@ def test_reset_curves_and_layerwise_barriers_equal_the_unfolded_ones(
         assert len(got) == len(want) > 3
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert folded(model).verdicts == {(torch.float32, "cpu"): True}  # type: ignore[union-attr]
+
+
+def test_a_resnet_folds_every_pair_through_its_residual_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zoo_vision import BasicBlock, ResNet
+
+    torch.manual_seed(22)
+    model = _stats(ResNet(BasicBlock), 23)
+    found = folded(model)
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert found is not None and sorted(p.norm for p in found.pairs) == sorted(norms)
+    batches = _batches(24, (3, 16, 16), 10)
+    got, want = _rows(model, batches), _unfolded(monkeypatch, _rows, model, batches)
+    assert found.verdicts == {(torch.float32, "cpu"): True}
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
