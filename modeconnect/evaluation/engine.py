@@ -448,9 +448,9 @@ def vmap_agrees(
 
     The test that decides, once per model, between the batched path and the per-point
     one: a model ``vmap`` cannot run raises, and one it runs differently (a forward
-    that reads its weights outside ``functional_call``'s reach) gives other losses;
-    both fall back to one point per pass. Losses must agree to 256 units in the last
-    place of the model's dtype (at most 10 %), relative to their size.
+    that reads its weights outside the reach of :func:`modeconnect.forward.swapped`)
+    gives other losses; both fall back to one point per pass. Losses must agree to 256
+    units in the last place of the model's dtype (at most 10 %), relative to their size.
     """
     known = _AGREES.get(runner.model)
     if known is not None:
