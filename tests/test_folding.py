@@ -6,6 +6,9 @@ Every folded evaluation pass is checked against the same pass unfolded
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,7 +160,7 @@ def test_hooks_training_mode_and_one_shot_batches_keep_the_unfolded_pass() -> No
     _rows(model, iter(batches))  # a one-shot iterator: no batch to spare for the check
     assert not folded(model).verdicts  # type: ignore[union-attr]
     model.train()  # a BatchNorm reset's passes: never folded
-    assert not folded(model).applies()  # type: ignore[union-attr]
+    assert not folded(model).applies(model)  # type: ignore[union-attr]
     model.eval()
     _rows(model, batches)
     assert folded(model).verdicts == {(torch.float32, "cpu"): True}  # type: ignore[union-attr]
@@ -288,3 +291,13 @@ def test_a_resnet_folds_every_pair_through_its_residual_blocks(
     got, want = _rows(model, batches), _unfolded(monkeypatch, _rows, model, batches)
     assert found.verdicts == {(torch.float32, "cpu"): True}
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_fold_dies_with_its_model() -> None:
+    model = _stats(conv_net(in_channels=2, channels=[4], num_classes=3, image_size=6), 25)
+    _rows(model, _batches(26, (2, 6, 6), 3))
+    assert folded(model) is not None
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

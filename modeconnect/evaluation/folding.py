@@ -93,11 +93,15 @@ class Folded:
     verdicts: dict[tuple[torch.dtype, str], bool] = field(default_factory=dict)
     note: str = ""
 
-    def applies(self) -> bool:
-        """Whether nothing this pass can observe tells the folded pass from the model's."""
+    def applies(self, model: nn.Module) -> bool:
+        """Whether nothing this pass of ``model`` can observe tells the folded pass from
+        the model's (``modules`` are its submodules: the root is not held, so that the
+        cache entry dies with the model)."""
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return False
-        return not any(m.training or m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+        return not any(
+            m.training or m._forward_hooks or m._forward_pre_hooks for m in (model, *self.modules)
+        )
 
     def params(self, params: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
         """The folded module's tensors for the model's bound ``params`` (``None``: missing)."""
@@ -220,7 +224,8 @@ def _rewrite(
     kept = tuple(n for n in names if n.partition(".")[0] not in layers)
     producers = tuple(modules[p.producer] for p in pairs)
     note = f"folded {len(pairs)} BatchNorm layer(s) into " + ", ".join(p.producer for p in pairs)
-    return Folded(module, tuple(pairs), kept, tuple(modules.values()), producers, note=note)
+    inner = tuple(m for name, m in modules.items() if name)
+    return Folded(module, tuple(pairs), kept, inner, producers, note=note)
 
 
 def _producer_node(
@@ -292,7 +297,7 @@ def folding_target(
     if not ENABLED or (call is not None and call != PLAIN):
         return model, params
     found = folded(model)
-    if found is None or not found.applies():
+    if found is None or not found.applies(model):
         return model, params
     weight = params.get(f"{found.pairs[0].producer}.weight")
     if weight is None or not weight.is_floating_point():
