@@ -403,12 +403,15 @@ def _chunk_rows(
     """Evaluate ``chunks`` of points in order into ``out``: :func:`point_rows`' loop."""
     binding = Binding.of(runner.model)
     checked: set[tuple[str, ...]] = set()  # key sets that fit the model: checked once
+    aliases = _has_aliases(binding)
 
     def bound(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         keys = tuple(state)
         if keys not in checked:
             binding.check(state)
             checked.add(keys)
+        if not aliases and type(state) is dict:
+            return state  # a checked state without tied names is its own binding
         return binding.bind(state)
 
     done = 0
@@ -424,6 +427,12 @@ def _chunk_rows(
         done += len(idx)
         if progress is not None:
             progress(task, done, count)
+
+
+def _has_aliases(binding: Binding) -> bool:
+    """Whether some tensor of the model goes by several names (tied weights), which
+    :meth:`Binding.bind` fills in; without any, a checked state dict is used as it is."""
+    return any(len(names) > 1 for names in binding.groups)
 
 
 def _task_rows(
