@@ -28,12 +28,17 @@ Three sections, each a ratio against a reference in the same process (below 1 is
    fewer or cheaper passes, e.g. the cached prefix of layer-wise paths); the matmul
    fraction is the model's multiply-adds per CPU second over those of a float32
    ``(batch, 512) @ (512, 512)`` GEMM timed in the same run. ``--out`` writes the
-   table with :func:`modeconnect.provenance.write_result`.
+   table with :func:`modeconnect.provenance.write_result`. Evaluation passes fold
+   eval-mode BatchNorm into the Conv/Linear layer feeding it
+   (:mod:`modeconnect.evaluation.folding`), so the CNN's paths may run below a floor
+   that keeps its BatchNorm layers; ``--fold both`` also times each path unfolded,
+   interleaved with the others (``--cases cnn`` for the CNN alone).
 
 Run from the repository root::
 
     python benchmarks/bench_evaluate.py [--steps 25] [--repeats 3] [--threads N] [--device cpu]
     python benchmarks/bench_evaluate.py --sections floor --out results/bench_evaluate.json
+    python benchmarks/bench_evaluate.py --sections floor --cases cnn --fold both
 
 Each row is the best of ``--repeats`` interleaved runs.
 """
@@ -66,6 +71,7 @@ from modeconnect.evaluation import (  # noqa: E402
     corrected_path,
     example_curve,
     example_curves,
+    folding,
     interpolation_curve,
     linear_path,
 )
@@ -483,14 +489,32 @@ def _paths(case: FloorCase, steps: int, layer_steps: int) -> dict[str, Timed]:
     return paths
 
 
+def _unfolded(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with evaluation passes unfolded (:data:`modeconnect.evaluation.folding.ENABLED`)."""
+
+    def run() -> Any:
+        folding.ENABLED = False
+        try:
+            return fn()
+        finally:
+            folding.ENABLED = True
+
+    return run
+
+
 def bench_floor(
     cases: list[FloorCase],
     steps: int,
     layer_steps: int,
     repeats: int,
     done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+    fold_ab: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every path of every case against its floor; one row each (``done(rows)`` after each)."""
+    """Every path of every case against its floor; one row each (``done(rows)`` after each).
+
+    ``fold_ab``: also time each path with BatchNorm folding switched off, interleaved
+    with the other two runs (``unfolded_cpu_s``, ``fold_ratio`` = folded / unfolded).
+    """
     rows: list[dict[str, Any]] = []
     for case in cases:
         x = case.test[0][0]
@@ -501,7 +525,9 @@ def bench_floor(
             ref = copy.deepcopy(case.model)
             train = case.train if training else None
             floor = functools.partial(_floor, ref, case.a, case.test, points, train)
-            (c_floor, c_ours), (t_floor, t_ours) = _best_cpu_of(repeats, floor, fn)
+            runs = (floor, fn, _unfolded(fn)) if fold_ab else (floor, fn)
+            cpu, wall = _best_cpu_of(repeats, *runs)
+            (c_floor, c_ours), (t_floor, t_ours) = cpu[:2], wall[:2]
             work = (macs + (train_macs if training else 0)) * points
             row = {
                 "case": case.name, "path": name, "points": points,
@@ -512,11 +538,16 @@ def bench_floor(
                 "floor_matmul_fraction": work / c_floor / rate,
                 "gemm_macs_per_cpu_s": rate,
             }  # fmt: skip
+            ab = ""
+            if fold_ab:
+                row.update(unfolded_cpu_s=cpu[2], unfolded_ratio=cpu[2] / c_floor,
+                           fold_ratio=c_ours / cpu[2])  # fmt: skip
+                ab = f" {cpu[2] / c_floor:>9.2f}"
             rows.append(row)
             done(rows)
             ratio, fraction = c_ours / c_floor, work / c_ours / rate
             print(f"{case.name:<36} {name:<20} {points:>6} {c_floor:>8.2f} {c_ours:>8.2f} "
-                  f"{ratio:>6.2f} {t_ours / t_floor:>6.2f} {fraction:>8.2f}",
+                  f"{ratio:>6.2f} {t_ours / t_floor:>6.2f} {fraction:>8.2f}{ab}",
                   flush=True)  # fmt: skip
     return rows
 
@@ -560,6 +591,13 @@ def main() -> None:
         default="digits,mnist_scale,cnn",
         help="comma-separated models of section 5: digits, mnist_scale, cnn (default all)",
     )
+    parser.add_argument(
+        "--fold",
+        choices=("on", "both"),
+        default="on",
+        help="section 5: on (default), or both: also time every path with the BatchNorm fold "
+        "off, interleaved (the unfolded ratio in the last column)",
+    )
     parser.add_argument("--out", type=Path, help="write the sections' numbers here (JSON)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -599,8 +637,11 @@ def loops_ratio_range(numbers: dict[str, Any]) -> list[float]:
 
 def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
     print("\n5. every path against the FLOP floor (same forward passes, weights in place)")
+    unfolded = " unfolded" if args.fold == "both" else ""
+    note = "; unfolded: the ratio with the BatchNorm fold off" if unfolded else ""
     print(f"{'model':<36} {'path':<20} {'points':>6} {'floor':>8} {'ours':>8} {'ratio':>6} "
-          f"{'wall':>6} {'matmul':>8}   (CPU seconds; wall: the wall-time ratio)")  # fmt: skip
+          f"{'wall':>6} {'matmul':>8}{unfolded}   "
+          f"(CPU seconds; wall: the wall-time ratio{note})")  # fmt: skip
     digits, mnist, cnn = args.grid
     scale = dataclasses.replace(MNIST_SCALE, examples=args.mnist_examples)
     chosen = set(args.cases.split(","))
@@ -625,7 +666,8 @@ def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
             numbers["loops"] = loops
         write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)
 
-    bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats, write)
+    bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats, write,
+                fold_ab=args.fold == "both")  # fmt: skip
     if args.out is not None:
         print(f"wrote {args.out}")
 

@@ -13,8 +13,8 @@ this module, so that a model is called the same way everywhere:
   :func:`model_call` chooses one for a model.
 * :class:`Binding` maps a state dict onto the module's tensors, tied weights included.
 * :func:`run` calls the model once with a state dict; :func:`over_batches` loops over
-  batches inside one :func:`torch.func.functional_call`, so the weights are swapped in
-  once per pass, not once per batch.
+  batches with the state dict swapped in once (:func:`swapped`, what
+  :func:`torch.func.functional_call` does), so once per pass, not once per batch.
 * :func:`eval_mode` puts every submodule in eval mode and restores each one's flag.
 
 The module's own tensors and training flags are never changed.
@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils._named_member_accessor import swap_tensor
 
 from modeconnect.errors import ModeconnectError, listed
 
@@ -48,6 +49,8 @@ __all__ = [
     "output_tensors",
     "over_batches",
     "run",
+    "share_layout",
+    "swapped",
 ]
 
 R = TypeVar("R")
@@ -239,8 +242,8 @@ def run(
     """
     bound = Binding.of(model).checked(state_dict)
     how = call if call is not None else model_call(model)
-    return torch.func.functional_call(_Called(model, how), _prefixed(bound), (tuple(inputs),),
-                                      tie_weights=False)  # fmt: skip
+    with swapped(model, bound):
+        return how(model, tuple(inputs))
 
 
 def over_batches(
@@ -255,20 +258,61 @@ def over_batches(
 ) -> list[R]:
     """``[step(output, batch) for batch in batches]`` with the weights ``state_dict``.
 
-    One :func:`torch.func.functional_call` around the whole loop swaps the weights in
-    once (the swap costs ~5 µs per tensor, i.e. ~1 ms per batch for a 150-tensor
-    ResNet). ``step`` may raise to stop the loop. ``cut`` is an exception a forward
+    One swap around the whole loop (:func:`swapped`) puts the weights in once (a swap
+    costs microseconds per tensor, i.e. ~1 ms per batch for a 150-tensor ResNet if it
+    were done per batch). ``step`` may raise to stop the loop. ``cut`` is an exception a forward
     hook may raise to end one batch's forward early (once the layer it watches has
     run); ``step`` then gets ``None`` as the output. With ``bound=True``,
     ``state_dict`` is already :meth:`Binding.bind`-ed and is used as is.
     """
-    params = dict(state_dict) if bound else Binding.of(model).checked(state_dict)
-    params = channels_last(model, params)
+    params = state_dict if bound else Binding.of(model).checked(state_dict)
+    params = channels_last(model, params)  # a new dict
     how = call if call is not None else model_call(model)
-    loop = _Loop(model, how, step, cut)
-    out: list[R] = torch.func.functional_call(loop, _prefixed(params), (batches,),
-                                              tie_weights=False)  # fmt: skip
-    return out
+    with swapped(model, params):
+        return [step(_output(model, how, batch, cut), batch) for batch in batches]
+
+
+def _output(model: nn.Module, how: ModelCall, batch: Any, cut: type[Exception] | None) -> Any:
+    if cut is None:
+        return how(model, batch_inputs(batch))
+    try:
+        return how(model, batch_inputs(batch))
+    except cut:
+        return None
+
+
+@contextlib.contextmanager
+def swapped(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[None]:
+    """``model`` holding ``params`` (by name) for the block, then its own tensors again.
+
+    What :func:`torch.func.functional_call` does with ``tie_weights=False`` (the same
+    ``swap_tensor`` per name, restored in a ``finally``), without its per-call
+    overhead: each owning module is looked up once per call, and no wrapper module is
+    built (measured ~25 µs less per pass of an 8-tensor MLP: 9 % of a pass over 8
+    examples, under 1 % over 500).
+
+    >>> lin = nn.Linear(2, 1)
+    >>> with swapped(lin, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}):
+    ...     lin(torch.tensor([[1.0, 2.0]])).item()
+    3.0
+    >>> lin.weight is dict(lin.named_parameters())["weight"]
+    True
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        raise RuntimeError("The stateless API can't be used with Jitted modules")
+    saved: list[tuple[nn.Module, str, Any]] = []
+    owners: dict[str, nn.Module] = {}
+    try:
+        for name, tensor in params.items():
+            path, _, leaf = name.rpartition(".")
+            owner = owners.get(path)
+            if owner is None:
+                owner = owners[path] = model.get_submodule(path)
+            saved.append((owner, leaf, swap_tensor(owner, leaf, tensor, allow_missing=True)))
+        yield
+    finally:
+        for owner, leaf, tensor in reversed(saved):
+            swap_tensor(owner, leaf, tensor, allow_missing=True)
 
 
 def channels_last(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -320,48 +364,20 @@ def _layout(model: nn.Module) -> tuple[frozenset[str], tuple[nn.Module, ...]]:
     return known
 
 
+def share_layout(derived: nn.Module, original: nn.Module) -> None:
+    """Let ``derived``, a module running ``original``'s computation (a traced and folded
+    copy, :mod:`modeconnect.evaluation.folding`), take channels-last weights where
+    ``original`` may: its own ``nn.Conv2d`` weights, if ``original``'s layout cannot matter."""
+    free = all(type(m).__module__.startswith(_LAYOUT_FREE) for m in original.modules())
+    modules = list(derived.named_modules())
+    convs = [f"{n}.weight" if n else "weight" for n, m in modules if type(m) is nn.Conv2d]
+    norms = tuple(m for _, m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    _LAYOUT[derived] = (frozenset(convs if free else ()), norms)
+
+
 def _batched(tensor: Tensor) -> bool:
     """Whether ``tensor`` is a :func:`torch.func.vmap` batched tensor."""
     return bool(torch._C._functorch.is_batchedtensor(tensor))
-
-
-_PREFIX = "model."
-
-
-def _prefixed(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{_PREFIX}{k}": v for k, v in params.items()}
-
-
-class _Called(nn.Module):
-    def __init__(self, model: nn.Module, call: ModelCall) -> None:
-        super().__init__()
-        self.model, self.call = model, call
-
-    def forward(self, inputs: tuple[Any, ...]) -> Any:
-        return self.call(self.model, inputs)
-
-
-class _Loop(nn.Module):
-    def __init__(
-        self,
-        model: nn.Module,
-        call: ModelCall,
-        step: Callable[[Any, Any], Any],
-        cut: type[Exception] | None,
-    ) -> None:
-        super().__init__()
-        self.model, self.call, self.step, self.cut = model, call, step, cut
-
-    def forward(self, batches: Iterable[Any]) -> list[Any]:
-        return [self.step(self._output(b), b) for b in batches]
-
-    def _output(self, batch: Any) -> Any:
-        if self.cut is None:
-            return self.call(self.model, batch_inputs(batch))
-        try:
-            return self.call(self.model, batch_inputs(batch))
-        except self.cut:
-            return None
 
 
 def computed_buffers(model: nn.Module) -> dict[str, Tensor]:

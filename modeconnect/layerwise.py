@@ -395,6 +395,7 @@ class _Cache:
         self.cluster = cluster
         self.results: dict[_Key, ExampleResults] = {}
         self.evaluated = 0
+        self.cuts: dict[frozenset[str], Prefix] = {}  # one suffix module per cut
 
     @staticmethod
     def key(from_b: frozenset[str], moving: frozenset[str], alpha: float) -> _Key:
@@ -429,6 +430,13 @@ class _Cache:
             self.evaluated += len(missing)
         return ExampleCurve(self.grid, tuple(self.results[k] for k in keys))
 
+    def _cut(self, moved: frozenset[str], correct: Any) -> Prefix | None:
+        """:func:`split_prefix`, the same :class:`Prefix` for every path cut at one child:
+        its suffix module keeps what is decided once per model (the BatchNorm fold's trace
+        and check, :mod:`modeconnect.evaluation.folding`)."""
+        cut = split_prefix(self.model, moved, correct)
+        return cut if cut is None else self.cuts.setdefault(cut.names, cut)
+
     def _evaluate(
         self, x0: StateDict, x1: StateDict, moved: frozenset[str], alphas: Sequence[float]
     ) -> ExampleCurve:
@@ -437,7 +445,7 @@ class _Cache:
         that differ along the path (not those taken from B at both ends: a ``from_b``
         path's prefix is B's, run once like A's)."""
         correct = self.correction(x0, x1) if self.correction is not None else None
-        cut = split_prefix(self.model, moved, correct) if self.cache_prefix else None
+        cut = self._cut(moved, correct) if self.cache_prefix else None
         if cut is not None and not cut.fits(x0, self.batches, correct):
             cut = None
         model: nn.Module = self.model

@@ -10,6 +10,8 @@ The modules read like the concepts:
 * :mod:`~modeconnect.evaluation.engine`: scored forward passes, many parameter
   points per pass with ``vmap`` (:func:`point_rows`), checked against the per-point
   pass;
+* :mod:`~modeconnect.evaluation.folding`: eval-mode BatchNorm folded into the
+  Conv/Linear layer feeding it, for evaluation passes (checked once per model);
 * :mod:`~modeconnect.evaluation.curves`: :func:`evaluate`, :func:`interpolation_curve`
   and their per-example forms;
 * :mod:`~modeconnect.evaluation.barriers`: barrier definitions and bootstrap intervals.

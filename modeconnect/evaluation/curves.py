@@ -66,9 +66,12 @@ def evaluate(
 ) -> Metrics:
     """Mean loss ``(1/N) Σ_i ℓ(f(x_i; θ), y_i)`` and top-1 accuracy of ``model`` with weights ``θ``.
 
-    ``θ = state_dict`` replaces all parameters and buffers through
-    :func:`torch.func.functional_call`; the model runs in eval mode under
-    ``torch.no_grad()`` and its own tensors and training flags are left unchanged.
+    ``θ = state_dict`` replaces all parameters and buffers for the pass
+    (:func:`modeconnect.forward.swapped`, as :func:`torch.func.functional_call` does);
+    eval-mode BatchNorm layers run folded into the layer feeding them where that is
+    exact to float tolerance (:mod:`modeconnect.evaluation.folding`); the model runs
+    in eval mode under ``torch.no_grad()`` and its own tensors and training flags are
+    left unchanged.
     ``batches`` yields ``(x, y)`` (see :mod:`modeconnect.evaluation.scoring`): for
     classifiers logits ``(N, C, ...)`` and class indices ``y`` ``(N, ...)``, whose
     accuracy compares ``argmax`` over dim 1 with ``y``. ``loss`` names the scoring

@@ -1,10 +1,11 @@
 """The forward-pass engine: scored passes over batches, for one state or many along a path.
 
 A :class:`Pass` runs a model over batches through :func:`modeconnect.forward.over_batches`
-(one :func:`torch.func.functional_call` around the whole loop, so the weights are
-swapped in once per pass) and keeps, per batch or per example, the loss sum, the
-top-1 hits and the scored entries, as its :class:`~modeconnect.evaluation.scoring.Scoring`
-defines them. Everything stays on the device until the pass ends.
+(the weights are swapped in once per pass; eval-mode BatchNorm layers folded into the
+layer feeding them, :mod:`modeconnect.evaluation.folding`) and keeps, per batch or per
+example, the loss sum, the top-1 hits and the scored entries, as its
+:class:`~modeconnect.evaluation.scoring.Scoring` defines them. Everything stays on the
+device until the pass ends.
 
 :func:`path_rows` evaluates a path ``α -> θ(α)`` on several splits: identical
 states (the same tensors) once, endpoints on their own (so they equal a single
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from modeconnect.distributed import Cluster, map_chunks
 from modeconnect.errors import ModeconnectError
+from modeconnect.evaluation.folding import agree, folding_target
 from modeconnect.evaluation.interpolation import PathFn
 from modeconnect.evaluation.results import Metrics, perplexity
 from modeconnect.evaluation.scoring import LossFn, Scoring, check_per_example
@@ -75,7 +77,9 @@ class Pass:
     With ``per_example=False`` the rows are batches: the loss summed over the batch
     (by ``sum_loss`` if given, a user's ``loss_fn(logits, y) -> scalar``, else by
     the scoring), its hits and its scored entries. With ``per_example=True`` the
-    rows are examples, float64 sums over each example's entries.
+    rows are examples, float64 sums over each example's entries. An eval-mode
+    BatchNorm that reads only a Conv/Linear layer's output runs folded into it
+    (:func:`~modeconnect.evaluation.folding.folding_target`, checked once per model).
     """
 
     model: nn.Module
@@ -93,14 +97,12 @@ class Pass:
     def run(self, params: Mapping[str, Tensor], batches: Iterable[Any]) -> Rows:
         """The rows of one state; ``params`` is bound (:meth:`Binding.checked`)."""
         prepared = self.scoring.batches(batches)
+        model, params = folding_target(self.model, self.call, params, prepared, batches)
         if self.per_example:
-            rows = over_batches(
-                self.model, params, prepared, self._example_step, call=self.call, bound=True
-            )
+            rows = over_batches(model, params, prepared, self._example_step, call=self.call,
+                                bound=True)  # fmt: skip
             return self._examples(rows)
-        sums = over_batches(
-            self.model, params, prepared, self._batch_step, call=self.call, bound=True
-        )
+        sums = over_batches(model, params, prepared, self._batch_step, call=self.call, bound=True)
         return self._batches(sums)
 
     def run_stacked(self, states: Sequence[Mapping[str, Tensor]], batches: Iterable[Any]) -> Rows:
@@ -111,6 +113,8 @@ class Pass:
         replaces ``k`` small matrix products and their per-call overhead. Random
         draws (masked-LM masks) are the same for every state (``randomness="same"``).
         """
+        # Decide the BatchNorm fold on plain tensors, before the vmapped passes use it.
+        folding_target(self.model, self.call, states[0], self.scoring.batches(batches), batches)
         shared = {k: v for k, v in states[0].items() if all(s[k] is v for s in states)}
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0] if k not in shared}
 
@@ -399,12 +403,15 @@ def _chunk_rows(
     """Evaluate ``chunks`` of points in order into ``out``: :func:`point_rows`' loop."""
     binding = Binding.of(runner.model)
     checked: set[tuple[str, ...]] = set()  # key sets that fit the model: checked once
+    aliases = _has_aliases(binding)
 
     def bound(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         keys = tuple(state)
         if keys not in checked:
             binding.check(state)
             checked.add(keys)
+        if not aliases and type(state) is dict:
+            return state  # a checked state without tied names is its own binding
         return binding.bind(state)
 
     done = 0
@@ -420,6 +427,12 @@ def _chunk_rows(
         done += len(idx)
         if progress is not None:
             progress(task, done, count)
+
+
+def _has_aliases(binding: Binding) -> bool:
+    """Whether some tensor of the model goes by several names (tied weights), which
+    :meth:`Binding.bind` fills in; without any, a checked state dict is used as it is."""
+    return any(len(names) > 1 for names in binding.groups)
 
 
 def _task_rows(
@@ -444,9 +457,9 @@ def vmap_agrees(
 
     The test that decides, once per model, between the batched path and the per-point
     one: a model ``vmap`` cannot run raises, and one it runs differently (a forward
-    that reads its weights outside ``functional_call``'s reach) gives other losses;
-    both fall back to one point per pass. Losses must agree to 256 units in the last
-    place of the model's dtype (at most 10 %), relative to their size.
+    that reads its weights outside the reach of :func:`modeconnect.forward.swapped`)
+    gives other losses; both fall back to one point per pass. Losses must agree to 256
+    units in the last place of the model's dtype (at most 10 %), relative to their size.
     """
     known = _AGREES.get(runner.model)
     if known is not None:
@@ -461,7 +474,7 @@ def vmap_agrees(
         alone = [runner.run(s, [first]) for s in distinct]
         # Losses and counts; hits may flip at a near-tie of the argmax, legitimately.
         agrees = all(
-            _close(stacked[r][j], alone[j][r], dtype) for j in range(len(distinct)) for r in (0, 2)
+            agree(stacked[r][j], alone[j][r], dtype) for j in range(len(distinct)) for r in (0, 2)
         )
     except ModeconnectError:
         raise
@@ -469,16 +482,6 @@ def vmap_agrees(
         agrees = False
     _AGREES[runner.model] = agrees
     return agrees
-
-
-def _close(x: Tensor, y: Tensor, dtype: torch.dtype) -> bool:
-    if x.shape != y.shape:
-        return False
-    if not x.is_floating_point():
-        return bool(torch.equal(x, y))
-    scale = 1.0 + float(y.abs().max()) if y.numel() else 1.0
-    tol = scale * min(256 * torch.finfo(dtype).eps, 0.1)
-    return bool(torch.allclose(x.double(), y.double(), rtol=0.0, atol=tol, equal_nan=True))
 
 
 def check_reiterable(batches: Iterable[Any], passes: int) -> None:
