@@ -22,7 +22,7 @@ the models are scored by next-token cross-entropy, and the table gives the loss
 barrier (nats per token) and the perplexity at the midpoint, naive and aligned, and the
 merged models' perplexity.
 
-Run: ``python examples/tiny_lms.py --out DIR`` (about six minutes on one core;
+Run: ``python examples/tiny_lms.py --out DIR`` (about seven minutes a pair on one core;
 ``--quick``: about a minute, for the tests). ``DIR`` gets the checkpoints, the
 tokenizer, the held-out text and the JSON reports (``summary.json``: the table).
 """

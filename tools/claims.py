@@ -1020,10 +1020,18 @@ CHECKS: list[Check] = [
     SentenceCheck("README.md", r"one-shot merges: \+(\d+) to \+(\d+) points", MAIN,
                   _one_shot_gains),
     SentenceCheck("README.md", r"\| naive \| " + _SPREAD_ROW + r" \| \| aligned \| "
-                  + _SPREAD_ROW + r" \|", TINY,
+                  + _SPREAD_ROW + r" \| \| learned \| " + _SPREAD_ROW + r" \|", TINY,
                   lambda r: [*_spread(r, "naive_barrier"), *_spread(r, "naive_midpoint_perplexity"),
                              *_spread(r, "aligned_barrier"),
-                             *_spread(r, "aligned_midpoint_perplexity")]),
+                             *_spread(r, "aligned_midpoint_perplexity"),
+                             *_spread(r, "learned_barrier"),
+                             *_spread(r, "learned_midpoint_perplexity")]),
+    SentenceCheck("README.md", r"Learned under the full symmetry the alignment removes\s+(\d+) ± "
+                  r"(\d+) % of the barrier \((\d+), (\d+), (\d+) %\) and the midpoint's perplexity "
+                  r"falls to\s+([\d.]+) ± ([\d.]+), but a ([\d.]+)-nat barrier still remains", TINY,
+                  lambda r: [*(_pct(v) for v in _spread(r, "learned_barrier_removed")),
+                             *_spread(r, "learned_midpoint_perplexity")[:2],
+                             r["summary"]["learned_barrier"]["mean"]]),
     SentenceCheck("README.md", r"Endpoints: perplexity ([\d.]+) ± ([\d.]+) \(A\) and ([\d.]+) ± "
                   r"([\d.]+) \(B\); `modeconnect merge A B` gives ([\d.]+) ± ([\d.]+) against "
                   r"([\d.]+) ± ([\d.]+) for the plain average\. Alignment removes (\d+) ± (\d+) % "
