@@ -145,3 +145,18 @@ def test_the_learned_alignment_runs_on_cuda_and_agrees_with_the_cpu() -> None:
     assert gpu.equivalence.passed
     assert all(t.device.type == "cpu" for t in gpu.aligned.values())
     assert abs(on_gpu - on_cpu) < 0.02
+
+
+def test_heads_are_learned_where_the_residual_stream_is_refused() -> None:
+    """A tied output head read through a non-constant final norm refuses the stream's
+    rotation; the per-head maps are still learned (the guard passes)."""
+    model = hf.llama(0, tie_word_embeddings=True)
+    a = model.state_dict()
+    b = hf.llama(1, tie_word_embeddings=True).state_dict()
+    assert not bool((a["model.norm.weight"] == a["model.norm.weight"][0]).all())
+    data = [(X, X)]
+    r = mc.align(model, a, b, method="learned", data=data, loss="causal_lm", lr=0.03)
+    groups = (r.symmetry or {})["groups"]
+    assert not [g for g in groups if g["class"] in ("orthogonal", "orthogonal-ones")]
+    learned = [g for g in groups if "learned with the rotation" in g["solver"]]
+    assert len(learned) == 4 and r.equivalence.passed  # two layers' V·O and Q·K maps

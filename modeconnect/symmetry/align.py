@@ -280,12 +280,12 @@ def align_full(
             aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
                                 progress, device)  # fmt: skip
             found += ste
-        if method == "learned" and active:
+        learn_heads = symmetry == "full" and own.get("heads", "learned") == "learned"
+        learnable = heads.learnable() if method == "learned" and learn_heads else []
+        if method == "learned" and (active or learnable):  # a refused stream: the heads alone
             clock = time.perf_counter()
             batches = list(data or [])[: own.get("max_batches") or None]
             sides = own.get("sides") or "one"
-            learn_heads = symmetry == "full" and own.get("heads", "learned") == "learned"
-            learnable = heads.learnable() if learn_heads else []
             learned = learn_rotations(model, fa, aligned, active, batches, loss=loss,
                                       seed=int(options.get("seed", 0)), aliases=spec.aliases,
                                       progress=progress, sides=sides, heads=learnable,
