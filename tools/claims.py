@@ -768,6 +768,10 @@ ACT_FIT, WEIGHT_FIT = ("full (activation-fitted heads), activation",
                        "full (orthogonal heads), activation")  # fmt: skip
 
 
+_FAMILIES = ("llama", "gpt2", "vit")
+"""The transformer families the per-head seed-pair studies compare."""
+
+
 def _head_fits(record: dict[str, Any]) -> list[float]:
     """Activation- against weight-fitted heads, per family (mean ± sd each); fails unless
     the activation fit is lower on two Llama pairs of three and higher on every ViT pair."""
@@ -776,26 +780,24 @@ def _head_fits(record: dict[str, Any]) -> list[float]:
             (p[ACT_FIT]["share_of_naive"], p[WEIGHT_FIT]["share_of_naive"])
             for p in record[f"{f}_pairs"].values()
         ]
-        for f in ("llama", "gpt2", "vit")
+        for f in _FAMILIES
     }
     if sum(x < y for x, y in shares["llama"]) != 2 or not all(x > y for x, y in shares["vit"]):
         raise ValueError("the activation fit's pair-by-pair comparison changed")
-    return [
-        v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, ACT_FIT, WEIGHT_FIT)(record)
-    ]
+    return [v for f in _FAMILIES for v in _pair_means(f, ACT_FIT, WEIGHT_FIT)(record)]
 
 
 def _learned_heads(record: dict[str, Any]) -> list[float]:
     """Learned heads against the learned rotation alone, then with STE, per family (mean ±
     sd); fails unless the learned heads are lower on every pair of every family."""
     heads, alone = "full, learned heads", "orthogonal, learned"
-    for f in ("llama", "gpt2", "vit"):
+    for f in _FAMILIES:
         if not all(
             p[heads]["barrier"] < p[alone]["barrier"] for p in record[f"{f}_pairs"].values()
         ):
             raise ValueError(f"learned heads are not below the rotation alone on every {f} pair")
-    means = [v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, heads, alone)(record)]
-    ste = [v for f in ("llama", "gpt2", "vit") for v in _pair_means(f, LEARNED_HEADS[1])(record)]
+    means = [v for f in _FAMILIES for v in _pair_means(f, heads, alone)(record)]
+    ste = [v for f in _FAMILIES for v in _pair_means(f, LEARNED_HEADS[1])(record)]
     return [*means, *ste]
 
 

@@ -83,6 +83,9 @@ QK_ROWS = ("full, weight", "full (V·O only, no Q·K), weight", "orthogonal, wei
            "full (orthogonal heads, no Q·K), weight")  # fmt: skip
 """The rows of the Q·K table."""
 QK_PAIR_ROWS = (*QK_ROWS, "full (orthogonal Q·K), weight")
+LEARNED_ROWS = ("orthogonal, learned", "orthogonal, learned + STE permutations",
+                "orthogonal, learned two-sided")  # fmt: skip
+"""The learned variants compared over the seed pairs."""
 HEAD_ROWS = ("full (orthogonal heads), activation", "full (activation-fitted heads), activation",
              "orthogonal, learned", "full (orthogonal heads), learned", "full, learned heads",
              "full, learned heads + STE permutations")  # fmt: skip
@@ -214,46 +217,23 @@ RUNS: list[Run] = [
         "--out",
         "results/transformers_symmetry_recovery_gpt2.json"), 6.0, long=True),
     # the Llama study over three seed pairs (the first is the pair above)
-    Run("transformers_symmetry_learned_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
-        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5", "--only",
-        "orthogonal, learned", "--only", "orthogonal, learned + STE permutations", "--only",
-        "orthogonal, learned two-sided", "--out",
-        "results/transformers_symmetry_learned_pairs.json"), 8.0, long=True),
+    _pairs("transformers_symmetry_learned_pairs", "llama", LEARNED_ROWS, 8.0),
     _pairs("transformers_symmetry_activation_heads_pairs", "llama", HEAD_ROWS[:2], 2.0),
     _pairs("transformers_symmetry_gpt2_heads_pairs", "gpt2", HEAD_ROWS, 8.0),
     _pairs("transformers_symmetry_vit_heads_pairs", "vit", HEAD_ROWS, 12.0),
     _pairs("transformers_symmetry_learned_heads_pairs", "llama", HEAD_ROWS[2:], 10.0),
-    Run("transformers_symmetry_pairs", ("python", "benchmarks/bench_symmetry.py", "--family",
-        "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
-        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in PAIR_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_pairs.json"), 12.0, long=True),
+    _pairs("transformers_symmetry_pairs", "llama", PAIR_ROWS, 12.0),
     # the digits ViTs and the GPT-2s over three seed pairs (the first is the pair above)
-    Run("transformers_symmetry_vit_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "vit", "--epochs", "6", "--pairs", "0,1", "2,3", "4,5", "--out",
-        "results/transformers_symmetry_vit_pairs.json"), 10.0, long=True),
-    Run("transformers_symmetry_gpt2_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
-        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in GPT2_PAIR_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_gpt2_pairs.json"), 14.0, long=True),
+    _pairs("transformers_symmetry_vit_pairs", "vit", (), 10.0),
+    _pairs("transformers_symmetry_gpt2_pairs", "gpt2", GPT2_PAIR_ROWS, 14.0),
     # the first tables' other rows and the Q·K table's, over the same three seed pairs
-    Run("transformers_symmetry_first_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "llama", "--steps", "200", "--layers", "2", "--epochs", "6", "--models",
-        "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in FIRST_PAIR_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_first_pairs.json"), 14.0, long=True),
+    _pairs("transformers_symmetry_first_pairs", "llama", FIRST_PAIR_ROWS, 14.0),
     Run("transformers_symmetry_qk_pairs", ("python", "benchmarks/bench_symmetry.py",
         "--family", "llama", "--steps", "200", "--layers", "2", "--models",
         "runs/reproduce/symmetry_llama", "--pairs", "0,1", "2,3", "4,5",
         *(a for row in QK_PAIR_ROWS for a in ("--only", row)),
         "--out", "results/transformers_symmetry_qk_pairs.json"), 3.0),
-    Run("transformers_symmetry_gpt2_first_pairs", ("python", "benchmarks/bench_symmetry.py",
-        "--family", "gpt2", "--steps", "200", "--layers", "2", "--epochs", "3", "--models",
-        "runs/reproduce/symmetry_gpt2", "--pairs", "0,1", "2,3", "4,5",
-        *(a for row in GPT2_FIRST_PAIR_ROWS for a in ("--only", row)),
-        "--out", "results/transformers_symmetry_gpt2_first_pairs.json"), 12.0, long=True),
+    _pairs("transformers_symmetry_gpt2_first_pairs", "gpt2", GPT2_FIRST_PAIR_ROWS, 12.0),
     # the transformer figures, redrawn from the stored runs (after the runs above)
     Run("transformers_symmetry_figures", ("python", "benchmarks/symmetry_figures.py"), 0.2),
     # the merging figures, redrawn from the stored runs (after the merging runs above)

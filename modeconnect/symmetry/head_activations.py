@@ -27,14 +27,11 @@ from torch import nn
 from ..forward import batch_inputs
 from ..progress import ProgressFn
 from .heads import HeadGroup
+from .order import _module
 from .procrustes import procrustes, run_hooked
 from .qk import QKClass, QKGroup, _orthogonal_part
 
 StateDict = Mapping[str, torch.Tensor]
-
-
-def _module(key: str) -> str:
-    return key.rpartition(".")[0]
 
 
 def _outputs(model: nn.Module, state: StateDict, modules: Sequence[str], inputs: Any) -> dict:
@@ -51,12 +48,8 @@ def _outputs(model: nn.Module, state: StateDict, modules: Sequence[str], inputs:
     return seen
 
 
-def _vo_key(group: HeadGroup, state: StateDict) -> str:
-    """The value projection's weight (a writer with two axes)."""
-    return next(k for k, _, writer in group.members if writer and state[k].ndim == 2)
-
-
-def _weight(keys: Sequence[str], state: StateDict) -> str:
+def _weight(keys: Iterable[str], state: StateDict) -> str:
+    """The first of ``keys`` with two axes: a projection's weight, not its bias."""
     return next(k for k in keys if state[k].ndim == 2)
 
 
@@ -74,7 +67,7 @@ def head_moments(
     """Per group, the cross-moments of the module docstring, float64: ``Σ v_A v_Bᵀ``
     ``(heads, n, n)`` for each V·O group, ``Σ q_B q_Aᵀ + k_B k_Aᵀ`` ``(kv_heads, n, n)``
     for each Q·K group."""
-    vo_keys = [_vo_key(g, a) for g in vo]
+    vo_keys = [_weight((k for k, _, writer in g.members if writer), a) for g in vo]
     qk_keys = [(_weight(g.q, a), _weight(g.k, a)) for g in qk]
     modules = sorted({_module(k) for k in [*vo_keys, *(k for pair in qk_keys for k in pair)]})
     c_vo = [torch.zeros(g.heads, g.size, g.size, dtype=torch.float64) for g in vo]
