@@ -32,13 +32,17 @@ Three sections, each a ratio against a reference in the same process (below 1 is
    eval-mode BatchNorm into the Conv/Linear layer feeding it
    (:mod:`modeconnect.evaluation.folding`), so the CNN's paths may run below a floor
    that keeps its BatchNorm layers; ``--fold both`` also times each path unfolded,
-   interleaved with the others (``--cases cnn`` for the CNN alone).
+   interleaved with the others (``--cases cnn`` for the CNN alone). ``--rewrite`` also
+   times a floor that writes every weight again (the same values, one ``copy_`` per
+   tensor) before each pass: what any evaluation of distinct points adds by
+   materialising each point's weights, measured apart from modeconnect.
 
 Run from the repository root::
 
     python benchmarks/bench_evaluate.py [--steps 25] [--repeats 3] [--threads N] [--device cpu]
     python benchmarks/bench_evaluate.py --sections floor --out results/bench_evaluate.json
     python benchmarks/bench_evaluate.py --sections floor --cases cnn --fold both
+    python benchmarks/bench_evaluate.py --sections floor --cases digits --rewrite
 
 Each row is the best of ``--repeats`` interleaved runs.
 """
@@ -377,21 +381,28 @@ def _floor(
     test: list[Batch],
     points: int,
     train: list[Batch] | None = None,
+    rewrite: bool = False,
 ) -> float:
     """Seconds for ``points`` evaluations (and training-mode passes) with weights in place.
 
     Convolutions evaluate channels-last, as modeconnect's evaluation passes do
     (:func:`modeconnect.forward.channels_last`); training-mode passes (a BatchNorm reset)
     keep the plain layout, as modeconnect's do, and hand their statistics to the
-    evaluating copy.
+    evaluating copy. ``rewrite``: before every evaluation, write each floating tensor
+    of the model again in place, from a copy of the same values (one ``copy_`` each):
+    the least that evaluating a new point's weights adds, whatever builds them.
     """
     model.load_state_dict(state)
     evaluating = model
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         evaluating = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    tensors = [*evaluating.parameters(), *evaluating.buffers()]
+    sources = [(t, t.clone()) for t in tensors if rewrite and t.is_floating_point()]
     start = time.perf_counter()
     with torch.no_grad():
         for _ in range(points):
+            for t, source in sources:
+                t.copy_(source)
             if train is not None:
                 model.train()
                 _floor_pass(model, train)
@@ -509,11 +520,15 @@ def bench_floor(
     repeats: int,
     done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
     fold_ab: bool = False,
+    rewrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Every path of every case against its floor; one row each (``done(rows)`` after each).
 
     ``fold_ab``: also time each path with BatchNorm folding switched off, interleaved
     with the other two runs (``unfolded_cpu_s``, ``fold_ratio`` = folded / unfolded).
+    ``rewrite``: also time the floor that writes its weights again before every pass,
+    interleaved (``rewrite_cpu_s``; ``write_cost`` = rewriting floor / floor;
+    ``rewrite_ratio`` = modeconnect / rewriting floor).
     """
     rows: list[dict[str, Any]] = []
     for case in cases:
@@ -526,6 +541,8 @@ def bench_floor(
             train = case.train if training else None
             floor = functools.partial(_floor, ref, case.a, case.test, points, train)
             runs = (floor, fn, _unfolded(fn)) if fold_ab else (floor, fn)
+            if rewrite:
+                runs += (functools.partial(floor, rewrite=True),)
             cpu, wall = _best_cpu_of(repeats, *runs)
             (c_floor, c_ours), (t_floor, t_ours) = cpu[:2], wall[:2]
             work = (macs + (train_macs if training else 0)) * points
@@ -543,6 +560,11 @@ def bench_floor(
                 row.update(unfolded_cpu_s=cpu[2], unfolded_ratio=cpu[2] / c_floor,
                            fold_ratio=c_ours / cpu[2])  # fmt: skip
                 ab = f" {cpu[2] / c_floor:>9.2f}"
+            if rewrite:
+                c_write = cpu[-1]
+                row.update(rewrite_cpu_s=c_write, write_cost=c_write / c_floor,
+                           rewrite_ratio=c_ours / c_write)  # fmt: skip
+                ab += f" {c_write / c_floor:>7.2f} {c_ours / c_write:>7.2f}"
             rows.append(row)
             done(rows)
             ratio, fraction = c_ours / c_floor, work / c_ours / rate
@@ -598,6 +620,12 @@ def main() -> None:
         help="section 5: on (default), or both: also time every path with the BatchNorm fold "
         "off, interleaved (the unfolded ratio in the last column)",
     )
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="section 5: also time the floor that writes its weights again before every "
+        "pass (write: its time over the floor's; vs write: modeconnect's over it)",
+    )
     parser.add_argument("--out", type=Path, help="write the sections' numbers here (JSON)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -639,6 +667,9 @@ def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
     print("\n5. every path against the FLOP floor (same forward passes, weights in place)")
     unfolded = " unfolded" if args.fold == "both" else ""
     note = "; unfolded: the ratio with the BatchNorm fold off" if unfolded else ""
+    if args.rewrite:
+        unfolded += "   write vs write"
+        note += "; write: the floor rewriting its weights per pass, over the floor"
     print(f"{'model':<36} {'path':<20} {'points':>6} {'floor':>8} {'ours':>8} {'ratio':>6} "
           f"{'wall':>6} {'matmul':>8}{unfolded}   "
           f"(CPU seconds; wall: the wall-time ratio{note})")  # fmt: skip
@@ -661,13 +692,13 @@ def _section_floor(args: argparse.Namespace, loops: dict[str, Any]) -> None:
         numbers = {"rows": rows, "threads": torch.get_num_threads(), "steps": args.steps,
                    "layer_steps": args.layer_steps, "load_average": os.getloadavg(),
                    "mnist_scale_examples": scale.examples, "grid": grids,
-                   "cases": sorted(chosen)}  # fmt: skip
+                   "cases": sorted(chosen), "rewrite": args.rewrite}  # fmt: skip
         if loops:
             numbers["loops"] = loops
         write_result(args.out, numbers, seeds=(0, 1, 2), command=sys.argv)
 
     bench_floor(cases, args.steps, args.layer_steps, args.floor_repeats, write,
-                fold_ab=args.fold == "both")  # fmt: skip
+                fold_ab=args.fold == "both", rewrite=args.rewrite)  # fmt: skip
     if args.out is not None:
         print(f"wrote {args.out}")
 
