@@ -829,6 +829,12 @@ def _floor_ratios(record: dict[str, Any], prefix: str) -> list[float]:
     return [r["ratio"] for r in record["rows"] if r["case"].lower().startswith(prefix)]
 
 
+def _rewrite(record: dict[str, Any], key: str) -> list[float]:
+    """The range of ``key`` over the grids and the curve (the paths that build every point's
+    weights; the layer-wise paths skip a prefix) of a ``--rewrite`` floor run."""
+    return _range([r[key] for r in record["rows"] if not r["path"].startswith("layer")])
+
+
 def _lm_triples(record: dict[str, Any]) -> list[float]:
     """Over the seed triples of the LM width-fusion study: the range of each triple's best
     fused perplexity, then of its weakest model's (A, B, C); fails if a best fusion is not
@@ -865,6 +871,7 @@ MAIN, NARROW = "results/federated_rounds_main.json", "results/federated_rounds_n
 TINY = "results/tiny_lms.json"
 WEIGHT_MATCHING = "results/bench_weight_matching.json"
 FLOOR = "results/bench_evaluate.json"
+REWRITE_2T, REWRITE_1T = (f"results/bench_evaluate_rewrite_{t}t.json" for t in (2, 1))
 MS = "aggregation ms/round, median (plain / aligned)"  # a benchmark, not checked
 CHECKS: list[Check] = [
     TableCheck(SCIENCE, "1. The barrier against width", "results/science_width.json",
@@ -942,6 +949,14 @@ CHECKS: list[Check] = [
           ("digits 64-512×3-10, 500", "digits", r"([\d.]+)(?: \(21×21\))?", 4),
           ("MNIST-scale 784-512×3-10, 10 000", "mnist", r"([\d.]+)(?: \(11×11\))?", 4),
           ("CNN conv16-conv32 \\+ BN, 1 000", "cnn", r"([\d.]+)(?: \(11×11\))?", 5))),
+    SentenceCheck("README.md", r"one `copy_` per tensor \(the least any evaluation of distinct "
+                  r"points adds\), takes ([\d.]+)–([\d.]+)× the floor's time at torch's 2 "
+                  r"threads, and modeconnect takes ([\d.]+)–([\d.]+)× that rewriting floor",
+                  REWRITE_2T,
+                  lambda r: [*_rewrite(r, "write_cost"), *_rewrite(r, "rewrite_ratio")]),
+    SentenceCheck("README.md", r"With one thread the rewrite costs the floor ([\d.]+)–([\d.]+)× "
+                  r"and modeconnect's digits grids and curve run at ([\d.]+)–([\d.]+)× the floor",
+                  REWRITE_1T, lambda r: [*_rewrite(r, "write_cost"), *_rewrite(r, "ratio")]),
     SentenceCheck("README.md", r"in the same run\) is ([\d.]+)–([\d.]+) outside the layer-wise",
                   FLOOR, lambda r: _range([x["matmul_fraction"] for x in r["rows"]
                                            if not x["path"].startswith("layer")])),
