@@ -396,7 +396,9 @@ def _floor(
     evaluating = model
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         evaluating = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    tensors = [*evaluating.parameters(), *evaluating.buffers()]
+    # Rewritten: the tensors the passes read (the training copy's too, for a reset).
+    owners = [evaluating] if train is None or evaluating is model else [model, evaluating]
+    tensors = [t for m in owners for t in (*m.parameters(), *m.buffers())]
     sources = [(t, t.clone()) for t in tensors if rewrite and t.is_floating_point()]
     start = time.perf_counter()
     with torch.no_grad():
