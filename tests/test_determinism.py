@@ -119,5 +119,13 @@ def _signalled_mid_run(tmp_path: Path, signum: int) -> tuple[subprocess.Popen[st
 def test_an_interrupted_run_leaves_no_output(tmp_path: Path, signum: int, code: int) -> None:
     proc, stderr = _signalled_mid_run(tmp_path, signum)
     assert "Traceback" not in stderr
-    assert proc.returncode == code, stderr  # the handler ran: the run was stopped mid-work
+    codes = {code}
+    if signum == signal.SIGINT:
+        # click's Abort exits 1; but when the KeyboardInterrupt is raised inside a string
+        # exec (dataclasses, torch.fx code generation), CPython keeps a flag that makes the
+        # interpreter kill itself with SIGINT once it has exited cleanly (seen in 2 of 50 runs
+        # on the loaded 2-core machine). Either way click's handler must have run and said so.
+        codes.add(-signal.SIGINT)
+        assert "Aborted!" in stderr
+    assert proc.returncode in codes, stderr  # the handler ran: the run was stopped mid-work
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -162,7 +162,7 @@ RUNS: list[Run] = [
     *(Run(f"bench_evaluate_rewrite_{threads}t", ("python", "benchmarks/bench_evaluate.py",
           "--sections", "floor", "--cases", "digits", "--grid", "21", "11", "11",
           "--floor-repeats", "3", "--rewrite", "--threads", str(threads), "--out",
-          f"results/bench_evaluate_rewrite_{threads}t.json"), 2.0) for threads in (1, 2)),
+          f"results/bench_evaluate_rewrite_{threads}t.json"), 1.0) for threads in (1, 2)),
     Run("bench_evaluate_loops", ("python", "benchmarks/bench_evaluate.py", "--sections",
         "curves,layerwise,reset,lm", "--threads", "1", "--out",
         "results/bench_evaluate_loops.json"), 20.0, long=True),
