@@ -120,6 +120,11 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
             "full, learned heads + STE permutations",
             dict(method="learned", symmetry="full", heads="learned", permutations="ste", **learn),
         ),
+        (
+            "full, learned heads + Sinkhorn permutations",
+            dict(method="learned", symmetry="full", heads="learned", permutations="sinkhorn",
+                 **learn),
+        ),
     ]
 
 

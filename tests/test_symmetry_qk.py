@@ -199,4 +199,4 @@ def test_the_learned_permutations_flag_is_declared() -> None:
     from modeconnect_cli.main import main
 
     text = " ".join(CliRunner().invoke(main, ["align", "--help"]).output.split())
-    assert "--learn-permutations [fixed|ste]" in text
+    assert "--learn-permutations [fixed|ste|sinkhorn]" in text

@@ -85,8 +85,9 @@ _BUILTIN: tuple[MethodInfo, ...] = (
             Param("random_alpha", bool, False, "Learn at a random α per step instead of the "
                   "midpoint.", flag="--random-alpha"),
             Param("permutations", str, "fixed", "Permutations: weight matching's (fixed), or "
-                  "then learned by the straight-through estimator (ste; Git Re-Basin alg. 3).",
-                  choices=("fixed", "ste"), flag="--learn-permutations"),
+                  "then learned by the straight-through estimator (ste; Git Re-Basin alg. 3) "
+                  "or through a Sinkhorn relaxation (sinkhorn; Sinkhorn re-basin).",
+                  choices=("fixed", "ste", "sinkhorn"), flag="--learn-permutations"),
             Param("sides", str, "one", "Learn B's rotation toward A (one), or both models' "
                   "toward one shared path (two; arXiv 2606.23607).",
                   choices=("one", "two"), flag="--learn-sides"),

@@ -66,6 +66,7 @@ from .qk import (
 )
 from .residual import PERMUTATION, ClassifiedSpec, ResidualStream, residual_streams
 from .residual import classified as graph_classified
+from .sinkhorn import learn_permutations_sinkhorn
 from .ste import learn_permutations
 from .transform import fold, foldable, random_rotation, rotate
 
@@ -275,7 +276,7 @@ def align_full(
                                      progress)
                        if head_maps == "activations" else None)  # fmt: skip
             aligned, found = heads.solve(fa, aligned, moments)
-        if method == "learned" and own.get("permutations") == "ste":
+        if method == "learned" and own.get("permutations") in ("ste", "sinkhorn"):
             seed = int(options.get("seed", 0))
             aligned, ste = _ste(model, spec, fa, aligned, active, match, data, loss, seed, own,
                                 progress, device)  # fmt: skip
@@ -554,20 +555,29 @@ def _ste(
     seed: int, own: Mapping[str, Any], progress: ProgressFn | None,
     device: torch.device | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[GroupRecord]]:  # fmt: skip
-    """Aligned B permuted again by the straight-through estimator (``alignment.perm`` stays
-    weight matching's start); the permutation groups' records say so."""
+    """Aligned B permuted again by the permutations learned on the path's loss
+    (``own["permutations"]``: ``"ste"``, the straight-through estimator, or ``"sinkhorn"``,
+    the Sinkhorn relaxation; ``alignment.perm`` stays weight matching's start); the
+    permutation groups' records say so."""
     clock = time.perf_counter()
     batches = list(data or [])[: own.get("max_batches") or None]
-    ste = learn_permutations(model, spec, fa, aligned, batches, match,
-                             kept=[s.group for s in active], loss=loss, seed=seed,
-                             progress=progress, device=device, **_learn_options(own))  # fmt: skip
-    aligned = apply_permutation(aligned, spec, ste.perm)
+    common = dict(kept=[s.group for s in active], loss=loss, seed=seed, progress=progress,
+                  device=device, **_learn_options(own))  # fmt: skip
+    if own.get("permutations") == "sinkhorn":
+        found = learn_permutations_sinkhorn(model, spec, fa, aligned, batches, **common)
+        solver = ("learned (Sinkhorn relaxation, Sinkhorn re-basin; started at weight "
+                  "matching's, hardened by a linear assignment)")  # fmt: skip
+        which = "every unbatched permutation group but the rotated streams"
+    else:
+        found = learn_permutations(model, spec, fa, aligned, batches, match, **common)
+        solver = ("learned (straight-through estimator, Git Re-Basin algorithm 3; weight "
+                  "matching as the projection)")  # fmt: skip
+        which = "every permutation group but the rotated streams"
+    aligned = apply_permutation(aligned, spec, found.perm)
     seconds = time.perf_counter() - clock
-    last = ste.losses[-1] if ste.losses else None
-    return aligned, [GroupRecord(
-        "permutations", PERMUTATION, "learned (straight-through estimator, Git Re-Basin "
-        "algorithm 3; weight matching as the projection)", last, 1.0, seconds,
-        "every permutation group but the rotated streams, learned on the path's loss")]  # fmt: skip
+    last = found.losses[-1] if found.losses else None
+    return aligned, [GroupRecord("permutations", PERMUTATION, solver, last, 1.0, seconds,
+                                 f"{which}, learned on the path's loss")]  # fmt: skip
 
 
 def _learn_options(own: Mapping[str, Any]) -> dict[str, Any]:
