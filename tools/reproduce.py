@@ -90,6 +90,9 @@ HEAD_ROWS = ("full (orthogonal heads), activation", "full (activation-fitted hea
              "orthogonal, learned", "full (orthogonal heads), learned", "full, learned heads",
              "full, learned heads + STE permutations")  # fmt: skip
 """The per-head map fits compared over the seed pairs: to weights or activations, learned."""
+SINKHORN_ROWS = ("full, learned heads", "full, learned heads + STE permutations",
+                 "full, learned heads + Sinkhorn permutations")  # fmt: skip
+"""The two ways of learning the permutations, with the learned heads, and without them."""
 """The Q·K table's rows over three seed pairs, and least-squares V·O with rotation-only Q·K
 (the two-sided and recovery tables' one Q·K variant the table lacks)."""
 GPT2_FIRST_PAIR_ROWS = ("permutation, activation", "full, activation", "orthogonal, learned",
@@ -227,6 +230,9 @@ RUNS: list[Run] = [
     _pairs("transformers_symmetry_vit_heads_pairs", "vit", HEAD_ROWS, 12.0),
     _pairs("transformers_symmetry_learned_heads_pairs", "llama", HEAD_ROWS[2:], 10.0),
     _pairs("transformers_symmetry_pairs", "llama", PAIR_ROWS, 12.0),
+    *(_pairs(f"transformers_symmetry_{stem}sinkhorn_pairs", family, SINKHORN_ROWS, minutes)
+      for stem, family, minutes in (("", "llama", 8.0), ("gpt2_", "gpt2", 6.0),
+                                    ("vit_", "vit", 8.0))),
     # the digits ViTs and the GPT-2s over three seed pairs (the first is the pair above)
     _pairs("transformers_symmetry_vit_pairs", "vit", (), 10.0),
     _pairs("transformers_symmetry_gpt2_pairs", "gpt2", GPT2_PAIR_ROWS, 14.0),
