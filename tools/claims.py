@@ -802,6 +802,42 @@ def _learned_heads(record: dict[str, Any]) -> list[float]:
 
 
 LEARNED_HEADS = ("full, learned heads", "full, learned heads + STE permutations")
+SINKHORN = "full, learned heads + Sinkhorn permutations"
+SYM_SINKHORN = {f: f"results/transformers_symmetry_{s}sinkhorn_pairs.json"
+                for f, s in (("llama", ""), ("gpt2", "gpt2_"), ("vit", "vit_"))}  # fmt: skip
+
+
+def _lower_count(record: dict[str, Any], family: str, row: str, than: str) -> int:
+    """On how many of ``family``'s seed pairs ``row``'s barrier is below ``than``'s."""
+    pairs = record[f"{family}_pairs"].values()
+    return sum(p[row]["barrier"] < p[than]["barrier"] for p in pairs)
+
+
+def _sinkhorn_vs_heads(record: dict[str, Any]) -> list[float]:
+    """Sinkhorn permutations against the learned heads alone (mean ± sd per family); fails
+    unless Sinkhorn is lower on every Llama and GPT-2 pair and on two ViT pairs of three."""
+    counts = [_lower_count(record, f, SINKHORN, LEARNED_HEADS[0]) for f in _FAMILIES]
+    if counts != [3, 3, 2]:
+        raise ValueError(f"Sinkhorn below the learned heads on {counts} pairs, not [3, 3, 2]")
+    return [v for f in _FAMILIES for v in _pair_means(f, SINKHORN, LEARNED_HEADS[0])(record)]
+
+
+def _ste_vs_sinkhorn(record: dict[str, Any]) -> list[float]:
+    """STE's means on the Llamas and GPT-2s, the ViTs' Sinkhorn and STE means, the Llamas'
+    Sinkhorn shares by pair; fails unless STE is lower on every Llama and GPT-2 pair,
+    Sinkhorn on two ViT pairs of three, and both at or under 5 % on every Llama pair."""
+    counts = [_lower_count(record, f, LEARNED_HEADS[1], SINKHORN) for f in _FAMILIES]
+    if counts != [3, 3, 1]:
+        raise ValueError(f"STE below Sinkhorn on {counts} pairs, not [3, 3, 1]")
+    llama = record["llama_pairs"].values()
+    if any(p[row]["share_of_naive"] > 0.05 for p in llama for row in (SINKHORN, LEARNED_HEADS[1])):
+        raise ValueError("a learned-permutation row is above 5 % on a Llama pair")
+    return [*_pair_means("llama", LEARNED_HEADS[1])(record),
+            *_pair_means("gpt2", LEARNED_HEADS[1])(record),
+            *_pair_means("vit", SINKHORN, LEARNED_HEADS[1])(record),
+            *_pair_shares("llama", SINKHORN)(record)]  # fmt: skip
+
+
 SYM_QK_PAIRS = "results/transformers_symmetry_qk_pairs.json"
 SYM_GPT2_FIRST_PAIRS = "results/transformers_symmetry_gpt2_first_pairs.json"
 QK_DEFAULT, QK_NONE = "full (orthogonal heads), weight", "full (orthogonal heads, no Q·K), weight"
@@ -1258,6 +1294,21 @@ CHECKS: list[Check] = [
                   r"the ViTs (\d+) ± (\d+) % against (\d+) ± (\d+) %\. So.*?the Llamas keep "
                   r"(\d+) ± (\d+) %, the GPT-2s ([−-]\d+) ± (\d+) % and the ViTs (\d+) ± (\d+) %",
                   SYM_HEADS_PAIRS, _learned_heads, also=(SYM_GPT2_HEADS, SYM_VIT_HEADS)),
+    *(TableCheck(TRANSFORMERS, f"{name}, learned permutations", SYM_SINKHORN[family],
+                 BENCH_SYM, report="report_pairs")
+      for name, family in (("Tiny Llamas", "llama"), ("Tiny GPT-2s", "gpt2"),
+                           ("Digits ViTs", "vit"))),
+    SentenceCheck(TRANSFORMERS, r"the Llamas keep (\d+) ± (\d+) % of the naive barrier against "
+                  r"(\d+) ± (\d+) %, the GPT-2s ([−-]\d+) ± (\d+) % against ([−-]\d+) ± (\d+) %\), "
+                  r"and on two ViT pairs of three \((\d+) ± (\d+) % against (\d+) ± (\d+) %\)",
+                  SYM_SINKHORN["llama"], _sinkhorn_vs_heads,
+                  also=(SYM_SINKHORN["gpt2"], SYM_SINKHORN["vit"])),
+    SentenceCheck(TRANSFORMERS, r"lower still on every Llama and GPT-2 pair\*\* \((\d+) ± (\d+) % "
+                  r"and ([−-]\d+) ± (\d+) %\).*?lower on two pairs of three \((\d+) ± (\d+) % "
+                  r"against (\d+) ± (\d+) %\)\. Both keep every Llama pair at or under 5 % "
+                  r"\(Sinkhorn: (\d+) %, (\d+) %, (\d+) %\)",
+                  SYM_SINKHORN["llama"], _ste_vs_sinkhorn,
+                  also=(SYM_SINKHORN["gpt2"], SYM_SINKHORN["vit"])),
     TableCheck(TRANSFORMERS, "Tiny Llamas, learned per-head maps over three seed pairs",
                SYM_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"learned too, the Llamas keep (\d+) ± (\d+) % of the naive "
