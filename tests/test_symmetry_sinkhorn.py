@@ -58,12 +58,14 @@ def test_sinkhorn_gives_a_doubly_stochastic_matrix(n: int, seed: int, scale: flo
 @given(st.integers(1, 5), st.integers(0, 2**16))
 def test_hardening_agrees_with_brute_force(n: int, seed: int) -> None:
     p = torch.rand(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    best = max(itertools.permutations(range(n)), key=lambda q: sum(p[u, q[u]] for u in range(n)))
-    found = harden(p)
-    assert sum(p[u, found[u]] for u in range(n)) == pytest.approx(
-        sum(p[u, best[u]] for u in range(n)), abs=1e-12
-    )
-    assert sorted(found.tolist()) == list(range(n))
+
+    def total(perm: list[int]) -> float:
+        return sum(float(p[u, perm[u]]) for u in range(n))
+
+    best = max(total(list(q)) for q in itertools.permutations(range(n)))
+    found = harden(p).tolist()
+    assert sorted(found) == list(range(n))
+    assert total(found) == pytest.approx(best, abs=1e-12)
 
 
 @pytest.mark.slow  # about 4 s
