@@ -122,8 +122,9 @@ def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
         ),
         (
             "full, learned heads + Sinkhorn permutations",
-            dict(method="learned", symmetry="full", heads="learned", permutations="sinkhorn",
-                 **learn),
+            dict(
+                method="learned", symmetry="full", heads="learned", permutations="sinkhorn", **learn
+            ),
         ),
     ]
 
