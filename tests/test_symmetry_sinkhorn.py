@@ -91,3 +91,19 @@ def test_the_sinkhorn_option_is_declared() -> None:
 
     text = " ".join(CliRunner().invoke(main, ["align", "--help"]).output.split())
     assert "--learn-permutations [fixed|ste|sinkhorn]" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_soft_maps_on_cuda_agree_with_the_cpu() -> None:
+    model, inputs = ZOO["vit"]()
+    spec = derive_spec(model, inputs)
+    state = {k: v.detach().double() for k, v in model.state_dict().items()}
+    groups = [g for g, group in spec.groups.items() if group.batch_over is None]
+    gen = torch.Generator().manual_seed(0)
+    maps = {g: sinkhorn(torch.randn(spec.groups[g].size, spec.groups[g].size, generator=gen))
+            for g in groups}  # fmt: skip
+    permuter = SoftPermuter(spec, groups)
+    cpu = permuter.apply(state, {g: m.double() for g, m in maps.items()})
+    cuda = permuter.apply({k: v.cuda() for k, v in state.items()},
+                          {g: m.double().cuda() for g, m in maps.items()})  # fmt: skip
+    assert all(torch.allclose(cpu[k], cuda[k].cpu()) for k in state)

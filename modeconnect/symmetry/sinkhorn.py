@@ -108,9 +108,10 @@ class SoftPermuter:
     def matrix(self, layout: Layout, maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The soft map ``M`` of one axis (``(L, L)``) under ``maps`` (group -> ``P_g``)."""
         mask, coords = self._axes[layout]
-        m = mask.to(next(iter(maps.values())).dtype)
+        first = next(iter(maps.values()))  # the maps' device and dtype (the CPU's indices moved)
+        m = mask.to(first.device, first.dtype)
         for group, c in coords:
-            p = maps[group]
+            p, c = maps[group], c.to(first.device)
             present = c >= 0
             if bool(present.all()):
                 m = m * p[c[:, None], c[None, :]]
