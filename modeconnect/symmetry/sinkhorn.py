@@ -122,8 +122,10 @@ class SoftPermuter:
         return m
 
     def apply(self, state: StateDict, maps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``state`` with every axis of the learned groups mapped softly by ``maps``."""
+        """``state`` with every axis of the learned groups mapped softly by ``maps`` (each
+        axis layout's map built once per call, however many tensors share it)."""
         out: dict[str, torch.Tensor] = {}
+        built: dict[Layout, torch.Tensor] = {}
         for key, tensor in state.items():
             layouts = self.spec.layouts.get(self.spec.aliases.get(key, key))
             if layouts is None or not tensor.is_floating_point():
@@ -131,7 +133,9 @@ class SoftPermuter:
                 continue
             for axis, layout in enumerate(layouts):
                 if layout in self._axes:
-                    m = self.matrix(layout, maps).to(tensor.dtype)
+                    if layout not in built:
+                        built[layout] = self.matrix(layout, maps)
+                    m = built[layout].to(tensor.dtype)
                     moved = tensor.movedim(axis, 0)
                     shape = moved.shape
                     moved = (m @ moved.reshape(shape[0], -1)).reshape(shape)
