@@ -237,9 +237,15 @@ def _path_point(
     aliases: Mapping[str, str],
 ) -> dict[str, torch.Tensor]:
     """``(1-α) a + α Q·b`` with gradients to the rotations (other tensors are constants)."""
-    rotated = _rotated(b, streams, layers, aliases)
-    return {k: torch.lerp(v, rotated[k], alpha) if v.is_floating_point() else v
-            for k, v in a.items()}  # fmt: skip
+    return lerped(a, _rotated(b, streams, layers, aliases), alpha)
+
+
+def lerped(a: StateDict, b: StateDict, alpha: float) -> dict[str, torch.Tensor]:
+    """``(1-α) a + α b`` on ``a``'s floating tensors, ``a``'s others as they are: the point
+    the learners' loss is taken at. Unlike :func:`~modeconnect.evaluation.interpolate` it
+    always goes through ``torch.lerp`` (no endpoint shortcuts, no checks), so gradients
+    reach ``b`` at every α."""
+    return {k: torch.lerp(v, b[k], alpha) if v.is_floating_point() else v for k, v in a.items()}
 
 
 def _rotated(

@@ -30,9 +30,9 @@ from torch import nn
 from ..errors import ModeconnectError
 from ..evaluation.scoring import get_scoring
 from ..progress import ProgressFn
-from ..spec import PermutationSpec
+from ..spec import PermutationSpec, identity_permutation
 from ..spec.permutations import Layout, axis_index, coordinates, leaves
-from .learned import descend, float32_on, on_device
+from .learned import descend, float32_on, lerped, on_device
 from .ste import LearnedPermutation
 
 StateDict = Mapping[str, torch.Tensor]
@@ -185,9 +185,7 @@ def learn_permutations_sinkhorn(
         return {g: sinkhorn(scale[g] * r, iterations) for g, r in raw.items()}
 
     def point(t: float) -> dict[str, torch.Tensor]:
-        moved = permuter.apply(b32, maps()) if raw else b32
-        return {k: torch.lerp(v, moved[k], t) if v.is_floating_point() else v
-                for k, v in a32.items()}  # fmt: skip
+        return lerped(a32, permuter.apply(b32, maps()) if raw else b32, t)
 
     losses: tuple[float, ...] = ()
     if raw:
@@ -197,10 +195,5 @@ def learn_permutations_sinkhorn(
                          gen=gen, progress=progress, task=task)  # fmt: skip
     with torch.no_grad():
         final = maps()
-    perm = {g: harden(final[g]) for g in learned}
-    for g, group in spec.groups.items():
-        if g not in perm:
-            outer = spec.groups[group.batch_over].size if group.batch_over is not None else None
-            ident = torch.arange(group.size)
-            perm[g] = ident if outer is None else ident.repeat(outer, 1)
-    return LearnedPermutation(perm, losses)
+    learned_perm = {g: harden(final[g]) for g in learned}
+    return LearnedPermutation({**identity_permutation(spec), **learned_perm}, losses)

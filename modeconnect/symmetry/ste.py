@@ -20,7 +20,7 @@ from torch import nn
 from ..evaluation.scoring import get_scoring
 from ..progress import ProgressFn
 from ..spec import PermutationSpec, apply_permutation
-from .learned import descend, float32_on, on_device
+from .learned import descend, float32_on, lerped, on_device
 
 StateDict = Mapping[str, torch.Tensor]
 Permutation = dict[str, torch.Tensor]
@@ -76,8 +76,7 @@ def learn_permutations(
     def point(t: float) -> dict[str, torch.Tensor]:
         moved = apply_permutation(b32, spec, project())
         through = {k: proxy[k] + (moved[k] - proxy[k]).detach() for k in keys}
-        return {k: torch.lerp(v, through.get(k, moved[k]), t) if v.is_floating_point() else v
-                for k, v in a32.items()}  # fmt: skip
+        return lerped(a32, {**moved, **through}, t)
 
     losses = descend(model, batches, scoring, opt, point, epochs=epochs, alpha=alpha, gen=gen,
                      progress=progress, task="learned permutation")  # fmt: skip
