@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 import tiny_lms  # noqa: E402
 
 import modeconnect as mc  # noqa: E402
+from modeconnect.forward import run  # noqa: E402
 from modeconnect.provenance import write_result  # noqa: E402
+from modeconnect.symmetry.procrustes import normalised  # noqa: E402
 
 
 def gpt2(seed: int, layers: int) -> torch.nn.Module:
@@ -63,6 +65,58 @@ def midpoint_loss(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> di
     return {"loss_a": losses[0], "loss_mid": losses[1], "loss_b": losses[2],
             "barrier": losses[1] - 0.5 * (losses[0] + losses[2]),
             "perplexity_mid": float(torch.tensor(losses[1]).exp())}  # fmt: skip
+
+
+def norm_kinds(model: torch.nn.Module) -> dict[str, str]:
+    """Each norm module's name and how it normalises: ``"layernorm"`` or ``"rmsnorm"``."""
+    kinds = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            kinds[name] = "layernorm"
+        elif type(module).__name__.endswith("RMSNorm") or isinstance(module, torch.nn.RMSNorm):
+            kinds[name] = "rmsnorm"
+    return kinds
+
+
+def similarity(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[str, Any]:
+    """How near B is to A, in the two senses the closed forms maximise (``--similarity``).
+
+    * ``stream_cosine``: per norm, the mean over tokens of the cosine between A's and B's
+      residual stream at the norm's input, each token normalised as the norm normalises it
+      (what the readers see; the activation Procrustes maximises its sum), and its mean
+      over the norms (``stream_cosine_mean``);
+    * ``weight_distance``: ``Σ‖W_A − W_B‖² / Σ(‖W_A‖² + ‖W_B‖²)`` over the floating tensors
+      (what weight matching and the weight Procrustes minimise; 1 for orthogonal weights).
+    """
+    kinds = norm_kinds(model)
+
+    def streams(state: Any) -> dict[str, list[torch.Tensor]]:
+        seen: dict[str, list[torch.Tensor]] = {name: [] for name in kinds}
+        handles = []
+        for name, kind in kinds.items():
+
+            def hook(_m: Any, args: Any, name: str = name, kind: str = kind) -> None:
+                x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+                seen[name].append(normalised(x, kind))
+
+            handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                for batch in data:
+                    run(model, state, (batch[0],))
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    sa, sb = streams(a), streams(b)
+    cosine = {name: float(torch.cat([(x * y).mean(1) for x, y in zip(sa[name], sb[name])]).mean())
+              for name in kinds}  # fmt: skip
+    keys = [k for k in a if a[k].is_floating_point() and a[k].shape == b[k].shape]
+    apart = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys)
+    total = sum(float(a[k].double().pow(2).sum() + b[k].double().pow(2).sum()) for k in keys)
+    return {"stream_cosine": cosine, "stream_cosine_mean": sum(cosine.values()) / len(cosine),
+            "weight_distance": apart / total}  # fmt: skip
 
 
 def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -181,10 +235,15 @@ def study(
     a, b = nets["a"].state_dict(), nets["b"].state_dict()
     test = [(x, x) for x in blocks(held, args.eval_blocks, 2).split(8)]
     train = [(x, x) for x in blocks(ids, args.train_blocks, 3).split(8)]
-    rows: dict[str, Any] = {"naive": {**midpoint_loss(model, a, b, test), "seconds": 0.0}}
+
+    def scores(x: Any, y: Any) -> dict[str, Any]:
+        near = similarity(model, x, y, test) if args.similarity else {}
+        return {**midpoint_loss(model, x, y, test), **near}
+
+    rows: dict[str, Any] = {"naive": {**scores(a, b), "seconds": 0.0}}
 
     def measure(result: Any) -> dict[str, Any]:
-        return midpoint_loss(model, result.start(a), result.aligned, test)
+        return scores(result.start(a), result.aligned)
 
     rows.update(aligned_rows(name, model, a, b, train, test, args, measure, "causal_lm"))
     naive, weight_seconds = rows["naive"]["barrier"], rows["permutation, weight"]["seconds"]
@@ -194,14 +253,19 @@ def study(
     return rows
 
 
+SUMMED = ("barrier", "share_of_naive", "stream_cosine_mean", "weight_distance")
+"""The numbers :func:`summary` takes the mean and sd of, where every pair has them."""
+
+
 def summary(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per row run on every pair: the mean and sample standard deviation of the barrier
-    and of its share of the naive one, and the number of pairs."""
+    """Per row run on every pair: the mean and sample standard deviation of the barrier,
+    of its share of the naive one (and of :func:`similarity`'s numbers, if measured), and
+    the number of pairs."""
     common = [k for k in next(iter(pairs.values())) if all(k in p for p in pairs.values())]
     out = {}
     for label in common:
         row: dict[str, Any] = {"pairs": len(pairs)}
-        for key in ("barrier", "share_of_naive"):
+        for key in [k for k in SUMMED if all(k in p[label] for p in pairs.values())]:
             values = torch.tensor([p[label][key] for p in pairs.values()], dtype=torch.float64)
             sd = float(values.std()) if len(values) > 1 else 0.0
             row[key], row[f"{key}_sd"] = float(values.mean()), sd
@@ -229,6 +293,15 @@ def report_pairs(record: dict[str, Any], family: str | None = None) -> str:
               str(r["pairs"]),
               ", ".join(f"{100 * p[label]['share_of_naive']:.0f}" for p in per_pair) + " %"]
              for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
+    if all("stream_cosine_mean" in r for r in rows.values()):  # --similarity
+        header += ["stream cosine (mean over norms)", "stream cosine by pair",
+                   "weight distance", "weight distance by pair"]  # fmt: skip
+        for line, label in zip(lines, labels, strict=True):
+            r = rows[label]
+            line += [f"{r['stream_cosine_mean']:.3f} ± {r['stream_cosine_mean_sd']:.3f}",
+                     ", ".join(f"{p[label]['stream_cosine_mean']:.3f}" for p in per_pair),
+                     f"{r['weight_distance']:.3f} ± {r['weight_distance_sd']:.3f}",
+                     ", ".join(f"{p[label]['weight_distance']:.3f}" for p in per_pair)]  # fmt: skip
     return f"## {PAIR_TITLES[family]}, seed pairs\n\n" + "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
@@ -371,10 +444,15 @@ def vit_study(args: Any, seeds: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     a, b = nets["a"].state_dict(), nets["b"].state_dict()
     test = list(zip(tx.split(100), ty.split(100), strict=True))
     train = list(zip(x.split(100), y.split(100), strict=True))
-    rows: dict[str, Any] = {"naive": {**path_curve(model, a, b, test), "seconds": 0.0}}
+
+    def scores(x: Any, y: Any) -> dict[str, Any]:
+        near = similarity(model, x, y, test) if args.similarity else {}
+        return {**path_curve(model, x, y, test), **near}
+
+    rows: dict[str, Any] = {"naive": {**scores(a, b), "seconds": 0.0}}
 
     def measure(result: Any) -> dict[str, Any]:
-        return path_curve(model, result.start(a), result.aligned, test)
+        return scores(result.start(a), result.aligned)
 
     rows.update(aligned_rows("vit", model, a, b, train, test, args, measure, None))
     naive, weight_seconds = rows["naive"]["barrier"], rows["permutation, weight"]["seconds"]
@@ -450,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="learned: Adam's rate")
     parser.add_argument("--pairs", nargs="+", default=None, metavar="A,B",
                         help="the study on each seed pair, mean ± sd per row")  # fmt: skip
+    parser.add_argument("--similarity", action="store_true",
+                        help="also measure how near aligned B is to A: stream cosine, weight "
+                             "distance")  # fmt: skip
     parser.add_argument(
         "--only",
         action="append",

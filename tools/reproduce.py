@@ -93,6 +93,10 @@ HEAD_ROWS = ("full (orthogonal heads), activation", "full (activation-fitted hea
 SINKHORN_ROWS = ("full, learned heads", "full, learned heads + STE permutations",
                  "full, learned heads + Sinkhorn permutations")  # fmt: skip
 """The two ways of learning the permutations, with the learned heads, and without them."""
+SIMILARITY_ROWS = ("orthogonal, weight", "orthogonal, activation",
+                   "full (orthogonal heads), weight", "full (orthogonal heads), activation",
+                   "orthogonal, learned", "full, learned heads")  # fmt: skip
+"""The closed forms against the learned alignments, with how near each leaves B to A."""
 """The Q·K table's rows over three seed pairs, and least-squares V·O with rotation-only Q·K
 (the two-sided and recovery tables' one Q·K variant the table lacks)."""
 GPT2_FIRST_PAIR_ROWS = ("permutation, activation", "full, activation", "orthogonal, learned",
@@ -113,10 +117,11 @@ _TRAINED = {
 """Each family's training and learning settings in the seed-pair studies."""
 
 
-def _pairs(name: str, family: str, rows: tuple[str, ...], minutes: float) -> Run:
-    """``bench_symmetry.py``'s ``rows`` on ``family``'s three seed pairs, stored as ``name``."""
+def _pairs(name: str, family: str, rows: tuple[str, ...], minutes: float, *extra: str) -> Run:
+    """``bench_symmetry.py``'s ``rows`` on ``family``'s three seed pairs (with ``extra``
+    options), stored as ``name``."""
     return Run(name, ("python", "benchmarks/bench_symmetry.py", "--family", family,
-                      *_TRAINED[family], "--pairs", "0,1", "2,3", "4,5",
+                      *_TRAINED[family], "--pairs", "0,1", "2,3", "4,5", *extra,
                       *(a for row in rows for a in ("--only", row)),
                       "--out", f"results/{name}.json"), minutes, long=True)  # fmt: skip
 
@@ -233,6 +238,10 @@ RUNS: list[Run] = [
     *(_pairs(f"transformers_symmetry_{stem}sinkhorn_pairs", family, SINKHORN_ROWS, minutes)
       for stem, family, minutes in (("", "llama", 8.0), ("gpt2_", "gpt2", 6.0),
                                     ("vit_", "vit", 8.0))),
+    # how near each alignment leaves B to A: the closed forms maximise it, the loss does not
+    *(_pairs(f"transformers_symmetry_{stem}similarity_pairs", family, SIMILARITY_ROWS, minutes,
+             "--similarity")
+      for stem, family, minutes in (("", "llama", 8.0), ("gpt2_", "gpt2", 6.0))),
     # the digits ViTs and the GPT-2s over three seed pairs (the first is the pair above)
     _pairs("transformers_symmetry_vit_pairs", "vit", (), 10.0),
     _pairs("transformers_symmetry_gpt2_pairs", "gpt2", GPT2_PAIR_ROWS, 14.0),
