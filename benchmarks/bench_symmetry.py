@@ -79,18 +79,25 @@ def norm_kinds(model: torch.nn.Module) -> dict[str, str]:
 
 
 def similarity(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[str, Any]:
-    """How near B is to A, in the two senses the closed forms maximise (``--similarity``).
+    """How near B is to A (``--similarity``), per norm and as the mean over the norms.
 
-    * ``stream_cosine``: per norm, the mean over tokens of the cosine between A's and B's
-      residual stream at the norm's input, each token normalised as the norm normalises it
-      (what the readers see; the activation Procrustes maximises its sum), and its mean
-      over the norms (``stream_cosine_mean``);
-    * ``weight_distance``: ``Σ‖W_A − W_B‖² / Σ(‖W_A‖² + ‖W_B‖²)`` over the floating tensors
-      (what weight matching and the weight Procrustes minimise; 1 for orthogonal weights).
+    At each norm's input, each token of the residual stream normalised as the norm
+    normalises it (what the readers see):
+
+    * ``stream_cosine``: the mean over tokens of the cosine between A's and B's stream
+      (the activation Procrustes maximises its sum);
+    * ``stream_overlap``: ``tr(C_A C_B) / (‖C_A‖ ‖C_B‖)`` of the two streams' second
+      moments ``C``: 1 when B's stream fills the directions A's fills, in the same
+      proportions, near 0 when it keeps to the others;
+    * ``stream_rank``: the participation ratio ``tr(C)² / tr(C²)`` of A's and of B's
+      stream (the number of directions a stream effectively fills; a rotation leaves it);
+
+    and over the floating tensors, ``weight_distance``: ``Σ‖W_A − W_B‖² / Σ(‖W_A‖² +
+    ‖W_B‖²)`` (what weight matching and the weight Procrustes minimise).
     """
     kinds = norm_kinds(model)
 
-    def streams(state: Any) -> dict[str, list[torch.Tensor]]:
+    def streams(state: Any) -> dict[str, torch.Tensor]:
         seen: dict[str, list[torch.Tensor]] = {name: [] for name in kinds}
         handles = []
         for name, kind in kinds.items():
@@ -107,16 +114,27 @@ def similarity(model: torch.nn.Module, a: Any, b: Any, data: list[Any]) -> dict[
         finally:
             for h in handles:
                 h.remove()
-        return seen
+        return {name: torch.cat(xs) for name, xs in seen.items()}
+
+    def rank(c: torch.Tensor) -> float:
+        return float(c.trace() ** 2 / (c * c).sum())
 
     sa, sb = streams(a), streams(b)
-    cosine = {name: float(torch.cat([(x * y).mean(1) for x, y in zip(sa[name], sb[name])]).mean())
-              for name in kinds}  # fmt: skip
+    out: dict[str, Any] = {"stream_cosine": {}, "stream_overlap": {}, "stream_rank": {}}
+    for name in kinds:
+        x, y = sa[name], sb[name]
+        ca, cb = x.T @ x / len(x), y.T @ y / len(y)
+        out["stream_cosine"][name] = float((x * y).mean(1).mean())
+        out["stream_overlap"][name] = float((ca * cb).sum() / (ca.norm() * cb.norm()))
+        out["stream_rank"][name] = [rank(ca), rank(cb)]
+    for key in ("stream_cosine", "stream_overlap"):
+        out[f"{key}_mean"] = sum(out[key].values()) / len(kinds)
+    out["stream_rank_mean"] = [sum(r[i] for r in out["stream_rank"].values()) / len(kinds)
+                               for i in (0, 1)]  # fmt: skip
     keys = [k for k in a if a[k].is_floating_point() and a[k].shape == b[k].shape]
     apart = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys)
     total = sum(float(a[k].double().pow(2).sum() + b[k].double().pow(2).sum()) for k in keys)
-    return {"stream_cosine": cosine, "stream_cosine_mean": sum(cosine.values()) / len(cosine),
-            "weight_distance": apart / total}  # fmt: skip
+    return {**out, "weight_distance": apart / total}
 
 
 def runs(args: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -253,7 +271,13 @@ def study(
     return rows
 
 
-SUMMED = ("barrier", "share_of_naive", "stream_cosine_mean", "weight_distance")
+SUMMED = (
+    "barrier",
+    "share_of_naive",
+    "stream_cosine_mean",
+    "stream_overlap_mean",
+    "weight_distance",
+)
 """The numbers :func:`summary` takes the mean and sd of, where every pair has them."""
 
 
@@ -294,14 +318,13 @@ def report_pairs(record: dict[str, Any], family: str | None = None) -> str:
               ", ".join(f"{100 * p[label]['share_of_naive']:.0f}" for p in per_pair) + " %"]
              for label, r in ((k, rows[k]) for k in labels)]  # fmt: skip
     if all("stream_cosine_mean" in r for r in rows.values()):  # --similarity
-        header += ["stream cosine (mean over norms)", "stream cosine by pair",
-                   "weight distance", "weight distance by pair"]  # fmt: skip
+        near = {"stream_cosine_mean": "stream cosine", "stream_overlap_mean": "stream overlap",
+                "weight_distance": "weight distance"}  # fmt: skip
+        header += [h for title in near.values() for h in (title, f"{title} by pair")]
         for line, label in zip(lines, labels, strict=True):
-            r = rows[label]
-            line += [f"{r['stream_cosine_mean']:.3f} ± {r['stream_cosine_mean_sd']:.3f}",
-                     ", ".join(f"{p[label]['stream_cosine_mean']:.3f}" for p in per_pair),
-                     f"{r['weight_distance']:.3f} ± {r['weight_distance_sd']:.3f}",
-                     ", ".join(f"{p[label]['weight_distance']:.3f}" for p in per_pair)]  # fmt: skip
+            for key in near:
+                line += [f"{rows[label][key]:.3f} ± {rows[label][f'{key}_sd']:.3f}",
+                         ", ".join(f"{p[label][key]:.3f}" for p in per_pair)]  # fmt: skip
     return f"## {PAIR_TITLES[family]}, seed pairs\n\n" + "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(c) + " |" for c in lines])  # fmt: skip
