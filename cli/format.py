@@ -31,6 +31,8 @@ def format_align(report: Any) -> str:
         f"{al.seconds:.2f} s",
         f"guard      {guard_summary(eq)}",
     ]
+    if report.written_equivalence is not None:
+        lines.append(f"guard      written: {guard_summary(report.written_equivalence)}")
     if report.curves is not None:
         lines += ["", *barrier_table(report.curves)]
     lines += [f"wrote      {name}: {path}" for name, path in report.written.items()]

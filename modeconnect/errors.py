@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
+
 ERRORS = (
     "ModeconnectError",
     "NotEquivalent",
@@ -27,12 +29,35 @@ ERRORS = (
 )
 """The error classes, exported at the top level as well."""
 
-__all__ = ["ERRORS", "MAX_MESSAGE", *ERRORS, "listed", "load_error_reason", "printable"]
+__all__ = [
+    "ERRORS",
+    "MAX_MESSAGE",
+    *ERRORS,
+    "count_nonfinite",
+    "listed",
+    "load_error_reason",
+    "printable",
+]
 
 MAX_MESSAGE = 2000
 """Characters of a message kept (its start and its end, where the advice is); a file can
 put a string of any length into a message, a terminal line should stay readable."""
 _TAIL = 500
+
+
+def count_nonfinite(t: torch.Tensor) -> int:
+    """The NaN and infinite entries of ``t`` that :class:`NotFinite` reports (0 unless it is
+    floating or complex). ``isfinite`` does not take float8, so one-byte floats are counted
+    in float32, which keeps their NaN.
+
+    >>> import torch
+    >>> count_nonfinite(torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn))
+    1
+    """
+    if not (t.is_floating_point() or t.is_complex()):
+        return 0
+    one_byte = t.is_floating_point() and t.element_size() == 1
+    return int((~torch.isfinite(t.float() if one_byte else t)).sum())
 
 
 def listed(keys: Sequence[str], limit: int = 5) -> str:

@@ -81,7 +81,7 @@ from torch import nn
 from .errors import ModeconnectError, NotEquivalent
 from .forward import eval_mode, output_tensors, run
 from .records import record
-from .views import Converted
+from .views import Converted, Rounded
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -90,8 +90,10 @@ __all__ = [
     "EquivalenceError",
     "Precision",
     "check_equivalence",
+    "check_written",
     "precision_of",
     "require_equivalence",
+    "require_written",
 ]
 
 
@@ -239,6 +241,44 @@ def check_equivalence(
     except (RuntimeError, TypeError):  # a module that computes in its own dtype only
         return eq
     return replace(wide, precision=f"{wide.precision} (from {eq.precision})")
+
+
+def check_written(
+    model: nn.Module,
+    original: Mapping[str, torch.Tensor],
+    aligned: Mapping[str, torch.Tensor],
+    stored: Mapping[str, torch.dtype],
+    inputs: Sequence[Any],
+) -> Equivalence:
+    """The guard on aligned B as it will be written: each tensor named in ``stored`` (the
+    dtypes B's checkpoint holds, coarser than the model runs in) rounded to its dtype.
+
+    Permutations only move values, which are exact in any dtype; the maps of a larger
+    symmetry (rotations, per-head maps) make new values, which the stored dtype rounds.
+    The rounded B' must match B (``original``, as the model reads it) to the tolerance of
+    the coarsest stored format (module docstring's table), in values and predictions;
+    that the rounding is small next to B's variation is not required (the unrounded B'
+    passed the full guard). A format the table lacks (float8) cannot be checked:
+    :class:`EquivalenceError`, ``"cannot verify"``. The result's ``precision`` reads
+    ``"bfloat16 (written)"``.
+    """
+    coarse = {d for d in stored.values() if d.is_floating_point}
+    names = {_BY_DTYPE.get(d) for d in coarse}
+    if None in names:
+        unknown = ", ".join(sorted(str(d).removeprefix("torch.") for d in coarse
+                                   if d not in _BY_DTYPE))  # fmt: skip
+        eq = Equivalence(math.nan, math.nan, 0.0, resolution=math.inf, limit=0.0,
+                         precision=f"{unknown} (written)")  # fmt: skip
+        raise EquivalenceError(
+            f"equivalence check (cannot verify): B is stored in {unknown}, which the guard "
+            "has no tolerance for, and a larger symmetry than permutations makes new values "
+            "that it would round; nothing was written; align with --symmetry permutation "
+            "(exact in every dtype), or convert B to bfloat16, float16 or float32 first",
+            eq,
+        )
+    fmt = PRECISIONS[max(names | {"float32"}, key=_COARSENESS.index)]  # type: ignore[arg-type]
+    eq = _compared(model, original, Rounded(aligned, stored), inputs, fmt.tolerance)
+    return replace(eq, precision=f"{fmt.name} (written)", limit=math.inf)
 
 
 def _compared(
@@ -441,6 +481,21 @@ def require_equivalence(eq: Equivalence, what: str = "aligned B") -> None:
     else:
         message = f"equivalence check (cannot verify): {_unverifiable(eq, what)}"
     raise EquivalenceError(message, eq)
+
+
+def require_written(eq: Equivalence) -> None:
+    """Raise :class:`EquivalenceError` (one line) unless :func:`check_written`'s ``eq`` passed."""
+    if eq.failed is None:
+        return
+    dtype = eq.precision.removesuffix(" (written)")
+    raise EquivalenceError(
+        f"equivalence check (written, {eq.failed}): aligned B rounded to B's stored {dtype} "
+        f"moves its outputs by up to {eq.max_rel_diff:.3g} of their magnitude (tolerance "
+        f"{eq.tolerance:.3g} in {dtype}; predictions agree on {eq.agreement:.1%} of {eq.rows} "
+        "probe rows); nothing was written; align with --symmetry permutation (exact in every "
+        "dtype), or convert B to float32 first",
+        eq,
+    )
 
 
 def _unverifiable(eq: Equivalence, what: str) -> str:

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from .bn import reset_batchnorm
-from .errors import ModeconnectError, listed
+from .errors import ModeconnectError, count_nonfinite, listed
 from .evaluation.interpolation import first_difference
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
@@ -205,8 +205,8 @@ def _check_fits(sd: StateDict, label: str, ref: StateDict, ref_label: str) -> No
 
 def _check_finite(sd: StateDict, label: str) -> None:
     for key, t in sd.items():
-        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
+        bad = count_nonfinite(t) if isinstance(t, Tensor) else 0
+        if bad:
             raise ModeconnectError(
                 f"{label}: tensor {key!r} {tuple(t.shape)} has {bad} non-finite values "
                 "(NaN or inf); the weights are unusable, leave this model out"

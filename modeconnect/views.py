@@ -11,6 +11,7 @@ tensor (``dict(view)``) materialise the whole state dict, as they would from a d
 * :class:`Permuted`: ``apply_permutation`` one tensor at a time;
 * :class:`Lerped`: ``torch.lerp(a, b, alpha)`` one tensor at a time (as
   :func:`modeconnect.evaluation.interpolate`);
+* :class:`Rounded`: tensors rounded to the dtype each was stored in, read back in their own;
 * :class:`Extended`: a view plus a few fixed tensors (a model's non-persistent buffers).
 """
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from .spec import PermutationSpec, permute_tensor
 
-__all__ = ["Converted", "Extended", "Lerped", "Permuted", "View", "materialize"]
+__all__ = ["Converted", "Extended", "Lerped", "Permuted", "Rounded", "View", "materialize"]
 
 
 class View(Mapping[str, Tensor]):
@@ -70,6 +71,19 @@ class Converted(View):
         if dtype is None and self.device is None:
             return tensor
         return tensor.to(device=self.device, dtype=dtype)
+
+
+class Rounded(View):
+    """Each tensor named in ``stored`` rounded to that dtype and read back in its own: what a
+    checkpoint written in ``stored``'s dtypes holds, as the model reads it."""
+
+    def __init__(self, source: Mapping[str, Tensor], stored: Mapping[str, torch.dtype]) -> None:
+        super().__init__(source)
+        self.stored = stored
+
+    def compute(self, key: str, tensor: Tensor) -> Tensor:
+        dtype = self.stored.get(key)
+        return tensor if dtype is None else tensor.to(dtype).to(tensor.dtype)
 
 
 class Permuted(View):

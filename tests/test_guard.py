@@ -33,8 +33,10 @@ from modeconnect.guard import (
     Equivalence,
     EquivalenceError,
     check_equivalence,
+    check_written,
     precision_of,
     require_equivalence,
+    require_written,
 )
 from modeconnect.io.checkpoints import load_checkpoint
 from modeconnect.io.spec_cache import (
@@ -460,3 +462,47 @@ def test_an_unverifiable_b_is_not_blamed_on_the_spec(trained) -> None:
     with pytest.raises(EquivalenceError):
         with_untrusted_spec(cannot, lambda: trained.spec, forget)
     assert calls == ["work"]  # B's outputs, not the spec, decide it: the cache stays
+
+
+# --------------------------------------------------------------------------- as written
+
+
+def test_b_as_written_in_bfloat16_passes_and_its_difference_is_the_rounding(trained) -> None:
+    """Aligned B whose values are not B's (as a larger symmetry makes them) is checked as
+    rounded to the stored dtype: the difference is bfloat16's rounding, within its
+    tolerance, and not zero (the rounding happened)."""
+    b = {k: v.to(torch.bfloat16).float() for k, v in trained.state.items()}  # B as stored
+    # a value-changing map that keeps the function: scale a ReLU unit's input row by s
+    # and its output column by 1/s (positive scaling commutes with ReLU)
+    aligned = dict(b)
+    s = torch.linspace(0.5, 2.0, b["1.weight"].shape[0])
+    aligned["1.weight"], aligned["1.bias"] = b["1.weight"] * s[:, None], b["1.bias"] * s
+    aligned["3.weight"] = b["3.weight"] / s
+    assert check_equivalence(trained.model, b, aligned, trained.probe).passed
+    stored = {k: torch.bfloat16 for k in b}
+    eq = check_written(trained.model, b, aligned, stored, trained.probe)
+    assert eq.passed and eq.precision == "bfloat16 (written)"
+    assert eq.tolerance == PRECISIONS["bfloat16"].tolerance
+    assert 0 < eq.max_rel_diff <= eq.tolerance
+    require_written(eq)
+
+
+def test_b_as_written_is_refused_when_the_rounding_breaks_it(trained) -> None:
+    """A value float16 cannot hold (65504 at most) becomes inf when written: refused."""
+    b = trained.state
+    aligned = dict(b)
+    s = torch.ones(b["1.weight"].shape[0])
+    s[7] = 1e6  # unit 7's input row scaled past float16's range, its output column back
+    aligned["1.weight"], aligned["1.bias"] = b["1.weight"] * s[:, None], b["1.bias"] * s
+    aligned["3.weight"] = b["3.weight"] / s
+    assert check_equivalence(trained.model, b, aligned, trained.probe).passed
+    eq = check_written(trained.model, b, aligned, {"1.weight": torch.float16}, trained.probe)
+    assert eq.failed == "values" and not math.isfinite(eq.max_rel_diff)
+    with pytest.raises(EquivalenceError, match=r"written, values.*stored float16.*nothing"):
+        require_written(eq)
+
+
+def test_b_stored_in_float8_cannot_be_checked_as_written(trained) -> None:
+    b = trained.state
+    with pytest.raises(EquivalenceError, match="stored in float8_e4m3fn.*--symmetry permutation"):
+        check_written(trained.model, b, b, {"1.weight": torch.float8_e4m3fn}, trained.probe)

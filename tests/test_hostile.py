@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,6 +249,67 @@ def test_integer_weights_are_refused(bench: Bench) -> None:
     assert_refused(
         bench, bench.cli("align", bench.a, path, "--data", bench.data), "dtype torch.int64"
     )
+
+
+MLP = {
+    "model": "modeconnect.models:mlp",
+    "model_kwargs": {"in_features": 64, "hidden": [512, 512, 512], "out_features": 10},
+}
+
+
+def _one_changed(bench: Bench, name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """A's checkpoint with its first tensor replaced by ``change(tensor)``, at ``name``."""
+    state = bench.state_dict()
+    state["1.weight"] = change(state["1.weight"])
+    torch.save({"state_dict": state, **MLP}, bench.root / name)
+    return bench.root / name
+
+
+def _quantized(t: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch deprecates creating quantized tensors
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (lambda t: t.to_sparse(), "is stored with layout torch.sparse_coo"),
+        (_quantized, "is stored quantized"),  # torch.load warns on it: the line stays one
+    ],
+    ids=["sparse", "quantized"],
+)
+def test_sparse_and_quantized_weights_get_one_line(bench: Bench, change, expect) -> None:
+    path = _one_changed(bench, "odd.pt", change)
+    line = assert_refused(
+        bench, bench.cli("align", bench.a, path, "--data", bench.data), expect, "'1.weight'"
+    )
+    assert line.startswith(f"Error: {path}:") and "(512, 64)" in line
+
+
+def test_float8_weights_are_checked_for_nan_and_written_back_in_float8(bench: Bench) -> None:
+    """``isfinite`` does not take float8: the check counts in float32 and still finds a NaN;
+    clean float8 weights align (permutations are exact in any dtype) and stay float8."""
+
+    def with_nan(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        t[3, 5] = float("nan")
+        return t.to(torch.float8_e4m3fn)
+
+    path = _one_changed(bench, "nan8.pt", with_nan)
+    assert_refused(bench, bench.cli("align", bench.a, path, "--data", bench.data),
+                   "'1.weight' (512, 64) has 1 non-finite values")  # fmt: skip
+    path = _one_changed(bench, "f8.pt", lambda t: t.to(torch.float8_e4m3fn))
+    out = bench.root / "out.pt"
+    code, stderr = bench.cli("align", bench.a, path, "--data", bench.data, "--out", out)()
+    assert code == 0, stderr
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    written = torch.load(out, weights_only=True)["state_dict"]
+    assert written["1.weight"].dtype == torch.float8_e4m3fn
+    assert written["3.weight"].dtype == torch.float32
+    # a permutation of B's float8 rows: the same multiset of bytes in every column
+    rows = written["1.weight"].view(torch.uint8).sort(dim=0).values
+    assert torch.equal(rows, stored["1.weight"].view(torch.uint8).sort(dim=0).values)
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,58 @@ def test_spec_shows_rotary_query_key_classes_and_why_they_are_no_larger(tmp_path
     assert all("a general map across rotary dims changed B's outputs (unsound)" in line
                for line in lines)  # fmt: skip
     assert result.stdout.count("class invertible-per-head: attention mixes positions") == 2
+
+
+def _stored_pair(root: Path, dtype: torch.dtype) -> tuple[Path, Path]:
+    return (hf.save(hf.llama(0), root / "a", dtype=dtype),
+            hf.save(hf.llama(1), root / "b", dtype=dtype))  # fmt: skip
+
+
+def _logits_in_float32(path: Path) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.config.use_cache = False
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.slow  # about 3 s
+def test_b_stored_in_bfloat16_is_checked_as_written(tmp_path: Path) -> None:
+    """The rotations make values bfloat16 rounds: the guard checks aligned B as written
+    too, and the written directory computes B's function to bfloat16's tolerance."""
+    a, b = _stored_pair(tmp_path, torch.bfloat16)
+    out, report = tmp_path / "c", tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["align", str(a), str(b), "--symmetry", "full",
+                                       "--out", str(out), "--json", str(report)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "guard      written: aligned B == B" in result.stdout
+    written = json.loads(report.read_text())["equivalence_written"]
+    assert written["passed"] and written["precision"] == "bfloat16 (written)"
+    assert 0 < written["max_rel_diff"] <= written["tolerance"] == 8 * 2.0**-7
+    mine, theirs = _logits_in_float32(out), _logits_in_float32(b)
+    assert 0 < float((mine - theirs).abs().max() / theirs.abs().max()) <= 8 * 2.0**-7
+    # permutations alone make no new values: nothing is rounded, nothing more to check
+    result = CliRunner().invoke(main, ["align", str(a), str(b), "--out", str(tmp_path / "p"),
+                                       "--json", str(report), "--force"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "equivalence_written" not in json.loads(report.read_text())
+
+
+@pytest.mark.slow  # about 3 s
+def test_b_stored_in_float8_is_refused_under_full_symmetry_and_permuted_exactly(
+    tmp_path: Path,
+) -> None:
+    a, b = _stored_pair(tmp_path, torch.float8_e4m3fn)
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, ["align", str(a), str(b), "--symmetry", "full",
+                                       "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "B is stored in float8_e4m3fn" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["align", str(a), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    torch.testing.assert_close(_logits_in_float32(out), _logits_in_float32(b),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip

@@ -807,6 +807,39 @@ SYM_SINKHORN = {f: f"results/transformers_symmetry_{s}sinkhorn_pairs.json"
                 for f, s in (("llama", ""), ("gpt2", "gpt2_"), ("vit", "vit_"))}  # fmt: skip
 
 
+SYM_SIMILARITY = {f: f"results/transformers_symmetry_{s}similarity_pairs.json"
+                  for f, s in (("llama", ""), ("gpt2", "gpt2_"))}  # fmt: skip
+LEARNED_NEAR = ("orthogonal, learned", "full, learned heads")
+CLOSED_ROTATIONS = (
+    "orthogonal, weight", "orthogonal, activation",
+    "full (orthogonal heads), weight", "full (orthogonal heads), activation",
+)  # fmt: skip
+WEIGHT_ROTATIONS = ("orthogonal, weight", "full (orthogonal heads), weight")
+NEARER = ("stream_cosine_mean", "stream_overlap_mean", "barrier")
+
+
+def _nearness(record: dict[str, Any]) -> list[float]:
+    """The range of each model's stream participation ratio (Llamas, then GPT-2s); fails
+    unless on every pair of both families each learned row has a lower stream cosine, a
+    lower stream overlap and a lower barrier than every closed-form row with a rotation,
+    and a larger weight distance than the weight-based ones."""
+    ranges = []
+    for family in SYM_SIMILARITY:
+        pairs = record[f"{family}_pairs"]
+        for pair, rows in pairs.items():
+            for learned in LEARNED_NEAR:
+                mine = rows[learned]
+                for closed in CLOSED_ROTATIONS:
+                    if not all(mine[k] < rows[closed][k] for k in NEARER):
+                        raise ValueError(f"{family} {pair}: {learned!r} not below {closed!r}")
+                for closed in WEIGHT_ROTATIONS:
+                    if not mine["weight_distance"] > rows[closed]["weight_distance"]:
+                        raise ValueError(f"{family} {pair}: {learned!r} not beyond {closed!r}")
+        ranks = [x for p in pairs.values() for x in p["naive"]["stream_rank_mean"]]
+        ranges += [min(ranks), max(ranks)]
+    return ranges
+
+
 def _lower_count(record: dict[str, Any], family: str, row: str, than: str) -> int:
     """On how many of ``family``'s seed pairs ``row``'s barrier is below ``than``'s."""
     pairs = record[f"{family}_pairs"].values()
@@ -1309,6 +1342,12 @@ CHECKS: list[Check] = [
                   r"\(Sinkhorn: (\d+) %, (\d+) %, (\d+) %\)",
                   SYM_SINKHORN["llama"], _ste_vs_sinkhorn,
                   also=(SYM_SINKHORN["gpt2"], SYM_SINKHORN["vit"])),
+    *(TableCheck(TRANSFORMERS, f"{name}, how near each alignment leaves B",
+                 SYM_SIMILARITY[family], BENCH_SYM, report="report_pairs")
+      for name, family in (("Tiny Llamas", "llama"), ("Tiny GPT-2s", "gpt2"))),
+    SentenceCheck(TRANSFORMERS, r"\(mean over the norms\) is (\d+)–(\d+) for the six Llamas "
+                  r"and (\d+)–(\d+) for the six GPT-2s", SYM_SIMILARITY["llama"], _nearness,
+                  also=(SYM_SIMILARITY["gpt2"],)),
     TableCheck(TRANSFORMERS, "Tiny Llamas, learned per-head maps over three seed pairs",
                SYM_HEADS_PAIRS, BENCH_SYM, report="report_pairs"),
     SentenceCheck(TRANSFORMERS, r"learned too, the Llamas keep (\d+) ± (\d+) % of the naive "

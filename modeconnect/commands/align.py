@@ -26,6 +26,7 @@ from modeconnect.commands.session import Session, open_session, parse_dtype
 from modeconnect.devices import resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.evaluation import Barrier, Curve, barrier_values
+from modeconnect.guard import Equivalence
 from modeconnect.io.checkpoints import json_writer
 from modeconnect.io.hf import model_bytes
 from modeconnect.io.spec_cache import cached_spec, forget_cached, with_untrusted_spec
@@ -45,12 +46,20 @@ class AlignReport(FileReport[AlignResult]):
 
     curves: CurvePair | None = None
     alpha: float = 0.5
+    written_equivalence: Equivalence | None = None
+    """The guard on aligned B as ``--out`` holds it, rounded to B's stored dtypes
+    (:meth:`~modeconnect.commands.session.Session.check_written`); ``None``: nothing rounded."""
 
     def body(self) -> dict[str, Any]:
         res = self.result
         out: dict[str, Any] = {
             "alignment": res.alignment.to_dict(),
             "equivalence": res.equivalence.to_dict(),
+            **(
+                {"equivalence_written": self.written_equivalence.to_dict()}
+                if self.written_equivalence is not None
+                else {}
+            ),  # fmt: skip
             "spec": {
                 "groups": len(res.spec.groups),
                 "units": sum(g.size for g in res.spec.groups.values()),
@@ -129,6 +138,11 @@ def align_files(
         lambda: forget_cached(net, probe, permute_output=o.permute_output),
         clock,
     )
+    rounded = None  # before the evaluation: --out in a coarser dtype may be refused
+    if "--out" in session.outputs:
+        with clock.phase("matching + guard"):
+            rounded = session.check_written(cb.state_dict, result.aligned, cb,
+                                            result.symmetry is not None)  # fmt: skip
     curves = None
     if session.data is not None:
         with clock.phase("evaluation"):
@@ -172,7 +186,7 @@ def align_files(
     report = AlignReport(
         files={"a": str(a_path), "b": str(b_path)}, model_ref=session.model_ref,
         model_kwargs=session.model_kwargs, result=result, command=o.run.command,
-        written=written, curves=curves, alpha=o.alpha,
+        written=written, curves=curves, alpha=o.alpha, written_equivalence=rounded,
     )  # fmt: skip
     if "--json" in plan:
         writes["json"] = json_writer(report.to_dict())

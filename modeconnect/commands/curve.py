@@ -128,6 +128,8 @@ def _checkpoints(
         files[name] = (path, session.checkpoint_writer(path, fit.bends[i], like=ca, metadata=role))
     if aligned is not None and study.alignment is not None:
         path = Path(aligned)
+        session.check_written(session.state_dicts[1], study.alignment.aligned, cb,
+                              study.alignment.symmetry is not None)  # fmt: skip
         role = {**meta, "modeconnect.role": "b aligned to a"}
         writer = session.checkpoint_writer(path, study.alignment.aligned, like=cb, metadata=role)
         files["aligned"] = (path, writer)

@@ -38,6 +38,7 @@ from modeconnect.commands.options import Options
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.forward import lm_kind
+from modeconnect.guard import Equivalence, check_written, require_written
 from modeconnect.io.checkpoints import (
     Checkpoint,
     checkpoint_writer,
@@ -143,6 +144,27 @@ class Session:
             data=None if self.data is None else moved_batches(self.data, where, None),
             train=None if self.train is None else moved_batches(self.train, where, None),
         )  # fmt: skip
+
+    def check_written(
+        self,
+        b: Mapping[str, Tensor],
+        aligned: Mapping[str, Tensor],
+        like: Checkpoint,
+        values_change: bool,
+    ) -> Equivalence | None:
+        """The guard on aligned ``b`` as ``like``'s stored dtypes will round it
+        (:func:`~modeconnect.guard.check_written`), required to pass; ``None`` when nothing
+        is rounded: ``like`` is stored no coarser than the model runs, or only permutations
+        moved B's values (``values_change`` false), which any dtype holds exactly."""
+        runs = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                    torch.get_default_dtype())  # fmt: skip
+        coarse = {k: d for k, d in like.dtypes.items()
+                  if d.is_floating_point and d.itemsize < runs.itemsize}  # fmt: skip
+        if not values_change or not coarse:
+            return None
+        eq = check_written(self.model, b, aligned, coarse, self.probe)
+        require_written(eq)
+        return eq
 
     @property
     def lazy(self) -> bool:

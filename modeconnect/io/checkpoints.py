@@ -24,6 +24,7 @@ import json
 import math
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from modeconnect.errors import (
     ModeconnectError,
     NotFinite,
     ShapeMismatch,
+    count_nonfinite,
     load_error_reason,
 )
 from modeconnect.forward import computed_buffers
@@ -200,7 +202,9 @@ def torch_load(path: Path, what: str, resave: str) -> object:
     ``what`` names the file in errors (``"checkpoint"``), ``resave`` how to write a good one.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own (deprecated quantized types): not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except pickle.UnpicklingError as exc:
@@ -258,6 +262,13 @@ def _tensor_dict(path: Path, raw: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
             raise ModeconnectError(
                 f"{path}: state dict entry {key!r} has type {type(value).__name__}, not Tensor; "
                 "keep only tensors in the state dict"
+            )
+        if value.layout != torch.strided or value.is_quantized:
+            kind = "quantized" if value.is_quantized else f"with layout {value.layout}"
+            raise ShapeMismatch(
+                f"{path}: tensor {key!r} {tuple(value.shape)} is stored {kind}; modeconnect "
+                "aligns dense floating-point tensors: save the state dict with "
+                "tensor.to_dense() (dequantize() for a quantized one)"
             )
         out[key] = value.detach()
     return out
@@ -716,7 +727,7 @@ def _check_finite(ckpt: Checkpoint, when: str = "", progress: ProgressFn | None 
             continue
         flat = tensor.reshape(-1)
         bad = sum(
-            int((~torch.isfinite(flat[i : i + FINITE_CHUNK].to(dtype or flat.dtype))).sum())
+            count_nonfinite(flat[i : i + FINITE_CHUNK].to(dtype or flat.dtype))
             for i in range(0, len(flat), FINITE_CHUNK)
         )
         if bad:
