@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import ModeconnectError
 from .evaluation import Barrier, Curve, barrier, interpolate, interpolation_curve
+from .forward import require_fit
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import Alignment, get_method, takes
 from .probe import Batch, probe_inputs
@@ -118,6 +119,8 @@ def align(
     >>> mc.barrier(mc.interpolation_curve(model, a, result.aligned, [(x, y)], steps=5))
     Barrier(loss=0.0, error=0.0, definition='lerp')
     """
+    require_fit(model, a, "A")
+    require_fit(model, b, "B")
     probe = probe_inputs(model, inputs, data)
     if spec is None:
         spec = derive_spec(model, tuple(x[:2] for x in probe), permute_output=permute_output)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the CLI imports this module before torch: keep it light
+    import torch
 
 ERRORS = (
     "ModeconnectError",
@@ -54,6 +56,8 @@ def count_nonfinite(t: torch.Tensor) -> int:
     >>> count_nonfinite(torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn))
     1
     """
+    import torch
+
     if not (t.is_floating_point() or t.is_complex()):
         return 0
     one_byte = t.is_floating_point() and t.element_size() == 1

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils._named_member_accessor import swap_tensor
 
-from modeconnect.errors import ModeconnectError, listed
+from modeconnect.errors import ModeconnectError, ShapeMismatch, listed
 
 __all__ = [
     "Binding",
@@ -48,6 +48,7 @@ __all__ = [
     "model_call",
     "output_tensors",
     "over_batches",
+    "require_fit",
     "run",
     "share_layout",
     "swapped",
@@ -207,6 +208,44 @@ class Binding:
         """:meth:`check`, then :meth:`bind`."""
         self.check(state_dict)
         return self.bind(state_dict)
+
+
+def require_fit(model: nn.Module, state_dict: Mapping[str, Tensor], label: str) -> None:
+    """Raise one line naming ``label`` unless ``state_dict`` fits ``model``: every tensor the
+    module holds (tied aliases may be left out) and nothing else (:meth:`Binding.check`)
+    and, for a dict in memory, each tensor in the module's shape and floating ones in its
+    dtype. A lazy mapping is not read here: its tensors are checked as they are loaded.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 3)
+    >>> require_fit(model, {k: v.double() for k, v in model.state_dict().items()}, "B")
+    Traceback (most recent call last):
+    ...
+    modeconnect.errors.ShapeMismatch: B: tensor 'weight' (3, 2) has dtype torch.float64 but \
+the model's is torch.float32; cast the state dict to the model's dtype (or the model to its)
+    """
+    try:
+        Binding.of(model).check(state_dict)
+    except ModeconnectError as exc:
+        raise ShapeMismatch(f"{label}: {exc}".replace(": state dict:", ":")) from None
+    if not isinstance(state_dict, dict):
+        return
+    own = {**dict(model.named_parameters(remove_duplicate=False)),
+           **dict(model.named_buffers(remove_duplicate=False))}  # fmt: skip
+    for key, t in state_dict.items():
+        mine = own.get(key)
+        if mine is None or not isinstance(t, Tensor):
+            continue
+        if t.shape != mine.shape:
+            raise ShapeMismatch(
+                f"{label}: tensor {key!r} has shape {tuple(t.shape)} but the model's is "
+                f"{tuple(mine.shape)}; load it into the same architecture"
+            )
+        if t.is_floating_point() and mine.is_floating_point() and t.dtype != mine.dtype:
+            raise ShapeMismatch(
+                f"{label}: tensor {key!r} {tuple(t.shape)} has dtype {t.dtype} but the model's "
+                f"is {mine.dtype}; cast the state dict to the model's dtype (or the model to its)"
+            )
 
 
 def _first(names: Sequence[str], state_dict: Mapping[str, Tensor]) -> Tensor | None:

@@ -263,10 +263,10 @@ def check_written(
     ``"bfloat16 (written)"``.
     """
     coarse = {d for d in stored.values() if d.is_floating_point}
-    names = {_BY_DTYPE.get(d) for d in coarse}
-    if None in names:
-        unknown = ", ".join(sorted(str(d).removeprefix("torch.") for d in coarse
-                                   if d not in _BY_DTYPE))  # fmt: skip
+    names = {_BY_DTYPE[d] for d in coarse if d in _BY_DTYPE}
+    unknown = ", ".join(sorted(str(d).removeprefix("torch.") for d in coarse
+                               if d not in _BY_DTYPE))  # fmt: skip
+    if unknown:
         eq = Equivalence(math.nan, math.nan, 0.0, resolution=math.inf, limit=0.0,
                          precision=f"{unknown} (written)")  # fmt: skip
         raise EquivalenceError(
@@ -276,7 +276,7 @@ def check_written(
             "(exact in every dtype), or convert B to bfloat16, float16 or float32 first",
             eq,
         )
-    fmt = PRECISIONS[max(names | {"float32"}, key=_COARSENESS.index)]  # type: ignore[arg-type]
+    fmt = PRECISIONS[max(names | {"float32"}, key=_COARSENESS.index)]
     eq = _compared(model, original, Rounded(aligned, stored), inputs, fmt.tolerance)
     return replace(eq, precision=f"{fmt.name} (written)", limit=math.inf)
 

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from .bn import reset_batchnorm
 from .errors import ModeconnectError, count_nonfinite, listed
 from .evaluation.interpolation import first_difference
+from .forward import require_fit
 from .guard import Equivalence, check_equivalence, require_equivalence
 from .matching import METHODS, Alignment, get_method
 from .probe import Batch, probe_inputs
@@ -472,6 +473,8 @@ def merge(
     sds = list(state_dicts)
     w = normalize_weights(weights, len(sds))
     check_state_dicts(sds, labels)
+    for j, sd in enumerate(sds):
+        require_fit(model, sd, labels[j] if labels else f"model {j}")
     reference = _check_reference(reference, sds)
     _check_method(method)
     _check_options(bn, data is not None, max_rounds)

@@ -321,6 +321,9 @@ def test_float8_weights_are_checked_for_nan_and_written_back_in_float8(bench: Be
         (lambda x, y: (x, y[:, None]), "need labels of shape (N)"),
         (lambda x, y: ((x * 16).long(), y), "cannot run on x"),
         (lambda x, y: (x[:, :32], y), "cannot run on x of shape (64, 32)"),
+        (lambda x, y: (x.to_sparse(), y), "'x' (500, 64) is stored with layout torch.sparse_coo"),
+        (lambda x, y: (x, y.to_sparse()), "'y' (500,) is stored with layout torch.sparse_coo"),
+        (lambda x, y: (x.to(torch.float8_e4m3fn), y), "and dtype float8_e4m3fn"),
     ],
 )
 def test_data_that_do_not_fit_get_one_line(bench: Bench, make, expect) -> None:

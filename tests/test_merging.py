@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from zoo import ZOO, randomize_
 
 from modeconnect.alignment import align
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, ShapeMismatch
 from modeconnect.evaluation import evaluate, interpolate
 from modeconnect.matching import METHODS, Alignment
 from modeconnect.merging import (
@@ -208,6 +208,29 @@ def test_mismatched_or_nonfinite_inputs_are_rejected(spec, mutate, message):
 def test_bad_arguments_are_rejected(spec, kwargs, message):
     with pytest.raises(ModeconnectError, match=message):
         merge(small_net(), [small_state(s) for s in range(3)], spec=spec, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda v: v.double(), r"B: tensor '1\.weight' \(10, 6\) has dtype torch\.float64 but "
+                               r"the model's is torch\.float32; cast the state dict"),
+        (lambda v: v.to(torch.float8_e4m3fn), r"dtype torch\.float8_e4m3fn but the model's"),
+        (lambda v: v[:, :4], r"B: tensor '1\.weight' has shape \(10, 4\) but the model's is "
+                             r"\(10, 6\); load it into the same architecture"),
+    ],
+    ids=["float64", "float8", "shape"],
+)  # fmt: skip
+def test_state_dicts_that_do_not_fit_the_model_get_one_line(spec, change, message):
+    """Every model's tensors against the model's own, before anything runs (an align call
+    with a narrower B ended in an IndexError, one in another dtype in a matmul error)."""
+    a, b = small_state(0), small_state(1)
+    wrong = {**b, "1.weight": change(b["1.weight"])}
+    with pytest.raises(ShapeMismatch, match=message):
+        align(small_net(), a, wrong, spec=spec, inputs=(torch.randn(2, 6),))
+    # two alike: they agree with each other, not with the model
+    with pytest.raises(ShapeMismatch, match=message.replace("B:", "model 0:")):
+        merge(small_net(), [wrong, dict(wrong)], spec=spec, inputs=(torch.randn(2, 6),))
 
 
 def test_reference_state_dict_must_fit(spec):

@@ -72,6 +72,7 @@ __all__ = [
     "check_same_width",
     "check_state_dict",
     "import_callable",
+    "require_dense",
     "load_checkpoint",
     "checkpoint_writer",
     "json_writer",
@@ -263,15 +264,21 @@ def _tensor_dict(path: Path, raw: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
                 f"{path}: state dict entry {key!r} has type {type(value).__name__}, not Tensor; "
                 "keep only tensors in the state dict"
             )
-        if value.layout != torch.strided or value.is_quantized:
-            kind = "quantized" if value.is_quantized else f"with layout {value.layout}"
-            raise ShapeMismatch(
-                f"{path}: tensor {key!r} {tuple(value.shape)} is stored {kind}; modeconnect "
-                "aligns dense floating-point tensors: save the state dict with "
-                "tensor.to_dense() (dequantize() for a quantized one)"
-            )
+        require_dense(path, f"tensor {key!r}", value)
         out[key] = value.detach()
     return out
+
+
+def require_dense(path: Path, name: str, t: torch.Tensor) -> None:
+    """Refuse a sparse (or otherwise non-strided) or quantized tensor read from ``path``:
+    one line naming it (``name``: ``"tensor 'w'"``), its shape, and the way to re-save it."""
+    if t.layout == torch.strided and not t.is_quantized:
+        return
+    kind = "quantized" if t.is_quantized else f"with layout {t.layout}"
+    raise ShapeMismatch(
+        f"{path}: {name} {tuple(t.shape)} is stored {kind}; modeconnect reads dense "
+        "tensors: save it with tensor.to_dense() (dequantize() for a quantized one)"
+    )
 
 
 def _optional_str(path: Path, value: object, name: str) -> str | None:

@@ -50,9 +50,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from modeconnect.errors import ModeconnectError
+from modeconnect.errors import ModeconnectError, count_nonfinite
 from modeconnect.evaluation.scoring import PAD_LABEL, token_batch
-from modeconnect.io.checkpoints import torch_load
+from modeconnect.io.checkpoints import require_dense, torch_load
 from modeconnect.io.references import import_callable
 
 __all__ = [
@@ -468,7 +468,12 @@ def _torch_load(path: Path) -> object:
     resave = (
         "torch.save({'x': x, 'y': y}, path) (a tokenizer's output: torch.save(dict(enc), path))"
     )
-    return torch_load(path, "data file", resave)
+    content = torch_load(path, "data file", resave)
+    named = content.items() if isinstance(content, Mapping) else [("the tensor", content)]
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            require_dense(path, name if name == "the tensor" else repr(name)[:80], value)
+    return content
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -538,8 +543,8 @@ def _check_pair(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
     if len(x) == 0:
         raise ModeconnectError(f"{path}: the data is empty (x {tuple(x.shape)}); pass examples")
     for name, t in (("x", x), ("y", y)):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
+        bad = count_nonfinite(t)
+        if bad:
             raise ModeconnectError(
                 f"{path}: {name!r} {tuple(t.shape)} holds {bad} non-finite values (NaN or inf); "
                 "clean the data (e.g. torch.nan_to_num) before using it"
