@@ -240,6 +240,14 @@ def _break_truncated_shard(a: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:-100])
 
 
+def _break_activation(a: Path) -> None:
+    hf.edit_config(a, hidden_act="gelu")  # B keeps silu: the same weights, another function
+
+
+def _break_norm_eps(a: Path) -> None:
+    hf.edit_config(a, rms_norm_eps=0.5)
+
+
 def _break_no_weights(a: Path) -> None:
     for p in a.glob("model*"):
         p.unlink()
@@ -259,6 +267,8 @@ def _break_no_weights(a: Path) -> None:
         (_break_index_path, "is not a file name in the directory"),
         (_break_truncated_shard, "corrupt or truncated"),
         (_break_no_weights, "but no weights"),
+        (_break_activation, "config.json 'hidden_act' is 'silu' but 'gelu' in"),
+        (_break_norm_eps, "config.json 'rms_norm_eps' is 1e-06 but 0.5 in"),
     ],
 )
 def test_bad_directories_get_one_line_and_nothing_is_written(
@@ -275,6 +285,24 @@ def test_bad_directories_get_one_line_and_nothing_is_written(
     assert len(lines) == 1 and "Traceback" not in err, err
     assert expect in lines[0], lines[0]
     assert snapshot(tmp_path) == before
+
+
+def test_configs_that_differ_in_bookkeeping_or_spelling_only_are_one_configuration(
+    models, tmp_path: Path
+) -> None:
+    """B's config written by another version (the rotary base as a top-level 'rope_theta'
+    instead of 'rope_parameters'), with another name, dtype and version: transformers
+    reads the same settings, so the pair is accepted and aligned B is B."""
+    a, b = _pair(models, tmp_path, "llama", torch.float32, False)
+    config = json.loads((b / "config.json").read_text())
+    theta = config.pop("rope_parameters")["rope_theta"]
+    config.update(rope_theta=theta, _name_or_path="elsewhere/b", transformers_version="4.0.0",
+                  pad_token_id=0)  # fmt: skip
+    (b / "config.json").write_text(json.dumps(config))
+    code, out, err = _cli("align", a, b, "--out", tmp_path / "c")
+    assert code == 0, err
+    torch.testing.assert_close(_outputs(_load(tmp_path / "c", "llama")),
+                               _outputs(_load(a, "llama")), rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_a_directory_output_needs_directory_inputs(tmp_path: Path) -> None:

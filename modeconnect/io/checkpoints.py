@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
@@ -46,6 +46,7 @@ from modeconnect.io.hf import (
     HFDirectory,
     LazyWeights,
     build_empty,
+    config_settings,
     model_names,
     open_directory,
 )
@@ -587,7 +588,26 @@ def _architecture(
                 f"{other.model_ref!r} one (their config.json 'architectures'); "
                 "all checkpoints must come from the same architecture"
             )
+        _check_same_config(first, other)
     return Architecture(build_empty(dirs[0]), dirs[0].model_ref, {"config": dirs[0].config})
+
+
+def _check_same_config(first: Checkpoint, other: Checkpoint) -> None:
+    """Refuse Hugging Face directories whose configs differ beyond bookkeeping
+    (:func:`~modeconnect.io.hf.config_settings`): the model is built from the first one's,
+    so another's activation, norm epsilon or rotary base would be silently replaced by
+    the first's, and its losses measured as another function."""
+    a = config_settings(cast(HFDirectory, first.directory))
+    b = config_settings(cast(HFDirectory, other.directory))
+    for key in sorted(a.keys() | b.keys()):
+        mine, theirs = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if mine != theirs:
+            raise ModeconnectError(
+                f"{other.path}: config.json {key!r} is {_short(theirs, 120)} but "
+                f"{_short(mine, 120)} in {first.path}; the model is built from the first "
+                "config, so this checkpoint would run as another function: make the configs "
+                "agree"
+            )
 
 
 def _named_for(model: torch.nn.Module, ckpt: Checkpoint) -> Checkpoint:

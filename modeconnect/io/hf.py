@@ -67,6 +67,7 @@ __all__ = [
     "HFDirectory",
     "LazyWeights",
     "build_empty",
+    "config_settings",
     "directory_writer",
     "is_hf_directory",
     "model_bytes",
@@ -520,15 +521,45 @@ def build_empty(directory: HFDirectory) -> nn.Module:
         return _build_on_meta(cls, local_config(directory.config), directory.architecture, where)
 
 
-def _build_on_meta(cls: Any, settings: dict[str, Any], architecture: str, where: Path) -> nn.Module:
-    """``cls`` built from the config ``settings`` with its parameters on the meta device."""
+BOOKKEEPING = frozenset({
+    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
+    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "torchscript",
+    "id2label", "label2id", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "_commit_hash",
+})  # fmt: skip
+"""Config entries that leave the forward pass as it is (:func:`config_settings`): names,
+versions, the stored dtype, what the model returns, the cache, special token ids (the
+labels' count shows in the head's shape)."""
+
+
+def config_settings(directory: HFDirectory) -> dict[str, Any]:
+    """The directory's config as transformers reads it (its config class's ``to_dict()``:
+    one spelling whatever version wrote it, defaults filled in), without
+    :data:`BOOKKEEPING` and the keys modeconnect ignores: what the forward pass depends on.
+
+    Two directories whose settings differ compute different functions from the same
+    weights (another activation, norm epsilon, rotary base).
+    """
+    import transformers
+
+    cls = getattr(transformers, directory.architecture)
+    config = _config(cls, local_config(directory.config), directory.path / CONFIG)
+    return {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING}
+
+
+def _config(cls: Any, settings: dict[str, Any], where: Path) -> Any:
     try:
-        config = cls.config_class.from_dict(settings)
+        return cls.config_class.from_dict(settings)
     except Exception as exc:
         raise ModeconnectError(
             f"{where}: does not fit {cls.config_class.__name__} ({type(exc).__name__}: "
             f"{_one_line(exc)[:200]}); check the config"
         ) from exc
+
+
+def _build_on_meta(cls: Any, settings: dict[str, Any], architecture: str, where: Path) -> nn.Module:
+    """``cls`` built from the config ``settings`` with its parameters on the meta device."""
+    config = _config(cls, settings, where)
     if hasattr(config, "use_cache"):
         config.use_cache = False
     try:
