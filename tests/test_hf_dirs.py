@@ -291,13 +291,14 @@ def test_configs_that_differ_in_bookkeeping_or_spelling_only_are_one_configurati
     models, tmp_path: Path
 ) -> None:
     """B's config written by another version (the rotary base as a top-level 'rope_theta'
-    instead of 'rope_parameters'), with another name, dtype and version: transformers
-    reads the same settings, so the pair is accepted and aligned B is B."""
+    instead of 'rope_parameters'), with another name, version, pad token and dropout rate
+    (models are evaluated in eval mode): the same evaluated function, so the pair is
+    accepted and aligned B is B."""
     a, b = _pair(models, tmp_path, "llama", torch.float32, False)
     config = json.loads((b / "config.json").read_text())
     theta = config.pop("rope_parameters")["rope_theta"]
     config.update(rope_theta=theta, _name_or_path="elsewhere/b", transformers_version="4.0.0",
-                  pad_token_id=0)  # fmt: skip
+                  pad_token_id=0, attention_dropout=0.3)  # fmt: skip
     (b / "config.json").write_text(json.dumps(config))
     code, out, err = _cli("align", a, b, "--out", tmp_path / "c")
     assert code == 0, err

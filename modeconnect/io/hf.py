@@ -38,7 +38,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
@@ -525,17 +525,20 @@ BOOKKEEPING = frozenset({
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
     "use_cache", "output_attentions", "output_hidden_states", "return_dict", "torchscript",
     "id2label", "label2id", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
-    "_commit_hash",
+    "_commit_hash", "initializer_range", "initializer_factor", "gradient_checkpointing",
 })  # fmt: skip
-"""Config entries that leave the forward pass as it is (:func:`config_settings`): names,
-versions, the stored dtype, what the model returns, the cache, special token ids (the
-labels' count shows in the head's shape)."""
+"""Config entries that leave the evaluated forward pass as it is (:func:`config_settings`):
+names, versions, the stored dtype, what the model returns, the cache, special token ids
+(the labels' count shows in the head's shape), initialisation. Every entry whose name
+holds ``drop`` (dropout rates, drop-path and layer-drop) is left out as well: models are
+evaluated in eval mode."""
 
 
 def config_settings(directory: HFDirectory) -> dict[str, Any]:
     """The directory's config as transformers reads it (its config class's ``to_dict()``:
     one spelling whatever version wrote it, defaults filled in), without
-    :data:`BOOKKEEPING` and the keys modeconnect ignores: what the forward pass depends on.
+    :data:`BOOKKEEPING` at any depth and the keys modeconnect ignores: what the evaluated
+    forward pass depends on.
 
     Two directories whose settings differ compute different functions from the same
     weights (another activation, norm epsilon, rotary base).
@@ -544,7 +547,16 @@ def config_settings(directory: HFDirectory) -> dict[str, Any]:
 
     cls = getattr(transformers, directory.architecture)
     config = _config(cls, local_config(directory.config), directory.path / CONFIG)
-    return {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING}
+    return cast(dict[str, Any], _forward_only(config.to_dict()))
+
+
+def _forward_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _forward_only(v) for k, v in value.items()
+                if k not in BOOKKEEPING and "drop" not in str(k)}  # fmt: skip
+    if isinstance(value, list):
+        return [_forward_only(v) for v in value]
+    return value
 
 
 def _config(cls: Any, settings: dict[str, Any], where: Path) -> Any:
