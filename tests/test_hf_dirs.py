@@ -267,8 +267,8 @@ def _break_no_weights(a: Path) -> None:
         (_break_index_path, "is not a file name in the directory"),
         (_break_truncated_shard, "corrupt or truncated"),
         (_break_no_weights, "but no weights"),
-        (_break_activation, "config.json 'hidden_act' is 'silu' but 'gelu' in"),
-        (_break_norm_eps, "config.json 'rms_norm_eps' is 1e-06 but 0.5 in"),
+        (_break_activation, "config 'hidden_act' is 'silu' but 'gelu' in"),
+        (_break_norm_eps, "config 'rms_norm_eps' is 1e-06 but 0.5 in"),
     ],
 )
 def test_bad_directories_get_one_line_and_nothing_is_written(

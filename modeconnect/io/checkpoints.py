@@ -602,8 +602,8 @@ def _check_same_config(first: Checkpoint, other: Checkpoint) -> None:
     for key in sorted(a.keys() | b.keys()):
         mine, theirs = a.get(key, "<absent>"), b.get(key, "<absent>")
         if mine != theirs:
-            raise ModeconnectError(
-                f"{other.path}: config.json {key!r} is {_short(theirs, 120)} but "
+            raise ShapeMismatch(
+                f"{other.path}: config {key!r} is {_short(theirs, 120)} but "
                 f"{_short(mine, 120)} in {first.path}; the model is built from the first "
                 "config, so this checkpoint would run as another function: make the configs "
                 "agree"
