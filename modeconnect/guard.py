@@ -93,6 +93,7 @@ __all__ = [
     "check_written",
     "precision_of",
     "require_equivalence",
+    "require_writable",
     "require_written",
 ]
 
@@ -262,23 +263,30 @@ def check_written(
     :class:`EquivalenceError`, ``"cannot verify"``. The result's ``precision`` reads
     ``"bfloat16 (written)"``.
     """
-    coarse = {d for d in stored.values() if d.is_floating_point}
-    names = {_BY_DTYPE[d] for d in coarse if d in _BY_DTYPE}
-    unknown = ", ".join(sorted(str(d).removeprefix("torch.") for d in coarse
-                               if d not in _BY_DTYPE))  # fmt: skip
-    if unknown:
-        eq = Equivalence(math.nan, math.nan, 0.0, resolution=math.inf, limit=0.0,
-                         precision=f"{unknown} (written)")  # fmt: skip
-        raise EquivalenceError(
-            f"equivalence check (cannot verify): B is stored in {unknown}, which the guard "
-            "has no tolerance for, and a larger symmetry than permutations makes new values "
-            "that it would round; nothing was written; align with --symmetry permutation "
-            "(exact in every dtype), or convert B to bfloat16, float16 or float32 first",
-            eq,
-        )
+    require_writable(stored)
+    names = {_BY_DTYPE[d] for d in stored.values() if d in _BY_DTYPE}
     fmt = PRECISIONS[max(names | {"float32"}, key=_COARSENESS.index)]
     eq = _compared(model, original, Rounded(aligned, stored), inputs, fmt.tolerance)
     return replace(eq, precision=f"{fmt.name} (written)", limit=math.inf)
+
+
+def require_writable(stored: Mapping[str, torch.dtype]) -> None:
+    """Raise :class:`EquivalenceError` (``"cannot verify"``) if a floating dtype of ``stored``
+    has no tolerance in the guard's table (float8): :func:`check_written` could not check
+    new values rounded to it. Commands call it before any work."""
+    unknown = ", ".join(sorted({str(d).removeprefix("torch.") for d in stored.values()
+                                if d.is_floating_point and d not in _BY_DTYPE}))  # fmt: skip
+    if not unknown:
+        return
+    eq = Equivalence(math.nan, math.nan, 0.0, resolution=math.inf, limit=0.0,
+                     precision=f"{unknown} (written)")  # fmt: skip
+    raise EquivalenceError(
+        f"equivalence check (cannot verify): B is stored in {unknown}, which the guard has "
+        "no tolerance for, and a larger symmetry than permutations makes new values that it "
+        "would round; nothing was written; align with --symmetry permutation (exact in every "
+        "dtype), or convert B to bfloat16, float16 or float32 first",
+        eq,
+    )
 
 
 def _compared(

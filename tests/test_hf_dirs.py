@@ -321,3 +321,19 @@ def test_directory_in_file_out_loads_back(models, tmp_path: Path) -> None:
     assert code == 0, err
     loaded = load_models([tmp_path / "c.safetensors", a])  # names transformers:LlamaForCausalLM
     assert loaded.architecture.ref == "transformers:LlamaForCausalLM"
+
+
+def test_stacked_evaluation_of_a_transformer_prints_no_torch_notes(models, tmp_path: Path) -> None:
+    """vmap runs CPU attention one point at a time and torch says so in a UserWarning meant
+    for its developers; a barrier on Llama directories raises no such warning."""
+    import warnings
+
+    a, b = _pair(models, tmp_path, "llama", torch.float32, False)
+    torch.save(IDS, tmp_path / "ids.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = _cli("barrier", a, b, "--data", tmp_path / "ids.pt", "--steps", "5")
+    assert code == 0, err
+    assert "aligned" in out
+    notes = [str(w.message) for w in caught if "performance drop" in str(w.message)]
+    assert notes == [], notes[:1]

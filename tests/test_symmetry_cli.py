@@ -191,6 +191,14 @@ def test_b_stored_in_float8_is_refused_under_full_symmetry_and_permuted_exactly(
     assert "B is stored in float8_e4m3fn" in result.stderr
     assert "nothing was written" in result.stderr
     assert not out.exists()
+    # curve --aligned: refused before the curve is trained
+    ids = tmp_path / "ids.pt"
+    torch.save(IDS, ids)
+    result = CliRunner().invoke(main, ["curve", str(a), str(b), "--data", str(ids), "--train",
+                                       str(ids), "--align", "weight", "--symmetry", "full",
+                                       "--epochs", "50", "--aligned", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "B is stored in float8_e4m3fn" in result.stderr
+    assert not out.exists()
     result = CliRunner().invoke(main, ["align", str(a), str(b), "--out", str(out)])
     assert result.exit_code == 0, result.output
     torch.testing.assert_close(_logits_in_float32(out), _logits_in_float32(b),

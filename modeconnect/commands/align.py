@@ -115,6 +115,9 @@ def align_files(
                  ("--json", o.json_path, "json")],
     )  # fmt: skip
     net, (ca, cb), clock = session.model, session.checkpoints, session.timings
+    values_change = o.symmetry != "permutation" or o.method == "learned"
+    if "--out" in session.outputs:
+        session.require_writable(cb, values_change)
     stats = session.train if session.train is not None else session.data
     check_mode(net, o.bn, session.train)
     opts = method_options(o.method, o.method_options)
@@ -141,8 +144,7 @@ def align_files(
     rounded = None  # before the evaluation: --out in a coarser dtype may be refused
     if "--out" in session.outputs:
         with clock.phase("matching + guard"):
-            rounded = session.check_written(cb.state_dict, result.aligned, cb,
-                                            result.symmetry is not None)  # fmt: skip
+            rounded = session.check_written(cb.state_dict, result.aligned, cb, values_change)
     curves = None
     if session.data is not None:
         with clock.phase("evaluation"):

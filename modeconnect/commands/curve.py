@@ -54,6 +54,9 @@ def curve_files(
         train_labels=class_labels,
     )  # fmt: skip
     bn_correction(session.model, o.bn, session.train, where="curve")  # refused before training
+    if o.aligned is not None:  # refused before training too
+        session.require_writable(session.checkpoints[1],
+                                 o.symmetry != "permutation" or method == "learned")  # fmt: skip
     (a, b), train_data, test_data = session.state_dicts, session.train, session.data
     seeded = {"seed": o.seed} if method is not None else {}  # without a method, none is given
     chosen = method_options(method, {**seeded, **(o.align_options or {})})

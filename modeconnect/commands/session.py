@@ -38,7 +38,7 @@ from modeconnect.commands.options import Options
 from modeconnect.devices import moved_batches, resolve_device
 from modeconnect.errors import ModeconnectError
 from modeconnect.forward import lm_kind
-from modeconnect.guard import Equivalence, check_written, require_written
+from modeconnect.guard import Equivalence, check_written, require_writable, require_written
 from modeconnect.io.checkpoints import (
     Checkpoint,
     checkpoint_writer,
@@ -145,6 +145,21 @@ class Session:
             train=None if self.train is None else moved_batches(self.train, where, None),
         )  # fmt: skip
 
+    def rounded_dtypes(self, like: Checkpoint) -> dict[str, torch.dtype]:
+        """The tensors ``like`` stores in a coarser floating dtype than the model runs in
+        (writers round what they write to these), with those dtypes."""
+        runs = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                    torch.get_default_dtype())  # fmt: skip
+        return {k: d for k, d in like.dtypes.items()
+                if d.is_floating_point and d.itemsize < runs.itemsize}  # fmt: skip
+
+    def require_writable(self, like: Checkpoint, values_change: bool) -> None:
+        """Before any work: refuse an output in ``like``'s dtypes that the guard could not
+        check as written (:func:`~modeconnect.guard.require_writable`; float8) when a larger
+        symmetry than permutations will make new values (``values_change``)."""
+        if values_change:
+            require_writable(self.rounded_dtypes(like))
+
     def check_written(
         self,
         b: Mapping[str, Tensor],
@@ -156,10 +171,7 @@ class Session:
         (:func:`~modeconnect.guard.check_written`), required to pass; ``None`` when nothing
         is rounded: ``like`` is stored no coarser than the model runs, or only permutations
         moved B's values (``values_change`` false), which any dtype holds exactly."""
-        runs = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
-                    torch.get_default_dtype())  # fmt: skip
-        coarse = {k: d for k, d in like.dtypes.items()
-                  if d.is_floating_point and d.itemsize < runs.itemsize}  # fmt: skip
+        coarse = self.rounded_dtypes(like)
         if not values_change or not coarse:
             return None
         eq = check_written(self.model, b, aligned, coarse, self.probe)

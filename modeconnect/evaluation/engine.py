@@ -17,6 +17,7 @@ for any set of points (planes, landscape grids): the one batched evaluation path
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ __all__ = [
     "points_per_pass",
     "vmap_agrees",
 ]
+
+VMAP_FALLBACK_NOTE = "There is a performance drop because we have not yet implemented the batching"
+"""The start of torch's warning for an op ``vmap`` runs one point at a time (scaled dot-product
+attention on the CPU, for one): a note to torch's developers, silenced in stacked passes."""
 
 MAX_ALPHA_BATCH = 16
 """At most this many α share one vectorised pass."""
@@ -121,7 +126,9 @@ class Pass:
         def one(params: dict[str, Tensor]) -> Rows:
             return self.run({**shared, **params}, batches)
 
-        out: Rows = torch.func.vmap(one, randomness="same")(stacked)
+        with warnings.catch_warnings():  # torch's note on ops it loops over: not the user's
+            warnings.filterwarnings("ignore", message=VMAP_FALLBACK_NOTE, category=UserWarning)
+            out: Rows = torch.func.vmap(one, randomness="same")(stacked)
         return out
 
     # Per batch only the model, the loss and the argmax run; reductions and casts
