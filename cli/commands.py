@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from typing import IO, Any
 
 import click
@@ -92,6 +95,25 @@ def main(ctx: click.Context, threads: int | None) -> None:
     # Nothing a command does may reach the network, whatever a file says (SECURITY.md):
     # the Hub clients stay offline until the command ends, and are restored after it.
     ctx.with_resource(offline())
+    ctx.with_resource(one_line_warnings())
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """While a command runs, a warning shows as one line, ``warning: MESSAGE`` (escaped,
+    :func:`~modeconnect.errors.printable`), without the file, line number and source line
+    Python adds: the message names what to change (OT's ``--reg``, an unused activation
+    site), the source line of modeconnect's ``warn`` call does not."""
+    previous = warnings.formatwarning
+
+    def one_line(message: Warning | str, *_: Any, **__: Any) -> str:
+        return printable(f"warning: {message}") + "\n"
+
+    warnings.formatwarning = one_line  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def library(module: str, name: str) -> tuple[Any, float]:

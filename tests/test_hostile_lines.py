@@ -417,3 +417,29 @@ def test_interrupts_and_exits_keep_their_behaviour(
     _break(monkeypatch, SystemExit(143))
     result = CliRunner().invoke(main, ["spec", str(bench.a)])
     assert result.exit_code == 143 and result.stderr == ""
+
+
+WARNED = """
+import sys, warnings
+import modeconnect.commands.align as command
+real = command.align
+def warned(*args, **kwargs):
+    warnings.warn("group P0: hostile\\nsecond line; increase --reg", UserWarning)
+    return real(*args, **kwargs)
+command.align = warned
+from modeconnect_cli.main import main
+main(sys.argv[1:])
+"""
+"""A command whose alignment warns (the message holding a newline), in its own process:
+pytest records warnings instead of showing them."""
+
+
+def test_a_warning_during_a_command_is_one_escaped_line(bench: Bench) -> None:
+    """A warning shows as ``warning: MESSAGE`` alone (no file, line number or source line),
+    a newline in it escaped."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", WARNED, "align", str(bench.a), str(bench.b)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "warning: group P0: hostile\\nsecond line; increase --reg\n"
