@@ -78,7 +78,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModeconnectError, NotEquivalent
+from .errors import ModeconnectError, NotEquivalent, count_nonfinite
 from .forward import eval_mode, output_tensors, run
 from .records import record
 from .views import Converted, Rounded
@@ -452,7 +452,7 @@ def _tf32_allowed() -> bool:
 def _require_finite(tensors: Sequence[Any], what: str) -> None:
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
-            bad = int((~torch.isfinite(t)).sum())
+            bad = count_nonfinite(t)
             if bad:
                 raise ModeconnectError(
                     f"equivalence check: {what} hold {bad} non-finite values (NaN or inf) in a "

@@ -43,6 +43,7 @@ from modeconnect.io.checkpoints import (
     Checkpoint,
     checkpoint_writer,
     load_models,
+    model_dtype,
     restore_dtypes,
 )
 from modeconnect.io.data import (
@@ -148,8 +149,7 @@ class Session:
     def rounded_dtypes(self, like: Checkpoint) -> dict[str, torch.dtype]:
         """The tensors ``like`` stores in a coarser floating dtype than the model runs in
         (writers round what they write to these), with those dtypes."""
-        runs = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
-                    torch.get_default_dtype())  # fmt: skip
+        runs = model_dtype(self.model)
         return {k: d for k, d in like.dtypes.items()
                 if d.is_floating_point and d.itemsize < runs.itemsize}  # fmt: skip
 

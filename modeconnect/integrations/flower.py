@@ -43,10 +43,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
 
-from ..errors import ModeconnectError
+from ..errors import ModeconnectError, count_nonfinite
 from ..federated import aligned_fedavg
 
 __all__ = ["AlignedFedAvg", "REFERENCES", "WIDTH_POLICIES"]
@@ -284,7 +283,7 @@ def _build(fedavg: type) -> type:
 
 def _non_finite(sd: Mapping[str, Tensor]) -> str | None:
     for key, t in sd.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and count_nonfinite(t):
             return f"array {key!r} {tuple(t.shape)} has non-finite values (NaN or inf)"
     return None
 

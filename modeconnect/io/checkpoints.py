@@ -75,6 +75,7 @@ __all__ = [
     "import_callable",
     "require_dense",
     "load_checkpoint",
+    "model_dtype",
     "checkpoint_writer",
     "json_writer",
     "load_models",
@@ -654,11 +655,16 @@ def in_model_dtypes(
     return casted
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model runs in: its first floating parameter's (torch's default if none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                torch.get_default_dtype())  # fmt: skip
+
+
 def _lazy_in_model_dtype(
     model: torch.nn.Module, ckpt: Checkpoint, weights: LazyWeights, progress: ProgressFn | None
 ) -> Checkpoint:
-    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-    dtype = floating[0] if floating else torch.get_default_dtype()
+    dtype = model_dtype(model)
     dtypes = {
         k: weights.stored_dtype(k)
         for k in weights
